@@ -1,0 +1,249 @@
+//! JSON payload decoding (MQTT): fields, device id and timestamp by JSON Pointer (RFC 6901).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::Value;
+
+use super::{DecodeError, FieldSpec};
+use crate::reading::{DeviceIdentity, DeviceTime, Reading};
+
+/// How the payload's timestamp is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestampFormat {
+    /// ISO 8601 / RFC 3339 with a zone (`2024-02-15T10:41:03+01:00`); without a zone it is
+    /// local wall-clock time.
+    Rfc3339,
+    /// Seconds since the Unix epoch (UTC).
+    EpochSeconds,
+    /// Milliseconds since the Unix epoch (UTC).
+    EpochMillis,
+}
+
+/// A JSON decoder.
+#[derive(Debug, Clone)]
+pub struct JsonDecoder {
+    /// The fields; each `source` is a JSON Pointer.
+    pub fields: Vec<FieldSpec>,
+    /// JSON Pointer to the device timestamp, if the payload has one.
+    pub timestamp: Option<String>,
+    /// How the timestamp is written.
+    pub timestamp_format: TimestampFormat,
+    /// JSON Pointer to the device id, if the payload carries one.
+    pub device_id: Option<String>,
+    /// The largest payload accepted, in bytes.
+    pub max_payload: usize,
+}
+
+impl JsonDecoder {
+    /// Reads the device id from a payload (for drivers that key devices by it).
+    pub fn device_id(&self, payload: &Value) -> Option<String> {
+        let v = payload.pointer(self.device_id.as_deref()?)?;
+        match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+
+    /// Parses a payload, enforcing the size limit.
+    pub fn parse(&self, payload: &[u8]) -> Result<Value, DecodeError> {
+        if payload.len() > self.max_payload {
+            return Err(DecodeError::TooLarge {
+                size: payload.len(),
+                limit: self.max_payload,
+            });
+        }
+        serde_json::from_slice(payload).map_err(|e| {
+            DecodeError::Mismatch(format!(
+                "not JSON ({} at line {} column {})",
+                classify(&e),
+                e.line(),
+                e.column()
+            ))
+        })
+    }
+
+    /// Decodes a parsed payload into a reading from `device`.
+    pub fn decode(
+        &self,
+        payload: &Value,
+        device: Arc<DeviceIdentity>,
+        received_at: DateTime<Utc>,
+    ) -> Result<Reading, DecodeError> {
+        if !payload.is_object() {
+            return Err(DecodeError::Mismatch(
+                "the payload is not a JSON object".into(),
+            ));
+        }
+        let mut quantities = Vec::with_capacity(self.fields.len());
+        for field in &self.fields {
+            match payload.pointer(&field.source) {
+                None | Some(Value::Null) => {}
+                Some(Value::Number(n)) => {
+                    quantities.push(field.quantity_from_text(&n.to_string())?)
+                }
+                Some(Value::String(s)) => quantities.push(field.quantity_from_text(s)?),
+                Some(other) => {
+                    return Err(DecodeError::BadValue {
+                        field: field.name.clone(),
+                        reason: format!("expected a number, found {}", kind(other)),
+                    })
+                }
+            }
+        }
+        if quantities.is_empty() {
+            return Err(DecodeError::Empty);
+        }
+        let device_time = match &self.timestamp {
+            None => None,
+            Some(ptr) => match payload.pointer(ptr) {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(self.timestamp(v)?),
+            },
+        };
+        Ok(Reading {
+            device,
+            device_time,
+            received_at,
+            sequence: None,
+            quantities,
+            flags: Vec::new(),
+        })
+    }
+
+    fn timestamp(&self, v: &Value) -> Result<DeviceTime, DecodeError> {
+        match (self.timestamp_format, v) {
+            (TimestampFormat::Rfc3339, Value::String(s)) => {
+                if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+                    return Ok(DeviceTime::Zoned(t));
+                }
+                chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+                    .map(DeviceTime::Local)
+                    .map_err(|e| DecodeError::BadTimestamp(format!("not ISO 8601: {e}")))
+            }
+            (TimestampFormat::EpochSeconds | TimestampFormat::EpochMillis, Value::Number(n)) => {
+                let n = n.as_i64().ok_or_else(|| {
+                    DecodeError::BadTimestamp("epoch time is not an integer".into())
+                })?;
+                let t = match self.timestamp_format {
+                    TimestampFormat::EpochSeconds => Utc.timestamp_opt(n, 0).single(),
+                    _ => Utc.timestamp_millis_opt(n).single(),
+                };
+                t.map(|t| DeviceTime::Zoned(t.fixed_offset()))
+                    .ok_or_else(|| DecodeError::BadTimestamp("epoch time out of range".into()))
+            }
+            (_, other) => Err(DecodeError::BadTimestamp(format!(
+                "unexpected {} for the configured format",
+                kind(other)
+            ))),
+        }
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn classify(e: &serde_json::Error) -> &'static str {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Io => "read error",
+        Category::Syntax => "syntax error",
+        Category::Data => "data error",
+        Category::Eof => "unexpected end",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reading::{Measurement, Transport};
+
+    fn decoder() -> JsonDecoder {
+        JsonDecoder {
+            fields: vec![
+                FieldSpec {
+                    name: "hr".into(),
+                    source: "/vitals/hr".into(),
+                    unit: "/min".into(),
+                    scale: None,
+                    no_reading: vec![],
+                },
+                FieldSpec {
+                    name: "temp".into(),
+                    source: "/vitals/temp".into(),
+                    unit: "Cel".into(),
+                    scale: None,
+                    no_reading: vec![],
+                },
+            ],
+            timestamp: Some("/ts".into()),
+            timestamp_format: TimestampFormat::Rfc3339,
+            device_id: Some("/id".into()),
+            max_payload: 1024,
+        }
+    }
+
+    fn device() -> Arc<DeviceIdentity> {
+        Arc::new(DeviceIdentity {
+            profile: "esp32".into(),
+            transport: Transport::Mqtt,
+            address: "x".into(),
+            serial_number: None,
+            manufacturer: None,
+            model: None,
+        })
+    }
+
+    #[test]
+    fn fields_and_zoned_timestamp_are_read_by_pointer() {
+        let d = decoder();
+        let v = d
+            .parse(br#"{"id":"esp-1","ts":"2024-02-15T10:41:03+01:00","vitals":{"hr":72,"temp":36.60}}"#)
+            .unwrap();
+        assert_eq!(d.device_id(&v).as_deref(), Some("esp-1"));
+        let r = d.decode(&v, device(), Utc::now()).unwrap();
+        assert_eq!(r.quantities[1].value.value().unwrap().to_string(), "36.60");
+        assert!(matches!(r.device_time, Some(DeviceTime::Zoned(_))));
+    }
+
+    #[test]
+    fn wrong_types_missing_fields_and_oversize_are_refused() {
+        let d = decoder();
+        let v = d.parse(br#"{"vitals":{"hr":[1]}}"#).unwrap();
+        assert!(matches!(
+            d.decode(&v, device(), Utc::now()),
+            Err(DecodeError::BadValue { .. })
+        ));
+        let v = d.parse(br#"{"other":1}"#).unwrap();
+        assert_eq!(
+            d.decode(&v, device(), Utc::now()).unwrap_err(),
+            DecodeError::Empty
+        );
+        assert!(matches!(
+            d.parse(&[b' '; 2000]),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            d.parse(b"{not json"),
+            Err(DecodeError::Mismatch(_))
+        ));
+    }
+
+    #[test]
+    fn string_numbers_are_accepted_and_null_is_absent() {
+        let d = decoder();
+        let v = d.parse(br#"{"vitals":{"hr":"72","temp":null}}"#).unwrap();
+        let r = d.decode(&v, device(), Utc::now()).unwrap();
+        assert_eq!(r.quantities.len(), 1);
+        assert!(matches!(r.quantities[0].value, Measurement::Value(_)));
+    }
+}

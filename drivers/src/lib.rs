@@ -1,0 +1,18 @@
+//! Device transports and decoders for iomt-gateway.
+//!
+//! A driver finds its devices, reads bytes, decodes them into [`Reading`]s and sends them
+//! on a bounded channel. Drivers know nothing of FHIR, storage or uplinks: that is the
+//! gateway's job. See `ARCHITECTURE.md` at the repository root.
+
+#![warn(missing_docs)]
+
+pub mod decode;
+pub mod driver;
+pub mod reading;
+pub mod sim;
+
+pub use driver::{reading_channel, Driver, DriverError, ReadingReceiver, ReadingSender};
+pub use reading::{
+    AbsentReason, DeviceIdentity, DeviceTime, Measurement, Quantity, Reading, ReadingFlag,
+    Transport,
+};

@@ -1,0 +1,383 @@
+//! The built-in catalog of standard vital signs and device measurements.
+//!
+//! A device profile maps each decoded field to a catalog *kind* (`vital = "spo2"`) and gets
+//! the right LOINC and MDC codes, UCUM unit, FHIR profile and plausible range for free; it
+//! overrides only what its device does differently. Codes and units follow the FHIR R4
+//! Vital Signs profiles and the HL7 Personal Health Device IG (see
+//! `shared/reference/gatt-fhir.md` §3 for the sources).
+
+/// The Observation category a kind belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Category {
+    /// `vital-signs`: the FHIR Vital Signs profile applies.
+    VitalSigns,
+    /// `laboratory`: e.g. blood glucose, which is not in the vital-signs value set.
+    Laboratory,
+    /// `exam`: measurements such as body fat that are neither.
+    Exam,
+}
+
+impl Category {
+    /// The code in `http://terminology.hl7.org/CodeSystem/observation-category`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Category::VitalSigns => "vital-signs",
+            Category::Laboratory => "laboratory",
+            Category::Exam => "exam",
+        }
+    }
+
+    /// The display of the code.
+    pub fn display(self) -> &'static str {
+        match self {
+            Category::VitalSigns => "Vital Signs",
+            Category::Laboratory => "Laboratory",
+            Category::Exam => "Exam",
+        }
+    }
+}
+
+/// A panel that groups several kinds into one Observation with components.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Panel {
+    /// Blood pressure panel 85354-9 with systolic, diastolic and mean components.
+    BloodPressure,
+}
+
+/// A coded concept: a LOINC code with its display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loinc {
+    /// The LOINC code, e.g. `8867-4`.
+    pub code: &'static str,
+    /// The LOINC long common name.
+    pub display: &'static str,
+}
+
+/// An IEEE 11073-10101 nomenclature code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mdc {
+    /// The 32-bit code in decimal (partition × 65536 + term).
+    pub code: u32,
+    /// The reference id, e.g. `MDC_PULS_OXIM_SAT_O2`.
+    pub refid: &'static str,
+}
+
+/// One kind of measurement.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Kind {
+    /// The name profiles use (`vital = "..."`).
+    pub key: &'static str,
+    /// The primary LOINC coding.
+    pub loinc: Loinc,
+    /// Further LOINC codings required by profiles (SpO2 carries both 2708-6 and 59408-5).
+    pub extra_loinc: &'static [Loinc],
+    /// The MDC coding, where one exists.
+    pub mdc: Option<Mdc>,
+    /// The unit Observations are emitted in (a UCUM code).
+    pub unit: &'static str,
+    /// Further units that may be emitted as they are (FHIR vital-signs allows `[degF]`,
+    /// `[lb_av]`, `[in_i]`); any other unit of the same dimension is converted to `unit`.
+    pub also_emitted_in: &'static [&'static str],
+    /// Plausible range `[low, high]` in `unit`: values outside it are physiologically
+    /// implausible (handled by the out-of-range rule), not merely abnormal.
+    pub plausible: (f64, f64),
+    /// The Observation category.
+    pub category: Category,
+    /// The FHIR core profile the Observation claims, if any.
+    pub fhir_profile: Option<&'static str>,
+    /// The panel this kind is a component of, if any.
+    pub panel: Option<Panel>,
+}
+
+const fn loinc(code: &'static str, display: &'static str) -> Loinc {
+    Loinc { code, display }
+}
+
+const fn mdc(code: u32, refid: &'static str) -> Option<Mdc> {
+    Some(Mdc { code, refid })
+}
+
+/// The blood-pressure panel's own coding (it has no value, only components).
+pub const BP_PANEL: Loinc = loinc("85354-9", "Blood pressure panel with all children optional");
+/// The blood-pressure panel's MDC coding.
+pub const BP_PANEL_MDC: Mdc = Mdc {
+    code: 150020,
+    refid: "MDC_PRESS_BLD_NONINV",
+};
+/// The FHIR core profile of the blood-pressure panel.
+pub const BP_PROFILE: &str = "http://hl7.org/fhir/StructureDefinition/bp";
+
+macro_rules! profile {
+    ($name:literal) => {
+        Some(concat!("http://hl7.org/fhir/StructureDefinition/", $name))
+    };
+}
+
+/// Every kind the gateway knows.
+pub const KINDS: &[Kind] = &[
+    Kind {
+        key: "heart_rate",
+        loinc: loinc("8867-4", "Heart rate"),
+        extra_loinc: &[],
+        mdc: mdc(147842, "MDC_ECG_HEART_RATE"),
+        unit: "/min",
+        also_emitted_in: &[],
+        plausible: (20.0, 300.0),
+        category: Category::VitalSigns,
+        fhir_profile: profile!("heartrate"),
+        panel: None,
+    },
+    Kind {
+        key: "pulse_rate",
+        loinc: loinc("8867-4", "Heart rate"),
+        extra_loinc: &[],
+        mdc: mdc(149546, "MDC_PULS_RATE_NON_INV"),
+        unit: "/min",
+        also_emitted_in: &[],
+        plausible: (20.0, 300.0),
+        category: Category::VitalSigns,
+        fhir_profile: profile!("heartrate"),
+        panel: None,
+    },
+    Kind {
+        key: "pulse_rate_oximetry",
+        loinc: loinc("8867-4", "Heart rate"),
+        extra_loinc: &[],
+        mdc: mdc(149530, "MDC_PULS_OXIM_PULS_RATE"),
+        unit: "/min",
+        also_emitted_in: &[],
+        plausible: (20.0, 300.0),
+        category: Category::VitalSigns,
+        fhir_profile: profile!("heartrate"),
+        panel: None,
+    },
+    Kind {
+        key: "spo2",
+        loinc: loinc("2708-6", "Oxygen saturation in Arterial blood"),
+        extra_loinc: &[loinc(
+            "59408-5",
+            "Oxygen saturation in Arterial blood by Pulse oximetry",
+        )],
+        mdc: mdc(150456, "MDC_PULS_OXIM_SAT_O2"),
+        unit: "%",
+        also_emitted_in: &[],
+        plausible: (40.0, 100.0),
+        category: Category::VitalSigns,
+        fhir_profile: profile!("oxygensat"),
+        panel: None,
+    },
+    Kind {
+        key: "systolic",
+        loinc: loinc("8480-6", "Systolic blood pressure"),
+        extra_loinc: &[],
+        mdc: mdc(150021, "MDC_PRESS_BLD_NONINV_SYS"),
+        unit: "mm[Hg]",
+        also_emitted_in: &[],
+        plausible: (40.0, 300.0),
+        category: Category::VitalSigns,
+        fhir_profile: None,
+        panel: Some(Panel::BloodPressure),
+    },
+    Kind {
+        key: "diastolic",
+        loinc: loinc("8462-4", "Diastolic blood pressure"),
+        extra_loinc: &[],
+        mdc: mdc(150022, "MDC_PRESS_BLD_NONINV_DIA"),
+        unit: "mm[Hg]",
+        also_emitted_in: &[],
+        plausible: (20.0, 200.0),
+        category: Category::VitalSigns,
+        fhir_profile: None,
+        panel: Some(Panel::BloodPressure),
+    },
+    Kind {
+        key: "mean_arterial",
+        loinc: loinc("8478-0", "Mean blood pressure"),
+        extra_loinc: &[],
+        mdc: mdc(150023, "MDC_PRESS_BLD_NONINV_MEAN"),
+        unit: "mm[Hg]",
+        also_emitted_in: &[],
+        plausible: (30.0, 250.0),
+        category: Category::VitalSigns,
+        fhir_profile: None,
+        panel: Some(Panel::BloodPressure),
+    },
+    Kind {
+        key: "body_temperature",
+        loinc: loinc("8310-5", "Body temperature"),
+        extra_loinc: &[],
+        mdc: mdc(150364, "MDC_TEMP_BODY"),
+        unit: "Cel",
+        also_emitted_in: &["[degF]"],
+        plausible: (25.0, 45.0),
+        category: Category::VitalSigns,
+        fhir_profile: profile!("bodytemp"),
+        panel: None,
+    },
+    Kind {
+        key: "body_weight",
+        loinc: loinc("29463-7", "Body weight"),
+        extra_loinc: &[],
+        mdc: mdc(188736, "MDC_MASS_BODY_ACTUAL"),
+        unit: "kg",
+        also_emitted_in: &["g", "[lb_av]"],
+        plausible: (0.3, 650.0),
+        category: Category::VitalSigns,
+        fhir_profile: profile!("bodyweight"),
+        panel: None,
+    },
+    Kind {
+        key: "body_height",
+        loinc: loinc("8302-2", "Body height"),
+        extra_loinc: &[],
+        mdc: mdc(188740, "MDC_LEN_BODY_ACTUAL"),
+        unit: "cm",
+        also_emitted_in: &["[in_i]"],
+        plausible: (20.0, 280.0),
+        category: Category::VitalSigns,
+        fhir_profile: profile!("bodyheight"),
+        panel: None,
+    },
+    Kind {
+        key: "bmi",
+        loinc: loinc("39156-5", "Body mass index (BMI) [Ratio]"),
+        extra_loinc: &[],
+        mdc: mdc(188752, "MDC_RATIO_MASS_BODY_LEN_SQ"),
+        unit: "kg/m2",
+        also_emitted_in: &[],
+        plausible: (5.0, 120.0),
+        category: Category::VitalSigns,
+        fhir_profile: profile!("bmi"),
+        panel: None,
+    },
+    Kind {
+        key: "respiratory_rate",
+        loinc: loinc("9279-1", "Respiratory rate"),
+        extra_loinc: &[],
+        mdc: mdc(151562, "MDC_RESP_RATE"),
+        unit: "/min",
+        also_emitted_in: &[],
+        plausible: (2.0, 90.0),
+        category: Category::VitalSigns,
+        fhir_profile: profile!("resprate"),
+        panel: None,
+    },
+    Kind {
+        key: "body_fat",
+        loinc: loinc("41982-0", "Percentage of body fat Measured"),
+        extra_loinc: &[],
+        mdc: mdc(188748, "MDC_BODY_FAT"),
+        unit: "%",
+        also_emitted_in: &[],
+        plausible: (1.0, 75.0),
+        category: Category::Exam,
+        fhir_profile: None,
+        panel: None,
+    },
+    Kind {
+        key: "glucose",
+        loinc: loinc(
+            "41653-7",
+            "Glucose [Mass/volume] in Capillary blood by Glucometer",
+        ),
+        extra_loinc: &[],
+        mdc: mdc(160184, "MDC_CONC_GLU_CAPILLARY_WHOLEBLOOD"),
+        unit: "mg/dL",
+        also_emitted_in: &[],
+        plausible: (10.0, 1000.0),
+        category: Category::Laboratory,
+        fhir_profile: None,
+        panel: None,
+    },
+    Kind {
+        key: "glucose_molar",
+        loinc: loinc(
+            "14743-9",
+            "Glucose [Moles/volume] in Capillary blood by Glucometer",
+        ),
+        extra_loinc: &[],
+        mdc: mdc(160184, "MDC_CONC_GLU_CAPILLARY_WHOLEBLOOD"),
+        unit: "mmol/L",
+        also_emitted_in: &[],
+        plausible: (0.5, 55.0),
+        category: Category::Laboratory,
+        fhir_profile: None,
+        panel: None,
+    },
+    Kind {
+        key: "glucose_plasma",
+        loinc: loinc("2345-7", "Glucose [Mass/volume] in Serum or Plasma"),
+        extra_loinc: &[],
+        mdc: mdc(160368, "MDC_CONC_GLU_UNDETERMINED_PLASMA"),
+        unit: "mg/dL",
+        also_emitted_in: &[],
+        plausible: (10.0, 1000.0),
+        category: Category::Laboratory,
+        fhir_profile: None,
+        panel: None,
+    },
+    Kind {
+        key: "glucose_interstitial",
+        loinc: loinc("99504-3", "Glucose [Mass/volume] in Interstitial fluid"),
+        extra_loinc: &[],
+        mdc: mdc(160212, "MDC_CONC_GLU_ISF"),
+        unit: "mg/dL",
+        also_emitted_in: &[],
+        plausible: (10.0, 1000.0),
+        category: Category::Laboratory,
+        fhir_profile: None,
+        panel: None,
+    },
+];
+
+/// The base profile every vital-sign Observation claims.
+pub const VITAL_SIGNS_PROFILE: &str = "http://hl7.org/fhir/StructureDefinition/vitalsigns";
+
+/// Looks a kind up by its key.
+pub fn kind(key: &str) -> Option<&'static Kind> {
+    KINDS.iter().find(|k| k.key == key)
+}
+
+/// The keys of every kind, for error messages.
+pub fn keys() -> Vec<&'static str> {
+    KINDS.iter().map(|k| k.key).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ucum;
+
+    #[test]
+    fn every_kind_has_a_known_unit_and_sane_range() {
+        for k in KINDS {
+            assert!(ucum::is_known(k.unit), "{}: {}", k.key, k.unit);
+            for u in k.also_emitted_in {
+                assert_eq!(
+                    ucum::dimension(u),
+                    ucum::dimension(k.unit),
+                    "{}: {u}",
+                    k.key
+                );
+            }
+            assert!(k.plausible.0 < k.plausible.1, "{}", k.key);
+            assert!(k.loinc.code.contains('-'), "{}", k.key);
+        }
+    }
+
+    #[test]
+    fn keys_are_unique() {
+        let mut keys = keys();
+        keys.sort();
+        let before = keys.len();
+        keys.dedup();
+        assert_eq!(before, keys.len());
+    }
+
+    #[test]
+    fn glucose_is_never_a_vital_sign() {
+        for k in KINDS.iter().filter(|k| k.key.starts_with("glucose")) {
+            assert_ne!(k.category, Category::VitalSigns, "{}", k.key);
+        }
+    }
+}

@@ -1,0 +1,517 @@
+//! Gateway configuration: built-in defaults, then one TOML file, then environment
+//! variables `IOMT_GATEWAY__SECTION__KEY`, layered with the `config` crate.
+//!
+//! The raw structs reject unknown keys; [`Config::from_raw`] then validates everything and
+//! reports every problem at once. `gateway.example.toml` documents every key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::normalize::{OutOfRange, Zone};
+
+/// The default configuration file.
+pub const DEFAULT_PATH: &str = "/etc/iomt-gateway/gateway.toml";
+
+/// The prefix of environment overrides.
+pub const ENV_PREFIX: &str = "IOMT_GATEWAY";
+
+/// Configuration problems, all of them.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration{}:\n  - {}", source_name.as_ref().map(|s| format!(" in {s}")).unwrap_or_default(), problems.join("\n  - "))]
+pub struct ConfigError {
+    /// The file, when there is one.
+    pub source_name: Option<String>,
+    /// Each problem, naming its key.
+    pub problems: Vec<String>,
+}
+
+/// `[gateway]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGateway {
+    /// This kit's identifier (pseudonymized before it leaves the device).
+    pub id: String,
+    /// Directory of device profiles.
+    #[serde(default = "default_profiles_dir")]
+    pub profiles_dir: PathBuf,
+    /// IANA zone for device times without zone; default: the system's zone.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// Capacity of the reading channel between drivers and the pipeline.
+    #[serde(default = "default_channel_capacity")]
+    pub channel_capacity: usize,
+}
+
+fn default_profiles_dir() -> PathBuf {
+    PathBuf::from("/usr/share/iomt-gateway/device-profiles")
+}
+fn default_channel_capacity() -> usize {
+    256
+}
+
+/// `[patient]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPatient {
+    /// The patient identifier (e.g. an MRN). Never emitted or logged: only its pseudonym.
+    pub id: String,
+}
+
+/// `[pseudonymization]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPseudonymization {
+    /// Path of the 32-byte key file (mode 0600), shared with the backend's
+    /// re-identification service.
+    pub key_file: PathBuf,
+}
+
+/// `[normalize]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNormalize {
+    /// `flag` (keep, marked questionable) or `reject` (drop, counted).
+    #[serde(default)]
+    pub out_of_range: OutOfRange,
+}
+
+/// `[sim]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSim {
+    /// Run the simulator.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Profile ids to simulate; empty: every sim profile.
+    #[serde(default)]
+    pub profiles: Vec<String>,
+    /// Seconds between two readings of one simulated device.
+    #[serde(default = "default_sim_interval")]
+    pub interval_secs: f64,
+    /// Probability of a "not a number" quantity per reading.
+    #[serde(default = "default_nan")]
+    pub nan_probability: f64,
+    /// Probability of an implausible quantity per reading.
+    #[serde(default = "default_oor")]
+    pub out_of_range_probability: f64,
+    /// Random seed.
+    #[serde(default)]
+    pub seed: u64,
+    /// Stop after this many readings (0: never).
+    #[serde(default)]
+    pub max_readings: u64,
+}
+
+impl Default for RawSim {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            profiles: Vec::new(),
+            interval_secs: default_sim_interval(),
+            nan_probability: default_nan(),
+            out_of_range_probability: default_oor(),
+            seed: 0,
+            max_readings: 0,
+        }
+    }
+}
+
+fn default_sim_interval() -> f64 {
+    5.0
+}
+fn default_nan() -> f64 {
+    0.02
+}
+fn default_oor() -> f64 {
+    0.01
+}
+
+/// `[devices.<profile-id>]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDevice {
+    /// IANA zone of this device's clock, when it differs from the gateway's.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+}
+
+/// `[batch]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBatch {
+    /// Most Observations per Bundle.
+    #[serde(default = "default_batch_max")]
+    pub max_observations: usize,
+    /// Longest wait, in milliseconds, before a partial batch is sent.
+    #[serde(default = "default_batch_delay")]
+    pub max_delay_ms: u64,
+}
+
+impl Default for RawBatch {
+    fn default() -> Self {
+        Self {
+            max_observations: default_batch_max(),
+            max_delay_ms: default_batch_delay(),
+        }
+    }
+}
+
+fn default_batch_max() -> usize {
+    100
+}
+fn default_batch_delay() -> u64 {
+    1000
+}
+
+/// `[[uplinks]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+pub enum RawUplink {
+    /// Writes each Bundle as a JSON file.
+    File {
+        /// The directory.
+        dir: PathBuf,
+    },
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// A tracing filter (`info`, `iomt_gateway=debug`...); `RUST_LOG` overrides it.
+    #[serde(default = "default_level")]
+    pub level: String,
+    /// `text` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            level: default_level(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (structured fields kept).
+    Json,
+}
+
+/// The whole file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[gateway]`
+    pub gateway: RawGateway,
+    /// `[patient]`
+    pub patient: RawPatient,
+    /// `[pseudonymization]`
+    pub pseudonymization: RawPseudonymization,
+    /// `[normalize]`
+    #[serde(default)]
+    pub normalize: RawNormalize,
+    /// `[sim]`
+    #[serde(default)]
+    pub sim: RawSim,
+    /// `[devices.<profile-id>]`
+    #[serde(default)]
+    pub devices: BTreeMap<String, RawDevice>,
+    /// `[batch]`
+    #[serde(default)]
+    pub batch: RawBatch,
+    /// `[[uplinks]]`
+    #[serde(default)]
+    pub uplinks: Vec<RawUplink>,
+    /// `[log]`
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+/// Simulator settings, validated.
+#[derive(Debug, Clone)]
+pub struct SimSettings {
+    /// Profile ids (empty: all sim profiles).
+    pub profiles: Vec<String>,
+    /// Interval between readings of one device.
+    pub interval: Duration,
+    /// NaN probability.
+    pub nan_probability: f64,
+    /// Implausible-value probability.
+    pub out_of_range_probability: f64,
+    /// Seed.
+    pub seed: u64,
+    /// Reading limit.
+    pub max_readings: Option<u64>,
+}
+
+/// An uplink, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Uplink {
+    /// JSON files in a directory.
+    File {
+        /// The directory.
+        dir: PathBuf,
+    },
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The kit's id.
+    pub gateway_id: String,
+    /// Profiles directory.
+    pub profiles_dir: PathBuf,
+    /// Zone for device times without zone.
+    pub zone: Zone,
+    /// Per-profile zones.
+    pub device_zones: BTreeMap<String, Zone>,
+    /// Reading channel capacity.
+    pub channel_capacity: usize,
+    /// The patient id (never logged).
+    pub patient_id: String,
+    /// The pseudonymization key file.
+    pub pseudonym_key_file: PathBuf,
+    /// Out-of-range rule.
+    pub out_of_range: OutOfRange,
+    /// Simulator, when enabled.
+    pub sim: Option<SimSettings>,
+    /// Batch limits: most Observations per Bundle.
+    pub batch_max: usize,
+    /// Batch limits: longest wait.
+    pub batch_delay: Duration,
+    /// Uplinks.
+    pub uplinks: Vec<Uplink>,
+    /// Log filter.
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+fn parse_zone(name: &str) -> Result<Zone, String> {
+    name.parse::<chrono_tz::Tz>().map(Zone::Named).map_err(|_| {
+        format!("`{name}` is not an IANA time zone name (e.g. `Europe/Berlin`, `UTC`)")
+    })
+}
+
+impl Config {
+    /// Loads `path` (TOML) with environment overrides.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        if !path.exists() {
+            return Err(ConfigError {
+                source_name: Some(path.display().to_string()),
+                problems: vec![format!(
+                    "the file does not exist; copy gateway.example.toml to {} and edit it, or pass --config FILE",
+                    path.display()
+                )],
+            });
+        }
+        let source = config::File::from(path).format(config::FileFormat::Toml);
+        Self::build(source, Some(path.display().to_string()))
+    }
+
+    /// Loads a TOML text (the demo's embedded default) with environment overrides.
+    pub fn from_toml_str(text: &str, name: &str) -> Result<Self, ConfigError> {
+        Self::build(
+            config::File::from_str(text, config::FileFormat::Toml),
+            Some(name.into()),
+        )
+    }
+
+    fn build<S>(source: S, name: Option<String>) -> Result<Self, ConfigError>
+    where
+        S: config::Source + Send + Sync + 'static,
+    {
+        let fail = |e: config::ConfigError| ConfigError {
+            source_name: name.clone(),
+            problems: vec![e.to_string()],
+        };
+        let raw: RawConfig = config::Config::builder()
+            .add_source(source)
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("sim.profiles"),
+            )
+            .build()
+            .map_err(fail)?
+            .try_deserialize()
+            .map_err(fail)?;
+        Self::from_raw(raw).map_err(|problems| ConfigError {
+            source_name: name,
+            problems,
+        })
+    }
+
+    /// Validates raw settings, collecting every problem.
+    pub fn from_raw(raw: RawConfig) -> Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
+        if raw.gateway.id.trim().is_empty() {
+            problems.push("gateway.id must not be empty".into());
+        }
+        if raw.patient.id.trim().is_empty() {
+            problems.push("patient.id must not be empty".into());
+        }
+        if raw.gateway.channel_capacity == 0 {
+            problems.push("gateway.channel_capacity must be at least 1".into());
+        }
+        let zone = match &raw.gateway.time_zone {
+            None => Zone::GatewayLocal,
+            Some(z) => parse_zone(z).unwrap_or_else(|e| {
+                problems.push(format!("gateway.time_zone: {e}"));
+                Zone::GatewayLocal
+            }),
+        };
+        let mut device_zones = BTreeMap::new();
+        for (profile, dev) in &raw.devices {
+            if let Some(z) = &dev.time_zone {
+                match parse_zone(z) {
+                    Ok(zone) => {
+                        device_zones.insert(profile.clone(), zone);
+                    }
+                    Err(e) => problems.push(format!("devices.{profile}.time_zone: {e}")),
+                }
+            }
+        }
+        let s = &raw.sim;
+        if !(s.interval_secs.is_finite() && s.interval_secs > 0.0 && s.interval_secs <= 86_400.0) {
+            problems.push(
+                "sim.interval_secs must be between 0 and 86400 seconds (exclusive of 0)".into(),
+            );
+        }
+        for (key, p) in [
+            ("sim.nan_probability", s.nan_probability),
+            ("sim.out_of_range_probability", s.out_of_range_probability),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                problems.push(format!("{key} must be between 0 and 1"));
+            }
+        }
+        if raw.batch.max_observations == 0 {
+            problems.push("batch.max_observations must be at least 1".into());
+        }
+        if raw.uplinks.is_empty() {
+            problems.push("no uplink configured: add an [[uplinks]] table (kind = \"file\" writes Bundles to a directory)".into());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
+            problems.push(format!(
+                "log.level `{}` is not a valid filter: {e}",
+                raw.log.level
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Config {
+            gateway_id: raw.gateway.id,
+            profiles_dir: raw.gateway.profiles_dir,
+            zone,
+            device_zones,
+            channel_capacity: raw.gateway.channel_capacity,
+            patient_id: raw.patient.id,
+            pseudonym_key_file: raw.pseudonymization.key_file,
+            out_of_range: raw.normalize.out_of_range,
+            sim: s.enabled.then(|| SimSettings {
+                profiles: s.profiles.clone(),
+                interval: Duration::from_secs_f64(s.interval_secs),
+                nan_probability: s.nan_probability,
+                out_of_range_probability: s.out_of_range_probability,
+                seed: s.seed,
+                max_readings: (s.max_readings > 0).then_some(s.max_readings),
+            }),
+            batch_max: raw.batch.max_observations,
+            batch_delay: Duration::from_millis(raw.batch.max_delay_ms),
+            uplinks: raw
+                .uplinks
+                .into_iter()
+                .map(|u| match u {
+                    RawUplink::File { dir } => Uplink::File { dir },
+                })
+                .collect(),
+            log_level: raw.log.level,
+            log_format: raw.log.format,
+        })
+    }
+
+    /// The zone for a profile's devices.
+    pub fn zone_for(&self, profile: &str) -> Zone {
+        self.device_zones.get(profile).copied().unwrap_or(self.zone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[gateway]
+id = "kit-1"
+[patient]
+id = "MRN-1"
+[pseudonymization]
+key_file = "/tmp/key"
+[[uplinks]]
+kind = "file"
+dir = "/tmp/out"
+"#;
+
+    #[test]
+    fn a_minimal_file_gets_the_documented_defaults() {
+        let c = Config::from_toml_str(MINIMAL, "test").unwrap();
+        assert_eq!(c.batch_max, 100);
+        assert_eq!(c.out_of_range, OutOfRange::Flag);
+        assert!(c.sim.is_none());
+        assert_eq!(c.zone, Zone::GatewayLocal);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_naming_the_key() {
+        let text = format!("{MINIMAL}\n[sim]\nenabeld = true\n");
+        let err = Config::from_toml_str(&text, "test").unwrap_err();
+        assert!(err.to_string().contains("enabeld"), "{err}");
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported_at_once() {
+        let text = MINIMAL.replace("kit-1", "").replace("MRN-1", "")
+            + "[sim]\ninterval_secs = 0\nnan_probability = 2\n[devices.cuff]\ntime_zone = \"Mars/Olympus\"\n";
+        let err = Config::from_toml_str(&text, "test").unwrap_err();
+        let msg = err.to_string();
+        for needle in [
+            "gateway.id",
+            "patient.id",
+            "sim.interval_secs",
+            "sim.nan_probability",
+            "devices.cuff.time_zone",
+        ] {
+            assert!(msg.contains(needle), "{needle} missing from {msg}");
+        }
+    }
+
+    #[test]
+    fn environment_variables_override_the_file() {
+        // A key no other test asserts on, so tests running in parallel are not disturbed.
+        std::env::set_var("IOMT_GATEWAY__LOG__LEVEL", "iomt_gateway=trace");
+        let c = Config::from_toml_str(MINIMAL, "test");
+        std::env::remove_var("IOMT_GATEWAY__LOG__LEVEL");
+        assert_eq!(c.unwrap().log_level, "iomt_gateway=trace");
+    }
+}

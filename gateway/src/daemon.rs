@@ -1,0 +1,174 @@
+//! Wiring: drivers → bounded channel → pipeline → uplinks, with a cancellation token.
+//!
+//! Shutdown order (the mini-redis pattern): cancelling the token stops the drivers; when
+//! the last driver drops its sender the channel closes; the pipeline drains what is left,
+//! flushes its last batch, and returns its counters.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{Offset, Utc};
+use iomt_drivers::sim::{SimClock as DriverClock, SimConfig, SimDevice, SimDriver};
+use iomt_drivers::{reading_channel, DeviceIdentity, Driver, Transport};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, SimSettings, Uplink as UplinkConfig};
+use crate::normalize::Zone;
+use crate::pipeline::{Observer, Pipeline, Stats};
+use crate::profile::{Profile, SimClock, TransportSpec};
+use crate::pseudonym::{Domain, Pseudonymizer};
+use crate::uplink::file::FileUplink;
+use crate::uplink::{Uplink, UplinkError};
+
+/// Why the gateway could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// No driver is enabled, so there would be nothing to do.
+    #[error("no driver is enabled: enable the simulator with [sim] enabled = true (the BLE, serial and MQTT drivers are not part of this release yet)")]
+    NoDriver,
+    /// The simulator names a profile that is not loaded or not a sim profile.
+    #[error("sim.profiles names `{0}`, which is not a loaded simulator profile")]
+    UnknownSimProfile(String),
+    /// The simulator has no profile to run.
+    #[error("the simulator is enabled but no simulator profile is loaded")]
+    NoSimProfile,
+    /// A driver refused its configuration.
+    #[error(transparent)]
+    Driver(#[from] iomt_drivers::DriverError),
+    /// An uplink could not be set up.
+    #[error(transparent)]
+    Uplink(#[from] UplinkError),
+}
+
+/// The current UTC offset of a zone (for simulated wall clocks).
+fn current_offset(zone: Zone) -> chrono::FixedOffset {
+    match zone {
+        Zone::GatewayLocal => chrono::Local::now().offset().fix(),
+        Zone::Named(tz) => Utc::now().with_timezone(&tz).offset().fix(),
+    }
+}
+
+/// Builds the simulator's devices: one per selected sim profile.
+pub fn sim_devices(
+    config: &Config,
+    settings: &SimSettings,
+    profiles: &[Arc<Profile>],
+) -> Result<Vec<SimDevice>, DaemonError> {
+    let sim_profiles: Vec<&Arc<Profile>> = profiles
+        .iter()
+        .filter(|p| matches!(p.transport, TransportSpec::Sim(_)))
+        .collect();
+    for wanted in &settings.profiles {
+        if !sim_profiles.iter().any(|p| &p.id == wanted) {
+            return Err(DaemonError::UnknownSimProfile(wanted.clone()));
+        }
+    }
+    let selected: Vec<&Arc<Profile>> = sim_profiles
+        .into_iter()
+        .filter(|p| settings.profiles.is_empty() || settings.profiles.contains(&p.id))
+        .collect();
+    if selected.is_empty() {
+        return Err(DaemonError::NoSimProfile);
+    }
+    Ok(selected
+        .into_iter()
+        .filter_map(|p| {
+            let TransportSpec::Sim(spec) = &p.transport else {
+                return None;
+            };
+            let clock = match spec.clock {
+                SimClock::Zoned => DriverClock::Zoned,
+                SimClock::Local => DriverClock::Local(current_offset(config.zone_for(&p.id))),
+                SimClock::None => DriverClock::None,
+            };
+            Some(SimDevice {
+                identity: Arc::new(DeviceIdentity {
+                    profile: p.id.clone(),
+                    transport: Transport::Sim,
+                    address: format!("{}-1", p.id),
+                    serial_number: Some(format!("SIM-{}-0001", p.id.to_uppercase())),
+                    manufacturer: Some(p.manufacturer.clone()),
+                    model: Some(p.model.clone()),
+                }),
+                clock,
+                signals: spec.signals.clone(),
+            })
+        })
+        .collect())
+}
+
+/// Runs the gateway until `cancel` fires (or the drivers finish on their own), then
+/// drains and returns the counters.
+pub async fn run(
+    config: Config,
+    profiles: Vec<Profile>,
+    pseudonymizer: Pseudonymizer,
+    observer: Option<Observer>,
+    cancel: CancellationToken,
+) -> Result<Stats, DaemonError> {
+    let profiles: Vec<Arc<Profile>> = profiles.into_iter().map(Arc::new).collect();
+    let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
+    if let Some(settings) = &config.sim {
+        let devices = sim_devices(&config, settings, &profiles)?;
+        drivers.push(Box::new(SimDriver::new(SimConfig {
+            interval: settings.interval,
+            nan_probability: settings.nan_probability,
+            out_of_range_probability: settings.out_of_range_probability,
+            seed: settings.seed,
+            max_readings: settings.max_readings,
+            devices,
+        })?));
+    }
+    if drivers.is_empty() {
+        return Err(DaemonError::NoDriver);
+    }
+    let mut uplinks: Vec<Box<dyn Uplink>> = Vec::new();
+    for u in &config.uplinks {
+        match u {
+            UplinkConfig::File { dir } => uplinks.push(Box::new(FileUplink::new(dir)?)),
+        }
+    }
+
+    let pipeline = Pipeline {
+        profiles: profiles
+            .iter()
+            .map(|p| (p.id.clone(), p.clone()))
+            .collect::<HashMap<_, _>>(),
+        patient_pseudonym: pseudonymizer.pseudonym(Domain::Patient, &config.patient_id),
+        gateway_pseudonym: pseudonymizer.pseudonym(Domain::Gateway, &config.gateway_id),
+        pseudonymizer,
+        zones: (config.zone, config.device_zones.clone()),
+        out_of_range: config.out_of_range,
+        batch_max: config.batch_max,
+        batch_delay: config.batch_delay,
+        uplinks,
+        observer,
+    };
+
+    let (tx, rx) = reading_channel(config.channel_capacity);
+    let pipeline_task = tokio::spawn(pipeline.run(rx));
+    let mut driver_tasks = Vec::new();
+    for driver in drivers {
+        let name = driver.name().to_string();
+        let fut = driver.run(tx.clone(), cancel.child_token());
+        driver_tasks.push((name, tokio::spawn(fut)));
+    }
+    drop(tx);
+    tracing::info!(
+        drivers = driver_tasks.len(),
+        profiles = profiles.len(),
+        "gateway running"
+    );
+    for (name, task) in driver_tasks {
+        match task.await {
+            Ok(Ok(())) => tracing::debug!(driver = %name, "driver stopped"),
+            Ok(Err(e)) => tracing::error!(driver = %name, error = %e, "driver failed"),
+            Err(e) => tracing::error!(driver = %name, error = %e, "driver task panicked"),
+        }
+    }
+    let stats = pipeline_task.await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "pipeline task panicked");
+        Stats::default()
+    });
+    Ok(stats)
+}

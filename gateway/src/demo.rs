@@ -1,0 +1,154 @@
+//! The demo's embedded defaults: the simulator kit's profiles, a configuration, a demo
+//! pseudonymization key, and the console view of observations as they flow.
+//!
+//! Everything here is compiled into the binary, so `iomt-gateway demo` works on a fresh
+//! machine with no files at all.
+
+use std::path::{Path, PathBuf};
+
+use iomt_drivers::DeviceIdentity;
+
+use crate::config::{Config, ConfigError, Uplink};
+use crate::fhir::{Observation, Quantity};
+use crate::profile::{self, Profile, ProfileErrors};
+
+/// The simulator kit's profiles, as shipped in `device-profiles/`.
+pub const EMBEDDED_PROFILES: &[(&str, &str)] = &[
+    (
+        "sim-bp-cuff.toml",
+        include_str!("../../device-profiles/sim-bp-cuff.toml"),
+    ),
+    (
+        "sim-pulse-oximeter.toml",
+        include_str!("../../device-profiles/sim-pulse-oximeter.toml"),
+    ),
+    (
+        "sim-thermometer.toml",
+        include_str!("../../device-profiles/sim-thermometer.toml"),
+    ),
+    (
+        "sim-scale.toml",
+        include_str!("../../device-profiles/sim-scale.toml"),
+    ),
+    (
+        "sim-glucose-meter.toml",
+        include_str!("../../device-profiles/sim-glucose-meter.toml"),
+    ),
+    (
+        "sim-vitals-patch.toml",
+        include_str!("../../device-profiles/sim-vitals-patch.toml"),
+    ),
+];
+
+/// The demo's configuration (the uplink directory is filled in by [`config`]).
+pub const DEMO_CONFIG: &str = r#"
+[gateway]
+id = "demo-kit"
+profiles_dir = "<embedded>"
+
+[patient]
+id = "demo-patient"
+
+[pseudonymization]
+key_file = "<embedded demo key>"
+
+[sim]
+enabled = true
+interval_secs = 1.0
+nan_probability = 0.03
+out_of_range_probability = 0.02
+
+[batch]
+max_observations = 20
+max_delay_ms = 2000
+
+[[uplinks]]
+kind = "file"
+dir = "<set by demo>"
+"#;
+
+/// The demo's pseudonymization key. Public, and only for simulated data: a real kit uses
+/// a secret key file.
+pub const DEMO_KEY: [u8; 32] = *b"iomt-gateway-demo-key-not-secret";
+
+/// Parses the embedded profiles.
+pub fn embedded_profiles() -> Result<Vec<Profile>, ProfileErrors> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for (name, text) in EMBEDDED_PROFILES {
+        match profile::parse(&PathBuf::from(format!("<embedded>/{name}")), text) {
+            Ok(p) => out.push(p),
+            Err(ProfileErrors(mut e)) => errors.append(&mut e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(ProfileErrors(errors))
+    }
+}
+
+/// The demo configuration writing into `out`, with the given reading interval and seed.
+pub fn config(out: &Path, interval_secs: f64, seed: u64) -> Result<Config, ConfigError> {
+    let mut config = Config::from_toml_str(DEMO_CONFIG, "<embedded demo config>")?;
+    config.uplinks = vec![Uplink::File {
+        dir: out.to_path_buf(),
+    }];
+    if let Some(sim) = config.sim.as_mut() {
+        if !(interval_secs.is_finite() && interval_secs > 0.0) {
+            return Err(ConfigError {
+                source_name: None,
+                problems: vec!["--interval must be a positive number of seconds".into()],
+            });
+        }
+        sim.interval = std::time::Duration::from_secs_f64(interval_secs);
+        sim.seed = seed;
+    }
+    Ok(config)
+}
+
+fn quantity_text(q: &Quantity) -> String {
+    format!("{} {}", q.value, q.code)
+}
+
+/// One console line for an Observation: time, device, vital, value and unit, flags.
+///
+/// This prints measured values, which is acceptable only because the demo's data is
+/// simulated; the daemon never prints or logs values.
+pub fn console_line(profile: &Profile, device: &DeviceIdentity, obs: &Observation) -> String {
+    let what = obs.code.text.clone().unwrap_or_default();
+    let value = if let Some(q) = &obs.value_quantity {
+        quantity_text(q)
+    } else if let Some(dar) = &obs.data_absent_reason {
+        format!(
+            "(no value: {})",
+            dar.coding.first().map(|c| c.code.as_str()).unwrap_or("?")
+        )
+    } else {
+        obs.component
+            .iter()
+            .map(|c| match &c.value_quantity {
+                Some(q) => q.value.to_string(),
+                None => "—".into(),
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+            + " mm[Hg]"
+    };
+    let questionable = !obs.interpretation.is_empty()
+        || obs.component.iter().any(|c| !c.interpretation.is_empty());
+    format!(
+        "{time}  {device:<24} {what:<38} {value}{flag}",
+        time = obs.effective_date_time,
+        device = format!(
+            "{} ({})",
+            profile.id,
+            device.address.rsplit('-').next().unwrap_or("")
+        ),
+        flag = if questionable {
+            "  [implausible: flagged]"
+        } else {
+            ""
+        },
+    )
+}

@@ -1,0 +1,396 @@
+//! The `iomt-gateway` command line.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use iomt_gateway::config::{Config, LogFormat, DEFAULT_PATH};
+use iomt_gateway::normalize::Zone;
+use iomt_gateway::pipeline::{Observer, Stats};
+use iomt_gateway::profile::{self, Profile, ProfileErrors};
+use iomt_gateway::pseudonym::{self, Pseudonymizer};
+use iomt_gateway::{daemon, demo, probe};
+use tokio_util::sync::CancellationToken;
+
+/// Edge gateway for the Internet of Medical Things.
+///
+/// Reads vitals from medical devices (Bluetooth LE, serial, MQTT, or the built-in
+/// simulator), turns each reading into an HL7 FHIR R4 Observation coded with LOINC, MDC
+/// and UCUM, and forwards pseudonymized Bundles.
+#[derive(Parser)]
+#[command(name = "iomt-gateway", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway daemon with a configuration file (stops cleanly on SIGTERM or Ctrl-C).
+    Run {
+        /// The configuration file (TOML). Environment variables IOMT_GATEWAY__SECTION__KEY
+        /// override its keys.
+        #[arg(long, short, value_name = "FILE", default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Run the whole pipeline on simulated devices, with no hardware and no cloud.
+    ///
+    /// A simulated home-care kit (cuff, oximeter, thermometer, scale, glucose meter, vitals
+    /// patch) produces readings; the real normalizer turns them into FHIR Observations; a
+    /// file uplink writes each Bundle as a JSON file. Each Observation is shown as it flows,
+    /// and a summary at the end.
+    Demo {
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long = "for", value_name = "SECONDS")]
+        duration: Option<f64>,
+        /// Directory for the Bundles (default: a fresh directory whose path is printed).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Seconds between two readings of one simulated device.
+        #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+        interval: f64,
+        /// Random seed of the simulator (same seed, same values).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Do not show each Observation, only the summary.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Check and try device profiles.
+    #[command(subcommand)]
+    Profile(ProfileCommand),
+}
+
+#[derive(Subcommand)]
+enum ProfileCommand {
+    /// Validate profiles; print `file:line: problem` for each error and exit 1 if any.
+    Check {
+        /// Profile files or directories (default: ./device-profiles if present, else the
+        /// installed profiles directory).
+        paths: Vec<PathBuf>,
+    },
+    /// Decode one captured payload with a profile and print the resulting FHIR
+    /// Observations as a JSON array.
+    Test(TestArgs),
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// The profile: a file path, or the id of a profile in --profiles.
+    profile: String,
+    /// The payload: a text line (line-oriented serial), a JSON object (MQTT; simulator
+    /// profiles take {"field": value}), or hex bytes for BLE (spaces allowed).
+    #[arg(long)]
+    payload: String,
+    /// The GATT characteristic the payload came from (BLE profiles), e.g. 2A35.
+    #[arg(long, value_name = "UUID")]
+    characteristic: Option<String>,
+    /// Where to look the profile id up.
+    #[arg(long, value_name = "DIR")]
+    profiles: Option<PathBuf>,
+    /// IANA zone of the device's clock for times without zone (default: this machine's).
+    #[arg(long, value_name = "ZONE")]
+    time_zone: Option<String>,
+}
+
+const INSTALLED_PROFILES: &str = "/usr/share/iomt-gateway/device-profiles";
+
+fn default_profiles_dir() -> PathBuf {
+    let local = PathBuf::from("device-profiles");
+    if local.is_dir() {
+        local
+    } else {
+        PathBuf::from(INSTALLED_PROFILES)
+    }
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Profile(ProfileCommand::Check { paths }) => profile_check(paths),
+        Command::Profile(ProfileCommand::Test(args)) => profile_test(args),
+        Command::Run { config } => runtime().and_then(|rt| rt.block_on(run(&config))),
+        Command::Demo {
+            duration,
+            out,
+            interval,
+            seed,
+            quiet,
+        } => runtime().and_then(|rt| rt.block_on(run_demo(duration, out, interval, seed, quiet))),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn profile_check(paths: Vec<PathBuf>) -> Result<ExitCode> {
+    let paths = if paths.is_empty() {
+        vec![default_profiles_dir()]
+    } else {
+        paths
+    };
+    let mut checked = 0usize;
+    let mut ok = Vec::new();
+    let mut errors = Vec::new();
+    for path in &paths {
+        match profile::files_in(path) {
+            Ok(files) => {
+                for f in files {
+                    checked += 1;
+                    match profile::load_file(&f) {
+                        Ok(p) => ok.push(p),
+                        Err(ProfileErrors(mut e)) => errors.append(&mut e),
+                    }
+                }
+            }
+            Err(ProfileErrors(mut e)) => errors.append(&mut e),
+        }
+    }
+    errors.extend(profile::duplicate_ids(&ok));
+    for e in &errors {
+        eprintln!("{e}");
+    }
+    let failed_files: std::collections::BTreeSet<_> =
+        errors.iter().map(|e| e.file.clone()).collect();
+    if checked == 0 && errors.is_empty() {
+        eprintln!(
+            "no profile files (*.toml) found in {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    for p in &ok {
+        if !failed_files.contains(&p.source) {
+            println!(
+                "ok  {}  {} ({}, {} fields)",
+                p.source.display(),
+                p.id,
+                p.transport.transport(),
+                p.fields.len()
+            );
+        }
+    }
+    if errors.is_empty() {
+        println!("{checked} profile(s) checked, all valid");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "{} problem(s) in {} of {checked} profile file(s)",
+            errors.len(),
+            failed_files.len()
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn find_profile(spec: &str, dir: Option<PathBuf>) -> Result<Profile> {
+    let path = Path::new(spec);
+    if path.is_file() {
+        return profile::load_file(path).map_err(|e| anyhow::anyhow!("{e}"));
+    }
+    let dir = dir.unwrap_or_else(default_profiles_dir);
+    let files = profile::files_in(&dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for f in files {
+        if let Ok(p) = profile::load_file(&f) {
+            if p.id == spec {
+                return Ok(p);
+            }
+        }
+    }
+    if let Ok(embedded) = demo::embedded_profiles() {
+        if let Some(p) = embedded.into_iter().find(|p| p.id == spec) {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "no profile file `{spec}`, and no valid profile with that id in {}",
+        dir.display()
+    )
+}
+
+fn profile_test(args: TestArgs) -> Result<ExitCode> {
+    let profile = find_profile(&args.profile, args.profiles)?;
+    let zone = match &args.time_zone {
+        None => Zone::GatewayLocal,
+        Some(z) => Zone::Named(
+            z.parse()
+                .map_err(|_| anyhow::anyhow!("`{z}` is not an IANA time zone name"))?,
+        ),
+    };
+    let observations = probe::test_payload(
+        &profile,
+        &args.payload,
+        args.characteristic.as_deref(),
+        chrono::Utc::now(),
+        zone,
+    )?;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, &observations)?;
+    writeln!(out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+                    _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run(config_path: &Path) -> Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    init_logging(&config.log_level, config.log_format);
+    let profiles = profile::load_all(std::slice::from_ref(&config.profiles_dir)).map_err(|e| {
+        anyhow::anyhow!(
+            "device profiles in {} are invalid:\n{e}",
+            config.profiles_dir.display()
+        )
+    })?;
+    let key = pseudonym::read_key_file(&config.pseudonym_key_file)?;
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop.cancel();
+    });
+    tracing::info!(config = %config_path.display(), profiles = profiles.len(), "starting");
+    let stats = daemon::run(config, profiles, Pseudonymizer::new(&key), None, cancel).await?;
+    tracing::info!(
+        readings = stats.readings,
+        observations = stats.observations,
+        "stopped"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_demo(
+    duration: Option<f64>,
+    out: Option<PathBuf>,
+    interval: f64,
+    seed: u64,
+    quiet: bool,
+) -> Result<ExitCode> {
+    init_logging("warn", LogFormat::Text);
+    let out = match out {
+        Some(dir) => dir,
+        None => {
+            let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+            std::env::temp_dir().join(format!("iomt-gateway-demo-{stamp}-{}", std::process::id()))
+        }
+    };
+    let config = demo::config(&out, interval, seed)?;
+    let profiles = demo::embedded_profiles()
+        .map_err(|e| anyhow::anyhow!("embedded profiles are invalid:\n{e}"))?;
+    println!(
+        "iomt-gateway demo: simulated kit of {} devices, one reading each every {interval} s",
+        profiles.len()
+    );
+    println!("Bundles go to {}", out.display());
+    match duration {
+        Some(s) => println!("Running for {s} s (Ctrl-C stops earlier).\n"),
+        None => println!("Running until Ctrl-C.\n"),
+    }
+    let observer: Option<Observer> = (!quiet).then(|| {
+        Box::new(
+            |p: &Profile, d: &iomt_drivers::DeviceIdentity, o: &iomt_gateway::fhir::Observation| {
+                println!("{}", demo::console_line(p, d, o));
+            },
+        ) as Observer
+    });
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    let limit = match duration {
+        Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
+        Some(_) => bail!("--for must be a positive number of seconds"),
+        None => None,
+    };
+    tokio::spawn(async move {
+        match limit {
+            Some(d) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => {}
+                    _ = shutdown_signal() => {}
+                }
+            }
+            None => shutdown_signal().await,
+        }
+        stop.cancel();
+    });
+    let stats = daemon::run(
+        config,
+        profiles,
+        Pseudonymizer::new(&demo::DEMO_KEY),
+        observer,
+        cancel,
+    )
+    .await?;
+    print_summary(&stats, &out);
+    Ok(if stats.delivery_errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_summary(stats: &Stats, out: &Path) {
+    println!();
+    println!("Summary");
+    println!("  readings             {}", stats.readings);
+    println!("  observations         {}", stats.observations);
+    println!("  without value (NaN)  {}", stats.absent);
+    println!("  flagged implausible  {}", stats.flagged);
+    println!("  rejected             {}", stats.rejected);
+    println!("  bundles written      {}", stats.bundles);
+    println!("  delivery errors      {}", stats.delivery_errors);
+    println!("  output               {}", out.display());
+}

@@ -1,0 +1,617 @@
+//! Normalization: a [`Reading`] + its [`Profile`] + a [`Context`] → FHIR R4 Observations.
+//!
+//! A pure function: no IO, no clock, no randomness, so the same reading gives the same
+//! Observations (and the same identifiers) on any gateway that shares the
+//! pseudonymization key. Golden-file tests in `gateway/tests/golden/` pin its output.
+//!
+//! Rules (documented for clinical engineers in `device-profiles/README.md`):
+//! - **Codes**: LOINC from the catalog (or the profile's override), plus the MDC code, each
+//!   with its system URI; SpO2 carries both 2708-6 and 59408-5.
+//! - **Units**: UCUM with `system = http://unitsofmeasure.org`. A value in a unit the
+//!   vital-signs profile allows is emitted as is; any other unit of the same dimension is
+//!   converted to the catalog unit (kPa → mm[Hg], kg/L → mg/dL), keeping precision.
+//! - **Blood pressure**: systolic, diastolic and mean arterial pressure from one reading
+//!   become one 85354-9 panel with components; pulse is a separate Observation.
+//! - **Special values** (NaN, NRes, ±infinity, unsupported): no value, a `dataAbsentReason`.
+//! - **Out of range** (outside the plausible range of the catalog or the profile): by
+//!   default the value is kept and marked with `interpretation` = `questionable`
+//!   (measurement-status code system), because an implausible value may still be real and
+//!   must reach a clinician; with `out_of_range = "reject"` it is dropped and counted.
+//! - **Time**: `effectiveDateTime` is the device's measurement time in UTC. A device time
+//!   without zone is read in the device's configured zone (default: the gateway's). The
+//!   receive time is used instead when the device gives no time, says its clock is not
+//!   set, or gives a time more than [`MAX_FUTURE`] ahead of the receive time. `issued` is
+//!   the receive time.
+//! - **Identity**: `identifier` (and `id`) is a UUID derived from the device pseudonym,
+//!   the field names, the effective time and the device's sequence number.
+//! - **Test data** (control solution, calibration) is never emitted as a patient
+//!   observation; demo data is emitted with the `HTEST` security label.
+
+use chrono::{DateTime, LocalResult, NaiveDateTime, Offset, SecondsFormat, TimeZone, Utc};
+use iomt_drivers::{AbsentReason, DeviceTime, Measurement, Quantity, Reading, ReadingFlag};
+use ring::digest;
+use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::Decimal;
+
+use crate::catalog::{self, Category, Panel};
+use crate::fhir::{
+    self, CodeableConcept, Coding, Component, Extension, Identifier, Meta, Observation, Reference,
+};
+use crate::profile::{FieldMapping, Profile};
+use crate::ucum;
+
+/// Device times further ahead of the receive time than this are not trusted.
+pub const MAX_FUTURE: chrono::Duration = chrono::Duration::hours(24);
+
+/// The zone a device's wall-clock times are in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Zone {
+    /// The gateway's own local zone (from `TZ` or `/etc/localtime`).
+    GatewayLocal,
+    /// A named IANA zone.
+    Named(chrono_tz::Tz),
+}
+
+/// What to do with a value outside its plausible range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutOfRange {
+    /// Keep it, marked `questionable` (the default).
+    #[default]
+    Flag,
+    /// Drop it and count it.
+    Reject,
+}
+
+/// Everything besides the reading and the profile that the mapping needs.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The patient reference (pseudonymous).
+    pub subject: Reference,
+    /// The measuring device's pseudonym (its Device resource id is derived from it).
+    pub device_pseudonym: String,
+    /// The gateway's pseudonym.
+    pub gateway_pseudonym: String,
+    /// The zone of the device's wall-clock times.
+    pub zone: Zone,
+    /// The out-of-range rule.
+    pub out_of_range: OutOfRange,
+}
+
+/// Which clock `effectiveDateTime` came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeSource {
+    /// The device's time, with its zone.
+    DeviceZoned,
+    /// The device's wall-clock time, read in the configured zone.
+    DeviceLocal,
+    /// The gateway's receive time, because the device gave none.
+    Received,
+    /// The gateway's receive time, because the device time was not trustworthy.
+    ReceivedDistrusted,
+}
+
+/// Why (part of) a reading produced no Observation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// The profile maps no field of this name (a decoder may report more than a profile wants).
+    UnmappedField(String),
+    /// The unit could not be converted.
+    Unit {
+        /// The field.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// The value is outside the plausible range and the rule is `reject`.
+    Implausible {
+        /// The field.
+        field: String,
+    },
+    /// The reading is test or calibration data.
+    TestData,
+}
+
+/// The result of normalizing one reading.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalized {
+    /// The Observations.
+    pub observations: Vec<Observation>,
+    /// What was left out, and why.
+    pub rejections: Vec<Rejection>,
+    /// How many values were flagged as questionable.
+    pub flagged: usize,
+    /// Where the effective time came from.
+    pub time_source: TimeSource,
+}
+
+/// The FHIR Device id for a pseudonym: a UUID made from the pseudonym's 128 bits, so the
+/// Bundle can name the entry `urn:uuid:<id>` and the server stores it under the same id.
+pub fn device_resource_id(pseudonym: &str) -> String {
+    let mut bytes = [0u8; 16];
+    let decoded = hex::decode(pseudonym).unwrap_or_default();
+    for (b, d) in bytes.iter_mut().zip(decoded) {
+        *b = d;
+    }
+    uuid_text(bytes)
+}
+
+/// Formats 16 bytes as a version-8 (RFC 9562) UUID.
+fn uuid_text(mut b: [u8; 16]) -> String {
+    b[6] = (b[6] & 0x0f) | 0x80;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Formats an instant as FHIR wants it: UTC, `Z`, milliseconds only when non-zero.
+pub fn fhir_instant(t: DateTime<Utc>) -> String {
+    let format = if t.timestamp_subsec_millis() == 0 {
+        SecondsFormat::Secs
+    } else {
+        SecondsFormat::Millis
+    };
+    t.to_rfc3339_opts(format, true)
+}
+
+/// Resolves a wall-clock time in `zone`. An ambiguous time (the hour repeated when DST
+/// ends) takes the earlier instant; a time in the DST gap is read with the offset in
+/// force just before the gap.
+pub fn resolve_local(naive: NaiveDateTime, zone: Zone) -> Option<DateTime<Utc>> {
+    fn pick<Z: TimeZone>(zone: &Z, naive: NaiveDateTime) -> Option<DateTime<Utc>> {
+        match zone.from_local_datetime(&naive) {
+            LocalResult::Single(t) => Some(t.with_timezone(&Utc)),
+            LocalResult::Ambiguous(early, _) => Some(early.with_timezone(&Utc)),
+            LocalResult::None => {
+                let before = naive - chrono::Duration::hours(3);
+                let offset = zone.from_local_datetime(&before).earliest()?.offset().fix();
+                offset
+                    .from_local_datetime(&naive)
+                    .single()
+                    .map(|t| t.with_timezone(&Utc))
+            }
+        }
+    }
+    match zone {
+        Zone::GatewayLocal => pick(&chrono::Local, naive),
+        Zone::Named(tz) => pick(&tz, naive),
+    }
+}
+
+fn effective_time(reading: &Reading, zone: Zone) -> (DateTime<Utc>, TimeSource) {
+    let received = reading.received_at;
+    if reading.flags.contains(&ReadingFlag::ClockNotSet) {
+        return (received, TimeSource::ReceivedDistrusted);
+    }
+    let device = match reading.device_time {
+        None => return (received, TimeSource::Received),
+        Some(DeviceTime::Zoned(t)) => Some((t.with_timezone(&Utc), TimeSource::DeviceZoned)),
+        Some(DeviceTime::Local(n)) => resolve_local(n, zone).map(|t| (t, TimeSource::DeviceLocal)),
+    };
+    match device {
+        Some((t, src)) if t <= received + MAX_FUTURE => (t, src),
+        _ => (received, TimeSource::ReceivedDistrusted),
+    }
+}
+
+/// A UUID (version 8, RFC 9562) from the SHA-256 of `parts`, each length-prefixed.
+fn derived_uuid(parts: &[&str]) -> String {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(b"iomt-gateway/v1/observation\0");
+    for p in parts {
+        ctx.update(&(p.len() as u64).to_be_bytes());
+        ctx.update(p.as_bytes());
+    }
+    let d = ctx.finish();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d.as_ref()[..16]);
+    uuid_text(b)
+}
+
+fn absent_reason(reason: AbsentReason) -> CodeableConcept {
+    let (code, display) = match reason {
+        AbsentReason::NotANumber => ("not-a-number", "Not a Number (NaN)"),
+        AbsentReason::NotAtThisResolution => ("error", "Error"),
+        AbsentReason::PositiveInfinity => ("positive-infinity", "Positive Infinity (PINF)"),
+        AbsentReason::NegativeInfinity => ("negative-infinity", "Negative Infinity (NINF)"),
+        AbsentReason::Unsupported => ("unsupported", "Unsupported"),
+    };
+    CodeableConcept {
+        coding: vec![Coding::new(fhir::DATA_ABSENT_REASON, code, display)],
+        text: None,
+    }
+}
+
+fn questionable() -> CodeableConcept {
+    CodeableConcept {
+        coding: vec![Coding::new(
+            fhir::MEASUREMENT_STATUS,
+            "questionable",
+            "Questionable",
+        )],
+        text: Some("outside the plausible range for this measurement".into()),
+    }
+}
+
+fn code_of(m: &FieldMapping) -> CodeableConcept {
+    let mut coding = vec![Coding::new(
+        fhir::LOINC,
+        m.loinc.code.clone(),
+        m.loinc.display.clone(),
+    )];
+    coding.extend(
+        m.kind
+            .extra_loinc
+            .iter()
+            .map(|l| Coding::new(fhir::LOINC, l.code, l.display)),
+    );
+    if let Some(mdc) = &m.mdc {
+        coding.push(Coding {
+            system: fhir::MDC.into(),
+            code: mdc.code.to_string(),
+            display: (!mdc.refid.is_empty()).then(|| mdc.refid.clone()),
+        });
+    }
+    CodeableConcept {
+        coding,
+        text: Some(m.loinc.display.clone()),
+    }
+}
+
+/// The value part of one quantity after unit conversion and range check.
+enum Value {
+    Present {
+        quantity: fhir::Quantity,
+        questionable: bool,
+    },
+    Absent(CodeableConcept),
+}
+
+fn value_of(q: &Quantity, m: &FieldMapping, policy: OutOfRange) -> Result<Value, Rejection> {
+    let v = match q.value {
+        Measurement::Absent(reason) => return Ok(Value::Absent(absent_reason(reason))),
+        Measurement::Value(v) => v,
+    };
+    let kind = m.kind;
+    let unit_err = |reason: String| Rejection::Unit {
+        field: q.name.clone(),
+        reason,
+    };
+    let emitted_unit = if q.unit == kind.unit || kind.also_emitted_in.contains(&q.unit.as_str()) {
+        q.unit.as_str()
+    } else {
+        kind.unit
+    };
+    let value = ucum::convert(v, &q.unit, emitted_unit).map_err(|e| unit_err(e.to_string()))?;
+    let in_catalog_unit =
+        ucum::convert(v, &q.unit, kind.unit).map_err(|e| unit_err(e.to_string()))?;
+    let f = in_catalog_unit.to_f64().unwrap_or(f64::NAN);
+    let implausible = !(f >= m.plausible.0 && f <= m.plausible.1);
+    if implausible && policy == OutOfRange::Reject {
+        return Err(Rejection::Implausible {
+            field: q.name.clone(),
+        });
+    }
+    Ok(Value::Present {
+        quantity: fhir_quantity(value, emitted_unit),
+        questionable: implausible,
+    })
+}
+
+fn fhir_quantity(value: Decimal, unit: &str) -> fhir::Quantity {
+    let number = value
+        .to_string()
+        .parse::<serde_json::Number>()
+        .unwrap_or_else(|_| serde_json::Number::from(0));
+    fhir::Quantity {
+        value: number,
+        unit: ucum::display(unit).to_string(),
+        system: fhir::UCUM.into(),
+        code: unit.into(),
+    }
+}
+
+/// Normalizes one reading.
+pub fn normalize(reading: &Reading, profile: &Profile, ctx: &Context) -> Normalized {
+    let (effective, time_source) = effective_time(reading, ctx.zone);
+    let mut out = Normalized {
+        observations: Vec::new(),
+        rejections: Vec::new(),
+        flagged: 0,
+        time_source,
+    };
+    if reading.flags.contains(&ReadingFlag::TestData) {
+        out.rejections.push(Rejection::TestData);
+        return out;
+    }
+    let effective_text = fhir_instant(effective);
+    let sequence = reading.sequence.map(|s| s.to_string()).unwrap_or_default();
+    let demo = reading.flags.contains(&ReadingFlag::DemoData);
+
+    let mut panel: Vec<(&Quantity, &FieldMapping)> = Vec::new();
+    for q in &reading.quantities {
+        let Some(m) = profile.field(&q.name) else {
+            out.rejections
+                .push(Rejection::UnmappedField(q.name.clone()));
+            continue;
+        };
+        if m.kind.panel == Some(Panel::BloodPressure) {
+            panel.push((q, m));
+            continue;
+        }
+        match value_of(q, m, ctx.out_of_range) {
+            Err(r) => out.rejections.push(r),
+            Ok(value) => {
+                let uuid =
+                    derived_uuid(&[&ctx.device_pseudonym, &q.name, &effective_text, &sequence]);
+                let mut obs = skeleton(
+                    &uuid,
+                    m.kind.category,
+                    m.kind.fhir_profile,
+                    code_of(m),
+                    &effective_text,
+                    reading,
+                    ctx,
+                    demo,
+                );
+                match value {
+                    Value::Present {
+                        quantity,
+                        questionable: q,
+                    } => {
+                        obs.value_quantity = Some(quantity);
+                        if q {
+                            obs.interpretation.push(questionable());
+                            out.flagged += 1;
+                        }
+                    }
+                    Value::Absent(reason) => obs.data_absent_reason = Some(reason),
+                }
+                out.observations.push(obs);
+            }
+        }
+    }
+
+    if !panel.is_empty() {
+        if let Some(obs) = blood_pressure(
+            &panel,
+            &effective_text,
+            &sequence,
+            reading,
+            ctx,
+            demo,
+            &mut out,
+        ) {
+            out.observations.push(obs);
+        }
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn skeleton(
+    uuid: &str,
+    category: Category,
+    fhir_profile: Option<&str>,
+    code: CodeableConcept,
+    effective: &str,
+    reading: &Reading,
+    ctx: &Context,
+    demo: bool,
+) -> Observation {
+    let mut meta = Meta::default();
+    if category == Category::VitalSigns {
+        meta.profile.push(catalog::VITAL_SIGNS_PROFILE.into());
+    }
+    if let Some(p) = fhir_profile {
+        meta.profile.push(p.into());
+    }
+    if demo {
+        meta.security
+            .push(Coding::new(fhir::ACT_REASON, "HTEST", "test health data"));
+    }
+    Observation {
+        resource_type: "Observation".into(),
+        id: uuid.into(),
+        meta,
+        extension: vec![Extension {
+            url: fhir::GATEWAY_DEVICE_EXTENSION.into(),
+            value_reference: Reference::to(format!(
+                "Device/{}",
+                device_resource_id(&ctx.gateway_pseudonym)
+            )),
+        }],
+        identifier: vec![Identifier {
+            system: fhir::URN_SYSTEM.into(),
+            value: format!("urn:uuid:{uuid}"),
+        }],
+        status: "final".into(),
+        category: vec![
+            CodeableConcept {
+                coding: vec![Coding::new(
+                    fhir::OBSERVATION_CATEGORY,
+                    category.code(),
+                    category.display(),
+                )],
+                text: None,
+            },
+            CodeableConcept {
+                coding: vec![Coding::new(
+                    fhir::PHD_CATEGORY,
+                    "phd",
+                    "PHD generated Observation",
+                )],
+                text: None,
+            },
+        ],
+        code,
+        subject: ctx.subject.clone(),
+        effective_date_time: effective.into(),
+        issued: fhir_instant(reading.received_at),
+        value_quantity: None,
+        data_absent_reason: None,
+        interpretation: Vec::new(),
+        device: Reference::to(format!(
+            "Device/{}",
+            device_resource_id(&ctx.device_pseudonym)
+        )),
+        component: Vec::new(),
+    }
+}
+
+fn blood_pressure(
+    members: &[(&Quantity, &FieldMapping)],
+    effective: &str,
+    sequence: &str,
+    reading: &Reading,
+    ctx: &Context,
+    demo: bool,
+    out: &mut Normalized,
+) -> Option<Observation> {
+    let mut components = Vec::new();
+    for key in ["systolic", "diastolic", "mean_arterial"] {
+        let Some((q, m)) = members.iter().find(|(_, m)| m.kind.key == key) else {
+            if key != "mean_arterial" {
+                // The panel needs both; say the device did not report this one.
+                let kind = catalog::kind(key)?;
+                let m = FieldMapping {
+                    name: key.into(),
+                    kind,
+                    loinc: kind.loinc.into(),
+                    mdc: kind.mdc.map(Into::into),
+                    plausible: kind.plausible,
+                };
+                components.push(Component {
+                    code: code_of(&m),
+                    value_quantity: None,
+                    data_absent_reason: Some(CodeableConcept {
+                        coding: vec![Coding::new(fhir::DATA_ABSENT_REASON, "unknown", "Unknown")],
+                        text: None,
+                    }),
+                    interpretation: Vec::new(),
+                });
+            }
+            continue;
+        };
+        let mut c = Component {
+            code: code_of(m),
+            value_quantity: None,
+            data_absent_reason: None,
+            interpretation: Vec::new(),
+        };
+        match value_of(q, m, ctx.out_of_range) {
+            Err(r) => {
+                out.rejections.push(r);
+                c.data_absent_reason = Some(CodeableConcept {
+                    coding: vec![Coding::new(fhir::DATA_ABSENT_REASON, "error", "Error")],
+                    text: None,
+                });
+            }
+            Ok(Value::Present {
+                quantity,
+                questionable: qq,
+            }) => {
+                c.value_quantity = Some(quantity);
+                if qq {
+                    c.interpretation.push(questionable());
+                    out.flagged += 1;
+                }
+            }
+            Ok(Value::Absent(reason)) => c.data_absent_reason = Some(reason),
+        }
+        components.push(c);
+    }
+    if components.iter().all(|c| c.value_quantity.is_none())
+        && ctx.out_of_range == OutOfRange::Reject
+        && !out.rejections.is_empty()
+    {
+        return None;
+    }
+    let names: Vec<&str> = members.iter().map(|(q, _)| q.name.as_str()).collect();
+    let uuid = derived_uuid(&[&ctx.device_pseudonym, &names.join("+"), effective, sequence]);
+    let code = CodeableConcept {
+        coding: vec![
+            Coding::new(
+                fhir::LOINC,
+                catalog::BP_PANEL.code,
+                catalog::BP_PANEL.display,
+            ),
+            Coding {
+                system: fhir::MDC.into(),
+                code: catalog::BP_PANEL_MDC.code.to_string(),
+                display: Some(catalog::BP_PANEL_MDC.refid.into()),
+            },
+        ],
+        text: Some("Blood pressure".into()),
+    };
+    let mut obs = skeleton(
+        &uuid,
+        Category::VitalSigns,
+        Some(catalog::BP_PROFILE),
+        code,
+        effective,
+        reading,
+        ctx,
+        demo,
+    );
+    obs.component = components;
+    Some(obs)
+}
+
+/// The FHIR Device for a measuring device. It carries only the pseudonym, the
+/// manufacturer and the model: never the serial number or the transport address.
+pub fn device_resource(profile: &Profile, device_pseudonym: &str) -> fhir::Device {
+    fhir::Device {
+        resource_type: "Device".into(),
+        id: device_resource_id(device_pseudonym),
+        identifier: vec![Identifier {
+            system: DEVICE_PSEUDONYM_SYSTEM.into(),
+            value: device_pseudonym.into(),
+        }],
+        manufacturer: Some(profile.manufacturer.clone()),
+        device_name: vec![fhir::DeviceName {
+            name: profile.name.clone(),
+            kind: "model-name".into(),
+        }],
+        model_number: Some(profile.model.clone()),
+        version: Vec::new(),
+    }
+}
+
+/// The FHIR Device for the gateway itself (the PHD IG's PHG).
+pub fn gateway_resource(gateway_pseudonym: &str) -> fhir::Device {
+    fhir::Device {
+        resource_type: "Device".into(),
+        id: device_resource_id(gateway_pseudonym),
+        identifier: vec![Identifier {
+            system: GATEWAY_PSEUDONYM_SYSTEM.into(),
+            value: gateway_pseudonym.into(),
+        }],
+        manufacturer: Some("iomt-gateway project".into()),
+        device_name: vec![fhir::DeviceName {
+            name: "iomt-gateway".into(),
+            kind: "model-name".into(),
+        }],
+        model_number: None,
+        version: vec![fhir::DeviceVersion {
+            value: env!("CARGO_PKG_VERSION").into(),
+        }],
+    }
+}
+
+/// Identifier system of device pseudonyms.
+pub const DEVICE_PSEUDONYM_SYSTEM: &str = "urn:iomt-gateway:device-pseudonym";
+/// Identifier system of gateway pseudonyms.
+pub const GATEWAY_PSEUDONYM_SYSTEM: &str = "urn:iomt-gateway:gateway-pseudonym";
+/// Identifier system of patient pseudonyms.
+pub const PATIENT_PSEUDONYM_SYSTEM: &str = "urn:iomt-gateway:patient-pseudonym";
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,174 @@
+//! `profile test`: decode one captured payload with a profile and show the Observations
+//! it becomes, exactly as the daemon would produce them.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use iomt_drivers::{DeviceIdentity, Quantity, Reading};
+
+use crate::fhir::{self, Observation, Reference};
+use crate::normalize::{self, Context, OutOfRange, Zone};
+use crate::profile::{normalize_uuid, Profile, TransportSpec};
+use crate::pseudonym::{Domain, Pseudonymizer};
+
+/// Why a payload could not be tried.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The payload does not decode with this profile.
+    #[error("the payload does not decode with profile `{profile}`: {reason}")]
+    Decode {
+        /// The profile id.
+        profile: String,
+        /// Why.
+        reason: String,
+    },
+    /// The option does not apply to this profile.
+    #[error("{0}")]
+    Usage(String),
+    /// Decoding for this transport is not available in this release.
+    #[error("profile `{profile}` uses the built-in GATT decoder `{decoder}`, and BLE payload decoding is not available in this release yet")]
+    Unsupported {
+        /// The profile id.
+        profile: String,
+        /// The decoder name.
+        decoder: String,
+    },
+    /// Decoding worked but no Observation resulted.
+    #[error("the payload decoded, but produced no Observation: {0}")]
+    Nothing(String),
+}
+
+/// Decodes `payload` with `profile` and normalizes it, as received at `received_at`.
+///
+/// Payload forms: a text line for line-oriented serial profiles; a JSON object for MQTT
+/// profiles; a JSON object `{"field": value}` for simulator profiles; hex for BLE.
+pub fn test_payload(
+    profile: &Profile,
+    payload: &str,
+    characteristic: Option<&str>,
+    received_at: DateTime<Utc>,
+    zone: Zone,
+) -> Result<Vec<Observation>, ProbeError> {
+    let decode_err = |reason: String| ProbeError::Decode {
+        profile: profile.id.clone(),
+        reason,
+    };
+    if characteristic.is_some() && !matches!(profile.transport, TransportSpec::Ble(_)) {
+        return Err(ProbeError::Usage(format!(
+            "--characteristic applies to BLE profiles only; `{}` is a {} profile",
+            profile.id,
+            profile.transport.transport()
+        )));
+    }
+    let device = Arc::new(DeviceIdentity {
+        profile: profile.id.clone(),
+        transport: profile.transport.transport(),
+        address: "profile-test".into(),
+        serial_number: None,
+        manufacturer: Some(profile.manufacturer.clone()),
+        model: Some(profile.model.clone()),
+    });
+    let reading = match &profile.transport {
+        TransportSpec::Ble(spec) => {
+            if let Some(c) = characteristic {
+                let wanted = normalize_uuid(c)
+                    .ok_or_else(|| ProbeError::Usage(format!("`{c}` is not a Bluetooth UUID")))?;
+                let own = normalize_uuid(&format!("{:04x}", spec.decoder.characteristic))
+                    .unwrap_or_default();
+                if wanted != own {
+                    return Err(ProbeError::Usage(format!(
+                        "profile `{}` decodes characteristic {:04X}, not {c}",
+                        profile.id, spec.decoder.characteristic
+                    )));
+                }
+            }
+            return Err(ProbeError::Unsupported {
+                profile: profile.id.clone(),
+                decoder: spec.decoder.name.into(),
+            });
+        }
+        TransportSpec::Serial(spec) => spec
+            .line
+            .decode(payload, device, received_at)
+            .map_err(|e| decode_err(e.to_string()))?,
+        TransportSpec::Mqtt(spec) => {
+            let value = spec
+                .json
+                .parse(payload.as_bytes())
+                .map_err(|e| decode_err(e.to_string()))?;
+            spec.json
+                .decode(&value, device, received_at)
+                .map_err(|e| decode_err(e.to_string()))?
+        }
+        TransportSpec::Sim(spec) => {
+            let value: serde_json::Value = serde_json::from_str(payload).map_err(|e| {
+                decode_err(format!(
+                    "expected a JSON object like {{\"field\": 72}}: {e}"
+                ))
+            })?;
+            let obj = value
+                .as_object()
+                .ok_or_else(|| decode_err("expected a JSON object like {\"field\": 72}".into()))?;
+            let mut quantities = Vec::new();
+            for (name, signal) in &spec.signals {
+                let Some(v) = obj.get(name) else { continue };
+                let text = match v {
+                    serde_json::Value::Number(n) => n.to_string(),
+                    serde_json::Value::String(s) => s.clone(),
+                    _ => return Err(decode_err(format!("field `{name}`: expected a number"))),
+                };
+                let value = if text.eq_ignore_ascii_case("nan") {
+                    Quantity::absent(
+                        name.clone(),
+                        iomt_drivers::AbsentReason::NotANumber,
+                        signal.unit(),
+                    )
+                } else {
+                    let d = text
+                        .parse()
+                        .map_err(|_| decode_err(format!("field `{name}`: not a decimal number")))?;
+                    Quantity::new(name.clone(), d, signal.unit())
+                };
+                quantities.push(value);
+            }
+            if let Some(unknown) = obj
+                .keys()
+                .find(|k| !spec.signals.iter().any(|(n, _)| n == *k))
+            {
+                return Err(decode_err(format!("the profile has no field `{unknown}`")));
+            }
+            Reading {
+                device,
+                device_time: None,
+                received_at,
+                sequence: None,
+                quantities,
+                flags: Vec::new(),
+            }
+        }
+    };
+    let p = Pseudonymizer::new(&crate::demo::DEMO_KEY);
+    let ctx = Context {
+        subject: Reference {
+            reference: None,
+            identifier: Some(fhir::Identifier {
+                system: normalize::PATIENT_PSEUDONYM_SYSTEM.into(),
+                value: p.pseudonym(Domain::Patient, "example-patient"),
+            }),
+        },
+        device_pseudonym: p.pseudonym(Domain::Device, "profile-test"),
+        gateway_pseudonym: p.pseudonym(Domain::Gateway, "profile-test"),
+        zone,
+        out_of_range: OutOfRange::Flag,
+    };
+    let out = normalize::normalize(&reading, profile, &ctx);
+    if out.observations.is_empty() {
+        let reasons: Vec<String> = out.rejections.iter().map(|r| format!("{r:?}")).collect();
+        return Err(ProbeError::Nothing(if reasons.is_empty() {
+            "no field of the profile was present".into()
+        } else {
+            reasons.join("; ")
+        }));
+    }
+    Ok(out.observations)
+}

@@ -1,0 +1,71 @@
+//! The file uplink: each Bundle becomes one JSON file in a directory.
+//!
+//! Used by `demo` and for air-gapped kits whose data is collected by hand. A file is
+//! written under a temporary name, synced, and renamed into place, so a reader (or a crash)
+//! never sees half a Bundle.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::{DeliveryFuture, Uplink, UplinkError};
+use crate::fhir::Bundle;
+
+/// Writes Bundles as `bundle-<UTC time>-<n>.json`.
+#[derive(Debug)]
+pub struct FileUplink {
+    dir: PathBuf,
+    written: u64,
+}
+
+impl FileUplink {
+    /// An uplink writing into `dir`, which is created if missing.
+    pub fn new(dir: &Path) -> Result<Self, UplinkError> {
+        std::fs::create_dir_all(dir).map_err(|e| UplinkError::Transient {
+            uplink: "file".into(),
+            reason: format!("cannot create directory {}: {e}", dir.display()),
+        })?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            written: 0,
+        })
+    }
+
+    /// How many Bundles were written.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    fn write(&mut self, bundle: &Bundle) -> std::io::Result<PathBuf> {
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
+        let name = format!("bundle-{stamp}-{:06}.json", self.written + 1);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let path = self.dir.join(&name);
+        let mut f = std::fs::File::create(&tmp)?;
+        serde_json::to_writer_pretty(&mut f, bundle)?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        self.written += 1;
+        Ok(path)
+    }
+}
+
+impl Uplink for FileUplink {
+    fn name(&self) -> &str {
+        "file"
+    }
+
+    fn deliver<'a>(&'a mut self, bundle: &'a Bundle) -> DeliveryFuture<'a> {
+        Box::pin(async move {
+            // Bundles are small; a blocking write of a few KiB does not stall the runtime
+            // noticeably, and keeps ordering trivially.
+            let path = self.write(bundle).map_err(|e| UplinkError::Transient {
+                uplink: "file".into(),
+                reason: format!("cannot write a bundle into {}: {e}", self.dir.display()),
+            })?;
+            tracing::debug!(path = %path.display(), entries = bundle.entry.len(), "bundle written");
+            Ok(())
+        })
+    }
+}
