@@ -474,6 +474,14 @@ dir = "/tmp/out"
 "#;
 
     #[test]
+    fn the_example_configuration_is_valid() {
+        let text = include_str!("../../gateway.example.toml");
+        let c = Config::from_toml_str(text, "gateway.example.toml").unwrap();
+        assert_eq!(c.uplinks.len(), 1);
+        assert_eq!(c.batch_max, 100);
+    }
+
+    #[test]
     fn a_minimal_file_gets_the_documented_defaults() {
         let c = Config::from_toml_str(MINIMAL, "test").unwrap();
         assert_eq!(c.batch_max, 100);

@@ -125,6 +125,13 @@ pub struct Meta {
     pub security: Vec<Coding>,
 }
 
+impl Meta {
+    /// Whether there is nothing to say.
+    pub fn is_empty(&self) -> bool {
+        self.profile.is_empty() && self.security.is_empty()
+    }
+}
+
 /// An Observation component (a panel member such as systolic pressure).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -150,7 +157,8 @@ pub struct Observation {
     pub resource_type: String,
     /// Logical id: the deterministic identifier's UUID.
     pub id: String,
-    /// Profiles and security labels.
+    /// Profiles and security labels (left out when empty: FHIR JSON forbids `{}`).
+    #[serde(skip_serializing_if = "Meta::is_empty", default)]
     pub meta: Meta,
     /// Extensions (the gateway device).
     #[serde(skip_serializing_if = "Vec::is_empty", default)]

@@ -188,7 +188,9 @@ pub enum ConversionError {
 ///
 /// Precision rule: a conversion by a power of ten is exact and moves the decimal point
 /// (`0.00100 kg/L` becomes `100 mg/dL`); any other factor keeps as many decimals as the
-/// input had, less the factor's order of magnitude (`18.9 kPa` becomes `141.8 mm[Hg]`).
+/// input had, less the factor's order of magnitude (`18.9 kPa` becomes `141.8 mm[Hg]`,
+/// `176.4 [lb_av]` becomes `80.01 kg`); a temperature keeps its decimals (`98.6 [degF]`
+/// becomes `37.0 Cel`).
 pub fn convert(value: Decimal, from: &str, to: &str) -> Result<Decimal, ConversionError> {
     if from == to {
         return Ok(value);
@@ -217,7 +219,10 @@ pub fn convert(value: Decimal, from: &str, to: &str) -> Result<Decimal, Conversi
     let ratio = dec(f.factor)
         .checked_div(dec(t.factor))
         .ok_or_else(overflow)?;
-    let magnitude = ratio.abs().log10_floor();
+    // An affine conversion (temperatures) keeps the input's decimals; a pure factor keeps
+    // the significant digits by shifting them by the factor's order of magnitude.
+    let affine = f.offset != "0" || t.offset != "0";
+    let magnitude = if affine { 0 } else { ratio.abs().log10_floor() };
     let decimals = (i64::from(value.scale()) - magnitude).clamp(0, 28) as u32;
     let mut out = converted.round_dp(decimals);
     out.rescale(decimals);
@@ -316,7 +321,7 @@ mod tests {
         assert_eq!(convert(d("1.75"), "m", "cm").unwrap().to_string(), "175");
         assert_eq!(
             convert(d("176.4"), "[lb_av]", "kg").unwrap().to_string(),
-            "80.0"
+            "80.01"
         );
     }
 

@@ -503,20 +503,26 @@ fn validate(raw: raw::RawProfile, c: &mut Check<'_>) -> Option<Profile> {
     })
 }
 
-/// Keys of `[[field]]` that only some transports use: (key, allowed transports, present?).
-fn transport_only_keys(
-    f: &raw::RawField,
-) -> [(&'static str, &'static [&'static str], Option<Range<usize>>); 5] {
+/// A `[[field]]` key that only some transports use, and where it appears (if it does).
+struct TransportOnlyKey {
+    key: &'static str,
+    allowed: &'static [&'static str],
+    span: Option<Range<usize>>,
+}
+
+/// The `[[field]]` keys that only some transports use.
+fn transport_only_keys(f: &raw::RawField) -> [TransportOnlyKey; 5] {
+    let k = |key, allowed, span| TransportOnlyKey { key, allowed, span };
     [
-        ("pointer", &["mqtt"], f.pointer.as_ref().map(|s| s.span())),
-        ("signal", &["sim"], f.signal.as_ref().map(|s| s.span())),
-        ("capture", &["serial"], f.capture.as_ref().map(|s| s.span())),
-        (
+        k("pointer", &["mqtt"], f.pointer.as_ref().map(|s| s.span())),
+        k("signal", &["sim"], f.signal.as_ref().map(|s| s.span())),
+        k("capture", &["serial"], f.capture.as_ref().map(|s| s.span())),
+        k(
             "scale",
             &["serial", "mqtt"],
             f.scale.as_ref().map(|s| s.span()),
         ),
-        (
+        k(
             "no_reading",
             &["serial", "mqtt"],
             (!f.no_reading.is_empty()).then(|| f.name.span()),
@@ -525,7 +531,7 @@ fn transport_only_keys(
 }
 
 fn field_mapping(f: &raw::RawField, transport: &str, c: &mut Check<'_>) -> Option<FieldMapping> {
-    for (key, allowed, span) in transport_only_keys(f) {
+    for TransportOnlyKey { key, allowed, span } in transport_only_keys(f) {
         if let Some(span) = span {
             if !allowed.contains(&transport) {
                 c.at(

@@ -1,1 +1,126 @@
+use super::*;
 
+fn parse_str(text: &str) -> Result<Profile, ProfileErrors> {
+    parse(Path::new("p.toml"), text)
+}
+
+const HEAD: &str = "id = \"t\"\nname = \"T\"\nmanufacturer = \"M\"\nmodel = \"X\"\n";
+
+#[test]
+fn a_serial_line_profile_compiles_its_regex_and_defaults() {
+    let p = parse_str(&format!(
+        "{HEAD}[serial]\nbaud = 9600\n[serial.line]\nregex = 'SPO2=(?P<spo2>\\d+)'\n[[field]]\nname = \"spo2\"\nvital = \"spo2\"\nno_reading = [\"---\"]\n"
+    ))
+    .unwrap();
+    let TransportSpec::Serial(s) = &p.transport else {
+        panic!("serial expected")
+    };
+    assert_eq!((s.data_bits, s.stop_bits, s.parity), (8, 1, Parity::None));
+    assert_eq!(s.terminator, "\n");
+    assert_eq!(s.line.fields[0].no_reading, vec!["---".to_string()]);
+}
+
+#[test]
+fn every_semantic_problem_is_reported_with_its_line() {
+    let text = format!(
+        "{HEAD}[mqtt]\ntopic = \"a/#/b\"\n[mqtt.json]\n[[field]]\nname = \"x\"\nvital = \"nope\"\npointer = \"/x\"\n[[field]]\nname = \"y\"\nvital = \"spo2\"\nunit = \"percent\"\n"
+    );
+    let errs = parse_str(&text).unwrap_err().0;
+    let lines: Vec<(usize, &str)> = errs.iter().map(|e| (e.line, e.message.as_str())).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|(l, m)| *l == 6 && m.contains("topic filter")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|(l, m)| *l == 10 && m.contains("unknown vital kind `nope`")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|(l, m)| *l == 15 && m.contains("write `%`")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|(l, m)| *l == 13 && m.contains("needs a `pointer`")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn transport_specific_keys_are_refused_elsewhere() {
+    let text =
+        format!("{HEAD}[sim]\n[[field]]\nname = \"spo2\"\nvital = \"spo2\"\npointer = \"/spo2\"\n");
+    let errs = parse_str(&text).unwrap_err().0;
+    assert!(
+        errs[0]
+            .message
+            .contains("`pointer` is not used by sim profiles"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn a_profile_needs_exactly_one_transport() {
+    let none = parse_str(&format!(
+        "{HEAD}[[field]]\nname = \"spo2\"\nvital = \"spo2\"\n"
+    ))
+    .unwrap_err();
+    assert!(none.0[0].message.contains("no transport"));
+    let two = parse_str(&format!(
+        "{HEAD}[sim]\n[mqtt]\ntopic = \"a\"\n[[field]]\nname = \"spo2\"\nvital = \"spo2\"\n"
+    ))
+    .unwrap_err();
+    assert!(two.0[0].message.contains("one transport"), "{two}");
+}
+
+#[test]
+fn blood_pressure_needs_systolic_and_diastolic() {
+    let text = format!("{HEAD}[sim]\n[[field]]\nname = \"systolic\"\nvital = \"systolic\"\n");
+    let errs = parse_str(&text).unwrap_err();
+    assert!(
+        errs.to_string().contains("both `systolic` and `diastolic`"),
+        "{errs}"
+    );
+}
+
+#[test]
+fn ble_fields_must_be_produced_by_the_decoder() {
+    let text = format!("{HEAD}[ble]\nservices = [\"1810\"]\ndecoder = \"blood_pressure_measurement\"\n[[field]]\nname = \"spo2\"\nvital = \"spo2\"\n");
+    let errs = parse_str(&text).unwrap_err();
+    assert!(
+        errs.to_string().contains("produces no field `spo2`"),
+        "{errs}"
+    );
+}
+
+#[test]
+fn uuids_are_normalized_to_128_bits() {
+    assert_eq!(
+        normalize_uuid("1810").unwrap(),
+        "00001810-0000-1000-8000-00805f9b34fb"
+    );
+    assert_eq!(
+        normalize_uuid("0x2A35").unwrap(),
+        "00002a35-0000-1000-8000-00805f9b34fb"
+    );
+    assert!(normalize_uuid("18100").is_none());
+}
+
+#[test]
+fn duplicate_profile_ids_are_reported() {
+    let text = format!("{HEAD}[sim]\n[[field]]\nname = \"spo2\"\nvital = \"spo2\"\n");
+    let a = parse(Path::new("a.toml"), &text).unwrap();
+    let b = parse(Path::new("b.toml"), &text).unwrap();
+    let errs = duplicate_ids(&[a, b]);
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0]
+        .to_string()
+        .starts_with("b.toml:1: profile id `t` is already used by a.toml"));
+}

@@ -1,0 +1,107 @@
+//! Shared helpers of the end-to-end tests: the real binary, the independent FHIR
+//! validator, and waiting on a condition with a deadline.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A command running the real `iomt-gateway` binary from the repository root.
+pub fn gateway() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_iomt-gateway"));
+    c.current_dir(root());
+    c.env_remove("RUST_LOG");
+    c
+}
+
+/// Runs the binary with `args` and returns its output.
+pub fn run(args: &[&str]) -> Output {
+    gateway()
+        .args(args)
+        .output()
+        .expect("the gateway binary runs")
+}
+
+/// Text of stdout and stderr.
+pub fn texts(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The Python interpreter that has the pinned `fhir.resources` (R4) installed:
+/// `$FHIR_VALIDATOR_PYTHON`, else the repository's `.venv` made by `tests/run-all`.
+/// Missing is a test failure, never a skip.
+pub fn validator_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("FHIR_VALIDATOR_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = root().join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "no FHIR validator environment: run `tests/run-all` (it creates .venv with fhir.resources) or set FHIR_VALIDATOR_PYTHON"
+    );
+    venv
+}
+
+/// Runs the independent validator (`tests/fhir_validate.py`) on `args`; returns
+/// (success, combined output).
+pub fn validate_fhir(args: &[&Path]) -> (bool, String) {
+    let out = Command::new(validator_python())
+        .arg(root().join("tests/fhir_validate.py"))
+        .args(args)
+        .output()
+        .expect("the validator runs");
+    let (o, e) = texts(&out);
+    (out.status.success(), format!("{o}{e}"))
+}
+
+/// Polls `condition` until it holds or `deadline` passes.
+pub fn wait_until(deadline: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The JSON files in a directory, sorted.
+pub fn json_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Every Observation in the Bundles of a directory.
+pub fn observations_in(dir: &Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for f in json_files(dir) {
+        let bundle: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+        for e in bundle["entry"].as_array().unwrap() {
+            if e["resource"]["resourceType"] == "Observation" {
+                out.push(e["resource"].clone());
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,222 @@
+//! End-to-end tests of `iomt-gateway run`: configuration, keys, signals and logs.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{gateway, texts, wait_until};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const PATIENT: &str = "MRN-TEST-4711";
+
+fn write_key(path: &Path, mode: u32) {
+    std::fs::write(path, [9u8; 32]).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[gateway]
+id = "kit-test-1"
+profiles_dir = "{root}/device-profiles"
+time_zone = "Europe/Berlin"
+
+[patient]
+id = "{PATIENT}"
+
+[pseudonymization]
+key_file = "{dir}/pseudonym.key"
+
+[sim]
+enabled = true
+interval_secs = 0.05
+nan_probability = 0.05
+out_of_range_probability = 0.05
+
+[batch]
+max_observations = 10
+max_delay_ms = 100
+
+[[uplinks]]
+kind = "file"
+dir = "{dir}/out"
+
+[log]
+level = "debug"
+{extra}
+"#,
+            root = common::root().display(),
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[test]
+fn run_stops_cleanly_on_sigterm_flushing_its_last_batch_and_never_logs_the_patient() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_key(&tmp.path().join("pseudonym.key"), 0o600);
+    let config = write_config(tmp.path(), "");
+    let child = gateway()
+        .args(["run", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out_dir = tmp.path().join("out");
+    wait_until(Duration::from_secs(20), "the first bundle", || {
+        !common::json_files(&out_dir).is_empty()
+    });
+
+    let sent = Instant::now();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "took {:?} to stop",
+        sent.elapsed()
+    );
+    let (stdout, stderr) = texts(&output);
+    assert!(
+        output.status.success(),
+        "exit {:?}\n{stderr}",
+        output.status
+    );
+    assert!(stderr.contains("SIGTERM received"), "{stderr}");
+    assert!(stderr.contains("pipeline drained"), "{stderr}");
+
+    // Every reading the pipeline took in ended up in a Bundle (the last batch was flushed).
+    let observations = common::observations_in(&out_dir);
+    let drained = stderr
+        .lines()
+        .find(|l| l.contains("pipeline drained"))
+        .unwrap();
+    let reported: usize = drained
+        .split("observations=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no observation count in `{drained}`"));
+    assert_eq!(observations.len(), reported);
+
+    // Healthcare data rules: no patient id, no device serial, no measured value in logs.
+    let logs = format!("{stdout}{stderr}");
+    assert!(!logs.contains(PATIENT), "the patient id was logged");
+    assert!(!logs.contains("SIM-SIM"), "a device serial was logged");
+    assert!(!logs.contains("valueQuantity"), "an observation was logged");
+    let bundles: String = common::json_files(&out_dir)
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    assert!(!bundles.contains(PATIENT), "the patient id left in clear");
+}
+
+#[test]
+fn run_refuses_a_key_file_readable_by_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_key(&tmp.path().join("pseudonym.key"), 0o644);
+    let config = write_config(tmp.path(), "");
+    let out = gateway()
+        .args(["run", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let (_, stderr) = texts(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("readable by group or others") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn run_reports_every_configuration_problem_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_key(&tmp.path().join("pseudonym.key"), 0o600);
+    let config = write_config(tmp.path(), "").to_str().unwrap().to_string();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("Europe/Berlin", "Mars/Olympus")
+        .replace("interval_secs = 0.05", "interval_secs = -1")
+        .replace("max_observations = 10", "max_observations = 0");
+    std::fs::write(&config, text).unwrap();
+    let out = gateway()
+        .args(["run", "--config", &config])
+        .output()
+        .unwrap();
+    let (_, stderr) = texts(&out);
+    assert!(!out.status.success());
+    for key in [
+        "gateway.time_zone",
+        "sim.interval_secs",
+        "batch.max_observations",
+    ] {
+        assert!(stderr.contains(key), "{key} not reported:\n{stderr}");
+    }
+}
+
+#[test]
+fn run_refuses_unknown_keys_and_a_missing_file_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_key(&tmp.path().join("pseudonym.key"), 0o600);
+    let config = write_config(tmp.path(), "colour = \"blue\"");
+    let out = gateway()
+        .args(["run", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let (_, stderr) = texts(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("colour"), "{stderr}");
+
+    let out = gateway()
+        .args(["run", "--config", "/nonexistent/gateway.toml"])
+        .output()
+        .unwrap();
+    let (_, stderr) = texts(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("does not exist"), "{stderr}");
+}
+
+#[test]
+fn environment_variables_override_the_configuration_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_key(&tmp.path().join("pseudonym.key"), 0o600);
+    let config = write_config(tmp.path(), "");
+    let out = gateway()
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("IOMT_GATEWAY__SIM__PROFILES", "no-such-profile")
+        .output()
+        .unwrap();
+    let (_, stderr) = texts(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("`no-such-profile`"), "{stderr}");
+}
+
+#[test]
+fn run_refuses_an_invalid_profiles_directory_naming_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_key(&tmp.path().join("pseudonym.key"), 0o600);
+    let config = write_config(tmp.path(), "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("{}/device-profiles", common::root().display()),
+        &format!(
+            "{}/tests/fixtures/profiles/broken",
+            common::root().display()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = gateway()
+        .args(["run", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let (_, stderr) = texts(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("duplicate-field.toml:14:"), "{stderr}");
+}
