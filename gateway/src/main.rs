@@ -222,8 +222,14 @@ fn find_profile(spec: &str, dir: Option<PathBuf>) -> Result<Profile> {
     if path.is_file() {
         return profile::load_file(path).map_err(|e| anyhow::anyhow!("{e}"));
     }
+    let explicit = dir.is_some();
     let dir = dir.unwrap_or_else(default_profiles_dir);
-    let files = profile::files_in(&dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let files = match profile::files_in(&dir) {
+        Ok(files) => files,
+        // Without --profiles, a missing default directory just leaves the built-in profiles.
+        Err(_) if !explicit => Vec::new(),
+        Err(e) => bail!("{e}"),
+    };
     for f in files {
         if let Ok(p) = profile::load_file(&f) {
             if p.id == spec {

@@ -163,7 +163,7 @@ pub fn test_payload(
     };
     let out = normalize::normalize(&reading, profile, &ctx);
     if out.observations.is_empty() {
-        let reasons: Vec<String> = out.rejections.iter().map(|r| format!("{r:?}")).collect();
+        let reasons: Vec<String> = out.rejections.iter().map(|r| r.to_string()).collect();
         return Err(ProbeError::Nothing(if reasons.is_empty() {
             "no field of the profile was present".into()
         } else {
