@@ -1,0 +1,662 @@
+//! The outbox: an encrypted SQLite store-and-forward queue. Nothing measured is lost
+//! while the link is down, the power is cut, or the process crashes.
+//!
+//! # Design
+//!
+//! **Schema** (`store.rs`). `rows` holds one sealed Observation per row, keyed by `seq`
+//! (insertion order, so delivery is oldest first), with the id of the Device resource it
+//! references, its enqueue time, the key id it was sealed with, and `pending`: a bitmask
+//! of the uplinks that still have to deliver it (`uplinks` maps names to bits). Device
+//! resources are stored once in `devices`. `dead_letters` keeps rows an uplink rejected
+//! for good, with the server's reason (sealed too). `keys` records each storage key's id
+//! and check value; `counters` and `uplinks` keep totals for `outbox status`.
+//!
+//! **Sealing** (`seal.rs`). Every payload is sealed with AES-256-GCM under a key derived
+//! by HKDF-SHA256 from the 32-byte storage key file. The associated data binds each
+//! ciphertext to its identity (`row` + seq + device id; `device` + id; `reason` + uplink +
+//! seq), so a ciphertext moved to another row does not open. Keys never live in the
+//! database: only their ids and check values do.
+//!
+//! **Key rotation.** `iomt-gateway keygen --rotate` moves the current key to
+//! `<key file>.retired` and writes a new one. New rows use the new key; rows sealed with a
+//! retired key stay readable until delivered. `outbox status` lists the key ids still in
+//! use, so a retired key file can be deleted once none of its ids remain.
+//!
+//! **Invariants.**
+//! - *Acknowledge after commit*: an appended reading's acknowledgement is sent only after
+//!   the transaction holding its rows has committed (`synchronous = FULL` in WAL mode, so
+//!   a commit is on disk when it returns).
+//! - *Delete after delivery*: a row leaves `rows` only when every uplink it waits for has
+//!   acknowledged it (or dead-lettered it), or when the size/age cap evicts it.
+//! - *Refuse, never reset*: a file that is not an SQLite database, a damaged database, a
+//!   newer schema, or a wrong key makes [`Outbox::open`] fail with a message saying what
+//!   is wrong and what to do. Nothing is written to such a file (checkpoint-on-close is
+//!   off while checking), so it stays byte-identical for recovery.
+//!
+//! **Group commit.** One writer task owns the database. It takes every operation that is
+//! waiting (appends from the pipeline, acknowledgements and fetches from the uplinks), up
+//! to `max_batch_rows` rows or `commit_window` after the first, applies them in one
+//! transaction on a blocking thread, commits once, then replies. Under load hundreds of
+//! readings share a commit; at low rates a reading waits at most `commit_window`.
+//!
+//! **Limits.** `max_bytes` caps the sealed payload bytes, `max_age` the age of a row.
+//! When full, `when_full = "evict-oldest"` (the default) deletes the oldest rows, counts
+//! them in `outbox status` and logs a warning; `when_full = "block"` stops taking appends
+//! until deliveries make room, which blocks the pipeline and, through the bounded
+//! channels, the drivers.
+
+pub mod seal;
+pub mod store;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use iomt_drivers::Committed;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use seal::{Keyring, SealError, Sealed};
+use store::{Status, Store, StoredDevice, StoredRow};
+
+/// What to do when the outbox is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhenFull {
+    /// Delete the oldest rows, counted and logged (the default).
+    #[default]
+    EvictOldest,
+    /// Take no new rows until deliveries make room (backpressure to the devices).
+    Block,
+}
+
+/// Outbox settings.
+#[derive(Debug, Clone)]
+pub struct OutboxSettings {
+    /// The database file.
+    pub path: PathBuf,
+    /// Most sealed payload bytes kept.
+    pub max_bytes: u64,
+    /// Rows older than this are evicted, if set.
+    pub max_age: Option<Duration>,
+    /// What to do when full.
+    pub when_full: WhenFull,
+    /// Longest wait for more operations before a commit.
+    pub commit_window: Duration,
+    /// Most rows in one transaction.
+    pub max_batch_rows: usize,
+}
+
+/// Why the outbox cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// The database file is damaged or not an outbox.
+    #[error("the outbox database {path} is damaged: {reason}. The gateway will not modify it. Move it aside (keep it: `sqlite3 FILE .recover` may save its rows) and start again with an empty outbox")]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The key file does not belong to this database.
+    #[error("the outbox database {path} was sealed with a different storage key: check [outbox] key_file (after a rotation, keep the `.retired` file next to it). The gateway will not modify the database")]
+    WrongKey {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A key still needed is missing.
+    #[error("the outbox database {path} holds rows sealed with key id {key_id:08x}, which is neither the current nor a retired key: restore the `.retired` key file. The gateway will not modify the database")]
+    MissingKey {
+        /// The file.
+        path: PathBuf,
+        /// The missing key id.
+        key_id: u32,
+    },
+    /// SQLite failed.
+    #[error("outbox database {path}: {reason}")]
+    Sqlite {
+        /// The file.
+        path: PathBuf,
+        /// SQLite's message.
+        reason: String,
+    },
+    /// A file operation failed.
+    #[error("outbox {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Sealing failed.
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// More than 62 uplinks were ever configured.
+    #[error("the outbox supports at most 62 uplink names")]
+    TooManyUplinks,
+    /// An uplink name the outbox does not know.
+    #[error("unknown uplink `{0}`")]
+    UnknownUplink(String),
+    /// The outbox has shut down.
+    #[error("the outbox is closed")]
+    Closed,
+}
+
+impl OutboxError {
+    fn from_sqlite(path: &Path, e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode;
+        if let rusqlite::Error::SqliteFailure(f, _) = &e {
+            if matches!(f.code, ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) {
+                return OutboxError::Damaged {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                };
+            }
+        }
+        OutboxError::Sqlite {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// The associated data of a row.
+pub fn row_aad(seq: i64, device_id: &str) -> Vec<u8> {
+    let mut aad = b"iomt-gateway/outbox/v1/row\0".to_vec();
+    aad.extend_from_slice(&seq.to_be_bytes());
+    aad.extend_from_slice(device_id.as_bytes());
+    aad
+}
+
+/// The associated data of a Device resource.
+pub fn device_aad(id: &str) -> Vec<u8> {
+    let mut aad = b"iomt-gateway/outbox/v1/device\0".to_vec();
+    aad.extend_from_slice(id.as_bytes());
+    aad
+}
+
+/// The associated data of a dead letter's reason.
+pub fn reason_aad(uplink: &str, seq: i64) -> Vec<u8> {
+    let mut aad = b"iomt-gateway/outbox/v1/reason\0".to_vec();
+    aad.extend_from_slice(uplink.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(&seq.to_be_bytes());
+    aad
+}
+
+/// Observations of one reading to store, with the Device resource they reference.
+#[derive(Debug)]
+pub struct Append {
+    /// The Device resource's id.
+    pub device_id: String,
+    /// The Device resource (JSON).
+    pub device_json: Vec<u8>,
+    /// (identifier, Observation JSON) pairs.
+    pub observations: Vec<(String, Vec<u8>)>,
+    /// Acknowledged with the identifiers once committed.
+    pub ack: Option<oneshot::Sender<Committed>>,
+}
+
+/// A row fetched for delivery, opened.
+#[derive(Debug, Clone)]
+pub struct PendingRow {
+    /// Its sequence number.
+    pub seq: i64,
+    /// Its sealed length (for accounting).
+    pub len: usize,
+    /// The Device resource id it references.
+    pub device_id: String,
+    /// The Observation, or why it cannot be opened.
+    pub observation: Result<serde_json::Value, String>,
+}
+
+/// A batch fetched for one uplink.
+#[derive(Debug, Clone, Default)]
+pub struct Fetched {
+    /// Rows, oldest first.
+    pub rows: Vec<PendingRow>,
+    /// Device resources by id.
+    pub devices: HashMap<String, serde_json::Value>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, OutboxError>>;
+
+enum Control {
+    Fetch {
+        uplink: String,
+        limit: usize,
+        reply: Reply<(Vec<StoredRow>, Vec<StoredDevice>)>,
+    },
+    Delivered {
+        uplink: String,
+        rows: Vec<(i64, usize)>,
+        reply: Reply<()>,
+    },
+    DeadLetter {
+        uplink: String,
+        seq: i64,
+        len: usize,
+        reason: Vec<u8>,
+        reply: Reply<()>,
+    },
+    Status {
+        configured: Vec<String>,
+        reply: Reply<Status>,
+    },
+}
+
+/// A handle to the outbox. Cheap to clone; the writer stops when every handle is gone.
+#[derive(Clone)]
+pub struct Outbox {
+    appends: mpsc::Sender<Append>,
+    control: mpsc::Sender<Control>,
+    keyring: Arc<Keyring>,
+    committed: watch::Receiver<i64>,
+}
+
+impl Outbox {
+    /// Opens the database (see the module doc for what is refused) and starts the writer
+    /// task. Returns the handle and the writer's join handle.
+    pub async fn open(
+        settings: OutboxSettings,
+        keyring: Arc<Keyring>,
+        uplinks: Vec<String>,
+    ) -> Result<(Outbox, JoinHandle<()>), OutboxError> {
+        let path = settings.path.clone();
+        let ring = keyring.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&path, &ring, &uplinks))
+            .await
+            .map_err(|e| OutboxError::Sqlite {
+                path: settings.path.clone(),
+                reason: format!("the opening task failed: {e}"),
+            })??;
+        let (append_tx, append_rx) = mpsc::channel(settings.max_batch_rows.max(16));
+        let (control_tx, control_rx) = mpsc::channel(64);
+        let (committed_tx, committed_rx) = watch::channel(store.next_seq() - 1);
+        let writer = Writer {
+            store: Some(store),
+            keyring: keyring.clone(),
+            settings,
+            appends: append_rx,
+            control: control_rx,
+            committed: committed_tx,
+        };
+        let handle = tokio::spawn(writer.run());
+        Ok((
+            Outbox {
+                appends: append_tx,
+                control: control_tx,
+                keyring,
+                committed: committed_rx,
+            },
+            handle,
+        ))
+    }
+
+    /// Queues observations for storage; the append's `ack` fires after the commit. Waits
+    /// while the writer is busy (backpressure).
+    pub async fn append(&self, append: Append) -> Result<(), OutboxError> {
+        self.appends
+            .send(append)
+            .await
+            .map_err(|_| OutboxError::Closed)
+    }
+
+    /// A receiver that changes whenever rows are committed.
+    pub fn committed(&self) -> watch::Receiver<i64> {
+        self.committed.clone()
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Control) -> Result<T, OutboxError> {
+        let (tx, rx) = oneshot::channel();
+        self.control
+            .send(make(tx))
+            .await
+            .map_err(|_| OutboxError::Closed)?;
+        rx.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    /// Up to `limit` rows waiting for `uplink`, oldest first, opened.
+    pub async fn fetch(&self, uplink: &str, limit: usize) -> Result<Fetched, OutboxError> {
+        let (rows, devices) = self
+            .call(|reply| Control::Fetch {
+                uplink: uplink.into(),
+                limit,
+                reply,
+            })
+            .await?;
+        let mut out = Fetched::default();
+        for d in devices {
+            if let Ok(plain) = self.keyring.open(&d.sealed, &device_aad(&d.id)) {
+                if let Ok(v) = serde_json::from_slice(&plain) {
+                    out.devices.insert(d.id, v);
+                }
+            }
+        }
+        for r in rows {
+            let observation = self
+                .keyring
+                .open(&r.sealed, &row_aad(r.seq, &r.device_id))
+                .map_err(|e| e.to_string())
+                .and_then(|plain| {
+                    serde_json::from_slice(&plain)
+                        .map_err(|e| format!("stored JSON is invalid: {e}"))
+                });
+            out.rows.push(PendingRow {
+                seq: r.seq,
+                len: r.sealed.ciphertext.len(),
+                device_id: r.device_id,
+                observation,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Marks rows delivered to `uplink`.
+    pub async fn delivered(
+        &self,
+        uplink: &str,
+        rows: Vec<(i64, usize)>,
+    ) -> Result<(), OutboxError> {
+        self.call(|reply| Control::Delivered {
+            uplink: uplink.into(),
+            rows,
+            reply,
+        })
+        .await
+    }
+
+    /// Moves a row to `uplink`'s dead letters with the server's reason (sealed).
+    pub async fn dead_letter(
+        &self,
+        uplink: &str,
+        seq: i64,
+        len: usize,
+        reason: &str,
+    ) -> Result<(), OutboxError> {
+        self.call(|reply| Control::DeadLetter {
+            uplink: uplink.into(),
+            seq,
+            len,
+            reason: reason.as_bytes().to_vec(),
+            reply,
+        })
+        .await
+    }
+
+    /// Counts for `outbox status`.
+    pub async fn status(&self, configured: Vec<String>) -> Result<Status, OutboxError> {
+        self.call(|reply| Control::Status { configured, reply })
+            .await
+    }
+}
+
+/// Reads the status of an outbox database without a key and without writing (for
+/// `outbox status` while the daemon runs).
+pub fn read_status(path: &Path, configured: &[String]) -> Result<Status, OutboxError> {
+    store::read_only_status(path, configured)
+}
+
+struct Writer {
+    store: Option<Store>,
+    keyring: Arc<Keyring>,
+    settings: OutboxSettings,
+    appends: mpsc::Receiver<Append>,
+    control: mpsc::Receiver<Control>,
+    committed: watch::Sender<i64>,
+}
+
+/// What one transaction did, for the replies.
+struct Applied {
+    store: Store,
+    acks: Vec<(oneshot::Sender<Committed>, Vec<String>)>,
+    controls: Vec<(Control, Option<Result<ControlResult, String>>)>,
+    error: Option<OutboxError>,
+    evicted: u64,
+    last_seq: i64,
+}
+
+enum ControlResult {
+    Fetched(Vec<StoredRow>, Vec<StoredDevice>),
+    Done,
+    Status(Box<Status>),
+}
+
+impl Writer {
+    fn full(&self) -> bool {
+        self.settings.when_full == WhenFull::Block
+            && self
+                .store
+                .as_ref()
+                .is_some_and(|s| s.payload_bytes() >= self.settings.max_bytes)
+    }
+
+    async fn run(mut self) {
+        let mut appends_open = true;
+        let mut control_open = true;
+        while appends_open || control_open {
+            let mut appends: Vec<Append> = Vec::new();
+            let mut controls: Vec<Control> = Vec::new();
+            let take_appends = appends_open && !self.full();
+            // Wait for the first operation.
+            tokio::select! {
+                a = self.appends.recv(), if take_appends => match a {
+                    Some(a) => appends.push(a),
+                    None => appends_open = false,
+                },
+                c = self.control.recv(), if control_open => match c {
+                    Some(c) => controls.push(c),
+                    None => control_open = false,
+                },
+            }
+            if appends.is_empty() && controls.is_empty() {
+                continue;
+            }
+            // Gather what else is waiting, within the commit window.
+            let deadline = tokio::time::Instant::now() + self.settings.commit_window;
+            let mut rows: usize = appends.iter().map(|a| a.observations.len()).sum();
+            while rows < self.settings.max_batch_rows {
+                while let Ok(c) = self.control.try_recv() {
+                    controls.push(c);
+                }
+                if !take_appends {
+                    break;
+                }
+                match self.appends.try_recv() {
+                    Ok(a) => {
+                        rows += a.observations.len();
+                        appends.push(a);
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        appends_open = false;
+                        break;
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                }
+                if appends.is_empty() || tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                match tokio::time::timeout_at(deadline, self.appends.recv()).await {
+                    Ok(Some(a)) => {
+                        rows += a.observations.len();
+                        appends.push(a);
+                    }
+                    Ok(None) => {
+                        appends_open = false;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let Some(store) = self.store.take() else {
+                return;
+            };
+            let keyring = self.keyring.clone();
+            let settings = self.settings.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                apply(store, &keyring, &settings, appends, controls)
+            })
+            .await;
+            let applied = match result {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!(error = %e, "outbox writer thread failed; the outbox stops");
+                    return;
+                }
+            };
+            self.store = Some(applied.store);
+            if let Some(e) = &applied.error {
+                tracing::error!(error = %e, "outbox transaction failed; its readings are not acknowledged");
+            }
+            if applied.evicted > 0 {
+                tracing::warn!(
+                    evicted = applied.evicted,
+                    "outbox over its size or age limit: oldest undelivered rows evicted"
+                );
+            }
+            for (ack, ids) in applied.acks {
+                let _ = ack.send(Committed { observations: ids });
+            }
+            for (control, result) in applied.controls {
+                reply(control, result);
+            }
+            if applied.error.is_none() {
+                self.committed.send_replace(applied.last_seq);
+            }
+        }
+        tracing::debug!("outbox writer stopped");
+    }
+}
+
+fn reply(control: Control, result: Option<Result<ControlResult, String>>) {
+    let fail = |path: &str| OutboxError::Sqlite {
+        path: PathBuf::from(path),
+        reason: "the transaction failed".into(),
+    };
+    match (control, result) {
+        (Control::Fetch { reply, .. }, Some(Ok(ControlResult::Fetched(r, d)))) => {
+            let _ = reply.send(Ok((r, d)));
+        }
+        (Control::Status { reply, .. }, Some(Ok(ControlResult::Status(s)))) => {
+            let _ = reply.send(Ok(*s));
+        }
+        (
+            Control::Delivered { reply, .. } | Control::DeadLetter { reply, .. },
+            Some(Ok(ControlResult::Done)),
+        ) => {
+            let _ = reply.send(Ok(()));
+        }
+        (Control::Fetch { reply, .. }, r) => {
+            let _ = reply.send(Err(r
+                .and_then(|r| r.err())
+                .map(|m| OutboxError::Sqlite {
+                    path: PathBuf::new(),
+                    reason: m,
+                })
+                .unwrap_or_else(|| fail("outbox"))));
+        }
+        (Control::Status { reply, .. }, _) => {
+            let _ = reply.send(Err(fail("outbox")));
+        }
+        (Control::Delivered { reply, .. } | Control::DeadLetter { reply, .. }, _) => {
+            let _ = reply.send(Err(fail("outbox")));
+        }
+    }
+}
+
+/// Applies one group of operations in one transaction (on a blocking thread).
+fn apply(
+    mut store: Store,
+    keyring: &Keyring,
+    settings: &OutboxSettings,
+    appends: Vec<Append>,
+    controls: Vec<Control>,
+) -> Applied {
+    let mut applied_controls = Vec::with_capacity(controls.len());
+    let mut acks = Vec::new();
+    let mut evicted = 0;
+    let result = (|| -> Result<(), OutboxError> {
+        store.begin()?;
+        let now = chrono::Utc::now().timestamp_millis();
+        for a in appends {
+            if !store.has_device(&a.device_id) {
+                let sealed = keyring.seal(&a.device_json, &device_aad(&a.device_id))?;
+                store.put_device(&StoredDevice {
+                    id: a.device_id.clone(),
+                    sealed,
+                })?;
+            }
+            let mut ids = Vec::with_capacity(a.observations.len());
+            for (id, json) in a.observations {
+                let seq = store.next_seq();
+                let sealed = keyring.seal(&json, &row_aad(seq, &a.device_id))?;
+                store.insert(&StoredRow {
+                    seq,
+                    created_ms: now,
+                    device_id: a.device_id.clone(),
+                    sealed,
+                })?;
+                ids.push(id);
+            }
+            if let Some(ack) = a.ack {
+                acks.push((ack, ids));
+            }
+        }
+        for c in controls {
+            let r = match &c {
+                Control::Fetch { uplink, limit, .. } => store
+                    .fetch(uplink, 0, *limit)
+                    .map(|(r, d)| ControlResult::Fetched(r, d)),
+                Control::Delivered { uplink, rows, .. } => {
+                    store.delivered(uplink, rows).map(|_| ControlResult::Done)
+                }
+                Control::DeadLetter {
+                    uplink,
+                    seq,
+                    len,
+                    reason,
+                    ..
+                } => keyring
+                    .seal(reason, &reason_aad(uplink, *seq))
+                    .map_err(OutboxError::from)
+                    .and_then(|sealed: Sealed| store.dead_letter(uplink, *seq, *len, &sealed))
+                    .map(|_| ControlResult::Done),
+                Control::Status { configured, .. } => store
+                    .status(configured)
+                    .map(|s| ControlResult::Status(Box::new(s))),
+            };
+            applied_controls.push((c, Some(r.map_err(|e| e.to_string()))));
+        }
+        let min_created = settings
+            .max_age
+            .map(|age| now - i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
+        if settings.when_full == WhenFull::EvictOldest || min_created.is_some() {
+            let cap = if settings.when_full == WhenFull::EvictOldest {
+                settings.max_bytes
+            } else {
+                u64::MAX
+            };
+            evicted = store.evict(cap, min_created)?;
+        }
+        store.commit()
+    })();
+    let last_seq = store.next_seq() - 1;
+    let error = result.err();
+    if error.is_some() {
+        store.rollback();
+        acks.clear();
+        for (_, r) in applied_controls.iter_mut() {
+            *r = None;
+        }
+    }
+    Applied {
+        store,
+        acks,
+        controls: applied_controls,
+        error,
+        evicted,
+        last_seq,
+    }
+}
