@@ -123,8 +123,7 @@ fn build_uplink(u: &UplinkConfig) -> Result<Box<dyn Uplink>, UplinkError> {
     })
 }
 
-/// Runs the gateway until `cancel` fires (or the drivers finish on their own), then
-/// drains: drivers stop, the pipeline hands everything to the outbox, each uplink makes a
+/// Runs the gateway until `cancel` fires, then drains: drivers stop, the pipeline hands everything to the outbox, each uplink makes a
 /// last delivery pass, and the outbox closes. `ready` is called once the outbox is open
 /// and the drivers are started.
 pub async fn run(
@@ -224,6 +223,9 @@ pub async fn run(
         }),
         uplinks: Vec::new(),
     };
+    // Drivers that finish on their own (a simulator with a reading limit) do not stop
+    // the daemon: the uplinks keep delivering the backlog until shutdown is asked for.
+    cancel.cancelled().await;
     uplink_cancel.cancel();
     for (name, task) in uplink_tasks {
         match task.await {

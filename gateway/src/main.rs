@@ -106,6 +106,13 @@ enum OutboxCommand {
         #[arg(long)]
         json: bool,
     },
+    /// List the rows an uplink rejected for good, with the server's reason. Needs the
+    /// storage key (reasons are sealed); reads without writing.
+    DeadLetters {
+        /// The configuration file naming the outbox and its key.
+        #[arg(long, short, value_name = "FILE", default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -175,6 +182,7 @@ fn main() -> ExitCode {
         Command::Keygen { config, rotate } => keygen(&config, rotate),
         Command::Pseudonym { id, config } => pseudonym_of(&id, &config),
         Command::Outbox(OutboxCommand::Status { config, json }) => outbox_status(&config, json),
+        Command::Outbox(OutboxCommand::DeadLetters { config }) => dead_letters(&config),
         Command::Demo {
             duration,
             out,
@@ -514,6 +522,25 @@ fn pseudonym_of(id: &str, config_path: &Path) -> Result<ExitCode> {
     let key = pseudonym::read_key_file(&config.pseudonym_key_file)?;
     let p = Pseudonymizer::new(&key).pseudonym(pseudonym::Domain::Patient, id);
     println!("{}|{p}", iomt_gateway::normalize::PATIENT_PSEUDONYM_SYSTEM);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dead_letters(config_path: &Path) -> Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let keyring = Keyring::load(&config.storage_key_file)?;
+    let letters = outbox::read_dead_letters(&config.outbox.path, &keyring)?;
+    if letters.is_empty() {
+        println!("no dead letters");
+    }
+    for d in letters {
+        let at = chrono::DateTime::from_timestamp_millis(d.at_ms)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default();
+        println!(
+            "{at}  uplink={}  row={}  reason: {}",
+            d.uplink, d.seq, d.reason
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

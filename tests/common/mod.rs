@@ -68,6 +68,9 @@ pub fn validate_fhir(args: &[&Path]) -> (bool, String) {
 
 /// Polls `condition` until it holds or `deadline` passes.
 pub fn wait_until(deadline: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    if std::env::var_os("KEEP_TEST_LOGS").is_some() {
+        eprintln!("waiting for {what}");
+    }
     let start = Instant::now();
     while !condition() {
         assert!(

@@ -339,6 +339,26 @@ fn log_commits(awaiting: &mut VecDeque<(String, u64, CommitReceiver)>) {
     }
 }
 
+/// Waits for the outstanding commit acknowledgements (until cancelled) and logs them.
+async fn wait_for_commits(
+    awaiting: VecDeque<(String, u64, CommitReceiver)>,
+    cancel: &CancellationToken,
+) {
+    for (device, sequence, rx) in awaiting {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = rx => if let Ok(committed) = r {
+                tracing::debug!(
+                    device = %device,
+                    sequence,
+                    observations = %committed.observations.join(","),
+                    "reading committed"
+                );
+            }
+        }
+    }
+}
+
 /// With probability `p`, one index below `len`.
 fn pick(rng: &mut SmallRng, p: f64, len: usize) -> Option<usize> {
     (len > 0 && p > 0.0 && rng.gen_bool(p)).then(|| rng.gen_range(0..len))
@@ -387,6 +407,7 @@ impl Driver for SimDriver {
                 for state in &mut devices {
                     if config.max_readings.is_some_and(|max| sent >= max) {
                         tracing::info!(readings = sent, "simulator reached its reading limit");
+                        wait_for_commits(awaiting, &cancel).await;
                         return Ok(());
                     }
                     let reading = state.step(&mut rng, &config);

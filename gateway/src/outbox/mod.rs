@@ -398,6 +398,35 @@ pub fn read_status(path: &Path, configured: &[String]) -> Result<Status, OutboxE
     store::read_only_status(path, configured)
 }
 
+/// A dead letter with its reason opened.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetter {
+    /// The uplink that rejected the row.
+    pub uplink: String,
+    /// The row's sequence number.
+    pub seq: i64,
+    /// When it was rejected (Unix ms).
+    pub at_ms: i64,
+    /// The server's reason (or why it cannot be opened).
+    pub reason: String,
+}
+
+/// Lists the dead letters of an outbox database, read-only, opening their reasons.
+pub fn read_dead_letters(path: &Path, keyring: &Keyring) -> Result<Vec<DeadLetter>, OutboxError> {
+    Ok(store::read_only_dead_letters(path)?
+        .into_iter()
+        .map(|d| DeadLetter {
+            reason: keyring
+                .open(&d.reason, &reason_aad(&d.uplink, d.seq))
+                .map(|p| String::from_utf8_lossy(&p).into_owned())
+                .unwrap_or_else(|e| format!("<{e}>")),
+            uplink: d.uplink,
+            seq: d.seq,
+            at_ms: d.at_ms,
+        })
+        .collect())
+}
+
 struct Writer {
     store: Option<Store>,
     keyring: Arc<Keyring>,

@@ -696,6 +696,47 @@ pub fn read_only_status(path: &Path, configured: &[String]) -> Result<Status, Ou
     store.status(configured)
 }
 
+/// A dead letter as stored (the reason still sealed).
+#[derive(Debug, Clone)]
+pub struct StoredDeadLetter {
+    /// The uplink that rejected the row.
+    pub uplink: String,
+    /// The row's sequence number.
+    pub seq: i64,
+    /// When it was rejected (Unix ms).
+    pub at_ms: i64,
+    /// The server's reason, sealed.
+    pub reason: Sealed,
+}
+
+/// The dead letters of a database opened read-only.
+pub fn read_only_dead_letters(path: &Path) -> Result<Vec<StoredDeadLetter>, OutboxError> {
+    check_header(path)?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sql(path))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(sql(path))?;
+    let mut stmt = conn
+        .prepare("SELECT uplink, seq, at_ms, key_id, reason_nonce, reason_sealed FROM dead_letters ORDER BY at_ms, seq")
+        .map_err(sql(path))?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(StoredDeadLetter {
+                uplink: r.get(0)?,
+                seq: r.get(1)?,
+                at_ms: r.get(2)?,
+                reason: sealed_from(r.get(3)?, r.get(4)?, r.get(5)?),
+            })
+        })
+        .map_err(sql(path))?
+        .collect::<Result<_, _>>()
+        .map_err(sql(path))?;
+    Ok(rows)
+}
+
 /// Bytes of a database's files (main, `-wal`, `-shm`).
 pub fn disk_bytes(path: &Path) -> u64 {
     ["", "-wal", "-shm"]

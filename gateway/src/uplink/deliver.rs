@@ -197,10 +197,9 @@ pub async fn run(
     let batch = settings.batch_size.max(1);
     while !cancel.is_cancelled() {
         committed.borrow_and_update();
-        let outcome = tokio::select! {
-            _ = cancel.cancelled() => break,
-            r = l.pass(batch) => r,
-        };
+        // A pass is never abandoned half-way: a Bundle the server acknowledged must be
+        // marked delivered. Each request is bounded by the uplink's timeout.
+        let outcome = l.pass(batch).await;
         match outcome {
             Ok(Pass::Progress) => {
                 if backoff.failures() > 0 {
