@@ -468,6 +468,12 @@ impl Writer {
             let mut appends: Vec<Append> = Vec::new();
             let mut controls: Vec<Control> = Vec::new();
             let take_appends = appends_open && !self.full();
+            if !take_appends && !control_open {
+                // Full, and no uplink can make room any more: shutting down. The waiting
+                // appends are not committed, so their sources are not acknowledged.
+                tracing::warn!("outbox full at shutdown: waiting readings were not stored and not acknowledged");
+                break;
+            }
             // Wait for the first operation.
             tokio::select! {
                 a = self.appends.recv(), if take_appends => match a {
@@ -689,3 +695,6 @@ fn apply(
         last_seq,
     }
 }
+
+#[cfg(test)]
+mod tests;

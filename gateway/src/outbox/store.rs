@@ -19,7 +19,7 @@ CREATE TABLE keys (key_id INTEGER PRIMARY KEY, check_value BLOB NOT NULL, first_
 CREATE TABLE uplinks (name TEXT PRIMARY KEY, bit INTEGER NOT NULL UNIQUE,
     delivered INTEGER NOT NULL DEFAULT 0, dead_lettered INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE devices (id TEXT PRIMARY KEY, key_id INTEGER NOT NULL, nonce BLOB NOT NULL, sealed BLOB NOT NULL);
-CREATE TABLE rows (seq INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL, device_id TEXT NOT NULL,
+CREATE TABLE rows (seq INTEGER PRIMARY KEY AUTOINCREMENT, created_ms INTEGER NOT NULL, device_id TEXT NOT NULL,
     pending INTEGER NOT NULL, key_id INTEGER NOT NULL, nonce BLOB NOT NULL, sealed BLOB NOT NULL);
 CREATE TABLE dead_letters (uplink TEXT NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL,
     device_id TEXT NOT NULL, key_id INTEGER NOT NULL, nonce BLOB NOT NULL, sealed BLOB NOT NULL,
@@ -401,10 +401,22 @@ impl Store {
             .conn
             .query_row("SELECT MAX(seq) FROM dead_letters", [], |r| r.get(0))
             .map_err(sql(p))?;
-        Ok((
-            max_seq.unwrap_or(0).max(dead_max.unwrap_or(0)) + 1,
-            bytes.unwrap_or(0).max(0) as u64,
-        ))
+        // AUTOINCREMENT keeps the highest sequence number ever used, so a sequence number
+        // (part of each row's associated data) is never given to a second row.
+        let ever: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'rows'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql(p))?;
+        let highest = max_seq
+            .unwrap_or(0)
+            .max(dead_max.unwrap_or(0))
+            .max(ever.unwrap_or(0));
+        Ok((highest + 1, bytes.unwrap_or(0).max(0) as u64))
     }
 
     /// Stores a Device resource (inside a transaction).
