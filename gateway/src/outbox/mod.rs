@@ -161,6 +161,29 @@ impl OutboxError {
     }
 }
 
+/// The first byte of a compressed payload: an LZ4 block with its length prepended.
+/// Uncompressed JSON starts with `{` and is read as is.
+const LZ4: u8 = 0x01;
+
+/// Compresses a JSON payload before sealing. FHIR JSON repeats its system URIs and keys
+/// within every resource, so LZ4 roughly halves it for a few microseconds: fewer bytes
+/// sealed, written to the SD card and counted against the size cap.
+pub fn pack(json: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(json.len() / 2 + 8);
+    out.push(LZ4);
+    out.extend_from_slice(&lz4_flex::compress_prepend_size(json));
+    out
+}
+
+/// Reverses [`pack`] (opened payloads are authenticated, so only our own data arrives here).
+pub fn unpack(payload: &[u8]) -> Result<Vec<u8>, String> {
+    match payload.first() {
+        Some(&LZ4) => lz4_flex::decompress_size_prepended(&payload[1..])
+            .map_err(|e| format!("cannot decompress a stored payload: {e}")),
+        _ => Ok(payload.to_vec()),
+    }
+}
+
 /// The associated data of a row.
 pub fn row_aad(seq: i64, device_id: &str) -> Vec<u8> {
     let mut aad = b"iomt-gateway/outbox/v1/row\0".to_vec();
@@ -329,7 +352,9 @@ impl Outbox {
         let mut out = Fetched::default();
         for d in devices {
             if let Ok(plain) = self.keyring.open(&d.sealed, &device_aad(&d.id)) {
-                if let Ok(v) = serde_json::from_slice(&plain) {
+                if let Ok(v) = unpack(&plain)
+                    .and_then(|j| serde_json::from_slice(&j).map_err(|e| e.to_string()))
+                {
                     out.devices.insert(d.id, v);
                 }
             }
@@ -339,8 +364,9 @@ impl Outbox {
                 .keyring
                 .open(&r.sealed, &row_aad(r.seq, &r.device_id))
                 .map_err(|e| e.to_string())
-                .and_then(|plain| {
-                    serde_json::from_slice(&plain)
+                .and_then(|plain| unpack(&plain))
+                .and_then(|json| {
+                    serde_json::from_slice(&json)
                         .map_err(|e| format!("stored JSON is invalid: {e}"))
                 });
             out.rows.push(PendingRow {
@@ -617,7 +643,7 @@ fn apply(
         let now = chrono::Utc::now().timestamp_millis();
         for a in appends {
             if !store.has_device(&a.device_id) {
-                let sealed = keyring.seal(&a.device_json, &device_aad(&a.device_id))?;
+                let sealed = keyring.seal(&pack(&a.device_json), &device_aad(&a.device_id))?;
                 store.put_device(&StoredDevice {
                     id: a.device_id.clone(),
                     sealed,
@@ -626,7 +652,7 @@ fn apply(
             let mut ids = Vec::with_capacity(a.observations.len());
             for (id, json) in a.observations {
                 let seq = store.next_seq();
-                let sealed = keyring.seal(&json, &row_aad(seq, &a.device_id))?;
+                let sealed = keyring.seal(&pack(&json), &row_aad(seq, &a.device_id))?;
                 store.insert(&StoredRow {
                     seq,
                     created_ms: now,
