@@ -7,7 +7,9 @@
 //! 3. drain: outbox → FHIR transaction Bundles → a local FHIR server (iomt-testkit) →
 //!    rows deleted (observations/s);
 //! 4. bytes written to disk per observation (`/proc/self/io`, ingest + drain);
-//! 5. peak RSS of the process (`VmHWM`; it includes the in-process test server).
+//! 5. peak RSS of the real daemon (`iomt-gateway run`, `VmHWM`) while its simulator
+//!    produces readings as fast as its timer allows and it forwards them to the local
+//!    FHIR server.
 //!
 //! Options (environment): `BENCH_OBSERVATIONS` (default 200000), `BENCH_DIR` (default: a
 //! temporary directory under the system temp dir).
@@ -43,10 +45,6 @@ fn proc_value(file: &str, key: &str) -> u64 {
 
 fn write_bytes() -> u64 {
     proc_value("/proc/self/io", "write_bytes:")
-}
-
-fn peak_rss_kib() -> u64 {
-    proc_value("/proc/self/status", "VmHWM:")
 }
 
 fn settings(path: PathBuf) -> OutboxSettings {
@@ -94,6 +92,73 @@ fn sqlite_ceiling(dir: &Path, n: usize, size: usize, per_txn: usize) -> f64 {
         conn.execute_batch("COMMIT").unwrap();
     }
     n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Runs the real daemon for a while at its simulator's full rate, forwarding to `server`;
+/// returns (peak RSS in KiB, observations delivered, seconds).
+async fn daemon_peak_rss(dir: &Path, server: &FhirServer) -> (u64, usize, f64) {
+    use std::os::unix::fs::PermissionsExt;
+    let secs: f64 = std::env::var("BENCH_DAEMON_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10.0);
+    for key in ["p.key", "s.key"] {
+        let path = dir.join(key);
+        std::fs::write(&path, [9u8; 32]).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let config = dir.join("daemon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[gateway]
+id = "bench-kit"
+profiles_dir = "{root}/device-profiles"
+[patient]
+id = "bench-patient"
+[pseudonymization]
+key_file = "{dir}/p.key"
+[sim]
+enabled = true
+interval_secs = 0.001
+[outbox]
+path = "{dir}/daemon.db"
+key_file = "{dir}/s.key"
+[[uplinks]]
+kind = "fhir"
+base_url = "{url}"
+[log]
+level = "warn"
+"#,
+            root = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .unwrap()
+                .display(),
+            dir = dir.display(),
+            url = server.base_url()
+        ),
+    )
+    .unwrap();
+    let before = server.with_store(|s| s.observations.len());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_iomt-gateway"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = format!("/proc/{}/status", child.id());
+    let start = Instant::now();
+    let mut peak = 0;
+    while start.elapsed().as_secs_f64() < secs {
+        peak = peak.max(proc_value(&status, "VmHWM:"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    peak = peak.max(proc_value(&status, "VmHWM:"));
+    let delivered = server.with_store(|s| s.observations.len()) - before;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    (peak, delivered, secs)
 }
 
 fn main() {
@@ -176,6 +241,34 @@ async fn run(n: usize, dir: &Path) {
         observer: None,
     };
 
+    // 0. The CPU cost of normalizing and serializing alone (no outbox), for reference.
+    let cpu = {
+        let profile_of: HashMap<&str, &Arc<_>> =
+            profiles.iter().map(|p| (p.id.as_str(), p)).collect();
+        let ctx = |pseudonym: &str| normalize::Context {
+            subject: iomt_gateway::fhir::Reference::to("Patient/x"),
+            device_pseudonym: pseudonym.to_string(),
+            gateway_pseudonym: "g".into(),
+            zone: Zone::GatewayLocal,
+            out_of_range: OutOfRange::Flag,
+        };
+        let c = ctx("0123456789abcdef0123456789abcdef");
+        let start = Instant::now();
+        let mut bytes = 0usize;
+        let mut count = 0usize;
+        for r in readings.iter().take(20_000) {
+            let out = normalize::normalize(r, profile_of[r.device.profile.as_str()], &c);
+            for o in &out.observations {
+                bytes += serde_json::to_vec(o).map(|v| v.len()).unwrap_or(0);
+                count += 1;
+            }
+        }
+        (
+            count as f64 / start.elapsed().as_secs_f64(),
+            bytes / count.max(1),
+        )
+    };
+
     // 1. Ingest.
     let written_before = write_bytes();
     let (tx, rx) = reading_channel(4096);
@@ -204,6 +297,7 @@ async fn run(n: usize, dir: &Path) {
 
     // 3. Drain to a local FHIR server.
     let server = FhirServer::start().await.unwrap();
+    server.keep_resources(false);
     let uplink = FhirUplink::new(FhirSettings {
         name: "fhir".into(),
         base_url: server.base_url(),
@@ -211,10 +305,8 @@ async fn run(n: usize, dir: &Path) {
         timeout: Duration::from_secs(30),
     })
     .unwrap();
-    let gateway = serde_json::to_value(normalize::gateway_resource(
-        &pseudonymizer.pseudonym(Domain::Gateway, "bench-kit"),
-    ))
-    .unwrap();
+    let gateway =
+        normalize::gateway_resource(&pseudonymizer.pseudonym(Domain::Gateway, "bench-kit"));
     let cancel = CancellationToken::new();
     let written_before = write_bytes();
     let start = Instant::now();
@@ -231,13 +323,9 @@ async fn run(n: usize, dir: &Path) {
         gateway,
         cancel.clone(),
     ));
-    loop {
-        let s = outbox.status(vec!["fhir".into()]).await.unwrap();
-        if s.rows == 0 {
-            break;
-        }
-        // The drain loop runs on its own; poll its progress at a coarse interval.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // The drain loop runs on its own; watch the server's count at a coarse interval.
+    while server.with_store(|s| s.observations.len()) < observations as usize {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let drain_secs = start.elapsed().as_secs_f64();
     let drain_written = write_bytes() - written_before;
@@ -250,11 +338,18 @@ async fn run(n: usize, dir: &Path) {
     // 2. The ceiling, with rows of the same size and the same rows per transaction.
     let ceiling = sqlite_ceiling(dir, observations as usize, avg_row.round() as usize, 1000);
 
-    let rss = peak_rss_kib();
+    let rss = daemon_peak_rss(dir, &server).await;
     println!("iomt-gateway store-and-forward benchmark");
     println!("  readings                         {count}");
     println!("  observations                     {observations}");
-    println!("  sealed row size (avg)            {avg_row:.0} bytes");
+    println!(
+        "  sealed row size (avg)            {avg_row:.0} bytes (Observation JSON {} bytes)",
+        cpu.1
+    );
+    println!(
+        "  normalize + serialize only       {:.0} observations/s (one core)",
+        cpu.0
+    );
     println!(
         "  ingest to durable rows           {ingest_rate:.0} observations/s ({ingest_secs:.2} s)"
     );
@@ -275,8 +370,10 @@ async fn run(n: usize, dir: &Path) {
         drain_written as f64 / observations as f64
     );
     println!(
-        "  peak RSS                         {:.1} MiB (whole process, test server included)",
-        rss as f64 / 1024.0
+        "  peak RSS of the daemon           {:.1} MiB ({} observations delivered in {:.0} s at the simulator's full rate)",
+        rss.0 as f64 / 1024.0,
+        rss.1,
+        rss.2
     );
     assert_eq!(
         at_server as u64, observations,

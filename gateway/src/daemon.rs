@@ -158,8 +158,7 @@ pub async fn run(
     let (outbox, writer) =
         Outbox::open(config.outbox.clone(), keyring, config.uplink_names()).await?;
     let gateway_pseudonym = pseudonymizer.pseudonym(Domain::Gateway, &config.gateway_id);
-    let gateway_device =
-        serde_json::to_value(normalize::gateway_resource(&gateway_pseudonym)).unwrap_or_default();
+    let gateway_device: crate::fhir::Device = normalize::gateway_resource(&gateway_pseudonym);
 
     let uplink_cancel = CancellationToken::new();
     let mut uplink_tasks = Vec::new();

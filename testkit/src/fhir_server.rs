@@ -65,6 +65,8 @@ pub struct Store {
 
 struct Inner {
     store: Store,
+    /// Keep whole Observations (true) or only their identifiers (benchmarks).
+    keep_resources: bool,
     mode: Mode,
     poison: Option<PoisonRule>,
     token: Option<String>,
@@ -88,13 +90,66 @@ pub struct FhirServer {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-fn identifier_key(obs: &Value) -> Option<String> {
-    let i = &obs["identifier"][0];
-    Some(format!(
-        "{}|{}",
-        i["system"].as_str()?,
-        i["value"].as_str()?
-    ))
+/// A transaction Bundle as received; resources stay JSON text until needed.
+#[derive(serde::Deserialize)]
+struct InBundle {
+    #[serde(rename = "resourceType")]
+    resource_type: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    entry: Vec<InEntry>,
+}
+
+#[derive(serde::Deserialize)]
+struct InEntry {
+    resource: Box<serde_json::value::RawValue>,
+    request: InRequest,
+}
+
+#[derive(serde::Deserialize)]
+struct InRequest {
+    method: String,
+    #[serde(rename = "ifNoneExist")]
+    if_none_exist: Option<String>,
+}
+
+/// What the server needs of a resource; serde skips the rest.
+#[derive(Default)]
+struct Head {
+    resource_type: String,
+    id: Option<String>,
+    /// The first identifier as `system|value`.
+    identifier: Option<String>,
+}
+
+impl<'de> serde::Deserialize<'de> for Head {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        struct Ident {
+            system: Option<String>,
+            value: Option<String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            #[serde(rename = "resourceType", default)]
+            resource_type: String,
+            id: Option<String>,
+            #[serde(default)]
+            identifier: Vec<Ident>,
+        }
+        let raw = Raw::deserialize(d)?;
+        let identifier = raw
+            .identifier
+            .into_iter()
+            .next()
+            .and_then(|i| Some(format!("{}|{}", i.system?, i.value?)));
+        Ok(Head {
+            resource_type: raw.resource_type,
+            id: raw.id,
+            identifier,
+        })
+    }
 }
 
 fn outcome(issues: Vec<(usize, String)>) -> Value {
@@ -142,7 +197,7 @@ async fn transaction(
             .insert("retry-after", HeaderValue::from(retry_after_secs));
         return r;
     }
-    let bundle: Value = match serde_json::from_slice(&body) {
+    let bundle: InBundle = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
             inner.store.rejected += 1;
@@ -152,47 +207,62 @@ async fn transaction(
             );
         }
     };
-    if bundle["resourceType"] != "Bundle" || bundle["type"] != "transaction" {
+    if bundle.resource_type != "Bundle" || bundle.kind != "transaction" {
         inner.store.rejected += 1;
         return fhir(
             StatusCode::BAD_REQUEST,
             json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid", "diagnostics": "expected a transaction Bundle"}]}),
         );
     }
-    let entries = bundle["entry"].as_array().cloned().unwrap_or_default();
     // Validate everything first: a transaction is all or nothing.
     let mut issues = Vec::new();
-    for (i, e) in entries.iter().enumerate() {
-        let r = &e["resource"];
-        match (r["resourceType"].as_str(), e["request"]["method"].as_str()) {
-            (Some("Device"), Some("PUT")) if r["id"].is_string() => {}
-            (Some("Observation"), Some("POST")) => {
-                if identifier_key(r).is_none() {
+    let mut heads = Vec::with_capacity(bundle.entry.len());
+    for (i, e) in bundle.entry.iter().enumerate() {
+        let head: Head = match serde_json::from_str(e.resource.get()) {
+            Ok(h) => h,
+            Err(err) => {
+                issues.push((i, format!("invalid resource: {err}")));
+                heads.push(Head::default());
+                continue;
+            }
+        };
+        match (head.resource_type.as_str(), e.request.method.as_str()) {
+            ("Device", "PUT") if head.id.is_some() => {}
+            ("Observation", "POST") => {
+                if head.identifier.is_none() {
                     issues.push((i, "Observation without identifier".to_string()));
-                } else if let Some(why) = inner.poison.and_then(|rule| rule(r)) {
-                    issues.push((i, why));
+                } else if let Some(rule) = inner.poison {
+                    let full: Value = serde_json::from_str(e.resource.get()).unwrap_or(Value::Null);
+                    if let Some(why) = rule(&full) {
+                        issues.push((i, why));
+                    }
                 }
             }
             _ => issues.push((i, "unsupported entry".to_string())),
         }
+        heads.push(head);
     }
     if !issues.is_empty() {
         inner.store.rejected += 1;
         return fhir(StatusCode::BAD_REQUEST, outcome(issues));
     }
-    let mut responses = Vec::with_capacity(entries.len());
-    for e in &entries {
-        let r = &e["resource"];
-        if r["resourceType"] == "Device" {
-            let id = r["id"].as_str().unwrap_or_default().to_string();
-            let existed = inner.store.devices.insert(id.clone(), r.clone()).is_some();
+    let mut responses = Vec::with_capacity(bundle.entry.len());
+    for (e, head) in bundle.entry.iter().zip(heads) {
+        if head.resource_type == "Device" {
+            let id = head.id.unwrap_or_default();
+            let resource: Value = serde_json::from_str(e.resource.get()).unwrap_or(Value::Null);
+            let existed = inner.store.devices.insert(id.clone(), resource).is_some();
             responses.push(json!({"response": {"status": if existed { "200 OK" } else { "201 Created" }, "location": format!("Device/{id}")}}));
             continue;
         }
-        let key = identifier_key(r).unwrap_or_default();
-        let conditional = e["request"]["ifNoneExist"].as_str();
+        let key = head.identifier.unwrap_or_default();
         let exists = inner.store.by_identifier.contains_key(&key);
-        if exists && conditional.is_some_and(|c| c == format!("identifier={key}")) {
+        if exists
+            && e.request
+                .if_none_exist
+                .as_deref()
+                .is_some_and(|c| c == format!("identifier={key}"))
+        {
             inner.store.conditional_hits += 1;
             responses.push(json!({"response": {"status": "200 OK"}}));
             continue;
@@ -201,7 +271,13 @@ async fn transaction(
             inner.store.duplicate_creates += 1;
         }
         let index = inner.store.observations.len();
-        inner.store.observations.push(r.clone());
+        let kept = if inner.keep_resources {
+            serde_json::from_str(e.resource.get()).unwrap_or(Value::Null)
+        } else {
+            let (system, value) = key.split_once('|').unwrap_or_default();
+            json!({"identifier": [{"system": system, "value": value}]})
+        };
+        inner.store.observations.push(kept);
         inner.store.by_identifier.insert(key, index);
         responses.push(json!({"response": {"status": "201 Created", "location": format!("Observation/{index}")}}));
     }
@@ -216,6 +292,7 @@ impl FhirServer {
     pub async fn start() -> std::io::Result<Self> {
         let shared = Shared(Arc::new(Mutex::new(Inner {
             store: Store::default(),
+            keep_resources: true,
             mode: Mode::Normal,
             poison: None,
             token: None,
@@ -276,6 +353,12 @@ impl FhirServer {
         let again = Self::serve(self.addr, self.shared.clone()).await?;
         *self = again;
         Ok(())
+    }
+
+    /// Keeps only each Observation's identifier instead of the whole resource (for
+    /// benchmarks, so the server's memory does not dominate the measurement).
+    pub fn keep_resources(&self, keep: bool) {
+        self.shared.lock().keep_resources = keep;
     }
 
     /// Changes how the server answers.

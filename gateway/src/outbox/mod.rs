@@ -11,7 +11,8 @@
 //! for good, with the server's reason (sealed too). `keys` records each storage key's id
 //! and check value; `counters` and `uplinks` keep totals for `outbox status`.
 //!
-//! **Sealing** (`seal.rs`). Every payload is sealed with AES-256-GCM under a key derived
+//! **Sealing** (`seal.rs`). Every payload is compressed (LZ4, a leading format byte) and
+//! then sealed with AES-256-GCM under a key derived
 //! by HKDF-SHA256 from the 32-byte storage key file. The associated data binds each
 //! ciphertext to its identity (`row` + seq + device id; `device` + id; `reason` + uplink +
 //! seq), so a ciphertext moved to another row does not open. Keys never live in the
@@ -231,7 +232,42 @@ pub struct PendingRow {
     /// The Device resource id it references.
     pub device_id: String,
     /// The Observation, or why it cannot be opened.
-    pub observation: Result<serde_json::Value, String>,
+    pub observation: Result<StoredObservation, String>,
+}
+
+/// An opened Observation: its JSON text and the fields a Bundle entry needs.
+#[derive(Debug, Clone)]
+pub struct StoredObservation {
+    /// The Observation's id.
+    pub id: String,
+    /// Its first identifier as `system|value`.
+    pub identifier: Option<String>,
+    /// The JSON text, as stored.
+    pub json: Box<serde_json::value::RawValue>,
+}
+
+/// The fields of an Observation a Bundle entry needs; serde skips the rest of the text.
+#[derive(serde::Deserialize)]
+struct Head {
+    id: String,
+    #[serde(default)]
+    identifier: Vec<crate::fhir::Identifier>,
+}
+
+fn observation_from(json: Vec<u8>) -> Result<StoredObservation, String> {
+    let text = String::from_utf8(json).map_err(|_| "stored JSON is not UTF-8".to_string())?;
+    let head: Head =
+        serde_json::from_str(&text).map_err(|e| format!("stored JSON is invalid: {e}"))?;
+    let json = serde_json::value::RawValue::from_string(text)
+        .map_err(|e| format!("stored JSON is invalid: {e}"))?;
+    Ok(StoredObservation {
+        id: head.id,
+        identifier: head
+            .identifier
+            .first()
+            .map(|i| format!("{}|{}", i.system, i.value)),
+        json,
+    })
 }
 
 /// A batch fetched for one uplink.
@@ -239,8 +275,8 @@ pub struct PendingRow {
 pub struct Fetched {
     /// Rows, oldest first.
     pub rows: Vec<PendingRow>,
-    /// Device resources by id.
-    pub devices: HashMap<String, serde_json::Value>,
+    /// Device resources (JSON text) by id.
+    pub devices: HashMap<String, Box<serde_json::value::RawValue>>,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, OutboxError>>;
@@ -298,6 +334,9 @@ impl Outbox {
         let (control_tx, control_rx) = mpsc::channel(64);
         let (committed_tx, committed_rx) = watch::channel(store.next_seq() - 1);
         let writer = Writer {
+            payload_bytes: store.payload_bytes(),
+            appends_open: true,
+            control_open: true,
             store: Some(store),
             keyring: keyring.clone(),
             settings,
@@ -352,9 +391,13 @@ impl Outbox {
         let mut out = Fetched::default();
         for d in devices {
             if let Ok(plain) = self.keyring.open(&d.sealed, &device_aad(&d.id)) {
-                if let Ok(v) = unpack(&plain)
-                    .and_then(|j| serde_json::from_slice(&j).map_err(|e| e.to_string()))
-                {
+                if let Ok(v) = unpack(&plain).and_then(|j| {
+                    String::from_utf8(j)
+                        .map_err(|e| e.to_string())
+                        .and_then(|t| {
+                            serde_json::value::RawValue::from_string(t).map_err(|e| e.to_string())
+                        })
+                }) {
                     out.devices.insert(d.id, v);
                 }
             }
@@ -365,10 +408,7 @@ impl Outbox {
                 .open(&r.sealed, &row_aad(r.seq, &r.device_id))
                 .map_err(|e| e.to_string())
                 .and_then(|plain| unpack(&plain))
-                .and_then(|json| {
-                    serde_json::from_slice(&json)
-                        .map_err(|e| format!("stored JSON is invalid: {e}"))
-                });
+                .and_then(observation_from);
             out.rows.push(PendingRow {
                 seq: r.seq,
                 len: r.sealed.ciphertext.len(),
@@ -455,6 +495,10 @@ pub fn read_dead_letters(path: &Path, keyring: &Keyring) -> Result<Vec<DeadLette
 
 struct Writer {
     store: Option<Store>,
+    /// The store's payload bytes, known also while a transaction is in flight.
+    payload_bytes: u64,
+    appends_open: bool,
+    control_open: bool,
     keyring: Arc<Keyring>,
     settings: OutboxSettings,
     appends: mpsc::Receiver<Append>,
@@ -480,114 +524,169 @@ enum ControlResult {
 
 impl Writer {
     fn full(&self) -> bool {
-        self.settings.when_full == WhenFull::Block
-            && self
-                .store
-                .as_ref()
-                .is_some_and(|s| s.payload_bytes() >= self.settings.max_bytes)
+        self.settings.when_full == WhenFull::Block && self.payload_bytes >= self.settings.max_bytes
     }
 
+    /// Takes one operation, waiting if none is there yet. Returns false when nothing can
+    /// arrive any more.
+    async fn take(&mut self, batch: &mut Batch) -> bool {
+        let take_appends = self.appends_open && !self.full();
+        if !take_appends && !self.control_open {
+            return false;
+        }
+        tokio::select! {
+            a = self.appends.recv(), if take_appends => match a {
+                Some(a) => batch.push_append(a),
+                None => self.appends_open = false,
+            },
+            c = self.control.recv(), if self.control_open => match c {
+                Some(c) => batch.controls.push(c),
+                None => self.control_open = false,
+            },
+        }
+        true
+    }
+
+    /// Takes what is waiting right now, without waiting.
+    fn take_ready(&mut self, batch: &mut Batch) {
+        while let Ok(c) = self.control.try_recv() {
+            batch.controls.push(c);
+        }
+        while batch.rows < self.settings.max_batch_rows && self.appends_open && !self.full() {
+            match self.appends.try_recv() {
+                Ok(a) => batch.push_append(a),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => self.appends_open = false,
+            }
+        }
+    }
+
+    /// The writer loop. While one transaction is being applied on the blocking thread, the
+    /// next batch is gathered, so the database is never idle under load; with no load, a
+    /// batch waits at most `commit_window` for company.
     async fn run(mut self) {
-        let mut appends_open = true;
-        let mut control_open = true;
-        while appends_open || control_open {
-            let mut appends: Vec<Append> = Vec::new();
-            let mut controls: Vec<Control> = Vec::new();
-            let take_appends = appends_open && !self.full();
-            if !take_appends && !control_open {
-                // Full, and no uplink can make room any more: shutting down. The waiting
-                // appends are not committed, so their sources are not acknowledged.
-                tracing::warn!("outbox full at shutdown: waiting readings were not stored and not acknowledged");
-                break;
-            }
-            // Wait for the first operation.
-            tokio::select! {
-                a = self.appends.recv(), if take_appends => match a {
-                    Some(a) => appends.push(a),
-                    None => appends_open = false,
-                },
-                c = self.control.recv(), if control_open => match c {
-                    Some(c) => controls.push(c),
-                    None => control_open = false,
-                },
-            }
-            if appends.is_empty() && controls.is_empty() {
+        let mut in_flight: Option<tokio::task::JoinHandle<Applied>> = None;
+        let mut batch = Batch::default();
+        loop {
+            if let Some(task) = in_flight.as_mut() {
+                // Gather while the previous transaction is applied.
+                let more = batch.rows < self.settings.max_batch_rows;
+                let take_appends = more && self.appends_open && !self.full();
+                tokio::select! {
+                    done = task => {
+                        in_flight = None;
+                        match done {
+                            Ok(applied) => self.finish(applied),
+                            Err(e) => {
+                                tracing::error!(error = %e, "outbox writer thread failed; the outbox stops");
+                                return;
+                            }
+                        }
+                    }
+                    a = self.appends.recv(), if take_appends => match a {
+                        Some(a) => batch.push_append(a),
+                        None => self.appends_open = false,
+                    },
+                    c = self.control.recv(), if self.control_open => match c {
+                        Some(c) => batch.controls.push(c),
+                        None => self.control_open = false,
+                    },
+                }
                 continue;
             }
-            // Gather what else is waiting, within the commit window.
-            let deadline = tokio::time::Instant::now() + self.settings.commit_window;
-            let mut rows: usize = appends.iter().map(|a| a.observations.len()).sum();
-            while rows < self.settings.max_batch_rows {
-                while let Ok(c) = self.control.try_recv() {
-                    controls.push(c);
-                }
-                if !take_appends {
+            if batch.is_empty() {
+                if !self.take(&mut batch).await {
                     break;
                 }
-                match self.appends.try_recv() {
-                    Ok(a) => {
-                        rows += a.observations.len();
-                        appends.push(a);
-                        continue;
-                    }
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        appends_open = false;
+                if batch.is_empty() {
+                    continue;
+                }
+                // Alone so far: wait up to the commit window for company.
+                let deadline = tokio::time::Instant::now() + self.settings.commit_window;
+                loop {
+                    self.take_ready(&mut batch);
+                    if batch.rows >= self.settings.max_batch_rows
+                        || batch.rows == 0
+                        || tokio::time::Instant::now() >= deadline
+                    {
                         break;
                     }
-                    Err(mpsc::error::TryRecvError::Empty) => {}
-                }
-                if appends.is_empty() || tokio::time::Instant::now() >= deadline {
-                    break;
-                }
-                match tokio::time::timeout_at(deadline, self.appends.recv()).await {
-                    Ok(Some(a)) => {
-                        rows += a.observations.len();
-                        appends.push(a);
-                    }
-                    Ok(None) => {
-                        appends_open = false;
+                    if !self.appends_open || self.full() {
                         break;
                     }
-                    Err(_) => break,
+                    match tokio::time::timeout_at(deadline, self.appends.recv()).await {
+                        Ok(Some(a)) => batch.push_append(a),
+                        Ok(None) => self.appends_open = false,
+                        Err(_) => break,
+                    }
                 }
+            } else {
+                self.take_ready(&mut batch);
             }
             let Some(store) = self.store.take() else {
                 return;
             };
             let keyring = self.keyring.clone();
             let settings = self.settings.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                apply(store, &keyring, &settings, appends, controls)
-            })
-            .await;
-            let applied = match result {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::error!(error = %e, "outbox writer thread failed; the outbox stops");
-                    return;
-                }
-            };
-            self.store = Some(applied.store);
-            if let Some(e) = &applied.error {
-                tracing::error!(error = %e, "outbox transaction failed; its readings are not acknowledged");
-            }
-            if applied.evicted > 0 {
-                tracing::warn!(
-                    evicted = applied.evicted,
-                    "outbox over its size or age limit: oldest undelivered rows evicted"
-                );
-            }
-            for (ack, ids) in applied.acks {
-                let _ = ack.send(Committed { observations: ids });
-            }
-            for (control, result) in applied.controls {
-                reply(control, result);
-            }
-            if applied.error.is_none() {
-                self.committed.send_replace(applied.last_seq);
+            let work = std::mem::take(&mut batch);
+            in_flight = Some(tokio::task::spawn_blocking(move || {
+                apply(store, &keyring, &settings, work.appends, work.controls)
+            }));
+        }
+        if let Some(task) = in_flight {
+            if let Ok(applied) = task.await {
+                self.finish(applied);
             }
         }
+        if !batch.is_empty() {
+            tracing::warn!(
+                "outbox full at shutdown: waiting readings were not stored and not acknowledged"
+            );
+        }
         tracing::debug!("outbox writer stopped");
+    }
+
+    /// Sends the replies of an applied transaction.
+    fn finish(&mut self, applied: Applied) {
+        self.payload_bytes = applied.store.payload_bytes();
+        self.store = Some(applied.store);
+        if let Some(e) = &applied.error {
+            tracing::error!(error = %e, "outbox transaction failed; its readings are not acknowledged");
+        }
+        if applied.evicted > 0 {
+            tracing::warn!(
+                evicted = applied.evicted,
+                "outbox over its size or age limit: oldest undelivered rows evicted"
+            );
+        }
+        for (ack, ids) in applied.acks {
+            let _ = ack.send(Committed { observations: ids });
+        }
+        for (control, result) in applied.controls {
+            reply(control, result);
+        }
+        if applied.error.is_none() {
+            self.committed.send_replace(applied.last_seq);
+        }
+    }
+}
+
+/// Operations gathered for one transaction.
+#[derive(Default)]
+struct Batch {
+    appends: Vec<Append>,
+    controls: Vec<Control>,
+    rows: usize,
+}
+
+impl Batch {
+    fn push_append(&mut self, a: Append) {
+        self.rows += a.observations.len();
+        self.appends.push(a);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.appends.is_empty() && self.controls.is_empty()
     }
 }
 

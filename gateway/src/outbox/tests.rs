@@ -243,8 +243,16 @@ async fn an_append_is_acknowledged_only_after_its_commit_and_then_fetchable() {
     assert_eq!(status.uplinks[0].queued, 1);
     let fetched = outbox.fetch("fhir", 10).await.unwrap();
     assert_eq!(fetched.rows.len(), 1);
-    assert_eq!(fetched.rows[0].observation.as_ref().unwrap()["id"], "obs-1");
-    assert_eq!(fetched.devices["dev-1"]["id"], "dev-1");
+    let obs = fetched.rows[0].observation.as_ref().unwrap();
+    assert_eq!(obs.id, "obs-1");
+    assert_eq!(
+        obs.json.get(),
+        r#"{"resourceType":"Observation","id":"obs-1"}"#
+    );
+    assert_eq!(
+        fetched.devices["dev-1"].get(),
+        r#"{"resourceType":"Device","id":"dev-1"}"#
+    );
     outbox
         .delivered("fhir", vec![(fetched.rows[0].seq, fetched.rows[0].len)])
         .await

@@ -21,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::{bundle, DeliveryError, Uplink};
+use serde_json::value::RawValue;
+
+use crate::fhir::Device;
 use crate::outbox::{Fetched, Outbox, PendingRow};
 
 /// How one uplink's loop behaves.
@@ -52,7 +55,7 @@ pub struct DeliveryStats {
 struct Loop<'a> {
     outbox: &'a Outbox,
     uplink: &'a mut dyn Uplink,
-    gateway: &'a serde_json::Value,
+    gateway: &'a (String, Box<RawValue>),
     stats: DeliveryStats,
 }
 
@@ -109,17 +112,24 @@ impl Loop<'_> {
         if rows.is_empty() {
             return Ok(());
         }
-        let observations: Vec<(usize, &str, &serde_json::Value)> = rows
+        let items: Vec<bundle::Item<'_>> = rows
             .iter()
             .enumerate()
             .filter_map(|(i, r)| {
-                r.observation
-                    .as_ref()
-                    .ok()
-                    .map(|o| (i, r.device_id.as_str(), o))
+                r.observation.as_ref().ok().map(|o| bundle::Item {
+                    row: i,
+                    id: &o.id,
+                    identifier: o.identifier.as_deref(),
+                    device_id: &r.device_id,
+                    json: &o.json,
+                })
             })
             .collect();
-        let built = bundle::build(self.gateway, &fetched.devices, &observations);
+        let built = bundle::build(
+            (self.gateway.0.as_str(), &self.gateway.1),
+            &fetched.devices,
+            &items,
+        );
         match self.uplink.deliver(&built.bundle).await {
             Ok(()) => {
                 let done: Vec<(i64, usize)> = rows.iter().map(|r| (r.seq, r.len)).collect();
@@ -177,14 +187,21 @@ impl Loop<'_> {
 }
 
 /// Runs one uplink until `cancel` fires, then makes a last pass bounded by the drain
-/// deadline. `gateway` is the gateway's own Device resource.
+/// deadline. `gateway` is the gateway's own Device resource, sent in every Bundle.
 pub async fn run(
     outbox: Outbox,
     mut uplink: Box<dyn Uplink>,
     settings: DeliverySettings,
-    gateway: serde_json::Value,
+    gateway: Device,
     cancel: CancellationToken,
 ) -> DeliveryStats {
+    let gateway: (String, Box<RawValue>) = match serde_json::value::to_raw_value(&gateway) {
+        Ok(raw) => (gateway.id.clone(), raw),
+        Err(e) => {
+            tracing::error!(error = %e, "the gateway's Device resource cannot be serialized; uplink not started");
+            return DeliveryStats::default();
+        }
+    };
     let mut committed = outbox.committed();
     let mut backoff = Backoff::new(settings.backoff_base, settings.backoff_max);
     let name = uplink.name().to_string();
