@@ -51,6 +51,7 @@ pub mod store;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -308,10 +309,24 @@ enum Control {
 /// A handle to the outbox. Cheap to clone; the writer stops when every handle is gone.
 #[derive(Clone)]
 pub struct Outbox {
-    appends: mpsc::Sender<Append>,
+    appends: mpsc::Sender<SealedAppend>,
     control: mpsc::Sender<Control>,
     keyring: Arc<Keyring>,
     committed: watch::Receiver<i64>,
+    /// The next sequence number to give out. Appends are sealed by the caller (on its own
+    /// core, not the writer's), and a row's associated data binds its sequence number, so
+    /// numbers are handed out here, in append order, and never twice.
+    next_seq: Arc<AtomicI64>,
+    /// Device ids already handed to the writer (their resource need not be sealed again).
+    known_devices: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+/// An append, compressed and sealed by the caller.
+struct SealedAppend {
+    /// The Device resource, sealed only the first time this handle sees the device.
+    device: Option<StoredDevice>,
+    rows: Vec<(String, StoredRow)>,
+    ack: Option<oneshot::Sender<Committed>>,
 }
 
 impl Outbox {
@@ -334,6 +349,7 @@ impl Outbox {
         let (control_tx, control_rx) = mpsc::channel(64);
         let (committed_tx, committed_rx) = watch::channel(store.next_seq() - 1);
         let writer = Writer {
+            known_devices: Default::default(),
             payload_bytes: store.payload_bytes(),
             appends_open: true,
             control_open: true,
@@ -344,6 +360,10 @@ impl Outbox {
             control: control_rx,
             committed: committed_tx,
         };
+        let known_devices = writer.known_devices.clone();
+        let next_seq = Arc::new(AtomicI64::new(
+            writer.store.as_ref().map(|s| s.next_seq()).unwrap_or(1),
+        ));
         let handle = tokio::spawn(writer.run());
         Ok((
             Outbox {
@@ -351,6 +371,8 @@ impl Outbox {
                 control: control_tx,
                 keyring,
                 committed: committed_rx,
+                next_seq,
+                known_devices,
             },
             handle,
         ))
@@ -359,8 +381,44 @@ impl Outbox {
     /// Queues observations for storage; the append's `ack` fires after the commit. Waits
     /// while the writer is busy (backpressure).
     pub async fn append(&self, append: Append) -> Result<(), OutboxError> {
+        let first_time = self
+            .known_devices
+            .lock()
+            .map(|mut known| known.insert(append.device_id.clone()))
+            .unwrap_or(true);
+        let device = if first_time {
+            Some(StoredDevice {
+                sealed: self
+                    .keyring
+                    .seal(&pack(&append.device_json), &device_aad(&append.device_id))?,
+                id: append.device_id.clone(),
+            })
+        } else {
+            None
+        };
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut rows = Vec::with_capacity(append.observations.len());
+        for (id, json) in append.observations {
+            let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+            let sealed = self
+                .keyring
+                .seal(&pack(&json), &row_aad(seq, &append.device_id))?;
+            rows.push((
+                id,
+                StoredRow {
+                    seq,
+                    created_ms: now,
+                    device_id: append.device_id.clone(),
+                    sealed,
+                },
+            ));
+        }
         self.appends
-            .send(append)
+            .send(SealedAppend {
+                device,
+                rows,
+                ack: append.ack,
+            })
             .await
             .map_err(|_| OutboxError::Closed)
     }
@@ -494,6 +552,9 @@ pub fn read_dead_letters(path: &Path, keyring: &Keyring) -> Result<Vec<DeadLette
 }
 
 struct Writer {
+    /// Shared with the handles: forgotten after a failed transaction, so the Device
+    /// resources it did not store are sealed and sent again.
+    known_devices: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     store: Option<Store>,
     /// The store's payload bytes, known also while a transaction is in flight.
     payload_bytes: u64,
@@ -501,7 +562,7 @@ struct Writer {
     control_open: bool,
     keyring: Arc<Keyring>,
     settings: OutboxSettings,
-    appends: mpsc::Receiver<Append>,
+    appends: mpsc::Receiver<SealedAppend>,
     control: mpsc::Receiver<Control>,
     committed: watch::Sender<i64>,
 }
@@ -652,6 +713,9 @@ impl Writer {
         self.store = Some(applied.store);
         if let Some(e) = &applied.error {
             tracing::error!(error = %e, "outbox transaction failed; its readings are not acknowledged");
+            if let Ok(mut known) = self.known_devices.lock() {
+                known.clear();
+            }
         }
         if applied.evicted > 0 {
             tracing::warn!(
@@ -674,14 +738,14 @@ impl Writer {
 /// Operations gathered for one transaction.
 #[derive(Default)]
 struct Batch {
-    appends: Vec<Append>,
+    appends: Vec<SealedAppend>,
     controls: Vec<Control>,
     rows: usize,
 }
 
 impl Batch {
-    fn push_append(&mut self, a: Append) {
-        self.rows += a.observations.len();
+    fn push_append(&mut self, a: SealedAppend) {
+        self.rows += a.rows.len();
         self.appends.push(a);
     }
 
@@ -731,7 +795,7 @@ fn apply(
     mut store: Store,
     keyring: &Keyring,
     settings: &OutboxSettings,
-    appends: Vec<Append>,
+    appends: Vec<SealedAppend>,
     controls: Vec<Control>,
 ) -> Applied {
     let mut applied_controls = Vec::with_capacity(controls.len());
@@ -741,23 +805,12 @@ fn apply(
         store.begin()?;
         let now = chrono::Utc::now().timestamp_millis();
         for a in appends {
-            if !store.has_device(&a.device_id) {
-                let sealed = keyring.seal(&pack(&a.device_json), &device_aad(&a.device_id))?;
-                store.put_device(&StoredDevice {
-                    id: a.device_id.clone(),
-                    sealed,
-                })?;
+            if let Some(device) = a.device.filter(|d| !store.has_device(&d.id)) {
+                store.put_device(&device)?;
             }
-            let mut ids = Vec::with_capacity(a.observations.len());
-            for (id, json) in a.observations {
-                let seq = store.next_seq();
-                let sealed = keyring.seal(&pack(&json), &row_aad(seq, &a.device_id))?;
-                store.insert(&StoredRow {
-                    seq,
-                    created_ms: now,
-                    device_id: a.device_id.clone(),
-                    sealed,
-                })?;
+            let mut ids = Vec::with_capacity(a.rows.len());
+            for (id, row) in a.rows {
+                store.insert(&row)?;
                 ids.push(id);
             }
             if let Some(ack) = a.ack {

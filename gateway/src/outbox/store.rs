@@ -429,7 +429,7 @@ impl Store {
         Ok(())
     }
 
-    /// Inserts a row (inside a transaction); its `seq` must be [`Store::next_seq`].
+    /// Inserts a row (inside a transaction); its `seq` must be at least [`Store::next_seq`].
     pub fn insert(&mut self, row: &StoredRow) -> Result<(), OutboxError> {
         self.conn
             .prepare_cached("INSERT INTO rows (seq, created_ms, device_id, pending, key_id, nonce, sealed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
@@ -445,7 +445,7 @@ impl Store {
                 ])
             })
             .map_err(sql(&self.path))?;
-        self.next_seq = row.seq + 1;
+        self.next_seq = self.next_seq.max(row.seq + 1);
         self.payload_bytes += row.sealed.ciphertext.len() as u64;
         Ok(())
     }
