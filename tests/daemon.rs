@@ -73,6 +73,7 @@ fn run_stops_cleanly_on_sigterm_flushing_its_last_batch_and_never_logs_the_patie
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _guard = common::DaemonGuard(child.id());
     let out_dir = tmp.path().join("out");
     wait_until(Duration::from_secs(20), "the first bundle", || {
         !common::json_files(&out_dir).is_empty()

@@ -23,6 +23,16 @@ struct Kit {
     rt: tokio::runtime::Runtime,
     server: FhirServer,
     runs: usize,
+    pids: Vec<u32>,
+}
+
+impl Drop for Kit {
+    /// A failing test must not leave a daemon running: kill every one still alive.
+    fn drop(&mut self) {
+        for pid in &self.pids {
+            common::kill_if_gateway(*pid);
+        }
+    }
 }
 
 impl Kit {
@@ -44,6 +54,7 @@ impl Kit {
             rt,
             server,
             runs: 0,
+            pids: Vec::new(),
         }
     }
 
@@ -109,6 +120,7 @@ level = "info,iomt_drivers=debug,iomt_gateway::uplink=debug"
             .stderr(Stdio::from(File::create(&log).unwrap()))
             .spawn()
             .unwrap();
+        self.pids.push(child.id());
         (child, log)
     }
 

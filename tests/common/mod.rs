@@ -108,3 +108,24 @@ pub fn observations_in(dir: &Path) -> Vec<serde_json::Value> {
     }
     out
 }
+
+/// Kills process `pid` if it is still a running iomt-gateway (used by test guards so a
+/// failing test leaves no daemon behind).
+pub fn kill_if_gateway(pid: u32) {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if String::from_utf8_lossy(&cmdline).contains("iomt-gateway") {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Kills the wrapped daemon when dropped, if it is still running.
+pub struct DaemonGuard(pub u32);
+
+impl Drop for DaemonGuard {
+    fn drop(&mut self) {
+        kill_if_gateway(self.0);
+    }
+}
