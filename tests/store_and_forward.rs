@@ -64,6 +64,18 @@ impl Kit {
 
     /// Writes the configuration: the simulator at `interval` seconds, a FHIR uplink.
     fn config(&self, interval: f64, profiles: &[&str], max_readings: u64) -> PathBuf {
+        self.config_with(interval, profiles, max_readings, "")
+    }
+
+    /// Like `config`, with `extra` appended to the `[[uplinks]]` table of the FHIR
+    /// uplink (more keys, or further `[[uplinks]]` tables).
+    fn config_with(
+        &self,
+        interval: f64,
+        profiles: &[&str],
+        max_readings: u64,
+        extra: &str,
+    ) -> PathBuf {
         let config = self.path("gateway.toml");
         let profiles: Vec<String> = profiles.iter().map(|p| format!("\"{p}\"")).collect();
         std::fs::write(
@@ -96,6 +108,7 @@ base_url = "{url}"
 batch_size = 50
 timeout_secs = 5
 max_backoff_secs = 2
+{extra}
 
 [log]
 level = "info,iomt_drivers=debug,iomt_gateway::uplink=debug"
@@ -523,4 +536,77 @@ fn the_pseudonym_command_gives_the_subject_the_backend_receives() {
     });
     assert_eq!(subjects.keys().collect::<Vec<_>>(), vec![value]);
     assert!(!read(&log).contains(PATIENT));
+}
+
+#[test]
+fn fan_out_delivers_every_row_to_every_uplink_before_it_leaves_the_outbox() {
+    let mut kit = Kit::new();
+    let archive = kit.path("archive");
+    let extra = format!(
+        "\n[[uplinks]]\nkind = \"file\"\nname = \"archive\"\ndir = \"{}\"\n",
+        archive.display()
+    );
+    let config = kit.config_with(0.01, &["sim-vitals-patch"], 20, &extra);
+    let (mut child, log) = kit.start(&config);
+    wait_running(&mut child, &log);
+    wait_until(
+        Duration::from_secs(30),
+        "both uplinks to have every row",
+        || {
+            let (_, status) = kit.cli(&["outbox", "status", "--json"]);
+            serde_json::from_str::<serde_json::Value>(&status).is_ok_and(|v| {
+                v["rows"] == 0
+                    && v["uplinks"]
+                        .as_array()
+                        .is_some_and(|u| u.len() == 2 && u.iter().all(|u| u["delivered"] == 40))
+            })
+        },
+    );
+    sigterm_and_wait(child, &log);
+    let at_server: HashSet<String> = kit.server_ids().into_iter().collect();
+    let in_files: HashSet<String> = common::observations_in(&archive)
+        .iter()
+        .map(|o| o["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(at_server.len(), 40);
+    assert_eq!(at_server, in_files);
+}
+
+#[test]
+fn a_bearer_token_from_a_file_is_sent_and_never_logged() {
+    let mut kit = Kit::new();
+    let token = "tok-9f8e7d6c5b4a-secret";
+    kit.server.require_token(Some(token));
+    let token_file = kit.path("fhir.token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // First without the token: refused, rows kept, a log line that says why.
+    let config = kit.config(0.01, &["sim-scale"], 3);
+    let (mut child, log) = kit.start(&config);
+    wait_running(&mut child, &log);
+    wait_until(Duration::from_secs(30), "a refused delivery", || {
+        read(&log).contains("refused the credentials")
+    });
+    wait_until(Duration::from_secs(30), "the readings committed", || {
+        committed_ids(&read(&log)).len() >= 3
+    });
+    sigterm_and_wait(child, &log);
+    assert_eq!(kit.server_ids().len(), 0);
+    // Then with it: everything queued is delivered.
+    let extra = format!("bearer_token_file = \"{}\"", token_file.display());
+    let config = kit.config_with(0.01, &["sim-scale"], 3, &extra);
+    let (mut child, log) = kit.start(&config);
+    wait_running(&mut child, &log);
+    wait_until(Duration::from_secs(30), "delivery with the token", || {
+        kit.server_ids().len() >= 6
+    });
+    sigterm_and_wait(child, &log);
+    for run in 1..=kit.runs {
+        assert!(
+            !read(&kit.path(&format!("run-{run}.log"))).contains(token),
+            "the token was logged"
+        );
+    }
+    let (_, status) = kit.cli(&["outbox", "status"]);
+    assert!(!status.contains(token));
 }
