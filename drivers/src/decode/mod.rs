@@ -4,6 +4,7 @@
 pub mod frame;
 pub mod json;
 pub mod line;
+pub mod stream;
 
 use std::str::FromStr;
 
