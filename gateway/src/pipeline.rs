@@ -51,6 +51,9 @@ pub struct Pipeline {
     pub gateway_pseudonym: String,
     /// Zone of device wall-clock times, per profile id, with a default.
     pub zones: (Zone, BTreeMap<String, Zone>),
+    /// Zones set for one device, keyed `transport:address` (a serial port's
+    /// `time_zone`); they win over the profile's zone.
+    pub address_zones: BTreeMap<String, Zone>,
     /// Out-of-range rule.
     pub out_of_range: OutOfRange,
     /// Most Observations per Bundle.
@@ -121,14 +124,12 @@ impl Pipeline {
             return;
         };
         let identity = &reading.device;
-        let device_pseudonym = self.pseudonymizer.pseudonym(
-            Domain::Device,
-            &format!("{}:{}", identity.transport, identity.address),
-        );
+        let address = format!("{}:{}", identity.transport, identity.address);
+        let device_pseudonym = self.pseudonymizer.pseudonym(Domain::Device, &address);
         let zone = self
-            .zones
-            .1
-            .get(&profile.id)
+            .address_zones
+            .get(&address)
+            .or_else(|| self.zones.1.get(&profile.id))
             .copied()
             .unwrap_or(self.zones.0);
         let ctx = Context {

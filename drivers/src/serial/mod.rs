@@ -97,6 +97,9 @@ pub struct PortConfig {
     pub framing: Arc<Framing>,
     /// Polling, if the device needs it.
     pub poll: Option<Poll>,
+    /// Forward at most one reading per interval (streaming oximeters send dozens a
+    /// second); readings in between are dropped and counted. `None`: forward all.
+    pub min_interval: Option<Duration>,
 }
 
 /// The serial driver's configuration.
@@ -202,6 +205,7 @@ async fn run_port(
     cancel: CancellationToken,
 ) {
     let mut decoder = StreamDecoder::new(port.framing.clone());
+    let mut thinned = 0u64;
     loop {
         if cancel.is_cancelled() {
             break;
@@ -210,7 +214,17 @@ async fn run_port(
             Ok(stream) => {
                 tracing::info!(port = %port.path, profile = %port.identity.profile, "serial port opened");
                 decoder.reset();
-                match session(&port, stream, &mut decoder, &mut backoff, &tx, &cancel).await {
+                match session(
+                    &port,
+                    stream,
+                    &mut decoder,
+                    &mut backoff,
+                    &tx,
+                    &cancel,
+                    &mut thinned,
+                )
+                .await
+                {
                     SessionEnd::Cancelled | SessionEnd::ReceiverGone => break,
                     SessionEnd::Lost(error) => {
                         let delay = backoff.fail();
@@ -256,6 +270,7 @@ async fn run_port(
         rejected = stats.rejected,
         skipped_bytes = stats.skipped_bytes,
         incomplete_packets = stats.incomplete_packets,
+        thinned,
         "serial port closed"
     );
 }
@@ -268,8 +283,10 @@ async fn session(
     backoff: &mut Backoff,
     tx: &ReadingSender,
     cancel: &CancellationToken,
+    thinned: &mut u64,
 ) -> SessionEnd {
     let mut buf = [0u8; 1024];
+    let mut last_sent: Option<tokio::time::Instant> = None;
     let mut poll = port.poll.as_ref().map(|p| {
         let mut i = tokio::time::interval(p.interval);
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -306,6 +323,14 @@ async fn session(
                 for item in decoder.feed(&buf[..n], &port.identity, Utc::now()) {
                     match item {
                         Ok(reading) => {
+                            let now = tokio::time::Instant::now();
+                            if let (Some(min), Some(last)) = (port.min_interval, last_sent) {
+                                if now.duration_since(last) < min {
+                                    *thinned += 1;
+                                    continue;
+                                }
+                            }
+                            last_sent = Some(now);
                             if tx.send(reading).await.is_err() {
                                 return SessionEnd::ReceiverGone;
                             }

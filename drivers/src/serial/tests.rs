@@ -51,6 +51,7 @@ fn port(path: &str, poll: Option<Poll>) -> PortConfig {
         },
         framing: masimo_framing(),
         poll,
+        min_interval: None,
     }
 }
 
