@@ -7,6 +7,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::pty::openpty;
 use nix::sys::termios::{self, SetArg};
 
@@ -25,6 +26,11 @@ impl Pty {
     /// pass unchanged even before the gateway opens and configures the slave.
     pub fn open() -> io::Result<Self> {
         let pair = openpty(None, None).map_err(io::Error::from)?;
+        // Not inherited by child processes (a gateway started by a test): a child holding
+        // the master open would keep the line up after the pty is dropped.
+        for fd in [&pair.master, &pair.slave] {
+            fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
+        }
         let mut t = termios::tcgetattr(&pair.slave).map_err(io::Error::from)?;
         termios::cfmakeraw(&mut t);
         termios::tcsetattr(&pair.slave, SetArg::TCSANOW, &t).map_err(io::Error::from)?;
