@@ -37,6 +37,17 @@ impl SimFormat {
         ("tanita-bc418", SimFormat::TanitaBc418),
     ];
 
+    /// The shortest time between two messages of the real device: formats that stamp
+    /// messages with a clock of one-second (or one-minute) resolution send no more
+    /// often, so two messages never share a timestamp.
+    pub fn min_period(self) -> std::time::Duration {
+        std::time::Duration::from_secs(match self {
+            SimFormat::MasimoAscii1 | SimFormat::Nonin9560Format13 => 1,
+            SimFormat::TanitaBc418 => 60,
+            SimFormat::NoninOem3Format2 | SimFormat::ContecCms50 => 0,
+        })
+    }
+
     /// The format's name.
     pub fn name(self) -> &'static str {
         Self::ALL
