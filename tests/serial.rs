@@ -436,3 +436,19 @@ fn profile_test_decodes_every_shipped_serial_example_payload() {
         assert_eq!(vals, expected, "{profile}");
     }
 }
+
+#[test]
+fn run_without_any_driver_says_how_to_add_a_serial_port() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), &[]);
+    let out = gateway()
+        .args(["run", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("no driver is enabled") && stderr.contains("[[serial.ports]]"),
+        "{stderr}"
+    );
+}

@@ -86,8 +86,9 @@ enum ProfileCommand {
 struct TestArgs {
     /// The profile: a file path, or the id of a profile in --profiles.
     profile: String,
-    /// The payload: a text line (line-oriented serial), a JSON object (MQTT; simulator
-    /// profiles take {"field": value}), or hex bytes for BLE (spaces allowed).
+    /// The payload: a text line (line-oriented serial), hex bytes holding one or more
+    /// whole frames (binary serial, e.g. "C5 3C 28 48 62"), a JSON object (MQTT;
+    /// simulator profiles take {"field": value}), or hex bytes for BLE (spaces allowed).
     #[arg(long)]
     payload: String,
     /// The GATT characteristic the payload came from (BLE profiles), e.g. 2A35.
