@@ -40,13 +40,14 @@ interval_secs = 0.05
 nan_probability = 0.05
 out_of_range_probability = 0.05
 
-[batch]
-max_observations = 10
-max_delay_ms = 100
+[outbox]
+path = "{dir}/outbox.db"
+key_file = "{dir}/storage.key"
 
 [[uplinks]]
 kind = "file"
 dir = "{dir}/out"
+batch_size = 10
 
 [log]
 level = "debug"
@@ -64,6 +65,7 @@ level = "debug"
 fn run_stops_cleanly_on_sigterm_flushing_its_last_batch_and_never_logs_the_patient() {
     let tmp = tempfile::tempdir().unwrap();
     write_key(&tmp.path().join("pseudonym.key"), 0o600);
+    write_key(&tmp.path().join("storage.key"), 0o600);
     let config = write_config(tmp.path(), "");
     let child = gateway()
         .args(["run", "--config", config.to_str().unwrap()])
@@ -71,6 +73,7 @@ fn run_stops_cleanly_on_sigterm_flushing_its_last_batch_and_never_logs_the_patie
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _guard = common::DaemonGuard(child.id());
     let out_dir = tmp.path().join("out");
     wait_until(Duration::from_secs(20), "the first bundle", || {
         !common::json_files(&out_dir).is_empty()
@@ -140,12 +143,13 @@ fn run_refuses_a_key_file_readable_by_others() {
 fn run_reports_every_configuration_problem_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     write_key(&tmp.path().join("pseudonym.key"), 0o600);
+    write_key(&tmp.path().join("storage.key"), 0o600);
     let config = write_config(tmp.path(), "").to_str().unwrap().to_string();
     let text = std::fs::read_to_string(&config)
         .unwrap()
         .replace("Europe/Berlin", "Mars/Olympus")
         .replace("interval_secs = 0.05", "interval_secs = -1")
-        .replace("max_observations = 10", "max_observations = 0");
+        .replace("batch_size = 10", "batch_size = 0");
     std::fs::write(&config, text).unwrap();
     let out = gateway()
         .args(["run", "--config", &config])
@@ -156,7 +160,7 @@ fn run_reports_every_configuration_problem_at_once() {
     for key in [
         "gateway.time_zone",
         "sim.interval_secs",
-        "batch.max_observations",
+        "uplinks[0]: batch_size",
     ] {
         assert!(stderr.contains(key), "{key} not reported:\n{stderr}");
     }
@@ -166,6 +170,7 @@ fn run_reports_every_configuration_problem_at_once() {
 fn run_refuses_unknown_keys_and_a_missing_file_clearly() {
     let tmp = tempfile::tempdir().unwrap();
     write_key(&tmp.path().join("pseudonym.key"), 0o600);
+    write_key(&tmp.path().join("storage.key"), 0o600);
     let config = write_config(tmp.path(), "colour = \"blue\"");
     let out = gateway()
         .args(["run", "--config", config.to_str().unwrap()])
@@ -188,6 +193,7 @@ fn run_refuses_unknown_keys_and_a_missing_file_clearly() {
 fn environment_variables_override_the_configuration_file() {
     let tmp = tempfile::tempdir().unwrap();
     write_key(&tmp.path().join("pseudonym.key"), 0o600);
+    write_key(&tmp.path().join("storage.key"), 0o600);
     let config = write_config(tmp.path(), "");
     let out = gateway()
         .args(["run", "--config", config.to_str().unwrap()])
@@ -203,6 +209,7 @@ fn environment_variables_override_the_configuration_file() {
 fn run_refuses_an_invalid_profiles_directory_naming_file_and_line() {
     let tmp = tempfile::tempdir().unwrap();
     write_key(&tmp.path().join("pseudonym.key"), 0o600);
+    write_key(&tmp.path().join("storage.key"), 0o600);
     let config = write_config(tmp.path(), "");
     let text = std::fs::read_to_string(&config).unwrap().replace(
         &format!("{}/device-profiles", common::root().display()),

@@ -18,7 +18,11 @@ fn demo_writes_bundles_that_an_independent_fhir_validator_accepts() {
         out_dir.to_str().unwrap(),
     ]);
     let (stdout, stderr) = texts(&out);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "status {:?}\n{stdout}\n{stderr}",
+        out.status
+    );
 
     // The console view and the summary.
     assert!(stdout.contains("Blood pressure"), "{stdout}");

@@ -91,8 +91,11 @@ impl Drop for Running {
 
 fn write_config(dir: &Path, ports: &[(&str, PathBuf, &str)]) -> PathBuf {
     let key = dir.join("pseudonym.key");
-    std::fs::write(&key, [7u8; 32]).unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let storage_key = dir.join("storage.key");
+    for (file, byte) in [(&key, 7u8), (&storage_key, 8u8)] {
+        std::fs::write(file, [byte; 32]).unwrap();
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let mut text = format!(
         r#"[gateway]
 id = "kit-serial-1"
@@ -109,9 +112,9 @@ key_file = "{key}"
 reconnect_initial_ms = 20
 reconnect_max_ms = 200
 
-[batch]
-max_observations = 50
-max_delay_ms = 50
+[outbox]
+path = "{outbox}"
+key_file = "{storage_key}"
 
 [[uplinks]]
 kind = "file"
@@ -122,6 +125,8 @@ level = "info"
 "#,
         root = common::root().display(),
         key = key.display(),
+        storage_key = storage_key.display(),
+        outbox = dir.join("outbox.db").display(),
         out = dir.join("out").display(),
     );
     for (profile, path, zone) in ports {

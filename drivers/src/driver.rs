@@ -8,16 +8,80 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::reading::Reading;
 
+/// What the gateway tells a driver once a reading is durably stored.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Committed {
+    /// The identifiers (UUIDs) of the Observations committed for the reading; empty when
+    /// the reading yielded none (e.g. only unmapped fields or test data).
+    pub observations: Vec<String>,
+}
+
+/// Resolves once the reading is committed to the outbox; an error means it was not (the
+/// gateway could not store it), so a source that can redeliver should.
+pub type CommitReceiver = oneshot::Receiver<Committed>;
+
+/// A reading on its way through the channel, with the optional commit acknowledgement.
+#[derive(Debug)]
+pub struct Envelope {
+    /// The reading.
+    pub reading: Reading,
+    /// Where to acknowledge the commit, if the driver asked for it.
+    pub ack: Option<oneshot::Sender<Committed>>,
+}
+
+/// The channel is closed: the gateway is shutting down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the reading channel is closed")]
+pub struct ChannelClosed;
+
 /// The sending side of the bounded channel drivers put readings on.
-pub type ReadingSender = mpsc::Sender<Reading>;
+#[derive(Debug, Clone)]
+pub struct ReadingSender {
+    inner: mpsc::Sender<Envelope>,
+}
+
+impl ReadingSender {
+    /// Sends a reading, waiting while the channel is full (backpressure).
+    pub async fn send(&self, reading: Reading) -> Result<(), ChannelClosed> {
+        self.inner
+            .send(Envelope { reading, ack: None })
+            .await
+            .map_err(|_| ChannelClosed)
+    }
+
+    /// Sends a reading and returns a receiver that resolves once it is committed to the
+    /// outbox. Sources that acknowledge to the device (an MQTT PUBACK, a glucose record
+    /// marked as fetched) acknowledge only then.
+    pub async fn send_acked(&self, reading: Reading) -> Result<CommitReceiver, ChannelClosed> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .send(Envelope {
+                reading,
+                ack: Some(tx),
+            })
+            .await
+            .map_err(|_| ChannelClosed)?;
+        Ok(rx)
+    }
+}
 
 /// The receiving side of the bounded channel the pipeline takes readings from.
-pub type ReadingReceiver = mpsc::Receiver<Reading>;
+#[derive(Debug)]
+pub struct ReadingReceiver {
+    inner: mpsc::Receiver<Envelope>,
+}
+
+impl ReadingReceiver {
+    /// The next reading, or `None` once every sender is gone and the channel is drained.
+    pub async fn recv(&mut self) -> Option<Envelope> {
+        self.inner.recv().await
+    }
+}
 
 /// A boxed driver future, so drivers of different types can be run side by side.
 pub type DriverFuture = Pin<Box<dyn Future<Output = Result<(), DriverError>> + Send>>;
@@ -61,5 +125,6 @@ pub trait Driver: Send {
 /// `capacity` must be at least 1; it is the most readings held in memory between the
 /// drivers and the normalizer.
 pub fn reading_channel(capacity: usize) -> (ReadingSender, ReadingReceiver) {
-    mpsc::channel(capacity.max(1))
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    (ReadingSender { inner: tx }, ReadingReceiver { inner: rx })
 }

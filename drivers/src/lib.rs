@@ -12,7 +12,10 @@ pub mod reading;
 pub mod serial;
 pub mod sim;
 
-pub use driver::{reading_channel, Driver, DriverError, ReadingReceiver, ReadingSender};
+pub use driver::{
+    reading_channel, ChannelClosed, CommitReceiver, Committed, Driver, DriverError, Envelope,
+    ReadingReceiver, ReadingSender,
+};
 pub use reading::{
     AbsentReason, DeviceIdentity, DeviceTime, Measurement, Quantity, Reading, ReadingFlag,
     Transport,

@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::normalize::{OutOfRange, Zone};
+use crate::outbox::{OutboxSettings, WhenFull};
+use crate::uplink::fhir_http::FhirSettings;
 
 /// The default configuration file.
 pub const DEFAULT_PATH: &str = "/etc/iomt-gateway/gateway.toml";
@@ -186,31 +188,60 @@ pub struct RawDevice {
     pub time_zone: Option<String>,
 }
 
-/// `[batch]`
+/// `[outbox]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawBatch {
-    /// Most Observations per Bundle.
-    #[serde(default = "default_batch_max")]
-    pub max_observations: usize,
-    /// Longest wait, in milliseconds, before a partial batch is sent.
-    #[serde(default = "default_batch_delay")]
-    pub max_delay_ms: u64,
+pub struct RawOutbox {
+    /// The SQLite database file.
+    #[serde(default = "default_outbox_path")]
+    pub path: PathBuf,
+    /// The 32-byte storage key file (mode 0600), made by `iomt-gateway keygen`.
+    #[serde(default = "default_storage_key")]
+    pub key_file: PathBuf,
+    /// Most sealed payload, in MiB.
+    #[serde(default = "default_max_size_mb")]
+    pub max_size_mb: u64,
+    /// Rows older than this many days are evicted (unset: no age limit).
+    #[serde(default)]
+    pub max_age_days: Option<f64>,
+    /// `evict-oldest` (default) or `block`.
+    #[serde(default)]
+    pub when_full: WhenFull,
+    /// Longest wait, in milliseconds, to group more readings into one commit.
+    #[serde(default = "default_commit_window")]
+    pub commit_window_ms: u64,
+    /// Most rows in one transaction.
+    #[serde(default = "default_max_batch_rows")]
+    pub max_batch_rows: usize,
 }
 
-impl Default for RawBatch {
+impl Default for RawOutbox {
     fn default() -> Self {
         Self {
-            max_observations: default_batch_max(),
-            max_delay_ms: default_batch_delay(),
+            path: default_outbox_path(),
+            key_file: default_storage_key(),
+            max_size_mb: default_max_size_mb(),
+            max_age_days: None,
+            when_full: WhenFull::default(),
+            commit_window_ms: default_commit_window(),
+            max_batch_rows: default_max_batch_rows(),
         }
     }
 }
 
-fn default_batch_max() -> usize {
-    100
+fn default_outbox_path() -> PathBuf {
+    PathBuf::from("/var/lib/iomt-gateway/outbox.db")
 }
-fn default_batch_delay() -> u64 {
+fn default_storage_key() -> PathBuf {
+    PathBuf::from("/etc/iomt-gateway/storage.key")
+}
+fn default_max_size_mb() -> u64 {
+    512
+}
+fn default_commit_window() -> u64 {
+    20
+}
+fn default_max_batch_rows() -> usize {
     1000
 }
 
@@ -220,8 +251,27 @@ fn default_batch_delay() -> u64 {
 pub enum RawUplink {
     /// Writes each Bundle as a JSON file.
     File {
+        /// A unique name (default `file`); the outbox tracks delivery per name.
+        name: Option<String>,
         /// The directory.
         dir: PathBuf,
+        /// Most Observations per Bundle (default 100).
+        batch_size: Option<usize>,
+    },
+    /// POSTs transaction Bundles to a FHIR server.
+    Fhir {
+        /// A unique name (default `fhir`); the outbox tracks delivery per name.
+        name: Option<String>,
+        /// The FHIR base URL.
+        base_url: String,
+        /// File with a bearer token (mode 0600), if the server needs one.
+        bearer_token_file: Option<PathBuf>,
+        /// Most Observations per Bundle (default 100).
+        batch_size: Option<usize>,
+        /// Timeout of one request in seconds (default 30).
+        timeout_secs: Option<u64>,
+        /// Longest retry delay in seconds (default 300).
+        max_backoff_secs: Option<u64>,
     },
 }
 
@@ -283,9 +333,9 @@ pub struct RawConfig {
     /// `[devices.<profile-id>]`
     #[serde(default)]
     pub devices: BTreeMap<String, RawDevice>,
-    /// `[batch]`
+    /// `[outbox]`
     #[serde(default)]
-    pub batch: RawBatch,
+    pub outbox: RawOutbox,
     /// `[[uplinks]]`
     #[serde(default)]
     pub uplinks: Vec<RawUplink>,
@@ -335,14 +385,29 @@ pub struct SerialSettings {
     pub reconnect_max: Duration,
 }
 
-/// An uplink, validated.
+/// What an uplink is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Uplink {
+pub enum UplinkKind {
     /// JSON files in a directory.
     File {
         /// The directory.
         dir: PathBuf,
     },
+    /// A FHIR server.
+    Fhir(FhirSettings),
+}
+
+/// An uplink, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uplink {
+    /// Its unique name.
+    pub name: String,
+    /// Most Observations per Bundle.
+    pub batch_size: usize,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// What it is.
+    pub kind: UplinkKind,
 }
 
 /// The validated configuration.
@@ -368,16 +433,65 @@ pub struct Config {
     pub sim: Option<SimSettings>,
     /// Serial driver, when ports are configured.
     pub serial: Option<SerialSettings>,
-    /// Batch limits: most Observations per Bundle.
-    pub batch_max: usize,
-    /// Batch limits: longest wait.
-    pub batch_delay: Duration,
+    /// The outbox.
+    pub outbox: OutboxSettings,
+    /// The storage key file.
+    pub storage_key_file: PathBuf,
     /// Uplinks.
     pub uplinks: Vec<Uplink>,
     /// Log filter.
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
+}
+
+fn validate_uplink(u: &RawUplink) -> Result<Uplink, String> {
+    let batch = |b: &Option<usize>| match b {
+        Some(0) => Err("batch_size must be at least 1".to_string()),
+        Some(n) => Ok(*n),
+        None => Ok(100),
+    };
+    match u {
+        RawUplink::File {
+            name,
+            dir,
+            batch_size,
+        } => Ok(Uplink {
+            name: name.clone().unwrap_or_else(|| "file".into()),
+            batch_size: batch(batch_size)?,
+            backoff_max: Duration::from_secs(60),
+            kind: UplinkKind::File { dir: dir.clone() },
+        }),
+        RawUplink::Fhir {
+            name,
+            base_url,
+            bearer_token_file,
+            batch_size,
+            timeout_secs,
+            max_backoff_secs,
+        } => {
+            let url = reqwest::Url::parse(base_url)
+                .map_err(|e| format!("base_url `{base_url}` is not a URL: {e}"))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(format!("base_url `{base_url}` must be http:// or https://"));
+            }
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err("base_url must not carry credentials; use bearer_token_file".into());
+            }
+            let name = name.clone().unwrap_or_else(|| "fhir".into());
+            Ok(Uplink {
+                batch_size: batch(batch_size)?,
+                backoff_max: Duration::from_secs(max_backoff_secs.unwrap_or(300).max(1)),
+                kind: UplinkKind::Fhir(FhirSettings {
+                    name: name.clone(),
+                    base_url: base_url.clone(),
+                    bearer_token_file: bearer_token_file.clone(),
+                    timeout: Duration::from_secs(timeout_secs.unwrap_or(30).max(1)),
+                }),
+                name,
+            })
+        }
+    }
 }
 
 fn parse_zone(name: &str) -> Result<Zone, String> {
@@ -523,11 +637,30 @@ impl Config {
                 "serial.reconnect_max_ms must be at least serial.reconnect_initial_ms".into(),
             );
         }
-        if raw.batch.max_observations == 0 {
-            problems.push("batch.max_observations must be at least 1".into());
+        let o = &raw.outbox;
+        if o.max_size_mb == 0 {
+            problems.push("outbox.max_size_mb must be at least 1".into());
+        }
+        if o.max_batch_rows == 0 {
+            problems.push("outbox.max_batch_rows must be at least 1".into());
+        }
+        if o.max_age_days.is_some_and(|d| !(d.is_finite() && d > 0.0)) {
+            problems.push("outbox.max_age_days must be a positive number of days".into());
         }
         if raw.uplinks.is_empty() {
-            problems.push("no uplink configured: add an [[uplinks]] table (kind = \"file\" writes Bundles to a directory)".into());
+            problems.push("no uplink configured: add an [[uplinks]] table (kind = \"fhir\" for a FHIR server, kind = \"file\" for a directory)".into());
+        }
+        let mut uplinks = Vec::new();
+        for (i, u) in raw.uplinks.iter().enumerate() {
+            match validate_uplink(u) {
+                Ok(u) => {
+                    if uplinks.iter().any(|o: &Uplink| o.name == u.name) {
+                        problems.push(format!("uplinks[{i}]: the name `{}` is used twice; give each uplink a unique `name`", u.name));
+                    }
+                    uplinks.push(u);
+                }
+                Err(e) => problems.push(format!("uplinks[{i}]: {e}")),
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
             problems.push(format!(
@@ -560,18 +693,27 @@ impl Config {
                 reconnect_initial: Duration::from_millis(raw.serial.reconnect_initial_ms),
                 reconnect_max: Duration::from_millis(raw.serial.reconnect_max_ms),
             }),
-            batch_max: raw.batch.max_observations,
-            batch_delay: Duration::from_millis(raw.batch.max_delay_ms),
-            uplinks: raw
-                .uplinks
-                .into_iter()
-                .map(|u| match u {
-                    RawUplink::File { dir } => Uplink::File { dir },
-                })
-                .collect(),
+            outbox: OutboxSettings {
+                path: raw.outbox.path,
+                max_bytes: raw.outbox.max_size_mb.saturating_mul(1024 * 1024),
+                max_age: raw
+                    .outbox
+                    .max_age_days
+                    .map(|d| Duration::from_secs_f64(d * 86_400.0)),
+                when_full: raw.outbox.when_full,
+                commit_window: Duration::from_millis(raw.outbox.commit_window_ms),
+                max_batch_rows: raw.outbox.max_batch_rows,
+            },
+            storage_key_file: raw.outbox.key_file,
+            uplinks,
             log_level: raw.log.level,
             log_format: raw.log.format,
         })
+    }
+
+    /// The names of the configured uplinks.
+    pub fn uplink_names(&self) -> Vec<String> {
+        self.uplinks.iter().map(|u| u.name.clone()).collect()
     }
 
     /// The zone for a profile's devices.
@@ -601,13 +743,15 @@ dir = "/tmp/out"
         let text = include_str!("../../gateway.example.toml");
         let c = Config::from_toml_str(text, "gateway.example.toml").unwrap();
         assert_eq!(c.uplinks.len(), 1);
-        assert_eq!(c.batch_max, 100);
+        assert_eq!(c.uplinks[0].batch_size, 100);
     }
 
     #[test]
     fn a_minimal_file_gets_the_documented_defaults() {
         let c = Config::from_toml_str(MINIMAL, "test").unwrap();
-        assert_eq!(c.batch_max, 100);
+        assert_eq!(c.uplinks[0].name, "file");
+        assert_eq!(c.outbox.max_bytes, 512 * 1024 * 1024);
+        assert_eq!(c.outbox.when_full, WhenFull::EvictOldest);
         assert_eq!(c.out_of_range, OutOfRange::Flag);
         assert!(c.sim.is_none());
         assert_eq!(c.zone, Zone::GatewayLocal);

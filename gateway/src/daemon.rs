@@ -1,8 +1,9 @@
 //! Wiring: drivers → bounded channel → pipeline → uplinks, with a cancellation token.
 //!
 //! Shutdown order (the mini-redis pattern): cancelling the token stops the drivers; when
-//! the last driver drops its sender the channel closes; the pipeline drains what is left,
-//! flushes its last batch, and returns its counters.
+//! the last driver drops its sender the channel closes; the pipeline hands what is left to
+//! the outbox; each uplink makes a last delivery pass within a deadline; the outbox
+//! writer commits what it holds and closes the database.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -13,11 +14,17 @@ use iomt_drivers::sim::{SimClock as DriverClock, SimConfig, SimDevice, SimDriver
 use iomt_drivers::{reading_channel, DeviceIdentity, Driver, Transport};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, SerialSettings, SimSettings, Uplink as UplinkConfig};
-use crate::normalize::Zone;
+use std::time::Duration;
+
+use crate::config::{Config, SerialSettings, SimSettings, Uplink as UplinkConfig, UplinkKind};
+use crate::normalize::{self, Zone};
+use crate::outbox::seal::Keyring;
+use crate::outbox::{Outbox, OutboxError};
 use crate::pipeline::{Observer, Pipeline, Stats};
 use crate::profile::{Profile, SimClock, TransportSpec};
 use crate::pseudonym::{Domain, Pseudonymizer};
+use crate::uplink::deliver::{self, DeliverySettings, DeliveryStats};
+use crate::uplink::fhir_http::FhirUplink;
 use crate::uplink::file::FileUplink;
 use crate::uplink::{Uplink, UplinkError};
 
@@ -49,6 +56,9 @@ pub enum DaemonError {
     /// An uplink could not be set up.
     #[error(transparent)]
     Uplink(#[from] UplinkError),
+    /// The outbox could not be opened.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
 }
 
 /// The current UTC offset of a zone (for simulated wall clocks).
@@ -155,15 +165,33 @@ pub fn serial_ports(
     Ok(ports)
 }
 
-/// Runs the gateway until `cancel` fires (or the drivers finish on their own), then
-/// drains and returns the counters.
+/// What a run did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RunStats {
+    /// The pipeline's counters.
+    pub pipeline: Stats,
+    /// Each uplink's counters, by name.
+    pub uplinks: Vec<(String, DeliveryStats)>,
+}
+
+fn build_uplink(u: &UplinkConfig) -> Result<Box<dyn Uplink>, UplinkError> {
+    Ok(match &u.kind {
+        UplinkKind::File { dir } => Box::new(FileUplink::new(&u.name, dir)?),
+        UplinkKind::Fhir(settings) => Box::new(FhirUplink::new(settings.clone())?),
+    })
+}
+
+/// Runs the gateway until `cancel` fires, then drains: drivers stop, the pipeline hands everything to the outbox, each uplink makes a
+/// last delivery pass, and the outbox closes. `ready` is called once the outbox is open
+/// and the drivers are started.
 pub async fn run(
     config: Config,
     profiles: Vec<Profile>,
     pseudonymizer: Pseudonymizer,
+    keyring: Arc<Keyring>,
     observer: Option<Observer>,
     cancel: CancellationToken,
-) -> Result<Stats, DaemonError> {
+) -> Result<RunStats, DaemonError> {
     let profiles: Vec<Arc<Profile>> = profiles.into_iter().map(Arc::new).collect();
     let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
     if let Some(settings) = &config.sim {
@@ -194,11 +222,33 @@ pub async fn run(
     if drivers.is_empty() {
         return Err(DaemonError::NoDriver);
     }
-    let mut uplinks: Vec<Box<dyn Uplink>> = Vec::new();
+    let mut uplinks = Vec::new();
     for u in &config.uplinks {
-        match u {
-            UplinkConfig::File { dir } => uplinks.push(Box::new(FileUplink::new(dir)?)),
-        }
+        uplinks.push((build_uplink(u)?, u.clone()));
+    }
+
+    let (outbox, writer) =
+        Outbox::open(config.outbox.clone(), keyring, config.uplink_names()).await?;
+    let gateway_pseudonym = pseudonymizer.pseudonym(Domain::Gateway, &config.gateway_id);
+    let gateway_device: crate::fhir::Device = normalize::gateway_resource(&gateway_pseudonym);
+
+    let uplink_cancel = CancellationToken::new();
+    let mut uplink_tasks = Vec::new();
+    for (uplink, u) in uplinks {
+        let settings = DeliverySettings {
+            batch_size: u.batch_size,
+            backoff_base: Duration::from_millis(500),
+            backoff_max: u.backoff_max,
+            drain_deadline: Duration::from_secs(2),
+        };
+        let task = tokio::spawn(deliver::run(
+            outbox.clone(),
+            uplink,
+            settings,
+            gateway_device.clone(),
+            uplink_cancel.clone(),
+        ));
+        uplink_tasks.push((u.name.clone(), task));
     }
 
     let pipeline = Pipeline {
@@ -207,14 +257,12 @@ pub async fn run(
             .map(|p| (p.id.clone(), p.clone()))
             .collect::<HashMap<_, _>>(),
         patient_pseudonym: pseudonymizer.pseudonym(Domain::Patient, &config.patient_id),
-        gateway_pseudonym: pseudonymizer.pseudonym(Domain::Gateway, &config.gateway_id),
+        gateway_pseudonym,
         pseudonymizer,
         zones: (config.zone, config.device_zones.clone()),
         address_zones,
         out_of_range: config.out_of_range,
-        batch_max: config.batch_max,
-        batch_delay: config.batch_delay,
-        uplinks,
+        outbox: outbox.clone(),
         observer,
     };
 
@@ -230,6 +278,7 @@ pub async fn run(
     tracing::info!(
         drivers = driver_tasks.len(),
         profiles = profiles.len(),
+        uplinks = uplink_tasks.len(),
         "gateway running"
     );
     for (name, task) in driver_tasks {
@@ -239,9 +288,27 @@ pub async fn run(
             Err(e) => tracing::error!(driver = %name, error = %e, "driver task panicked"),
         }
     }
-    let stats = pipeline_task.await.unwrap_or_else(|e| {
-        tracing::error!(error = %e, "pipeline task panicked");
-        Stats::default()
-    });
+    let mut stats = RunStats {
+        pipeline: pipeline_task.await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "pipeline task panicked");
+            Stats::default()
+        }),
+        uplinks: Vec::new(),
+    };
+    // Drivers that finish on their own (a simulator with a reading limit) do not stop
+    // the daemon: the uplinks keep delivering the backlog until shutdown is asked for.
+    cancel.cancelled().await;
+    uplink_cancel.cancel();
+    for (name, task) in uplink_tasks {
+        match task.await {
+            Ok(s) => stats.uplinks.push((name, s)),
+            Err(e) => tracing::error!(uplink = %name, error = %e, "uplink task panicked"),
+        }
+    }
+    drop(outbox);
+    if let Err(e) = writer.await {
+        tracing::error!(error = %e, "outbox writer panicked");
+    }
+    tracing::info!("outbox closed");
     Ok(stats)
 }

@@ -11,7 +11,7 @@ use iomt_drivers::DeviceIdentity;
 use iomt_drivers::serial::pty::Pty;
 use iomt_drivers::serial::sim::{SerialSim, SimFormat};
 
-use crate::config::{Config, ConfigError, SerialPort, SerialSettings, Uplink};
+use crate::config::{Config, ConfigError, SerialPort, SerialSettings, UplinkKind};
 use crate::fhir::{Observation, Quantity};
 use crate::profile::{self, Profile, ProfileErrors};
 
@@ -191,18 +191,26 @@ interval_secs = 1.0
 nan_probability = 0.03
 out_of_range_probability = 0.02
 
-[batch]
-max_observations = 20
-max_delay_ms = 2000
+[outbox]
+path = "<set by demo>"
+key_file = "<an ephemeral key made by demo>"
+commit_window_ms = 50
 
 [[uplinks]]
 kind = "file"
 dir = "<set by demo>"
+batch_size = 20
 "#;
 
 /// The demo's pseudonymization key. Public, and only for simulated data: a real kit uses
 /// a secret key file.
 pub const DEMO_KEY: [u8; 32] = *b"iomt-gateway-demo-key-not-secret";
+
+/// Where the demo keeps its outbox: a hidden directory next to the Bundles. It is sealed
+/// with a key that exists only while the demo runs.
+pub fn outbox_path(out: &Path) -> PathBuf {
+    out.join(".outbox").join("outbox.db")
+}
 
 /// Parses the embedded profiles.
 pub fn embedded_profiles() -> Result<Vec<Profile>, ProfileErrors> {
@@ -224,9 +232,12 @@ pub fn embedded_profiles() -> Result<Vec<Profile>, ProfileErrors> {
 /// The demo configuration writing into `out`, with the given reading interval and seed.
 pub fn config(out: &Path, interval_secs: f64, seed: u64) -> Result<Config, ConfigError> {
     let mut config = Config::from_toml_str(DEMO_CONFIG, "<embedded demo config>")?;
-    config.uplinks = vec![Uplink::File {
-        dir: out.to_path_buf(),
-    }];
+    if let Some(u) = config.uplinks.first_mut() {
+        u.kind = UplinkKind::File {
+            dir: out.to_path_buf(),
+        };
+    }
+    config.outbox.path = outbox_path(out);
     if let Some(sim) = config.sim.as_mut() {
         if !(interval_secs.is_finite() && interval_secs > 0.0) {
             return Err(ConfigError {

@@ -248,19 +248,19 @@ pub struct BundleRequest {
 }
 
 /// A Bundle entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BundleEntry {
     /// The entry's full URL.
     pub full_url: String,
-    /// The resource.
-    pub resource: serde_json::Value,
+    /// The resource, as JSON text (kept as stored: never re-parsed on the way out).
+    pub resource: Box<serde_json::value::RawValue>,
     /// The request.
     pub request: BundleRequest,
 }
 
 /// A transaction Bundle.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Bundle {
     /// Always `Bundle`.

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod demo;
 pub mod fhir;
 pub mod normalize;
+pub mod outbox;
 pub mod pipeline;
 pub mod probe;
 pub mod profile;

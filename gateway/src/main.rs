@@ -3,13 +3,16 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use iomt_gateway::config::{Config, LogFormat, DEFAULT_PATH};
+use iomt_gateway::daemon::RunStats;
 use iomt_gateway::normalize::Zone;
-use iomt_gateway::pipeline::{Observer, Stats};
+use iomt_gateway::outbox::{self, seal, seal::Keyring};
+use iomt_gateway::pipeline::Observer;
 use iomt_gateway::profile::{self, Profile, ProfileErrors};
 use iomt_gateway::pseudonym::{self, Pseudonymizer};
 use iomt_gateway::{daemon, demo, probe};
@@ -67,6 +70,54 @@ enum Command {
     /// Check and try device profiles.
     #[command(subcommand)]
     Profile(ProfileCommand),
+    /// Create the secret keys (never overwrites one), or rotate the storage key.
+    ///
+    /// Creates the storage key ([outbox] key_file: seals the outbox, never leaves the
+    /// device) and the pseudonymization key ([pseudonymization] key_file: shared with the
+    /// backend's re-identification service), each 32 random bytes with mode 0600.
+    Keygen {
+        /// The configuration file naming the key files.
+        #[arg(long, short, value_name = "FILE", default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        /// Rotate the storage key: new rows use a new key; the old one moves to
+        /// `<key_file>.retired` and keeps old rows readable until they are delivered.
+        #[arg(long)]
+        rotate: bool,
+    },
+    /// Print the pseudonym a backend uses to enrol a patient (HMAC-SHA256 of the id
+    /// under the pseudonymization key).
+    Pseudonym {
+        /// The patient identifier.
+        id: String,
+        /// The configuration file naming the pseudonymization key.
+        #[arg(long, short, value_name = "FILE", default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Inspect the outbox.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
+}
+
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// Queued, oldest, delivered, dead-lettered and evicted rows per uplink, and bytes on
+    /// disk. Reads the database without a key and without writing; safe while the daemon
+    /// runs. Prints no patient data.
+    Status {
+        /// The configuration file naming the outbox.
+        #[arg(long, short, value_name = "FILE", default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the rows an uplink rejected for good, with the server's reason. Needs the
+    /// storage key (reasons are sealed); reads without writing.
+    DeadLetters {
+        /// The configuration file naming the outbox and its key.
+        #[arg(long, short, value_name = "FILE", default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -134,6 +185,10 @@ fn main() -> ExitCode {
         Command::Profile(ProfileCommand::Check { paths }) => profile_check(paths),
         Command::Profile(ProfileCommand::Test(args)) => profile_test(args),
         Command::Run { config } => runtime().and_then(|rt| rt.block_on(run(&config))),
+        Command::Keygen { config, rotate } => keygen(&config, rotate),
+        Command::Pseudonym { id, config } => pseudonym_of(&id, &config),
+        Command::Outbox(OutboxCommand::Status { config, json }) => outbox_status(&config, json),
+        Command::Outbox(OutboxCommand::DeadLetters { config }) => dead_letters(&config),
         Command::Demo {
             duration,
             out,
@@ -230,8 +285,14 @@ fn find_profile(spec: &str, dir: Option<PathBuf>) -> Result<Profile> {
     if path.is_file() {
         return profile::load_file(path).map_err(|e| anyhow::anyhow!("{e}"));
     }
+    let explicit = dir.is_some();
     let dir = dir.unwrap_or_else(default_profiles_dir);
-    let files = profile::files_in(&dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let files = match profile::files_in(&dir) {
+        Ok(files) => files,
+        // Without --profiles, a missing default directory just leaves the built-in profiles.
+        Err(_) if !explicit => Vec::new(),
+        Err(e) => bail!("{e}"),
+    };
     for f in files {
         if let Ok(p) = profile::load_file(&f) {
             if p.id == spec {
@@ -308,6 +369,7 @@ async fn run(config_path: &Path) -> Result<ExitCode> {
         )
     })?;
     let key = pseudonym::read_key_file(&config.pseudonym_key_file)?;
+    let keyring = Arc::new(Keyring::load(&config.storage_key_file)?);
     let cancel = CancellationToken::new();
     let stop = cancel.clone();
     tokio::spawn(async move {
@@ -315,10 +377,18 @@ async fn run(config_path: &Path) -> Result<ExitCode> {
         stop.cancel();
     });
     tracing::info!(config = %config_path.display(), profiles = profiles.len(), "starting");
-    let stats = daemon::run(config, profiles, Pseudonymizer::new(&key), None, cancel).await?;
+    let stats = daemon::run(
+        config,
+        profiles,
+        Pseudonymizer::new(&key),
+        keyring,
+        None,
+        cancel,
+    )
+    .await?;
     tracing::info!(
-        readings = stats.readings,
-        observations = stats.observations,
+        readings = stats.pipeline.readings,
+        observations = stats.pipeline.observations,
         "stopped"
     );
     Ok(ExitCode::SUCCESS)
@@ -398,31 +468,146 @@ async fn run_demo(
         }
         stop.cancel();
     });
+    // The demo's outbox is sealed with a key that lives only in memory for this run.
+    let keyring = Arc::new(Keyring::new(&pseudonym::random_key()?));
+    let outbox_dir = demo::outbox_path(&out).parent().map(Path::to_path_buf);
     let stats = daemon::run(
         config,
         profiles,
         Pseudonymizer::new(&demo::DEMO_KEY),
+        keyring,
         observer,
         cancel,
     )
     .await?;
+    if let Some(dir) = outbox_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     print_summary(&stats, &out);
-    Ok(if stats.delivery_errors == 0 {
+    let delivered: u64 = stats
+        .uplinks
+        .iter()
+        .map(|(_, s)| s.delivered + s.dead_lettered)
+        .sum();
+    Ok(if delivered == stats.pipeline.observations {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
 }
 
-fn print_summary(stats: &Stats, out: &Path) {
+fn print_summary(stats: &RunStats, out: &Path) {
+    let p = &stats.pipeline;
+    let bundles: u64 = stats.uplinks.iter().map(|(_, s)| s.bundles).sum();
+    let delivered: u64 = stats.uplinks.iter().map(|(_, s)| s.delivered).sum();
+    let failures: u64 = stats.uplinks.iter().map(|(_, s)| s.failures).sum();
     println!();
     println!("Summary");
-    println!("  readings             {}", stats.readings);
-    println!("  observations         {}", stats.observations);
-    println!("  without value (NaN)  {}", stats.absent);
-    println!("  flagged implausible  {}", stats.flagged);
-    println!("  rejected             {}", stats.rejected);
-    println!("  bundles written      {}", stats.bundles);
-    println!("  delivery errors      {}", stats.delivery_errors);
+    println!("  readings             {}", p.readings);
+    println!("  observations         {}", p.observations);
+    println!("  without value (NaN)  {}", p.absent);
+    println!("  flagged implausible  {}", p.flagged);
+    println!("  rejected             {}", p.rejected);
+    println!("  delivered            {delivered}");
+    println!("  bundles written      {bundles}");
+    println!("  delivery errors      {failures}");
     println!("  output               {}", out.display());
+}
+
+fn keygen(config_path: &Path, rotate: bool) -> Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let storage = &config.storage_key_file;
+    if rotate {
+        pseudonym::rotate_key_file(storage, &pseudonym::random_key()?)?;
+        println!(
+            "rotated the storage key {} (previous key kept in {})",
+            storage.display(),
+            seal::retired_path(storage).display()
+        );
+        println!("restart the gateway to seal new rows with the new key");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (what, path) in [
+        ("storage key", storage),
+        ("pseudonymization key", &config.pseudonym_key_file),
+    ] {
+        if path.exists() {
+            println!("kept the existing {what} {}", path.display());
+            continue;
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        pseudonym::write_new_key_file(path, &pseudonym::random_key()?)?;
+        println!("created the {what} {} (mode 0600)", path.display());
+    }
+    println!("give the pseudonymization key to the backend's re-identification service; the storage key never leaves this device");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pseudonym_of(id: &str, config_path: &Path) -> Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let key = pseudonym::read_key_file(&config.pseudonym_key_file)?;
+    let p = Pseudonymizer::new(&key).pseudonym(pseudonym::Domain::Patient, id);
+    println!("{}|{p}", iomt_gateway::normalize::PATIENT_PSEUDONYM_SYSTEM);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dead_letters(config_path: &Path) -> Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let keyring = Keyring::load(&config.storage_key_file)?;
+    let letters = outbox::read_dead_letters(&config.outbox.path, &keyring)?;
+    if letters.is_empty() {
+        println!("no dead letters");
+    }
+    for d in letters {
+        let at = chrono::DateTime::from_timestamp_millis(d.at_ms)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default();
+        println!(
+            "{at}  uplink={}  row={}  reason: {}",
+            d.uplink, d.seq, d.reason
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn outbox_status(config_path: &Path, json: bool) -> Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let status = outbox::read_status(&config.outbox.path, &config.uplink_names())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    println!("outbox      {}", status.path.display());
+    println!("rows        {}", status.rows);
+    println!("payload     {} bytes", status.payload_bytes);
+    println!("on disk     {} bytes", status.disk_bytes);
+    println!("evicted     {}", status.evicted);
+    println!();
+    println!(
+        "{:<16} {:>10} {:>14} {:>12} {:>14}",
+        "uplink", "queued", "oldest", "delivered", "dead-lettered"
+    );
+    for u in &status.uplinks {
+        let oldest = u
+            .oldest_ms
+            .map(|ms| format!("{}s ago", (now - ms).max(0) / 1000))
+            .unwrap_or_else(|| "-".into());
+        let name = if u.configured {
+            u.name.clone()
+        } else {
+            format!("{} (removed)", u.name)
+        };
+        println!(
+            "{name:<16} {:>10} {oldest:>14} {:>12} {:>14}",
+            u.queued, u.delivered, u.dead_lettered
+        );
+    }
+    for (id, rows) in &status.keys_in_use {
+        println!("key {id}: {rows} rows");
+    }
+    Ok(ExitCode::SUCCESS)
 }

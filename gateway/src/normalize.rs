@@ -112,6 +112,26 @@ pub enum Rejection {
     TestData,
 }
 
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejection::UnmappedField(field) => {
+                write!(f, "field `{field}` is not mapped by the profile")
+            }
+            Rejection::Unit { field, reason } => write!(f, "field `{field}`: {reason}"),
+            Rejection::Implausible { field } => {
+                write!(
+                    f,
+                    "field `{field}` is outside its plausible range (out_of_range = \"reject\")"
+                )
+            }
+            Rejection::TestData => {
+                f.write_str("test or calibration data is never a patient observation")
+            }
+        }
+    }
+}
+
 /// The result of normalizing one reading.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Normalized {
@@ -476,6 +496,7 @@ fn blood_pressure(
     out: &mut Normalized,
 ) -> Option<Observation> {
     let mut components = Vec::new();
+    let mut rejected_here = false;
     for key in ["systolic", "diastolic", "mean_arterial"] {
         let Some((q, m)) = members.iter().find(|(_, m)| m.kind.key == key) else {
             if key != "mean_arterial" {
@@ -509,6 +530,7 @@ fn blood_pressure(
         match value_of(q, m, ctx.out_of_range) {
             Err(r) => {
                 out.rejections.push(r);
+                rejected_here = true;
                 c.data_absent_reason = Some(CodeableConcept {
                     coding: vec![Coding::new(fhir::DATA_ABSENT_REASON, "error", "Error")],
                     text: None,
@@ -528,10 +550,9 @@ fn blood_pressure(
         }
         components.push(c);
     }
-    if components.iter().all(|c| c.value_quantity.is_none())
-        && ctx.out_of_range == OutOfRange::Reject
-        && !out.rejections.is_empty()
-    {
+    // With `reject`, a panel left with no value at all because its values were rejected
+    // is dropped (each rejection is counted); one whose values were simply absent stays.
+    if rejected_here && components.iter().all(|c| c.value_quantity.is_none()) {
         return None;
     }
     let names: Vec<&str> = members.iter().map(|(q, _)| q.name.as_str()).collect();

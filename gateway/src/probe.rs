@@ -227,7 +227,7 @@ fn normalize_for_test(
     };
     let out = normalize::normalize(reading, profile, &ctx);
     if out.observations.is_empty() {
-        let reasons: Vec<String> = out.rejections.iter().map(|r| format!("{r:?}")).collect();
+        let reasons: Vec<String> = out.rejections.iter().map(|r| r.to_string()).collect();
         return Err(ProbeError::Nothing(if reasons.is_empty() {
             "no field of the profile was present".into()
         } else {

@@ -68,6 +68,9 @@ pub fn validate_fhir(args: &[&Path]) -> (bool, String) {
 
 /// Polls `condition` until it holds or `deadline` passes.
 pub fn wait_until(deadline: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    if std::env::var_os("KEEP_TEST_LOGS").is_some() {
+        eprintln!("waiting for {what}");
+    }
     let start = Instant::now();
     while !condition() {
         assert!(
@@ -104,4 +107,25 @@ pub fn observations_in(dir: &Path) -> Vec<serde_json::Value> {
         }
     }
     out
+}
+
+/// Kills process `pid` if it is still a running iomt-gateway (used by test guards so a
+/// failing test leaves no daemon behind).
+pub fn kill_if_gateway(pid: u32) {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if String::from_utf8_lossy(&cmdline).contains("iomt-gateway") {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Kills the wrapped daemon when dropped, if it is still running.
+pub struct DaemonGuard(pub u32);
+
+impl Drop for DaemonGuard {
+    fn drop(&mut self) {
+        kill_if_gateway(self.0);
+    }
 }

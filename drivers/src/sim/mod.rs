@@ -8,6 +8,7 @@
 //! "not a number" or as a physiologically implausible value, so the gateway's unhappy
 //! paths run in every demo.
 
+use std::collections::VecDeque;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use rust_decimal::Decimal;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::driver::{Driver, DriverError, DriverFuture, ReadingSender};
+use crate::driver::{CommitReceiver, Driver, DriverError, DriverFuture, ReadingSender};
 use crate::reading::{AbsentReason, DeviceIdentity, DeviceTime, Quantity, Reading, ReadingFlag};
 
 /// A physiological signal the simulator knows how to produce.
@@ -313,6 +314,51 @@ impl DeviceState {
     }
 }
 
+/// The most commit acknowledgements the simulator keeps waiting for.
+const MAX_AWAITED: usize = 65_536;
+
+/// Logs the commits that have arrived, oldest first, without waiting.
+fn log_commits(awaiting: &mut VecDeque<(String, u64, CommitReceiver)>) {
+    while let Some((_, _, rx)) = awaiting.front_mut() {
+        match rx.try_recv() {
+            Ok(committed) => {
+                if let Some((device, sequence, _)) = awaiting.pop_front() {
+                    tracing::debug!(
+                        device = %device,
+                        sequence,
+                        observations = %committed.observations.join(","),
+                        "reading committed"
+                    );
+                }
+            }
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => break,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                awaiting.pop_front();
+            }
+        }
+    }
+}
+
+/// Waits for the outstanding commit acknowledgements (until cancelled) and logs them.
+async fn wait_for_commits(
+    awaiting: VecDeque<(String, u64, CommitReceiver)>,
+    cancel: &CancellationToken,
+) {
+    for (device, sequence, rx) in awaiting {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = rx => if let Ok(committed) = r {
+                tracing::debug!(
+                    device = %device,
+                    sequence,
+                    observations = %committed.observations.join(","),
+                    "reading committed"
+                );
+            }
+        }
+    }
+}
+
 /// With probability `p`, one index below `len`.
 fn pick(rng: &mut SmallRng, p: f64, len: usize) -> Option<usize> {
     (len > 0 && p > 0.0 && rng.gen_bool(p)).then(|| rng.gen_range(0..len))
@@ -325,6 +371,34 @@ fn decimal(value: f64, decimals: u32) -> Decimal {
         .round_dp(decimals);
     d.rescale(decimals);
     d
+}
+
+impl SimDriver {
+    /// Generates `count` readings at once, without waiting for the interval (benchmarks
+    /// and tests that need many readings fast). Devices take turns, as in `run`.
+    pub fn generate(&self, count: usize) -> Vec<Reading> {
+        let config = &self.config;
+        let mut rng = SmallRng::seed_from_u64(config.seed);
+        let mut devices: Vec<DeviceState> = config
+            .devices
+            .iter()
+            .cloned()
+            .map(DeviceState::new)
+            .collect();
+        let mut out = Vec::with_capacity(count);
+        if devices.is_empty() {
+            return out;
+        }
+        while out.len() < count {
+            for state in &mut devices {
+                if out.len() == count {
+                    break;
+                }
+                out.push(state.step(&mut rng, config));
+            }
+        }
+        out
+    }
 }
 
 impl Driver for SimDriver {
@@ -345,6 +419,9 @@ impl Driver for SimDriver {
             let mut ticker = tokio::time::interval(config.interval);
             ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
             let mut sent: u64 = 0;
+            // Commit acknowledgements still awaited: (device, sequence, receiver). Logged at
+            // debug level once committed, which is what the crash tests check against.
+            let mut awaiting: VecDeque<(String, u64, CommitReceiver)> = VecDeque::new();
             tracing::info!(
                 devices = devices.len(),
                 interval_ms = config.interval.as_millis() as u64,
@@ -358,19 +435,34 @@ impl Driver for SimDriver {
                 for state in &mut devices {
                     if config.max_readings.is_some_and(|max| sent >= max) {
                         tracing::info!(readings = sent, "simulator reached its reading limit");
+                        wait_for_commits(awaiting, &cancel).await;
                         return Ok(());
                     }
                     let reading = state.step(&mut rng, &config);
+                    let (device, sequence) = (
+                        reading.device.address.clone(),
+                        reading.sequence.unwrap_or_default(),
+                    );
                     tokio::select! {
                         _ = cancel.cancelled() => return Ok(()),
-                        res = tx.send(reading) => if res.is_err() {
-                            tracing::debug!("reading channel closed; simulator stops");
-                            return Ok(());
+                        res = tx.send_acked(reading) => match res {
+                            Ok(rx) => {
+                                if awaiting.len() >= MAX_AWAITED {
+                                    awaiting.pop_front();
+                                }
+                                awaiting.push_back((device, sequence, rx));
+                            }
+                            Err(_) => {
+                                tracing::debug!("reading channel closed; simulator stops");
+                                return Ok(());
+                            }
                         }
                     }
                     sent += 1;
+                    log_commits(&mut awaiting);
                 }
             }
+            log_commits(&mut awaiting);
             tracing::info!(readings = sent, "simulator stopped");
             Ok(())
         })
@@ -550,8 +642,8 @@ mod tests {
         let (tx, mut rx) = crate::driver::reading_channel(4);
         let cancel = CancellationToken::new();
         let task = tokio::spawn(driver.run(tx, cancel.clone()));
-        let first = rx.recv().await.unwrap();
-        let second = rx.recv().await.unwrap();
+        let first = rx.recv().await.unwrap().reading;
+        let second = rx.recv().await.unwrap().reading;
         assert_eq!(first.sequence, Some(1));
         assert_eq!(second.sequence, Some(2));
         cancel.cancel();

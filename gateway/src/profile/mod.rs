@@ -179,7 +179,7 @@ pub struct FieldMapping {
     pub loinc: OwnedLoinc,
     /// MDC coding (the catalog's unless overridden).
     pub mdc: Option<OwnedMdc>,
-    /// Plausible range in the emitted unit.
+    /// Plausible range, in the catalog unit of the kind (`kind.unit`).
     pub plausible: (f64, f64),
 }
 
@@ -278,7 +278,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Profile, ProfileErrors> {
         ProfileErrors(vec![ProfileError {
             file: file.to_path_buf(),
             line,
-            message: e.message().trim().to_string(),
+            message: plain_words(e.message().trim()),
         }])
     })?;
     let mut check = Check {
@@ -291,6 +291,26 @@ pub fn parse(file: &Path, text: &str) -> Result<Profile, ProfileErrors> {
         Some(p) if check.errors.is_empty() => Ok(p),
         _ => Err(ProfileErrors(check.errors)),
     }
+}
+
+/// Rewords the TOML parser's messages for people who write profiles, not Rust: profile
+/// keys are "keys" (a `[[field]]` is something else), and types have plain names.
+fn plain_words(message: &str) -> String {
+    let mut m = message
+        .replace("unknown field", "unknown key")
+        .replace("missing field", "missing key")
+        .replace("expected one of", "expected one of the keys");
+    for (rust, plain) in [
+        ("expected u32", "expected a whole number"),
+        ("expected u8", "expected a small whole number"),
+        ("expected usize", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected a sequence", "expected a list `[...]`"),
+        ("expected a string", "expected a text in quotes"),
+    ] {
+        m = m.replace(rust, plain);
+    }
+    m
 }
 
 /// Reads and validates one profile file.
@@ -403,6 +423,7 @@ fn validate(raw: raw::RawProfile, c: &mut Check<'_>) -> Option<Profile> {
     if let Some(s) = &raw.sim {
         transports.push(("sim", s.span()));
     }
+    transports.sort_by_key(|(_, span)| span.start);
     let transport = match transports.as_slice() {
         [] => {
             c.at(0..0, "the profile has no transport: add one of the tables [ble], [serial], [mqtt] or [sim]");
@@ -491,7 +512,7 @@ struct TransportOnlyKey {
 }
 
 /// The `[[field]]` keys that only some transports use.
-fn transport_only_keys(f: &raw::RawField) -> [TransportOnlyKey; 11] {
+fn transport_only_keys(f: &raw::RawField) -> [TransportOnlyKey; 12] {
     let k = |key, allowed, span| TransportOnlyKey { key, allowed, span };
     [
         k("pointer", &["mqtt"], f.pointer.as_ref().map(|s| s.span())),
@@ -506,6 +527,11 @@ fn transport_only_keys(f: &raw::RawField) -> [TransportOnlyKey; 11] {
             "no_reading",
             &["serial", "mqtt"],
             (!f.no_reading.is_empty()).then(|| f.name.span()),
+        ),
+        k(
+            "unit",
+            &["serial", "mqtt"],
+            f.unit.as_ref().map(|s| s.span()),
         ),
         k("offset", &["serial"], f.offset.as_ref().map(|s| s.span())),
         k("type", &["serial"], f.ty.as_ref().map(|s| s.span())),
@@ -616,7 +642,7 @@ fn field_mapping(f: &raw::RawField, transport: &str, c: &mut Check<'_>) -> Optio
     })
 }
 
-/// The field's raw unit: the profile's `unit`, else the kind's emitted unit.
+/// The field's raw unit: the profile's `unit`, else the kind's catalog unit.
 fn raw_unit(f: &raw::RawField) -> String {
     f.unit
         .as_ref()
@@ -686,7 +712,7 @@ fn ble_spec(
             ),
         }
     }
-    if services.is_empty() && b.name_prefix.is_none() {
+    if b.services.is_empty() && b.name_prefix.is_none() {
         c.at(
             b.decoder.span(),
             "a BLE profile needs a recognition rule: `services` or `name_prefix`",

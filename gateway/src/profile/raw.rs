@@ -11,7 +11,7 @@ use toml::Spanned;
 pub(crate) struct RawProfile {
     /// Unique profile id: lowercase letters, digits and dashes.
     pub id: Spanned<String>,
-    /// Human-readable name, shown by `profile check` and `scan`.
+    /// Human-readable name (the FHIR Device resource's model name).
     pub name: String,
     /// Manufacturer (goes into the FHIR Device resource).
     pub manufacturer: String,
@@ -342,7 +342,7 @@ pub(crate) struct RawField {
     pub unit: Option<Spanned<String>>,
     /// Factor applied to raw values.
     pub scale: Option<Spanned<f64>>,
-    /// Plausible range override `[low, high]`, in the emitted unit.
+    /// Plausible range override `[low, high]`, in the catalog unit of the vital kind.
     pub range: Option<Spanned<Vec<f64>>>,
     /// LOINC code override.
     pub loinc: Option<Spanned<String>>,

@@ -7,24 +7,26 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{DeliveryFuture, Uplink, UplinkError};
+use super::{DeliveryError, DeliveryFuture, Uplink, UplinkError};
 use crate::fhir::Bundle;
 
 /// Writes Bundles as `bundle-<UTC time>-<n>.json`.
 #[derive(Debug)]
 pub struct FileUplink {
+    name: String,
     dir: PathBuf,
     written: u64,
 }
 
 impl FileUplink {
     /// An uplink writing into `dir`, which is created if missing.
-    pub fn new(dir: &Path) -> Result<Self, UplinkError> {
-        std::fs::create_dir_all(dir).map_err(|e| UplinkError::Transient {
-            uplink: "file".into(),
+    pub fn new(name: &str, dir: &Path) -> Result<Self, UplinkError> {
+        std::fs::create_dir_all(dir).map_err(|e| UplinkError::Setup {
+            uplink: name.into(),
             reason: format!("cannot create directory {}: {e}", dir.display()),
         })?;
         Ok(Self {
+            name: name.into(),
             dir: dir.to_path_buf(),
             written: 0,
         })
@@ -53,16 +55,16 @@ impl FileUplink {
 
 impl Uplink for FileUplink {
     fn name(&self) -> &str {
-        "file"
+        &self.name
     }
 
     fn deliver<'a>(&'a mut self, bundle: &'a Bundle) -> DeliveryFuture<'a> {
         Box::pin(async move {
             // Bundles are small; a blocking write of a few KiB does not stall the runtime
             // noticeably, and keeps ordering trivially.
-            let path = self.write(bundle).map_err(|e| UplinkError::Transient {
-                uplink: "file".into(),
+            let path = self.write(bundle).map_err(|e| DeliveryError::Transient {
                 reason: format!("cannot write a bundle into {}: {e}", self.dir.display()),
+                retry_after: None,
             })?;
             tracing::debug!(path = %path.display(), entries = bundle.entry.len(), "bundle written");
             Ok(())

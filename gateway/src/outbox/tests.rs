@@ -1,0 +1,330 @@
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::seal::Keyring;
+use super::store::{Store, StoredDevice, StoredRow};
+use super::*;
+
+const KEY: [u8; 32] = [7; 32];
+
+fn uplinks() -> Vec<String> {
+    vec!["fhir".into(), "archive".into()]
+}
+
+fn insert(store: &mut Store, ring: &Keyring, payload: &[u8]) -> i64 {
+    let seq = store.next_seq();
+    let sealed = ring.seal(payload, &row_aad(seq, "dev-1")).unwrap();
+    store
+        .insert(&StoredRow {
+            seq,
+            created_ms: 0,
+            device_id: "dev-1".into(),
+            sealed,
+        })
+        .unwrap();
+    seq
+}
+
+/// (seq, payload) of every row waiting for `uplink`, oldest first.
+fn waiting(store: &mut Store, ring: &Keyring, uplink: &str) -> Vec<(i64, Vec<u8>)> {
+    let (rows, _) = store.fetch(uplink, 0, usize::MAX >> 1).unwrap();
+    rows.iter()
+        .map(|r| {
+            (
+                r.seq,
+                ring.open(&r.sealed, &row_aad(r.seq, &r.device_id)).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Append n rows and commit.
+    Append(usize),
+    /// Deliver the k oldest rows to uplink 0 or 1 and commit.
+    Deliver(usize, usize),
+    /// Append n rows, then crash before the commit.
+    CrashMidAppend(usize),
+    /// Close and reopen the database.
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (1usize..20).prop_map(Op::Append),
+        (0usize..2, 0usize..25).prop_map(|(u, k)| Op::Deliver(u, k)),
+        (1usize..20).prop_map(Op::CrashMidAppend),
+        Just(Op::Reopen),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Enqueue, deliver and crash in any order: what was committed is exactly what
+    /// waits, per uplink, oldest first; a crash loses only the uncommitted transaction;
+    /// a row leaves only when both uplinks have it.
+    #[test]
+    fn enqueue_ack_crash_sequences_keep_exactly_the_committed_rows(ops in proptest::collection::vec(op(), 1..30)) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.db");
+        let ring = Keyring::new(&KEY);
+        let names = uplinks();
+        let mut store = Store::open(&path, &ring, &names).unwrap();
+        // Model: seq → (payload, waiting for uplink 0, waiting for uplink 1).
+        let mut model: BTreeMap<i64, (Vec<u8>, bool, bool)> = BTreeMap::new();
+        let mut counter = 0u64;
+        for op in ops {
+            match op {
+                Op::Append(n) => {
+                    store.begin().unwrap();
+                    for _ in 0..n {
+                        counter += 1;
+                        let payload = format!("observation {counter}").into_bytes();
+                        let seq = insert(&mut store, &ring, &payload);
+                        model.insert(seq, (payload, true, true));
+                    }
+                    store.commit().unwrap();
+                }
+                Op::Deliver(u, k) => {
+                    let rows: Vec<(i64, usize)> = waiting(&mut store, &ring, &names[u])
+                        .into_iter()
+                        .take(k)
+                        .map(|(seq, p)| (seq, p.len() + 16))
+                        .collect();
+                    store.begin().unwrap();
+                    store.delivered(&names[u], &rows).unwrap();
+                    store.commit().unwrap();
+                    for (seq, _) in rows {
+                        let entry = model.get_mut(&seq).unwrap();
+                        if u == 0 { entry.1 = false } else { entry.2 = false }
+                        if !entry.1 && !entry.2 {
+                            model.remove(&seq);
+                        }
+                    }
+                }
+                Op::CrashMidAppend(n) => {
+                    store.begin().unwrap();
+                    for _ in 0..n {
+                        insert(&mut store, &ring, b"never committed");
+                    }
+                    drop(store); // the process dies: no commit
+                    store = Store::open(&path, &ring, &names).unwrap();
+                }
+                Op::Reopen => {
+                    drop(store);
+                    store = Store::open(&path, &ring, &names).unwrap();
+                }
+            }
+            for (u, name) in names.iter().enumerate() {
+                let expected: Vec<(i64, Vec<u8>)> = model
+                    .iter()
+                    .filter(|(_, (_, w0, w1))| if u == 0 { *w0 } else { *w1 })
+                    .map(|(seq, (p, _, _))| (*seq, p.clone()))
+                    .collect();
+                prop_assert_eq!(waiting(&mut store, &ring, name), expected);
+            }
+        }
+    }
+}
+
+#[test]
+fn sequence_numbers_are_never_reused_after_rows_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    let ring = Keyring::new(&KEY);
+    let names = vec!["fhir".to_string()];
+    let mut store = Store::open(&path, &ring, &names).unwrap();
+    store.begin().unwrap();
+    let a = insert(&mut store, &ring, b"a");
+    store.delivered("fhir", &[(a, 17)]).unwrap();
+    store.commit().unwrap();
+    drop(store);
+    // The table is empty now; a reused sequence number would let an old ciphertext (its
+    // associated data binds the sequence number) pass for a new row.
+    let store = Store::open(&path, &ring, &names).unwrap();
+    assert_eq!(store.next_seq(), a + 1);
+}
+
+#[test]
+fn a_database_with_rows_of_an_unknown_key_is_refused_without_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    let names = vec!["fhir".to_string()];
+    {
+        let ring = Keyring::new(&KEY);
+        let mut store = Store::open(&path, &ring, &names).unwrap();
+        store.begin().unwrap();
+        insert(&mut store, &ring, b"row");
+        store.commit().unwrap();
+    }
+    let before = std::fs::read(&path).unwrap();
+    let other = Keyring::new(&[8; 32]);
+    let err = Store::open(&path, &other, &names).err().unwrap();
+    assert!(matches!(err, OutboxError::WrongKey { .. }), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+}
+
+#[test]
+fn a_moved_ciphertext_does_not_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    let ring = Keyring::new(&KEY);
+    let names = vec!["fhir".to_string()];
+    let mut store = Store::open(&path, &ring, &names).unwrap();
+    store.begin().unwrap();
+    let a = insert(&mut store, &ring, b"first");
+    let b = insert(&mut store, &ring, b"second");
+    store.commit().unwrap();
+    let (rows, _) = store.fetch("fhir", 0, 10).unwrap();
+    // Row b's ciphertext presented as row a: authentication fails.
+    assert!(ring.open(&rows[1].sealed, &row_aad(a, "dev-1")).is_err());
+    assert!(ring.open(&rows[1].sealed, &row_aad(b, "dev-1")).is_ok());
+}
+
+#[test]
+fn eviction_removes_the_oldest_rows_and_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    let ring = Keyring::new(&KEY);
+    let names = vec!["fhir".to_string()];
+    let mut store = Store::open(&path, &ring, &names).unwrap();
+    store.begin().unwrap();
+    for i in 0..10 {
+        insert(
+            &mut store,
+            &ring,
+            format!("row {i:02} with some payload").as_bytes(),
+        );
+    }
+    let per_row = store.payload_bytes() / 10;
+    let evicted = store.evict(per_row * 4, None).unwrap();
+    store.commit().unwrap();
+    assert_eq!(evicted, 6);
+    let left = waiting(&mut store, &ring, "fhir");
+    assert_eq!(left[0].1, b"row 06 with some payload");
+    assert_eq!(store.status(&names).unwrap().evicted, 6);
+}
+
+#[tokio::test]
+async fn an_append_is_acknowledged_only_after_its_commit_and_then_fetchable() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = OutboxSettings {
+        path: dir.path().join("outbox.db"),
+        max_bytes: 1 << 30,
+        max_age: None,
+        when_full: WhenFull::EvictOldest,
+        commit_window: Duration::from_millis(1),
+        max_batch_rows: 100,
+    };
+    let ring = Arc::new(Keyring::new(&KEY));
+    let (outbox, writer) = Outbox::open(settings.clone(), ring.clone(), vec!["fhir".into()])
+        .await
+        .unwrap();
+    let (tx, rx) = oneshot::channel();
+    outbox
+        .append(Append {
+            device_id: "dev-1".into(),
+            device_json: br#"{"resourceType":"Device","id":"dev-1"}"#.to_vec(),
+            observations: vec![(
+                "obs-1".into(),
+                br#"{"resourceType":"Observation","id":"obs-1"}"#.to_vec(),
+            )],
+            ack: Some(tx),
+        })
+        .await
+        .unwrap();
+    let committed = rx.await.unwrap();
+    assert_eq!(committed.observations, vec!["obs-1".to_string()]);
+    // Committed means durable: another connection sees it right away.
+    let status = read_status(&settings.path, &["fhir".into()]).unwrap();
+    assert_eq!(status.uplinks[0].queued, 1);
+    let fetched = outbox.fetch("fhir", 10).await.unwrap();
+    assert_eq!(fetched.rows.len(), 1);
+    let obs = fetched.rows[0].observation.as_ref().unwrap();
+    assert_eq!(obs.id, "obs-1");
+    assert_eq!(
+        obs.json.get(),
+        r#"{"resourceType":"Observation","id":"obs-1"}"#
+    );
+    assert_eq!(
+        fetched.devices["dev-1"].get(),
+        r#"{"resourceType":"Device","id":"dev-1"}"#
+    );
+    outbox
+        .delivered("fhir", vec![(fetched.rows[0].seq, fetched.rows[0].len)])
+        .await
+        .unwrap();
+    drop(outbox);
+    writer.await.unwrap();
+    let status = read_status(&settings.path, &["fhir".into()]).unwrap();
+    assert_eq!((status.rows, status.uplinks[0].delivered), (0, 1));
+}
+
+#[tokio::test]
+async fn when_full_and_blocking_appends_wait_until_deliveries_make_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = OutboxSettings {
+        path: dir.path().join("outbox.db"),
+        max_bytes: 1,
+        max_age: None,
+        when_full: WhenFull::Block,
+        commit_window: Duration::ZERO,
+        max_batch_rows: 100,
+    };
+    let ring = Arc::new(Keyring::new(&KEY));
+    let (outbox, writer) = Outbox::open(settings, ring, vec!["fhir".into()])
+        .await
+        .unwrap();
+    let append = |id: &str| {
+        let (tx, rx) = oneshot::channel();
+        (
+            Append {
+                device_id: "dev-1".into(),
+                device_json: b"{}".to_vec(),
+                observations: vec![(id.into(), b"{}".to_vec())],
+                ack: Some(tx),
+            },
+            rx,
+        )
+    };
+    let (first, first_rx) = append("a");
+    outbox.append(first).await.unwrap();
+    first_rx.await.unwrap();
+    // The outbox is now over its 1-byte cap: the next append is not committed...
+    let (second, mut second_rx) = append("b");
+    outbox.append(second).await.unwrap();
+    let fetched = outbox.fetch("fhir", 10).await.unwrap();
+    assert_eq!(fetched.rows.len(), 1, "the blocked append was committed");
+    assert!(second_rx.try_recv().is_err());
+    // ...until the first row is delivered.
+    outbox
+        .delivered("fhir", vec![(fetched.rows[0].seq, fetched.rows[0].len)])
+        .await
+        .unwrap();
+    let committed = second_rx.await.unwrap();
+    assert_eq!(committed.observations, vec!["b".to_string()]);
+    drop(outbox);
+    writer.await.unwrap();
+}
+
+#[test]
+fn devices_are_stored_once_and_fetched_with_their_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = Keyring::new(&KEY);
+    let mut store = Store::open(&dir.path().join("o.db"), &ring, &["fhir".to_string()]).unwrap();
+    store.begin().unwrap();
+    store
+        .put_device(&StoredDevice {
+            id: "dev-1".into(),
+            sealed: ring.seal(b"{}", &device_aad("dev-1")).unwrap(),
+        })
+        .unwrap();
+    insert(&mut store, &ring, b"x");
+    store.commit().unwrap();
+    assert!(store.has_device("dev-1"));
+    let (rows, devices) = store.fetch("fhir", 0, 10).unwrap();
+    assert_eq!((rows.len(), devices.len()), (1, 1));
+}

@@ -1,0 +1,272 @@
+//! One delivery loop per uplink: fetch the oldest rows waiting for it, send them as a
+//! Bundle, and tell the outbox what happened.
+//!
+//! - Delivered (2xx, every entry successful): the rows are marked delivered and deleted
+//!   once no other uplink waits for them.
+//! - Rejected entries (a 4xx with an OperationOutcome naming them): those rows go to the
+//!   dead letters with the server's reason and the rest is sent again. When the server
+//!   does not say which entries are at fault, the batch is split in halves until the
+//!   poison rows are isolated, so one bad row never blocks the others and is never retried
+//!   forever.
+//! - Transient failures: the same rows are retried after the backoff (exponential with
+//!   jitter, capped, Retry-After respected).
+//!
+//! On shutdown the loop makes one last pass, bounded by a deadline, so what is already
+//! committed has its chance to go out.
+
+use std::time::Duration;
+
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::Backoff;
+use super::{bundle, DeliveryError, Uplink};
+use serde_json::value::RawValue;
+
+use crate::fhir::Device;
+use crate::outbox::{Fetched, Outbox, PendingRow};
+
+/// How one uplink's loop behaves.
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    /// Most Observations per Bundle.
+    pub batch_size: usize,
+    /// First retry delay.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// How long the last pass at shutdown may take.
+    pub drain_deadline: Duration,
+}
+
+/// Counters of one uplink's loop.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DeliveryStats {
+    /// Bundles acknowledged.
+    pub bundles: u64,
+    /// Observations acknowledged.
+    pub delivered: u64,
+    /// Observations moved to the dead letters.
+    pub dead_lettered: u64,
+    /// Failed attempts.
+    pub failures: u64,
+}
+
+struct Loop<'a> {
+    outbox: &'a Outbox,
+    uplink: &'a mut dyn Uplink,
+    gateway: &'a (String, Box<RawValue>),
+    stats: DeliveryStats,
+}
+
+enum Pass {
+    /// Nothing is waiting.
+    Idle,
+    /// Some rows went out (or to the dead letters).
+    Progress,
+}
+
+impl Loop<'_> {
+    async fn pass(&mut self, batch: usize) -> Result<Pass, DeliveryError> {
+        let fetched = self
+            .outbox
+            .fetch(self.uplink.name(), batch)
+            .await
+            .map_err(|e| DeliveryError::Transient {
+                reason: format!("outbox: {e}"),
+                retry_after: None,
+            })?;
+        if fetched.rows.is_empty() {
+            return Ok(Pass::Idle);
+        }
+        let (good, bad): (Vec<&PendingRow>, Vec<&PendingRow>) =
+            fetched.rows.iter().partition(|r| r.observation.is_ok());
+        for row in bad {
+            let reason = row.observation.as_ref().err().cloned().unwrap_or_default();
+            tracing::error!(
+                uplink = self.uplink.name(),
+                seq = row.seq,
+                "an outbox row cannot be opened; moved to the dead letters"
+            );
+            self.dead_letter(row, &format!("cannot be opened: {reason}"))
+                .await?;
+        }
+        self.send(&fetched, &good).await?;
+        Ok(Pass::Progress)
+    }
+
+    async fn dead_letter(&mut self, row: &PendingRow, reason: &str) -> Result<(), DeliveryError> {
+        self.outbox
+            .dead_letter(self.uplink.name(), row.seq, row.len, reason)
+            .await
+            .map_err(|e| DeliveryError::Transient {
+                reason: format!("outbox: {e}"),
+                retry_after: None,
+            })?;
+        self.stats.dead_lettered += 1;
+        Ok(())
+    }
+
+    /// Sends `rows`; isolates and dead-letters rejected rows; marks the rest delivered.
+    async fn send(&mut self, fetched: &Fetched, rows: &[&PendingRow]) -> Result<(), DeliveryError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let items: Vec<bundle::Item<'_>> = rows
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                r.observation.as_ref().ok().map(|o| bundle::Item {
+                    row: i,
+                    id: &o.id,
+                    identifier: o.identifier.as_deref(),
+                    device_id: &r.device_id,
+                    json: &o.json,
+                })
+            })
+            .collect();
+        let built = bundle::build(
+            (self.gateway.0.as_str(), &self.gateway.1),
+            &fetched.devices,
+            &items,
+        );
+        match self.uplink.deliver(&built.bundle).await {
+            Ok(()) => {
+                let done: Vec<(i64, usize)> = rows.iter().map(|r| (r.seq, r.len)).collect();
+                self.outbox
+                    .delivered(self.uplink.name(), done)
+                    .await
+                    .map_err(|e| DeliveryError::Transient {
+                        reason: format!("outbox: {e}"),
+                        retry_after: None,
+                    })?;
+                self.stats.bundles += 1;
+                self.stats.delivered += rows.len() as u64;
+                Ok(())
+            }
+            Err(DeliveryError::Rejected { entries, reason }) => {
+                let named: Vec<(usize, String)> = entries
+                    .iter()
+                    .filter_map(|(entry, why)| {
+                        built
+                            .rows_of_entries
+                            .get(*entry)
+                            .copied()
+                            .flatten()
+                            .map(|row| (row, why.clone()))
+                    })
+                    .collect();
+                tracing::warn!(
+                    uplink = self.uplink.name(),
+                    batch = rows.len(),
+                    named = named.len(),
+                    "the server rejected entries of a bundle"
+                );
+                if !named.is_empty() {
+                    for (row, why) in &named {
+                        self.dead_letter(rows[*row], why).await?;
+                    }
+                    let rest: Vec<&PendingRow> = rows
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| !named.iter().any(|(row, _)| row == i))
+                        .map(|(_, r)| *r)
+                        .collect();
+                    Box::pin(self.send(fetched, &rest)).await
+                } else if rows.len() == 1 {
+                    self.dead_letter(rows[0], &reason).await
+                } else {
+                    let (left, right) = rows.split_at(rows.len() / 2);
+                    Box::pin(self.send(fetched, left)).await?;
+                    Box::pin(self.send(fetched, right)).await
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Runs one uplink until `cancel` fires, then makes a last pass bounded by the drain
+/// deadline. `gateway` is the gateway's own Device resource, sent in every Bundle.
+pub async fn run(
+    outbox: Outbox,
+    mut uplink: Box<dyn Uplink>,
+    settings: DeliverySettings,
+    gateway: Device,
+    cancel: CancellationToken,
+) -> DeliveryStats {
+    let gateway: (String, Box<RawValue>) = match serde_json::value::to_raw_value(&gateway) {
+        Ok(raw) => (gateway.id.clone(), raw),
+        Err(e) => {
+            tracing::error!(error = %e, "the gateway's Device resource cannot be serialized; uplink not started");
+            return DeliveryStats::default();
+        }
+    };
+    let mut committed = outbox.committed();
+    let mut backoff = Backoff::new(settings.backoff_base, settings.backoff_max);
+    let name = uplink.name().to_string();
+    let mut l = Loop {
+        outbox: &outbox,
+        uplink: uplink.as_mut(),
+        gateway: &gateway,
+        stats: DeliveryStats::default(),
+    };
+    let batch = settings.batch_size.max(1);
+    while !cancel.is_cancelled() {
+        committed.borrow_and_update();
+        // A pass is never abandoned half-way: a Bundle the server acknowledged must be
+        // marked delivered. Each request is bounded by the uplink's timeout.
+        let outcome = l.pass(batch).await;
+        match outcome {
+            Ok(Pass::Progress) => {
+                if backoff.failures() > 0 {
+                    tracing::info!(uplink = %name, after_failures = backoff.failures(), "uplink delivering again");
+                }
+                backoff.succeeded();
+            }
+            Ok(Pass::Idle) => {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = committed.changed() => {}
+                }
+            }
+            Err(e) => {
+                l.stats.failures += 1;
+                let delay = backoff.failed(retry_after(&e), rand::thread_rng().gen::<f64>());
+                tracing::warn!(uplink = %name, error = %e, attempt = backoff.failures(), retry_in_ms = delay.as_millis() as u64, "delivery failed; rows kept, will retry");
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    // Last pass: deliver what is committed, within the deadline.
+    let drain = async {
+        loop {
+            match l.pass(batch).await {
+                Ok(Pass::Progress) => continue,
+                Ok(Pass::Idle) => break,
+                Err(e) => {
+                    tracing::warn!(uplink = %name, error = %e, "last delivery pass at shutdown failed; rows stay in the outbox");
+                    break;
+                }
+            }
+        }
+    };
+    if tokio::time::timeout(settings.drain_deadline, drain)
+        .await
+        .is_err()
+    {
+        tracing::info!(uplink = %name, "shutdown deadline reached; undelivered rows stay in the outbox");
+    }
+    tracing::debug!(uplink = %name, delivered = l.stats.delivered, "uplink stopped");
+    l.stats
+}
+
+fn retry_after(e: &DeliveryError) -> Option<Duration> {
+    match e {
+        DeliveryError::Transient { retry_after, .. } => *retry_after,
+        DeliveryError::Rejected { .. } => None,
+    }
+}

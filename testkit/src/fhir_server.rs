@@ -1,0 +1,391 @@
+//! A FHIR server for tests: real HTTP on 127.0.0.1, FHIR transaction semantics.
+//!
+//! - `POST {base}` with a transaction Bundle: all entries or none. A Device `PUT` stores the
+//!   resource under its id. An Observation `POST` with `ifNoneExist: identifier=S|V` is a
+//!   conditional create: it creates only when no Observation has that identifier
+//!   (`201 Created`), else it answers `200 OK` and creates nothing. A `POST` without
+//!   `ifNoneExist` always creates, and a second create of the same identifier is counted
+//!   as a duplicate (the gateway must never cause one).
+//! - A configurable rule rejects entries (poison): the whole transaction fails with `400`
+//!   and an OperationOutcome whose issues name the entries (`Bundle.entry[i]`).
+//! - Modes: answer normally, answer `503` with `Retry-After`, or require a bearer token.
+//! - [`FhirServer::stop`] closes the listener, so connections are refused until it is
+//!   started again on the same port.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::body::Bytes;
+use axum::extract::State as AxumState;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+/// A rule that rejects an Observation with a reason.
+pub type PoisonRule = fn(&Value) -> Option<String>;
+
+/// How the server answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Process transactions.
+    Normal,
+    /// Answer 503 with this Retry-After (seconds).
+    Unavailable {
+        /// The Retry-After value.
+        retry_after_secs: u64,
+    },
+}
+
+/// What the server has seen and stored.
+#[derive(Debug, Default)]
+pub struct Store {
+    /// Observations in creation order.
+    pub observations: Vec<Value>,
+    /// identifier (`system|value`) → index into `observations`.
+    pub by_identifier: HashMap<String, usize>,
+    /// Devices by id.
+    pub devices: HashMap<String, Value>,
+    /// Creates of an identifier that already existed (must stay 0).
+    pub duplicate_creates: u64,
+    /// Conditional creates that found an existing Observation (retries).
+    pub conditional_hits: u64,
+    /// Transaction requests received.
+    pub requests: u64,
+    /// Transactions rejected with 400.
+    pub rejected: u64,
+    /// Requests answered 503.
+    pub unavailable: u64,
+    /// Requests refused for a missing or wrong token.
+    pub unauthorized: u64,
+}
+
+struct Inner {
+    store: Store,
+    /// Keep whole Observations (true) or only their identifiers (benchmarks).
+    keep_resources: bool,
+    mode: Mode,
+    poison: Option<PoisonRule>,
+    token: Option<String>,
+}
+
+/// Shared state; survives [`FhirServer::stop`] and a restart.
+#[derive(Clone)]
+pub struct Shared(Arc<Mutex<Inner>>);
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A running server.
+pub struct FhirServer {
+    addr: SocketAddr,
+    shared: Shared,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A transaction Bundle as received; resources stay JSON text until needed.
+#[derive(serde::Deserialize)]
+struct InBundle {
+    #[serde(rename = "resourceType")]
+    resource_type: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    entry: Vec<InEntry>,
+}
+
+#[derive(serde::Deserialize)]
+struct InEntry {
+    resource: Box<serde_json::value::RawValue>,
+    request: InRequest,
+}
+
+#[derive(serde::Deserialize)]
+struct InRequest {
+    method: String,
+    #[serde(rename = "ifNoneExist")]
+    if_none_exist: Option<String>,
+}
+
+/// What the server needs of a resource; serde skips the rest.
+#[derive(Default)]
+struct Head {
+    resource_type: String,
+    id: Option<String>,
+    /// The first identifier as `system|value`.
+    identifier: Option<String>,
+}
+
+impl<'de> serde::Deserialize<'de> for Head {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        struct Ident {
+            system: Option<String>,
+            value: Option<String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            #[serde(rename = "resourceType", default)]
+            resource_type: String,
+            id: Option<String>,
+            #[serde(default)]
+            identifier: Vec<Ident>,
+        }
+        let raw = Raw::deserialize(d)?;
+        let identifier = raw
+            .identifier
+            .into_iter()
+            .next()
+            .and_then(|i| Some(format!("{}|{}", i.system?, i.value?)));
+        Ok(Head {
+            resource_type: raw.resource_type,
+            id: raw.id,
+            identifier,
+        })
+    }
+}
+
+fn outcome(issues: Vec<(usize, String)>) -> Value {
+    json!({
+        "resourceType": "OperationOutcome",
+        "issue": issues.into_iter().map(|(i, why)| json!({
+            "severity": "error",
+            "code": "invalid",
+            "diagnostics": why,
+            "expression": [format!("Bundle.entry[{i}].resource")],
+        })).collect::<Vec<_>>()
+    })
+}
+
+fn fhir(status: StatusCode, body: Value) -> Response {
+    let mut r = (status, body.to_string()).into_response();
+    r.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/fhir+json"),
+    );
+    r
+}
+
+async fn transaction(
+    AxumState(shared): AxumState<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut inner = shared.lock();
+    inner.store.requests += 1;
+    if let Some(token) = &inner.token {
+        let ok = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == format!("Bearer {token}"));
+        if !ok {
+            inner.store.unauthorized += 1;
+            return fhir(StatusCode::UNAUTHORIZED, outcome(vec![]));
+        }
+    }
+    if let Mode::Unavailable { retry_after_secs } = inner.mode {
+        inner.store.unavailable += 1;
+        let mut r = fhir(StatusCode::SERVICE_UNAVAILABLE, outcome(vec![]));
+        r.headers_mut()
+            .insert("retry-after", HeaderValue::from(retry_after_secs));
+        return r;
+    }
+    let bundle: InBundle = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            inner.store.rejected += 1;
+            return fhir(
+                StatusCode::BAD_REQUEST,
+                json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "structure", "diagnostics": e.to_string()}]}),
+            );
+        }
+    };
+    if bundle.resource_type != "Bundle" || bundle.kind != "transaction" {
+        inner.store.rejected += 1;
+        return fhir(
+            StatusCode::BAD_REQUEST,
+            json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid", "diagnostics": "expected a transaction Bundle"}]}),
+        );
+    }
+    // Validate everything first: a transaction is all or nothing.
+    let mut issues = Vec::new();
+    let mut heads = Vec::with_capacity(bundle.entry.len());
+    for (i, e) in bundle.entry.iter().enumerate() {
+        let head: Head = match serde_json::from_str(e.resource.get()) {
+            Ok(h) => h,
+            Err(err) => {
+                issues.push((i, format!("invalid resource: {err}")));
+                heads.push(Head::default());
+                continue;
+            }
+        };
+        match (head.resource_type.as_str(), e.request.method.as_str()) {
+            ("Device", "PUT") if head.id.is_some() => {}
+            ("Observation", "POST") => {
+                if head.identifier.is_none() {
+                    issues.push((i, "Observation without identifier".to_string()));
+                } else if let Some(rule) = inner.poison {
+                    let full: Value = serde_json::from_str(e.resource.get()).unwrap_or(Value::Null);
+                    if let Some(why) = rule(&full) {
+                        issues.push((i, why));
+                    }
+                }
+            }
+            _ => issues.push((i, "unsupported entry".to_string())),
+        }
+        heads.push(head);
+    }
+    if !issues.is_empty() {
+        inner.store.rejected += 1;
+        return fhir(StatusCode::BAD_REQUEST, outcome(issues));
+    }
+    let mut responses = Vec::with_capacity(bundle.entry.len());
+    for (e, head) in bundle.entry.iter().zip(heads) {
+        if head.resource_type == "Device" {
+            let id = head.id.unwrap_or_default();
+            let resource: Value = serde_json::from_str(e.resource.get()).unwrap_or(Value::Null);
+            let existed = inner.store.devices.insert(id.clone(), resource).is_some();
+            responses.push(json!({"response": {"status": if existed { "200 OK" } else { "201 Created" }, "location": format!("Device/{id}")}}));
+            continue;
+        }
+        let key = head.identifier.unwrap_or_default();
+        let exists = inner.store.by_identifier.contains_key(&key);
+        if exists
+            && e.request
+                .if_none_exist
+                .as_deref()
+                .is_some_and(|c| c == format!("identifier={key}"))
+        {
+            inner.store.conditional_hits += 1;
+            responses.push(json!({"response": {"status": "200 OK"}}));
+            continue;
+        }
+        if exists {
+            inner.store.duplicate_creates += 1;
+        }
+        let index = inner.store.observations.len();
+        let kept = if inner.keep_resources {
+            serde_json::from_str(e.resource.get()).unwrap_or(Value::Null)
+        } else {
+            let (system, value) = key.split_once('|').unwrap_or_default();
+            json!({"identifier": [{"system": system, "value": value}]})
+        };
+        inner.store.observations.push(kept);
+        inner.store.by_identifier.insert(key, index);
+        responses.push(json!({"response": {"status": "201 Created", "location": format!("Observation/{index}")}}));
+    }
+    fhir(
+        StatusCode::OK,
+        json!({"resourceType": "Bundle", "type": "transaction-response", "entry": responses}),
+    )
+}
+
+impl FhirServer {
+    /// Starts a server on a free loopback port.
+    pub async fn start() -> std::io::Result<Self> {
+        let shared = Shared(Arc::new(Mutex::new(Inner {
+            store: Store::default(),
+            keep_resources: true,
+            mode: Mode::Normal,
+            poison: None,
+            token: None,
+        })));
+        Self::serve(
+            "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
+            shared,
+        )
+        .await
+    }
+
+    async fn serve(addr: SocketAddr, shared: Shared) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let app = Router::new()
+            .route("/", post(transaction))
+            .route("/fhir", post(transaction))
+            .with_state(shared.clone());
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+        });
+        Ok(Self {
+            addr,
+            shared,
+            stop: Some(stop_tx),
+            task: Some(task),
+        })
+    }
+
+    /// The base URL to configure in the gateway.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/fhir", self.addr)
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops listening (connections are refused); the stored data is kept.
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+
+    /// Listens again on the same port, with the same data.
+    pub async fn restart(&mut self) -> std::io::Result<()> {
+        self.stop().await;
+        let again = Self::serve(self.addr, self.shared.clone()).await?;
+        *self = again;
+        Ok(())
+    }
+
+    /// Keeps only each Observation's identifier instead of the whole resource (for
+    /// benchmarks, so the server's memory does not dominate the measurement).
+    pub fn keep_resources(&self, keep: bool) {
+        self.shared.lock().keep_resources = keep;
+    }
+
+    /// Changes how the server answers.
+    pub fn set_mode(&self, mode: Mode) {
+        self.shared.lock().mode = mode;
+    }
+
+    /// Rejects Observations for which `rule` returns a reason.
+    pub fn set_poison(&self, rule: Option<PoisonRule>) {
+        self.shared.lock().poison = rule;
+    }
+
+    /// Requires `Authorization: Bearer <token>`.
+    pub fn require_token(&self, token: Option<&str>) {
+        self.shared.lock().token = token.map(str::to_string);
+    }
+
+    /// Runs `f` on the stored data.
+    pub fn with_store<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
+        f(&self.shared.lock().store)
+    }
+}
+
+impl Drop for FhirServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}

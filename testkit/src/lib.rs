@@ -1,0 +1,7 @@
+//! Test doubles that speak the real protocols, for iomt-gateway's tests and benchmarks.
+//! They stand only at the true edge of the machine (the cloud); everything on this side
+//! of it is the real thing.
+
+pub mod fhir_server;
+
+pub use fhir_server::{FhirServer, Mode};
