@@ -93,6 +93,18 @@ pub struct StreamStats {
     pub incomplete_packets: u64,
 }
 
+/// A receive time strictly after the previous reading's: several frames often arrive in
+/// one read, and readings without a device clock are identified by their receive time,
+/// so two of them must never share it.
+fn stamp(last: &mut Option<DateTime<Utc>>, received_at: DateTime<Utc>) -> DateTime<Utc> {
+    let at = match *last {
+        Some(l) if received_at <= l => l + chrono::Duration::milliseconds(1),
+        _ => received_at,
+    };
+    *last = Some(at);
+    at
+}
+
 #[derive(Debug, Clone)]
 enum State {
     Line(LineSplitter),
@@ -106,6 +118,7 @@ pub struct StreamDecoder {
     state: State,
     rejected: u64,
     readings: u64,
+    last_received: Option<DateTime<Utc>>,
 }
 
 impl StreamDecoder {
@@ -124,6 +137,7 @@ impl StreamDecoder {
             state,
             rejected: 0,
             readings: 0,
+            last_received: None,
         }
     }
 
@@ -168,6 +182,7 @@ impl StreamDecoder {
                 for e in events {
                     match e {
                         LineEvent::Line(line) => {
+                            let received_at = stamp(&mut self.last_received, received_at);
                             out.push(decoder.decode(&line, device.clone(), received_at).map_err(
                                 |error| StreamProblem::BadLine {
                                     error,
@@ -187,11 +202,14 @@ impl StreamDecoder {
                 scanner.push(bytes, &mut events);
                 for e in events {
                     match e {
-                        ScanEvent::Unit(unit) => out.push(
-                            decoder
-                                .decode(&unit, device.clone(), received_at)
-                                .map_err(|error| StreamProblem::Undecodable { error, raw: unit }),
-                        ),
+                        ScanEvent::Unit(unit) => {
+                            let received_at = stamp(&mut self.last_received, received_at);
+                            out.push(
+                                decoder.decode(&unit, device.clone(), received_at).map_err(
+                                    |error| StreamProblem::Undecodable { error, raw: unit },
+                                ),
+                            )
+                        }
                         ScanEvent::Rejected { reason, raw } => {
                             // Counted by the scanner itself.
                             out.push(Err(StreamProblem::BadFrame { reason, raw }));
@@ -210,5 +228,72 @@ impl StreamDecoder {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::frame::{BytePattern, FrameField, FrameSize, FrameSpec, ValueLayout};
+    use crate::decode::frame::{Endian, IntType};
+    use crate::decode::FieldSpec;
+    use crate::reading::Transport;
+
+    #[test]
+    fn frames_arriving_in_one_read_get_distinct_receive_times() {
+        let framing = Arc::new(Framing::Frame(Box::new(FrameDecoder {
+            spec: FrameSpec {
+                size: FrameSize::Fixed(2),
+                sync: vec![BytePattern {
+                    offset: 0,
+                    mask: 0xFF,
+                    value: 0xAA,
+                }],
+                checksum: None,
+                packet: None,
+            },
+            fields: vec![FrameField {
+                spec: FieldSpec {
+                    name: "spo2".into(),
+                    source: "spo2".into(),
+                    unit: "%".into(),
+                    scale: None,
+                    no_reading: Vec::new(),
+                },
+                layout: ValueLayout::Int {
+                    offset: 1,
+                    ty: IntType::U8,
+                    endian: Endian::Big,
+                    mask: None,
+                    shift: 0,
+                },
+                no_reading: Vec::new(),
+            }],
+            flags: Vec::new(),
+            timestamp: None,
+        })));
+        let device = Arc::new(DeviceIdentity {
+            profile: "t".into(),
+            transport: Transport::Serial,
+            address: "/dev/ttyUSB0".into(),
+            serial_number: None,
+            manufacturer: None,
+            model: None,
+        });
+        let mut s = StreamDecoder::new(framing);
+        let now = Utc::now();
+        let mut times: Vec<_> = s
+            .feed(&[0xAA, 97, 0xAA, 96, 0xAA, 95], &device, now)
+            .into_iter()
+            .map(|r| r.unwrap().received_at)
+            .collect();
+        times.extend(
+            s.feed(&[0xAA, 94], &device, now)
+                .into_iter()
+                .map(|r| r.unwrap().received_at),
+        );
+        assert_eq!(times.len(), 4);
+        assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+        assert_eq!(times[0], now);
     }
 }
