@@ -109,3 +109,32 @@ fn demo_refuses_a_nonsensical_duration() {
     assert!(!out.status.success());
     assert!(stderr.contains("--for"), "{stderr}");
 }
+
+#[test]
+fn demo_serial_reads_simulated_serial_devices_on_ptys_with_the_real_driver() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out_dir = tmp.path().join("bundles");
+    let out = run(&[
+        "demo",
+        "--serial",
+        "--for",
+        "3",
+        "--interval",
+        "0.2",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = texts(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("/dev/pts/"), "{stdout}");
+    let (ok, report) = validate_fhir(&[&out_dir]);
+    assert!(ok, "{report}");
+    let codes: std::collections::BTreeSet<String> = observations_in(&out_dir)
+        .iter()
+        .map(|o| o["code"]["coding"][0]["code"].as_str().unwrap().to_string())
+        .collect();
+    // SpO2 and pulse from the oximeters, weight, body fat and BMI from the Tanita.
+    for code in ["2708-6", "8867-4", "29463-7", "41982-0", "39156-5"] {
+        assert!(codes.contains(code), "{code} missing: {codes:?}");
+    }
+}

@@ -9,6 +9,7 @@
 pub mod decode;
 pub mod driver;
 pub mod reading;
+pub mod serial;
 pub mod sim;
 
 pub use driver::{

@@ -236,6 +236,7 @@ async fn run(n: usize, dir: &Path) {
         gateway_pseudonym: pseudonymizer.pseudonym(Domain::Gateway, "bench-kit"),
         pseudonymizer: pseudonymizer.clone(),
         zones: (Zone::GatewayLocal, Default::default()),
+        address_zones: Default::default(),
         out_of_range: OutOfRange::Flag,
         outbox: outbox.clone(),
         observer: None,

@@ -131,6 +131,54 @@ fn default_oor() -> f64 {
     0.01
 }
 
+/// `[serial]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSerial {
+    /// Milliseconds before the first attempt to reopen a port that failed or vanished.
+    #[serde(default = "default_reconnect_initial")]
+    pub reconnect_initial_ms: u64,
+    /// Longest wait between two attempts, in milliseconds (the wait doubles up to it).
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max_ms: u64,
+    /// The ports to read; none (default) leaves the serial driver off.
+    #[serde(default)]
+    pub ports: Vec<RawSerialPort>,
+}
+
+impl Default for RawSerial {
+    fn default() -> Self {
+        Self {
+            reconnect_initial_ms: default_reconnect_initial(),
+            reconnect_max_ms: default_reconnect_max(),
+            ports: Vec::new(),
+        }
+    }
+}
+
+fn default_reconnect_initial() -> u64 {
+    500
+}
+fn default_reconnect_max() -> u64 {
+    30_000
+}
+
+/// `[[serial.ports]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSerialPort {
+    /// The device path; prefer a stable `/dev/serial/by-id/...` name.
+    pub path: String,
+    /// The id of the serial profile of the device on this port.
+    pub profile: String,
+    /// IANA zone of this device's clock; default: `[devices.<profile>]`, then `[gateway]`.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// Forward at most one reading per this many milliseconds (0, default: all).
+    #[serde(default)]
+    pub min_interval_ms: u64,
+}
+
 /// `[devices.<profile-id>]`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -279,6 +327,9 @@ pub struct RawConfig {
     /// `[sim]`
     #[serde(default)]
     pub sim: RawSim,
+    /// `[serial]`
+    #[serde(default)]
+    pub serial: RawSerial,
     /// `[devices.<profile-id>]`
     #[serde(default)]
     pub devices: BTreeMap<String, RawDevice>,
@@ -308,6 +359,30 @@ pub struct SimSettings {
     pub seed: u64,
     /// Reading limit.
     pub max_readings: Option<u64>,
+}
+
+/// One serial port, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SerialPort {
+    /// The device path.
+    pub path: String,
+    /// The profile id.
+    pub profile: String,
+    /// The zone of the device's clock, when set for this port.
+    pub zone: Option<Zone>,
+    /// At most one reading per this interval, if set.
+    pub min_interval: Option<Duration>,
+}
+
+/// Serial driver settings, validated.
+#[derive(Debug, Clone)]
+pub struct SerialSettings {
+    /// The ports (at least one).
+    pub ports: Vec<SerialPort>,
+    /// First reconnect delay.
+    pub reconnect_initial: Duration,
+    /// Longest reconnect delay.
+    pub reconnect_max: Duration,
 }
 
 /// What an uplink is.
@@ -356,6 +431,8 @@ pub struct Config {
     pub out_of_range: OutOfRange,
     /// Simulator, when enabled.
     pub sim: Option<SimSettings>,
+    /// Serial driver, when ports are configured.
+    pub serial: Option<SerialSettings>,
     /// The outbox.
     pub outbox: OutboxSettings,
     /// The storage key file.
@@ -519,6 +596,47 @@ impl Config {
                 problems.push(format!("{key} must be between 0 and 1"));
             }
         }
+        let mut serial_ports = Vec::new();
+        for (i, p) in raw.serial.ports.iter().enumerate() {
+            let key = format!("serial.ports[{i}]");
+            if p.path.trim().is_empty() {
+                problems.push(format!("{key}.path must not be empty"));
+            }
+            if p.profile.trim().is_empty() {
+                problems.push(format!("{key}.profile must name a serial profile id"));
+            }
+            if raw.serial.ports[..i].iter().any(|q| q.path == p.path) {
+                problems.push(format!(
+                    "{key}.path `{}` is configured twice; one port, one device",
+                    p.path
+                ));
+            }
+            let zone = match &p.time_zone {
+                None => None,
+                Some(z) => match parse_zone(z) {
+                    Ok(zone) => Some(zone),
+                    Err(e) => {
+                        problems.push(format!("{key}.time_zone: {e}"));
+                        None
+                    }
+                },
+            };
+            serial_ports.push(SerialPort {
+                path: p.path.clone(),
+                profile: p.profile.clone(),
+                zone,
+                min_interval: (p.min_interval_ms > 0)
+                    .then(|| Duration::from_millis(p.min_interval_ms)),
+            });
+        }
+        if raw.serial.reconnect_initial_ms == 0 {
+            problems.push("serial.reconnect_initial_ms must be at least 1".into());
+        }
+        if raw.serial.reconnect_max_ms < raw.serial.reconnect_initial_ms {
+            problems.push(
+                "serial.reconnect_max_ms must be at least serial.reconnect_initial_ms".into(),
+            );
+        }
         let o = &raw.outbox;
         if o.max_size_mb == 0 {
             problems.push("outbox.max_size_mb must be at least 1".into());
@@ -569,6 +687,11 @@ impl Config {
                 out_of_range_probability: s.out_of_range_probability,
                 seed: s.seed,
                 max_readings: (s.max_readings > 0).then_some(s.max_readings),
+            }),
+            serial: (!serial_ports.is_empty()).then(|| SerialSettings {
+                ports: serial_ports,
+                reconnect_initial: Duration::from_millis(raw.serial.reconnect_initial_ms),
+                reconnect_max: Duration::from_millis(raw.serial.reconnect_max_ms),
             }),
             outbox: OutboxSettings {
                 path: raw.outbox.path,
@@ -656,6 +779,35 @@ dir = "/tmp/out"
         ] {
             assert!(msg.contains(needle), "{needle} missing from {msg}");
         }
+    }
+
+    #[test]
+    fn serial_ports_are_validated_naming_each_key() {
+        let text = format!(
+            "{MINIMAL}\n[serial]\nreconnect_initial_ms = 0\n[[serial.ports]]\npath = \"/dev/ttyUSB0\"\nprofile = \"masimo\"\ntime_zone = \"Mars/Olympus\"\n[[serial.ports]]\npath = \"/dev/ttyUSB0\"\nprofile = \"nonin\"\n"
+        );
+        let msg = Config::from_toml_str(&text, "test")
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "serial.ports[0].time_zone",
+            "serial.ports[1].path `/dev/ttyUSB0` is configured twice",
+            "serial.reconnect_initial_ms",
+        ] {
+            assert!(msg.contains(needle), "{needle} missing from {msg}");
+        }
+    }
+
+    #[test]
+    fn a_serial_port_binds_a_path_to_a_profile_with_its_zone() {
+        let text = format!(
+            "{MINIMAL}\n[[serial.ports]]\npath = \"/dev/serial/by-id/usb-FTDI-if00\"\nprofile = \"masimo\"\ntime_zone = \"UTC\"\n"
+        );
+        let c = Config::from_toml_str(&text, "test").unwrap();
+        let serial = c.serial.unwrap();
+        assert_eq!(serial.ports[0].profile, "masimo");
+        assert_eq!(serial.ports[0].zone, Some(Zone::Named(chrono_tz::UTC)));
+        assert_eq!(serial.reconnect_max, Duration::from_secs(30));
     }
 
     #[test]

@@ -5,17 +5,18 @@
 //! the outbox; each uplink makes a last delivery pass within a deadline; the outbox
 //! writer commits what it holds and closes the database.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{Offset, Utc};
+use iomt_drivers::serial::{PortConfig, SerialConfig, SerialDriver};
 use iomt_drivers::sim::{SimClock as DriverClock, SimConfig, SimDevice, SimDriver};
 use iomt_drivers::{reading_channel, DeviceIdentity, Driver, Transport};
 use tokio_util::sync::CancellationToken;
 
 use std::time::Duration;
 
-use crate::config::{Config, SimSettings, Uplink as UplinkConfig, UplinkKind};
+use crate::config::{Config, SerialSettings, SimSettings, Uplink as UplinkConfig, UplinkKind};
 use crate::normalize::{self, Zone};
 use crate::outbox::seal::Keyring;
 use crate::outbox::{Outbox, OutboxError};
@@ -31,8 +32,18 @@ use crate::uplink::{Uplink, UplinkError};
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     /// No driver is enabled, so there would be nothing to do.
-    #[error("no driver is enabled: enable the simulator with [sim] enabled = true (the BLE, serial and MQTT drivers are not part of this release yet)")]
+    #[error("no driver is enabled: add a serial port with a [[serial.ports]] table (path and profile), or enable the simulator with [sim] enabled = true (the BLE and MQTT drivers are not part of this release yet)")]
     NoDriver,
+    /// A serial port names a profile that is not loaded or not a serial profile.
+    #[error("serial port `{path}`: profile `{profile}` is not a loaded serial profile{hint}")]
+    UnknownSerialProfile {
+        /// The port path.
+        path: String,
+        /// The profile id it names.
+        profile: String,
+        /// The loaded serial profiles, for the message.
+        hint: String,
+    },
     /// The simulator names a profile that is not loaded or not a sim profile.
     #[error("sim.profiles names `{0}`, which is not a loaded simulator profile")]
     UnknownSimProfile(String),
@@ -107,6 +118,53 @@ pub fn sim_devices(
         .collect())
 }
 
+/// Builds the serial driver's ports: each configured path with its profile's link
+/// settings and framing.
+pub fn serial_ports(
+    settings: &SerialSettings,
+    profiles: &[Arc<Profile>],
+) -> Result<Vec<PortConfig>, DaemonError> {
+    let mut ports = Vec::new();
+    for port in &settings.ports {
+        let found = profiles.iter().find_map(|p| match &p.transport {
+            TransportSpec::Serial(spec) if p.id == port.profile => Some((p, spec)),
+            _ => None,
+        });
+        let Some((profile, spec)) = found else {
+            let known: Vec<&str> = profiles
+                .iter()
+                .filter(|p| matches!(p.transport, TransportSpec::Serial(_)))
+                .map(|p| p.id.as_str())
+                .collect();
+            return Err(DaemonError::UnknownSerialProfile {
+                path: port.path.clone(),
+                profile: port.profile.clone(),
+                hint: if known.is_empty() {
+                    "; no serial profile is loaded".into()
+                } else {
+                    format!("; loaded serial profiles: {}", known.join(", "))
+                },
+            });
+        };
+        ports.push(PortConfig {
+            path: port.path.clone(),
+            identity: Arc::new(DeviceIdentity {
+                profile: profile.id.clone(),
+                transport: Transport::Serial,
+                address: port.path.clone(),
+                serial_number: None,
+                manufacturer: Some(profile.manufacturer.clone()),
+                model: Some(profile.model.clone()),
+            }),
+            link: spec.link,
+            framing: spec.framing.clone(),
+            poll: spec.poll.clone(),
+            min_interval: port.min_interval,
+        });
+    }
+    Ok(ports)
+}
+
 /// What a run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RunStats {
@@ -145,6 +203,20 @@ pub async fn run(
             seed: settings.seed,
             max_readings: settings.max_readings,
             devices,
+        })?));
+    }
+    let mut address_zones = BTreeMap::new();
+    if let Some(settings) = &config.serial {
+        let ports = serial_ports(settings, &profiles)?;
+        for p in &settings.ports {
+            if let Some(zone) = p.zone {
+                address_zones.insert(format!("{}:{}", Transport::Serial, p.path), zone);
+            }
+        }
+        drivers.push(Box::new(SerialDriver::new(SerialConfig {
+            ports,
+            reconnect_initial: settings.reconnect_initial,
+            reconnect_max: settings.reconnect_max,
         })?));
     }
     if drivers.is_empty() {
@@ -188,6 +260,7 @@ pub async fn run(
         gateway_pseudonym,
         pseudonymizer,
         zones: (config.zone, config.device_zones.clone()),
+        address_zones,
         out_of_range: config.out_of_range,
         outbox: outbox.clone(),
         observer,

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 
 use iomt_drivers::DeviceIdentity;
 
-use crate::config::{Config, ConfigError, UplinkKind};
+use iomt_drivers::serial::pty::Pty;
+use iomt_drivers::serial::sim::{SerialSim, SimFormat};
+
+use crate::config::{Config, ConfigError, SerialPort, SerialSettings, UplinkKind};
 use crate::fhir::{Observation, Quantity};
 use crate::profile::{self, Profile, ProfileErrors};
 
@@ -39,6 +42,136 @@ pub const EMBEDDED_PROFILES: &[(&str, &str)] = &[
         include_str!("../../device-profiles/sim-vitals-patch.toml"),
     ),
 ];
+
+/// The shipped serial profiles and the simulator format that feeds each in
+/// `demo --serial`.
+pub const EMBEDDED_SERIAL_PROFILES: &[(&str, &str, SimFormat)] = &[
+    (
+        "masimo-rad8-ascii1.toml",
+        include_str!("../../device-profiles/masimo-rad8-ascii1.toml"),
+        SimFormat::MasimoAscii1,
+    ),
+    (
+        "nonin-oem3-format2.toml",
+        include_str!("../../device-profiles/nonin-oem3-format2.toml"),
+        SimFormat::NoninOem3Format2,
+    ),
+    (
+        "nonin-9560-format13.toml",
+        include_str!("../../device-profiles/nonin-9560-format13.toml"),
+        SimFormat::Nonin9560Format13,
+    ),
+    (
+        "contec-cms50.toml",
+        include_str!("../../device-profiles/contec-cms50.toml"),
+        SimFormat::ContecCms50,
+    ),
+    (
+        "tanita-bc418.toml",
+        include_str!("../../device-profiles/tanita-bc418.toml"),
+        SimFormat::TanitaBc418,
+    ),
+];
+
+/// Parses the embedded serial profiles, each with its simulator format.
+pub fn embedded_serial_profiles() -> Result<Vec<(Profile, SimFormat)>, ProfileErrors> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for (name, text, format) in EMBEDDED_SERIAL_PROFILES {
+        match profile::parse(&PathBuf::from(format!("<embedded>/{name}")), text) {
+            Ok(p) => out.push((p, *format)),
+            Err(ProfileErrors(mut e)) => errors.append(&mut e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(ProfileErrors(errors))
+    }
+}
+
+/// A simulated serial device writing its format to a pseudo-terminal.
+pub struct SerialDemoDevice {
+    /// The profile the gateway reads it with.
+    pub profile: Profile,
+    /// The pty; the gateway opens its slave side.
+    pub pty: Pty,
+    /// The simulator.
+    pub sim: SerialSim,
+}
+
+/// Opens one pty per embedded serial profile, with its simulator.
+pub fn serial_devices(seed: u64) -> std::io::Result<Vec<SerialDemoDevice>> {
+    let profiles = embedded_serial_profiles()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+    profiles
+        .into_iter()
+        .enumerate()
+        .map(|(i, (profile, format))| {
+            Ok(SerialDemoDevice {
+                profile,
+                pty: Pty::open()?,
+                sim: SerialSim::new(format, seed.wrapping_add(i as u64)),
+            })
+        })
+        .collect()
+}
+
+/// Switches a demo configuration from the simulator kit to the serial ports of
+/// `devices`.
+pub fn use_serial_devices(config: &mut Config, devices: &[SerialDemoDevice]) {
+    config.sim = None;
+    config.serial = Some(SerialSettings {
+        ports: devices
+            .iter()
+            .map(|d| SerialPort {
+                path: d.pty.slave_path().display().to_string(),
+                profile: d.profile.id.clone(),
+                zone: None,
+                min_interval: None,
+            })
+            .collect(),
+        reconnect_initial: std::time::Duration::from_millis(200),
+        reconnect_max: std::time::Duration::from_secs(2),
+    });
+}
+
+/// Writes each device's next message every `interval` (or the device's own slower
+/// rate, see [`SimFormat::min_period`]) until `cancel` fires.
+pub async fn run_serial_devices(
+    mut devices: Vec<SerialDemoDevice>,
+    interval: std::time::Duration,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    let mut last: Vec<Option<tokio::time::Instant>> = vec![None; devices.len()];
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = chrono::Local::now().naive_local();
+        let instant = tokio::time::Instant::now();
+        for (d, last) in devices.iter_mut().zip(last.iter_mut()) {
+            let period = d.sim.format().min_period();
+            if last.is_some_and(|l| instant.duration_since(l) < period) {
+                continue;
+            }
+            // The gateway discards the partial line it opens into: a leading line end
+            // makes the first real message whole.
+            let mut bytes = if last.is_none() {
+                b"\r\n".to_vec()
+            } else {
+                Vec::new()
+            };
+            *last = Some(instant);
+            bytes.extend(d.sim.next_message(now));
+            if let Err(e) = d.pty.write(&bytes) {
+                tracing::warn!(profile = %d.profile.id, error = %e, "simulated serial device cannot write");
+            }
+        }
+    }
+}
 
 /// The demo's configuration (the uplink directory is filled in by [`config`]).
 pub const DEMO_CONFIG: &str = r#"

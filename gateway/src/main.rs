@@ -61,6 +61,11 @@ enum Command {
         /// Do not show each Observation, only the summary.
         #[arg(long, short)]
         quiet: bool,
+        /// Instead of the simulated kit, simulate the shipped serial devices (Masimo,
+        /// Nonin, Contec, Tanita) on pseudo-terminals and read them with the real serial
+        /// driver.
+        #[arg(long)]
+        serial: bool,
     },
     /// Check and try device profiles.
     #[command(subcommand)]
@@ -132,8 +137,9 @@ enum ProfileCommand {
 struct TestArgs {
     /// The profile: a file path, or the id of a profile in --profiles.
     profile: String,
-    /// The payload: a text line (line-oriented serial), a JSON object (MQTT; simulator
-    /// profiles take {"field": value}), or hex bytes for BLE (spaces allowed).
+    /// The payload: a text line (line-oriented serial), hex bytes holding one or more
+    /// whole frames (binary serial, e.g. "C5 3C 28 48 62"), a JSON object (MQTT;
+    /// simulator profiles take {"field": value}), or hex bytes for BLE (spaces allowed).
     #[arg(long)]
     payload: String,
     /// The GATT characteristic the payload came from (BLE profiles), e.g. 2A35.
@@ -189,7 +195,9 @@ fn main() -> ExitCode {
             interval,
             seed,
             quiet,
-        } => runtime().and_then(|rt| rt.block_on(run_demo(duration, out, interval, seed, quiet))),
+            serial,
+        } => runtime()
+            .and_then(|rt| rt.block_on(run_demo(duration, out, interval, seed, quiet, serial))),
     };
     match result {
         Ok(code) => code,
@@ -392,6 +400,7 @@ async fn run_demo(
     interval: f64,
     seed: u64,
     quiet: bool,
+    serial: bool,
 ) -> Result<ExitCode> {
     init_logging("warn", LogFormat::Text);
     let out = match out {
@@ -401,13 +410,34 @@ async fn run_demo(
             std::env::temp_dir().join(format!("iomt-gateway-demo-{stamp}-{}", std::process::id()))
         }
     };
-    let config = demo::config(&out, interval, seed)?;
-    let profiles = demo::embedded_profiles()
-        .map_err(|e| anyhow::anyhow!("embedded profiles are invalid:\n{e}"))?;
-    println!(
-        "iomt-gateway demo: simulated kit of {} devices, one reading each every {interval} s",
-        profiles.len()
-    );
+    let mut config = demo::config(&out, interval, seed)?;
+    let cancel = CancellationToken::new();
+    let profiles = if serial {
+        let devices = demo::serial_devices(seed).context("cannot open pseudo-terminals")?;
+        demo::use_serial_devices(&mut config, &devices);
+        println!(
+            "iomt-gateway demo --serial: {} simulated serial devices on pseudo-terminals, one message each every {interval} s",
+            devices.len()
+        );
+        for d in &devices {
+            println!("  {}  {}", d.pty.slave_path().display(), d.profile.name);
+        }
+        let profiles = devices.iter().map(|d| d.profile.clone()).collect();
+        tokio::spawn(demo::run_serial_devices(
+            devices,
+            Duration::from_secs_f64(interval),
+            cancel.clone(),
+        ));
+        profiles
+    } else {
+        let profiles = demo::embedded_profiles()
+            .map_err(|e| anyhow::anyhow!("embedded profiles are invalid:\n{e}"))?;
+        println!(
+            "iomt-gateway demo: simulated kit of {} devices, one reading each every {interval} s",
+            profiles.len()
+        );
+        profiles
+    };
     println!("Bundles go to {}", out.display());
     match duration {
         Some(s) => println!("Running for {s} s (Ctrl-C stops earlier).\n"),
@@ -420,7 +450,6 @@ async fn run_demo(
             },
         ) as Observer
     });
-    let cancel = CancellationToken::new();
     let stop = cancel.clone();
     let limit = match duration {
         Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),

@@ -49,6 +49,9 @@ pub struct Pipeline {
     pub gateway_pseudonym: String,
     /// Zone of device wall-clock times, per profile id, with a default.
     pub zones: (Zone, BTreeMap<String, Zone>),
+    /// Zones set for one device, keyed `transport:address` (a serial port's
+    /// `time_zone`); they win over the profile's zone.
+    pub address_zones: BTreeMap<String, Zone>,
     /// Out-of-range rule.
     pub out_of_range: OutOfRange,
     /// Where Observations go.
@@ -78,12 +81,10 @@ impl Pipeline {
                 continue;
             };
             let identity = reading.device.clone();
+            let address = format!("{}:{}", identity.transport, identity.address);
             let key = (identity.clone(), profile.id.clone());
             let device = devices.entry(key).or_insert_with(|| {
-                let pseudonym = self.pseudonymizer.pseudonym(
-                    Domain::Device,
-                    &format!("{}:{}", identity.transport, identity.address),
-                );
+                let pseudonym = self.pseudonymizer.pseudonym(Domain::Device, &address);
                 let resource = normalize::device_resource(&profile, &pseudonym);
                 KnownDevice {
                     resource_id: resource.id.clone(),
@@ -102,9 +103,9 @@ impl Pipeline {
                 device_pseudonym: device.pseudonym.clone(),
                 gateway_pseudonym: self.gateway_pseudonym.clone(),
                 zone: self
-                    .zones
-                    .1
-                    .get(&profile.id)
+                    .address_zones
+                    .get(&address)
+                    .or_else(|| self.zones.1.get(&profile.id))
                     .copied()
                     .unwrap_or(self.zones.0),
                 out_of_range: self.out_of_range,

@@ -8,8 +8,9 @@ use iomt_drivers::{DeviceIdentity, Quantity, Reading};
 
 use crate::fhir::{self, Observation, Reference};
 use crate::normalize::{self, Context, OutOfRange, Zone};
-use crate::profile::{normalize_uuid, Profile, TransportSpec};
+use crate::profile::{normalize_uuid, parse_hex, Profile, TransportSpec};
 use crate::pseudonym::{Domain, Pseudonymizer};
+use iomt_drivers::decode::frame::{FrameDecoder, ScanEvent};
 
 /// Why a payload could not be tried.
 #[derive(Debug, thiserror::Error)]
@@ -40,8 +41,10 @@ pub enum ProbeError {
 
 /// Decodes `payload` with `profile` and normalizes it, as received at `received_at`.
 ///
-/// Payload forms: a text line for line-oriented serial profiles; a JSON object for MQTT
-/// profiles; a JSON object `{"field": value}` for simulator profiles; hex for BLE.
+/// Payload forms: a text line for line-oriented serial profiles; hex bytes (spaces
+/// allowed) for binary serial profiles, holding one or more whole frames (or packets);
+/// a JSON object for MQTT profiles; a JSON object `{"field": value}` for simulator
+/// profiles; hex for BLE.
 pub fn test_payload(
     profile: &Profile,
     payload: &str,
@@ -87,10 +90,21 @@ pub fn test_payload(
                 decoder: spec.decoder.name.into(),
             });
         }
-        TransportSpec::Serial(spec) => spec
-            .line
-            .decode(payload, device, received_at)
-            .map_err(|e| decode_err(e.to_string()))?,
+        TransportSpec::Serial(spec) => match (spec.line(), spec.frame()) {
+            (Some(line), _) => line
+                .decode(payload, device, received_at)
+                .map_err(|e| decode_err(e.to_string()))?,
+            (None, Some(frame)) => {
+                let readings =
+                    decode_frames(frame, payload, device, received_at).map_err(decode_err)?;
+                let mut all = Vec::new();
+                for r in &readings {
+                    all.extend(normalize_for_test(r, profile, zone)?);
+                }
+                return Ok(all);
+            }
+            (None, None) => return Err(decode_err("the profile has no serial decoder".into())),
+        },
         TransportSpec::Mqtt(spec) => {
             let value = spec
                 .json
@@ -147,6 +161,56 @@ pub fn test_payload(
             }
         }
     };
+    normalize_for_test(&reading, profile, zone)
+}
+
+/// Scans hex `payload` for frames (checking sync, length and checksum, assembling
+/// packets) and decodes each.
+fn decode_frames(
+    decoder: &FrameDecoder,
+    payload: &str,
+    device: Arc<DeviceIdentity>,
+    received_at: DateTime<Utc>,
+) -> Result<Vec<Reading>, String> {
+    let bytes = parse_hex(payload).map_err(|e| format!("a binary profile takes hex bytes: {e}"))?;
+    let mut scanner = decoder.scanner();
+    let mut events = Vec::new();
+    scanner.push(&bytes, &mut events);
+    let mut readings = Vec::new();
+    let mut problems = Vec::new();
+    for e in events {
+        match e {
+            ScanEvent::Unit(unit) => readings.push(
+                decoder
+                    .decode(&unit, device.clone(), received_at)
+                    .map_err(|e| e.to_string())?,
+            ),
+            ScanEvent::Rejected { reason, raw } => {
+                problems.push(format!("{reason} in `{}`", hex::encode_upper(raw)))
+            }
+        }
+    }
+    if readings.is_empty() {
+        let packet = decoder
+            .spec
+            .packet
+            .as_ref()
+            .map(|p| format!(" (this profile needs whole packets of {} frames)", p.frames))
+            .unwrap_or_default();
+        return Err(if problems.is_empty() {
+            format!("no complete, valid frame in {} bytes{packet}", bytes.len())
+        } else {
+            format!("no valid frame: {}", problems.join("; "))
+        });
+    }
+    Ok(readings)
+}
+
+fn normalize_for_test(
+    reading: &Reading,
+    profile: &Profile,
+    zone: Zone,
+) -> Result<Vec<Observation>, ProbeError> {
     let p = Pseudonymizer::new(&crate::demo::DEMO_KEY);
     let ctx = Context {
         subject: Reference {
@@ -161,7 +225,7 @@ pub fn test_payload(
         zone,
         out_of_range: OutOfRange::Flag,
     };
-    let out = normalize::normalize(&reading, profile, &ctx);
+    let out = normalize::normalize(reading, profile, &ctx);
     if out.observations.is_empty() {
         let reasons: Vec<String> = out.rejections.iter().map(|r| r.to_string()).collect();
         return Err(ProbeError::Nothing(if reasons.is_empty() {

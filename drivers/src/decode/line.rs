@@ -1,4 +1,6 @@
-//! Text-line decoding: a regular expression with named captures, one capture per field.
+//! Text-line decoding: a [`LineSplitter`] cuts a serial byte stream into lines, and a
+//! [`LineDecoder`] reads each with a regular expression with named captures, one capture
+//! per field.
 
 use std::sync::Arc;
 
@@ -85,6 +87,91 @@ impl LineDecoder {
     }
 }
 
+/// What the splitter found in the byte stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineEvent {
+    /// One complete line, without its terminator (and without stray CR/LF at either end).
+    /// Bytes that are not UTF-8 are replaced by U+FFFD.
+    Line(String),
+    /// A line longer than the limit was discarded up to its terminator; `head` holds its
+    /// first bytes (at most 64) for a debug log.
+    TooLong {
+        /// The first bytes of the discarded line.
+        head: Vec<u8>,
+    },
+    /// The partial line the port was opened in the middle of was discarded.
+    PartialFirstLine,
+}
+
+/// Cuts a byte stream into lines. Pure state machine, no IO.
+///
+/// - The first line after (re)opening a port is discarded: it usually starts mid-line.
+/// - A line longer than `max_length` bytes is discarded up to its terminator, so memory
+///   stays bounded whatever arrives.
+/// - CR LF, LF and CR endings all work: the split happens on the terminator's last byte
+///   (LF, or CR for a `"\r"` terminator) and stray CR/LF bytes are trimmed.
+#[derive(Debug, Clone)]
+pub struct LineSplitter {
+    split: u8,
+    max_length: usize,
+    buf: Vec<u8>,
+    skipping: Option<Skip>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Skip {
+    FirstLine,
+    TooLong,
+}
+
+impl LineSplitter {
+    /// A splitter for lines ending with `terminator` (`"\n"`, `"\r\n"` or `"\r"`),
+    /// at most `max_length` bytes long.
+    pub fn new(terminator: &str, max_length: usize) -> Self {
+        Self {
+            split: if terminator == "\r" { b'\r' } else { b'\n' },
+            max_length: max_length.max(1),
+            buf: Vec::new(),
+            skipping: Some(Skip::FirstLine),
+        }
+    }
+
+    /// Starts over as after opening the port: the next partial line is discarded.
+    pub fn reset(&mut self) {
+        self.buf.clear();
+        self.skipping = Some(Skip::FirstLine);
+    }
+
+    /// Adds bytes read from the port and appends the events they complete to `out`.
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<LineEvent>) {
+        for &b in bytes {
+            if b == self.split {
+                match self.skipping.take() {
+                    Some(Skip::FirstLine) => out.push(LineEvent::PartialFirstLine),
+                    Some(Skip::TooLong) => {}
+                    None => {
+                        let line = String::from_utf8_lossy(&self.buf);
+                        let line = line.trim_matches(['\r', '\n']);
+                        if !line.is_empty() {
+                            out.push(LineEvent::Line(line.to_string()));
+                        }
+                    }
+                }
+                self.buf.clear();
+            } else if self.skipping.is_some() {
+                continue;
+            } else if self.buf.len() >= self.max_length {
+                let head = self.buf[..self.buf.len().min(64)].to_vec();
+                out.push(LineEvent::TooLong { head });
+                self.buf.clear();
+                self.skipping = Some(Skip::TooLong);
+            } else {
+                self.buf.push(b);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,5 +255,61 @@ mod tests {
             .decode("13/45/24 10:41:03 SPO2=97 BPM=72", device(), Utc::now())
             .unwrap_err();
         assert!(matches!(err, DecodeError::BadTimestamp(_)), "{err:?}");
+    }
+
+    fn split(terminator: &str, max: usize, chunks: &[&[u8]]) -> Vec<LineEvent> {
+        let mut s = LineSplitter::new(terminator, max);
+        let mut out = Vec::new();
+        for c in chunks {
+            s.push(c, &mut out);
+        }
+        out
+    }
+
+    fn line(text: &str) -> LineEvent {
+        LineEvent::Line(text.into())
+    }
+
+    #[test]
+    fn the_partial_first_line_after_open_is_discarded() {
+        let out = split("\r\n", 100, &[b"O2=097% BPM=072\r\nA=1\r\n"]);
+        assert_eq!(out, vec![LineEvent::PartialFirstLine, line("A=1")]);
+    }
+
+    #[test]
+    fn lines_split_across_reads_are_joined() {
+        let out = split("\n", 100, &[b"x\nSPO2=", b"097 BP", b"M=072\n"]);
+        assert_eq!(out[1..], [line("SPO2=097 BPM=072")]);
+    }
+
+    #[test]
+    fn cr_lf_and_lf_and_cr_endings_all_give_clean_lines() {
+        assert_eq!(
+            split("\n", 100, &[b"\nA\r\nB\n"])[1..],
+            [line("A"), line("B")]
+        );
+        assert_eq!(
+            split("\r", 100, &[b"\rA\r\nB\r"])[1..],
+            [line("A"), line("B")]
+        );
+        assert_eq!(
+            split("\r\n", 100, &[b"\nA\r\n\r\nB\n"])[1..],
+            [line("A"), line("B")]
+        );
+    }
+
+    #[test]
+    fn an_over_long_line_is_capped_and_the_next_line_survives() {
+        let long = vec![b'9'; 5000];
+        let out = split("\n", 16, &[b"\n", &long, b"\nSPO2=97\n"]);
+        assert!(matches!(&out[1], LineEvent::TooLong { head } if head.len() == 16));
+        assert_eq!(out[2..], [line("SPO2=97")]);
+    }
+
+    #[test]
+    fn non_utf8_noise_does_not_stop_the_splitter() {
+        let out = split("\n", 100, &[b"\n\xff\xfe\n", b"A=1\n"]);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[2], line("A=1"));
     }
 }

@@ -1,8 +1,10 @@
-//! Declarative decoders: text lines (serial) and JSON payloads (MQTT), configured from
-//! device profiles. Pure functions, no IO: bytes in, a [`Reading`] or a reason out.
+//! Declarative decoders: text lines and binary frames (serial) and JSON payloads (MQTT),
+//! configured from device profiles. Pure functions, no IO: bytes in, a [`Reading`] or a reason out.
 
+pub mod frame;
 pub mod json;
 pub mod line;
+pub mod stream;
 
 use std::str::FromStr;
 
@@ -87,7 +89,7 @@ impl FieldSpec {
 }
 
 /// Multiplies by a scale factor; a factor of 0.1 adds one decimal place (tenths), and so on.
-fn scale_keeping_precision(value: Decimal, scale: Decimal) -> Option<Decimal> {
+pub(crate) fn scale_keeping_precision(value: Decimal, scale: Decimal) -> Option<Decimal> {
     let product = value.checked_mul(scale)?;
     // 123 × 0.1 = 12.3: the product's scale is the sum of both scales, which is right for
     // decimal factors; normalize only trailing zeros the factor itself introduced.

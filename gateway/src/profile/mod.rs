@@ -8,6 +8,7 @@
 //! The format is documented in `device-profiles/README.md`.
 
 mod raw;
+mod serial;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -16,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use iomt_drivers::decode::json::{JsonDecoder, TimestampFormat as JsonTimestamp};
-use iomt_drivers::decode::line::{LineDecoder, LineTimestamp};
 use iomt_drivers::decode::FieldSpec;
 use iomt_drivers::sim::Signal;
 use iomt_drivers::Transport;
@@ -24,6 +24,7 @@ use rust_decimal::Decimal;
 use toml::Spanned;
 
 pub use raw::{FlowControl, Parity};
+pub use serial::{parse_hex, SerialSpec};
 
 use crate::catalog::{self, Kind, Loinc, Mdc, Panel};
 use crate::ucum;
@@ -120,27 +121,6 @@ pub struct BleSpec {
     pub name_prefix: Option<String>,
     /// The built-in decoder.
     pub decoder: GattDecoder,
-}
-
-/// Serial link settings and framing.
-#[derive(Debug, Clone)]
-pub struct SerialSpec {
-    /// Baud rate.
-    pub baud: u32,
-    /// Data bits.
-    pub data_bits: u8,
-    /// Parity.
-    pub parity: Parity,
-    /// Stop bits.
-    pub stop_bits: u8,
-    /// Flow control.
-    pub flow_control: FlowControl,
-    /// Line terminator.
-    pub terminator: String,
-    /// Longest line accepted, in bytes.
-    pub max_line: usize,
-    /// The compiled line decoder.
-    pub line: LineDecoder,
 }
 
 /// MQTT subscription and JSON layout.
@@ -499,7 +479,7 @@ fn validate(raw: raw::RawProfile, c: &mut Check<'_>) -> Option<Profile> {
         "serial" => raw
             .serial
             .as_ref()
-            .and_then(|s| serial_spec(s, &raw.fields, c))
+            .and_then(|s| serial::serial_spec(s, &raw.fields, c))
             .map(TransportSpec::Serial),
         "mqtt" => raw
             .mqtt
@@ -532,7 +512,7 @@ struct TransportOnlyKey {
 }
 
 /// The `[[field]]` keys that only some transports use.
-fn transport_only_keys(f: &raw::RawField) -> [TransportOnlyKey; 6] {
+fn transport_only_keys(f: &raw::RawField) -> [TransportOnlyKey; 12] {
     let k = |key, allowed, span| TransportOnlyKey { key, allowed, span };
     [
         k("pointer", &["mqtt"], f.pointer.as_ref().map(|s| s.span())),
@@ -553,6 +533,12 @@ fn transport_only_keys(f: &raw::RawField) -> [TransportOnlyKey; 6] {
             &["serial", "mqtt"],
             f.unit.as_ref().map(|s| s.span()),
         ),
+        k("offset", &["serial"], f.offset.as_ref().map(|s| s.span())),
+        k("type", &["serial"], f.ty.as_ref().map(|s| s.span())),
+        k("endian", &["serial"], f.endian.map(|_| f.name.span())),
+        k("mask", &["serial"], f.mask.as_ref().map(|s| s.span())),
+        k("shift", &["serial"], f.shift.as_ref().map(|s| s.span())),
+        k("bits", &["serial"], f.bits.as_ref().map(|s| s.span())),
     ]
 }
 
@@ -665,7 +651,7 @@ fn raw_unit(f: &raw::RawField) -> String {
         .unwrap_or_default()
 }
 
-fn field_spec(f: &raw::RawField, source: String) -> FieldSpec {
+fn field_spec(f: &raw::RawField, source: String, no_reading: Vec<String>) -> FieldSpec {
     FieldSpec {
         name: f.name.get_ref().clone(),
         source,
@@ -674,7 +660,7 @@ fn field_spec(f: &raw::RawField, source: String) -> FieldSpec {
             .scale
             .as_ref()
             .and_then(|s| Decimal::from_str(&s.get_ref().to_string()).ok()),
-        no_reading: f.no_reading.clone(),
+        no_reading,
     }
 }
 
@@ -752,140 +738,6 @@ fn ble_spec(
     })
 }
 
-fn serial_spec(
-    s: &Spanned<raw::RawSerial>,
-    fields: &[Spanned<raw::RawField>],
-    c: &mut Check<'_>,
-) -> Option<SerialSpec> {
-    let span = s.span();
-    let s = s.get_ref();
-    if *s.baud.get_ref() == 0 {
-        c.at(s.baud.span(), "baud must be greater than zero");
-    }
-    let data_bits = s.data_bits.as_ref().map(|d| (*d.get_ref(), d.span()));
-    if let Some((d, span)) = &data_bits {
-        if !(5..=8).contains(d) {
-            c.at(span.clone(), "data_bits must be 5, 6, 7 or 8");
-        }
-    }
-    if let Some(sb) = &s.stop_bits {
-        if !matches!(sb.get_ref(), 1 | 2) {
-            c.at(sb.span(), "stop_bits must be 1 or 2");
-        }
-    }
-    let Some(line) = &s.line else {
-        c.at(
-            span,
-            "the serial profile has no decoder: add a [serial.line] table with a `regex`",
-        );
-        return None;
-    };
-    let line = line.get_ref();
-    let regex = match regex::RegexBuilder::new(line.regex.get_ref())
-        .size_limit(1 << 20)
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            c.at(
-                line.regex.span(),
-                format!(
-                    "invalid regex: {}",
-                    e.to_string().lines().last().unwrap_or("")
-                ),
-            );
-            return None;
-        }
-    };
-    let names: Vec<&str> = regex.capture_names().flatten().collect();
-    let mut specs = Vec::new();
-    for f in fields {
-        let f = f.get_ref();
-        let capture = f
-            .capture
-            .as_ref()
-            .map(|c| c.get_ref().clone())
-            .unwrap_or_else(|| f.name.get_ref().clone());
-        if !names.contains(&capture.as_str()) {
-            let span = f
-                .capture
-                .as_ref()
-                .map(|c| c.span())
-                .unwrap_or(f.name.span());
-            c.at(
-                span,
-                format!(
-                    "the regex has no named capture `(?P<{capture}>...)` for field `{}`",
-                    f.name.get_ref()
-                ),
-            );
-        }
-        specs.push(field_spec(f, capture));
-    }
-    let terminator = match line.terminator.as_ref() {
-        None => "\n".to_string(),
-        Some(t) if ["\n", "\r\n", "\r"].contains(&t.get_ref().as_str()) => t.get_ref().clone(),
-        Some(t) => {
-            c.at(
-                t.span(),
-                "terminator must be \"\\n\", \"\\r\\n\" or \"\\r\"",
-            );
-            "\n".into()
-        }
-    };
-    let timestamp = if line.timestamp_captures.is_empty() {
-        if let Some(f) = &line.timestamp_format {
-            c.at(f.span(), "timestamp_format needs timestamp_captures");
-        }
-        None
-    } else {
-        for cap in &line.timestamp_captures {
-            if !names.contains(&cap.get_ref().as_str()) {
-                c.at(
-                    cap.span(),
-                    format!("the regex has no named capture `{}`", cap.get_ref()),
-                );
-            }
-        }
-        match &line.timestamp_format {
-            Some(f) => Some(LineTimestamp {
-                captures: line
-                    .timestamp_captures
-                    .iter()
-                    .map(|c| c.get_ref().clone())
-                    .collect(),
-                format: f.get_ref().clone(),
-            }),
-            None => {
-                c.at(
-                    line.timestamp_captures[0].span(),
-                    "timestamp_captures needs a timestamp_format (e.g. \"%m/%d/%y %H:%M:%S\")",
-                );
-                None
-            }
-        }
-    };
-    let max_line = line
-        .max_length
-        .as_ref()
-        .map(|m| *m.get_ref())
-        .unwrap_or(1024);
-    Some(SerialSpec {
-        baud: *s.baud.get_ref(),
-        data_bits: data_bits.map(|d| d.0).unwrap_or(8),
-        parity: s.parity.unwrap_or(Parity::None),
-        stop_bits: s.stop_bits.as_ref().map(|s| *s.get_ref()).unwrap_or(1),
-        flow_control: s.flow_control.unwrap_or(FlowControl::None),
-        terminator,
-        max_line,
-        line: LineDecoder {
-            regex,
-            fields: specs,
-            timestamp,
-        },
-    })
-}
-
 /// Checks an MQTT topic filter: `+` and `#` only as whole levels, `#` only last.
 fn topic_filter_problem(topic: &str) -> Option<&'static str> {
     if topic.is_empty() {
@@ -957,7 +809,10 @@ fn mqtt_spec(
                     p.get_ref()
                 ),
             ),
-            Some(p) => specs.push(field_spec(f, p.get_ref().clone())),
+            Some(p) => {
+                let no_reading = serial::text_no_reading(f, "a JSON payload", c);
+                specs.push(field_spec(f, p.get_ref().clone(), no_reading))
+            }
         }
     }
     Some(MqttSpec {

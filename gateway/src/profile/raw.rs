@@ -63,6 +63,174 @@ pub(crate) struct RawSerial {
     pub flow_control: Option<FlowControl>,
     /// Line-oriented text framing.
     pub line: Option<Spanned<RawLine>>,
+    /// Binary framing.
+    pub frame: Option<Spanned<RawFrame>>,
+    /// Requests written at an interval, for devices that answer only when asked.
+    pub poll: Option<Spanned<RawPoll>>,
+}
+
+/// `[serial.poll]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPoll {
+    /// The request as text (TOML escapes such as `\r\n` allowed).
+    pub request: Option<Spanned<String>>,
+    /// The request as hex bytes (`"F5 F5"`).
+    pub request_hex: Option<Spanned<String>>,
+    /// Milliseconds between requests.
+    pub interval_ms: Spanned<u64>,
+}
+
+/// `[serial.frame]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFrame {
+    /// Fixed frame size in bytes.
+    pub size: Option<Spanned<i64>>,
+    /// Length-prefixed frames: where the length is and what it counts.
+    pub length: Option<Spanned<RawLength>>,
+    /// Byte patterns every frame matches.
+    #[serde(default)]
+    pub sync: Vec<Spanned<RawPattern>>,
+    /// The checksum.
+    pub checksum: Option<Spanned<RawChecksum>>,
+    /// Packets of several frames.
+    pub packet: Option<Spanned<RawPacket>>,
+    /// Status flags.
+    #[serde(default)]
+    pub flags: Vec<Spanned<RawFlag>>,
+    /// Where the date and time are.
+    pub timestamp: Option<Spanned<RawFrameTimestamp>>,
+}
+
+/// A byte pattern: `{ offset, mask, value }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPattern {
+    /// Byte offset (negative: from the end of the frame).
+    pub offset: Spanned<i64>,
+    /// The bits compared (default `0xFF`).
+    pub mask: Option<Spanned<i64>>,
+    /// Their value.
+    pub value: Spanned<i64>,
+}
+
+/// `length = { offset, type, endian, add, max }`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLength {
+    /// Byte offset of the length field.
+    pub offset: Spanned<i64>,
+    /// `u8` (default), `u16` or `u32`.
+    #[serde(rename = "type")]
+    pub ty: Option<Spanned<String>>,
+    /// `big` (default) or `little`.
+    pub endian: Option<Endianness>,
+    /// Added to the length value to get the whole frame's size (default 0).
+    pub add: Option<Spanned<i64>>,
+    /// Largest frame accepted in bytes (default 256).
+    pub max: Option<Spanned<i64>>,
+}
+
+/// `checksum = { kind, from, to, at, endian }`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawChecksum {
+    /// The algorithm name.
+    pub kind: Spanned<String>,
+    /// First covered byte (default 0).
+    pub from: Option<Spanned<i64>>,
+    /// End of the covered bytes, exclusive (default: where the checksum starts).
+    pub to: Option<Spanned<i64>>,
+    /// Offset of the checksum (default: the frame's last bytes).
+    pub at: Option<Spanned<i64>>,
+    /// Byte order of a multi-byte checksum (default `big`).
+    pub endian: Option<Endianness>,
+}
+
+/// `packet = { frames, start }`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPacket {
+    /// Frames per packet.
+    pub frames: Spanned<i64>,
+    /// Patterns marking a packet's first frame.
+    pub start: Vec<Spanned<RawPattern>>,
+}
+
+/// `flags = [{ offset, mask, value, flag }]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFlag {
+    /// Byte offset.
+    pub offset: Spanned<i64>,
+    /// The bits tested.
+    pub mask: Spanned<i64>,
+    /// Their value when the flag is set (default: `mask`, all tested bits set).
+    pub value: Option<Spanned<i64>>,
+    /// `no_reading`, `from_storage`, `clock_not_set` or `test_data`.
+    pub flag: Spanned<String>,
+}
+
+/// `[serial.frame.timestamp]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFrameTimestamp {
+    /// The century, when the year is split.
+    pub century: Option<Spanned<RawLayout>>,
+    /// The year.
+    pub year: Spanned<RawLayout>,
+    /// Added to the year (default 0).
+    pub year_base: Option<i64>,
+    /// The month.
+    pub month: Spanned<RawLayout>,
+    /// The day.
+    pub day: Spanned<RawLayout>,
+    /// The hour.
+    pub hour: Spanned<RawLayout>,
+    /// The minute.
+    pub minute: Spanned<RawLayout>,
+    /// The second (default: 0).
+    pub second: Option<Spanned<RawLayout>>,
+}
+
+/// Where a value is: `{ offset, type, endian, mask, shift }` or `{ bits }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLayout {
+    /// Byte offset.
+    pub offset: Option<Spanned<i64>>,
+    /// Integer type (default `u8`).
+    #[serde(rename = "type")]
+    pub ty: Option<Spanned<String>>,
+    /// Byte order (default `big`).
+    pub endian: Option<Endianness>,
+    /// Bits kept.
+    pub mask: Option<Spanned<i64>>,
+    /// Right shift after the mask.
+    pub shift: Option<Spanned<i64>>,
+    /// Bit ranges concatenated, most significant first (`["0[1:0]", "1[6:0]"]`).
+    pub bits: Option<Spanned<Vec<String>>>,
+}
+
+/// Byte order.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Endianness {
+    /// Most significant byte first.
+    Big,
+    /// Least significant byte first.
+    Little,
+}
+
+/// A `no_reading` entry: a text (lines, JSON) or a raw integer (binary frames).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub(crate) enum NoReading {
+    /// A text such as `---`.
+    Text(String),
+    /// A raw integer such as 511.
+    Raw(i64),
 }
 
 /// Serial parity.
@@ -182,11 +350,24 @@ pub(crate) struct RawField {
     pub display: Option<Spanned<String>>,
     /// MDC code override.
     pub mdc: Option<Spanned<u32>>,
-    /// Texts meaning "no reading" (serial, MQTT).
+    /// Texts (lines, JSON) or raw integers (binary frames) meaning "no reading".
     #[serde(default)]
-    pub no_reading: Vec<String>,
+    pub no_reading: Vec<NoReading>,
     /// Regex capture name (serial line; default: `name`).
     pub capture: Option<Spanned<String>>,
+    /// Byte offset (serial frame).
+    pub offset: Option<Spanned<i64>>,
+    /// Integer type (serial frame; default `u8`).
+    #[serde(rename = "type")]
+    pub ty: Option<Spanned<String>>,
+    /// Byte order (serial frame; default `big`).
+    pub endian: Option<Endianness>,
+    /// Bits kept (serial frame).
+    pub mask: Option<Spanned<i64>>,
+    /// Right shift after the mask (serial frame).
+    pub shift: Option<Spanned<i64>>,
+    /// Bit ranges concatenated, most significant first (serial frame).
+    pub bits: Option<Spanned<Vec<String>>>,
     /// JSON Pointer (MQTT).
     pub pointer: Option<Spanned<String>>,
     /// Simulator signal (sim; default: `name`).

@@ -15,9 +15,18 @@ fn a_serial_line_profile_compiles_its_regex_and_defaults() {
     let TransportSpec::Serial(s) = &p.transport else {
         panic!("serial expected")
     };
-    assert_eq!((s.data_bits, s.stop_bits, s.parity), (8, 1, Parity::None));
-    assert_eq!(s.terminator, "\n");
-    assert_eq!(s.line.fields[0].no_reading, vec!["---".to_string()]);
+    assert_eq!(
+        (s.link.data_bits, s.link.stop_bits, s.link.parity),
+        (8, 1, iomt_drivers::serial::Parity::None)
+    );
+    let iomt_drivers::decode::stream::Framing::Line { terminator, .. } = &*s.framing else {
+        panic!("line framing expected")
+    };
+    assert_eq!(terminator, "\n");
+    assert_eq!(
+        s.line().unwrap().fields[0].no_reading,
+        vec!["---".to_string()]
+    );
 }
 
 #[test]
@@ -123,4 +132,98 @@ fn duplicate_profile_ids_are_reported() {
     assert!(errs[0]
         .to_string()
         .starts_with("b.toml:1: profile id `t` is already used by a.toml"));
+}
+
+const FRAME: &str = "[serial]\nbaud = 9600\n[serial.frame]\nsize = 5\nsync = [{ offset = 0, mask = 0x80, value = 0x80 }]\nchecksum = { kind = \"xor8\" }\n";
+
+#[test]
+fn a_binary_frame_profile_compiles_its_layout() {
+    let p = parse_str(&format!(
+        "{HEAD}{FRAME}[[field]]\nname = \"spo2\"\nvital = \"spo2\"\noffset = 3\nmask = 0x7F\nno_reading = [127]\n"
+    ))
+    .unwrap();
+    let TransportSpec::Serial(s) = &p.transport else {
+        panic!("serial expected")
+    };
+    let f = s.frame().unwrap();
+    assert_eq!(f.fields[0].no_reading, vec![127]);
+    let c = f.spec.checksum.unwrap();
+    assert_eq!(
+        (c.from, c.to, c.at),
+        (0, -1, -1),
+        "defaults: the last byte covers the rest"
+    );
+}
+
+#[test]
+fn frame_layout_problems_are_reported_with_their_lines() {
+    let text = format!(
+        "{HEAD}{FRAME}[[field]]\nname = \"spo2\"\nvital = \"spo2\"\noffset = 7\nno_reading = [\"---\"]\n[[field]]\nname = \"pulse\"\nvital = \"pulse_rate\"\nbits = [\"1[9:0]\"]\n[[field]]\nname = \"hr\"\nvital = \"heart_rate\"\n"
+    );
+    let errs = parse_str(&text).unwrap_err();
+    let all = errs.to_string();
+    for (line, needle) in [
+        (14, "lies beyond the 5-byte frame"),
+        (12, "no_reading of a binary frame is a raw integer"),
+        (19, "`1[9:0]` is not a bit range"),
+        (21, "needs its place in the frame"),
+    ] {
+        assert!(
+            errs.0
+                .iter()
+                .any(|e| e.line == line && e.message.contains(needle)),
+            "line {line}: {needle}\n{all}"
+        );
+    }
+}
+
+#[test]
+fn a_serial_profile_has_one_framing_and_known_checksums() {
+    let both = parse_str(&format!(
+        "{HEAD}{FRAME}[serial.line]\nregex = '(?P<spo2>\\d+)'\n[[field]]\nname = \"spo2\"\nvital = \"spo2\"\noffset = 1\n"
+    ))
+    .unwrap_err();
+    assert!(both.to_string().contains("not both"), "{both}");
+    let crc = parse_str(&format!(
+        "{HEAD}{}[[field]]\nname = \"spo2\"\nvital = \"spo2\"\noffset = 1\n",
+        FRAME.replace("xor8", "crc17")
+    ))
+    .unwrap_err();
+    assert!(
+        crc.to_string()
+            .contains("unknown checksum `crc17`; known: sum8"),
+        "{crc}"
+    );
+}
+
+#[test]
+fn frame_keys_are_refused_in_a_line_profile() {
+    let errs = parse_str(&format!(
+        "{HEAD}[serial]\nbaud = 9600\n[serial.line]\nregex = 'SPO2=(?P<spo2>\\d+)'\n[[field]]\nname = \"spo2\"\nvital = \"spo2\"\noffset = 2\n"
+    ))
+    .unwrap_err();
+    assert!(
+        errs.to_string().contains("are for [serial.frame] profiles"),
+        "{errs}"
+    );
+}
+
+#[test]
+fn a_poll_request_is_text_or_hex_but_not_both() {
+    let ok = parse_str(&format!(
+        "{HEAD}{FRAME}[serial.poll]\nrequest_hex = \"F5 F5\"\ninterval_ms = 1000\n[[field]]\nname = \"spo2\"\nvital = \"spo2\"\noffset = 1\n"
+    ))
+    .unwrap();
+    let TransportSpec::Serial(s) = &ok.transport else {
+        panic!("serial expected")
+    };
+    assert_eq!(s.poll.as_ref().unwrap().request, vec![0xF5, 0xF5]);
+    let bad = parse_str(&format!(
+        "{HEAD}{FRAME}[serial.poll]\nrequest = \"G1\"\nrequest_hex = \"F5\"\ninterval_ms = 1000\n[[field]]\nname = \"spo2\"\nvital = \"spo2\"\noffset = 1\n"
+    ))
+    .unwrap_err();
+    assert!(
+        bad.to_string().contains("exactly one of `request`"),
+        "{bad}"
+    );
 }

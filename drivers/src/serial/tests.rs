@@ -1,0 +1,200 @@
+//! The serial driver on real pseudo-terminals.
+
+use std::time::Duration;
+
+use regex::Regex;
+
+use super::pty::Pty;
+use super::*;
+use crate::decode::line::LineDecoder;
+use crate::decode::FieldSpec;
+use crate::reading::{Reading, Transport};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn masimo_framing() -> Arc<Framing> {
+    let field = |name: &str, unit: &str| FieldSpec {
+        name: name.into(),
+        source: name.into(),
+        unit: unit.into(),
+        scale: None,
+        no_reading: vec!["---".into()],
+    };
+    Arc::new(Framing::Line {
+        terminator: "\r\n".into(),
+        max_length: 256,
+        decoder: LineDecoder {
+            regex: Regex::new(r"SPO2=(?P<spo2>[-\d]+)%? BPM=(?P<bpm>[-\d]+)").unwrap(),
+            fields: vec![field("spo2", "%"), field("bpm", "/min")],
+            timestamp: None,
+        },
+    })
+}
+
+fn port(path: &str, poll: Option<Poll>) -> PortConfig {
+    PortConfig {
+        path: path.into(),
+        identity: Arc::new(DeviceIdentity {
+            profile: "masimo".into(),
+            transport: Transport::Serial,
+            address: path.into(),
+            serial_number: None,
+            manufacturer: None,
+            model: None,
+        }),
+        link: LinkSettings {
+            baud: 9600,
+            data_bits: 8,
+            parity: Parity::None,
+            stop_bits: 1,
+            flow_control: FlowControl::None,
+        },
+        framing: masimo_framing(),
+        poll,
+        min_interval: None,
+    }
+}
+
+fn start(
+    port: PortConfig,
+) -> (
+    crate::ReadingReceiver,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let driver = SerialDriver::new(SerialConfig {
+        ports: vec![port],
+        reconnect_initial: Duration::from_millis(20),
+        reconnect_max: Duration::from_millis(100),
+    })
+    .unwrap();
+    let (tx, rx) = crate::reading_channel(16);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn({
+        let cancel = cancel.clone();
+        async move {
+            Box::new(driver).run(tx, cancel).await.unwrap();
+        }
+    });
+    (rx, cancel, task)
+}
+
+async fn next(rx: &mut crate::ReadingReceiver) -> Reading {
+    tokio::time::timeout(DEADLINE, rx.recv())
+        .await
+        .expect("a reading before the deadline")
+        .expect("the driver is running")
+        .reading
+}
+
+fn spo2(r: &Reading) -> String {
+    r.quantities[0]
+        .value
+        .value()
+        .map(|v| v.to_string())
+        .unwrap_or_default()
+}
+
+/// Writes `line` repeatedly until a reading of it arrives: the driver discards the
+/// partial first line after opening, and the test cannot know when the port was opened.
+async fn first_reading(
+    pty: &mut Pty,
+    rx: &mut crate::ReadingReceiver,
+    line: &str,
+    spo2_of_line: &str,
+) -> Reading {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        pty.write(line.as_bytes()).unwrap();
+        match tokio::time::timeout(Duration::from_millis(50), rx.recv()).await {
+            Ok(Some(e)) if spo2(&e.reading) == spo2_of_line => return e.reading,
+            Ok(Some(_)) => assert!(tokio::time::Instant::now() < deadline, "wrong reading"),
+            Ok(None) => panic!("the driver stopped"),
+            Err(_) => assert!(tokio::time::Instant::now() < deadline, "no reading"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_written_to_a_pty_become_readings_and_noise_is_survived() {
+    let mut pty = Pty::open().unwrap();
+    let path = pty.slave_path().display().to_string();
+    let (mut rx, cancel, task) = start(port(&path, None));
+    let r = first_reading(&mut pty, &mut rx, "SPO2=097% BPM=072\r\n", "97").await;
+    assert_eq!(r.device.address, path);
+    // Noise, a line split in three writes, an over-long line, then a valid line.
+    pty.write(b"\xff\xfe garbage\r\nSPO2=0").unwrap();
+    pty.write(b"95% BP").unwrap();
+    pty.write(b"M=070\r\n").unwrap();
+    pty.write(&[b'9'; 600]).unwrap();
+    pty.write(b"\r\nSPO2=---% BPM=---\r\n").unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let r = next(&mut rx).await;
+        if spo2(&r) != "97" {
+            seen.push(spo2(&r));
+        }
+    }
+    assert_eq!(seen, ["95", ""]);
+    cancel.cancel();
+    tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_that_disappears_and_comes_back_is_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("usb-Masimo-if00");
+    let mut pty = Pty::open().unwrap();
+    std::os::unix::fs::symlink(pty.slave_path(), &link).unwrap();
+    let (mut rx, cancel, task) = start(port(&link.display().to_string(), None));
+    first_reading(&mut pty, &mut rx, "SPO2=097% BPM=072\r\n", "97").await;
+
+    // Unplug: the device node vanishes.
+    drop(pty);
+    std::fs::remove_file(&link).unwrap();
+
+    // Replug: a new node under the same stable name.
+    let mut pty = Pty::open().unwrap();
+    std::os::unix::fs::symlink(pty.slave_path(), &link).unwrap();
+    let r = first_reading(&mut pty, &mut rx, "SPO2=091% BPM=088\r\n", "91").await;
+    assert_eq!(spo2(&r), "91");
+    cancel.cancel();
+    tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polled_device_receives_its_request_and_its_answer_is_read() {
+    let mut pty = Pty::open().unwrap();
+    let path = pty.slave_path().display().to_string();
+    let poll = Poll {
+        request: b"G1\r\n".to_vec(),
+        interval: Duration::from_millis(50),
+    };
+    let (mut rx, cancel, task) = start(port(&path, Some(poll)));
+    let mut master = pty.try_clone_master().unwrap();
+    let got = tokio::task::spawn_blocking(move || {
+        let mut buf = [0u8; 4];
+        std::io::Read::read_exact(&mut master, &mut buf).map(|_| buf)
+    });
+    let request = tokio::time::timeout(DEADLINE, got)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(&request, b"G1\r\n");
+    let r = first_reading(&mut pty, &mut rx, "SPO2=099% BPM=061\r\n", "99").await;
+    assert_eq!(spo2(&r), "99");
+    cancel.cancel();
+    tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap();
+}
+
+#[test]
+fn a_port_configured_twice_is_refused() {
+    let err = SerialDriver::new(SerialConfig {
+        ports: vec![port("/dev/ttyUSB0", None), port("/dev/ttyUSB0", None)],
+        reconnect_initial: Duration::from_millis(20),
+        reconnect_max: Duration::from_millis(100),
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("configured twice"), "{err}");
+}

@@ -1,0 +1,459 @@
+//! End-to-end tests of the serial driver: the real `iomt-gateway run` reads real
+//! pseudo-terminals configured as `[[serial.ports]]`, one per shipped serial profile, and
+//! writes FHIR Bundles that an independent validator checks.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use common::{gateway, observations_in, validate_fhir, wait_until};
+use iomt_drivers::serial::pty::Pty;
+use iomt_drivers::serial::sim::{encode, nonin_packet, SimFormat, SimValues};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const PATIENT: &str = "MRN-SERIAL-0815";
+
+/// The running gateway, with its stderr collected as it comes.
+struct Running {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    fn start(config: &Path) -> Self {
+        let mut child = gateway()
+            .args(["run", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        Self {
+            child,
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
+    }
+
+    fn wait_log(&self, needle: &str, times: usize) {
+        wait_until(
+            DEADLINE,
+            &format!("{times}× `{needle}` in the log"),
+            || self.count(needle) >= times,
+        );
+    }
+
+    /// SIGTERM, then the whole log.
+    fn stop(mut self) -> String {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
+        let status = self.child.wait().unwrap();
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
+        }
+        let log = self.log();
+        assert!(status.success(), "exit {status:?}\n{log}");
+        log
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, ports: &[(&str, PathBuf, &str)]) -> PathBuf {
+    let key = dir.join("pseudonym.key");
+    let storage_key = dir.join("storage.key");
+    for (file, byte) in [(&key, 7u8), (&storage_key, 8u8)] {
+        std::fs::write(file, [byte; 32]).unwrap();
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let mut text = format!(
+        r#"[gateway]
+id = "kit-serial-1"
+profiles_dir = "{root}/device-profiles"
+time_zone = "UTC"
+
+[patient]
+id = "{PATIENT}"
+
+[pseudonymization]
+key_file = "{key}"
+
+[serial]
+reconnect_initial_ms = 20
+reconnect_max_ms = 200
+
+[outbox]
+path = "{outbox}"
+key_file = "{storage_key}"
+
+[[uplinks]]
+kind = "file"
+dir = "{out}"
+
+[log]
+level = "info"
+"#,
+        root = common::root().display(),
+        key = key.display(),
+        storage_key = storage_key.display(),
+        outbox = dir.join("outbox.db").display(),
+        out = dir.join("out").display(),
+    );
+    for (profile, path, zone) in ports {
+        text.push_str(&format!(
+            "\n[[serial.ports]]\npath = \"{}\"\nprofile = \"{profile}\"\ntime_zone = \"{zone}\"\n",
+            path.display()
+        ));
+    }
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+fn at(h: u32, m: u32, s: u32) -> chrono::NaiveDateTime {
+    NaiveDate::from_ymd_opt(2024, 3, 15)
+        .unwrap()
+        .and_hms_opt(h, m, s)
+        .unwrap()
+}
+
+fn values(spo2: u8, pulse: u16) -> SimValues {
+    SimValues {
+        spo2: Some(spo2),
+        pulse: Some(pulse),
+        weight_dg: 701,
+        fat_permille: 212,
+    }
+}
+
+/// (LOINC code, value) of every Observation with a value.
+fn coded_values(dir: &Path) -> Vec<(String, String)> {
+    observations_in(dir)
+        .iter()
+        .filter_map(|o| {
+            let code = o["code"]["coding"][0]["code"].as_str()?.to_string();
+            let value = o["valueQuantity"]["value"].as_number()?.to_string();
+            Some((code, value))
+        })
+        .collect()
+}
+
+fn has(dir: &Path, code: &str, value: &str) -> bool {
+    coded_values(dir)
+        .iter()
+        .any(|(c, v)| c == code && v == value)
+}
+
+const SPO2: &str = "2708-6";
+const PULSE: &str = "8867-4";
+
+/// Writes `bytes` in pieces of `chunk` bytes, as a slow UART delivers them.
+fn write_split(pty: &mut Pty, bytes: &[u8], chunk: usize) {
+    for piece in bytes.chunks(chunk) {
+        pty.write(piece).unwrap();
+    }
+}
+
+#[test]
+fn bytes_on_real_ptys_become_fhir_observations_for_every_shipped_serial_profile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let mut masimo = Pty::open().unwrap();
+    let mut oem3 = Pty::open().unwrap();
+    let mut df13 = Pty::open().unwrap();
+    let mut cms50 = Pty::open().unwrap();
+    let mut tanita = Pty::open().unwrap();
+    // The 9560 is reached through a stable name, as /dev/serial/by-id/... would be.
+    let by_id = tmp.path().join("usb-Nonin_9560-if00");
+    std::os::unix::fs::symlink(df13.slave_path(), &by_id).unwrap();
+    let config = write_config(
+        tmp.path(),
+        &[
+            ("masimo-rad8-ascii1", masimo.slave_path().clone(), "UTC"),
+            ("nonin-oem3-format2", oem3.slave_path().clone(), "UTC"),
+            ("nonin-9560-format13", by_id.clone(), "Europe/Berlin"),
+            ("contec-cms50", cms50.slave_path().clone(), "UTC"),
+            ("tanita-bc418", tanita.slave_path().clone(), "Europe/Berlin"),
+        ],
+    );
+    let gw = Running::start(&config);
+    gw.wait_log("serial port opened", 5);
+
+    // Masimo ASCII 1: a partial first line, noise, a line split across three writes,
+    // and a "no finger" line.
+    masimo.write(b"O2=099% BPM=099 EXC=000800\r\n").unwrap();
+    let line_a = encode(SimFormat::MasimoAscii1, &values(95, 61), at(10, 0, 1));
+    masimo.write(&line_a).unwrap();
+    masimo.write(b"\x00\xff\xfe line noise \x07\r\n").unwrap();
+    let line_b = encode(SimFormat::MasimoAscii1, &values(94, 62), at(10, 0, 2));
+    write_split(&mut masimo, &line_b, line_b.len() / 3 + 1);
+    let none = SimValues {
+        spo2: None,
+        pulse: None,
+        ..values(0, 0)
+    };
+    masimo
+        .write(&encode(SimFormat::MasimoAscii1, &none, at(10, 0, 3)))
+        .unwrap();
+
+    // Nonin OEM III: a partial packet, noise, a packet with one bad checksum, then a
+    // valid packet split into 7-byte reads.
+    let mut bad = nonin_packet(199, 88);
+    bad[14] ^= 0x01;
+    oem3.write(&nonin_packet(150, 80)[60..]).unwrap();
+    oem3.write(&[0x01, 0x81, 0x55]).unwrap();
+    oem3.write(&bad).unwrap();
+    write_split(&mut oem3, &nonin_packet(63, 93), 7);
+
+    // Nonin 9560 format 13: a record with a bad checksum, then a valid one.
+    let mut bad = encode(SimFormat::Nonin9560Format13, &values(87, 198), at(10, 0, 0));
+    let chk = bad.len() - 2;
+    bad[chk] ^= 0xFF;
+    df13.write(&bad).unwrap();
+    write_split(
+        &mut df13,
+        &encode(SimFormat::Nonin9560Format13, &values(92, 64), at(10, 42, 7)),
+        5,
+    );
+
+    // Contec CMS50: noise with bit 7 set, a packet cut short, then a valid packet.
+    cms50.write(&[0xFF, 0x80, 0x85, 0x3C]).unwrap();
+    cms50
+        .write(&encode(
+            SimFormat::ContecCms50,
+            &values(91, 65),
+            at(0, 0, 0),
+        ))
+        .unwrap();
+
+    // Tanita BC-418: a partial first line, then a result line split in two.
+    tanita.write(b"2,\"10:41\",0,1\r\n").unwrap();
+    let line = encode(SimFormat::TanitaBc418, &values(0, 0), at(10, 42, 0));
+    write_split(&mut tanita, &line, 40);
+
+    wait_until(DEADLINE, "every expected observation", || {
+        [
+            (SPO2, "95"),
+            (PULSE, "61"),
+            (SPO2, "94"),
+            (PULSE, "62"),
+            (SPO2, "93"),
+            (PULSE, "63"),
+            (SPO2, "92"),
+            (PULSE, "64"),
+            (SPO2, "91"),
+            (PULSE, "65"),
+            ("29463-7", "70.1"),
+            ("41982-0", "21.2"),
+        ]
+        .iter()
+        .all(|(c, v)| has(&out, c, v))
+    });
+
+    // Rejected frames left nothing behind, the "no finger" line became absent values,
+    // and device times were read in the port's zone.
+    let all = coded_values(&out);
+    for v in ["99", "199", "198", "88", "87", "150", "80"] {
+        assert!(
+            !all.iter().any(|(_, x)| x == v),
+            "value {v} from a rejected frame: {all:?}"
+        );
+    }
+    let obs = observations_in(&out);
+    assert!(
+        obs.iter().any(|o| o["dataAbsentReason"].is_object()),
+        "the Masimo no-finger line gives dataAbsentReason"
+    );
+    let times: Vec<&str> = obs
+        .iter()
+        .filter_map(|o| o["effectiveDateTime"].as_str())
+        .collect();
+    assert!(
+        times.contains(&"2024-03-15T09:42:07Z"),
+        "9560 in Europe/Berlin: {times:?}"
+    );
+    assert!(
+        times.contains(&"2024-03-15T10:00:01Z"),
+        "Masimo in UTC: {times:?}"
+    );
+    assert!(
+        times.contains(&"2024-03-15T09:42:00Z"),
+        "Tanita in Europe/Berlin: {times:?}"
+    );
+
+    // Unplug the 9560 (its node vanishes) and plug it back under the same name.
+    drop(df13);
+    std::fs::remove_file(&by_id).unwrap();
+    gw.wait_log("serial port lost", 1);
+    let mut df13 = Pty::open().unwrap();
+    std::os::unix::fs::symlink(df13.slave_path(), &by_id).unwrap();
+    gw.wait_log("serial port opened", 6);
+    df13.write(&encode(
+        SimFormat::Nonin9560Format13,
+        &values(90, 66),
+        at(10, 43, 0),
+    ))
+    .unwrap();
+    wait_until(DEADLINE, "the reading after the replug", || {
+        has(&out, PULSE, "66")
+    });
+
+    let log = gw.stop();
+    let (ok, report) = validate_fhir(&[&out]);
+    assert!(ok, "{report}");
+    assert!(report.contains(", 0 failed"), "{report}");
+
+    // Technicians see the port path; nobody sees the patient, a serial number or a value.
+    assert!(log.contains(&format!("port={}", by_id.display())), "{log}");
+    assert!(!log.contains(PATIENT), "the patient id was logged");
+    assert!(
+        !log.contains("0000056661"),
+        "a device serial number was logged"
+    );
+    assert!(!log.contains("SPO2="), "a measured line was logged");
+    let bundles: String = common::json_files(&out)
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    assert!(!bundles.contains(PATIENT) && !bundles.contains("0000056661"));
+}
+
+#[test]
+fn run_names_the_loaded_serial_profiles_when_a_port_names_an_unknown_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(
+        tmp.path(),
+        &[("sim-bp-cuff", PathBuf::from("/dev/ttyUSB9"), "UTC")],
+    );
+    let out = gateway()
+        .args(["run", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("profile `sim-bp-cuff` is not a loaded serial profile")
+            && stderr.contains("masimo-rad8-ascii1"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn profile_test_decodes_a_hex_frame_and_reports_a_bad_checksum() {
+    let out = common::run(&[
+        "profile",
+        "test",
+        "contec-cms50",
+        "--payload",
+        "C5 3C 28 48 62",
+    ]);
+    let (stdout, stderr) = common::texts(&out);
+    assert!(out.status.success(), "{stderr}");
+    let obs: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    let vals: Vec<String> = obs
+        .iter()
+        .map(|o| o["valueQuantity"]["value"].to_string())
+        .collect();
+    assert_eq!(vals, ["72", "98"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("obs.json");
+    std::fs::write(&file, &stdout).unwrap();
+    let (ok, report) = validate_fhir(&[Path::new("--observations-array"), &file]);
+    assert!(ok, "{report}");
+
+    let out = common::run(&[
+        "profile",
+        "test",
+        "nonin-9560-format13",
+        "--payload",
+        "00 02 00 0D 00 0E 14 18 03 0F 0A 2A 07 00 00 00 00 48 00 61 23 03",
+    ]);
+    let (_, stderr) = common::texts(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("bad checksum"), "{stderr}");
+}
+
+#[test]
+fn profile_test_decodes_every_shipped_serial_example_payload() {
+    // The `Try it:` payloads written in the profiles' comments.
+    let oem3: String = [
+        "01 81 01 00 83 01 80 01 48 CA 01 80 01 61 E3 01 80 01 30 B2",
+        &" 01 80 01 00 82".repeat(21),
+    ]
+    .concat();
+    for (profile, payload, expected) in [
+        (
+            "masimo-rad8-ascii1",
+            "02/22/16 22:47:45 SN=0000056661 SPO2=098% BPM=097 PI=03.60% SPCO=--.-% SPMET=--.-% DESAT=-- PIDELTA=+-- ALARM=0000 EXC=000800",
+            vec!["98", "97"],
+        ),
+        ("nonin-oem3-format2", oem3.as_str(), vec!["72", "97"]),
+        (
+            "nonin-9560-format13",
+            "00 02 00 0D 00 0E 14 18 03 0F 0A 2A 07 00 00 00 00 48 00 61 22 03",
+            vec!["72", "97"],
+        ),
+        ("contec-cms50", "C5 3C 28 48 62", vec!["72", "98"]),
+        (
+            "tanita-bc418",
+            r#""15/03/24","10:42",0,1,175,72.4,18.5,13.4,59.0,43.1,45,23.6,7012,512"#,
+            vec!["72.4", "18.5", "23.6"],
+        ),
+    ] {
+        let out = common::run(&["profile", "test", profile, "--payload", payload]);
+        let (stdout, stderr) = common::texts(&out);
+        assert!(out.status.success(), "{profile}: {stderr}");
+        let obs: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+        let vals: Vec<String> = obs
+            .iter()
+            .map(|o| o["valueQuantity"]["value"].to_string())
+            .collect();
+        assert_eq!(vals, expected, "{profile}");
+    }
+}
+
+#[test]
+fn run_without_any_driver_says_how_to_add_a_serial_port() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), &[]);
+    let out = gateway()
+        .args(["run", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("no driver is enabled") && stderr.contains("[[serial.ports]]"),
+        "{stderr}"
+    );
+}
