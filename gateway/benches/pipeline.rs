@@ -304,6 +304,9 @@ async fn run(n: usize, dir: &Path) {
         base_url: server.base_url(),
         bearer_token_file: None,
         timeout: Duration::from_secs(30),
+        ca_file: None,
+        client_identity: None,
+        insecure: false,
     })
     .unwrap();
     let gateway =

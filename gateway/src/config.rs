@@ -272,6 +272,16 @@ pub enum RawUplink {
         timeout_secs: Option<u64>,
         /// Longest retry delay in seconds (default 300).
         max_backoff_secs: Option<u64>,
+        /// PEM bundle of extra trusted CAs (private PKI), added to the system roots.
+        ca_file: Option<PathBuf>,
+        /// Client certificate (PEM, mode 0600) for mutual TLS.
+        client_cert_file: Option<PathBuf>,
+        /// Client private key (PEM, mode 0600) for mutual TLS.
+        client_key_file: Option<PathBuf>,
+        /// Allow plain `http://` to a host that is not loopback (default false; a warning
+        /// is logged at every start when used).
+        #[serde(default)]
+        allow_insecure: bool,
     },
 }
 
@@ -469,6 +479,10 @@ fn validate_uplink(u: &RawUplink) -> Result<Uplink, String> {
             batch_size,
             timeout_secs,
             max_backoff_secs,
+            ca_file,
+            client_cert_file,
+            client_key_file,
+            allow_insecure,
         } => {
             let url = reqwest::Url::parse(base_url)
                 .map_err(|e| format!("base_url `{base_url}` is not a URL: {e}"))?;
@@ -477,6 +491,20 @@ fn validate_uplink(u: &RawUplink) -> Result<Uplink, String> {
             }
             if !url.username().is_empty() || url.password().is_some() {
                 return Err("base_url must not carry credentials; use bearer_token_file".into());
+            }
+            let loopback = match url.host() {
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                Some(url::Host::Domain(d)) => d == "localhost",
+                None => false,
+            };
+            if url.scheme() == "http" && !loopback && !allow_insecure {
+                return Err(format!(
+                    "base_url `{base_url}` is plain http to a host that is not loopback: patient data would cross the network unencrypted. Use https://, or set allow_insecure = true if this link is protected otherwise"
+                ));
+            }
+            if client_cert_file.is_some() != client_key_file.is_some() {
+                return Err("mutual TLS needs both client_cert_file and client_key_file".into());
             }
             let name = name.clone().unwrap_or_else(|| "fhir".into());
             Ok(Uplink {
@@ -487,6 +515,9 @@ fn validate_uplink(u: &RawUplink) -> Result<Uplink, String> {
                     base_url: base_url.clone(),
                     bearer_token_file: bearer_token_file.clone(),
                     timeout: Duration::from_secs(timeout_secs.unwrap_or(30).max(1)),
+                    ca_file: ca_file.clone(),
+                    client_identity: client_cert_file.clone().zip(client_key_file.clone()),
+                    insecure: url.scheme() == "http" && !loopback,
                 }),
                 name,
             })

@@ -61,6 +61,8 @@ pub struct Store {
     pub unavailable: u64,
     /// Requests refused for a missing or wrong token.
     pub unauthorized: u64,
+    /// TLS handshakes that failed (e.g. no client certificate where one is required).
+    pub tls_failures: u64,
 }
 
 struct Inner {
@@ -88,6 +90,43 @@ pub struct FhirServer {
     shared: Shared,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Accepts TLS connections and serves `app` on each, until `stop` fires.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    config: Arc<rustls::ServerConfig>,
+    mut stop: oneshot::Receiver<()>,
+    shared: Shared,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = &mut stop => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(_) => continue,
+            },
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            match acceptor.accept(tcp).await {
+                Ok(stream) => {
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                }
+                Err(_) => shared.lock().store.tls_failures += 1,
+            }
+        });
+    }
 }
 
 /// A transaction Bundle as received; resources stay JSON text until needed.
@@ -300,11 +339,33 @@ impl FhirServer {
         Self::serve(
             "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
             shared,
+            None,
         )
         .await
     }
 
-    async fn serve(addr: SocketAddr, shared: Shared) -> std::io::Result<Self> {
+    /// Starts a server speaking HTTPS with `tls` (see [`crate::tls::server_config`]).
+    pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+        let shared = Shared(Arc::new(Mutex::new(Inner {
+            store: Store::default(),
+            keep_resources: true,
+            mode: Mode::Normal,
+            poison: None,
+            token: None,
+        })));
+        Self::serve(
+            "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
+            shared,
+            Some(tls),
+        )
+        .await
+    }
+
+    async fn serve(
+        addr: SocketAddr,
+        shared: Shared,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let app = Router::new()
@@ -312,24 +373,31 @@ impl FhirServer {
             .route("/fhir", post(transaction))
             .with_state(shared.clone());
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stop_rx.await;
-                })
-                .await;
-        });
+        let task = match tls.clone() {
+            None => tokio::spawn(async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stop_rx.await;
+                    })
+                    .await;
+            }),
+            Some(config) => tokio::spawn(serve_tls(listener, app, config, stop_rx, shared.clone())),
+        };
         Ok(Self {
             addr,
             shared,
             stop: Some(stop_tx),
             task: Some(task),
+            tls,
         })
     }
 
     /// The base URL to configure in the gateway.
     pub fn base_url(&self) -> String {
-        format!("http://{}/fhir", self.addr)
+        match self.tls {
+            None => format!("http://{}/fhir", self.addr),
+            Some(_) => format!("https://localhost:{}/fhir", self.addr.port()),
+        }
     }
 
     /// The bound address.
@@ -350,7 +418,7 @@ impl FhirServer {
     /// Listens again on the same port, with the same data.
     pub async fn restart(&mut self) -> std::io::Result<()> {
         self.stop().await;
-        let again = Self::serve(self.addr, self.shared.clone()).await?;
+        let again = Self::serve(self.addr, self.shared.clone(), self.tls.clone()).await?;
         *self = again;
         Ok(())
     }

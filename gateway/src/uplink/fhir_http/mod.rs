@@ -30,6 +30,12 @@ pub struct FhirSettings {
     pub bearer_token_file: Option<PathBuf>,
     /// Timeout of one request.
     pub timeout: Duration,
+    /// Extra trusted CAs (PEM bundle), besides the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key files (PEM, mode 0600) for mutual TLS.
+    pub client_identity: Option<(PathBuf, PathBuf)>,
+    /// Plain http to a host that is not loopback, allowed by `allow_insecure`.
+    pub insecure: bool,
 }
 
 /// The uplink.
@@ -76,14 +82,53 @@ impl FhirUplink {
     /// Creates the uplink (reads the token file, builds the HTTP client).
     pub fn new(settings: FhirSettings) -> Result<Self, UplinkError> {
         let token = read_token(&settings)?;
-        let client = reqwest::Client::builder()
+        let setup = |reason: String| UplinkError::Setup {
+            uplink: settings.name.clone(),
+            reason,
+        };
+        if settings.insecure {
+            tracing::warn!(uplink = %settings.name, "allow_insecure: observations go over plain http to a host that is not loopback");
+        }
+        let mut builder = reqwest::Client::builder()
             .timeout(settings.timeout)
             .user_agent(concat!("iomt-gateway/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| UplinkError::Setup {
-                uplink: settings.name.clone(),
-                reason: format!("cannot build the HTTP client: {e}"),
+            .tls_built_in_root_certs(true)
+            .https_only(!settings.base_url.starts_with("http://"));
+        if let Some(ca) = &settings.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| setup(format!("cannot read ca_file {}: {e}", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                setup(format!(
+                    "ca_file {} holds no valid PEM certificate: {e}",
+                    ca.display()
+                ))
             })?;
+            if certs.is_empty() {
+                return Err(setup(format!(
+                    "ca_file {} holds no certificate",
+                    ca.display()
+                )));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let Some((cert, key)) = &settings.client_identity {
+            let mut pem =
+                crate::pseudonym::read_secret_file(cert).map_err(|e| setup(e.to_string()))?;
+            pem.push(b'\n');
+            pem.extend(crate::pseudonym::read_secret_file(key).map_err(|e| setup(e.to_string()))?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                setup(format!(
+                    "client_cert_file/client_key_file are not a PEM certificate and key: {e}"
+                ))
+            })?;
+            builder = builder.identity(identity);
+        }
+        let client = builder.build().map_err(|e| UplinkError::Setup {
+            uplink: settings.name.clone(),
+            reason: format!("cannot build the HTTP client: {e}"),
+        })?;
         Ok(Self {
             settings,
             client,
@@ -143,10 +188,20 @@ fn describe(e: &reqwest::Error) -> String {
         cause = s.to_string();
         source = s.source();
     }
-    if cause.is_empty() {
-        kind.to_string()
+    let hint = if cause.contains("UnknownIssuer") || cause.contains("invalid peer certificate") {
+        " (the server's certificate is not trusted: for a private CA set ca_file)"
+    } else if cause.contains("CertificateRequired")
+        || cause.contains("certificate required")
+        || cause.contains("HandshakeFailure")
+    {
+        " (the TLS handshake failed: the server may require a client certificate, see client_cert_file and client_key_file)"
     } else {
-        format!("{kind}: {cause}")
+        ""
+    };
+    if cause.is_empty() {
+        format!("{kind}{hint}")
+    } else {
+        format!("{kind}: {cause}{hint}")
     }
 }
 
