@@ -72,6 +72,9 @@ struct Inner {
     mode: Mode,
     poison: Option<PoisonRule>,
     token: Option<String>,
+    oauth: crate::oauth::OAuthState,
+    /// The base URL clients use (for the token URL in SMART discovery and `aud`).
+    base: String,
 }
 
 /// Shared state; survives [`FhirServer::stop`] and a restart.
@@ -127,6 +130,40 @@ async fn serve_tls(
             }
         });
     }
+}
+
+async fn smart_configuration(AxumState(shared): AxumState<Shared>) -> Response {
+    let base = shared.lock().base.clone();
+    let body = json!({
+        "token_endpoint": format!("{base}/token"),
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
+        "token_endpoint_auth_signing_alg_values_supported": ["ES384", "RS384"],
+        "grant_types_supported": ["client_credentials"],
+        "scopes_supported": ["system/Observation.write", "system/Device.write"],
+    });
+    let mut r = (StatusCode::OK, body.to_string()).into_response();
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    r
+}
+
+async fn token(
+    AxumState(shared): AxumState<Shared>,
+    headers: HeaderMap,
+    axum::extract::Form(form): axum::extract::Form<HashMap<String, String>>,
+) -> Response {
+    let mut inner = shared.lock();
+    let token_url = format!("{}/token", inner.base);
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let (status, body) = inner.oauth.token(&form, authorization, &token_url);
+    let mut r = (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+        body.to_string(),
+    )
+        .into_response();
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    r
 }
 
 /// A transaction Bundle as received; resources stay JSON text until needed.
@@ -219,15 +256,15 @@ async fn transaction(
 ) -> Response {
     let mut inner = shared.lock();
     inner.store.requests += 1;
-    if let Some(token) = &inner.token {
-        let ok = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v == format!("Bearer {token}"));
-        if !ok {
-            inner.store.unauthorized += 1;
-            return fhir(StatusCode::UNAUTHORIZED, outcome(vec![]));
-        }
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let static_ok = inner
+        .token
+        .as_ref()
+        .is_none_or(|t| authorization == Some(format!("Bearer {t}").as_str()));
+    let oauth_ok = inner.oauth.config.is_none() || inner.oauth.accepts(authorization);
+    if !(static_ok && oauth_ok) {
+        inner.store.unauthorized += 1;
+        return fhir(StatusCode::UNAUTHORIZED, outcome(vec![]));
     }
     if let Mode::Unavailable { retry_after_secs } = inner.mode {
         inner.store.unavailable += 1;
@@ -335,6 +372,8 @@ impl FhirServer {
             mode: Mode::Normal,
             poison: None,
             token: None,
+            oauth: Default::default(),
+            base: String::new(),
         })));
         Self::serve(
             "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
@@ -352,6 +391,8 @@ impl FhirServer {
             mode: Mode::Normal,
             poison: None,
             token: None,
+            oauth: Default::default(),
+            base: String::new(),
         })));
         Self::serve(
             "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
@@ -368,9 +409,18 @@ impl FhirServer {
     ) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        shared.lock().base = match tls {
+            None => format!("http://{addr}"),
+            Some(_) => format!("https://localhost:{}", addr.port()),
+        };
         let app = Router::new()
             .route("/", post(transaction))
             .route("/fhir", post(transaction))
+            .route(
+                "/fhir/.well-known/smart-configuration",
+                axum::routing::get(smart_configuration),
+            )
+            .route("/token", post(token))
             .with_state(shared.clone());
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let task = match tls.clone() {
@@ -437,6 +487,27 @@ impl FhirServer {
     /// Rejects Observations for which `rule` returns a reason.
     pub fn set_poison(&self, rule: Option<PoisonRule>) {
         self.shared.lock().poison = rule;
+    }
+
+    /// Turns the authorization server on: the FHIR endpoint then accepts only the access
+    /// tokens it issued (and not after they expire).
+    pub fn enable_oauth(&self, config: crate::oauth::OAuthConfig) {
+        self.shared.lock().oauth.config = Some(config);
+    }
+
+    /// Forgets every issued token (the next FHIR request with one gets a 401).
+    pub fn revoke_tokens(&self) {
+        self.shared.lock().oauth.issued.clear();
+    }
+
+    /// Runs `f` on the authorization server's state.
+    pub fn with_oauth<T>(&self, f: impl FnOnce(&crate::oauth::OAuthState) -> T) -> T {
+        f(&self.shared.lock().oauth)
+    }
+
+    /// The token endpoint's URL.
+    pub fn token_url(&self) -> String {
+        format!("{}/token", self.shared.lock().base)
     }
 
     /// Requires `Authorization: Bearer <token>`.
