@@ -85,6 +85,8 @@ pub fn sfloat(raw: u16) -> Float11073 {
     let raw_mantissa = raw & 0x0FFF;
     let mantissa = i64::from(((raw_mantissa << 4) as i16) >> 4);
     let exponent = ((raw as i16) >> 12) as i8;
+    // An SFLOAT's exponent is within -8..=7, so `scaled` always has a value; the default
+    // is unreachable and only avoids a panic path.
     Float11073 {
         measurement: Measurement::Value(scaled(mantissa, exponent).unwrap_or_default()),
         reserved_mantissa: (0x07FE..=0x0802).contains(&raw_mantissa),

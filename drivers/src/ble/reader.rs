@@ -88,7 +88,8 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The value of a float, or NaN for a float-free sentinel (used by WSS weight `FF FF`).
+/// "Not a number", for integer sentinels such as the Weight Scale's `FF FF`
+/// (measurement unsuccessful).
 pub(crate) fn not_a_number() -> Measurement {
     Measurement::Absent(AbsentReason::NotANumber)
 }
