@@ -271,3 +271,24 @@ fn a_characteristic_the_profile_does_not_decode_is_a_usage_error() {
     ]);
     assert!(out.status.success(), "{}", texts(&out).1);
 }
+
+#[test]
+fn intermediate_temperature_decodes_but_never_becomes_an_observation() {
+    let out = run(&[
+        "profile",
+        "test",
+        "standard-thermometer",
+        "--characteristic",
+        "2A1E",
+        "--payload",
+        "00 C4 09 00 FE",
+    ]);
+    let (stdout, stderr) = texts(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains("Intermediate Temperature (0x2A1E), temperature 25.00 Cel")
+            && stderr.contains("never becomes an Observation"),
+        "{stderr}"
+    );
+}

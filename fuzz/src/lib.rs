@@ -17,7 +17,7 @@ pub fn check(uuid: u16, data: &[u8]) {
     if let Some(m) = value.as_final() {
         check_final(m);
     }
-    if let GattValue::IntermediateCuffPressure(_) = value {
+    if let GattValue::IntermediateCuffPressure(_) | GattValue::IntermediateTemperature(_) = value {
         assert!(value.as_final().is_none());
     }
 }

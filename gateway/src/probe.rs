@@ -29,14 +29,14 @@ pub enum ProbeError {
     /// The option does not apply to this profile.
     #[error("{0}")]
     Usage(String),
-    /// The payload is an in-progress value (Intermediate Cuff Pressure), which never
-    /// becomes an Observation.
-    #[error("the payload decoded as {characteristic}, cuff pressure {pressure}: an in-progress value during inflation, which never becomes an Observation")]
+    /// The payload is an in-progress value (Intermediate Cuff Pressure or Intermediate
+    /// Temperature), which never becomes an Observation.
+    #[error("the payload decoded as {characteristic}, {value}: an in-progress value, which never becomes an Observation")]
     Intermediate {
         /// The characteristic.
         characteristic: String,
-        /// The pressure with its unit, as decoded.
-        pressure: String,
+        /// What it holds, as decoded (e.g. `cuff pressure 21.5 mm[Hg]`).
+        value: String,
     },
     /// Decoding worked but no Observation resulted.
     #[error("the payload decoded, but produced no Observation: {0}")]
@@ -65,8 +65,9 @@ fn parse_hex(payload: &str) -> Result<Vec<u8>, String> {
 /// Payload forms: a text line for line-oriented serial profiles; a JSON object for MQTT
 /// profiles; a JSON object `{"field": value}` for simulator profiles; hex bytes (spaces
 /// allowed) for BLE, decoded as the profile's characteristic or as `characteristic`
-/// (which may also be Intermediate Cuff Pressure, 2A36, for a blood-pressure profile; it
-/// decodes but is refused as an in-progress value).
+/// (which may also be the in-progress twin of the profile's characteristic: Intermediate
+/// Cuff Pressure 2A36 for blood pressure, Intermediate Temperature 2A1E for temperature;
+/// those decode but are refused).
 pub fn test_payload(
     profile: &Profile,
     payload: &str,
@@ -104,9 +105,9 @@ pub fn test_payload(
                             "`{c}` is not a 16-bit Bluetooth SIG characteristic UUID (e.g. 2A35)"
                         ))
                     })?;
-                    // A blood-pressure cuff also sends Intermediate Cuff Pressure.
-                    let icp = own == 0x2A35 && wanted == 0x2A36;
-                    if wanted != own && !icp {
+                    // Cuffs and thermometers also send in-progress values.
+                    let intermediate = matches!((own, wanted), (0x2A35, 0x2A36) | (0x2A1C, 0x2A1E));
+                    if wanted != own && !intermediate {
                         return Err(ProbeError::Usage(format!(
                             "profile `{}` decodes characteristic {own:04X}, not {c}",
                             profile.id
@@ -117,14 +118,27 @@ pub fn test_payload(
             };
             let bytes = parse_hex(payload).map_err(decode_err)?;
             let value = ble::decode(uuid, &bytes).map_err(|e| decode_err(e.to_string()))?;
-            if let GattValue::IntermediateCuffPressure(icp) = &value {
-                return Err(ProbeError::Intermediate {
-                    characteristic: Characteristic::IntermediateCuffPressure.to_string(),
-                    pressure: match icp.cuff_pressure {
-                        Measurement::Value(v) => format!("{v} {}", icp.unit.ucum()),
-                        Measurement::Absent(r) => format!("absent ({r:?})"),
-                    },
-                });
+            let shown = |m: Measurement, unit: &str| match m {
+                Measurement::Value(v) => format!("{v} {unit}"),
+                Measurement::Absent(r) => format!("absent ({r:?})"),
+            };
+            match &value {
+                GattValue::IntermediateCuffPressure(icp) => {
+                    return Err(ProbeError::Intermediate {
+                        characteristic: Characteristic::IntermediateCuffPressure.to_string(),
+                        value: format!(
+                            "cuff pressure {}",
+                            shown(icp.cuff_pressure, icp.unit.ucum())
+                        ),
+                    })
+                }
+                GattValue::IntermediateTemperature(t) => {
+                    return Err(ProbeError::Intermediate {
+                        characteristic: Characteristic::IntermediateTemperature.to_string(),
+                        value: format!("temperature {}", shown(t.temperature, t.unit.ucum())),
+                    })
+                }
+                _ => {}
             }
             match value.as_final() {
                 Some(m) => m.to_reading(device, received_at),

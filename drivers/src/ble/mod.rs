@@ -29,10 +29,11 @@
 //! - **Time stamps** are the device's wall-clock time without zone
 //!   ([`DeviceTime::Local`]); an unknown or impossible one gives no device time and records
 //!   [`Anomaly::UnusableTimestamp`] (see [`datetime`]).
-//! - **Intermediate values** (Intermediate Cuff Pressure, 0x2A36) decode to
-//!   [`IntermediateCuffPressure`], which does not implement [`FinalMeasurement`]: an
-//!   in-progress value cannot become a `Reading`, so it can never become a final
-//!   Observation. The driver may show it (progress of an inflation) or log it at `debug`.
+//! - **Intermediate values** (Intermediate Cuff Pressure 0x2A36, Intermediate Temperature
+//!   0x2A1E) decode to [`IntermediateCuffPressure`] and [`IntermediateTemperature`], which
+//!   do not implement [`FinalMeasurement`]: an in-progress value cannot become a
+//!   `Reading`, so it can never become a final Observation. The driver may show it
+//!   (progress of an inflation) or log it at `debug`.
 //! - **Status bits** that say what a reading *is* become [`ReadingFlag`]s: PLX "device
 //!   clock is not set" and Glucose "time fault" → `ClockNotSet`; PLX "from measurement
 //!   storage" → `FromStorage`; PLX "data for demonstration" → `DemoData`; PLX "data for
@@ -63,7 +64,7 @@ pub use device_info::{BatteryLevel, DeviceString};
 pub use glucose::{GlucoseContext, GlucoseJoiner, GlucoseMeasurement, GlucoseRecord};
 pub use heart_rate::HeartRateMeasurement;
 pub use plx::{PlxContinuousMeasurement, PlxSpotCheckMeasurement};
-pub use temperature::TemperatureMeasurement;
+pub use temperature::{IntermediateTemperature, TemperatureMeasurement};
 pub use weight::WeightMeasurement;
 
 use crate::reading::{DeviceIdentity, DeviceTime, Measurement, Quantity, Reading, ReadingFlag};
@@ -79,6 +80,8 @@ pub enum Characteristic {
     IntermediateCuffPressure,
     /// Temperature Measurement, 0x2A1C.
     TemperatureMeasurement,
+    /// Intermediate Temperature, 0x2A1E.
+    IntermediateTemperature,
     /// Weight Measurement, 0x2A9D.
     WeightMeasurement,
     /// PLX Spot-Check Measurement, 0x2A5E.
@@ -109,11 +112,12 @@ pub enum Characteristic {
 
 impl Characteristic {
     /// Every characteristic this module decodes.
-    pub const ALL: [Characteristic; 17] = [
+    pub const ALL: [Characteristic; 18] = [
         Characteristic::HeartRateMeasurement,
         Characteristic::BloodPressureMeasurement,
         Characteristic::IntermediateCuffPressure,
         Characteristic::TemperatureMeasurement,
+        Characteristic::IntermediateTemperature,
         Characteristic::WeightMeasurement,
         Characteristic::PlxSpotCheckMeasurement,
         Characteristic::PlxContinuousMeasurement,
@@ -136,6 +140,7 @@ impl Characteristic {
             Characteristic::BloodPressureMeasurement => 0x2A35,
             Characteristic::IntermediateCuffPressure => 0x2A36,
             Characteristic::TemperatureMeasurement => 0x2A1C,
+            Characteristic::IntermediateTemperature => 0x2A1E,
             Characteristic::WeightMeasurement => 0x2A9D,
             Characteristic::PlxSpotCheckMeasurement => 0x2A5E,
             Characteristic::PlxContinuousMeasurement => 0x2A5F,
@@ -164,6 +169,7 @@ impl Characteristic {
             Characteristic::BloodPressureMeasurement => "Blood Pressure Measurement",
             Characteristic::IntermediateCuffPressure => "Intermediate Cuff Pressure",
             Characteristic::TemperatureMeasurement => "Temperature Measurement",
+            Characteristic::IntermediateTemperature => "Intermediate Temperature",
             Characteristic::WeightMeasurement => "Weight Measurement",
             Characteristic::PlxSpotCheckMeasurement => "PLX Spot-Check Measurement",
             Characteristic::PlxContinuousMeasurement => "PLX Continuous Measurement",
@@ -333,6 +339,8 @@ pub enum GattValue {
     IntermediateCuffPressure(IntermediateCuffPressure),
     /// 0x2A1C.
     Temperature(TemperatureMeasurement),
+    /// 0x2A1E: in progress, never a reading.
+    IntermediateTemperature(IntermediateTemperature),
     /// 0x2A9D.
     Weight(WeightMeasurement),
     /// 0x2A5E.
@@ -363,6 +371,7 @@ impl GattValue {
             GattValue::PlxContinuous(m) => Some(m),
             GattValue::Glucose(m) => Some(m),
             GattValue::IntermediateCuffPressure(_)
+            | GattValue::IntermediateTemperature(_)
             | GattValue::GlucoseContext(_)
             | GattValue::Battery(_)
             | GattValue::DateTime(_)
@@ -386,6 +395,9 @@ pub fn decode(uuid: u16, bytes: &[u8]) -> Result<GattValue, GattError> {
         }
         Characteristic::TemperatureMeasurement => {
             GattValue::Temperature(TemperatureMeasurement::decode(bytes)?)
+        }
+        Characteristic::IntermediateTemperature => {
+            GattValue::IntermediateTemperature(IntermediateTemperature::decode(bytes)?)
         }
         Characteristic::WeightMeasurement => GattValue::Weight(WeightMeasurement::decode(bytes)?),
         Characteristic::PlxSpotCheckMeasurement => {
@@ -519,6 +531,13 @@ mod tests {
     fn intermediate_cuff_pressure_is_never_a_final_measurement() {
         let v = decode(0x2A36, &[0x00, 0xD7, 0xF0, 0x00, 0x00, 0x00, 0x00]).unwrap();
         assert!(matches!(v, GattValue::IntermediateCuffPressure(_)));
+        assert!(v.as_final().is_none());
+    }
+
+    #[test]
+    fn intermediate_temperature_is_never_a_final_measurement() {
+        let v = decode(0x2A1E, &[0x00, 0xC4, 0x09, 0x00, 0xFE]).unwrap();
+        assert!(matches!(v, GattValue::IntermediateTemperature(_)));
         assert!(v.as_final().is_none());
     }
 

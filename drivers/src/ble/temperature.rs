@@ -3,6 +3,9 @@
 //! The temperature is a FLOAT in °C (`Cel`) or °F (`[degF]`, which FHIR's body
 //! temperature profile accepts as it is). The Temperature Type (the body site) is kept in
 //! [`TemperatureMeasurement::temperature_type`].
+//!
+//! Intermediate Temperature (0x2A1E) has the same layout and carries readings still in
+//! progress; it decodes to [`IntermediateTemperature`], which cannot become a reading.
 
 use super::reader::Reader;
 use super::{
@@ -94,51 +97,85 @@ pub struct TemperatureMeasurement {
     pub anomalies: Vec<Anomaly>,
 }
 
+/// A decoded Intermediate Temperature: an in-progress value, never a reading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntermediateTemperature {
+    /// The unit.
+    pub unit: TemperatureUnit,
+    /// The temperature so far.
+    pub temperature: Measurement,
+    /// The time stamp, as sent.
+    pub timestamp: Option<GattDateTime>,
+    /// The body site, if sent.
+    pub temperature_type: Option<TemperatureType>,
+    /// What the decoder noticed.
+    pub anomalies: Vec<Anomaly>,
+}
+
+/// The shared layout of 0x2A1C and 0x2A1E.
+fn decode_layout(c: Characteristic, bytes: &[u8]) -> Result<TemperatureMeasurement, GattError> {
+    require(c, bytes, 1)?;
+    let flags = bytes[0];
+    let required = 5
+        + if flags & TIME_STAMP != 0 { 7 } else { 0 }
+        + if flags & TEMPERATURE_TYPE != 0 { 1 } else { 0 };
+    require(c, bytes, required)?;
+    let mut anomalies = Vec::new();
+    let mut r = Reader::new(c, bytes);
+    r.u8()?;
+    let temperature = checked(
+        r.float("body_temperature")?,
+        "body_temperature",
+        &mut anomalies,
+    );
+    let timestamp = if flags & TIME_STAMP != 0 {
+        Some(timestamp(r.bytes7()?, &mut anomalies))
+    } else {
+        None
+    };
+    let temperature_type = if flags & TEMPERATURE_TYPE != 0 {
+        let t = TemperatureType::from_code(r.u8()?);
+        if let TemperatureType::Reserved(code) = t {
+            anomalies.push(Anomaly::ReservedCode {
+                field: "temperature_type",
+                code,
+            });
+        }
+        Some(t)
+    } else {
+        None
+    };
+    note_reserved_and_trailing(&mut anomalies, u32::from(flags & RESERVED), r.remaining());
+    Ok(TemperatureMeasurement {
+        unit: if flags & FAHRENHEIT != 0 {
+            TemperatureUnit::Fahrenheit
+        } else {
+            TemperatureUnit::Celsius
+        },
+        temperature,
+        timestamp,
+        temperature_type,
+        anomalies,
+    })
+}
+
 impl TemperatureMeasurement {
     /// Decodes the characteristic's value.
     pub fn decode(bytes: &[u8]) -> Result<Self, GattError> {
-        require(C, bytes, 1)?;
-        let flags = bytes[0];
-        let required = 5
-            + if flags & TIME_STAMP != 0 { 7 } else { 0 }
-            + if flags & TEMPERATURE_TYPE != 0 { 1 } else { 0 };
-        require(C, bytes, required)?;
-        let mut anomalies = Vec::new();
-        let mut r = Reader::new(C, bytes);
-        r.u8()?;
-        let temperature = checked(
-            r.float("body_temperature")?,
-            "body_temperature",
-            &mut anomalies,
-        );
-        let timestamp = if flags & TIME_STAMP != 0 {
-            Some(timestamp(r.bytes7()?, &mut anomalies))
-        } else {
-            None
-        };
-        let temperature_type = if flags & TEMPERATURE_TYPE != 0 {
-            let t = TemperatureType::from_code(r.u8()?);
-            if let TemperatureType::Reserved(code) = t {
-                anomalies.push(Anomaly::ReservedCode {
-                    field: "temperature_type",
-                    code,
-                });
-            }
-            Some(t)
-        } else {
-            None
-        };
-        note_reserved_and_trailing(&mut anomalies, u32::from(flags & RESERVED), r.remaining());
+        decode_layout(C, bytes)
+    }
+}
+
+impl IntermediateTemperature {
+    /// Decodes the characteristic's value.
+    pub fn decode(bytes: &[u8]) -> Result<Self, GattError> {
+        let m = decode_layout(Characteristic::IntermediateTemperature, bytes)?;
         Ok(Self {
-            unit: if flags & FAHRENHEIT != 0 {
-                TemperatureUnit::Fahrenheit
-            } else {
-                TemperatureUnit::Celsius
-            },
-            temperature,
-            timestamp,
-            temperature_type,
-            anomalies,
+            unit: m.unit,
+            temperature: m.temperature,
+            timestamp: m.timestamp,
+            temperature_type: m.temperature_type,
+            anomalies: m.anomalies,
         })
     }
 }
@@ -281,6 +318,19 @@ mod tests {
                 field: "temperature_type",
                 code: 10
             }]
+        );
+    }
+
+    #[test]
+    fn intermediate_temperature_has_the_same_layout_and_names_its_own_characteristic() {
+        let m = IntermediateTemperature::decode(&FINGER).unwrap();
+        assert_eq!(m.temperature.value().unwrap().to_string(), "37.60");
+        assert_eq!(m.temperature_type, Some(TemperatureType::Finger));
+        let err = IntermediateTemperature::decode(&FINGER[..12]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("Intermediate Temperature (0x2A1E)"),
+            "{err}"
         );
     }
 
