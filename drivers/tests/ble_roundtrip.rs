@@ -55,7 +55,8 @@ impl F {
             F::Special(AbsentReason::NotAtThisResolution) => 0x0800,
             F::Special(AbsentReason::PositiveInfinity) => 0x07FE,
             F::Special(AbsentReason::NegativeInfinity) => 0x0802,
-            F::Special(AbsentReason::Unsupported) => 0x0801,
+            F::Special(AbsentReason::Reserved) => 0x0801,
+            F::Special(AbsentReason::Unsupported) => unreachable!("GATT has no encoding for it"),
         };
         raw.to_le_bytes()
     }
@@ -67,7 +68,8 @@ impl F {
             F::Special(AbsentReason::NotAtThisResolution) => 0x0080_0000,
             F::Special(AbsentReason::PositiveInfinity) => 0x007F_FFFE,
             F::Special(AbsentReason::NegativeInfinity) => 0x0080_0002,
-            F::Special(AbsentReason::Unsupported) => 0x0080_0001,
+            F::Special(AbsentReason::Reserved) => 0x0080_0001,
+            F::Special(AbsentReason::Unsupported) => unreachable!("GATT has no encoding for it"),
         };
         raw.to_le_bytes()
     }
@@ -79,7 +81,7 @@ fn special() -> impl Strategy<Value = F> {
         Just(AbsentReason::NotAtThisResolution),
         Just(AbsentReason::PositiveInfinity),
         Just(AbsentReason::NegativeInfinity),
-        Just(AbsentReason::Unsupported),
+        Just(AbsentReason::Reserved),
     ]
     .prop_map(F::Special)
 }

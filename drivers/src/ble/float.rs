@@ -72,7 +72,7 @@ pub fn sfloat(raw: u16) -> Float11073 {
         sfloat_special::NRES => Some(AbsentReason::NotAtThisResolution),
         sfloat_special::POSITIVE_INFINITY => Some(AbsentReason::PositiveInfinity),
         sfloat_special::NEGATIVE_INFINITY => Some(AbsentReason::NegativeInfinity),
-        sfloat_special::RESERVED => Some(AbsentReason::Unsupported),
+        sfloat_special::RESERVED => Some(AbsentReason::Reserved),
         _ => None,
     };
     if let Some(reason) = special {
@@ -100,7 +100,7 @@ pub fn float(raw: u32) -> Result<Float11073, OutOfRange> {
         float_special::NRES => Some(AbsentReason::NotAtThisResolution),
         float_special::POSITIVE_INFINITY => Some(AbsentReason::PositiveInfinity),
         float_special::NEGATIVE_INFINITY => Some(AbsentReason::NegativeInfinity),
-        float_special::RESERVED => Some(AbsentReason::Unsupported),
+        float_special::RESERVED => Some(AbsentReason::Reserved),
         _ => None,
     };
     if let Some(reason) = special {
@@ -229,7 +229,7 @@ mod tests {
         assert_eq!(sf([0x00, 0x08]), "NotAtThisResolution");
         assert_eq!(sf([0xFE, 0x07]), "PositiveInfinity");
         assert_eq!(sf([0x02, 0x08]), "NegativeInfinity");
-        assert_eq!(sf([0x01, 0x08]), "Unsupported");
+        assert_eq!(sf([0x01, 0x08]), "Reserved");
     }
 
     #[test]
@@ -237,7 +237,7 @@ mod tests {
         assert_eq!(fl([0x00, 0x00, 0x80, 0x00]), "NotAtThisResolution");
         assert_eq!(fl([0xFE, 0xFF, 0x7F, 0x00]), "PositiveInfinity");
         assert_eq!(fl([0x02, 0x00, 0x80, 0x00]), "NegativeInfinity");
-        assert_eq!(fl([0x01, 0x00, 0x80, 0x00]), "Unsupported");
+        assert_eq!(fl([0x01, 0x00, 0x80, 0x00]), "Reserved");
     }
 
     #[test]
