@@ -18,6 +18,6 @@ pub use driver::{
     ReadingReceiver, ReadingSender,
 };
 pub use reading::{
-    AbsentReason, DeviceIdentity, DeviceTime, Measurement, Quantity, Reading, ReadingFlag,
-    Transport,
+    AbsentReason, BodySite, DeviceIdentity, DeviceTime, Measurement, Quantity, Reading,
+    ReadingFlag, Transport,
 };

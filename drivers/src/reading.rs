@@ -120,6 +120,32 @@ pub struct Quantity {
     pub value: Measurement,
     /// The UCUM code of the unit the value is expressed in (e.g. `mm[Hg]`, `/min`, `Cel`).
     pub unit: String,
+    /// Where on the body it was measured, when the device says (a thermometer's
+    /// Temperature Type).
+    pub site: Option<BodySite>,
+}
+
+/// A measurement site on the body, as devices report it (GATT Temperature Type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BodySite {
+    /// Armpit.
+    Armpit,
+    /// The body in general.
+    Body,
+    /// Ear (usually the ear lobe).
+    Ear,
+    /// Finger.
+    Finger,
+    /// Gastro-intestinal tract.
+    GastrointestinalTract,
+    /// Mouth.
+    Mouth,
+    /// Rectum.
+    Rectum,
+    /// Toe.
+    Toe,
+    /// Tympanum (ear drum).
+    Tympanum,
 }
 
 impl Quantity {
@@ -129,6 +155,7 @@ impl Quantity {
             name: name.into(),
             value: Measurement::Value(value),
             unit: unit.into(),
+            site: None,
         }
     }
 
@@ -138,7 +165,14 @@ impl Quantity {
             name: name.into(),
             value: Measurement::Absent(reason),
             unit: unit.into(),
+            site: None,
         }
+    }
+
+    /// The same quantity, measured at `site`.
+    pub fn at(mut self, site: Option<BodySite>) -> Self {
+        self.site = site;
+        self
     }
 
     /// The number of decimal places the device reported (the PHD IG's precision), if any.

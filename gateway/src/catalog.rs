@@ -343,6 +343,65 @@ pub fn keys() -> Vec<&'static str> {
     KINDS.iter().map(|k| k.key).collect()
 }
 
+/// A body-temperature site: its MDC code, its LOINC code where one exists, and a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TemperatureSite {
+    /// The site-specific MDC code (e.g. MDC_TEMP_ORAL).
+    pub mdc: Mdc,
+    /// The site-specific LOINC code, where one exists.
+    pub loinc: Option<Loinc>,
+    /// A name for `bodySite.text`.
+    pub name: &'static str,
+}
+
+/// The site codes of a body temperature measured at `site` (the GATT Temperature Type),
+/// or `None` for "body" in general. From `shared/reference/gatt-fhir.md` §3.2; 8310-5
+/// stays the vital-signs coding, these are added to it.
+pub fn temperature_site(site: iomt_drivers::BodySite) -> Option<TemperatureSite> {
+    use iomt_drivers::BodySite as B;
+    let t = |code, refid, loinc: Option<Loinc>, name| TemperatureSite {
+        mdc: Mdc { code, refid },
+        loinc,
+        name,
+    };
+    Some(match site {
+        B::Body => return None,
+        B::Armpit => t(
+            188452,
+            "MDC_TEMP_AXILLA",
+            Some(loinc("8328-7", "Axillary temperature")),
+            "Axilla",
+        ),
+        B::Ear => t(
+            188428,
+            "MDC_TEMP_EAR",
+            Some(loinc("76011-6", "Ear temperature")),
+            "Ear",
+        ),
+        B::Finger => t(188432, "MDC_TEMP_FINGER", None, "Finger"),
+        B::GastrointestinalTract => t(188456, "MDC_TEMP_GIT", None, "Gastro-intestinal tract"),
+        B::Mouth => t(
+            188424,
+            "MDC_TEMP_ORAL",
+            Some(loinc("8331-1", "Oral temperature")),
+            "Mouth",
+        ),
+        B::Rectum => t(
+            188420,
+            "MDC_TEMP_RECT",
+            Some(loinc("8332-9", "Rectal temperature")),
+            "Rectum",
+        ),
+        B::Toe => t(188448, "MDC_TEMP_TOE", None, "Toe"),
+        B::Tympanum => t(
+            150392,
+            "MDC_TEMP_TYMP",
+            Some(loinc("8333-7", "Tympanic membrane temperature")),
+            "Tympanic membrane",
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,6 +55,7 @@ impl Coding {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CodeableConcept {
     /// Codings.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub coding: Vec<Coding>,
     /// Plain text.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -186,6 +187,9 @@ pub struct Observation {
     /// Flags such as an implausible value.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub interpretation: Vec<CodeableConcept>,
+    /// Where on the body it was measured, when the device said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_site: Option<CodeableConcept>,
     /// The measuring device.
     pub device: Reference,
     /// Panel components.

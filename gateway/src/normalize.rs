@@ -10,6 +10,8 @@
 //! - **Units**: UCUM with `system = http://unitsofmeasure.org`. A value in a unit the
 //!   vital-signs profile allows is emitted as is; any other unit of the same dimension is
 //!   converted to the catalog unit (kPa → mm[Hg], kg/L → mg/dL), keeping precision.
+//! - **Temperature site**: a body temperature whose device names the site keeps 8310-5
+//!   first and adds the site's LOINC (where one exists) and MDC codes, and `bodySite`.
 //! - **Blood pressure**: systolic, diastolic and mean arterial pressure from one reading
 //!   become one 85354-9 panel with components; pulse is a separate Observation.
 //! - **Special values** (NaN, NRes, ±infinity, reserved, unsupported): no value, a
@@ -373,16 +375,37 @@ pub fn normalize(reading: &Reading, profile: &Profile, ctx: &Context) -> Normali
             Ok(value) => {
                 let uuid =
                     derived_uuid(&[&ctx.device_pseudonym, &q.name, &effective_text, &sequence]);
+                let mut code = code_of(m);
+                let site = q
+                    .site
+                    .filter(|_| m.kind.key == "body_temperature")
+                    .and_then(catalog::temperature_site);
+                if let Some(site) = site {
+                    // 8310-5 stays first (the vital-signs coding); the site codes join it.
+                    if let Some(l) = site.loinc {
+                        code.coding
+                            .insert(1, Coding::new(fhir::LOINC, l.code, l.display));
+                    }
+                    code.coding.push(Coding::new(
+                        fhir::MDC,
+                        site.mdc.code.to_string(),
+                        site.mdc.refid,
+                    ));
+                }
                 let mut obs = skeleton(
                     &uuid,
                     m.kind.category,
                     m.kind.fhir_profile,
-                    code_of(m),
+                    code,
                     &effective_text,
                     reading,
                     ctx,
                     demo,
                 );
+                obs.body_site = site.map(|s| CodeableConcept {
+                    coding: Vec::new(),
+                    text: Some(s.name.into()),
+                });
                 match value {
                     Value::Present {
                         quantity,
@@ -480,6 +503,7 @@ fn skeleton(
         value_quantity: None,
         data_absent_reason: None,
         interpretation: Vec::new(),
+        body_site: None,
         device: Reference::to(format!(
             "Device/{}",
             device_resource_id(&ctx.device_pseudonym)

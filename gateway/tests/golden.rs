@@ -406,3 +406,28 @@ fn nothing_identifying_appears_in_the_observations() {
     assert!(!text.contains("SN-SECRET-1"));
     assert!(!text.contains("golden-device"));
 }
+
+#[test]
+fn a_temperature_site_adds_its_codes_after_the_vital_signs_code_and_a_body_site() {
+    let mut temp = q("body_temperature", "37.1", "Cel");
+    temp.site = Some(iomt_drivers::BodySite::Mouth);
+    let obs = normalize_one(
+        &reading(vec![temp], zoned()),
+        &ctx(Zone::GatewayLocal, OutOfRange::Flag),
+    );
+    let codes: Vec<&str> = obs[0].code.coding.iter().map(|c| c.code.as_str()).collect();
+    assert_eq!(codes, ["8310-5", "8331-1", "150364", "188424"]);
+    assert_eq!(
+        obs[0].body_site.as_ref().and_then(|b| b.text.as_deref()),
+        Some("Mouth")
+    );
+    // "Body" in general adds nothing.
+    let mut temp = q("body_temperature", "37.1", "Cel");
+    temp.site = Some(iomt_drivers::BodySite::Body);
+    let obs = normalize_one(
+        &reading(vec![temp], zoned()),
+        &ctx(Zone::GatewayLocal, OutOfRange::Flag),
+    );
+    assert_eq!(obs[0].code.coding.len(), 2);
+    assert!(obs[0].body_site.is_none());
+}

@@ -497,6 +497,7 @@ fn quantity(name: &str, m: Measurement, unit: &str) -> Quantity {
         name: name.into(),
         value: m,
         unit: unit.into(),
+        site: None,
     }
 }
 

@@ -12,7 +12,7 @@ use super::{
     checked, local_time, note_reserved_and_trailing, quantity, require, timestamp, Anomaly,
     Characteristic, FinalMeasurement, GattDateTime, GattError,
 };
-use crate::reading::{DeviceTime, Measurement, Quantity, ReadingFlag};
+use crate::reading::{BodySite, DeviceTime, Measurement, Quantity, ReadingFlag};
 
 const C: Characteristic = Characteristic::TemperatureMeasurement;
 const FAHRENHEIT: u8 = 0x01;
@@ -65,6 +65,22 @@ pub enum TemperatureType {
 }
 
 impl TemperatureType {
+    /// The body site, for the known types.
+    pub fn site(self) -> Option<BodySite> {
+        Some(match self {
+            TemperatureType::Armpit => BodySite::Armpit,
+            TemperatureType::Body => BodySite::Body,
+            TemperatureType::Ear => BodySite::Ear,
+            TemperatureType::Finger => BodySite::Finger,
+            TemperatureType::GastrointestinalTract => BodySite::GastrointestinalTract,
+            TemperatureType::Mouth => BodySite::Mouth,
+            TemperatureType::Rectum => BodySite::Rectum,
+            TemperatureType::Toe => BodySite::Toe,
+            TemperatureType::Tympanum => BodySite::Tympanum,
+            TemperatureType::Reserved(_) => return None,
+        })
+    }
+
     /// From the one-byte code.
     pub fn from_code(code: u8) -> Self {
         match code {
@@ -186,11 +202,10 @@ impl FinalMeasurement for TemperatureMeasurement {
     }
 
     fn quantities(&self) -> Vec<Quantity> {
-        vec![quantity(
-            "body_temperature",
-            self.temperature,
-            self.unit.ucum(),
-        )]
+        vec![
+            quantity("body_temperature", self.temperature, self.unit.ucum())
+                .at(self.temperature_type.and_then(TemperatureType::site)),
+        ]
     }
 
     fn device_time(&self) -> Option<DeviceTime> {
