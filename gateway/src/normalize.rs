@@ -12,6 +12,9 @@
 //!   converted to the catalog unit (kPa → mm[Hg], kg/L → mg/dL), keeping precision.
 //! - **Temperature site**: a body temperature whose device names the site keeps 8310-5
 //!   first and adds the site's LOINC (where one exists) and MDC codes, and `bodySite`.
+//! - **Glucose units**: a glucose field whose value arrives in the other dimension (a meter
+//!   switching between mg/dL and mmol/L) takes its sibling kind's LOINC (41653-7 ↔ 14743-9),
+//!   so the code's property always matches the unit.
 //! - **Blood pressure**: systolic, diastolic and mean arterial pressure from one reading
 //!   become one 85354-9 panel with components; pulse is a separate Observation.
 //! - **Special values** (NaN, NRes, ±infinity, reserved, unsupported): no value, a
@@ -289,6 +292,30 @@ fn code_of(m: &FieldMapping) -> CodeableConcept {
     }
 }
 
+/// A glucose meter may switch between mg/dL and mmol/L (GATT flag bit 2): the LOINC
+/// property must follow the unit (mass ↔ moles), so a glucose field whose value arrives
+/// in the other dimension is mapped to its sibling kind (41653-7 ↔ 14743-9) instead of
+/// being converted with a molar mass. Profiles that override the code keep theirs.
+fn glucose_in_its_unit(m: &FieldMapping, unit: &str) -> Option<FieldMapping> {
+    let sibling = match m.kind.key {
+        "glucose" => "glucose_molar",
+        "glucose_molar" => "glucose",
+        _ => return None,
+    };
+    let kind = catalog::kind(sibling)?;
+    let overridden = m.loinc.code != m.kind.loinc.code;
+    if overridden || ucum::dimension(unit) != ucum::dimension(kind.unit) {
+        return None;
+    }
+    Some(FieldMapping {
+        name: m.name.clone(),
+        kind,
+        loinc: kind.loinc.into(),
+        mdc: kind.mdc.map(Into::into),
+        plausible: kind.plausible,
+    })
+}
+
 /// The value part of one quantity after unit conversion and range check.
 enum Value {
     Present {
@@ -360,12 +387,23 @@ pub fn normalize(reading: &Reading, profile: &Profile, ctx: &Context) -> Normali
     let demo = reading.flags.contains(&ReadingFlag::DemoData);
 
     let mut panel: Vec<(&Quantity, &FieldMapping)> = Vec::new();
-    for q in &reading.quantities {
+    // Glucose fields whose value came in the other dimension, mapped to their sibling kind.
+    let switched: Vec<Option<FieldMapping>> = reading
+        .quantities
+        .iter()
+        .map(|q| {
+            profile
+                .field(&q.name)
+                .and_then(|m| glucose_in_its_unit(m, &q.unit))
+        })
+        .collect();
+    for (q, switched) in reading.quantities.iter().zip(&switched) {
         let Some(m) = profile.field(&q.name) else {
             out.rejections
                 .push(Rejection::UnmappedField(q.name.clone()));
             continue;
         };
+        let m = switched.as_ref().unwrap_or(m);
         if m.kind.panel == Some(Panel::BloodPressure) {
             panel.push((q, m));
             continue;

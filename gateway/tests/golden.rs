@@ -431,3 +431,18 @@ fn a_temperature_site_adds_its_codes_after_the_vital_signs_code_and_a_body_site(
     assert_eq!(obs[0].code.coding.len(), 2);
     assert!(obs[0].body_site.is_none());
 }
+
+#[test]
+fn a_glucose_meter_that_switches_to_mmol_per_litre_gets_the_molar_loinc() {
+    // The profile maps `glucose` (mass, 41653-7); this reading arrives in mol/L.
+    let obs = normalize_one(
+        &reading(vec![q("glucose", "0.0058", "mol/L")], zoned()),
+        &ctx(Zone::GatewayLocal, OutOfRange::Flag),
+    );
+    assert_eq!(obs[0].code.coding[0].code, "14743-9");
+    let v = obs[0].value_quantity.as_ref().unwrap();
+    assert_eq!(
+        (v.value.to_string().as_str(), v.code.as_str()),
+        ("5.8", "mmol/L")
+    );
+}
