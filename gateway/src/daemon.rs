@@ -4,6 +4,14 @@
 //! the last driver drops its sender the channel closes; the pipeline hands what is left to
 //! the outbox; each uplink makes a last delivery pass within a deadline; the outbox
 //! writer commits what it holds and closes the database.
+//!
+//! The whole shutdown is bounded: the uplinks' request in flight and last pass share a
+//! deadline ([`SHUTDOWN_DRAIN`]), so the process exits within a service manager's stop
+//! timeout (systemd's `TimeoutStopSec`) without breaking *delete after delivery*.
+//!
+//! [`Hooks`] let the binary tell a service manager when the gateway is ready and, while it
+//! is healthy, that it is alive (systemd's `READY=1` and `WATCHDOG=1`); the library knows
+//! nothing of systemd.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -165,6 +173,65 @@ pub fn serial_ports(
     Ok(ports)
 }
 
+/// How long the uplinks may go on once shutdown reaches them: the request in flight and
+/// the last delivery pass together. Small enough that, with the drivers, the pipeline and
+/// the outbox's close, the daemon exits within 5 seconds of SIGTERM.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
+
+/// Callbacks into the program running the daemon (the binary sends systemd
+/// notifications from them). Both are optional; [`Hooks::default`] has neither.
+#[derive(Default)]
+pub struct Hooks {
+    /// Called once, when the outbox is open and the drivers are started.
+    pub ready: Option<Box<dyn FnOnce() + Send>>,
+    /// A keep-alive callback and its period. Every period the daemon checks its health
+    /// (the outbox writer answers a round trip through its transaction loop within the
+    /// period, and the pipeline task is still running or has ended normally) and calls the
+    /// callback only if the check passed. A stuck gateway thus stops calling it, so a
+    /// watchdog can restart it. Not called once shutdown has begun.
+    pub alive: Option<(Duration, Box<dyn FnMut() + Send>)>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("ready", &self.ready.is_some())
+            .field("alive", &self.alive.as_ref().map(|(period, _)| period))
+            .finish()
+    }
+}
+
+/// The liveness task behind [`Hooks::alive`]: calls `alive` every `period` while the
+/// outbox writer answers and the pipeline has not failed, until `stop` fires.
+async fn liveness(
+    outbox: Outbox,
+    period: Duration,
+    mut alive: Box<dyn FnMut() + Send>,
+    pipeline_failed: Arc<std::sync::atomic::AtomicBool>,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        if pipeline_failed.load(std::sync::atomic::Ordering::SeqCst) {
+            tracing::error!("the pipeline task failed; watchdog keep-alive withheld");
+            continue;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            answer = tokio::time::timeout(period, outbox.ping()) => match answer {
+                Ok(Ok(())) => alive(),
+                Ok(Err(e)) => tracing::error!(error = %e, "the outbox is not healthy; watchdog keep-alive withheld"),
+                Err(_) => tracing::error!(period_ms = period.as_millis() as u64, "the outbox writer did not answer within the watchdog period; keep-alive withheld"),
+            },
+        }
+    }
+}
+
 /// What a run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RunStats {
@@ -181,9 +248,9 @@ fn build_uplink(u: &UplinkConfig) -> Result<Box<dyn Uplink>, UplinkError> {
     })
 }
 
-/// Runs the gateway until `cancel` fires, then drains: drivers stop, the pipeline hands everything to the outbox, each uplink makes a
-/// last delivery pass, and the outbox closes. `ready` is called once the outbox is open
-/// and the drivers are started.
+/// Runs the gateway until `cancel` fires, then drains: drivers stop, the pipeline hands
+/// everything to the outbox, each uplink makes a last delivery pass, and the outbox
+/// closes. [`run_with_hooks`] without hooks.
 pub async fn run(
     config: Config,
     profiles: Vec<Profile>,
@@ -191,6 +258,29 @@ pub async fn run(
     keyring: Arc<Keyring>,
     observer: Option<Observer>,
     cancel: CancellationToken,
+) -> Result<RunStats, DaemonError> {
+    run_with_hooks(
+        config,
+        profiles,
+        pseudonymizer,
+        keyring,
+        observer,
+        cancel,
+        Hooks::default(),
+    )
+    .await
+}
+
+/// [`run`], calling `hooks.ready` once the outbox is open and the drivers are started,
+/// and `hooks.alive` periodically while the daemon is healthy.
+pub async fn run_with_hooks(
+    config: Config,
+    profiles: Vec<Profile>,
+    pseudonymizer: Pseudonymizer,
+    keyring: Arc<Keyring>,
+    observer: Option<Observer>,
+    cancel: CancellationToken,
+    hooks: Hooks,
 ) -> Result<RunStats, DaemonError> {
     let profiles: Vec<Arc<Profile>> = profiles.into_iter().map(Arc::new).collect();
     let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
@@ -239,7 +329,7 @@ pub async fn run(
             batch_size: u.batch_size,
             backoff_base: Duration::from_millis(500),
             backoff_max: u.backoff_max,
-            drain_deadline: Duration::from_secs(2),
+            drain_deadline: SHUTDOWN_DRAIN,
         };
         let task = tokio::spawn(deliver::run(
             outbox.clone(),
@@ -267,7 +357,23 @@ pub async fn run(
     };
 
     let (tx, rx) = reading_channel(config.channel_capacity);
-    let pipeline_task = tokio::spawn(pipeline.run(rx));
+    // Set if the pipeline task ends by panicking (the drop guard runs while unwinding).
+    let pipeline_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pipeline_task = {
+        let failed = pipeline_failed.clone();
+        tokio::spawn(async move {
+            struct PanicFlag(Arc<std::sync::atomic::AtomicBool>);
+            impl Drop for PanicFlag {
+                fn drop(&mut self) {
+                    if std::thread::panicking() {
+                        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            }
+            let _flag = PanicFlag(failed);
+            pipeline.run(rx).await
+        })
+    };
     let mut driver_tasks = Vec::new();
     for driver in drivers {
         let name = driver.name().to_string();
@@ -281,6 +387,19 @@ pub async fn run(
         uplinks = uplink_tasks.len(),
         "gateway running"
     );
+    if let Some(ready) = hooks.ready {
+        ready();
+    }
+    let liveness_stop = cancel.child_token();
+    let liveness_task = hooks.alive.map(|(period, alive)| {
+        tokio::spawn(liveness(
+            outbox.clone(),
+            period,
+            alive,
+            pipeline_failed,
+            liveness_stop.clone(),
+        ))
+    });
     for (name, task) in driver_tasks {
         match task.await {
             Ok(Ok(())) => tracing::debug!(driver = %name, "driver stopped"),
@@ -298,6 +417,10 @@ pub async fn run(
     // Drivers that finish on their own (a simulator with a reading limit) do not stop
     // the daemon: the uplinks keep delivering the backlog until shutdown is asked for.
     cancel.cancelled().await;
+    if let Some(task) = liveness_task {
+        liveness_stop.cancel();
+        let _ = task.await;
+    }
     uplink_cancel.cancel();
     for (name, task) in uplink_tasks {
         match task.await {
