@@ -83,6 +83,8 @@ enum Command {
         /// `<key_file>.retired` and keeps old rows readable until they are delivered.
         #[arg(long)]
         rotate: bool,
+        #[command(flatten)]
+        keys: KeyPaths,
     },
     /// Print the pseudonym a backend uses to enrol a patient (HMAC-SHA256 of the id
     /// under the pseudonymization key).
@@ -96,6 +98,20 @@ enum Command {
     /// Inspect the outbox.
     #[command(subcommand)]
     Outbox(OutboxCommand),
+}
+
+/// Key files named on the command line. With both given, `keygen` needs no configuration
+/// file (the Debian package creates the keys on first install this way, before the
+/// configuration has been edited).
+#[derive(Args)]
+struct KeyPaths {
+    /// The storage key file (instead of the configuration's [outbox] key_file).
+    #[arg(long, value_name = "FILE")]
+    storage_key: Option<PathBuf>,
+    /// The pseudonymization key file (instead of the configuration's
+    /// [pseudonymization] key_file).
+    #[arg(long, value_name = "FILE")]
+    pseudonym_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -164,9 +180,49 @@ fn default_profiles_dir() -> PathBuf {
     }
 }
 
+/// Whether stderr is the systemd journal: systemd sets `JOURNAL_STREAM` to the device and
+/// inode of the stream it connects to stderr (systemd.exec(5)); a child whose stderr was
+/// redirected inherits the variable but not the stream, so both are compared.
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    match std::fs::File::from(fd).metadata() {
+        Ok(m) => dev.parse() == Ok(m.dev()) && ino.parse() == Ok(m.ino()),
+        Err(_) => false,
+    }
+}
+
 fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // Under systemd, log to the journal natively: each key/value field becomes a journal
+    // field (`journalctl -u iomt-gateway UPLINK=fhir`), levels become priorities.
+    if stderr_is_journal() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        match tracing_journald::layer() {
+            Ok(journal) => {
+                let journal = journal
+                    .with_field_prefix(None)
+                    .with_syslog_identifier("iomt-gateway".into());
+                let _ = tracing_subscriber::registry()
+                    .with(filter)
+                    .with(journal)
+                    .try_init();
+                return;
+            }
+            Err(e) => eprintln!("cannot reach the journal ({e}); logging to stderr"),
+        }
+    }
     // Colours only for a person at a terminal; journald and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
@@ -185,7 +241,11 @@ fn main() -> ExitCode {
         Command::Profile(ProfileCommand::Check { paths }) => profile_check(paths),
         Command::Profile(ProfileCommand::Test(args)) => profile_test(args),
         Command::Run { config } => runtime().and_then(|rt| rt.block_on(run(&config))),
-        Command::Keygen { config, rotate } => keygen(&config, rotate),
+        Command::Keygen {
+            config,
+            rotate,
+            keys,
+        } => keygen(&config, rotate, keys),
         Command::Pseudonym { id, config } => pseudonym_of(&id, &config),
         Command::Outbox(OutboxCommand::Status { config, json }) => outbox_status(&config, json),
         Command::Outbox(OutboxCommand::DeadLetters { config }) => dead_letters(&config),
@@ -359,6 +419,53 @@ async fn shutdown_signal() {
     }
 }
 
+/// Sends a notification to systemd if it asked for them (`NOTIFY_SOCKET`); a failure is
+/// logged, never fatal.
+fn notify_systemd(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// The watchdog period systemd asks for (`WATCHDOG_USEC`), unless `WATCHDOG_PID` names
+/// another process (the rule of sd_watchdog_enabled(3)).
+fn watchdog_period() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Some(pid) = std::env::var_os("WATCHDOG_PID") {
+        if pid.to_str().and_then(|p| p.parse::<u32>().ok()) != Some(std::process::id()) {
+            return None;
+        }
+    }
+    (usec > 0).then(|| Duration::from_micros(usec))
+}
+
+/// systemd integration (`Type=notify`, `WatchdogSec=`): READY=1 once the outbox is open
+/// and the drivers are started; WATCHDOG=1 at half the watchdog period, only while the
+/// daemon's health check passes, so a stuck gateway is restarted.
+fn systemd_hooks() -> daemon::Hooks {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return daemon::Hooks::default();
+    }
+    let alive = watchdog_period().map(|period| {
+        tracing::info!(
+            period_ms = period.as_millis() as u64,
+            "systemd watchdog enabled"
+        );
+        let keep_alive: Box<dyn FnMut() + Send> =
+            Box::new(|| notify_systemd(&[sd_notify::NotifyState::Watchdog]));
+        ((period / 2).max(Duration::from_millis(1)), keep_alive)
+    });
+    daemon::Hooks {
+        ready: Some(Box::new(|| {
+            notify_systemd(&[
+                sd_notify::NotifyState::Ready,
+                sd_notify::NotifyState::Status("running"),
+            ])
+        })),
+        alive,
+    }
+}
+
 async fn run(config_path: &Path) -> Result<ExitCode> {
     let config = Config::load(config_path)?;
     init_logging(&config.log_level, config.log_format);
@@ -374,16 +481,18 @@ async fn run(config_path: &Path) -> Result<ExitCode> {
     let stop = cancel.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
         stop.cancel();
     });
     tracing::info!(config = %config_path.display(), profiles = profiles.len(), "starting");
-    let stats = daemon::run(
+    let stats = daemon::run_with_hooks(
         config,
         profiles,
         Pseudonymizer::new(&key),
         keyring,
         None,
         cancel,
+        systemd_hooks(),
     )
     .await?;
     tracing::info!(
@@ -514,9 +623,24 @@ fn print_summary(stats: &RunStats, out: &Path) {
     println!("  output               {}", out.display());
 }
 
-fn keygen(config_path: &Path, rotate: bool) -> Result<ExitCode> {
-    let config = Config::load(config_path)?;
-    let storage = &config.storage_key_file;
+fn keygen(config_path: &Path, rotate: bool, keys: KeyPaths) -> Result<ExitCode> {
+    let (storage, pseudonym_key) = match keys {
+        KeyPaths {
+            storage_key: Some(s),
+            pseudonym_key: Some(p),
+        } => (s, p),
+        KeyPaths {
+            storage_key,
+            pseudonym_key,
+        } => {
+            let config = Config::load(config_path)?;
+            (
+                storage_key.unwrap_or(config.storage_key_file),
+                pseudonym_key.unwrap_or(config.pseudonym_key_file),
+            )
+        }
+    };
+    let storage = &storage;
     if rotate {
         pseudonym::rotate_key_file(storage, &pseudonym::random_key()?)?;
         println!(
@@ -529,7 +653,7 @@ fn keygen(config_path: &Path, rotate: bool) -> Result<ExitCode> {
     }
     for (what, path) in [
         ("storage key", storage),
-        ("pseudonymization key", &config.pseudonym_key_file),
+        ("pseudonymization key", &pseudonym_key),
     ] {
         if path.exists() {
             println!("kept the existing {what} {}", path.display());
