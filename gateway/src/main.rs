@@ -167,6 +167,11 @@ struct TestArgs {
     /// IANA zone of the device's clock for times without zone (default: this machine's).
     #[arg(long, value_name = "ZONE")]
     time_zone: Option<String>,
+    /// Take the payload as received at this time (RFC 3339, e.g. 2024-03-15T10:42:07Z)
+    /// instead of now: the receive time (`issued`, and the effective time of readings
+    /// without a device clock) is then fixed, so the output is reproducible.
+    #[arg(long, value_name = "TIME")]
+    received_at: Option<String>,
 }
 
 const INSTALLED_PROFILES: &str = "/usr/share/iomt-gateway/device-profiles";
@@ -380,11 +385,17 @@ fn profile_test(args: TestArgs) -> Result<ExitCode> {
                 .map_err(|_| anyhow::anyhow!("`{z}` is not an IANA time zone name"))?,
         ),
     };
+    let received_at = match &args.received_at {
+        None => chrono::Utc::now(),
+        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+            .map_err(|e| anyhow::anyhow!("--received-at `{t}` is not an RFC 3339 time: {e}"))?
+            .with_timezone(&chrono::Utc),
+    };
     let observations = probe::test_payload(
         &profile,
         &args.payload,
         args.characteristic.as_deref(),
-        chrono::Utc::now(),
+        received_at,
         zone,
     )?;
     let mut out = std::io::stdout().lock();
