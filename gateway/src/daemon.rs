@@ -201,8 +201,28 @@ impl std::fmt::Debug for Hooks {
     }
 }
 
-/// The liveness task behind [`Hooks::alive`]: calls `alive` every `period` while the
-/// outbox writer answers and the pipeline has not failed, until `stop` fires.
+/// The health check behind [`Hooks::alive`]: the pipeline has not panicked, and the
+/// outbox writer answers a round trip within `within`. Says why when it fails.
+async fn health(
+    outbox: &Outbox,
+    pipeline_failed: &std::sync::atomic::AtomicBool,
+    within: Duration,
+) -> Result<(), String> {
+    if pipeline_failed.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err("the pipeline task failed".into());
+    }
+    match tokio::time::timeout(within, outbox.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("the outbox is not healthy: {e}")),
+        Err(_) => Err(format!(
+            "the outbox writer did not answer within {} ms",
+            within.as_millis()
+        )),
+    }
+}
+
+/// The liveness task behind [`Hooks::alive`]: every `period`, calls `alive` if the
+/// [`health`] check passes, until `stop` fires.
 async fn liveness(
     outbox: Outbox,
     period: Duration,
@@ -217,16 +237,11 @@ async fn liveness(
             _ = stop.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        if pipeline_failed.load(std::sync::atomic::Ordering::SeqCst) {
-            tracing::error!("the pipeline task failed; watchdog keep-alive withheld");
-            continue;
-        }
         tokio::select! {
             _ = stop.cancelled() => break,
-            answer = tokio::time::timeout(period, outbox.ping()) => match answer {
-                Ok(Ok(())) => alive(),
-                Ok(Err(e)) => tracing::error!(error = %e, "the outbox is not healthy; watchdog keep-alive withheld"),
-                Err(_) => tracing::error!(period_ms = period.as_millis() as u64, "the outbox writer did not answer within the watchdog period; keep-alive withheld"),
+            checked = health(&outbox, &pipeline_failed, period) => match checked {
+                Ok(()) => alive(),
+                Err(why) => tracing::error!(reason = %why, "unhealthy; watchdog keep-alive withheld"),
             },
         }
     }
@@ -434,4 +449,65 @@ pub async fn run_with_hooks(
     }
     tracing::info!("outbox closed");
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::outbox::{OutboxSettings, WhenFull};
+
+    async fn open_outbox(dir: &std::path::Path) -> (Outbox, tokio::task::JoinHandle<()>) {
+        Outbox::open(
+            OutboxSettings {
+                path: dir.join("outbox.db"),
+                max_bytes: 1 << 20,
+                max_age: None,
+                when_full: WhenFull::EvictOldest,
+                commit_window: Duration::from_millis(1),
+                max_batch_rows: 16,
+            },
+            Arc::new(Keyring::new(&[7; 32])),
+            vec!["fhir".into()],
+        )
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_gateway_is_healthy_while_its_outbox_writer_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _writer) = open_outbox(dir.path()).await;
+        let failed = AtomicBool::new(false);
+        assert_eq!(
+            health(&outbox, &failed, Duration::from_secs(5)).await,
+            Ok(())
+        );
+    }
+
+    #[tokio::test]
+    async fn the_keep_alive_is_withheld_once_the_outbox_writer_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, writer) = open_outbox(dir.path()).await;
+        writer.abort();
+        let _ = writer.await;
+        let failed = AtomicBool::new(false);
+        let why = health(&outbox, &failed, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(why.contains("outbox"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn the_keep_alive_is_withheld_after_the_pipeline_panicked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _writer) = open_outbox(dir.path()).await;
+        let failed = AtomicBool::new(false);
+        failed.store(true, Ordering::SeqCst);
+        let why = health(&outbox, &failed, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(why.contains("pipeline"), "{why}");
+    }
 }
