@@ -28,6 +28,12 @@ fn write_key(path: &Path) {
 
 /// A configuration with the simulator and the given `[[uplinks]]` table.
 fn write_config(dir: &Path, uplink: &str) -> PathBuf {
+    write_config_with(dir, uplink, "interval_secs = 0.05", "")
+}
+
+/// A configuration with the simulator (`sim` lines added to `[sim]`), the `[[uplinks]]`
+/// table and `outbox` lines added to `[outbox]`.
+fn write_config_with(dir: &Path, uplink: &str, sim: &str, outbox: &str) -> PathBuf {
     write_key(&dir.join("pseudonym.key"));
     write_key(&dir.join("storage.key"));
     let config = dir.join("gateway.toml");
@@ -46,11 +52,12 @@ key_file = "{dir}/pseudonym.key"
 
 [sim]
 enabled = true
-interval_secs = 0.05
+{sim}
 
 [outbox]
 path = "{dir}/outbox.db"
 key_file = "{dir}/storage.key"
+{outbox}
 
 [[uplinks]]
 {uplink}
@@ -238,24 +245,28 @@ fn under_systemd_the_daemon_says_ready_feeds_the_watchdog_and_exits_0_within_5_s
     assert!(after.1 >= before.1, "delivered count went back");
 }
 
-#[test]
-fn sigterm_while_the_fhir_server_never_answers_still_exits_0_within_5_s_and_keeps_the_rows_queued()
-{
-    // A server that accepts connections and never answers: the request in flight would
-    // wait for its 30 s timeout if shutdown did not cut it.
+/// A FHIR "server" on 127.0.0.1 that accepts connections and never answers. Returns its
+/// port and the number of connections accepted so far.
+fn silent_server() -> (u16, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let connections = Arc::new(AtomicUsize::new(0));
-    {
-        let connections = connections.clone();
-        std::thread::spawn(move || {
-            let mut held = Vec::new();
-            for stream in listener.incoming().flatten() {
-                connections.fetch_add(1, Ordering::SeqCst);
-                held.push(stream);
-            }
-        });
-    }
+    let counted = connections.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            counted.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    (port, connections)
+}
+
+#[test]
+fn sigterm_while_the_fhir_server_never_answers_still_exits_0_within_5_s_and_keeps_the_rows_queued()
+{
+    // The request in flight would wait for its 30 s timeout if shutdown did not cut it.
+    let (port, connections) = silent_server();
     let tmp = tempfile::tempdir().unwrap();
     let config = write_config(
         tmp.path(),
@@ -301,5 +312,72 @@ fn sigterm_while_the_fhir_server_never_answers_still_exits_0_within_5_s_and_keep
     assert!(
         after.0 >= before.0,
         "rows lost at shutdown: before {before:?}, after {after:?}"
+    );
+}
+
+#[test]
+fn sigterm_with_a_full_blocking_outbox_and_a_silent_server_still_exits_0_within_5_s() {
+    // `when_full = "block"`: the pipeline waits for room that a silent server never
+    // makes, and the drivers wait on the full channel. Shutdown must not wait for them.
+    let (port, _connections) = silent_server();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config_with(
+        tmp.path(),
+        &format!(
+            "kind = \"fhir\"\nname = \"cloud\"\nbase_url = \"http://127.0.0.1:{port}/fhir\"\ntimeout_secs = 30"
+        ),
+        "interval_secs = 0.001\nnan_probability = 0.0",
+        "max_size_mb = 1\nwhen_full = \"block\"",
+    );
+    let mut notify = Notify::bind(tmp.path());
+    let mut child = spawn_under_systemd(&config, &notify, 10_000_000);
+    let _guard = common::DaemonGuard(child.id());
+    notify.wait_for(Duration::from_secs(20), "READY=1", |seen| {
+        seen.iter().any(|l| l == "READY=1")
+    });
+    let mut before = (0, 0);
+    let mut payload = 0;
+    wait_until(Duration::from_secs(60), "a full outbox", || {
+        let out = common::run(&[
+            "outbox",
+            "status",
+            "--json",
+            "--config",
+            config.to_str().unwrap(),
+        ]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        payload = status["payload_bytes"].as_u64().unwrap_or(0);
+        payload >= 1024 * 1024
+    });
+    // Full means the writer takes no more appends: the row count stays put while the
+    // simulator (6000 readings/s) fills the pipeline's and the drivers' channels.
+    let (mut last, mut unchanged) = (u64::MAX, 0);
+    wait_until(
+        Duration::from_secs(30),
+        "the row count to stop growing",
+        || {
+            let rows = outbox_counts(&config, "cloud").0;
+            unchanged = if rows == last { unchanged + 1 } else { 0 };
+            last = rows;
+            unchanged >= 20
+        },
+    );
+    before.0 = last;
+
+    let (status, took) = terminate(&mut child);
+    let stderr = stderr_of(&mut child);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status {status}; stderr:\n{stderr}"
+    );
+    assert!(
+        took < STOP_WITHIN,
+        "took {took:?} to stop; stderr:\n{stderr}"
+    );
+    let after = outbox_counts(&config, "cloud");
+    assert!(
+        after.0 >= before.0,
+        "rows lost: before {before:?}, after {after:?}"
     );
 }

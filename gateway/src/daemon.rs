@@ -5,9 +5,12 @@
 //! the outbox; each uplink makes a last delivery pass within a deadline; the outbox
 //! writer commits what it holds and closes the database.
 //!
-//! The whole shutdown is bounded: the uplinks' request in flight and last pass share a
-//! deadline ([`SHUTDOWN_DRAIN`]), so the process exits within a service manager's stop
-//! timeout (systemd's `TimeoutStopSec`) without breaking *delete after delivery*.
+//! The whole shutdown is bounded: the drivers and the pipeline get [`SHUTDOWN_INTAKE`]
+//! after cancellation to hand their readings over (past it they are aborted: a full
+//! outbox in "block" mode cannot hold the process), then the uplinks' request in flight
+//! and last pass share [`SHUTDOWN_DRAIN`], so the process exits within a service
+//! manager's stop timeout (systemd's `TimeoutStopSec`) without breaking *acknowledge
+//! after commit* or *delete after delivery*.
 //!
 //! [`Hooks`] let the binary tell a service manager when the gateway is ready and, while it
 //! is healthy, that it is alive (systemd's `READY=1` and `WATCHDOG=1`); the library knows
@@ -173,9 +176,13 @@ pub fn serial_ports(
     Ok(ports)
 }
 
+/// How long the drivers and the pipeline may take, once cancelled, to hand their last
+/// readings to the outbox (normally one commit window). Past it they are aborted.
+pub const SHUTDOWN_INTAKE: Duration = Duration::from_secs(1);
+
 /// How long the uplinks may go on once shutdown reaches them: the request in flight and
-/// the last delivery pass together. Small enough that, with the drivers, the pipeline and
-/// the outbox's close, the daemon exits within 5 seconds of SIGTERM.
+/// the last delivery pass together. With [`SHUTDOWN_INTAKE`] before it and the outbox's
+/// close after it, the daemon exits within 5 seconds of SIGTERM, at worst about 3.
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 
 /// Callbacks into the program running the daemon (the binary sends systemd
@@ -415,16 +422,50 @@ pub async fn run_with_hooks(
             liveness_stop.clone(),
         ))
     });
-    for (name, task) in driver_tasks {
-        match task.await {
+    // Shutdown is bounded: once cancelled, the drivers and the pipeline have
+    // SHUTDOWN_INTAKE to hand everything to the outbox. Past it (a full outbox in "block"
+    // mode that no uplink empties, a driver blocked on the full channel) they are
+    // aborted: what they still hold was never acknowledged to its source.
+    let hard_stop = CancellationToken::new();
+    let hard_stop_timer = {
+        let (cancel, hard_stop) = (cancel.clone(), hard_stop.clone());
+        tokio::spawn(async move {
+            cancel.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_INTAKE).await;
+            hard_stop.cancel();
+        })
+    };
+    for (name, mut task) in driver_tasks {
+        let outcome = tokio::select! {
+            outcome = &mut task => outcome,
+            _ = hard_stop.cancelled() => {
+                tracing::warn!(driver = %name, "driver still busy at the shutdown deadline; stopped");
+                task.abort();
+                task.await
+            }
+        };
+        match outcome {
             Ok(Ok(())) => tracing::debug!(driver = %name, "driver stopped"),
             Ok(Err(e)) => tracing::error!(driver = %name, error = %e, "driver failed"),
+            Err(e) if e.is_cancelled() => {}
             Err(e) => tracing::error!(driver = %name, error = %e, "driver task panicked"),
         }
     }
+    let mut pipeline_task = pipeline_task;
+    let pipeline_outcome = tokio::select! {
+        outcome = &mut pipeline_task => outcome,
+        _ = hard_stop.cancelled() => {
+            tracing::warn!("the outbox took no more readings before the shutdown deadline (full, when_full = \"block\"?); the pipeline's last readings were not stored and not acknowledged");
+            pipeline_task.abort();
+            pipeline_task.await
+        }
+    };
+    hard_stop_timer.abort();
     let mut stats = RunStats {
-        pipeline: pipeline_task.await.unwrap_or_else(|e| {
-            tracing::error!(error = %e, "pipeline task panicked");
+        pipeline: pipeline_outcome.unwrap_or_else(|e| {
+            if !e.is_cancelled() {
+                tracing::error!(error = %e, "pipeline task panicked");
+            }
             Stats::default()
         }),
         uplinks: Vec::new(),
