@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod ble;
 pub mod decode;
 pub mod driver;
 pub mod reading;

@@ -84,8 +84,11 @@ pub enum AbsentReason {
     PositiveInfinity,
     /// The device reported -infinity (SFLOAT 0x0802).
     NegativeInfinity,
-    /// A reserved value (SFLOAT 0x0801) or a measurement the device says it does not support.
+    /// A measurement the device says it does not support.
     Unsupported,
+    /// A value reserved for future use (SFLOAT 0x0801, FLOAT 0x00800001): the PHD IG
+    /// reports it as an error.
+    Reserved,
 }
 
 /// The value of one quantity: an exact decimal, or the reason there is none.

@@ -302,8 +302,11 @@ async fn run(n: usize, dir: &Path) {
     let uplink = FhirUplink::new(FhirSettings {
         name: "fhir".into(),
         base_url: server.base_url(),
-        bearer_token_file: None,
+        auth: Default::default(),
         timeout: Duration::from_secs(30),
+        ca_file: None,
+        client_identity: None,
+        insecure: false,
     })
     .unwrap();
     let gateway =

@@ -12,7 +12,8 @@ use serde::Deserialize;
 
 use crate::normalize::{OutOfRange, Zone};
 use crate::outbox::{OutboxSettings, WhenFull};
-use crate::uplink::fhir_http::FhirSettings;
+use crate::smart::Alg;
+use crate::uplink::fhir_http::{AuthSettings, FhirSettings, OAuth2Settings, SmartSettings};
 
 /// The default configuration file.
 pub const DEFAULT_PATH: &str = "/etc/iomt-gateway/gateway.toml";
@@ -272,7 +273,60 @@ pub enum RawUplink {
         timeout_secs: Option<u64>,
         /// Longest retry delay in seconds (default 300).
         max_backoff_secs: Option<u64>,
+        /// PEM bundle of extra trusted CAs (private PKI), added to the system roots.
+        ca_file: Option<PathBuf>,
+        /// Client certificate (PEM, mode 0600) for mutual TLS.
+        client_cert_file: Option<PathBuf>,
+        /// Client private key (PEM, mode 0600) for mutual TLS.
+        client_key_file: Option<PathBuf>,
+        /// Allow plain `http://` to a host that is not loopback (default false; a warning
+        /// is logged at every start when used).
+        #[serde(default)]
+        allow_insecure: bool,
+        /// OAuth2 client credentials.
+        oauth2: Option<Box<RawOAuth2>>,
+        /// SMART Backend Services.
+        smart: Option<Box<RawSmart>>,
     },
+}
+
+/// `[uplinks.oauth2]`: OAuth2 client credentials.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOAuth2 {
+    /// The token endpoint.
+    pub token_url: String,
+    /// The client id.
+    pub client_id: String,
+    /// File holding the client secret (mode 0600).
+    pub client_secret_file: PathBuf,
+    /// Requested scopes, space-separated.
+    pub scope: Option<String>,
+}
+
+/// `[uplinks.smart]`: SMART Backend Services (client-confidential-asymmetric).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSmart {
+    /// The client id registered with the backend.
+    pub client_id: String,
+    /// The private key made by `iomt-gateway keygen --smart` (PEM, mode 0600).
+    pub private_key_file: PathBuf,
+    /// `ES384` (default) or `RS384`.
+    #[serde(default = "default_smart_alg")]
+    pub alg: Alg,
+    /// Requested scopes (default `system/Observation.write system/Device.write`).
+    #[serde(default = "default_smart_scope")]
+    pub scope: String,
+    /// The token endpoint (default: discovered from `{base_url}/.well-known/smart-configuration`).
+    pub token_url: Option<String>,
+}
+
+fn default_smart_alg() -> Alg {
+    Alg::Es384
+}
+fn default_smart_scope() -> String {
+    "system/Observation.write system/Device.write".into()
 }
 
 /// `[log]`
@@ -394,7 +448,7 @@ pub enum UplinkKind {
         dir: PathBuf,
     },
     /// A FHIR server.
-    Fhir(FhirSettings),
+    Fhir(Box<FhirSettings>),
 }
 
 /// An uplink, validated.
@@ -469,6 +523,12 @@ fn validate_uplink(u: &RawUplink) -> Result<Uplink, String> {
             batch_size,
             timeout_secs,
             max_backoff_secs,
+            ca_file,
+            client_cert_file,
+            client_key_file,
+            allow_insecure,
+            oauth2,
+            smart,
         } => {
             let url = reqwest::Url::parse(base_url)
                 .map_err(|e| format!("base_url `{base_url}` is not a URL: {e}"))?;
@@ -478,16 +538,51 @@ fn validate_uplink(u: &RawUplink) -> Result<Uplink, String> {
             if !url.username().is_empty() || url.password().is_some() {
                 return Err("base_url must not carry credentials; use bearer_token_file".into());
             }
+            let loopback = match url.host() {
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                Some(url::Host::Domain(d)) => d == "localhost",
+                None => false,
+            };
+            if url.scheme() == "http" && !loopback && !allow_insecure {
+                return Err(format!(
+                    "base_url `{base_url}` is plain http to a host that is not loopback: patient data would cross the network unencrypted. Use https://, or set allow_insecure = true if this link is protected otherwise"
+                ));
+            }
+            if client_cert_file.is_some() != client_key_file.is_some() {
+                return Err("mutual TLS needs both client_cert_file and client_key_file".into());
+            }
+            let auth = match (bearer_token_file, oauth2, smart) {
+                (None, None, None) => AuthSettings::None,
+                (Some(file), None, None) => AuthSettings::Bearer(file.clone()),
+                (None, Some(o), None) => AuthSettings::OAuth2(OAuth2Settings {
+                    token_url: o.token_url.clone(),
+                    client_id: o.client_id.clone(),
+                    client_secret_file: o.client_secret_file.clone(),
+                    scope: o.scope.clone(),
+                }),
+                (None, None, Some(sm)) => AuthSettings::Smart(SmartSettings {
+                    client_id: sm.client_id.clone(),
+                    private_key_file: sm.private_key_file.clone(),
+                    alg: sm.alg,
+                    scope: sm.scope.clone(),
+                    token_url: sm.token_url.clone(),
+                }),
+                _ => return Err("choose one way to authenticate: bearer_token_file, [uplinks.oauth2] or [uplinks.smart]".into()),
+            };
             let name = name.clone().unwrap_or_else(|| "fhir".into());
             Ok(Uplink {
                 batch_size: batch(batch_size)?,
                 backoff_max: Duration::from_secs(max_backoff_secs.unwrap_or(300).max(1)),
-                kind: UplinkKind::Fhir(FhirSettings {
+                kind: UplinkKind::Fhir(Box::new(FhirSettings {
                     name: name.clone(),
                     base_url: base_url.clone(),
-                    bearer_token_file: bearer_token_file.clone(),
+                    auth,
                     timeout: Duration::from_secs(timeout_secs.unwrap_or(30).max(1)),
-                }),
+                    ca_file: ca_file.clone(),
+                    client_identity: client_cert_file.clone().zip(client_key_file.clone()),
+                    insecure: url.scheme() == "http" && !loopback,
+                })),
                 name,
             })
         }

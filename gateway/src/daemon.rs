@@ -266,7 +266,7 @@ pub struct RunStats {
 fn build_uplink(u: &UplinkConfig) -> Result<Box<dyn Uplink>, UplinkError> {
     Ok(match &u.kind {
         UplinkKind::File { dir } => Box::new(FileUplink::new(&u.name, dir)?),
-        UplinkKind::Fhir(settings) => Box::new(FhirUplink::new(settings.clone())?),
+        UplinkKind::Fhir(settings) => Box::new(FhirUplink::new((**settings).clone())?),
     })
 }
 

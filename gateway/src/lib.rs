@@ -17,5 +17,6 @@ pub mod pipeline;
 pub mod probe;
 pub mod profile;
 pub mod pseudonym;
+pub mod smart;
 pub mod ucum;
 pub mod uplink;

@@ -81,8 +81,16 @@ enum Command {
         config: PathBuf,
         /// Rotate the storage key: new rows use a new key; the old one moves to
         /// `<key_file>.retired` and keeps old rows readable until they are delivered.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "smart")]
         rotate: bool,
+        /// Create the SMART Backend Services key named in [uplinks.smart] private_key_file
+        /// (mode 0600; an existing key is kept) and print its public JWK Set, which the
+        /// backend registers for this client.
+        #[arg(long)]
+        smart: bool,
+        /// The SMART key's algorithm (default: the one in [uplinks.smart], else ES384).
+        #[arg(long, value_enum, requires = "smart")]
+        alg: Option<iomt_gateway::smart::Alg>,
         #[command(flatten)]
         keys: KeyPaths,
     },
@@ -106,11 +114,11 @@ enum Command {
 #[derive(Args)]
 struct KeyPaths {
     /// The storage key file (instead of the configuration's [outbox] key_file).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "smart")]
     storage_key: Option<PathBuf>,
     /// The pseudonymization key file (instead of the configuration's
     /// [pseudonymization] key_file).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "smart")]
     pseudonym_key: Option<PathBuf>,
 }
 
@@ -249,8 +257,16 @@ fn main() -> ExitCode {
         Command::Keygen {
             config,
             rotate,
+            smart,
+            alg,
             keys,
-        } => keygen(&config, rotate, keys),
+        } => {
+            if smart {
+                keygen_smart(&config, alg)
+            } else {
+                keygen(&config, rotate, keys)
+            }
+        }
         Command::Pseudonym { id, config } => pseudonym_of(&id, &config),
         Command::Outbox(OutboxCommand::Status { config, json }) => outbox_status(&config, json),
         Command::Outbox(OutboxCommand::DeadLetters { config }) => dead_letters(&config),
@@ -632,6 +648,60 @@ fn print_summary(stats: &RunStats, out: &Path) {
     println!("  bundles written      {bundles}");
     println!("  delivery errors      {failures}");
     println!("  output               {}", out.display());
+}
+
+fn keygen_smart(config_path: &Path, alg: Option<iomt_gateway::smart::Alg>) -> Result<ExitCode> {
+    use iomt_gateway::config::UplinkKind;
+    use iomt_gateway::smart::SigningKey;
+    use iomt_gateway::uplink::fhir_http::AuthSettings;
+    let config = Config::load(config_path)?;
+    let smart = config
+        .uplinks
+        .iter()
+        .find_map(|u| match &u.kind {
+            UplinkKind::Fhir(f) => match &f.auth {
+                AuthSettings::Smart(s) => Some(s.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no FHIR uplink has an [uplinks.smart] table naming private_key_file in {}",
+                config_path.display()
+            )
+        })?;
+    let alg = alg.unwrap_or(smart.alg);
+    if alg != smart.alg {
+        bail!(
+            "--alg {} differs from alg = \"{}\" in [uplinks.smart]; change the configuration first",
+            alg.as_str(),
+            smart.alg.as_str()
+        );
+    }
+    let path = &smart.private_key_file;
+    let key = if path.exists() {
+        eprintln!("kept the existing SMART key {}", path.display());
+        SigningKey::load(alg, path)?
+    } else {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let key = SigningKey::generate(alg, path)?;
+        eprintln!(
+            "created the SMART {} key {} (mode 0600)",
+            alg.as_str(),
+            path.display()
+        );
+        key
+    };
+    eprintln!(
+        "register this JWK Set with the backend for client_id {}:",
+        smart.client_id
+    );
+    println!("{}", serde_json::to_string_pretty(&key.jwks())?);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn keygen(config_path: &Path, rotate: bool, keys: KeyPaths) -> Result<ExitCode> {

@@ -12,7 +12,8 @@
 //!   converted to the catalog unit (kPa → mm[Hg], kg/L → mg/dL), keeping precision.
 //! - **Blood pressure**: systolic, diastolic and mean arterial pressure from one reading
 //!   become one 85354-9 panel with components; pulse is a separate Observation.
-//! - **Special values** (NaN, NRes, ±infinity, unsupported): no value, a `dataAbsentReason`.
+//! - **Special values** (NaN, NRes, ±infinity, reserved, unsupported): no value, a
+//!   `dataAbsentReason` (NRes and reserved values are `error`, as the PHD IG says).
 //! - **Out of range** (outside the plausible range of the catalog or the profile): by
 //!   default the value is kept and marked with `interpretation` = `questionable`
 //!   (measurement-status code system), because an implausible value may still be real and
@@ -242,6 +243,7 @@ fn absent_reason(reason: AbsentReason) -> CodeableConcept {
         AbsentReason::PositiveInfinity => ("positive-infinity", "Positive Infinity (PINF)"),
         AbsentReason::NegativeInfinity => ("negative-infinity", "Negative Infinity (NINF)"),
         AbsentReason::Unsupported => ("unsupported", "Unsupported"),
+        AbsentReason::Reserved => ("error", "Error"),
     };
     CodeableConcept {
         coding: vec![Coding::new(fhir::DATA_ABSENT_REASON, code, display)],

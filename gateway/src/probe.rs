@@ -4,11 +4,15 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use iomt_drivers::{DeviceIdentity, Quantity, Reading};
+use iomt_drivers::ble::{self, Characteristic, GattValue};
+use iomt_drivers::{DeviceIdentity, Measurement, Quantity, Reading};
 
 use crate::fhir::{self, Observation, Reference};
 use crate::normalize::{self, Context, OutOfRange, Zone};
 use crate::profile::{normalize_uuid, parse_hex, Profile, TransportSpec};
+
+/// The Bluetooth SIG base UUID's tail: `0000xxxx-0000-1000-8000-00805f9b34fb`.
+const SIG_BASE_TAIL: &str = "-0000-1000-8000-00805f9b34fb";
 use crate::pseudonym::{Domain, Pseudonymizer};
 use iomt_drivers::decode::frame::{FrameDecoder, ScanEvent};
 
@@ -26,17 +30,25 @@ pub enum ProbeError {
     /// The option does not apply to this profile.
     #[error("{0}")]
     Usage(String),
-    /// Decoding for this transport is not available in this release.
-    #[error("profile `{profile}` uses the built-in GATT decoder `{decoder}`, and BLE payload decoding is not available in this release yet")]
-    Unsupported {
-        /// The profile id.
-        profile: String,
-        /// The decoder name.
-        decoder: String,
+    /// The payload is an in-progress value (Intermediate Cuff Pressure or Intermediate
+    /// Temperature), which never becomes an Observation.
+    #[error("the payload decoded as {characteristic}, {value}: an in-progress value, which never becomes an Observation")]
+    Intermediate {
+        /// The characteristic.
+        characteristic: String,
+        /// What it holds, as decoded (e.g. `cuff pressure 21.5 mm[Hg]`).
+        value: String,
     },
     /// Decoding worked but no Observation resulted.
     #[error("the payload decoded, but produced no Observation: {0}")]
     Nothing(String),
+}
+
+/// The 16-bit UUID of a Bluetooth SIG UUID written as `2A35`, `0x2A35` or in 128-bit form.
+fn uuid16(text: &str) -> Option<u16> {
+    let full = normalize_uuid(text)?;
+    let short = full.strip_prefix("0000")?.strip_suffix(SIG_BASE_TAIL)?;
+    u16::from_str_radix(short, 16).ok()
 }
 
 /// Decodes `payload` with `profile` and normalizes it, as received at `received_at`.
@@ -44,7 +56,10 @@ pub enum ProbeError {
 /// Payload forms: a text line for line-oriented serial profiles; hex bytes (spaces
 /// allowed) for binary serial profiles, holding one or more whole frames (or packets);
 /// a JSON object for MQTT profiles; a JSON object `{"field": value}` for simulator
-/// profiles; hex for BLE.
+/// profiles; hex bytes (spaces or colons allowed) for BLE, decoded as the profile's
+/// characteristic or as `characteristic` (which may also be the in-progress twin of the
+/// profile's characteristic: Intermediate Cuff Pressure 2A36 for blood pressure,
+/// Intermediate Temperature 2A1E for temperature; those decode but are refused).
 pub fn test_payload(
     profile: &Profile,
     payload: &str,
@@ -73,22 +88,58 @@ pub fn test_payload(
     });
     let reading = match &profile.transport {
         TransportSpec::Ble(spec) => {
-            if let Some(c) = characteristic {
-                let wanted = normalize_uuid(c)
-                    .ok_or_else(|| ProbeError::Usage(format!("`{c}` is not a Bluetooth UUID")))?;
-                let own = normalize_uuid(&format!("{:04x}", spec.decoder.characteristic))
-                    .unwrap_or_default();
-                if wanted != own {
+            let own = spec.decoder.characteristic;
+            let uuid = match characteristic {
+                None => own,
+                Some(c) => {
+                    let wanted = uuid16(c).ok_or_else(|| {
+                        ProbeError::Usage(format!(
+                            "`{c}` is not a 16-bit Bluetooth SIG characteristic UUID (e.g. 2A35)"
+                        ))
+                    })?;
+                    // Cuffs and thermometers also send in-progress values.
+                    let intermediate = matches!((own, wanted), (0x2A35, 0x2A36) | (0x2A1C, 0x2A1E));
+                    if wanted != own && !intermediate {
+                        return Err(ProbeError::Usage(format!(
+                            "profile `{}` decodes characteristic {own:04X}, not {c}",
+                            profile.id
+                        )));
+                    }
+                    wanted
+                }
+            };
+            let bytes = parse_hex(payload).map_err(decode_err)?;
+            let value = ble::decode(uuid, &bytes).map_err(|e| decode_err(e.to_string()))?;
+            let shown = |m: Measurement, unit: &str| match m {
+                Measurement::Value(v) => format!("{v} {unit}"),
+                Measurement::Absent(r) => format!("absent ({r:?})"),
+            };
+            match &value {
+                GattValue::IntermediateCuffPressure(icp) => {
+                    return Err(ProbeError::Intermediate {
+                        characteristic: Characteristic::IntermediateCuffPressure.to_string(),
+                        value: format!(
+                            "cuff pressure {}",
+                            shown(icp.cuff_pressure, icp.unit.ucum())
+                        ),
+                    })
+                }
+                GattValue::IntermediateTemperature(t) => {
+                    return Err(ProbeError::Intermediate {
+                        characteristic: Characteristic::IntermediateTemperature.to_string(),
+                        value: format!("temperature {}", shown(t.temperature, t.unit.ucum())),
+                    })
+                }
+                _ => {}
+            }
+            match value.as_final() {
+                Some(m) => m.to_reading(device, received_at),
+                None => {
                     return Err(ProbeError::Usage(format!(
-                        "profile `{}` decodes characteristic {:04X}, not {c}",
-                        profile.id, spec.decoder.characteristic
-                    )));
+                        "characteristic {uuid:04X} carries no measurement"
+                    )))
                 }
             }
-            return Err(ProbeError::Unsupported {
-                profile: profile.id.clone(),
-                decoder: spec.decoder.name.into(),
-            });
         }
         TransportSpec::Serial(spec) => match (spec.line(), spec.frame()) {
             (Some(line), _) => line
@@ -235,4 +286,27 @@ fn normalize_for_test(
         }));
     }
     Ok(out.observations)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_payloads_may_have_spaces_or_colons() {
+        assert_eq!(parse_hex("1E 8A 00").unwrap(), vec![0x1E, 0x8A, 0x00]);
+        assert_eq!(parse_hex("1e:8a:00").unwrap(), vec![0x1E, 0x8A, 0x00]);
+        assert_eq!(parse_hex(" 1E8A00\n").unwrap(), vec![0x1E, 0x8A, 0x00]);
+        assert!(parse_hex("1E 8").unwrap_err().contains("hex bytes"));
+        assert!(parse_hex("zz").is_err());
+    }
+
+    #[test]
+    fn characteristic_uuids_are_read_in_every_spelling() {
+        assert_eq!(uuid16("2A35"), Some(0x2A35));
+        assert_eq!(uuid16("0x2a36"), Some(0x2A36));
+        assert_eq!(uuid16("00002a35-0000-1000-8000-00805f9b34fb"), Some(0x2A35));
+        assert_eq!(uuid16("233bf001-5a34-1b6d-975c-000d5690abe4"), None);
+        assert_eq!(uuid16("cuff"), None);
+    }
 }

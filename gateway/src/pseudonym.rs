@@ -96,6 +96,23 @@ pub fn read_key_list(path: &Path) -> Result<Vec<[u8; KEY_LEN]>, KeyError> {
         .collect())
 }
 
+/// Creates a new secret file with mode 0600 holding `content`; refuses to overwrite an
+/// existing file.
+pub fn write_new_secret_file(path: &Path, content: &[u8]) -> Result<(), KeyError> {
+    use std::io::Write;
+    let err = |source| KeyError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(path).map_err(err)?;
+    f.write_all(content).map_err(err)?;
+    f.sync_all().map_err(err)
+}
+
 /// Creates a new key file with mode 0600; refuses to overwrite an existing file.
 pub fn write_new_key_file(path: &Path, key: &[u8; KEY_LEN]) -> Result<(), KeyError> {
     use std::io::Write;

@@ -61,6 +61,8 @@ pub struct Store {
     pub unavailable: u64,
     /// Requests refused for a missing or wrong token.
     pub unauthorized: u64,
+    /// TLS handshakes that failed (e.g. no client certificate where one is required).
+    pub tls_failures: u64,
 }
 
 struct Inner {
@@ -70,6 +72,9 @@ struct Inner {
     mode: Mode,
     poison: Option<PoisonRule>,
     token: Option<String>,
+    oauth: crate::oauth::OAuthState,
+    /// The base URL clients use (for the token URL in SMART discovery and `aud`).
+    base: String,
 }
 
 /// Shared state; survives [`FhirServer::stop`] and a restart.
@@ -88,6 +93,77 @@ pub struct FhirServer {
     shared: Shared,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Accepts TLS connections and serves `app` on each, until `stop` fires.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    config: Arc<rustls::ServerConfig>,
+    mut stop: oneshot::Receiver<()>,
+    shared: Shared,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = &mut stop => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(_) => continue,
+            },
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            match acceptor.accept(tcp).await {
+                Ok(stream) => {
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                }
+                Err(_) => shared.lock().store.tls_failures += 1,
+            }
+        });
+    }
+}
+
+async fn smart_configuration(AxumState(shared): AxumState<Shared>) -> Response {
+    let base = shared.lock().base.clone();
+    let body = json!({
+        "token_endpoint": format!("{base}/token"),
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
+        "token_endpoint_auth_signing_alg_values_supported": ["ES384", "RS384"],
+        "grant_types_supported": ["client_credentials"],
+        "scopes_supported": ["system/Observation.write", "system/Device.write"],
+    });
+    let mut r = (StatusCode::OK, body.to_string()).into_response();
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    r
+}
+
+async fn token(
+    AxumState(shared): AxumState<Shared>,
+    headers: HeaderMap,
+    axum::extract::Form(form): axum::extract::Form<HashMap<String, String>>,
+) -> Response {
+    let mut inner = shared.lock();
+    let token_url = format!("{}/token", inner.base);
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let (status, body) = inner.oauth.token(&form, authorization, &token_url);
+    let mut r = (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+        body.to_string(),
+    )
+        .into_response();
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    r
 }
 
 /// A transaction Bundle as received; resources stay JSON text until needed.
@@ -180,15 +256,15 @@ async fn transaction(
 ) -> Response {
     let mut inner = shared.lock();
     inner.store.requests += 1;
-    if let Some(token) = &inner.token {
-        let ok = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v == format!("Bearer {token}"));
-        if !ok {
-            inner.store.unauthorized += 1;
-            return fhir(StatusCode::UNAUTHORIZED, outcome(vec![]));
-        }
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let static_ok = inner
+        .token
+        .as_ref()
+        .is_none_or(|t| authorization == Some(format!("Bearer {t}").as_str()));
+    let oauth_ok = inner.oauth.config.is_none() || inner.oauth.accepts(authorization);
+    if !(static_ok && oauth_ok) {
+        inner.store.unauthorized += 1;
+        return fhir(StatusCode::UNAUTHORIZED, outcome(vec![]));
     }
     if let Mode::Unavailable { retry_after_secs } = inner.mode {
         inner.store.unavailable += 1;
@@ -296,40 +372,82 @@ impl FhirServer {
             mode: Mode::Normal,
             poison: None,
             token: None,
+            oauth: Default::default(),
+            base: String::new(),
         })));
         Self::serve(
             "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
             shared,
+            None,
         )
         .await
     }
 
-    async fn serve(addr: SocketAddr, shared: Shared) -> std::io::Result<Self> {
+    /// Starts a server speaking HTTPS with `tls` (see [`crate::tls::server_config`]).
+    pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+        let shared = Shared(Arc::new(Mutex::new(Inner {
+            store: Store::default(),
+            keep_resources: true,
+            mode: Mode::Normal,
+            poison: None,
+            token: None,
+            oauth: Default::default(),
+            base: String::new(),
+        })));
+        Self::serve(
+            "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
+            shared,
+            Some(tls),
+        )
+        .await
+    }
+
+    async fn serve(
+        addr: SocketAddr,
+        shared: Shared,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        shared.lock().base = match tls {
+            None => format!("http://{addr}"),
+            Some(_) => format!("https://localhost:{}", addr.port()),
+        };
         let app = Router::new()
             .route("/", post(transaction))
             .route("/fhir", post(transaction))
+            .route(
+                "/fhir/.well-known/smart-configuration",
+                axum::routing::get(smart_configuration),
+            )
+            .route("/token", post(token))
             .with_state(shared.clone());
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stop_rx.await;
-                })
-                .await;
-        });
+        let task = match tls.clone() {
+            None => tokio::spawn(async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stop_rx.await;
+                    })
+                    .await;
+            }),
+            Some(config) => tokio::spawn(serve_tls(listener, app, config, stop_rx, shared.clone())),
+        };
         Ok(Self {
             addr,
             shared,
             stop: Some(stop_tx),
             task: Some(task),
+            tls,
         })
     }
 
     /// The base URL to configure in the gateway.
     pub fn base_url(&self) -> String {
-        format!("http://{}/fhir", self.addr)
+        match self.tls {
+            None => format!("http://{}/fhir", self.addr),
+            Some(_) => format!("https://localhost:{}/fhir", self.addr.port()),
+        }
     }
 
     /// The bound address.
@@ -350,7 +468,7 @@ impl FhirServer {
     /// Listens again on the same port, with the same data.
     pub async fn restart(&mut self) -> std::io::Result<()> {
         self.stop().await;
-        let again = Self::serve(self.addr, self.shared.clone()).await?;
+        let again = Self::serve(self.addr, self.shared.clone(), self.tls.clone()).await?;
         *self = again;
         Ok(())
     }
@@ -369,6 +487,27 @@ impl FhirServer {
     /// Rejects Observations for which `rule` returns a reason.
     pub fn set_poison(&self, rule: Option<PoisonRule>) {
         self.shared.lock().poison = rule;
+    }
+
+    /// Turns the authorization server on: the FHIR endpoint then accepts only the access
+    /// tokens it issued (and not after they expire).
+    pub fn enable_oauth(&self, config: crate::oauth::OAuthConfig) {
+        self.shared.lock().oauth.config = Some(config);
+    }
+
+    /// Forgets every issued token (the next FHIR request with one gets a 401).
+    pub fn revoke_tokens(&self) {
+        self.shared.lock().oauth.issued.clear();
+    }
+
+    /// Runs `f` on the authorization server's state.
+    pub fn with_oauth<T>(&self, f: impl FnOnce(&crate::oauth::OAuthState) -> T) -> T {
+        f(&self.shared.lock().oauth)
+    }
+
+    /// The token endpoint's URL.
+    pub fn token_url(&self) -> String {
+        format!("{}/token", self.shared.lock().base)
     }
 
     /// Requires `Authorization: Bearer <token>`.

@@ -3,5 +3,7 @@
 //! of it is the real thing.
 
 pub mod fhir_server;
+pub mod oauth;
+pub mod tls;
 
 pub use fhir_server::{FhirServer, Mode};

@@ -73,7 +73,9 @@ pub struct GattDecoder {
     pub fields: &'static [&'static str],
 }
 
-/// The built-in GATT decoders (the decoding itself arrives with the BLE driver).
+/// The built-in GATT decoders. The decoding is `iomt_drivers::ble`; the field names here
+/// are the quantity names its final measurements produce (a unit test keeps both lists
+/// equal), and a profile's fields must be among them.
 pub const GATT_DECODERS: &[GattDecoder] = &[
     GattDecoder {
         name: "heart_rate_measurement",
@@ -544,6 +546,10 @@ fn transport_only_keys(f: &raw::RawField) -> [TransportOnlyKey; 12] {
 
 fn field_mapping(f: &raw::RawField, transport: &str, c: &mut Check<'_>) -> Option<FieldMapping> {
     for TransportOnlyKey { key, allowed, span } in transport_only_keys(f) {
+        // BLE fields get a more specific message about `unit` from the BLE checks.
+        if key == "unit" && transport == "ble" {
+            continue;
+        }
         if let Some(span) = span {
             if !allowed.contains(&transport) {
                 c.at(
@@ -718,17 +724,53 @@ fn ble_spec(
             "a BLE profile needs a recognition rule: `services` or `name_prefix`",
         );
     }
+    let produced = iomt_drivers::ble::Characteristic::from_uuid16(decoder.characteristic)
+        .map(iomt_drivers::ble::fields)
+        .unwrap_or_default();
     for f in fields {
-        let n = f.get_ref().name.get_ref();
+        let f = f.get_ref();
+        let n = f.name.get_ref();
         if !decoder.fields.contains(&n.as_str()) {
             c.at(
-                f.get_ref().name.span(),
+                f.name.span(),
                 format!(
                     "decoder `{}` produces no field `{n}`; it produces: {}",
                     decoder.name,
                     decoder.fields.join(", ")
                 ),
             );
+            continue;
+        }
+        if let Some(unit) = &f.unit {
+            c.at(
+                unit.span(),
+                format!(
+                    "`unit` does not apply to BLE fields: decoder `{}` takes the unit from each packet's flags",
+                    decoder.name
+                ),
+            );
+        }
+        // The vital kind must be able to express what the decoder sends (e.g. `glucose`
+        // in mol/L needs a molar kind such as `glucose_molar`).
+        let units = produced
+            .iter()
+            .find(|p| p.name == n.as_str())
+            .map(|p| p.units)
+            .unwrap_or_default();
+        if let Some(kind) = catalog::kind(f.vital.get_ref()) {
+            let kind_dim = ucum::dimension(kind.unit);
+            if !units.is_empty() && !units.iter().any(|u| ucum::dimension(u) == kind_dim) {
+                c.at(
+                    f.vital.span(),
+                    format!(
+                        "field `{n}` of decoder `{}` comes in {}, which vital `{}` (in `{}`) cannot express",
+                        decoder.name,
+                        units.join(" or "),
+                        kind.key,
+                        kind.unit
+                    ),
+                );
+            }
         }
     }
     Some(BleSpec {

@@ -360,7 +360,10 @@ pub(super) fn serial_spec(
 
 /// Parses hex bytes, spaces allowed (`"F5 F5"`, `"7d81a1"`).
 pub fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
-    let compact: String = text.chars().filter(|ch| !ch.is_whitespace()).collect();
+    let compact: String = text
+        .chars()
+        .filter(|ch| !ch.is_whitespace() && *ch != ':')
+        .collect();
     let compact = compact.strip_prefix("0x").unwrap_or(&compact);
     hex::decode(compact).map_err(|e| format!("not hex bytes ({e}); write them like \"01 81 02\""))
 }

@@ -110,6 +110,49 @@ fn ble_fields_must_be_produced_by_the_decoder() {
 }
 
 #[test]
+fn gatt_decoders_list_exactly_the_fields_the_ble_decoders_produce() {
+    use iomt_drivers::ble::{fields, Characteristic};
+    for d in GATT_DECODERS {
+        let c = Characteristic::from_uuid16(d.characteristic)
+            .unwrap_or_else(|| panic!("{}: no BLE decoder for {:#06x}", d.name, d.characteristic));
+        let produced: Vec<&str> = fields(c).iter().map(|f| f.name).collect();
+        assert_eq!(d.fields, produced.as_slice(), "{}", d.name);
+        for f in fields(c) {
+            for u in f.units {
+                assert!(ucum::is_known(u), "{}: `{u}` is not in ucum.rs", d.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_ble_field_may_not_set_a_unit_because_packets_carry_theirs() {
+    let text = format!("{HEAD}[ble]\nservices = [\"1810\"]\ndecoder = \"blood_pressure_measurement\"\n[[field]]\nname = \"systolic\"\nvital = \"systolic\"\nunit = \"kPa\"\n[[field]]\nname = \"diastolic\"\nvital = \"diastolic\"\n");
+    let errs = parse_str(&text).unwrap_err().0;
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].line, 11);
+    assert!(
+        errs[0].message.contains("takes the unit from each packet"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn a_ble_field_must_map_to_a_vital_that_can_express_its_units() {
+    let text = format!("{HEAD}[ble]\nservices = [\"1808\"]\ndecoder = \"glucose_measurement\"\n[[field]]\nname = \"glucose\"\nvital = \"body_weight\"\n");
+    let errs = parse_str(&text).unwrap_err().0;
+    assert_eq!(errs[0].line, 10);
+    assert!(
+        errs[0].message.contains("comes in kg/L or mol/L"),
+        "{errs:?}"
+    );
+    for vital in ["glucose", "glucose_molar", "glucose_plasma"] {
+        let text = format!("{HEAD}[ble]\nservices = [\"1808\"]\ndecoder = \"glucose_measurement\"\n[[field]]\nname = \"glucose\"\nvital = \"{vital}\"\n");
+        assert!(parse_str(&text).is_ok(), "{vital}");
+    }
+}
+
+#[test]
 fn uuids_are_normalized_to_128_bits() {
     assert_eq!(
         normalize_uuid("1810").unwrap(),

@@ -12,6 +12,11 @@ use std::time::{Duration, SystemTime};
 use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 
+mod auth;
+
+use auth::Auth;
+pub use auth::{AuthSettings, OAuth2Settings, SmartSettings};
+
 use super::backoff::parse_retry_after;
 use super::{DeliveryError, DeliveryFuture, Uplink, UplinkError};
 use crate::fhir::Bundle;
@@ -26,17 +31,23 @@ pub struct FhirSettings {
     pub name: String,
     /// The FHIR base URL (Bundles are POSTed to it).
     pub base_url: String,
-    /// File holding a bearer token (mode 0600), if the server needs one.
-    pub bearer_token_file: Option<PathBuf>,
+    /// How the uplink authenticates.
+    pub auth: AuthSettings,
     /// Timeout of one request.
     pub timeout: Duration,
+    /// Extra trusted CAs (PEM bundle), besides the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key files (PEM, mode 0600) for mutual TLS.
+    pub client_identity: Option<(PathBuf, PathBuf)>,
+    /// Plain http to a host that is not loopback, allowed by `allow_insecure`.
+    pub insecure: bool,
 }
 
 /// The uplink.
 pub struct FhirUplink {
     settings: FhirSettings,
     client: reqwest::Client,
-    token: Option<String>,
+    auth: Auth,
 }
 
 impl std::fmt::Debug for FhirUplink {
@@ -48,46 +59,66 @@ impl std::fmt::Debug for FhirUplink {
     }
 }
 
-fn read_token(settings: &FhirSettings) -> Result<Option<String>, UplinkError> {
-    let Some(path) = &settings.bearer_token_file else {
-        return Ok(None);
-    };
-    let bytes = crate::pseudonym::read_secret_file(path).map_err(|e| UplinkError::Setup {
-        uplink: settings.name.clone(),
-        reason: e.to_string(),
-    })?;
-    let token = String::from_utf8(bytes)
-        .map_err(|_| UplinkError::Setup {
-            uplink: settings.name.clone(),
-            reason: format!("the bearer token file {} is not text", path.display()),
-        })?
-        .trim()
-        .to_string();
-    if token.is_empty() {
-        return Err(UplinkError::Setup {
-            uplink: settings.name.clone(),
-            reason: format!("the bearer token file {} is empty", path.display()),
-        });
-    }
-    Ok(Some(token))
-}
-
 impl FhirUplink {
     /// Creates the uplink (reads the token file, builds the HTTP client).
     pub fn new(settings: FhirSettings) -> Result<Self, UplinkError> {
-        let token = read_token(&settings)?;
-        let client = reqwest::Client::builder()
+        let auth = Auth::new(&settings.name, settings.auth.clone()).map_err(|reason| {
+            UplinkError::Setup {
+                uplink: settings.name.clone(),
+                reason,
+            }
+        })?;
+        let setup = |reason: String| UplinkError::Setup {
+            uplink: settings.name.clone(),
+            reason,
+        };
+        if settings.insecure {
+            tracing::warn!(uplink = %settings.name, "allow_insecure: observations go over plain http to a host that is not loopback");
+        }
+        let mut builder = reqwest::Client::builder()
             .timeout(settings.timeout)
             .user_agent(concat!("iomt-gateway/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| UplinkError::Setup {
-                uplink: settings.name.clone(),
-                reason: format!("cannot build the HTTP client: {e}"),
+            .tls_built_in_root_certs(true)
+            .https_only(!settings.base_url.starts_with("http://"));
+        if let Some(ca) = &settings.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| setup(format!("cannot read ca_file {}: {e}", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                setup(format!(
+                    "ca_file {} holds no valid PEM certificate: {e}",
+                    ca.display()
+                ))
             })?;
+            if certs.is_empty() {
+                return Err(setup(format!(
+                    "ca_file {} holds no certificate",
+                    ca.display()
+                )));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let Some((cert, key)) = &settings.client_identity {
+            let mut pem =
+                crate::pseudonym::read_secret_file(cert).map_err(|e| setup(e.to_string()))?;
+            pem.push(b'\n');
+            pem.extend(crate::pseudonym::read_secret_file(key).map_err(|e| setup(e.to_string()))?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                setup(format!(
+                    "client_cert_file/client_key_file are not a PEM certificate and key: {e}"
+                ))
+            })?;
+            builder = builder.identity(identity);
+        }
+        let client = builder.build().map_err(|e| UplinkError::Setup {
+            uplink: settings.name.clone(),
+            reason: format!("cannot build the HTTP client: {e}"),
+        })?;
         Ok(Self {
             settings,
             client,
-            token,
+            auth,
         })
     }
 
@@ -96,13 +127,34 @@ impl FhirUplink {
             reason: format!("cannot serialize the bundle: {e}"),
             retry_after: None,
         })?;
+        let (mut status, mut retry_after, mut text) = self.send(&body).await?;
+        if status == StatusCode::UNAUTHORIZED && self.auth.renewable() {
+            // The token may have been revoked or expired early: get a new one, once.
+            tracing::info!(uplink = %self.settings.name, "HTTP 401: asking for a new access token");
+            self.auth.invalidate();
+            (status, retry_after, text) = self.send(&body).await?;
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            self.auth.invalidate();
+        }
+        classify(status, retry_after, &text, bundle.entry.len())
+    }
+
+    async fn send(
+        &mut self,
+        body: &[u8],
+    ) -> Result<(StatusCode, Option<Duration>, String), DeliveryError> {
+        let token = self
+            .auth
+            .bearer(&self.client, &self.settings.base_url)
+            .await?;
         let mut request = self
             .client
             .post(&self.settings.base_url)
             .header(CONTENT_TYPE, FHIR_JSON)
             .header(ACCEPT, FHIR_JSON)
-            .body(body);
-        if let Some(token) = &self.token {
+            .body(body.to_vec());
+        if let Some(token) = token {
             request = request.bearer_auth(token);
         }
         let response = request.send().await.map_err(|e| DeliveryError::Transient {
@@ -122,11 +174,11 @@ impl FhirUplink {
                 reason: format!("reading the response failed: {}", describe(&e)),
                 retry_after: None,
             })?;
-        classify(status, retry_after, &text, bundle.entry.len(), self)
+        Ok((status, retry_after, text))
     }
 }
 
-fn describe(e: &reqwest::Error) -> String {
+pub(crate) fn describe(e: &reqwest::Error) -> String {
     let kind = if e.is_connect() {
         "cannot connect"
     } else if e.is_timeout() {
@@ -143,10 +195,20 @@ fn describe(e: &reqwest::Error) -> String {
         cause = s.to_string();
         source = s.source();
     }
-    if cause.is_empty() {
-        kind.to_string()
+    let hint = if cause.contains("UnknownIssuer") || cause.contains("invalid peer certificate") {
+        " (the server's certificate is not trusted: for a private CA set ca_file)"
+    } else if cause.contains("CertificateRequired")
+        || cause.contains("certificate required")
+        || cause.contains("HandshakeFailure")
+    {
+        " (the TLS handshake failed: the server may require a client certificate, see client_cert_file and client_key_file)"
     } else {
-        format!("{kind}: {cause}")
+        ""
+    };
+    if cause.is_empty() {
+        format!("{kind}{hint}")
+    } else {
+        format!("{kind}: {cause}{hint}")
     }
 }
 
@@ -203,7 +265,6 @@ fn classify(
     retry_after: Option<Duration>,
     text: &str,
     sent: usize,
-    uplink: &mut FhirUplink,
 ) -> Result<(), DeliveryError> {
     if status.is_success() {
         let v: serde_json::Value =
@@ -252,16 +313,10 @@ fn classify(
         };
     }
     match status.as_u16() {
-        401 | 403 => {
-            // Pick up a rotated token for the next attempt.
-            if let Ok(t) = read_token(&uplink.settings) {
-                uplink.token = t;
-            }
-            Err(DeliveryError::Transient {
-                reason: format!("HTTP {status}: the FHIR server refused the credentials; check bearer_token_file"),
-                retry_after,
-            })
-        }
+                401 | 403 => Err(DeliveryError::Transient {
+            reason: format!("HTTP {status}: the FHIR server refused the credentials; check bearer_token_file, [uplinks.oauth2] or [uplinks.smart]"),
+            retry_after,
+        }),
         408 | 425 | 429 | 500..=599 => Err(DeliveryError::Transient {
             reason: format!("HTTP {status}"),
             retry_after,

@@ -1,0 +1,198 @@
+//! Golden files of whole BLE paths: GATT bytes → `iomt_drivers::ble` decoder → the shipped
+//! device profile → normalizer → Observations, compared with `tests/golden/ble-*.json`.
+//!
+//! After an intended change, regenerate with
+//! `UPDATE_GOLDEN=1 cargo test -p iomt-gateway --test golden_ble` and review the diff.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use iomt_drivers::ble::{self, GattValue};
+use iomt_drivers::{DeviceIdentity, Transport};
+use iomt_gateway::fhir::{self, Observation, Reference};
+use iomt_gateway::normalize::{self, Context, OutOfRange, Zone};
+use iomt_gateway::profile::{self, Profile};
+
+fn shipped(id: &str) -> Profile {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../device-profiles")
+        .join(format!("{id}.toml"));
+    profile::load_file(&path).expect("the shipped profile is valid")
+}
+
+fn received() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2024, 3, 15, 9, 0, 0).unwrap()
+}
+
+fn ctx() -> Context {
+    Context {
+        subject: Reference {
+            reference: None,
+            identifier: Some(fhir::Identifier {
+                system: normalize::PATIENT_PSEUDONYM_SYSTEM.into(),
+                value: "4f1c2a0d9e8b7a6c5d4e3f2a1b0c9d8e".into(),
+            }),
+        },
+        device_pseudonym: "0123456789abcdef0123456789abcdef".into(),
+        gateway_pseudonym: "fedcba9876543210fedcba9876543210".into(),
+        zone: Zone::Named(chrono_tz::Europe::Berlin),
+        out_of_range: OutOfRange::Flag,
+    }
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    s.split_whitespace()
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect()
+}
+
+/// Decodes `payload` as characteristic `uuid` and normalizes it with `profile`.
+fn observations(profile: &Profile, uuid: u16, payload: &str) -> Vec<Observation> {
+    let value = ble::decode(uuid, &hex(payload)).unwrap();
+    let device = Arc::new(DeviceIdentity {
+        profile: profile.id.clone(),
+        transport: Transport::Ble,
+        address: "AA:BB:CC:DD:EE:FF".into(),
+        serial_number: Some("SN-SECRET-BLE".into()),
+        manufacturer: None,
+        model: None,
+    });
+    let reading = value.as_final().unwrap().to_reading(device, received());
+    normalize::normalize(&reading, profile, &ctx()).observations
+}
+
+fn check(case: &str, observations: &[Observation]) {
+    let dir: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let actual = serde_json::to_string_pretty(observations).unwrap() + "\n";
+    assert!(!actual.contains("SN-SECRET-BLE") && !actual.contains("AA:BB:CC"));
+    let path = dir.join(format!("{case}.json"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run with UPDATE_GOLDEN=1 to create it",
+            path.display()
+        )
+    });
+    assert_eq!(actual, expected, "golden file {} differs", path.display());
+}
+
+fn value(o: &Observation) -> String {
+    o.value_quantity.as_ref().unwrap().value.to_string()
+}
+
+#[test]
+fn a_kilopascal_blood_pressure_measurement_becomes_a_mm_hg_panel() {
+    let obs = observations(
+        &shipped("omron-x4-smart"),
+        0x2A35,
+        "15 BD F0 0B 00 9F F0 3C 00 12 00",
+    );
+    let panel = &obs[1];
+    let got: Vec<(String, String)> = panel
+        .component
+        .iter()
+        .map(|c| {
+            let q = c.value_quantity.as_ref().unwrap();
+            (q.value.to_string(), q.code.clone())
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("141.8".to_string(), "mm[Hg]".to_string()),
+            ("83".into(), "mm[Hg]".into()), // 11 kPa has no decimals: 82.506 rounds to 83
+            ("119.3".into(), "mm[Hg]".into())
+        ]
+    );
+    assert_eq!(value(&obs[0]), "60");
+    check("ble-bp-kpa", &obs);
+}
+
+#[test]
+fn a_temperature_with_time_stamp_and_type_keeps_its_two_decimals() {
+    let obs = observations(
+        &shipped("standard-thermometer"),
+        0x2A1C,
+        "06 B0 0E 00 FE DC 07 0C 05 0B 32 1B 04",
+    );
+    assert_eq!(value(&obs[0]), "37.60");
+    // 2012-12-05 11:50:27 in Berlin (CET, UTC+1).
+    assert_eq!(obs[0].effective_date_time, "2012-12-05T10:50:27Z");
+    check("ble-temperature-type", &obs);
+}
+
+#[test]
+fn an_imperial_weight_with_bmi_and_height_stays_in_pounds_and_inches() {
+    let obs = observations(
+        &shipped("standard-weight-scale"),
+        0x2A9D,
+        "0F 54 3D E8 07 03 0F 07 05 00 01 E1 00 BC 02",
+    );
+    let got: Vec<(String, String)> = obs
+        .iter()
+        .map(|o| {
+            let q = o.value_quantity.as_ref().unwrap();
+            (q.value.to_string(), q.code.clone())
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("157.00".to_string(), "[lb_av]".to_string()),
+            ("22.5".into(), "kg/m2".into()),
+            ("70.0".into(), "[in_i]".into())
+        ]
+    );
+    check("ble-weight-imperial", &obs);
+}
+
+#[test]
+fn a_plx_spot_check_with_nan_spo2_has_a_data_absent_reason_and_a_pulse() {
+    let obs = observations(
+        &shipped("nonin-3230"),
+        0x2A5E,
+        "01 FF 07 48 00 E8 07 03 0F 08 1E 00",
+    );
+    assert!(obs[0].value_quantity.is_none());
+    assert_eq!(
+        obs[0].data_absent_reason.as_ref().unwrap().coding[0].code,
+        "not-a-number"
+    );
+    assert_eq!(value(&obs[1]), "72");
+    check("ble-plx-spot-nan", &obs);
+}
+
+#[test]
+fn a_glucose_in_moles_per_litre_becomes_millimoles_per_litre() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../device-profiles/standard-glucose-meter.toml"),
+    )
+    .unwrap()
+    .replace(
+        "id = \"standard-glucose-meter\"",
+        "id = \"standard-glucose-meter-mmol\"",
+    )
+    .replace("vital = \"glucose\"", "vital = \"glucose_molar\"");
+    let molar = profile::parse(Path::new("standard-glucose-meter-mmol.toml"), &text).unwrap();
+    let obs = observations(&molar, 0x2A18, "06 06 00 E8 07 03 0F 08 1E 00 37 C0 11");
+    let q = obs[0].value_quantity.as_ref().unwrap();
+    assert_eq!(
+        (q.value.to_string(), q.code.as_str()),
+        ("5.5".to_string(), "mmol/L")
+    );
+    assert_eq!(obs[0].code.coding[0].code, "14743-9");
+    check("ble-glucose-mol", &obs);
+}
+
+#[test]
+fn a_final_measurement_and_its_intermediate_share_nothing() {
+    // The cuff's in-progress value has no path to a reading at all.
+    let v = ble::decode(0x2A36, &hex("00 D7 F0 00 00 00 00")).unwrap();
+    assert!(matches!(v, GattValue::IntermediateCuffPressure(_)));
+    assert!(v.as_final().is_none());
+}
