@@ -4,6 +4,17 @@
 //! the last driver drops its sender the channel closes; the pipeline hands what is left to
 //! the outbox; each uplink makes a last delivery pass within a deadline; the outbox
 //! writer commits what it holds and closes the database.
+//!
+//! The whole shutdown is bounded: the drivers and the pipeline get [`SHUTDOWN_INTAKE`]
+//! after cancellation to hand their readings over (past it they are aborted: a full
+//! outbox in "block" mode cannot hold the process), then the uplinks' request in flight
+//! and last pass share [`SHUTDOWN_DRAIN`], so the process exits within a service
+//! manager's stop timeout (systemd's `TimeoutStopSec`) without breaking *acknowledge
+//! after commit* or *delete after delivery*.
+//!
+//! [`Hooks`] let the binary tell a service manager when the gateway is ready and, while it
+//! is healthy, that it is alive (systemd's `READY=1` and `WATCHDOG=1`); the library knows
+//! nothing of systemd.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -165,6 +176,84 @@ pub fn serial_ports(
     Ok(ports)
 }
 
+/// How long the drivers and the pipeline may take, once cancelled, to hand their last
+/// readings to the outbox (normally one commit window). Past it they are aborted.
+pub const SHUTDOWN_INTAKE: Duration = Duration::from_secs(1);
+
+/// How long the uplinks may go on once shutdown reaches them: the request in flight and
+/// the last delivery pass together. With [`SHUTDOWN_INTAKE`] before it and the outbox's
+/// close after it, the daemon exits within 5 seconds of SIGTERM, at worst about 3.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
+
+/// Callbacks into the program running the daemon (the binary sends systemd
+/// notifications from them). Both are optional; [`Hooks::default`] has neither.
+#[derive(Default)]
+pub struct Hooks {
+    /// Called once, when the outbox is open and the drivers are started.
+    pub ready: Option<Box<dyn FnOnce() + Send>>,
+    /// A keep-alive callback and its period. Every period the daemon checks its health
+    /// (the outbox writer answers a round trip through its transaction loop within the
+    /// period, and the pipeline task is still running or has ended normally) and calls the
+    /// callback only if the check passed. A stuck gateway thus stops calling it, so a
+    /// watchdog can restart it. Not called once shutdown has begun.
+    pub alive: Option<(Duration, Box<dyn FnMut() + Send>)>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("ready", &self.ready.is_some())
+            .field("alive", &self.alive.as_ref().map(|(period, _)| period))
+            .finish()
+    }
+}
+
+/// The health check behind [`Hooks::alive`]: the pipeline has not panicked, and the
+/// outbox writer answers a round trip within `within`. Says why when it fails.
+async fn health(
+    outbox: &Outbox,
+    pipeline_failed: &std::sync::atomic::AtomicBool,
+    within: Duration,
+) -> Result<(), String> {
+    if pipeline_failed.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err("the pipeline task failed".into());
+    }
+    match tokio::time::timeout(within, outbox.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("the outbox is not healthy: {e}")),
+        Err(_) => Err(format!(
+            "the outbox writer did not answer within {} ms",
+            within.as_millis()
+        )),
+    }
+}
+
+/// The liveness task behind [`Hooks::alive`]: every `period`, calls `alive` if the
+/// [`health`] check passes, until `stop` fires.
+async fn liveness(
+    outbox: Outbox,
+    period: Duration,
+    mut alive: Box<dyn FnMut() + Send>,
+    pipeline_failed: Arc<std::sync::atomic::AtomicBool>,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            checked = health(&outbox, &pipeline_failed, period) => match checked {
+                Ok(()) => alive(),
+                Err(why) => tracing::error!(reason = %why, "unhealthy; watchdog keep-alive withheld"),
+            },
+        }
+    }
+}
+
 /// What a run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RunStats {
@@ -181,9 +270,9 @@ fn build_uplink(u: &UplinkConfig) -> Result<Box<dyn Uplink>, UplinkError> {
     })
 }
 
-/// Runs the gateway until `cancel` fires, then drains: drivers stop, the pipeline hands everything to the outbox, each uplink makes a
-/// last delivery pass, and the outbox closes. `ready` is called once the outbox is open
-/// and the drivers are started.
+/// Runs the gateway until `cancel` fires, then drains: drivers stop, the pipeline hands
+/// everything to the outbox, each uplink makes a last delivery pass, and the outbox
+/// closes. [`run_with_hooks`] without hooks.
 pub async fn run(
     config: Config,
     profiles: Vec<Profile>,
@@ -191,6 +280,29 @@ pub async fn run(
     keyring: Arc<Keyring>,
     observer: Option<Observer>,
     cancel: CancellationToken,
+) -> Result<RunStats, DaemonError> {
+    run_with_hooks(
+        config,
+        profiles,
+        pseudonymizer,
+        keyring,
+        observer,
+        cancel,
+        Hooks::default(),
+    )
+    .await
+}
+
+/// [`run`], calling `hooks.ready` once the outbox is open and the drivers are started,
+/// and `hooks.alive` periodically while the daemon is healthy.
+pub async fn run_with_hooks(
+    config: Config,
+    profiles: Vec<Profile>,
+    pseudonymizer: Pseudonymizer,
+    keyring: Arc<Keyring>,
+    observer: Option<Observer>,
+    cancel: CancellationToken,
+    hooks: Hooks,
 ) -> Result<RunStats, DaemonError> {
     let profiles: Vec<Arc<Profile>> = profiles.into_iter().map(Arc::new).collect();
     let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
@@ -239,7 +351,7 @@ pub async fn run(
             batch_size: u.batch_size,
             backoff_base: Duration::from_millis(500),
             backoff_max: u.backoff_max,
-            drain_deadline: Duration::from_secs(2),
+            drain_deadline: SHUTDOWN_DRAIN,
         };
         let task = tokio::spawn(deliver::run(
             outbox.clone(),
@@ -267,7 +379,23 @@ pub async fn run(
     };
 
     let (tx, rx) = reading_channel(config.channel_capacity);
-    let pipeline_task = tokio::spawn(pipeline.run(rx));
+    // Set if the pipeline task ends by panicking (the drop guard runs while unwinding).
+    let pipeline_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pipeline_task = {
+        let failed = pipeline_failed.clone();
+        tokio::spawn(async move {
+            struct PanicFlag(Arc<std::sync::atomic::AtomicBool>);
+            impl Drop for PanicFlag {
+                fn drop(&mut self) {
+                    if std::thread::panicking() {
+                        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            }
+            let _flag = PanicFlag(failed);
+            pipeline.run(rx).await
+        })
+    };
     let mut driver_tasks = Vec::new();
     for driver in drivers {
         let name = driver.name().to_string();
@@ -281,16 +409,63 @@ pub async fn run(
         uplinks = uplink_tasks.len(),
         "gateway running"
     );
-    for (name, task) in driver_tasks {
-        match task.await {
+    if let Some(ready) = hooks.ready {
+        ready();
+    }
+    let liveness_stop = cancel.child_token();
+    let liveness_task = hooks.alive.map(|(period, alive)| {
+        tokio::spawn(liveness(
+            outbox.clone(),
+            period,
+            alive,
+            pipeline_failed,
+            liveness_stop.clone(),
+        ))
+    });
+    // Shutdown is bounded: once cancelled, the drivers and the pipeline have
+    // SHUTDOWN_INTAKE to hand everything to the outbox. Past it (a full outbox in "block"
+    // mode that no uplink empties, a driver blocked on the full channel) they are
+    // aborted: what they still hold was never acknowledged to its source.
+    let hard_stop = CancellationToken::new();
+    let hard_stop_timer = {
+        let (cancel, hard_stop) = (cancel.clone(), hard_stop.clone());
+        tokio::spawn(async move {
+            cancel.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_INTAKE).await;
+            hard_stop.cancel();
+        })
+    };
+    for (name, mut task) in driver_tasks {
+        let outcome = tokio::select! {
+            outcome = &mut task => outcome,
+            _ = hard_stop.cancelled() => {
+                tracing::warn!(driver = %name, "driver still busy at the shutdown deadline; stopped");
+                task.abort();
+                task.await
+            }
+        };
+        match outcome {
             Ok(Ok(())) => tracing::debug!(driver = %name, "driver stopped"),
             Ok(Err(e)) => tracing::error!(driver = %name, error = %e, "driver failed"),
+            Err(e) if e.is_cancelled() => {}
             Err(e) => tracing::error!(driver = %name, error = %e, "driver task panicked"),
         }
     }
+    let mut pipeline_task = pipeline_task;
+    let pipeline_outcome = tokio::select! {
+        outcome = &mut pipeline_task => outcome,
+        _ = hard_stop.cancelled() => {
+            tracing::warn!("the outbox took no more readings before the shutdown deadline (full, when_full = \"block\"?); the pipeline's last readings were not stored and not acknowledged");
+            pipeline_task.abort();
+            pipeline_task.await
+        }
+    };
+    hard_stop_timer.abort();
     let mut stats = RunStats {
-        pipeline: pipeline_task.await.unwrap_or_else(|e| {
-            tracing::error!(error = %e, "pipeline task panicked");
+        pipeline: pipeline_outcome.unwrap_or_else(|e| {
+            if !e.is_cancelled() {
+                tracing::error!(error = %e, "pipeline task panicked");
+            }
             Stats::default()
         }),
         uplinks: Vec::new(),
@@ -298,6 +473,10 @@ pub async fn run(
     // Drivers that finish on their own (a simulator with a reading limit) do not stop
     // the daemon: the uplinks keep delivering the backlog until shutdown is asked for.
     cancel.cancelled().await;
+    if let Some(task) = liveness_task {
+        liveness_stop.cancel();
+        let _ = task.await;
+    }
     uplink_cancel.cancel();
     for (name, task) in uplink_tasks {
         match task.await {
@@ -311,4 +490,65 @@ pub async fn run(
     }
     tracing::info!("outbox closed");
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::outbox::{OutboxSettings, WhenFull};
+
+    async fn open_outbox(dir: &std::path::Path) -> (Outbox, tokio::task::JoinHandle<()>) {
+        Outbox::open(
+            OutboxSettings {
+                path: dir.join("outbox.db"),
+                max_bytes: 1 << 20,
+                max_age: None,
+                when_full: WhenFull::EvictOldest,
+                commit_window: Duration::from_millis(1),
+                max_batch_rows: 16,
+            },
+            Arc::new(Keyring::new(&[7; 32])),
+            vec!["fhir".into()],
+        )
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_gateway_is_healthy_while_its_outbox_writer_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _writer) = open_outbox(dir.path()).await;
+        let failed = AtomicBool::new(false);
+        assert_eq!(
+            health(&outbox, &failed, Duration::from_secs(5)).await,
+            Ok(())
+        );
+    }
+
+    #[tokio::test]
+    async fn the_keep_alive_is_withheld_once_the_outbox_writer_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, writer) = open_outbox(dir.path()).await;
+        writer.abort();
+        let _ = writer.await;
+        let failed = AtomicBool::new(false);
+        let why = health(&outbox, &failed, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(why.contains("outbox"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn the_keep_alive_is_withheld_after_the_pipeline_panicked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _writer) = open_outbox(dir.path()).await;
+        let failed = AtomicBool::new(false);
+        failed.store(true, Ordering::SeqCst);
+        let why = health(&outbox, &failed, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(why.contains("pipeline"), "{why}");
+    }
 }

@@ -91,6 +91,8 @@ enum Command {
         /// The SMART key's algorithm (default: the one in [uplinks.smart], else ES384).
         #[arg(long, value_enum, requires = "smart")]
         alg: Option<iomt_gateway::smart::Alg>,
+        #[command(flatten)]
+        keys: KeyPaths,
     },
     /// Print the pseudonym a backend uses to enrol a patient (HMAC-SHA256 of the id
     /// under the pseudonymization key).
@@ -104,6 +106,20 @@ enum Command {
     /// Inspect the outbox.
     #[command(subcommand)]
     Outbox(OutboxCommand),
+}
+
+/// Key files named on the command line. With both given, `keygen` needs no configuration
+/// file (the Debian package creates the keys on first install this way, before the
+/// configuration has been edited).
+#[derive(Args)]
+struct KeyPaths {
+    /// The storage key file (instead of the configuration's [outbox] key_file).
+    #[arg(long, value_name = "FILE", conflicts_with = "smart")]
+    storage_key: Option<PathBuf>,
+    /// The pseudonymization key file (instead of the configuration's
+    /// [pseudonymization] key_file).
+    #[arg(long, value_name = "FILE", conflicts_with = "smart")]
+    pseudonym_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -159,6 +175,11 @@ struct TestArgs {
     /// IANA zone of the device's clock for times without zone (default: this machine's).
     #[arg(long, value_name = "ZONE")]
     time_zone: Option<String>,
+    /// Take the payload as received at this time (RFC 3339, e.g. 2024-03-15T10:42:07Z)
+    /// instead of now: the receive time (`issued`, and the effective time of readings
+    /// without a device clock) is then fixed, so the output is reproducible.
+    #[arg(long, value_name = "TIME")]
+    received_at: Option<String>,
 }
 
 const INSTALLED_PROFILES: &str = "/usr/share/iomt-gateway/device-profiles";
@@ -172,9 +193,49 @@ fn default_profiles_dir() -> PathBuf {
     }
 }
 
+/// Whether stderr is the systemd journal: systemd sets `JOURNAL_STREAM` to the device and
+/// inode of the stream it connects to stderr (systemd.exec(5)); a child whose stderr was
+/// redirected inherits the variable but not the stream, so both are compared.
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    match std::fs::File::from(fd).metadata() {
+        Ok(m) => dev.parse() == Ok(m.dev()) && ino.parse() == Ok(m.ino()),
+        Err(_) => false,
+    }
+}
+
 fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // Under systemd, log to the journal natively: each key/value field becomes a journal
+    // field (`journalctl -u iomt-gateway UPLINK=fhir`), levels become priorities.
+    if stderr_is_journal() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        match tracing_journald::layer() {
+            Ok(journal) => {
+                let journal = journal
+                    .with_field_prefix(None)
+                    .with_syslog_identifier("iomt-gateway".into());
+                let _ = tracing_subscriber::registry()
+                    .with(filter)
+                    .with(journal)
+                    .try_init();
+                return;
+            }
+            Err(e) => eprintln!("cannot reach the journal ({e}); logging to stderr"),
+        }
+    }
     // Colours only for a person at a terminal; journald and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
@@ -198,11 +259,12 @@ fn main() -> ExitCode {
             rotate,
             smart,
             alg,
+            keys,
         } => {
             if smart {
                 keygen_smart(&config, alg)
             } else {
-                keygen(&config, rotate)
+                keygen(&config, rotate, keys)
             }
         }
         Command::Pseudonym { id, config } => pseudonym_of(&id, &config),
@@ -339,11 +401,17 @@ fn profile_test(args: TestArgs) -> Result<ExitCode> {
                 .map_err(|_| anyhow::anyhow!("`{z}` is not an IANA time zone name"))?,
         ),
     };
+    let received_at = match &args.received_at {
+        None => chrono::Utc::now(),
+        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+            .map_err(|e| anyhow::anyhow!("--received-at `{t}` is not an RFC 3339 time: {e}"))?
+            .with_timezone(&chrono::Utc),
+    };
     let observations = probe::test_payload(
         &profile,
         &args.payload,
         args.characteristic.as_deref(),
-        chrono::Utc::now(),
+        received_at,
         zone,
     )?;
     let mut out = std::io::stdout().lock();
@@ -378,6 +446,53 @@ async fn shutdown_signal() {
     }
 }
 
+/// Sends a notification to systemd if it asked for them (`NOTIFY_SOCKET`); a failure is
+/// logged, never fatal.
+fn notify_systemd(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// The watchdog period systemd asks for (`WATCHDOG_USEC`), unless `WATCHDOG_PID` names
+/// another process (the rule of sd_watchdog_enabled(3)).
+fn watchdog_period() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Some(pid) = std::env::var_os("WATCHDOG_PID") {
+        if pid.to_str().and_then(|p| p.parse::<u32>().ok()) != Some(std::process::id()) {
+            return None;
+        }
+    }
+    (usec > 0).then(|| Duration::from_micros(usec))
+}
+
+/// systemd integration (`Type=notify`, `WatchdogSec=`): READY=1 once the outbox is open
+/// and the drivers are started; WATCHDOG=1 at half the watchdog period, only while the
+/// daemon's health check passes, so a stuck gateway is restarted.
+fn systemd_hooks() -> daemon::Hooks {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return daemon::Hooks::default();
+    }
+    let alive = watchdog_period().map(|period| {
+        tracing::info!(
+            period_ms = period.as_millis() as u64,
+            "systemd watchdog enabled"
+        );
+        let keep_alive: Box<dyn FnMut() + Send> =
+            Box::new(|| notify_systemd(&[sd_notify::NotifyState::Watchdog]));
+        ((period / 2).max(Duration::from_millis(1)), keep_alive)
+    });
+    daemon::Hooks {
+        ready: Some(Box::new(|| {
+            notify_systemd(&[
+                sd_notify::NotifyState::Ready,
+                sd_notify::NotifyState::Status("running"),
+            ])
+        })),
+        alive,
+    }
+}
+
 async fn run(config_path: &Path) -> Result<ExitCode> {
     let config = Config::load(config_path)?;
     init_logging(&config.log_level, config.log_format);
@@ -393,16 +508,18 @@ async fn run(config_path: &Path) -> Result<ExitCode> {
     let stop = cancel.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
         stop.cancel();
     });
     tracing::info!(config = %config_path.display(), profiles = profiles.len(), "starting");
-    let stats = daemon::run(
+    let stats = daemon::run_with_hooks(
         config,
         profiles,
         Pseudonymizer::new(&key),
         keyring,
         None,
         cancel,
+        systemd_hooks(),
     )
     .await?;
     tracing::info!(
@@ -587,9 +704,24 @@ fn keygen_smart(config_path: &Path, alg: Option<iomt_gateway::smart::Alg>) -> Re
     Ok(ExitCode::SUCCESS)
 }
 
-fn keygen(config_path: &Path, rotate: bool) -> Result<ExitCode> {
-    let config = Config::load(config_path)?;
-    let storage = &config.storage_key_file;
+fn keygen(config_path: &Path, rotate: bool, keys: KeyPaths) -> Result<ExitCode> {
+    let (storage, pseudonym_key) = match keys {
+        KeyPaths {
+            storage_key: Some(s),
+            pseudonym_key: Some(p),
+        } => (s, p),
+        KeyPaths {
+            storage_key,
+            pseudonym_key,
+        } => {
+            let config = Config::load(config_path)?;
+            (
+                storage_key.unwrap_or(config.storage_key_file),
+                pseudonym_key.unwrap_or(config.pseudonym_key_file),
+            )
+        }
+    };
+    let storage = &storage;
     if rotate {
         pseudonym::rotate_key_file(storage, &pseudonym::random_key()?)?;
         println!(
@@ -602,7 +734,7 @@ fn keygen(config_path: &Path, rotate: bool) -> Result<ExitCode> {
     }
     for (what, path) in [
         ("storage key", storage),
-        ("pseudonymization key", &config.pseudonym_key_file),
+        ("pseudonymization key", &pseudonym_key),
     ] {
         if path.exists() {
             println!("kept the existing {what} {}", path.display());

@@ -304,6 +304,9 @@ enum Control {
         configured: Vec<String>,
         reply: Reply<Status>,
     },
+    Ping {
+        reply: Reply<()>,
+    },
 }
 
 /// A handle to the outbox. Cheap to clone; the writer stops when every handle is gone.
@@ -507,6 +510,13 @@ impl Outbox {
             reply,
         })
         .await
+    }
+
+    /// A round trip through the writer: resolves once the writer has taken the request
+    /// and applied the transaction it landed in. The daemon's liveness check (the systemd
+    /// watchdog): a writer stuck in SQLite or gone never answers `Ok`.
+    pub async fn ping(&self) -> Result<(), OutboxError> {
+        self.call(|reply| Control::Ping { reply }).await
     }
 
     /// Counts for `outbox status`.
@@ -767,7 +777,9 @@ fn reply(control: Control, result: Option<Result<ControlResult, String>>) {
             let _ = reply.send(Ok(*s));
         }
         (
-            Control::Delivered { reply, .. } | Control::DeadLetter { reply, .. },
+            Control::Delivered { reply, .. }
+            | Control::DeadLetter { reply, .. }
+            | Control::Ping { reply },
             Some(Ok(ControlResult::Done)),
         ) => {
             let _ = reply.send(Ok(()));
@@ -784,7 +796,12 @@ fn reply(control: Control, result: Option<Result<ControlResult, String>>) {
         (Control::Status { reply, .. }, _) => {
             let _ = reply.send(Err(fail("outbox")));
         }
-        (Control::Delivered { reply, .. } | Control::DeadLetter { reply, .. }, _) => {
+        (
+            Control::Delivered { reply, .. }
+            | Control::DeadLetter { reply, .. }
+            | Control::Ping { reply },
+            _,
+        ) => {
             let _ = reply.send(Err(fail("outbox")));
         }
     }
@@ -839,6 +856,7 @@ fn apply(
                 Control::Status { configured, .. } => store
                     .status(configured)
                     .map(|s| ControlResult::Status(Box::new(s))),
+                Control::Ping { .. } => Ok(ControlResult::Done),
             };
             applied_controls.push((c, Some(r.map_err(|e| e.to_string()))));
         }

@@ -11,8 +11,15 @@
 //! - Transient failures: the same rows are retried after the backoff (exponential with
 //!   jitter, capped, Retry-After respected).
 //!
-//! On shutdown the loop makes one last pass, bounded by a deadline, so what is already
-//! committed has its chance to go out.
+//! On shutdown the loop makes one last pass so what is already committed has its chance
+//! to go out. The whole of shutdown is bounded by `drain_deadline`, counted from the
+//! moment the loop is cancelled: the pass in flight and the last pass share it. When it
+//! passes, a request still waiting for the server is abandoned (its rows stay in the
+//! outbox and go again after the restart; the conditional creates make that retry
+//! harmless). What is never abandoned is the bookkeeping after an answer: once the server
+//! has acknowledged a Bundle, its rows are marked delivered before the loop stops, so a
+//! service manager's stop timeout (systemd's, 5 s and more) is met without breaking
+//! *delete after delivery*.
 
 use std::time::Duration;
 
@@ -35,7 +42,9 @@ pub struct DeliverySettings {
     pub backoff_base: Duration,
     /// Longest retry delay.
     pub backoff_max: Duration,
-    /// How long the last pass at shutdown may take.
+    /// How long the loop may go on once cancelled: the request in flight and the last
+    /// pass together. Past it, a request still waiting for the server is abandoned (its
+    /// rows stay queued); an acknowledged Bundle is still marked delivered.
     pub drain_deadline: Duration,
 }
 
@@ -57,6 +66,8 @@ struct Loop<'a> {
     uplink: &'a mut dyn Uplink,
     gateway: &'a (String, Box<RawValue>),
     stats: DeliveryStats,
+    /// Fires when the shutdown deadline has passed: requests still waiting are abandoned.
+    abandon: CancellationToken,
 }
 
 enum Pass {
@@ -130,7 +141,17 @@ impl Loop<'_> {
             &fetched.devices,
             &items,
         );
-        match self.uplink.deliver(&built.bundle).await {
+        // Only the wait for the server is abandoned at the shutdown deadline; once it has
+        // answered, what follows (marking rows delivered) always runs to the end.
+        let answer = tokio::select! {
+            biased;
+            answer = self.uplink.deliver(&built.bundle) => answer,
+            _ = self.abandon.cancelled() => Err(DeliveryError::Transient {
+                reason: ABANDONED.into(),
+                retry_after: None,
+            }),
+        };
+        match answer {
             Ok(()) => {
                 let done: Vec<(i64, usize)> = rows.iter().map(|r| (r.seq, r.len)).collect();
                 self.outbox
@@ -186,8 +207,12 @@ impl Loop<'_> {
     }
 }
 
-/// Runs one uplink until `cancel` fires, then makes a last pass bounded by the drain
-/// deadline. `gateway` is the gateway's own Device resource, sent in every Bundle.
+/// The reason of a request abandoned at the shutdown deadline.
+const ABANDONED: &str =
+    "shutdown deadline reached before the server answered; the rows stay in the outbox";
+
+/// Runs one uplink until `cancel` fires, then makes a last pass; the pass in flight and
+/// the last pass end within the drain deadline. `gateway` is the gateway's own Device resource, sent in every Bundle.
 pub async fn run(
     outbox: Outbox,
     mut uplink: Box<dyn Uplink>,
@@ -205,11 +230,23 @@ pub async fn run(
     let mut committed = outbox.committed();
     let mut backoff = Backoff::new(settings.backoff_base, settings.backoff_max);
     let name = uplink.name().to_string();
+    let abandon = CancellationToken::new();
+    // Fires `drain_deadline` after `cancel`; stopped with the loop.
+    let deadline_timer = {
+        let (cancel, abandon, deadline) =
+            (cancel.clone(), abandon.clone(), settings.drain_deadline);
+        tokio::spawn(async move {
+            cancel.cancelled().await;
+            tokio::time::sleep(deadline).await;
+            abandon.cancel();
+        })
+    };
     let mut l = Loop {
         outbox: &outbox,
         uplink: uplink.as_mut(),
         gateway: &gateway,
         stats: DeliveryStats::default(),
+        abandon: abandon.clone(),
     };
     let batch = settings.batch_size.max(1);
     while !cancel.is_cancelled() {
@@ -241,25 +278,21 @@ pub async fn run(
             }
         }
     }
-    // Last pass: deliver what is committed, within the deadline.
-    let drain = async {
-        loop {
-            match l.pass(batch).await {
-                Ok(Pass::Progress) => continue,
-                Ok(Pass::Idle) => break,
-                Err(e) => {
-                    tracing::warn!(uplink = %name, error = %e, "last delivery pass at shutdown failed; rows stay in the outbox");
-                    break;
-                }
+    // Last pass: deliver what is committed, within what is left of the deadline.
+    while !abandon.is_cancelled() {
+        match l.pass(batch).await {
+            Ok(Pass::Progress) => continue,
+            Ok(Pass::Idle) => break,
+            Err(e) => {
+                tracing::warn!(uplink = %name, error = %e, "last delivery pass at shutdown failed; rows stay in the outbox");
+                break;
             }
         }
-    };
-    if tokio::time::timeout(settings.drain_deadline, drain)
-        .await
-        .is_err()
-    {
+    }
+    if abandon.is_cancelled() {
         tracing::info!(uplink = %name, "shutdown deadline reached; undelivered rows stay in the outbox");
     }
+    deadline_timer.abort();
     tracing::debug!(uplink = %name, delivered = l.stats.delivered, "uplink stopped");
     l.stats
 }

@@ -1,0 +1,383 @@
+//! The daemon under a service manager: the systemd notification protocol (`NOTIFY_SOCKET`,
+//! `WATCHDOG_USEC`) spoken to a unix datagram socket the test binds, as systemd does, and
+//! a shutdown bounded well within the unit's stop timeout.
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{gateway, wait_until};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// How long the daemon may take to exit after SIGTERM (the unit's promise).
+const STOP_WITHIN: Duration = Duration::from_secs(5);
+
+fn write_key(path: &Path) {
+    std::fs::write(path, [7u8; 32]).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// A configuration with the simulator and the given `[[uplinks]]` table.
+fn write_config(dir: &Path, uplink: &str) -> PathBuf {
+    write_config_with(dir, uplink, "interval_secs = 0.05", "")
+}
+
+/// A configuration with the simulator (`sim` lines added to `[sim]`), the `[[uplinks]]`
+/// table and `outbox` lines added to `[outbox]`.
+fn write_config_with(dir: &Path, uplink: &str, sim: &str, outbox: &str) -> PathBuf {
+    write_key(&dir.join("pseudonym.key"));
+    write_key(&dir.join("storage.key"));
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[gateway]
+id = "kit-systemd-1"
+profiles_dir = "{root}/device-profiles"
+
+[patient]
+id = "MRN-SYSTEMD-1"
+
+[pseudonymization]
+key_file = "{dir}/pseudonym.key"
+
+[sim]
+enabled = true
+{sim}
+
+[outbox]
+path = "{dir}/outbox.db"
+key_file = "{dir}/storage.key"
+{outbox}
+
+[[uplinks]]
+{uplink}
+
+[log]
+level = "info"
+"#,
+            root = common::root().display(),
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// The notification socket systemd would bind, and what arrived on it.
+struct Notify {
+    socket: UnixDatagram,
+    path: PathBuf,
+    seen: Vec<String>,
+}
+
+impl Notify {
+    fn bind(dir: &Path) -> Self {
+        let path = dir.join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        Notify {
+            socket,
+            path,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Receives datagrams until `condition` holds on the lines seen so far, or fails
+    /// after `deadline`.
+    fn wait_for(&mut self, deadline: Duration, what: &str, condition: impl Fn(&[String]) -> bool) {
+        let start = Instant::now();
+        let mut buf = [0u8; 4096];
+        while !condition(&self.seen) {
+            assert!(
+                start.elapsed() < deadline,
+                "timed out after {deadline:?} waiting for {what}; received: {:?}",
+                self.seen
+            );
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                self.seen.extend(text.lines().map(str::to_string));
+            }
+        }
+    }
+
+    fn count(&self, line: &str) -> usize {
+        self.seen.iter().filter(|l| *l == line).count()
+    }
+}
+
+fn spawn_under_systemd(config: &Path, notify: &Notify, watchdog_usec: u64) -> Child {
+    gateway()
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("WATCHDOG_USEC", watchdog_usec.to_string())
+        .env_remove("WATCHDOG_PID")
+        .env_remove("JOURNAL_STREAM")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// `outbox status --json`: (rows stored, rows delivered to `uplink`).
+fn outbox_counts(config: &Path, uplink: &str) -> (u64, u64) {
+    let out = common::run(&[
+        "outbox",
+        "status",
+        "--json",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "outbox status failed: {}",
+        common::texts(&out).1
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let delivered = status["uplinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == uplink)
+        .and_then(|u| u["delivered"].as_u64())
+        .unwrap_or(0);
+    (status["rows"].as_u64().unwrap(), delivered)
+}
+
+/// Sends SIGTERM and waits for the exit; returns its status and how long it took.
+fn terminate(child: &mut Child) -> (ExitStatus, Duration) {
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let start = Instant::now();
+    let mut status = None;
+    wait_until(STOP_WITHIN * 2, "the daemon to exit after SIGTERM", || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    (status.unwrap(), start.elapsed())
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    let mut text = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut text);
+    }
+    text
+}
+
+#[test]
+fn under_systemd_the_daemon_says_ready_feeds_the_watchdog_and_exits_0_within_5_s_of_sigterm_with_its_outbox_intact(
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out_dir = tmp.path().join("out");
+    let config = write_config(
+        tmp.path(),
+        &format!(
+            "kind = \"file\"\nname = \"archive\"\ndir = \"{}\"\nbatch_size = 10",
+            out_dir.display()
+        ),
+    );
+    let mut notify = Notify::bind(tmp.path());
+    // 200 ms: keep-alives every 100 ms.
+    let mut child = spawn_under_systemd(&config, &notify, 200_000);
+    let _guard = common::DaemonGuard(child.id());
+
+    notify.wait_for(Duration::from_secs(20), "READY=1", |seen| {
+        seen.iter().any(|l| l == "READY=1")
+    });
+    assert!(
+        tmp.path().join("outbox.db").exists(),
+        "READY=1 came before the outbox was open"
+    );
+    let ready_at = notify.seen.iter().position(|l| l == "READY=1").unwrap();
+    notify.wait_for(
+        Duration::from_secs(10),
+        "five WATCHDOG=1 keep-alives",
+        |seen| {
+            seen[ready_at..]
+                .iter()
+                .filter(|l| *l == "WATCHDOG=1")
+                .count()
+                >= 5
+        },
+    );
+
+    // Rows committed (and some delivered) before the signal.
+    let mut before = (0, 0);
+    wait_until(Duration::from_secs(20), "rows in the outbox", || {
+        before = outbox_counts(&config, "archive");
+        before.0 + before.1 > 0
+    });
+
+    let (status, took) = terminate(&mut child);
+    let stderr = stderr_of(&mut child);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status {status}; stderr:\n{stderr}"
+    );
+    assert!(
+        took < STOP_WITHIN,
+        "took {took:?} to stop; stderr:\n{stderr}"
+    );
+    notify.wait_for(Duration::from_secs(2), "STOPPING=1", |seen| {
+        seen.iter().any(|l| l == "STOPPING=1")
+    });
+    assert_eq!(notify.count("READY=1"), 1, "READY=1 is sent once");
+
+    // The outbox opens afterwards, and every row committed before the signal is still
+    // there or was delivered.
+    let after = outbox_counts(&config, "archive");
+    assert!(
+        after.0 + after.1 >= before.0 + before.1,
+        "rows lost at shutdown: before (stored, delivered) = {before:?}, after = {after:?}"
+    );
+    assert!(after.1 >= before.1, "delivered count went back");
+}
+
+/// A FHIR "server" on 127.0.0.1 that accepts connections and never answers. Returns its
+/// port and the number of connections accepted so far.
+fn silent_server() -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            counted.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    (port, connections)
+}
+
+#[test]
+fn sigterm_while_the_fhir_server_never_answers_still_exits_0_within_5_s_and_keeps_the_rows_queued()
+{
+    // The request in flight would wait for its 30 s timeout if shutdown did not cut it.
+    let (port, connections) = silent_server();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(
+        tmp.path(),
+        &format!(
+            "kind = \"fhir\"\nname = \"cloud\"\nbase_url = \"http://127.0.0.1:{port}/fhir\"\ntimeout_secs = 30"
+        ),
+    );
+    let mut notify = Notify::bind(tmp.path());
+    let mut child = spawn_under_systemd(&config, &notify, 10_000_000);
+    let _guard = common::DaemonGuard(child.id());
+    notify.wait_for(Duration::from_secs(20), "READY=1", |seen| {
+        seen.iter().any(|l| l == "READY=1")
+    });
+    wait_until(Duration::from_secs(20), "a request in flight", || {
+        connections.load(Ordering::SeqCst) > 0
+    });
+    let mut before = (0, 0);
+    wait_until(Duration::from_secs(20), "rows in the outbox", || {
+        before = outbox_counts(&config, "cloud");
+        before.0 > 0
+    });
+
+    let (status, took) = terminate(&mut child);
+    let stderr = stderr_of(&mut child);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status {status}; stderr:\n{stderr}"
+    );
+    assert!(
+        took < STOP_WITHIN,
+        "took {took:?} to stop; stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("shutdown deadline reached"),
+        "the abandoned request is logged; stderr:\n{stderr}"
+    );
+    let after = outbox_counts(&config, "cloud");
+    assert_eq!(
+        after.1, 0,
+        "nothing was acknowledged, so nothing is delivered"
+    );
+    assert!(
+        after.0 >= before.0,
+        "rows lost at shutdown: before {before:?}, after {after:?}"
+    );
+}
+
+#[test]
+fn sigterm_with_a_full_blocking_outbox_and_a_silent_server_still_exits_0_within_5_s() {
+    // `when_full = "block"`: the pipeline waits for room that a silent server never
+    // makes, and the drivers wait on the full channel. Shutdown must not wait for them.
+    let (port, _connections) = silent_server();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config_with(
+        tmp.path(),
+        &format!(
+            "kind = \"fhir\"\nname = \"cloud\"\nbase_url = \"http://127.0.0.1:{port}/fhir\"\ntimeout_secs = 30"
+        ),
+        "interval_secs = 0.001\nnan_probability = 0.0",
+        "max_size_mb = 1\nwhen_full = \"block\"",
+    );
+    let mut notify = Notify::bind(tmp.path());
+    let mut child = spawn_under_systemd(&config, &notify, 10_000_000);
+    let _guard = common::DaemonGuard(child.id());
+    notify.wait_for(Duration::from_secs(20), "READY=1", |seen| {
+        seen.iter().any(|l| l == "READY=1")
+    });
+    let mut before = (0, 0);
+    let mut payload = 0;
+    wait_until(Duration::from_secs(60), "a full outbox", || {
+        let out = common::run(&[
+            "outbox",
+            "status",
+            "--json",
+            "--config",
+            config.to_str().unwrap(),
+        ]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        payload = status["payload_bytes"].as_u64().unwrap_or(0);
+        payload >= 1024 * 1024
+    });
+    // Full means the writer takes no more appends: the row count stays put while the
+    // simulator (6000 readings/s) fills the pipeline's and the drivers' channels.
+    let (mut last, mut unchanged) = (u64::MAX, 0);
+    wait_until(
+        Duration::from_secs(30),
+        "the row count to stop growing",
+        || {
+            let rows = outbox_counts(&config, "cloud").0;
+            unchanged = if rows == last { unchanged + 1 } else { 0 };
+            last = rows;
+            unchanged >= 20
+        },
+    );
+    before.0 = last;
+
+    let (status, took) = terminate(&mut child);
+    let stderr = stderr_of(&mut child);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status {status}; stderr:\n{stderr}"
+    );
+    assert!(
+        took < STOP_WITHIN,
+        "took {took:?} to stop; stderr:\n{stderr}"
+    );
+    let after = outbox_counts(&config, "cloud");
+    assert!(
+        after.0 >= before.0,
+        "rows lost: before {before:?}, after {after:?}"
+    );
+}
