@@ -365,3 +365,45 @@ fn a_device_sending_garbage_is_counted_and_does_not_disturb_the_others() {
         "{log}"
     );
 }
+
+#[test]
+fn scan_lists_nearby_devices_with_their_services_and_matching_profiles() {
+    let world = World::new(&[
+        (CUFF, "A&D_UA-651", DeviceKind::BloodPressure),
+        (NEIGHBOUR_SCALE, "Scale", DeviceKind::WeightScale),
+    ]);
+    world.bluez.advertise(CUFF);
+    world.bluez.advertise(NEIGHBOUR_SCALE);
+    let profiles = common::root().join("device-profiles");
+    let out = gateway()
+        .args([
+            "scan",
+            "--for",
+            "1",
+            "--profiles",
+            profiles.to_str().unwrap(),
+        ])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", world.bus.address())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = common::texts(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let line = |address: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(address))
+            .unwrap_or_else(|| panic!("{address} not listed:\n{stdout}"))
+            .to_string()
+    };
+    let cuff = line(CUFF);
+    assert!(
+        cuff.contains("1810") && cuff.contains("and-ua-651ble"),
+        "{cuff}"
+    );
+    let scale = line(NEIGHBOUR_SCALE);
+    assert!(
+        scale.contains("181D") && scale.contains("standard-weight-scale"),
+        "{scale}"
+    );
+    assert!(!world.bluez.discovering(), "scan stops discovery when done");
+}

@@ -252,6 +252,32 @@ pub fn ble_devices(
     Ok(devices)
 }
 
+/// The ids of the loaded BLE profiles an advertisement (name, service UUIDs) matches: a
+/// service in common, or the profile's name prefix.
+pub fn matching_ble_profiles(
+    profiles: &[Profile],
+    name: Option<&str>,
+    services: &[uuid::Uuid],
+) -> Vec<String> {
+    profiles
+        .iter()
+        .filter(|p| match &p.transport {
+            TransportSpec::Ble(spec) => {
+                spec.services
+                    .iter()
+                    .filter_map(|s| service_uuid(&p.id, s).ok())
+                    .any(|u| services.contains(&u))
+                    || spec
+                        .name_prefix
+                        .as_deref()
+                        .is_some_and(|pre| name.is_some_and(|n| n.starts_with(pre)))
+            }
+            _ => false,
+        })
+        .map(|p| p.id.clone())
+        .collect()
+}
+
 /// What a run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RunStats {

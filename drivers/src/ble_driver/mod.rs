@@ -228,6 +228,48 @@ async fn run(
     }
 }
 
+/// A device seen advertising during [`scan_nearby`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nearby {
+    /// Its Bluetooth address, upper case.
+    pub address: String,
+    /// Its advertised local name.
+    pub name: Option<String>,
+    /// Last signal strength, dBm.
+    pub rssi: Option<i16>,
+    /// Advertised (or, for a known device, resolved) service UUIDs.
+    pub services: Vec<Uuid>,
+}
+
+/// Scans for `duration` on the adapter named `adapter` (or the first) and returns every
+/// device BlueZ reported, sorted by address.
+pub async fn scan_nearby(
+    adapter: Option<&str>,
+    duration: Duration,
+) -> Result<Vec<Nearby>, btleplug::Error> {
+    let manager = Manager::new().await?;
+    let adapter = find_adapter(&manager, adapter).await?;
+    adapter.start_scan(ScanFilter::default()).await?;
+    tokio::time::sleep(duration).await;
+    let peripherals = adapter.peripherals().await;
+    if let Err(e) = adapter.stop_scan().await {
+        tracing::debug!(error = %e, "stopping discovery");
+    }
+    let mut found = Vec::new();
+    for p in peripherals? {
+        if let Ok(Some(props)) = p.properties().await {
+            found.push(Nearby {
+                address: props.address.to_string().to_uppercase(),
+                name: props.local_name,
+                rssi: props.rssi,
+                services: props.services,
+            });
+        }
+    }
+    found.sort_by(|a, b| a.address.cmp(&b.address));
+    Ok(found)
+}
+
 /// Scans until cancelled, running one task per configured device.
 async fn scan(
     config: &BleConfig,
