@@ -308,6 +308,15 @@ fn a_cuff_that_hangs_up_and_comes_back_is_read_again() {
     assert_eq!(sim.connects(CUFF), 2);
     assert_eq!(world.count(SYSTOLIC, "128"), 1);
     assert_eq!(world.count(SYSTOLIC, "122"), 1);
+    // The cuff's clock has no zone; the configured Europe/Berlin makes 09:00 08:00 UTC.
+    let times: Vec<String> = observations_in(&world.out())
+        .iter()
+        .filter_map(|o| o["effectiveDateTime"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        times.iter().any(|t| t == "2024-03-15T08:00:00Z"),
+        "{times:?}"
+    );
 }
 
 #[test]

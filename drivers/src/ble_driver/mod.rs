@@ -480,7 +480,13 @@ impl DeviceTask {
                 e = self.events.recv() => match e {
                     None => break SessionEnd::Stop,
                     Some(DevEvent::Disconnected) => break SessionEnd::Disconnected,
-                    Some(DevEvent::Seen(_)) => {}
+                    // Advertising again while we think it is connected: a disconnect
+                    // event may have been dropped (the channel is small); ask BlueZ.
+                    Some(DevEvent::Seen(_)) => {
+                        if !p.is_connected().await.unwrap_or(false) {
+                            break SessionEnd::Disconnected;
+                        }
+                    }
                 },
                 n = notes.next() => {
                     let Some(n) = n else { break SessionEnd::Disconnected };
