@@ -7,6 +7,8 @@
 #![warn(missing_docs)]
 
 pub mod ble;
+#[cfg(feature = "bluetooth")]
+pub mod ble_driver;
 pub mod decode;
 pub mod driver;
 pub mod reading;

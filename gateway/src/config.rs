@@ -164,6 +164,48 @@ fn default_reconnect_max() -> u64 {
     30_000
 }
 
+/// `[ble]`: the Bluetooth LE driver, on when `[[ble.devices]]` lists a device.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBle {
+    /// The adapter to use (`hci0`); default: the first one BlueZ reports.
+    #[serde(default)]
+    pub adapter: Option<String>,
+    /// Milliseconds before retrying a failed connect (or a Bluetooth stack not up yet).
+    #[serde(default = "default_reconnect_initial")]
+    pub reconnect_initial_ms: u64,
+    /// Longest wait between two attempts, in milliseconds (the wait doubles up to it).
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max_ms: u64,
+    /// The allow-list: only these devices are connected, whatever else advertises.
+    #[serde(default)]
+    pub devices: Vec<RawBleDevice>,
+}
+
+impl Default for RawBle {
+    fn default() -> Self {
+        Self {
+            adapter: None,
+            reconnect_initial_ms: default_reconnect_initial(),
+            reconnect_max_ms: default_reconnect_max(),
+            devices: Vec::new(),
+        }
+    }
+}
+
+/// `[[ble.devices]]`: one allow-listed device.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBleDevice {
+    /// The Bluetooth address, `AA:BB:CC:DD:EE:FF` (`bluetoothctl devices` lists it).
+    pub address: String,
+    /// The id of the BLE profile of this device.
+    pub profile: String,
+    /// IANA zone of this device's clock; default: `[devices.<profile>]`, then `[gateway]`.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+}
+
 /// `[[serial.ports]]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -384,6 +426,9 @@ pub struct RawConfig {
     /// `[serial]`
     #[serde(default)]
     pub serial: RawSerial,
+    /// `[ble]`
+    #[serde(default)]
+    pub ble: RawBle,
     /// `[devices.<profile-id>]`
     #[serde(default)]
     pub devices: BTreeMap<String, RawDevice>,
@@ -426,6 +471,30 @@ pub struct SerialPort {
     pub zone: Option<Zone>,
     /// At most one reading per this interval, if set.
     pub min_interval: Option<Duration>,
+}
+
+/// One allow-listed BLE device, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BleDevice {
+    /// The address, upper case.
+    pub address: String,
+    /// The profile id.
+    pub profile: String,
+    /// The zone of the device's clock, when set for this device.
+    pub zone: Option<Zone>,
+}
+
+/// BLE driver settings, validated.
+#[derive(Debug, Clone)]
+pub struct BleSettings {
+    /// The adapter (`hci0`), or the first.
+    pub adapter: Option<String>,
+    /// The allow-list (at least one device).
+    pub devices: Vec<BleDevice>,
+    /// First reconnect delay.
+    pub reconnect_initial: Duration,
+    /// Longest reconnect delay.
+    pub reconnect_max: Duration,
 }
 
 /// Serial driver settings, validated.
@@ -487,6 +556,8 @@ pub struct Config {
     pub sim: Option<SimSettings>,
     /// Serial driver, when ports are configured.
     pub serial: Option<SerialSettings>,
+    /// BLE driver, when devices are configured.
+    pub ble: Option<BleSettings>,
     /// The outbox.
     pub outbox: OutboxSettings,
     /// The storage key file.
@@ -732,6 +803,55 @@ impl Config {
                 "serial.reconnect_max_ms must be at least serial.reconnect_initial_ms".into(),
             );
         }
+        let mut ble_devices = Vec::new();
+        for (i, d) in raw.ble.devices.iter().enumerate() {
+            let key = format!("ble.devices[{i}]");
+            let address = d.address.trim().to_uppercase();
+            let valid = address.len() == 17
+                && address.split(':').count() == 6
+                && address
+                    .split(':')
+                    .all(|b| b.len() == 2 && b.chars().all(|c| c.is_ascii_hexdigit()));
+            if !valid {
+                problems.push(format!(
+                    "{key}.address `{}` is not a Bluetooth address like `AA:BB:CC:DD:EE:FF`",
+                    d.address
+                ));
+            }
+            if d.profile.trim().is_empty() {
+                problems.push(format!("{key}.profile must name a BLE profile id"));
+            }
+            if raw.ble.devices[..i]
+                .iter()
+                .any(|q| q.address.trim().to_uppercase() == address)
+            {
+                problems.push(format!(
+                    "{key}.address `{}` is configured twice; one address, one device",
+                    d.address
+                ));
+            }
+            let zone = match &d.time_zone {
+                None => None,
+                Some(z) => match parse_zone(z) {
+                    Ok(zone) => Some(zone),
+                    Err(e) => {
+                        problems.push(format!("{key}.time_zone: {e}"));
+                        None
+                    }
+                },
+            };
+            ble_devices.push(BleDevice {
+                address,
+                profile: d.profile.clone(),
+                zone,
+            });
+        }
+        if raw.ble.reconnect_initial_ms == 0 {
+            problems.push("ble.reconnect_initial_ms must be at least 1".into());
+        }
+        if raw.ble.reconnect_max_ms < raw.ble.reconnect_initial_ms {
+            problems.push("ble.reconnect_max_ms must be at least ble.reconnect_initial_ms".into());
+        }
         let o = &raw.outbox;
         if o.max_size_mb == 0 {
             problems.push("outbox.max_size_mb must be at least 1".into());
@@ -787,6 +907,12 @@ impl Config {
                 ports: serial_ports,
                 reconnect_initial: Duration::from_millis(raw.serial.reconnect_initial_ms),
                 reconnect_max: Duration::from_millis(raw.serial.reconnect_max_ms),
+            }),
+            ble: (!ble_devices.is_empty()).then(|| BleSettings {
+                adapter: raw.ble.adapter.clone(),
+                devices: ble_devices,
+                reconnect_initial: Duration::from_millis(raw.ble.reconnect_initial_ms),
+                reconnect_max: Duration::from_millis(raw.ble.reconnect_max_ms),
             }),
             outbox: OutboxSettings {
                 path: raw.outbox.path,
@@ -891,6 +1017,35 @@ dir = "/tmp/out"
         ] {
             assert!(msg.contains(needle), "{needle} missing from {msg}");
         }
+    }
+
+    #[test]
+    fn ble_devices_are_validated_naming_each_key() {
+        let text = format!(
+            "{MINIMAL}\n[[ble.devices]]\naddress = \"AA:BB:CC\"\nprofile = \"cuff\"\n[[ble.devices]]\naddress = \"aa:bb:cc:dd:ee:ff\"\nprofile = \"cuff\"\ntime_zone = \"Mars/Olympus\"\n[[ble.devices]]\naddress = \"AA:BB:CC:DD:EE:FF\"\nprofile = \"cuff\"\n"
+        );
+        let e = Config::from_toml_str(&text, "test")
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "ble.devices[0].address `AA:BB:CC`",
+            "ble.devices[1].time_zone",
+            "ble.devices[2].address `AA:BB:CC:DD:EE:FF` is configured twice",
+        ] {
+            assert!(e.contains(needle), "{needle} missing from {e}");
+        }
+    }
+
+    #[test]
+    fn a_ble_device_binds_an_address_to_a_profile_with_its_zone() {
+        let text = format!(
+            "{MINIMAL}\n[ble]\nadapter = \"hci1\"\n[[ble.devices]]\naddress = \"aa:bb:cc:dd:ee:ff\"\nprofile = \"cuff\"\ntime_zone = \"UTC\"\n"
+        );
+        let c = Config::from_toml_str(&text, "test").unwrap();
+        let ble = c.ble.unwrap();
+        assert_eq!(ble.adapter.as_deref(), Some("hci1"));
+        assert_eq!(ble.devices[0].address, "AA:BB:CC:DD:EE:FF");
+        assert_eq!(ble.devices[0].zone, Some(Zone::Named(chrono_tz::UTC)));
     }
 
     #[test]

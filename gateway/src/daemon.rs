@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{Offset, Utc};
+use iomt_drivers::ble_driver::{uuid_from_u16, BleConfig, BleDeviceConfig, BleDriver};
 use iomt_drivers::serial::{PortConfig, SerialConfig, SerialDriver};
 use iomt_drivers::sim::{SimClock as DriverClock, SimConfig, SimDevice, SimDriver};
 use iomt_drivers::{reading_channel, DeviceIdentity, Driver, Transport};
@@ -27,7 +28,9 @@ use tokio_util::sync::CancellationToken;
 
 use std::time::Duration;
 
-use crate::config::{Config, SerialSettings, SimSettings, Uplink as UplinkConfig, UplinkKind};
+use crate::config::{
+    BleSettings, Config, SerialSettings, SimSettings, Uplink as UplinkConfig, UplinkKind,
+};
 use crate::normalize::{self, Zone};
 use crate::outbox::seal::Keyring;
 use crate::outbox::{Outbox, OutboxError};
@@ -43,7 +46,7 @@ use crate::uplink::{Uplink, UplinkError};
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     /// No driver is enabled, so there would be nothing to do.
-    #[error("no driver is enabled: add a serial port with a [[serial.ports]] table (path and profile), or enable the simulator with [sim] enabled = true (the BLE and MQTT drivers are not part of this release yet)")]
+    #[error("no driver is enabled: add a Bluetooth device with a [[ble.devices]] table (address and profile), a serial port with a [[serial.ports]] table (path and profile), or enable the simulator with [sim] enabled = true (the MQTT driver is not part of this release yet)")]
     NoDriver,
     /// A serial port names a profile that is not loaded or not a serial profile.
     #[error("serial port `{path}`: profile `{profile}` is not a loaded serial profile{hint}")]
@@ -54,6 +57,24 @@ pub enum DaemonError {
         profile: String,
         /// The loaded serial profiles, for the message.
         hint: String,
+    },
+    /// A BLE device names a profile that is not loaded or not a BLE profile.
+    #[error("ble device `{address}`: profile `{profile}` is not a loaded BLE profile{hint}")]
+    UnknownBleProfile {
+        /// The device address.
+        address: String,
+        /// The profile id it names.
+        profile: String,
+        /// The loaded BLE profiles, for the message.
+        hint: String,
+    },
+    /// A BLE profile's service UUID is not a UUID.
+    #[error("profile `{profile}`: advertised service `{service}` is not a UUID")]
+    BadServiceUuid {
+        /// The profile id.
+        profile: String,
+        /// The service as written.
+        service: String,
     },
     /// The simulator names a profile that is not loaded or not a sim profile.
     #[error("sim.profiles names `{0}`, which is not a loaded simulator profile")]
@@ -254,6 +275,98 @@ async fn liveness(
     }
 }
 
+/// Parses a profile's service UUID: 16-bit (`1810`), 32-bit or 128-bit form.
+fn service_uuid(profile: &str, s: &str) -> Result<uuid::Uuid, DaemonError> {
+    let bad = || DaemonError::BadServiceUuid {
+        profile: profile.to_string(),
+        service: s.to_string(),
+    };
+    let t = s.trim().trim_start_matches("0x");
+    if t.len() <= 4 {
+        return u16::from_str_radix(t, 16)
+            .map(uuid_from_u16)
+            .map_err(|_| bad());
+    }
+    uuid::Uuid::parse_str(t).map_err(|_| bad())
+}
+
+/// Builds the BLE driver's allow-list: each configured address with its profile's
+/// advertised services, name prefix and measurement characteristic.
+pub fn ble_devices(
+    settings: &BleSettings,
+    profiles: &[Arc<Profile>],
+) -> Result<Vec<BleDeviceConfig>, DaemonError> {
+    let mut devices = Vec::new();
+    for d in &settings.devices {
+        let found = profiles.iter().find_map(|p| match &p.transport {
+            TransportSpec::Ble(spec) if p.id == d.profile => Some((p, spec)),
+            _ => None,
+        });
+        let Some((profile, spec)) = found else {
+            let known: Vec<&str> = profiles
+                .iter()
+                .filter(|p| matches!(p.transport, TransportSpec::Ble(_)))
+                .map(|p| p.id.as_str())
+                .collect();
+            return Err(DaemonError::UnknownBleProfile {
+                address: d.address.clone(),
+                profile: d.profile.clone(),
+                hint: if known.is_empty() {
+                    "; no BLE profile is loaded".into()
+                } else {
+                    format!("; loaded BLE profiles: {}", known.join(", "))
+                },
+            });
+        };
+        let services = spec
+            .services
+            .iter()
+            .map(|s| service_uuid(&profile.id, s))
+            .collect::<Result<Vec<_>, _>>()?;
+        devices.push(BleDeviceConfig {
+            address: d.address.clone(),
+            identity: Arc::new(DeviceIdentity {
+                profile: profile.id.clone(),
+                transport: Transport::Ble,
+                address: d.address.clone(),
+                serial_number: None,
+                manufacturer: Some(profile.manufacturer.clone()),
+                model: Some(profile.model.clone()),
+            }),
+            services,
+            name_prefix: spec.name_prefix.clone(),
+            measurement: spec.decoder.characteristic,
+        });
+    }
+    Ok(devices)
+}
+
+/// The ids of the loaded BLE profiles an advertisement (name, service UUIDs) matches: a
+/// service in common, or the profile's name prefix.
+pub fn matching_ble_profiles(
+    profiles: &[Profile],
+    name: Option<&str>,
+    services: &[uuid::Uuid],
+) -> Vec<String> {
+    profiles
+        .iter()
+        .filter(|p| match &p.transport {
+            TransportSpec::Ble(spec) => {
+                spec.services
+                    .iter()
+                    .filter_map(|s| service_uuid(&p.id, s).ok())
+                    .any(|u| services.contains(&u))
+                    || spec
+                        .name_prefix
+                        .as_deref()
+                        .is_some_and(|pre| name.is_some_and(|n| n.starts_with(pre)))
+            }
+            _ => false,
+        })
+        .map(|p| p.id.clone())
+        .collect()
+}
+
 /// What a run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RunStats {
@@ -329,6 +442,28 @@ pub async fn run_with_hooks(
             ports,
             reconnect_initial: settings.reconnect_initial,
             reconnect_max: settings.reconnect_max,
+        })?));
+    }
+    if let Some(settings) = &config.ble {
+        let devices = ble_devices(settings, &profiles)?;
+        for d in &settings.devices {
+            if let Some(zone) = d.zone {
+                address_zones.insert(format!("{}:{}", Transport::Ble, d.address), zone);
+            }
+        }
+        // The glucose sequence file lives next to the outbox: both are the kit's state.
+        let state_dir = config
+            .outbox
+            .path
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_default();
+        drivers.push(Box::new(BleDriver::new(BleConfig {
+            adapter: settings.adapter.clone(),
+            devices,
+            reconnect_initial: settings.reconnect_initial,
+            reconnect_max: settings.reconnect_max,
+            sequence_file: state_dir.join("ble-glucose-sequences.json"),
         })?));
     }
     if drivers.is_empty() {

@@ -94,6 +94,20 @@ enum Command {
         #[command(flatten)]
         keys: KeyPaths,
     },
+    /// List nearby Bluetooth LE devices, their advertised services and the profiles that
+    /// match each, to fill in [[ble.devices]] (talks to BlueZ on the system bus).
+    Scan {
+        /// Scan for this many seconds.
+        #[arg(long = "for", value_name = "SECONDS", default_value_t = 10.0)]
+        duration: f64,
+        /// Where to look the BLE profiles up (default: ./device-profiles, else the
+        /// installed ones).
+        #[arg(long, value_name = "DIR")]
+        profiles: Option<PathBuf>,
+        /// The Bluetooth adapter (default: the first one BlueZ reports).
+        #[arg(long, value_name = "NAME")]
+        adapter: Option<String>,
+    },
     /// Print the pseudonym a backend uses to enrol a patient (HMAC-SHA256 of the id
     /// under the pseudonymization key).
     Pseudonym {
@@ -268,6 +282,11 @@ fn main() -> ExitCode {
             }
         }
         Command::Pseudonym { id, config } => pseudonym_of(&id, &config),
+        Command::Scan {
+            duration,
+            profiles,
+            adapter,
+        } => scan(duration, profiles, adapter.as_deref()),
         Command::Outbox(OutboxCommand::Status { config, json }) => outbox_status(&config, json),
         Command::Outbox(OutboxCommand::DeadLetters { config }) => dead_letters(&config),
         Command::Demo {
@@ -748,6 +767,53 @@ fn keygen(config_path: &Path, rotate: bool, keys: KeyPaths) -> Result<ExitCode> 
         println!("created the {what} {} (mode 0600)", path.display());
     }
     println!("give the pseudonymization key to the backend's re-identification service; the storage key never leaves this device");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn scan(duration: f64, profiles: Option<PathBuf>, adapter: Option<&str>) -> Result<ExitCode> {
+    if !(duration.is_finite() && duration > 0.0) {
+        bail!("--for must be a positive number of seconds");
+    }
+    let dir = profiles.unwrap_or_else(default_profiles_dir);
+    let profiles = profile::load_all(std::slice::from_ref(&dir))
+        .map_err(|e| anyhow::anyhow!("device profiles in {} are invalid:\n{e}", dir.display()))?;
+    // A one-shot command: a current-thread runtime, no worker threads.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let found = rt
+        .block_on(iomt_drivers::ble_driver::scan_nearby(
+            adapter,
+            Duration::from_secs_f64(duration),
+        ))
+        .context("cannot scan: is bluetoothd running, and may this user talk to org.bluez?")?;
+    if found.is_empty() {
+        println!("no Bluetooth LE device found");
+    }
+    for d in &found {
+        let services: Vec<String> = d
+            .services
+            .iter()
+            .map(|u| match iomt_drivers::ble_driver::uuid_to_u16(*u) {
+                Some(s) => format!("{s:04X}"),
+                None => u.to_string(),
+            })
+            .collect();
+        let matching = daemon::matching_ble_profiles(&profiles, d.name.as_deref(), &d.services);
+        println!(
+            "{}  name {:?}  rssi {}  services [{}]  profiles: {}",
+            d.address,
+            d.name.as_deref().unwrap_or(""),
+            d.rssi.map_or_else(|| "-".to_string(), |r| r.to_string()),
+            services.join(", "),
+            if matching.is_empty() {
+                "none".to_string()
+            } else {
+                matching.join(", ")
+            }
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -2,6 +2,7 @@
 //! They stand only at the true edge of the machine (the cloud); everything on this side
 //! of it is the real thing.
 
+pub mod bluez;
 pub mod fhir_server;
 pub mod oauth;
 pub mod tls;

@@ -1,0 +1,717 @@
+//! The Bluetooth LE driver: the standard GATT health profiles through btleplug (BlueZ
+//! over D-Bus on Linux; libdbus honours `DBUS_SYSTEM_BUS_ADDRESS`).
+//!
+//! **Finding devices.** One scanner task starts discovery (filtered by the profiles'
+//! advertised services) and watches the adapter's events. A device is taken only when its
+//! address is on the configured allow-list (`[[ble.devices]]`) **and** it matches that
+//! entry's profile (an advertised service UUID, or the advertised name prefix): a home kit
+//! must never pick up the neighbour's scale. Everything else is ignored (logged once at
+//! debug).
+//!
+//! **One task per device.** The scanner hands "seen" and "disconnected" events to each
+//! configured device's task over a small bounded channel (`try_send`: a full channel
+//! drops a redundant "seen"), so a device that hangs in a connect never stalls the
+//! others. A task keeps one btleplug `Peripheral` for its device for the whole run, and in
+//! each session: opens the notification stream **before** `connect()` (BlueZ re-enables
+//! a client's notifications on reconnect, so a device may indicate its measurement before
+//! `subscribe()` returns), connects, discovers services, reads Device Information
+//! (manufacturer, model, serial number) and Battery Level, subscribes to the profile's
+//! measurement characteristic, decodes with [`crate::ble::decode`] and sends
+//! [`crate::Reading`]s. Values that arrive through the stream for other characteristics
+//! (BlueZ announces every read as a value change) are told apart by UUID and ignored.
+//!
+//! **Reconnect.** Health devices hang up after sending; the task then waits until the
+//! device advertises again. A failed connect (BlueZ replays remembered devices that are
+//! asleep) is retried with capped exponential [`Backoff`].
+//!
+//! **Glucose meters** are asked through the Record Access Control Point for the records
+//! after the last sequence number fetched (`01 03 01 <seq+1>`, or `01 01` the first
+//! time). Each record is sent with [`ReadingSender::send_acked`] and its sequence number is
+//! recorded in the [`SequenceStore`] only once the reading is committed to the outbox, so
+//! across restarts nothing is fetched twice or skipped.
+//!
+//! **Logs.** Connections are info lines naming the profile only; addresses, serial
+//! numbers and values appear at debug at most. A packet that does not decode is counted
+//! and logged at debug (hex bytes); each session ends with an info line giving the
+//! number of readings and rejected packets.
+
+pub mod sequence;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use btleplug::api::{
+    Central, CentralEvent, CharPropFlags, Characteristic as BleChar, Manager as _, Peripheral as _,
+    ScanFilter, WriteType,
+};
+use btleplug::platform::{Adapter, Manager, Peripheral, PeripheralId};
+use chrono::Utc;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::ble::{self, GattValue, GlucoseJoiner, GlucoseRecord};
+use crate::driver::{Driver, DriverError, DriverFuture, ReadingSender};
+use crate::reading::DeviceIdentity;
+use crate::serial::Backoff;
+
+pub use sequence::{SequenceError, SequenceStore};
+
+/// The Bluetooth SIG base UUID's tail: `0000xxxx-0000-1000-8000-00805f9b34fb`.
+const BASE_TAIL: u128 = 0x0000_0000_0000_1000_8000_0080_5f9b_34fb;
+
+/// The 128-bit UUID of a 16-bit SIG UUID.
+pub fn uuid_from_u16(u: u16) -> Uuid {
+    Uuid::from_u128(BASE_TAIL | (u128::from(u) << 96))
+}
+
+/// The 16-bit form of a SIG UUID, if it is one.
+pub fn uuid_to_u16(u: Uuid) -> Option<u16> {
+    let v = u.as_u128();
+    (v & !(0xFFFF_FFFFu128 << 96) == BASE_TAIL && v >> 112 == 0).then_some((v >> 96) as u16)
+}
+
+/// One allow-listed device.
+#[derive(Debug, Clone)]
+pub struct BleDeviceConfig {
+    /// Its Bluetooth address, upper case `AA:BB:CC:DD:EE:FF`.
+    pub address: String,
+    /// The identity its readings carry (profile, transport BLE, address); the Device
+    /// Information strings it reports fill in manufacturer, model and serial number.
+    pub identity: Arc<DeviceIdentity>,
+    /// The profile's advertised service UUIDs.
+    pub services: Vec<Uuid>,
+    /// The profile's advertised name prefix.
+    pub name_prefix: Option<String>,
+    /// The measurement characteristic of the profile's decoder (16-bit UUID).
+    pub measurement: u16,
+}
+
+impl BleDeviceConfig {
+    /// Whether an advertisement (name, service UUIDs) matches this entry's profile.
+    pub fn profile_matches(&self, name: Option<&str>, services: &[Uuid]) -> bool {
+        services.iter().any(|s| self.services.contains(s))
+            || self
+                .name_prefix
+                .as_deref()
+                .is_some_and(|p| name.is_some_and(|n| n.starts_with(p)))
+    }
+
+    fn is_glucose(&self) -> bool {
+        self.measurement == 0x2A18
+    }
+}
+
+/// The BLE driver's configuration.
+#[derive(Debug, Clone)]
+pub struct BleConfig {
+    /// The adapter to use (`hci0`); `None`: the first one.
+    pub adapter: Option<String>,
+    /// The allow-list: only these devices are connected.
+    pub devices: Vec<BleDeviceConfig>,
+    /// First delay before retrying a failed connect (or a missing Bluetooth stack).
+    pub reconnect_initial: Duration,
+    /// Longest delay between two attempts.
+    pub reconnect_max: Duration,
+    /// The file keeping the last glucose record fetched from each meter.
+    pub sequence_file: PathBuf,
+}
+
+/// The BLE driver.
+#[derive(Debug)]
+pub struct BleDriver {
+    config: BleConfig,
+    sequences: Arc<Mutex<SequenceStore>>,
+}
+
+impl BleDriver {
+    /// Checks the configuration and opens the glucose sequence file.
+    pub fn new(config: BleConfig) -> Result<Self, DriverError> {
+        let err = |reason: String| DriverError::Config {
+            driver: "ble".into(),
+            reason,
+        };
+        if config.devices.is_empty() {
+            return Err(err("no device is configured: add [[ble.devices]]".into()));
+        }
+        let sequences =
+            SequenceStore::open(&config.sequence_file).map_err(|e| err(e.to_string()))?;
+        Ok(Self {
+            config,
+            sequences: Arc::new(Mutex::new(sequences)),
+        })
+    }
+}
+
+impl Driver for BleDriver {
+    fn name(&self) -> &str {
+        "ble"
+    }
+
+    fn run(self: Box<Self>, tx: ReadingSender, cancel: CancellationToken) -> DriverFuture {
+        Box::pin(run(*self, tx, cancel))
+    }
+}
+
+/// What the scanner tells a device task.
+#[derive(Debug)]
+enum DevEvent {
+    /// The device advertises (and matches): a connect may succeed now.
+    Seen(Box<Peripheral>),
+    /// BlueZ reports the device disconnected.
+    Disconnected,
+}
+
+/// Finds the adapter named `name` (`hci0`), or the first one.
+pub async fn find_adapter(
+    manager: &Manager,
+    name: Option<&str>,
+) -> Result<Adapter, btleplug::Error> {
+    for adapter in manager.adapters().await? {
+        let info = adapter.adapter_info().await.unwrap_or_default();
+        let id = info.split_whitespace().next().unwrap_or_default();
+        if name.is_none_or(|n| id == n || id.ends_with(&format!("/{n}"))) {
+            return Ok(adapter);
+        }
+    }
+    Err(btleplug::Error::DeviceNotFound)
+}
+
+async fn run(
+    driver: BleDriver,
+    tx: ReadingSender,
+    cancel: CancellationToken,
+) -> Result<(), DriverError> {
+    let config = driver.config;
+    let mut backoff = Backoff::new(config.reconnect_initial, config.reconnect_max);
+    // One D-Bus connection for the whole run (each Manager opens one).
+    let mut manager: Option<Manager> = None;
+    loop {
+        if manager.is_none() {
+            match Manager::new().await {
+                Ok(m) => manager = Some(m),
+                Err(e) => tracing::warn!(error = %e, "cannot reach the system D-Bus"),
+            }
+        }
+        if let Some(m) = &manager {
+            let adapter = tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                a = find_adapter(m, config.adapter.as_deref()) => a,
+            };
+            match adapter {
+                Ok(adapter) => match scan(&config, &adapter, &tx, &cancel, &driver.sequences).await
+                {
+                    Ok(()) => return Ok(()),
+                    Err(e) if backoff.failures() == 0 => {
+                        tracing::warn!(error = %e, "BLE scanning failed; retrying");
+                    }
+                    Err(e) => tracing::debug!(error = %e, "BLE scanning failed again"),
+                },
+                Err(e) => {
+                    if backoff.failures() == 0 {
+                        tracing::warn!(error = %e, "no Bluetooth adapter (is bluetoothd running?); retrying");
+                    } else {
+                        tracing::debug!(error = %e, "no Bluetooth adapter yet");
+                    }
+                }
+            }
+        }
+        let delay = backoff.fail();
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// A device seen advertising during [`scan_nearby`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nearby {
+    /// Its Bluetooth address, upper case.
+    pub address: String,
+    /// Its advertised local name.
+    pub name: Option<String>,
+    /// Last signal strength, dBm.
+    pub rssi: Option<i16>,
+    /// Advertised (or, for a known device, resolved) service UUIDs.
+    pub services: Vec<Uuid>,
+}
+
+/// Scans for `duration` on the adapter named `adapter` (or the first) and returns every
+/// device BlueZ reported, sorted by address.
+pub async fn scan_nearby(
+    adapter: Option<&str>,
+    duration: Duration,
+) -> Result<Vec<Nearby>, btleplug::Error> {
+    let manager = Manager::new().await?;
+    let adapter = find_adapter(&manager, adapter).await?;
+    adapter.start_scan(ScanFilter::default()).await?;
+    tokio::time::sleep(duration).await;
+    let peripherals = adapter.peripherals().await;
+    if let Err(e) = adapter.stop_scan().await {
+        tracing::debug!(error = %e, "stopping discovery");
+    }
+    let mut found = Vec::new();
+    for p in peripherals? {
+        if let Ok(Some(props)) = p.properties().await {
+            found.push(Nearby {
+                address: props.address.to_string().to_uppercase(),
+                name: props.local_name,
+                rssi: props.rssi,
+                services: props.services,
+            });
+        }
+    }
+    found.sort_by(|a, b| a.address.cmp(&b.address));
+    Ok(found)
+}
+
+/// Scans until cancelled, running one task per configured device.
+async fn scan(
+    config: &BleConfig,
+    adapter: &Adapter,
+    tx: &ReadingSender,
+    cancel: &CancellationToken,
+    sequences: &Arc<Mutex<SequenceStore>>,
+) -> Result<(), btleplug::Error> {
+    let mut events = adapter.events().await?;
+    let mut services: Vec<Uuid> = Vec::new();
+    for d in &config.devices {
+        for s in &d.services {
+            if !services.contains(s) {
+                services.push(*s);
+            }
+        }
+    }
+    // A profile recognized by name alone needs an unfiltered scan.
+    if config.devices.iter().any(|d| d.services.is_empty()) {
+        services.clear();
+    }
+    adapter.start_scan(ScanFilter { services }).await?;
+    tracing::info!(devices = config.devices.len(), "BLE scanning");
+
+    let tasks_cancel = cancel.child_token();
+    let mut tasks = JoinSet::new();
+    let mut senders: HashMap<String, mpsc::Sender<DevEvent>> = HashMap::new();
+    for d in &config.devices {
+        let (etx, erx) = mpsc::channel(4);
+        senders.insert(d.address.clone(), etx);
+        let task = DeviceTask {
+            cfg: d.clone(),
+            tx: tx.clone(),
+            cancel: tasks_cancel.clone(),
+            events: erx,
+            backoff: Backoff::new(config.reconnect_initial, config.reconnect_max),
+            sequences: sequences.clone(),
+        };
+        tasks.spawn(task.run());
+    }
+    let mut known: HashMap<PeripheralId, String> = HashMap::new();
+    let mut ignored: HashSet<PeripheralId> = HashSet::new();
+    let result = loop {
+        let event = tokio::select! {
+            () = cancel.cancelled() => break Ok(()),
+            e = events.next() => e,
+        };
+        let Some(event) = event else {
+            break Err(btleplug::Error::Other(
+                "the adapter's event stream ended".into(),
+            ));
+        };
+        let id = match event {
+            CentralEvent::DeviceDiscovered(id)
+            | CentralEvent::DeviceUpdated(id)
+            | CentralEvent::ServicesAdvertisement { id, .. } => id,
+            CentralEvent::DeviceDisconnected(id) => {
+                if let Some(s) = known.get(&id).and_then(|a| senders.get(a)) {
+                    let _ = s.try_send(DevEvent::Disconnected);
+                }
+                continue;
+            }
+            _ => continue,
+        };
+        let Ok(p) = adapter.peripheral(&id).await else {
+            continue;
+        };
+        let Ok(Some(props)) = p.properties().await else {
+            continue;
+        };
+        let address = props.address.to_string().to_uppercase();
+        let Some(cfg) = config.devices.iter().find(|d| d.address == address) else {
+            if ignored.insert(id) {
+                tracing::debug!(device = %address, "ignoring a device outside the allow-list");
+            }
+            continue;
+        };
+        let name = props.local_name.as_deref();
+        if !cfg.profile_matches(name, &props.services) {
+            if ignored.insert(id) {
+                tracing::debug!(device = %address, profile = %cfg.identity.profile, "an allow-listed address does not advertise its profile's services or name; ignored");
+            }
+            continue;
+        }
+        ignored.remove(&id);
+        known.insert(id, address.clone());
+        if let Some(s) = senders.get(&address) {
+            let _ = s.try_send(DevEvent::Seen(Box::new(p)));
+        }
+    };
+    tasks_cancel.cancel();
+    while tasks.join_next().await.is_some() {}
+    if let Err(e) = adapter.stop_scan().await {
+        tracing::debug!(error = %e, "stopping discovery");
+    }
+    result
+}
+
+/// How a session ended.
+enum SessionEnd {
+    /// The device went away; wait until it advertises again.
+    Disconnected,
+    /// The driver stops.
+    Stop,
+}
+
+struct DeviceTask {
+    cfg: BleDeviceConfig,
+    tx: ReadingSender,
+    cancel: CancellationToken,
+    events: mpsc::Receiver<DevEvent>,
+    backoff: Backoff,
+    sequences: Arc<Mutex<SequenceStore>>,
+}
+
+/// Per-session counters.
+#[derive(Default)]
+struct Counts {
+    readings: u64,
+    rejected: u64,
+}
+
+impl DeviceTask {
+    async fn run(mut self) {
+        let mut peripheral: Option<Peripheral> = None;
+        loop {
+            let event = tokio::select! {
+                () = self.cancel.cancelled() => return,
+                e = self.events.recv() => e,
+            };
+            match event {
+                None => return,
+                Some(DevEvent::Disconnected) => continue,
+                Some(DevEvent::Seen(p)) => {
+                    // One Peripheral for the whole run: it keeps the discovered services,
+                    // so a notification right after a reconnect maps to its characteristic.
+                    if peripheral.is_none() {
+                        peripheral = Some(*p);
+                    }
+                }
+            }
+            let Some(p) = peripheral.clone() else {
+                continue;
+            };
+            match self.session(&p).await {
+                Ok(SessionEnd::Stop) => return,
+                Ok(SessionEnd::Disconnected) => {
+                    self.backoff.succeed();
+                    // Sightings from before the hang-up are stale.
+                    while let Ok(e) = self.events.try_recv() {
+                        drop(e);
+                    }
+                }
+                Err(e) => {
+                    let delay = self.backoff.fail();
+                    if self.backoff.failures() == 1 {
+                        tracing::warn!(profile = %self.cfg.identity.profile, error = %e, "BLE device session failed; retrying when it advertises again");
+                    } else {
+                        tracing::debug!(device = %self.cfg.address, error = %e, "BLE device session failed again");
+                    }
+                    let _ = p.disconnect().await;
+                    tokio::select! {
+                        () = self.cancel.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn session(&mut self, p: &Peripheral) -> Result<SessionEnd, btleplug::Error> {
+        // Before connect(): see the module doc.
+        let mut notes = p.notifications().await?;
+        p.connect().await?;
+        p.discover_services().await?;
+        let identity = self.read_identity(p).await;
+        tracing::info!(profile = %self.cfg.identity.profile, "BLE device connected");
+        let chars = p.characteristics();
+        let find = |u: u16| chars.iter().find(|c| c.uuid == uuid_from_u16(u)).cloned();
+        let mut wanted = vec![self.cfg.measurement];
+        if self.cfg.is_glucose() {
+            wanted.extend([0x2A34, 0x2A52]);
+        }
+        for u in wanted {
+            if let Some(c) = find(u) {
+                if c.properties
+                    .intersects(CharPropFlags::NOTIFY | CharPropFlags::INDICATE)
+                {
+                    p.subscribe(&c).await?;
+                }
+            } else if u == self.cfg.measurement {
+                tracing::warn!(profile = %self.cfg.identity.profile, characteristic = format!("0x{u:04X}"), "the device lacks its profile's measurement characteristic");
+            }
+        }
+        let mut glucose = GlucoseJoiner::new(16);
+        if self.cfg.is_glucose() {
+            if let Some(racp) = find(0x2A52) {
+                self.request_records(p, &racp).await?;
+            }
+        }
+        let mut counts = Counts::default();
+        let end = loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => {
+                    let _ = p.disconnect().await;
+                    break SessionEnd::Stop;
+                }
+                e = self.events.recv() => match e {
+                    None => break SessionEnd::Stop,
+                    Some(DevEvent::Disconnected) => break SessionEnd::Disconnected,
+                    // Advertising again while we think it is connected: a disconnect
+                    // event may have been dropped (the channel is small); ask BlueZ.
+                    Some(DevEvent::Seen(_)) => {
+                        if !p.is_connected().await.unwrap_or(false) {
+                            break SessionEnd::Disconnected;
+                        }
+                    }
+                },
+                n = notes.next() => {
+                    let Some(n) = n else { break SessionEnd::Disconnected };
+                    if !self.handle(n.uuid, &n.value, &identity, &mut glucose, &mut counts).await {
+                        break SessionEnd::Stop;
+                    }
+                }
+            }
+        };
+        // Records whose context never came are not held back.
+        for r in glucose.flush() {
+            if !self.send_glucose(r, &identity, &mut counts).await {
+                break;
+            }
+        }
+        tracing::info!(
+            profile = %self.cfg.identity.profile,
+            readings = counts.readings,
+            rejected = counts.rejected,
+            "BLE device session ended"
+        );
+        Ok(end)
+    }
+
+    async fn request_records(&self, p: &Peripheral, racp: &BleChar) -> Result<(), btleplug::Error> {
+        let last = self
+            .sequences
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last(&self.cfg.address);
+        if let Some(request) = sequence::racp_request(last) {
+            tracing::debug!(device = %self.cfg.address, request = %hex::encode(&request), "RACP request");
+            p.write(racp, &request, WriteType::WithResponse).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads Device Information and Battery Level; failures leave the profile's values.
+    async fn read_identity(&self, p: &Peripheral) -> Arc<DeviceIdentity> {
+        let mut identity = (*self.cfg.identity).clone();
+        for c in p.characteristics() {
+            let Some(u) = uuid_to_u16(c.uuid) else {
+                continue;
+            };
+            if !matches!(u, 0x2A19 | 0x2A24 | 0x2A25 | 0x2A29)
+                || !c.properties.contains(CharPropFlags::READ)
+            {
+                continue;
+            }
+            let bytes = match p.read(&c).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::debug!(device = %self.cfg.address, characteristic = format!("0x{u:04X}"), error = %e, "read failed");
+                    continue;
+                }
+            };
+            match ble::decode(u, &bytes) {
+                Ok(GattValue::DeviceString(_, s)) => {
+                    let slot = match u {
+                        0x2A29 => &mut identity.manufacturer,
+                        0x2A24 => &mut identity.model,
+                        _ => &mut identity.serial_number,
+                    };
+                    if s.value.is_some() {
+                        *slot = s.value;
+                    }
+                }
+                Ok(GattValue::Battery(b)) => {
+                    tracing::debug!(device = %self.cfg.address, battery = b.percent, "battery level");
+                    if b.percent <= 10 {
+                        tracing::warn!(profile = %self.cfg.identity.profile, "a BLE device's battery is low");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(device = %self.cfg.address, error = %e, "device information rejected")
+                }
+            }
+        }
+        Arc::new(identity)
+    }
+
+    /// Handles one value from the stream; `false` when the channel is closed.
+    async fn handle(
+        &self,
+        uuid: Uuid,
+        value: &[u8],
+        identity: &Arc<DeviceIdentity>,
+        glucose: &mut GlucoseJoiner,
+        counts: &mut Counts,
+    ) -> bool {
+        let Some(u) = uuid_to_u16(uuid) else {
+            return true;
+        };
+        let is_measurement = u == self.cfg.measurement
+            || (self.cfg.is_glucose() && u == 0x2A34)
+            || matches!(u, 0x2A36 | 0x2A1E);
+        if self.cfg.is_glucose() && u == 0x2A52 {
+            let response = sequence::racp_response(value);
+            tracing::debug!(device = %self.cfg.address, response = ?response, "RACP response");
+            if let sequence::RacpResponse::Failed(op, code) = response {
+                tracing::warn!(profile = %self.cfg.identity.profile, opcode = op, code, "the glucose meter refused the record request");
+            }
+            for r in glucose.flush() {
+                if !self.send_glucose(r, identity, counts).await {
+                    return false;
+                }
+            }
+            return true;
+        }
+        if !is_measurement {
+            // Read results and other characteristics (BlueZ announces reads as changes).
+            return true;
+        }
+        let decoded = match ble::decode(u, value) {
+            Ok(v) => v,
+            Err(e) => {
+                counts.rejected += 1;
+                tracing::debug!(device = %self.cfg.address, error = %e, bytes = %hex::encode(value), "BLE packet rejected");
+                return true;
+            }
+        };
+        match decoded {
+            GattValue::Glucose(m) => {
+                for r in glucose.measurement(m) {
+                    if !self.send_glucose(r, identity, counts).await {
+                        return false;
+                    }
+                }
+                true
+            }
+            GattValue::GlucoseContext(c) => match glucose.context(c) {
+                Ok(r) => self.send_glucose(r, identity, counts).await,
+                Err(e) => {
+                    counts.rejected += 1;
+                    tracing::debug!(device = %self.cfg.address, error = %e, "glucose context rejected");
+                    true
+                }
+            },
+            other => {
+                let Some(m) = other.as_final() else {
+                    tracing::debug!(device = %self.cfg.address, characteristic = format!("0x{u:04X}"), "intermediate value");
+                    return true;
+                };
+                for a in m.anomalies() {
+                    tracing::warn!(profile = %self.cfg.identity.profile, anomaly = ?a, "BLE measurement anomaly");
+                }
+                counts.readings += 1;
+                self.tx
+                    .send(m.to_reading(identity.clone(), Utc::now()))
+                    .await
+                    .is_ok()
+            }
+        }
+    }
+
+    /// Sends a glucose record and records its sequence number once it is committed;
+    /// `false` when the channel is closed.
+    async fn send_glucose(
+        &self,
+        r: GlucoseRecord,
+        identity: &Arc<DeviceIdentity>,
+        counts: &mut Counts,
+    ) -> bool {
+        use crate::ble::FinalMeasurement;
+        let seq = r.measurement.sequence;
+        let reading = r.measurement.to_reading(identity.clone(), Utc::now());
+        let Ok(ack) = self.tx.send_acked(reading).await else {
+            return false;
+        };
+        counts.readings += 1;
+        match ack.await {
+            Ok(_) => {
+                let result = self
+                    .sequences
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .record(&self.cfg.address, seq);
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "cannot record the glucose records fetched; they will be fetched again");
+                }
+            }
+            Err(_) => {
+                tracing::warn!(profile = %self.cfg.identity.profile, "a glucose record was not committed; it will be fetched again");
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reading::Transport;
+
+    fn cfg() -> BleDeviceConfig {
+        BleDeviceConfig {
+            address: "AA:BB:CC:DD:EE:01".into(),
+            identity: Arc::new(DeviceIdentity {
+                profile: "cuff".into(),
+                transport: Transport::Ble,
+                address: "AA:BB:CC:DD:EE:01".into(),
+                serial_number: None,
+                manufacturer: None,
+                model: None,
+            }),
+            services: vec![uuid_from_u16(0x1810)],
+            name_prefix: Some("A&D_UA-651".into()),
+            measurement: 0x2A35,
+        }
+    }
+
+    #[test]
+    fn sig_uuids_convert_between_16_and_128_bits() {
+        let u = uuid_from_u16(0x2A35);
+        assert_eq!(u.to_string(), "00002a35-0000-1000-8000-00805f9b34fb");
+        assert_eq!(uuid_to_u16(u), Some(0x2A35));
+        assert_eq!(uuid_to_u16(Uuid::from_u128(1)), None);
+    }
+
+    #[test]
+    fn a_device_matches_its_profile_by_service_or_by_name_prefix() {
+        let c = cfg();
+        assert!(c.profile_matches(None, &[uuid_from_u16(0x1810)]));
+        assert!(c.profile_matches(Some("A&D_UA-651BLE"), &[]));
+        assert!(!c.profile_matches(Some("Scale"), &[uuid_from_u16(0x181D)]));
+    }
+}

@@ -1,0 +1,511 @@
+//! A simulated BlueZ on a private D-Bus system bus, for end-to-end tests of the BLE
+//! driver through the real btleplug/bluez-async/libdbus stack.
+//!
+//! It behaves as `shared/reference/bluez-behaviour.md` describes BlueZ toward btleplug:
+//! `org.bluez` owns `/org/bluez/hci0` (Adapter1) and devices below it (Device1), GATT
+//! services and characteristics below those (GattService1, GattCharacteristic1, paths
+//! named by handle), all announced through `org.freedesktop.DBus.ObjectManager` at `/`.
+//! Discovery is per D-Bus client; devices appear once discovery runs and they advertise;
+//! `Connect` sets `Connected`, exports the GATT objects (once; they stay cached), grows
+//! `UUIDs`, sets `ServicesResolved`, then returns; notification sessions survive
+//! disconnects; every `ReadValue` emits `PropertiesChanged(Value)`; errors carry BlueZ's
+//! names. A glucose meter answers the Record Access Control Point only once indications
+//! on 0x2A52 and notifications on 0x2A18 are enabled.
+//!
+//! [`PrivateBus`] starts the `dbus-daemon`; [`SimBluez`] serves `org.bluez` on it and is
+//! driven by the test (advertise, queue a measurement, hang up).
+
+mod objects;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use zbus::object_server::ObjectServer;
+use zbus::Connection;
+
+use objects::{Adapter, Characteristic, Device, Service};
+
+/// The adapter's object path.
+pub const ADAPTER_PATH: &str = "/org/bluez/hci0";
+
+/// A private `dbus-daemon` with a system-bus configuration in a temporary directory.
+/// Killed when dropped.
+#[derive(Debug)]
+pub struct PrivateBus {
+    child: Child,
+    address: String,
+}
+
+/// Why the test environment could not be set up.
+#[derive(Debug)]
+pub struct SetupError(pub String);
+
+impl std::fmt::Display for SetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SetupError {}
+
+impl PrivateBus {
+    /// Starts `dbus-daemon` listening on a socket in `dir`, and waits until it prints its
+    /// address (it is listening then).
+    pub fn start(dir: &Path) -> Result<Self, SetupError> {
+        let config = dir.join("system-bus.conf");
+        let socket = dir.join("system_bus_socket");
+        let text = format!(
+            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_type="method_call"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+  </policy>
+</busconfig>
+"#,
+            socket.display()
+        );
+        std::fs::write(&config, text).map_err(|e| SetupError(format!("bus config: {e}")))?;
+        let mut child = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", config.display()))
+            .args(["--nofork", "--print-address=1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| SetupError(format!("dbus-daemon (install the dbus package): {e}")))?;
+        let mut line = String::new();
+        let read = child
+            .stdout
+            .take()
+            .map(|out| BufReader::new(out).read_line(&mut line));
+        if !matches!(read, Some(Ok(n)) if n > 0) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(SetupError("dbus-daemon printed no address".into()));
+        }
+        Ok(Self {
+            child,
+            address: line.trim().to_string(),
+        })
+    }
+
+    /// The bus address, for `DBUS_SYSTEM_BUS_ADDRESS`.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+}
+
+impl Drop for PrivateBus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The kinds of simulated health devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// Blood Pressure service 0x1810 (Blood Pressure Measurement 0x2A35, indicate).
+    BloodPressure,
+    /// Pulse Oximeter service 0x1822 (PLX Spot-Check 0x2A5E, indicate).
+    PulseOximeter,
+    /// Glucose service 0x1808 (0x2A18 notify, 0x2A34 notify, RACP 0x2A52 write+indicate).
+    Glucose,
+    /// Weight Scale service 0x181D (Weight Measurement 0x2A9D, indicate).
+    WeightScale,
+}
+
+impl DeviceKind {
+    /// The primary service this kind advertises.
+    pub fn service(self) -> u16 {
+        match self {
+            DeviceKind::BloodPressure => 0x1810,
+            DeviceKind::PulseOximeter => 0x1822,
+            DeviceKind::Glucose => 0x1808,
+            DeviceKind::WeightScale => 0x181D,
+        }
+    }
+
+    fn gatt(self) -> Vec<(u16, Vec<CharSpec>)> {
+        const IND: &[&str] = &["indicate"];
+        const NOT: &[&str] = &["notify"];
+        const READ: &[&str] = &["read"];
+        let own = match self {
+            DeviceKind::BloodPressure => vec![(0x2A35, IND), (0x2A49, READ)],
+            DeviceKind::PulseOximeter => vec![(0x2A5E, IND), (0x2A5F, NOT)],
+            DeviceKind::Glucose => vec![
+                (0x2A18, NOT),
+                (0x2A34, NOT),
+                (0x2A52, &["write", "indicate"][..]),
+            ],
+            DeviceKind::WeightScale => vec![(0x2A9D, IND)],
+        };
+        vec![
+            (0x180A, vec![(0x2A29, READ), (0x2A24, READ), (0x2A25, READ)]),
+            (0x180F, vec![(0x2A19, &["read", "notify"][..])]),
+            (self.service(), own),
+        ]
+    }
+}
+
+/// A characteristic: 16-bit UUID and BlueZ flags.
+type CharSpec = (u16, &'static [&'static str]);
+
+/// The 128-bit form of a 16-bit SIG UUID.
+pub fn uuid16(u: u16) -> String {
+    format!("0000{u:04x}-0000-1000-8000-00805f9b34fb")
+}
+
+/// One simulated device.
+#[derive(Debug, Clone)]
+pub struct DeviceSpec {
+    /// Bluetooth address, `AA:BB:CC:DD:EE:FF`.
+    pub address: String,
+    /// Advertised local name.
+    pub name: String,
+    /// What it is.
+    pub kind: DeviceKind,
+    /// Battery level it reports.
+    pub battery: u8,
+}
+
+pub(crate) struct CharState {
+    pub uuid: u16,
+    pub service: usize,
+    pub flags: &'static [&'static str],
+    pub notifying: bool,
+    pub value: Vec<u8>,
+}
+
+pub(crate) struct DevState {
+    pub spec: DeviceSpec,
+    pub exported: bool,
+    pub gatt_exported: bool,
+    pub advertising: bool,
+    pub connected: bool,
+    pub services_resolved: bool,
+    pub rssi: i16,
+    pub uuids: Vec<String>,
+    pub services: Vec<u16>,
+    pub chars: Vec<CharState>,
+    pub queued: Vec<(u16, Vec<u8>)>,
+    pub records: BTreeMap<u16, Vec<u8>>,
+    pub racp_requests: Vec<Vec<u8>>,
+    pub connects: u32,
+}
+
+impl DevState {
+    fn new(spec: DeviceSpec) -> Self {
+        let mut services = Vec::new();
+        let mut chars = Vec::new();
+        for (si, (svc, cs)) in spec.kind.gatt().into_iter().enumerate() {
+            services.push(svc);
+            for (uuid, flags) in cs {
+                let value = match uuid {
+                    0x2A29 => b"Simulated Medical".to_vec(),
+                    0x2A24 => format!("{:?}", spec.kind).into_bytes(),
+                    0x2A25 => format!("SN-{}", spec.address.replace(':', "")).into_bytes(),
+                    0x2A19 => vec![spec.battery],
+                    _ => Vec::new(),
+                };
+                chars.push(CharState {
+                    uuid,
+                    service: si,
+                    flags,
+                    notifying: false,
+                    value,
+                });
+            }
+        }
+        Self {
+            uuids: vec![uuid16(spec.kind.service())],
+            spec,
+            exported: false,
+            gatt_exported: false,
+            advertising: false,
+            connected: false,
+            services_resolved: false,
+            rssi: -60,
+            services,
+            chars,
+            queued: Vec::new(),
+            records: BTreeMap::new(),
+            racp_requests: Vec::new(),
+            connects: 0,
+        }
+    }
+
+    pub fn path(&self) -> String {
+        device_path(&self.spec.address)
+    }
+
+    pub fn service_path(&self, i: usize) -> String {
+        format!("{}/service{:04x}", self.path(), 0x10 * (i + 1))
+    }
+
+    pub fn char_path(&self, i: usize) -> String {
+        let s = self.chars[i].service;
+        format!(
+            "{}/char{:04x}",
+            self.service_path(s),
+            0x10 * (s + 1) + 1 + 2 * i
+        )
+    }
+
+    fn char_index(&self, uuid: u16) -> Option<usize> {
+        self.chars.iter().position(|c| c.uuid == uuid)
+    }
+}
+
+fn device_path(address: &str) -> String {
+    format!("{ADAPTER_PATH}/dev_{}", address.replace(':', "_"))
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    /// D-Bus unique names of the clients that started discovery, with their UUID filter.
+    pub discovering: BTreeMap<String, Vec<String>>,
+    /// Each client's discovery filter (service UUIDs; empty: all).
+    pub filters: BTreeMap<String, Vec<String>>,
+    pub devices: BTreeMap<String, DevState>,
+}
+
+impl State {
+    /// Whether some client's discovery would report a device advertising these UUIDs.
+    fn discovery_reports(&self, uuids: &[String]) -> bool {
+        self.discovering
+            .values()
+            .any(|f| f.is_empty() || f.iter().any(|u| uuids.contains(&u.to_lowercase())))
+    }
+}
+
+pub(crate) type Shared = Arc<Mutex<State>>;
+
+pub(crate) fn lock(s: &Shared) -> MutexGuard<'_, State> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The simulated BlueZ: serves `org.bluez` on a bus until dropped.
+pub struct SimBluez {
+    rt: tokio::runtime::Runtime,
+    conn: Connection,
+    state: Shared,
+}
+
+impl SimBluez {
+    /// Connects to the bus at `address`, exports the adapter and the object manager, and
+    /// takes the name `org.bluez`.
+    pub fn start(address: &str) -> Result<Self, SetupError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| SetupError(format!("runtime: {e}")))?;
+        let state: Shared = Arc::default();
+        let conn = rt
+            .block_on(async {
+                let conn = zbus::connection::Builder::address(address)?
+                    .serve_at("/", zbus::fdo::ObjectManager)?
+                    .serve_at(
+                        ADAPTER_PATH,
+                        Adapter {
+                            state: state.clone(),
+                        },
+                    )?
+                    .name("org.bluez")?
+                    .build()
+                    .await?;
+                Ok::<_, zbus::Error>(conn)
+            })
+            .map_err(|e| SetupError(format!("simulated BlueZ: {e}")))?;
+        Ok(Self { rt, conn, state })
+    }
+
+    /// Adds a device (not advertising yet: call [`SimBluez::advertise`]).
+    pub fn add_device(&self, spec: DeviceSpec) {
+        let mut st = lock(&self.state);
+        st.devices.insert(spec.address.clone(), DevState::new(spec));
+    }
+
+    /// Stores glucose records (sequence number → Glucose Measurement bytes) on a meter.
+    pub fn store_records(&self, address: &str, records: &[(u16, Vec<u8>)]) {
+        let mut st = lock(&self.state);
+        if let Some(d) = st.devices.get_mut(address) {
+            for (seq, bytes) in records {
+                d.records.insert(*seq, bytes.clone());
+            }
+        }
+    }
+
+    /// Queues a measurement (notification/indication of characteristic `uuid`); it is sent
+    /// once the device is connected and the client has enabled notifications on it.
+    pub fn queue(&self, address: &str, uuid: u16, bytes: &[u8]) {
+        {
+            let mut st = lock(&self.state);
+            if let Some(d) = st.devices.get_mut(address) {
+                d.queued.push((uuid, bytes.to_vec()));
+            }
+        }
+        let conn = self.conn.clone();
+        let state = self.state.clone();
+        let address = address.to_string();
+        self.rt
+            .block_on(async move { objects::flush(&conn, &state, &address).await });
+    }
+
+    /// The device starts advertising: it appears to discovering clients (InterfacesAdded
+    /// the first time, an RSSI change afterwards) and accepts connections.
+    pub fn advertise(&self, address: &str) {
+        let conn = self.conn.clone();
+        let state = self.state.clone();
+        let address = address.to_string();
+        self.rt.block_on(async move {
+            {
+                let mut st = lock(&state);
+                if let Some(d) = st.devices.get_mut(&address) {
+                    d.advertising = true;
+                    d.rssi = if d.rssi == -60 { -61 } else { -60 };
+                }
+            }
+            objects::report_advertising(&conn, &state).await;
+        });
+    }
+
+    /// The device hangs up by itself and stops advertising.
+    pub fn hang_up(&self, address: &str) {
+        let conn = self.conn.clone();
+        let state = self.state.clone();
+        let address = address.to_string();
+        self.rt.block_on(async move {
+            {
+                let mut st = lock(&state);
+                if let Some(d) = st.devices.get_mut(&address) {
+                    d.advertising = false;
+                }
+            }
+            objects::set_connected(&conn, &state, &address, false).await;
+        });
+    }
+
+    /// Whether the device is connected now.
+    pub fn is_connected(&self, address: &str) -> bool {
+        lock(&self.state)
+            .devices
+            .get(address)
+            .is_some_and(|d| d.connected)
+    }
+
+    /// How many times a client connected to the device.
+    pub fn connects(&self, address: &str) -> u32 {
+        lock(&self.state)
+            .devices
+            .get(address)
+            .map_or(0, |d| d.connects)
+    }
+
+    /// Whether notifications are enabled on characteristic `uuid` of the device.
+    pub fn is_notifying(&self, address: &str, uuid: u16) -> bool {
+        lock(&self.state)
+            .devices
+            .get(address)
+            .and_then(|d| d.char_index(uuid).map(|i| d.chars[i].notifying))
+            .unwrap_or(false)
+    }
+
+    /// How many queued measurements the device has not sent yet.
+    pub fn pending(&self, address: &str) -> usize {
+        lock(&self.state)
+            .devices
+            .get(address)
+            .map_or(0, |d| d.queued.len())
+    }
+
+    /// The RACP requests the meter received, in order.
+    pub fn racp_requests(&self, address: &str) -> Vec<Vec<u8>> {
+        lock(&self.state)
+            .devices
+            .get(address)
+            .map(|d| d.racp_requests.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether some client is discovering.
+    pub fn discovering(&self) -> bool {
+        !lock(&self.state).discovering.is_empty()
+    }
+}
+
+pub(crate) async fn export_device(server: &ObjectServer, state: &Shared, address: &str) {
+    let path = {
+        let mut st = lock(state);
+        let Some(d) = st.devices.get_mut(address) else {
+            return;
+        };
+        if d.exported {
+            return;
+        }
+        d.exported = true;
+        d.path()
+    };
+    let _ = server
+        .at(
+            path,
+            Device {
+                state: state.clone(),
+                address: address.to_string(),
+            },
+        )
+        .await;
+}
+
+pub(crate) async fn export_gatt(server: &ObjectServer, state: &Shared, address: &str) {
+    let (services, chars) = {
+        let mut st = lock(state);
+        let Some(d) = st.devices.get_mut(address) else {
+            return;
+        };
+        if d.gatt_exported {
+            return;
+        }
+        d.gatt_exported = true;
+        let services: Vec<(String, usize)> = (0..d.services.len())
+            .map(|i| (d.service_path(i), i))
+            .collect();
+        let chars: Vec<(String, usize)> = (0..d.chars.len()).map(|i| (d.char_path(i), i)).collect();
+        (services, chars)
+    };
+    for (path, index) in services {
+        let _ = server
+            .at(
+                path,
+                Service {
+                    state: state.clone(),
+                    address: address.to_string(),
+                    index,
+                },
+            )
+            .await;
+    }
+    for (path, index) in chars {
+        let _ = server
+            .at(
+                path,
+                Characteristic {
+                    state: state.clone(),
+                    address: address.to_string(),
+                    index,
+                },
+            )
+            .await;
+    }
+}

@@ -1,0 +1,632 @@
+//! The D-Bus objects of the simulated BlueZ. Each object is a thin view on the shared
+//! state; changes are announced with `PropertiesChanged` on the object itself.
+
+use std::collections::HashMap;
+
+use zbus::message::Header;
+use zbus::object_server::{ObjectServer, SignalEmitter};
+use zbus::zvariant::{ObjectPath, OwnedObjectPath, OwnedValue};
+use zbus::{interface, Connection};
+
+use super::{export_device, export_gatt, lock, uuid16, Shared, ADAPTER_PATH};
+
+/// BlueZ's error names (`org.bluez.Error.*`).
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.bluez.Error")]
+pub enum BluezError {
+    /// A transport error of zbus itself.
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// `org.bluez.Error.Failed`.
+    Failed(String),
+    /// `org.bluez.Error.NotSupported`.
+    NotSupported(String),
+    /// `org.bluez.Error.NotPermitted`.
+    NotPermitted(String),
+    /// `org.bluez.Error.DoesNotExist`.
+    DoesNotExist(String),
+}
+
+type Result<T> = std::result::Result<T, BluezError>;
+
+pub(crate) struct Adapter {
+    pub state: Shared,
+}
+
+#[interface(name = "org.bluez.Adapter1")]
+impl Adapter {
+    async fn start_discovery(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> Result<()> {
+        let sender = hdr.sender().map(|s| s.to_string()).unwrap_or_default();
+        {
+            let mut st = lock(&self.state);
+            let filter = st.filters.get(&sender).cloned().unwrap_or_default();
+            st.discovering.insert(sender, filter);
+        }
+        self.discovering_changed(&emitter).await?;
+        // Devices appear some time after discovery starts.
+        let conn = conn.clone();
+        let state = self.state.clone();
+        tokio::spawn(async move { report_advertising(&conn, &state).await });
+        Ok(())
+    }
+
+    async fn stop_discovery(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> Result<()> {
+        let sender = hdr.sender().map(|s| s.to_string()).unwrap_or_default();
+        if lock(&self.state).discovering.remove(&sender).is_none() {
+            return Err(BluezError::Failed("No discovery started".into()));
+        }
+        self.discovering_changed(&emitter).await?;
+        Ok(())
+    }
+
+    async fn set_discovery_filter(
+        &self,
+        filter: HashMap<String, OwnedValue>,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<()> {
+        let sender = hdr.sender().map(|s| s.to_string()).unwrap_or_default();
+        let uuids: Vec<String> = filter
+            .get("UUIDs")
+            .and_then(|v| Vec::<String>::try_from(v.try_clone().ok()?).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|u| u.to_lowercase())
+            .collect();
+        let mut st = lock(&self.state);
+        if let Some(f) = st.discovering.get_mut(&sender) {
+            f.clone_from(&uuids);
+        }
+        st.filters.insert(sender, uuids);
+        Ok(())
+    }
+
+    async fn remove_device(
+        &self,
+        device: ObjectPath<'_>,
+        #[zbus(object_server)] server: &ObjectServer,
+    ) -> Result<()> {
+        let address = {
+            let mut st = lock(&self.state);
+            let found = st
+                .devices
+                .iter_mut()
+                .find(|(_, d)| d.exported && d.path() == device.as_str());
+            let Some((address, d)) = found else {
+                return Err(BluezError::DoesNotExist("Does Not Exist".into()));
+            };
+            d.exported = false;
+            d.gatt_exported = false;
+            d.connected = false;
+            d.services_resolved = false;
+            address.clone()
+        };
+        let paths: Vec<(String, u8)> = {
+            let st = lock(&self.state);
+            let d = &st.devices[&address];
+            let mut v: Vec<(String, u8)> =
+                (0..d.chars.len()).map(|i| (d.char_path(i), 2)).collect();
+            v.extend((0..d.services.len()).map(|i| (d.service_path(i), 1)));
+            v.push((d.path(), 0));
+            v
+        };
+        for (p, kind) in paths {
+            let _ = match kind {
+                2 => server.remove::<Characteristic, _>(p).await,
+                1 => server.remove::<Service, _>(p).await,
+                _ => server.remove::<Device, _>(p).await,
+            };
+        }
+        Ok(())
+    }
+
+    #[zbus(property)]
+    fn address(&self) -> String {
+        "00:1A:7D:DA:71:13".into()
+    }
+    #[zbus(property)]
+    fn address_type(&self) -> String {
+        "public".into()
+    }
+    #[zbus(property)]
+    fn name(&self) -> String {
+        "sim-gateway".into()
+    }
+    #[zbus(property)]
+    fn alias(&self) -> String {
+        "sim-gateway".into()
+    }
+    #[zbus(property)]
+    fn powered(&self) -> bool {
+        true
+    }
+    /// bluez-async powers the adapter on before discovery; it is always on here.
+    #[zbus(property)]
+    fn set_powered(&mut self, _on: bool) {}
+    #[zbus(property)]
+    fn discovering(&self) -> bool {
+        !lock(&self.state).discovering.is_empty()
+    }
+    #[zbus(property)]
+    fn modalias(&self) -> String {
+        "usb:v1D6Bp0246d0548".into()
+    }
+    #[zbus(property)]
+    fn roles(&self) -> Vec<String> {
+        vec!["central".into(), "peripheral".into()]
+    }
+    #[zbus(property, name = "UUIDs")]
+    fn uuids(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+pub(crate) struct Device {
+    pub state: Shared,
+    pub address: String,
+}
+
+impl Device {
+    fn get<T>(&self, f: impl FnOnce(&super::DevState) -> T, default: T) -> T {
+        lock(&self.state)
+            .devices
+            .get(&self.address)
+            .map_or(default, f)
+    }
+}
+
+#[interface(name = "org.bluez.Device1")]
+impl Device {
+    async fn connect(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(object_server)] server: &ObjectServer,
+    ) -> Result<()> {
+        if !self.get(|d| d.advertising, false) {
+            return Err(BluezError::Failed(
+                "Software caused connection abort".into(),
+            ));
+        }
+        if self.get(|d| d.connected, false) {
+            return Ok(());
+        }
+        set_connected(conn, &self.state, &self.address, true).await;
+        export_gatt(server, &self.state, &self.address).await;
+        let path = self.get(|d| d.path(), String::new());
+        {
+            let mut st = lock(&self.state);
+            if let Some(d) = st.devices.get_mut(&self.address) {
+                for s in d.services.clone() {
+                    let u = uuid16(s);
+                    if !d.uuids.contains(&u) {
+                        d.uuids.push(u);
+                    }
+                }
+                d.services_resolved = true;
+                d.connects += 1;
+            }
+        }
+        if let Ok(iface) = server.interface::<_, Device>(path.as_str()).await {
+            let emitter = iface.signal_emitter();
+            iface.get().await.u_u_i_ds_changed(emitter).await?;
+            iface.get().await.services_resolved_changed(emitter).await?;
+        }
+        // A reconnecting device sends what it holds as soon as the link is up: the
+        // notification sessions of this client survive disconnects.
+        let conn = conn.clone();
+        let state = self.state.clone();
+        let address = self.address.clone();
+        tokio::spawn(async move { flush(&conn, &state, &address).await });
+        Ok(())
+    }
+
+    async fn disconnect(&self, #[zbus(connection)] conn: &Connection) -> Result<()> {
+        set_connected(conn, &self.state, &self.address, false).await;
+        Ok(())
+    }
+
+    #[zbus(property)]
+    fn address(&self) -> String {
+        self.address.clone()
+    }
+    #[zbus(property)]
+    fn address_type(&self) -> String {
+        "public".into()
+    }
+    #[zbus(property)]
+    fn name(&self) -> String {
+        self.get(|d| d.spec.name.clone(), String::new())
+    }
+    #[zbus(property)]
+    fn alias(&self) -> String {
+        self.get(|d| d.spec.name.clone(), String::new())
+    }
+    #[zbus(property, name = "UUIDs")]
+    fn uuids(&self) -> Vec<String> {
+        self.get(|d| d.uuids.clone(), Vec::new())
+    }
+    #[zbus(property, name = "RSSI")]
+    fn rssi(&self) -> i16 {
+        self.get(|d| d.rssi, 0)
+    }
+    #[zbus(property)]
+    fn connected(&self) -> bool {
+        self.get(|d| d.connected, false)
+    }
+    #[zbus(property)]
+    fn services_resolved(&self) -> bool {
+        self.get(|d| d.services_resolved, false)
+    }
+    #[zbus(property)]
+    fn paired(&self) -> bool {
+        true
+    }
+    #[zbus(property)]
+    fn bonded(&self) -> bool {
+        true
+    }
+    #[zbus(property)]
+    fn trusted(&self) -> bool {
+        true
+    }
+    #[zbus(property)]
+    fn blocked(&self) -> bool {
+        false
+    }
+    #[zbus(property)]
+    fn legacy_pairing(&self) -> bool {
+        false
+    }
+    #[zbus(property)]
+    fn adapter(&self) -> OwnedObjectPath {
+        OwnedObjectPath::try_from(ADAPTER_PATH).unwrap_or_default()
+    }
+}
+
+pub(crate) struct Service {
+    pub state: Shared,
+    pub address: String,
+    pub index: usize,
+}
+
+#[interface(name = "org.bluez.GattService1")]
+impl Service {
+    #[zbus(property, name = "UUID")]
+    fn uuid(&self) -> String {
+        let st = lock(&self.state);
+        st.devices
+            .get(&self.address)
+            .map(|d| uuid16(d.services[self.index]))
+            .unwrap_or_default()
+    }
+    #[zbus(property)]
+    fn primary(&self) -> bool {
+        true
+    }
+    #[zbus(property)]
+    fn device(&self) -> OwnedObjectPath {
+        let st = lock(&self.state);
+        st.devices
+            .get(&self.address)
+            .and_then(|d| OwnedObjectPath::try_from(d.path()).ok())
+            .unwrap_or_default()
+    }
+}
+
+pub(crate) struct Characteristic {
+    pub state: Shared,
+    pub address: String,
+    pub index: usize,
+}
+
+impl Characteristic {
+    fn get<T>(&self, f: impl FnOnce(&super::CharState, bool) -> T, default: T) -> T {
+        let st = lock(&self.state);
+        match st.devices.get(&self.address) {
+            Some(d) => f(&d.chars[self.index], d.connected),
+            None => default,
+        }
+    }
+}
+
+#[interface(name = "org.bluez.GattCharacteristic1")]
+impl Characteristic {
+    async fn read_value(
+        &self,
+        _options: HashMap<String, OwnedValue>,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> Result<Vec<u8>> {
+        let (connected, readable, value) = self.get(
+            |c, conn| (conn, c.flags.contains(&"read"), c.value.clone()),
+            (false, false, Vec::new()),
+        );
+        if !connected {
+            return Err(BluezError::Failed("Not connected".into()));
+        }
+        if !readable {
+            return Err(BluezError::NotPermitted("Read not permitted".into()));
+        }
+        // BlueZ announces every read as a value change, changed or not.
+        self.value_changed(&emitter).await?;
+        Ok(value)
+    }
+
+    async fn write_value(
+        &self,
+        value: Vec<u8>,
+        _options: HashMap<String, OwnedValue>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<()> {
+        let (connected, writable, uuid) = self.get(
+            |c, conn| (conn, c.flags.contains(&"write"), c.uuid),
+            (false, false, 0),
+        );
+        if !connected {
+            return Err(BluezError::Failed("Not connected".into()));
+        }
+        if !writable {
+            return Err(BluezError::NotPermitted("Write not permitted".into()));
+        }
+        if uuid == 0x2A52 {
+            let ready = {
+                let st = lock(&self.state);
+                st.devices.get(&self.address).is_some_and(|d| {
+                    d.chars
+                        .iter()
+                        .filter(|c| c.uuid == 0x2A52 || c.uuid == 0x2A18)
+                        .all(|c| c.notifying)
+                })
+            };
+            if !ready {
+                return Err(BluezError::Failed(
+                    "Operation failed with ATT error: 0xfd".into(),
+                ));
+            }
+            {
+                let mut st = lock(&self.state);
+                if let Some(d) = st.devices.get_mut(&self.address) {
+                    d.racp_requests.push(value.clone());
+                }
+            }
+            let conn = conn.clone();
+            let state = self.state.clone();
+            let address = self.address.clone();
+            tokio::spawn(async move { racp(&conn, &state, &address, &value).await });
+        }
+        Ok(())
+    }
+
+    async fn start_notify(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> Result<()> {
+        let can = self.get(
+            |c, _| c.flags.contains(&"notify") || c.flags.contains(&"indicate"),
+            false,
+        );
+        if !can {
+            return Err(BluezError::NotSupported(
+                "Operation is not supported".into(),
+            ));
+        }
+        {
+            let mut st = lock(&self.state);
+            if let Some(d) = st.devices.get_mut(&self.address) {
+                d.chars[self.index].notifying = true;
+            }
+        }
+        self.notifying_changed(&emitter).await?;
+        let conn = conn.clone();
+        let state = self.state.clone();
+        let address = self.address.clone();
+        tokio::spawn(async move { flush(&conn, &state, &address).await });
+        Ok(())
+    }
+
+    async fn stop_notify(&self, #[zbus(signal_emitter)] emitter: SignalEmitter<'_>) -> Result<()> {
+        {
+            let mut st = lock(&self.state);
+            if let Some(d) = st.devices.get_mut(&self.address) {
+                d.chars[self.index].notifying = false;
+            }
+        }
+        self.notifying_changed(&emitter).await?;
+        Ok(())
+    }
+
+    #[zbus(property, name = "UUID")]
+    fn uuid(&self) -> String {
+        self.get(|c, _| uuid16(c.uuid), String::new())
+    }
+    #[zbus(property)]
+    fn service(&self) -> OwnedObjectPath {
+        let st = lock(&self.state);
+        st.devices
+            .get(&self.address)
+            .and_then(|d| {
+                OwnedObjectPath::try_from(d.service_path(d.chars[self.index].service)).ok()
+            })
+            .unwrap_or_default()
+    }
+    #[zbus(property)]
+    fn flags(&self) -> Vec<String> {
+        self.get(
+            |c, _| c.flags.iter().map(|f| f.to_string()).collect(),
+            Vec::new(),
+        )
+    }
+    #[zbus(property)]
+    fn notifying(&self) -> bool {
+        self.get(|c, _| c.notifying, false)
+    }
+    #[zbus(property)]
+    fn value(&self) -> Vec<u8> {
+        self.get(|c, _| c.value.clone(), Vec::new())
+    }
+}
+
+/// Sets a characteristic's value and announces it (a notification or indication).
+async fn emit_value(conn: &Connection, state: &Shared, address: &str, uuid: u16, bytes: Vec<u8>) {
+    let path = {
+        let mut st = lock(state);
+        let Some(d) = st.devices.get_mut(address) else {
+            return;
+        };
+        let Some(i) = d.char_index(uuid) else {
+            return;
+        };
+        d.chars[i].value = bytes;
+        d.char_path(i)
+    };
+    if let Ok(iface) = conn
+        .object_server()
+        .interface::<_, Characteristic>(path.as_str())
+        .await
+    {
+        let _ = iface
+            .get()
+            .await
+            .value_changed(iface.signal_emitter())
+            .await;
+    }
+}
+
+/// Sends the queued measurements whose characteristic is enabled, if connected.
+pub(crate) async fn flush(conn: &Connection, state: &Shared, address: &str) {
+    loop {
+        let next = {
+            let mut st = lock(state);
+            let Some(d) = st.devices.get_mut(address) else {
+                return;
+            };
+            if !d.connected {
+                return;
+            }
+            let pos = d
+                .queued
+                .iter()
+                .position(|(u, _)| d.char_index(*u).is_some_and(|i| d.chars[i].notifying));
+            match pos {
+                Some(p) => d.queued.remove(p),
+                None => return,
+            }
+        };
+        emit_value(conn, state, address, next.0, next.1).await;
+    }
+}
+
+/// Connects or disconnects, announcing `Connected` (and `ServicesResolved` on a
+/// disconnect).
+pub(crate) async fn set_connected(conn: &Connection, state: &Shared, address: &str, up: bool) {
+    let path = {
+        let mut st = lock(state);
+        let Some(d) = st.devices.get_mut(address) else {
+            return;
+        };
+        if d.connected == up || !d.exported {
+            return;
+        }
+        d.connected = up;
+        if !up {
+            d.services_resolved = false;
+        }
+        d.path()
+    };
+    if let Ok(iface) = conn
+        .object_server()
+        .interface::<_, Device>(path.as_str())
+        .await
+    {
+        let emitter = iface.signal_emitter();
+        let _ = iface.get().await.connected_changed(emitter).await;
+        if !up {
+            let _ = iface.get().await.services_resolved_changed(emitter).await;
+        }
+    }
+}
+
+/// Reports advertising devices to discovering clients: new ones through InterfacesAdded,
+/// known ones through an RSSI change.
+pub(crate) async fn report_advertising(conn: &Connection, state: &Shared) {
+    let (new, known): (Vec<String>, Vec<String>) = {
+        let st = lock(state);
+        let mut new = Vec::new();
+        let mut known = Vec::new();
+        for (a, d) in &st.devices {
+            if d.advertising && st.discovery_reports(&d.uuids) {
+                if d.exported {
+                    known.push(a.clone());
+                } else {
+                    new.push(a.clone());
+                }
+            }
+        }
+        (new, known)
+    };
+    let server = conn.object_server();
+    for a in new {
+        export_device(server, state, &a).await;
+    }
+    for a in known {
+        let path = lock(state).devices.get(&a).map(|d| d.path());
+        if let Some(path) = path {
+            if let Ok(iface) = server.interface::<_, Device>(path.as_str()).await {
+                let _ = iface
+                    .get()
+                    .await
+                    .r_s_s_i_changed(iface.signal_emitter())
+                    .await;
+            }
+        }
+    }
+}
+
+/// The meter's side of the Record Access Control Point.
+async fn racp(conn: &Connection, state: &Shared, address: &str, request: &[u8]) {
+    let records: Option<Vec<Vec<u8>>> = {
+        let st = lock(state);
+        let Some(d) = st.devices.get(address) else {
+            return;
+        };
+        match request {
+            [0x01, 0x01] => Some(d.records.values().cloned().collect()),
+            [0x01, 0x03, 0x01, lo, hi] => {
+                let from = u16::from_le_bytes([*lo, *hi]);
+                Some(d.records.range(from..).map(|(_, r)| r.clone()).collect())
+            }
+            [0x04, 0x01] => {
+                let [lo, hi] = u16::try_from(d.records.len())
+                    .unwrap_or(u16::MAX)
+                    .to_le_bytes();
+                Some(vec![vec![0x05, 0x00, lo, hi]])
+            }
+            _ => None,
+        }
+    };
+    if request == [0x04, 0x01] {
+        if let Some(count) = records.and_then(|mut r| r.pop()) {
+            emit_value(conn, state, address, 0x2A52, count).await;
+        }
+        return;
+    }
+    let response = match records {
+        None => vec![0x06, 0x00, request.first().copied().unwrap_or(0), 0x02],
+        Some(rs) if rs.is_empty() => vec![0x06, 0x00, 0x01, 0x06],
+        Some(rs) => {
+            for r in rs {
+                emit_value(conn, state, address, 0x2A18, r).await;
+            }
+            vec![0x06, 0x00, 0x01, 0x01]
+        }
+    };
+    emit_value(conn, state, address, 0x2A52, response).await;
+}

@@ -1,0 +1,418 @@
+//! End-to-end tests of the BLE driver over D-Bus: a private `dbus-daemon`, the simulated
+//! BlueZ of `iomt-testkit` on it, and the real `iomt-gateway run` with
+//! `DBUS_SYSTEM_BUS_ADDRESS` pointing at it, writing FHIR Bundles to files.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{gateway, observations_in, validate_fhir, wait_until};
+use iomt_testkit::bluez::{DeviceKind, DeviceSpec, PrivateBus, SimBluez};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+const CUFF: &str = "A0:00:00:00:00:01";
+const OXIMETER: &str = "A0:00:00:00:00:02";
+const METER: &str = "A0:00:00:00:00:03";
+const NEIGHBOUR_SCALE: &str = "B0:00:00:00:00:09";
+const NEIGHBOUR_CUFF: &str = "B0:00:00:00:00:0A";
+
+/// Blood Pressure Measurement: 128/82 mmHg, MAP 97, pulse 72 (profile example).
+const BP_128: &str = "1E 80 00 52 00 61 00 DD 07 08 1A 09 0A 14 48 00 01 00 00";
+/// 122/80 mmHg, MAP 95, pulse 70, 2024-03-15 09:00:00.
+const BP_122: &str = "1E 7A 00 50 00 5F 00 E8 07 03 0F 09 00 00 46 00 01 00 00";
+/// PLX Spot-Check: SpO2 97 %, pulse 72 (profile example).
+const SPO2_97: &str = "0B 61 00 48 00 E8 07 03 0F 08 1E 00 80 00 F0 E0";
+/// SpO2 95 %, pulse 64.
+const SPO2_95: &str = "0B 5F 00 40 00 E8 07 03 0F 08 1F 00 80 00 F0 E0";
+
+/// Glucose records 5, 6, 7: 100, 110, 120 mg/dL (sent as kg/L).
+fn glucose(seq: u8, mantissa: u8) -> (u16, Vec<u8>) {
+    let hour = 7 + seq;
+    (
+        u16::from(seq),
+        vec![
+            0x03, seq, 0x00, 0xE8, 0x07, 0x03, 0x0F, hour, 0x1E, 0x00, 0x00, 0x00, mantissa, 0xB0,
+            0x11,
+        ],
+    )
+}
+
+const SYSTOLIC: &str = "8480-6";
+const SPO2: &str = "2708-6";
+const GLUCOSE: &str = "41653-7";
+const BODY_WEIGHT: &str = "29463-7";
+
+fn bytes(hex: &str) -> Vec<u8> {
+    hex.split_whitespace()
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect()
+}
+
+/// The bus, the simulated BlueZ and a temp dir; dropped in reverse order.
+struct World {
+    tmp: tempfile::TempDir,
+    bus: PrivateBus,
+    bluez: SimBluez,
+}
+
+impl World {
+    fn new(devices: &[(&str, &str, DeviceKind)]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let bus = PrivateBus::start(tmp.path()).unwrap();
+        let bluez = SimBluez::start(bus.address()).unwrap();
+        for (address, name, kind) in devices {
+            bluez.add_device(DeviceSpec {
+                address: address.to_string(),
+                name: name.to_string(),
+                kind: *kind,
+                battery: 80,
+            });
+        }
+        Self { tmp, bus, bluez }
+    }
+
+    fn out(&self) -> PathBuf {
+        self.tmp.path().join("out")
+    }
+
+    /// Writes the gateway's configuration with these `(address, profile)` allowed.
+    fn config(&self, allowed: &[(&str, &str)]) -> PathBuf {
+        let dir = self.tmp.path();
+        let key = dir.join("pseudonym.key");
+        let storage_key = dir.join("storage.key");
+        for (file, byte) in [(&key, 7u8), (&storage_key, 8u8)] {
+            std::fs::write(file, [byte; 32]).unwrap();
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let mut text = format!(
+            r#"[gateway]
+id = "kit-ble-1"
+profiles_dir = "{root}/device-profiles"
+time_zone = "UTC"
+
+[patient]
+id = "MRN-BLE-0042"
+
+[pseudonymization]
+key_file = "{key}"
+
+[ble]
+adapter = "hci0"
+reconnect_initial_ms = 50
+reconnect_max_ms = 500
+
+[outbox]
+path = "{outbox}"
+key_file = "{storage_key}"
+
+[[uplinks]]
+kind = "file"
+dir = "{out}"
+
+[log]
+level = "info"
+"#,
+            root = common::root().display(),
+            key = key.display(),
+            storage_key = storage_key.display(),
+            outbox = dir.join("state/outbox.db").display(),
+            out = self.out().display(),
+        );
+        for (address, profile) in allowed {
+            text.push_str(&format!(
+                "\n[[ble.devices]]\naddress = \"{address}\"\nprofile = \"{profile}\"\ntime_zone = \"Europe/Berlin\"\n"
+            ));
+        }
+        std::fs::create_dir_all(dir.join("state")).unwrap();
+        let config = dir.join("gateway.toml");
+        std::fs::write(&config, text).unwrap();
+        config
+    }
+
+    fn start(&self, config: &Path) -> Running {
+        Running::start(config, self.bus.address())
+    }
+
+    /// (LOINC code of the Observation or its first component, value) pairs.
+    fn values(&self) -> Vec<(String, String)> {
+        observations_in(&self.out())
+            .iter()
+            .filter_map(|o| {
+                let (code, value) = match o.get("component").and_then(|c| c.as_array()) {
+                    Some(c) => (&c[0]["code"], &c[0]["valueQuantity"]["value"]),
+                    None => (&o["code"], &o["valueQuantity"]["value"]),
+                };
+                Some((
+                    code["coding"][0]["code"].as_str()?.to_string(),
+                    value.as_number()?.to_string(),
+                ))
+            })
+            .collect()
+    }
+
+    fn count(&self, code: &str, value: &str) -> usize {
+        self.values()
+            .iter()
+            .filter(|(c, v)| c == code && v == value)
+            .count()
+    }
+
+    /// Waits for an Observation; on timeout, the failure shows the gateway's log.
+    fn wait_for(&self, gw: &Running, code: &str, value: &str) {
+        let what = format!("an Observation {code} = {value}");
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_until(DEADLINE, &what, || self.count(code, value) >= 1)
+        }));
+        assert!(result.is_ok(), "no {what}; gateway log:\n{}", gw.log());
+    }
+}
+
+/// The running gateway, with its stderr collected as it comes.
+struct Running {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    fn start(config: &Path, bus: &str) -> Self {
+        let mut child = gateway()
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env("DBUS_SYSTEM_BUS_ADDRESS", bus)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        Self {
+            child,
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn wait_log(&self, needle: &str, times: usize) {
+        wait_until(
+            DEADLINE,
+            &format!("{times}× `{needle}` in the log"),
+            || self.log().matches(needle).count() >= times,
+        );
+    }
+
+    /// SIGTERM, then the whole log.
+    fn stop(mut self) -> String {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
+        let status = self.child.wait().unwrap();
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
+        }
+        let log = self.log();
+        assert!(status.success(), "exit {status:?}\n{log}");
+        log
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_cuff_an_oximeter_and_a_glucose_meter_over_dbus_become_fhir_observations_and_the_neighbours_devices_are_ignored(
+) {
+    let world = World::new(&[
+        (CUFF, "A&D_UA-651", DeviceKind::BloodPressure),
+        (OXIMETER, "Nonin3230_1", DeviceKind::PulseOximeter),
+        (METER, "Meter", DeviceKind::Glucose),
+        (NEIGHBOUR_SCALE, "Scale", DeviceKind::WeightScale),
+        (NEIGHBOUR_CUFF, "A&D_UA-651", DeviceKind::BloodPressure),
+    ]);
+    let sim = &world.bluez;
+    sim.queue(CUFF, 0x2A35, &bytes(BP_128));
+    sim.queue(OXIMETER, 0x2A5E, &bytes(SPO2_97));
+    sim.store_records(METER, &[glucose(5, 0x64), glucose(6, 0x6E)]);
+    sim.queue(NEIGHBOUR_SCALE, 0x2A9D, &[0x02, 0x20, 0x4E]);
+    sim.queue(NEIGHBOUR_CUFF, 0x2A35, &bytes(BP_122));
+    for a in [CUFF, OXIMETER, METER, NEIGHBOUR_SCALE, NEIGHBOUR_CUFF] {
+        sim.advertise(a);
+    }
+    let config = world.config(&[
+        (CUFF, "and-ua-651ble"),
+        (OXIMETER, "nonin-3230"),
+        (METER, "standard-glucose-meter"),
+    ]);
+    let gw = world.start(&config);
+    world.wait_for(&gw, SYSTOLIC, "128");
+    world.wait_for(&gw, SPO2, "97");
+    world.wait_for(&gw, GLUCOSE, "100");
+    world.wait_for(&gw, GLUCOSE, "110");
+    assert!(sim.discovering(), "the gateway scans");
+    let log = gw.stop();
+
+    assert_eq!(sim.connects(NEIGHBOUR_SCALE), 0, "{log}");
+    assert_eq!(sim.connects(NEIGHBOUR_CUFF), 0, "{log}");
+    assert_eq!(world.count(SYSTOLIC, "122"), 0);
+    assert!(world.values().iter().all(|(c, _)| c != BODY_WEIGHT));
+    assert_eq!(sim.racp_requests(METER), vec![vec![0x01, 0x01]]);
+    // No address, serial number or value at info.
+    for secret in [CUFF, OXIMETER, METER, "SN-A0", "MRN-BLE"] {
+        assert!(!log.contains(secret), "`{secret}` in the log:\n{log}");
+    }
+    let files = common::json_files(&world.out());
+    let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    let (ok, report) = validate_fhir(&paths);
+    assert!(ok, "{report}");
+}
+
+#[test]
+fn a_cuff_that_hangs_up_and_comes_back_is_read_again() {
+    let world = World::new(&[(CUFF, "A&D_UA-651", DeviceKind::BloodPressure)]);
+    let sim = &world.bluez;
+    sim.queue(CUFF, 0x2A35, &bytes(BP_128));
+    sim.advertise(CUFF);
+    let gw = world.start(&world.config(&[(CUFF, "and-ua-651ble")]));
+    world.wait_for(&gw, SYSTOLIC, "128");
+
+    sim.hang_up(CUFF);
+    gw.wait_log("BLE device session ended", 1);
+    // The next measurement is indicated as soon as the link is up again, before the
+    // driver subscribes: BlueZ keeps the client's notification session.
+    sim.queue(CUFF, 0x2A35, &bytes(BP_122));
+    sim.advertise(CUFF);
+    world.wait_for(&gw, SYSTOLIC, "122");
+    gw.stop();
+    assert_eq!(sim.connects(CUFF), 2);
+    assert_eq!(world.count(SYSTOLIC, "128"), 1);
+    assert_eq!(world.count(SYSTOLIC, "122"), 1);
+    // The cuff's clock has no zone; the configured Europe/Berlin makes 09:00 08:00 UTC.
+    let times: Vec<String> = observations_in(&world.out())
+        .iter()
+        .filter_map(|o| o["effectiveDateTime"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        times.iter().any(|t| t == "2024-03-15T08:00:00Z"),
+        "{times:?}"
+    );
+}
+
+#[test]
+fn glucose_records_are_fetched_exactly_once_across_a_gateway_restart() {
+    let world = World::new(&[(METER, "Meter", DeviceKind::Glucose)]);
+    let sim = &world.bluez;
+    sim.store_records(METER, &[glucose(5, 0x64), glucose(6, 0x6E)]);
+    sim.advertise(METER);
+    let config = world.config(&[(METER, "standard-glucose-meter")]);
+    let gw = world.start(&config);
+    world.wait_for(&gw, GLUCOSE, "110");
+    world.wait_for(&gw, GLUCOSE, "100");
+    gw.stop();
+
+    sim.store_records(METER, &[glucose(7, 0x78)]);
+    let gw = world.start(&config);
+    world.wait_for(&gw, GLUCOSE, "120");
+    gw.wait_log("BLE device connected", 1);
+    gw.stop();
+
+    assert_eq!(
+        sim.racp_requests(METER),
+        vec![vec![0x01, 0x01], vec![0x01, 0x03, 0x01, 0x07, 0x00]]
+    );
+    for v in ["100", "110", "120"] {
+        assert_eq!(world.count(GLUCOSE, v), 1, "glucose {v}");
+    }
+}
+
+#[test]
+fn a_device_sending_garbage_is_counted_and_does_not_disturb_the_others() {
+    let world = World::new(&[
+        (CUFF, "A&D_UA-651", DeviceKind::BloodPressure),
+        (OXIMETER, "Nonin3230_1", DeviceKind::PulseOximeter),
+    ]);
+    let sim = &world.bluez;
+    sim.queue(OXIMETER, 0x2A5E, &[0x0B]);
+    sim.queue(OXIMETER, 0x2A5E, &[0x0B, 0x61, 0x00]);
+    sim.queue(OXIMETER, 0x2A5E, &bytes(SPO2_95));
+    sim.queue(CUFF, 0x2A35, &bytes(BP_128));
+    sim.advertise(OXIMETER);
+    sim.advertise(CUFF);
+    let gw = world.start(&world.config(&[(CUFF, "and-ua-651ble"), (OXIMETER, "nonin-3230")]));
+    world.wait_for(&gw, SYSTOLIC, "128");
+    world.wait_for(&gw, SPO2, "95");
+    let log = gw.stop();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("nonin-3230") && l.contains("rejected=2")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("and-ua-651ble") && l.contains("rejected=0")),
+        "{log}"
+    );
+}
+
+#[test]
+fn scan_lists_nearby_devices_with_their_services_and_matching_profiles() {
+    let world = World::new(&[
+        (CUFF, "A&D_UA-651", DeviceKind::BloodPressure),
+        (NEIGHBOUR_SCALE, "Scale", DeviceKind::WeightScale),
+    ]);
+    world.bluez.advertise(CUFF);
+    world.bluez.advertise(NEIGHBOUR_SCALE);
+    let profiles = common::root().join("device-profiles");
+    let out = gateway()
+        .args([
+            "scan",
+            "--for",
+            "1",
+            "--profiles",
+            profiles.to_str().unwrap(),
+        ])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", world.bus.address())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = common::texts(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let line = |address: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(address))
+            .unwrap_or_else(|| panic!("{address} not listed:\n{stdout}"))
+            .to_string()
+    };
+    let cuff = line(CUFF);
+    assert!(
+        cuff.contains("1810") && cuff.contains("and-ua-651ble"),
+        "{cuff}"
+    );
+    let scale = line(NEIGHBOUR_SCALE);
+    assert!(
+        scale.contains("181D") && scale.contains("standard-weight-scale"),
+        "{scale}"
+    );
+    assert!(!world.bluez.discovering(), "scan stops discovery when done");
+}
