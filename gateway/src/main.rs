@@ -145,6 +145,10 @@ struct TestArgs {
     /// The GATT characteristic the payload came from (BLE profiles), e.g. 2A35.
     #[arg(long, value_name = "UUID")]
     characteristic: Option<String>,
+    /// The topic the payload was published on (MQTT profiles): checked against the
+    /// profile's topic filter.
+    #[arg(long)]
+    topic: Option<String>,
     /// Where to look the profile id up.
     #[arg(long, value_name = "DIR")]
     profiles: Option<PathBuf>,
@@ -324,6 +328,7 @@ fn profile_test(args: TestArgs) -> Result<ExitCode> {
         &profile,
         &args.payload,
         args.characteristic.as_deref(),
+        args.topic.as_deref(),
         chrono::Utc::now(),
         zone,
     )?;

@@ -43,12 +43,14 @@ pub enum ProbeError {
 ///
 /// Payload forms: a text line for line-oriented serial profiles; hex bytes (spaces
 /// allowed) for binary serial profiles, holding one or more whole frames (or packets);
-/// a JSON object for MQTT profiles; a JSON object `{"field": value}` for simulator
-/// profiles; hex for BLE.
+/// a JSON object for MQTT profiles (one Observation set per reading when the profile
+/// reads an array of readings); a JSON object `{"field": value}` for simulator profiles;
+/// hex for BLE. `topic`, for MQTT profiles, is checked against the profile's filter.
 pub fn test_payload(
     profile: &Profile,
     payload: &str,
     characteristic: Option<&str>,
+    topic: Option<&str>,
     received_at: DateTime<Utc>,
     zone: Zone,
 ) -> Result<Vec<Observation>, ProbeError> {
@@ -62,6 +64,24 @@ pub fn test_payload(
             profile.id,
             profile.transport.transport()
         )));
+    }
+    if let Some(t) = topic {
+        match &profile.transport {
+            TransportSpec::Mqtt(spec) if iomt_drivers::mqtt::topic_matches(&spec.topic, t) => {}
+            TransportSpec::Mqtt(spec) => {
+                return Err(ProbeError::Usage(format!(
+                    "topic `{t}` does not match the profile's topic filter `{}`",
+                    spec.topic
+                )))
+            }
+            _ => {
+                return Err(ProbeError::Usage(format!(
+                    "--topic applies to MQTT profiles only; `{}` is a {} profile",
+                    profile.id,
+                    profile.transport.transport()
+                )))
+            }
+        }
     }
     let device = Arc::new(DeviceIdentity {
         profile: profile.id.clone(),
@@ -110,9 +130,15 @@ pub fn test_payload(
                 .json
                 .parse(payload.as_bytes())
                 .map_err(|e| decode_err(e.to_string()))?;
-            spec.json
-                .decode(&value, device, received_at)
-                .map_err(|e| decode_err(e.to_string()))?
+            let readings = spec
+                .json
+                .decode_all(&value, device, received_at)
+                .map_err(|e| decode_err(e.to_string()))?;
+            let mut all = Vec::new();
+            for r in &readings {
+                all.extend(normalize_for_test(r, profile, zone)?);
+            }
+            return Ok(all);
         }
         TransportSpec::Sim(spec) => {
             let value: serde_json::Value = serde_json::from_str(payload).map_err(|e| {
