@@ -14,9 +14,9 @@ pub mod serial;
 pub mod sim;
 
 pub use driver::{
-    reading_channel, reject_channel, ChannelClosed, CommitReceiver, Committed, Driver,
-    DriverError, Envelope, ReadingReceiver, ReadingSender, RejectEnvelope, RejectReceiver,
-    RejectSender, Rejected,
+    reading_channel, reject_channel, ChannelClosed, CommitReceiver, Committed, Driver, DriverError,
+    Envelope, ReadingReceiver, ReadingSender, RejectEnvelope, RejectReceiver, RejectSender,
+    Rejected,
 };
 pub use reading::{
     AbsentReason, DeviceIdentity, DeviceTime, Measurement, Quantity, Reading, ReadingFlag,

@@ -864,8 +864,9 @@ impl Config {
                 problems.push("mqtt.reconnect_initial_ms must be at least 1".into());
             }
             if m.reconnect_max_ms < m.reconnect_initial_ms {
-                problems
-                    .push("mqtt.reconnect_max_ms must be at least mqtt.reconnect_initial_ms".into());
+                problems.push(
+                    "mqtt.reconnect_max_ms must be at least mqtt.reconnect_initial_ms".into(),
+                );
             }
         }
         let o = &raw.outbox;

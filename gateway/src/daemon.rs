@@ -12,7 +12,9 @@ use chrono::{Offset, Utc};
 use iomt_drivers::mqtt::{Credentials, MqttConfig, MqttDriver, Subscription};
 use iomt_drivers::serial::{PortConfig, SerialConfig, SerialDriver};
 use iomt_drivers::sim::{SimClock as DriverClock, SimConfig, SimDevice, SimDriver};
-use iomt_drivers::{reading_channel, reject_channel, DeviceIdentity, Driver, RejectReceiver, Transport};
+use iomt_drivers::{
+    reading_channel, reject_channel, DeviceIdentity, Driver, RejectReceiver, Transport,
+};
 use tokio_util::sync::CancellationToken;
 
 use std::time::Duration;
@@ -42,7 +44,9 @@ pub enum DaemonError {
     #[error("mqtt.profiles names `{0}`, which is not a loaded MQTT profile")]
     UnknownMqttProfile(String),
     /// The MQTT driver is enabled but there is nothing to subscribe to.
-    #[error("the MQTT driver is enabled but no MQTT profile is loaded (check gateway.profiles_dir)")]
+    #[error(
+        "the MQTT driver is enabled but no MQTT profile is loaded (check gateway.profiles_dir)"
+    )]
     NoMqttProfile,
     /// The MQTT credentials file cannot be used.
     #[error("mqtt.credentials_file: {0}")]
@@ -326,8 +330,8 @@ pub async fn run(
 
     let (outbox, writer) =
         Outbox::open(config.outbox.clone(), keyring, config.uplink_names()).await?;
-    let dead_letter_task = rejects
-        .map(|(rx, limit)| tokio::spawn(keep_dead_letters(rx, outbox.clone(), limit)));
+    let dead_letter_task =
+        rejects.map(|(rx, limit)| tokio::spawn(keep_dead_letters(rx, outbox.clone(), limit)));
     let gateway_device: crate::fhir::Device = normalize::gateway_resource(&gateway_pseudonym);
 
     let uplink_cancel = CancellationToken::new();

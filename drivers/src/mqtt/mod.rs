@@ -285,6 +285,7 @@ impl Session<'_> {
                     }
                     self.stats.readings += 1;
                 }
+                tracing::debug!(topic = %topic, readings = rxs.len(), "MQTT message handed to the pipeline; PUBACK after the commit");
                 Wait::Readings(rxs)
             }
             Err((sub, reason)) => {

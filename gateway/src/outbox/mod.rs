@@ -611,10 +611,12 @@ impl Outbox {
                 .is_err()
                 .then(|| hex::encode(&rejected.payload)),
         };
-        let plain = pack(&serde_json::to_vec(&sealed).map_err(|e| OutboxError::Sqlite {
-            path: PathBuf::new(),
-            reason: format!("cannot encode a dead letter: {e}"),
-        })?);
+        let plain = pack(
+            &serde_json::to_vec(&sealed).map_err(|e| OutboxError::Sqlite {
+                path: PathBuf::new(),
+                reason: format!("cannot encode a dead letter: {e}"),
+            })?,
+        );
         self.call(|reply| Control::IngestDeadLetter {
             at_ms: rejected.received_at.timestamp_millis(),
             transport: rejected.transport.to_string(),

@@ -82,7 +82,11 @@ pub fn parse_url(url: &str) -> Result<(String, u16, bool), String> {
     let tls = match parsed.scheme() {
         "mqtt" => false,
         "mqtts" => true,
-        other => return Err(format!("`{url}`: the scheme must be mqtt:// or mqtts://, not {other}://")),
+        other => {
+            return Err(format!(
+                "`{url}`: the scheme must be mqtt:// or mqtts://, not {other}://"
+            ))
+        }
     };
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err("the URL must not carry credentials; use credentials_file".into());
@@ -130,7 +134,11 @@ pub fn read_credentials(path: &std::path::Path) -> Result<(String, String), Stri
         .map_err(|_| format!("the credentials file {} is not text", path.display()))?;
     let mut lines = text.lines();
     let user = lines.next().unwrap_or("").trim().to_string();
-    let password = lines.next().unwrap_or("").trim_end_matches('\r').to_string();
+    let password = lines
+        .next()
+        .unwrap_or("")
+        .trim_end_matches('\r')
+        .to_string();
     if user.is_empty() {
         return Err(format!(
             "the credentials file {} must hold the user name on its first line and the password on its second",
@@ -330,7 +338,11 @@ impl MqttUplink {
             // meanwhile, so the connection task never waits on us.
             let publish = async {
                 match next.take() {
-                    Some(m) => Some(conn.client.publish(topic.as_str(), QoS::AtLeastOnce, false, m).await),
+                    Some(m) => Some(
+                        conn.client
+                            .publish(topic.as_str(), QoS::AtLeastOnce, false, m)
+                            .await,
+                    ),
                     None => std::future::pending().await,
                 }
             };
