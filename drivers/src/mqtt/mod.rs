@@ -13,9 +13,13 @@
 //! (not JSON, no matching field, a wrong type, a bad timestamp, over the size limit) goes to
 //! the gateway's dead letters through the [`RejectSender`], and is acknowledged once that is
 //! committed: a bad message is kept, never redelivered forever, and never stops the driver.
-//! PUBACKs are sent in the order the messages arrived (MQTT 3.1.1, 4.6), by one acker task
-//! working through a bounded queue of messages waiting for their commit; when
-//! `max_in_flight` messages wait, the driver stops reading from the broker (backpressure).
+//! PUBACKs are sent in the order the messages arrived (MQTT 3.1.1, 4.6): the driver's loop
+//! keeps the messages waiting for their commit, oldest first, and hands each PUBACK to
+//! rumqttc without waiting (rumqttc takes requests only while its event loop is polled, so
+//! a loop that waited on it would deadlock). How many messages wait is bounded by the
+//! broker's in-flight window (mosquitto's `max_inflight_messages`, 20 by default), which
+//! must not exceed `max_in_flight` (a warning says so); the broker sends no more until
+//! PUBACKs come back, so a slow outbox slows the broker's deliveries (backpressure).
 //! If the gateway dies between receiving a message and committing it, the message was not
 //! acknowledged and the broker delivers it again to the next session.
 //!
@@ -32,16 +36,15 @@
 //! topic filter and reason; its full topic (which may name a device) is logged at debug
 //! only and stored sealed in the dead letter.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, Publish, QoS,
-    SubscribeFilter,
+    AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, Publish, QoS, SubscribeFilter,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::decode::json::JsonDecoder;
@@ -198,34 +201,76 @@ enum Wait {
     DeadLetter(oneshot::Receiver<()>),
 }
 
+/// A message handed over, waiting for its commit.
 struct Pending {
     publish: Publish,
     wait: Wait,
+    failed: bool,
 }
 
-/// Sends PUBACKs in arrival order, each once its message is committed.
-async fn acker(client: AsyncClient, mut queue: mpsc::Receiver<Pending>) {
-    while let Some(p) = queue.recv().await {
-        let committed = match p.wait {
+impl Pending {
+    /// Resolves once everything of the message is committed (or failed). Cancel-safe: a
+    /// receiver is removed as soon as it has resolved.
+    async fn committed(&mut self) {
+        match &mut self.wait {
             Wait::Readings(rxs) => {
-                let mut ok = true;
-                for rx in rxs {
-                    ok &= rx.await.is_ok();
+                while let Some(rx) = rxs.first_mut() {
+                    let ok = rx.await.is_ok();
+                    rxs.remove(0);
+                    self.failed |= !ok;
                 }
-                ok
             }
-            Wait::DeadLetter(rx) => rx.await.is_ok(),
+            Wait::DeadLetter(rx) => {
+                let ok = rx.await.is_ok();
+                self.failed |= !ok;
+                self.wait = Wait::Readings(Vec::new());
+            }
+        }
+    }
+}
+
+/// The PUBACK side: messages waiting for their commit, oldest first, and PUBACKs ready
+/// but not yet taken by rumqttc (its request queue is drained only while the event loop
+/// is polled, so the loop never waits on it: it hands PUBACKs over without waiting).
+#[derive(Default)]
+struct Acks {
+    pending: VecDeque<Pending>,
+    ready: VecDeque<Publish>,
+    warned: bool,
+}
+
+impl Acks {
+    /// Hands ready PUBACKs to rumqttc, in order, as far as its queue takes them.
+    fn flush(&mut self, client: &AsyncClient) {
+        while let Some(p) = self.ready.front() {
+            match client.try_ack(p) {
+                Ok(()) => {
+                    self.ready.pop_front();
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Waits for the oldest message's commit and moves its PUBACK to `ready`.
+    async fn next_committed(&mut self) {
+        let Some(front) = self.pending.front_mut() else {
+            return std::future::pending().await;
         };
-        if !committed {
-            tracing::error!(
-                "an MQTT message could not be stored; it is not acknowledged and the broker delivers it again after the next reconnect"
-            );
-            continue;
+        front.committed().await;
+        if let Some(p) = self.pending.pop_front() {
+            if p.failed {
+                tracing::error!(
+                    "an MQTT message could not be stored; it is not acknowledged and the broker delivers it again after the next reconnect"
+                );
+            } else {
+                self.ready.push_back(p.publish);
+            }
         }
-        if let Err(e) = client.ack(&p.publish).await {
-            tracing::debug!(error = %e, "PUBACK not sent: the client is closed");
-            return;
-        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pending.is_empty() && self.ready.is_empty()
     }
 }
 
@@ -245,7 +290,6 @@ fn options(config: &MqttConfig) -> MqttOptions {
 struct Session<'a> {
     config: &'a MqttConfig,
     tx: &'a ReadingSender,
-    queue: &'a mpsc::Sender<Pending>,
     devices: HashMap<(usize, String), Arc<DeviceIdentity>>,
     stats: MqttStats,
 }
@@ -254,9 +298,10 @@ struct Session<'a> {
 const MAX_KNOWN_DEVICES: usize = 10_000;
 
 impl Session<'_> {
-    /// Decodes one message and queues it for its PUBACK. Returns false when the gateway is
-    /// shutting down (the channel is closed).
-    async fn handle(&mut self, publish: Publish) -> bool {
+    /// Decodes one message and hands its readings (or itself, refused) over. Returns what
+    /// its PUBACK waits for, or `None` when the gateway is shutting down (a channel is
+    /// closed).
+    async fn handle(&mut self, publish: Publish) -> Option<Pending> {
         self.stats.messages += 1;
         let received_at = Utc::now();
         let topic = publish.topic.clone();
@@ -281,7 +326,7 @@ impl Session<'_> {
                 for r in readings {
                     match self.tx.send_acked(r).await {
                         Ok(rx) => rxs.push(rx),
-                        Err(_) => return false,
+                        Err(_) => return None,
                     }
                     self.stats.readings += 1;
                 }
@@ -311,11 +356,15 @@ impl Session<'_> {
                 };
                 match self.config.rejects.send_acked(rejected).await {
                     Ok(rx) => Wait::DeadLetter(rx),
-                    Err(_) => return false,
+                    Err(_) => return None,
                 }
             }
         };
-        self.queue.send(Pending { publish, wait }).await.is_ok()
+        Some(Pending {
+            publish,
+            wait,
+            failed: false,
+        })
     }
 
     fn decode(
@@ -367,11 +416,7 @@ impl Session<'_> {
 
 async fn run(config: MqttConfig, tx: ReadingSender, cancel: CancellationToken) -> MqttStats {
     let capacity = config.max_in_flight.max(1);
-    // Room for every PUBACK the acker can produce between two polls (the queue's worth
-    // and one), and the subscribe and disconnect requests: the acker never blocks on it.
-    let (client, mut eventloop) = AsyncClient::new(options(&config), 2 * capacity + 8);
-    let (queue_tx, queue_rx) = mpsc::channel(capacity);
-    let acker_task = tokio::spawn(acker(client.clone(), queue_rx));
+    let (client, mut eventloop) = AsyncClient::new(options(&config), capacity + 8);
     let filters: Vec<SubscribeFilter> = config
         .subscriptions
         .iter()
@@ -381,15 +426,21 @@ async fn run(config: MqttConfig, tx: ReadingSender, cancel: CancellationToken) -
     let mut session = Session {
         config: &config,
         tx: &tx,
-        queue: &queue_tx,
         devices: HashMap::new(),
         stats: MqttStats::default(),
     };
+    let mut acks = Acks::default();
     let broker = format!("{}:{}", config.host, config.port);
     let mut connected = false;
     loop {
+        acks.flush(&client);
+        if acks.pending.len() > capacity && !acks.warned {
+            acks.warned = true;
+            tracing::warn!(broker = %broker, waiting = acks.pending.len(), max_in_flight = capacity, "the broker sends more unacknowledged messages than mqtt.max_in_flight; lower its in-flight window (mosquitto: max_inflight_messages)");
+        }
         let event = tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = acks.next_committed() => continue,
             e = eventloop.poll() => e,
         };
         match event {
@@ -402,7 +453,8 @@ async fn run(config: MqttConfig, tx: ReadingSender, cancel: CancellationToken) -
                 connected = true;
                 session.stats.connections += 1;
                 tracing::info!(broker = %broker, session_present = ack.session_present, subscriptions = filters.len(), "connected to the MQTT broker");
-                if client.subscribe_many(filters.clone()).await.is_err() {
+                if client.try_subscribe_many(filters.clone()).is_err() {
+                    tracing::error!(broker = %broker, "cannot subscribe: the client is closed");
                     break;
                 }
             }
@@ -415,11 +467,10 @@ async fn run(config: MqttConfig, tx: ReadingSender, cancel: CancellationToken) -
                     tracing::error!(broker = %broker, "the MQTT broker refused a subscription (check its ACL for the profiles' topic filters)");
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                if !session.handle(p).await {
-                    break;
-                }
-            }
+            Ok(Event::Incoming(Packet::Publish(p))) => match session.handle(p).await {
+                Some(pending) => acks.pending.push_back(pending),
+                None => break,
+            },
             Ok(_) => {}
             Err(e) => {
                 let delay = backoff.fail();
@@ -440,32 +491,27 @@ async fn run(config: MqttConfig, tx: ReadingSender, cancel: CancellationToken) -
     // no longer taken; the broker keeps them for the next session.
     let stats = session.stats;
     drop(session);
-    drop(queue_tx);
     drop(tx);
-    let mut acker_task = acker_task;
     let deadline = tokio::time::sleep(Duration::from_secs(10));
     tokio::pin!(deadline);
-    let mut acker_done = false;
+    let mut disconnecting = false;
     loop {
+        acks.flush(&client);
+        if acks.is_empty() && !disconnecting {
+            disconnecting = true;
+            let _ = client.try_disconnect();
+        }
         tokio::select! {
-            _ = &mut acker_task, if !acker_done => {
-                acker_done = true;
-                let _ = client.try_disconnect();
-            }
             _ = &mut deadline => break,
-            e = poll_quietly(&mut eventloop) => {
-                if e.is_err() || acker_done && matches!(e, Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) {
-                    break;
-                }
-            }
+            _ = acks.next_committed() => {}
+            e = eventloop.poll() => match e {
+                Err(_) => break,
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) if disconnecting => break,
+                Ok(_) => {}
+            },
         }
     }
     stats
-}
-
-/// Polls the event loop while draining (incoming messages are not taken).
-async fn poll_quietly(eventloop: &mut EventLoop) -> Result<Event, rumqttc::ConnectionError> {
-    eventloop.poll().await
 }
 
 #[cfg(test)]
