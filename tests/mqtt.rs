@@ -482,3 +482,22 @@ fn bundle_mode_publishes_one_transaction_bundle_per_batch() {
     let (ok, out) = common::validate_fhir(&[&path]);
     assert!(ok, "{out}");
 }
+
+/// Regression: PUBACKs waited on rumqttc's request queue, which drains only while the
+/// event loop is polled, and the loop waited on them: ingestion stopped after about 100
+/// messages of a burst larger than mosquitto's default in-flight window (20).
+#[test]
+fn a_burst_larger_than_the_brokers_in_flight_window_is_ingested_completely() {
+    let mut kit = Kit::new();
+    let config = kit.config(5, 65536, "");
+    let (mut child, log) = kit.start(&config);
+    wait_connected(&mut child, &log, 1);
+    kit.publish(vitals("burst-1", 0, 1000));
+    wait_until(
+        Duration::from_secs(120),
+        "1000 Observations at the sink",
+        || kit.server_identifiers().0 >= 1000,
+    );
+    sigterm_and_wait(child, &log);
+    assert_eq!(kit.server_identifiers(), (1000, 0));
+}

@@ -632,41 +632,26 @@ fn validate_uplink(u: &RawUplink) -> Result<Uplink, String> {
                 name,
             })
         }
-        RawUplink::Mqtt {
-            name,
-            url,
-            topic,
-            mode,
-            client_id,
-            credentials_file,
-            batch_size,
-            timeout_secs,
-            max_backoff_secs,
-        } => validate_mqtt_uplink(
-            name,
-            url,
-            topic,
-            *mode,
-            client_id,
-            credentials_file,
-            *timeout_secs,
-            *max_backoff_secs,
-            batch(batch_size)?,
-        ),
+        RawUplink::Mqtt { batch_size, .. } => validate_mqtt_uplink(u, batch(batch_size)?),
     }
 }
 
-fn validate_mqtt_uplink(
-    name: &Option<String>,
-    url: &str,
-    topic: &str,
-    mode: Option<PublishMode>,
-    client_id: &Option<String>,
-    credentials_file: &Option<PathBuf>,
-    timeout_secs: Option<u64>,
-    max_backoff_secs: Option<u64>,
-    batch_size: usize,
-) -> Result<Uplink, String> {
+fn validate_mqtt_uplink(u: &RawUplink, batch_size: usize) -> Result<Uplink, String> {
+    let RawUplink::Mqtt {
+        name,
+        url,
+        topic,
+        mode,
+        client_id,
+        credentials_file,
+        timeout_secs,
+        max_backoff_secs,
+        ..
+    } = u
+    else {
+        return Err("not an MQTT uplink".into());
+    };
+    let (mode, timeout_secs, max_backoff_secs) = (*mode, *timeout_secs, *max_backoff_secs);
     let (host, port, tls) = crate::uplink::mqtt::parse_url(url)?;
     crate::uplink::mqtt::check_topic(topic)?;
     if client_id.as_deref().is_some_and(str::is_empty) {

@@ -176,9 +176,12 @@ pub async fn publish_acked(
     result
 }
 
+/// Messages as received: (topic, payload).
+type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// A subscriber with a persistent session that keeps every message it receives.
 pub struct Collector {
-    received: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    received: Received,
     task: JoinHandle<()>,
 }
 

@@ -125,16 +125,18 @@ pub fn protocol_limit(max_payload: usize) -> usize {
 
 /// Whether `topic` matches the MQTT topic `filter` (`+` one level, `#` the rest).
 pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    // Wildcards at the first level do not match `$SYS`-style topics.
+    let system_ok = !topic.starts_with('$') || filter.starts_with('$');
     let mut t = topic.split('/');
     for f in filter.split('/') {
         match (f, t.next()) {
-            ("#", _) => return !(topic.starts_with('$') && !filter.starts_with('$')),
+            ("#", _) => return system_ok,
             ("+", Some(_)) => {}
             (f, Some(level)) if f == level => {}
             _ => return false,
         }
     }
-    t.next().is_none() && !(topic.starts_with('$') && !filter.starts_with('$'))
+    system_ok && t.next().is_none()
 }
 
 /// Counters of one run, logged when the driver stops.
