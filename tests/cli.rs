@@ -65,7 +65,7 @@ fn profile_check_reports_every_broken_file_in_a_directory() {
     let (stdout, stderr) = texts(&out);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr.contains("problem(s) in 7 of 18 profile file(s)"),
+        stderr.contains("problem(s) in 7 of 21 profile file(s)"),
         "{stderr}"
     );
     // Valid files are still listed as ok.
