@@ -83,6 +83,78 @@ impl ReadingReceiver {
     }
 }
 
+/// A message from a source that did not decode (not JSON, missing fields, wrong types,
+/// too large). The gateway keeps it in its dead letters, sealed like everything it stores;
+/// the driver acknowledges it to its source once the dead letter is committed, so a bad
+/// message is neither lost nor redelivered forever.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// The transport it came through.
+    pub transport: crate::reading::Transport,
+    /// Where it came from (an MQTT topic). May name a device: stored sealed, never logged
+    /// above `debug`.
+    pub source: String,
+    /// Why it was refused (names the field, never quotes the payload).
+    pub reason: String,
+    /// The payload as received, cut to the configured limit when it was larger.
+    pub payload: Vec<u8>,
+    /// The payload's size as received, in bytes.
+    pub size: usize,
+    /// When the gateway received it.
+    pub received_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A rejected message on its way to the dead letters, with its commit acknowledgement.
+#[derive(Debug)]
+pub struct RejectEnvelope {
+    /// The message.
+    pub rejected: Rejected,
+    /// Fired once the dead letter is committed.
+    pub ack: oneshot::Sender<()>,
+}
+
+/// The sending side of the bounded channel of rejected messages.
+#[derive(Debug, Clone)]
+pub struct RejectSender {
+    inner: mpsc::Sender<RejectEnvelope>,
+}
+
+impl RejectSender {
+    /// Hands a rejected message to the dead letters; the receiver resolves once it is
+    /// committed (an error: it was not stored, so a source that can redeliver should).
+    /// Waits while the channel is full (backpressure).
+    pub async fn send_acked(
+        &self,
+        rejected: Rejected,
+    ) -> Result<oneshot::Receiver<()>, ChannelClosed> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .send(RejectEnvelope { rejected, ack: tx })
+            .await
+            .map_err(|_| ChannelClosed)?;
+        Ok(rx)
+    }
+}
+
+/// The receiving side of the channel of rejected messages.
+#[derive(Debug)]
+pub struct RejectReceiver {
+    inner: mpsc::Receiver<RejectEnvelope>,
+}
+
+impl RejectReceiver {
+    /// The next rejected message, or `None` once every sender is gone.
+    pub async fn recv(&mut self) -> Option<RejectEnvelope> {
+        self.inner.recv().await
+    }
+}
+
+/// Creates the bounded channel of rejected messages (`capacity` at least 1).
+pub fn reject_channel(capacity: usize) -> (RejectSender, RejectReceiver) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    (RejectSender { inner: tx }, RejectReceiver { inner: rx })
+}
+
 /// A boxed driver future, so drivers of different types can be run side by side.
 pub type DriverFuture = Pin<Box<dyn Future<Output = Result<(), DriverError>> + Send>>;
 

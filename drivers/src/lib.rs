@@ -11,13 +11,15 @@ pub mod ble;
 pub mod ble_driver;
 pub mod decode;
 pub mod driver;
+pub mod mqtt;
 pub mod reading;
 pub mod serial;
 pub mod sim;
 
 pub use driver::{
-    reading_channel, ChannelClosed, CommitReceiver, Committed, Driver, DriverError, Envelope,
-    ReadingReceiver, ReadingSender,
+    reading_channel, reject_channel, ChannelClosed, CommitReceiver, Committed, Driver, DriverError,
+    Envelope, ReadingReceiver, ReadingSender, RejectEnvelope, RejectReceiver, RejectSender,
+    Rejected,
 };
 pub use reading::{
     AbsentReason, BodySite, DeviceIdentity, DeviceTime, Measurement, Quantity, Reading,

@@ -14,6 +14,7 @@ use crate::normalize::{OutOfRange, Zone};
 use crate::outbox::{OutboxSettings, WhenFull};
 use crate::smart::Alg;
 use crate::uplink::fhir_http::{AuthSettings, FhirSettings, OAuth2Settings, SmartSettings};
+use crate::uplink::mqtt::{MqttUplinkSettings, PublishMode};
 
 /// The default configuration file.
 pub const DEFAULT_PATH: &str = "/etc/iomt-gateway/gateway.toml";
@@ -222,6 +223,116 @@ pub struct RawSerialPort {
     pub min_interval_ms: u64,
 }
 
+/// `[mqtt]`: the MQTT ingest driver (devices publishing JSON to a local broker).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMqtt {
+    /// Run the MQTT driver (default false).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Broker host (default `127.0.0.1`).
+    #[serde(default = "default_mqtt_host")]
+    pub host: String,
+    /// Broker port (default 1883).
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+    /// The stable client id of the gateway's persistent session (default `iomt-gateway`).
+    #[serde(default = "default_mqtt_client_id")]
+    pub client_id: String,
+    /// File with the user name (first line) and password (second line), mode 0600.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// MQTT keep-alive in seconds (default 30).
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_secs: u64,
+    /// Largest payload accepted, in bytes (default 65536); larger ones go to the dead letters.
+    #[serde(default = "default_mqtt_max_payload")]
+    pub max_payload_bytes: usize,
+    /// Most messages waiting for their commit before the driver stops reading (default 64).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Most refused messages kept in the dead letters; the oldest go first (default 1000).
+    #[serde(default = "default_dead_letter_limit")]
+    pub dead_letter_limit: usize,
+    /// Milliseconds before the first reconnect attempt (default 500).
+    #[serde(default = "default_reconnect_initial")]
+    pub reconnect_initial_ms: u64,
+    /// Longest wait between reconnect attempts in milliseconds (default 30000).
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max_ms: u64,
+    /// MQTT profile ids to subscribe for; empty (default): every MQTT profile.
+    #[serde(default)]
+    pub profiles: Vec<String>,
+}
+
+impl Default for RawMqtt {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            host: default_mqtt_host(),
+            port: default_mqtt_port(),
+            client_id: default_mqtt_client_id(),
+            credentials_file: None,
+            keep_alive_secs: default_keep_alive(),
+            max_payload_bytes: default_mqtt_max_payload(),
+            max_in_flight: default_max_in_flight(),
+            dead_letter_limit: default_dead_letter_limit(),
+            reconnect_initial_ms: default_reconnect_initial(),
+            reconnect_max_ms: default_reconnect_max(),
+            profiles: Vec::new(),
+        }
+    }
+}
+
+fn default_mqtt_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_mqtt_port() -> u16 {
+    1883
+}
+fn default_mqtt_client_id() -> String {
+    "iomt-gateway".into()
+}
+fn default_keep_alive() -> u64 {
+    30
+}
+fn default_mqtt_max_payload() -> usize {
+    65536
+}
+fn default_max_in_flight() -> usize {
+    64
+}
+fn default_dead_letter_limit() -> usize {
+    1000
+}
+
+/// MQTT driver settings, validated.
+#[derive(Debug, Clone)]
+pub struct MqttSettings {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// Client id.
+    pub client_id: String,
+    /// Credentials file.
+    pub credentials_file: Option<PathBuf>,
+    /// Keep-alive.
+    pub keep_alive: Duration,
+    /// Payload limit.
+    pub max_payload: usize,
+    /// Messages waiting for their commit.
+    pub max_in_flight: usize,
+    /// Refused messages kept.
+    pub dead_letter_limit: usize,
+    /// First reconnect delay.
+    pub reconnect_initial: Duration,
+    /// Longest reconnect delay.
+    pub reconnect_max: Duration,
+    /// Profile ids (empty: all MQTT profiles).
+    pub profiles: Vec<String>,
+}
+
 /// `[devices.<profile-id>]`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -330,6 +441,29 @@ pub enum RawUplink {
         /// SMART Backend Services.
         smart: Option<Box<RawSmart>>,
     },
+    /// Publishes pseudonymized FHIR to an MQTT broker at QoS 1.
+    Mqtt {
+        /// A unique name (default `mqtt`); the outbox tracks delivery per name.
+        name: Option<String>,
+        /// The broker: `mqtts://host:port` (TLS, system roots; port 8883 by default) or
+        /// `mqtt://host:port` (port 1883 by default).
+        url: String,
+        /// Topic to publish on; `{gateway}` is replaced by the gateway's pseudonym.
+        topic: String,
+        /// `bundle` (default: one transaction Bundle per message) or `observation` (one
+        /// Observation per message).
+        mode: Option<PublishMode>,
+        /// Client id (default: `iomt-gateway-` and the start of the gateway's pseudonym).
+        client_id: Option<String>,
+        /// File with the user name (first line) and password (second line), mode 0600.
+        credentials_file: Option<PathBuf>,
+        /// Most Observations per Bundle (default 100).
+        batch_size: Option<usize>,
+        /// Seconds to wait for the connection and every PUBACK of a Bundle (default 30).
+        timeout_secs: Option<u64>,
+        /// Longest retry delay in seconds (default 300).
+        max_backoff_secs: Option<u64>,
+    },
 }
 
 /// `[uplinks.oauth2]`: OAuth2 client credentials.
@@ -429,6 +563,9 @@ pub struct RawConfig {
     /// `[ble]`
     #[serde(default)]
     pub ble: RawBle,
+    /// `[mqtt]`
+    #[serde(default)]
+    pub mqtt: RawMqtt,
     /// `[devices.<profile-id>]`
     #[serde(default)]
     pub devices: BTreeMap<String, RawDevice>,
@@ -518,6 +655,8 @@ pub enum UplinkKind {
     },
     /// A FHIR server.
     Fhir(Box<FhirSettings>),
+    /// An MQTT broker.
+    Mqtt(MqttUplinkSettings),
 }
 
 /// An uplink, validated.
@@ -558,6 +697,8 @@ pub struct Config {
     pub serial: Option<SerialSettings>,
     /// BLE driver, when devices are configured.
     pub ble: Option<BleSettings>,
+    /// MQTT driver, when enabled.
+    pub mqtt: Option<MqttSettings>,
     /// The outbox.
     pub outbox: OutboxSettings,
     /// The storage key file.
@@ -657,7 +798,53 @@ fn validate_uplink(u: &RawUplink) -> Result<Uplink, String> {
                 name,
             })
         }
+        RawUplink::Mqtt { batch_size, .. } => validate_mqtt_uplink(u, batch(batch_size)?),
     }
+}
+
+fn validate_mqtt_uplink(u: &RawUplink, batch_size: usize) -> Result<Uplink, String> {
+    let RawUplink::Mqtt {
+        name,
+        url,
+        topic,
+        mode,
+        client_id,
+        credentials_file,
+        timeout_secs,
+        max_backoff_secs,
+        ..
+    } = u
+    else {
+        return Err("not an MQTT uplink".into());
+    };
+    let (mode, timeout_secs, max_backoff_secs) = (*mode, *timeout_secs, *max_backoff_secs);
+    let (host, port, tls) = crate::uplink::mqtt::parse_url(url)?;
+    crate::uplink::mqtt::check_topic(topic)?;
+    if client_id.as_deref().is_some_and(str::is_empty) {
+        return Err("client_id must not be empty (leave it out for the default)".into());
+    }
+    let name = name.clone().unwrap_or_else(|| "mqtt".into());
+    let backoff_max = Duration::from_secs(max_backoff_secs.unwrap_or(300).max(1));
+    Ok(Uplink {
+        batch_size,
+        backoff_max,
+        kind: UplinkKind::Mqtt(MqttUplinkSettings {
+            name: name.clone(),
+            host,
+            port,
+            tls,
+            client_id: client_id.clone(),
+            topic: topic.to_string(),
+            mode: mode.unwrap_or_default(),
+            credentials_file: credentials_file.clone(),
+            ack_timeout: Duration::from_secs(timeout_secs.unwrap_or(30).max(1)),
+            keep_alive: Duration::from_secs(30),
+            batch_size,
+            reconnect_initial: Duration::from_millis(500),
+            reconnect_max: backoff_max,
+        }),
+        name,
+    })
 }
 
 fn parse_zone(name: &str) -> Result<Zone, String> {
@@ -706,7 +893,8 @@ impl Config {
                     .separator("__")
                     .try_parsing(true)
                     .list_separator(",")
-                    .with_list_parse_key("sim.profiles"),
+                    .with_list_parse_key("sim.profiles")
+                    .with_list_parse_key("mqtt.profiles"),
             )
             .build()
             .map_err(fail)?
@@ -852,6 +1040,35 @@ impl Config {
         if raw.ble.reconnect_max_ms < raw.ble.reconnect_initial_ms {
             problems.push("ble.reconnect_max_ms must be at least ble.reconnect_initial_ms".into());
         }
+        let m = &raw.mqtt;
+        if m.enabled {
+            if m.host.trim().is_empty() {
+                problems.push("mqtt.host must not be empty".into());
+            }
+            if m.port == 0 {
+                problems.push("mqtt.port must not be 0".into());
+            }
+            if m.client_id.trim().is_empty() {
+                problems.push("mqtt.client_id must not be empty (the broker keeps the gateway's session under it)".into());
+            }
+            if m.max_payload_bytes == 0 {
+                problems.push("mqtt.max_payload_bytes must be at least 1".into());
+            }
+            if m.max_in_flight == 0 {
+                problems.push("mqtt.max_in_flight must be at least 1".into());
+            }
+            if m.dead_letter_limit == 0 {
+                problems.push("mqtt.dead_letter_limit must be at least 1".into());
+            }
+            if m.reconnect_initial_ms == 0 {
+                problems.push("mqtt.reconnect_initial_ms must be at least 1".into());
+            }
+            if m.reconnect_max_ms < m.reconnect_initial_ms {
+                problems.push(
+                    "mqtt.reconnect_max_ms must be at least mqtt.reconnect_initial_ms".into(),
+                );
+            }
+        }
         let o = &raw.outbox;
         if o.max_size_mb == 0 {
             problems.push("outbox.max_size_mb must be at least 1".into());
@@ -913,6 +1130,19 @@ impl Config {
                 devices: ble_devices,
                 reconnect_initial: Duration::from_millis(raw.ble.reconnect_initial_ms),
                 reconnect_max: Duration::from_millis(raw.ble.reconnect_max_ms),
+            }),
+            mqtt: m.enabled.then(|| MqttSettings {
+                host: m.host.clone(),
+                port: m.port,
+                client_id: m.client_id.clone(),
+                credentials_file: m.credentials_file.clone(),
+                keep_alive: Duration::from_secs(m.keep_alive_secs.max(5)),
+                max_payload: m.max_payload_bytes,
+                max_in_flight: m.max_in_flight,
+                dead_letter_limit: m.dead_letter_limit,
+                reconnect_initial: Duration::from_millis(m.reconnect_initial_ms),
+                reconnect_max: Duration::from_millis(m.reconnect_max_ms),
+                profiles: m.profiles.clone(),
             }),
             outbox: OutboxSettings {
                 path: raw.outbox.path,
@@ -1058,6 +1288,40 @@ dir = "/tmp/out"
         assert_eq!(serial.ports[0].profile, "masimo");
         assert_eq!(serial.ports[0].zone, Some(Zone::Named(chrono_tz::UTC)));
         assert_eq!(serial.reconnect_max, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn mqtt_ingest_and_uplink_are_validated_naming_each_key() {
+        let text = format!(
+            "{MINIMAL}\n[mqtt]\nenabled = true\nclient_id = \"\"\nmax_in_flight = 0\n[[uplinks]]\nkind = \"mqtt\"\nurl = \"https://cloud\"\ntopic = \"iomt/{{gateway}}\"\n[[uplinks]]\nkind = \"mqtt\"\nname = \"m2\"\nurl = \"mqtt://cloud\"\ntopic = \"iomt/#\"\n"
+        );
+        let msg = Config::from_toml_str(&text, "test")
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "mqtt.client_id",
+            "mqtt.max_in_flight",
+            "uplinks[1]: `https://cloud`",
+            "uplinks[2]: topic `iomt/#`",
+        ] {
+            assert!(msg.contains(needle), "{needle} missing from {msg}");
+        }
+    }
+
+    #[test]
+    fn an_mqtts_uplink_defaults_to_port_8883_and_bundles() {
+        let text = format!(
+            "{MINIMAL}\n[mqtt]\nenabled = true\n[[uplinks]]\nkind = \"mqtt\"\nurl = \"mqtts://broker.example.org\"\ntopic = \"iomt/{{gateway}}/fhir\"\n"
+        );
+        let c = Config::from_toml_str(&text, "test").unwrap();
+        let mqtt = c.mqtt.unwrap();
+        assert_eq!((mqtt.host.as_str(), mqtt.port), ("127.0.0.1", 1883));
+        assert_eq!(mqtt.client_id, "iomt-gateway");
+        let UplinkKind::Mqtt(u) = &c.uplinks[1].kind else {
+            panic!("not an MQTT uplink")
+        };
+        assert_eq!((u.port, u.tls, u.mode), (8883, true, PublishMode::Bundle));
+        assert_eq!(c.uplinks[1].name, "mqtt");
     }
 
     #[test]

@@ -21,15 +21,19 @@ use std::sync::Arc;
 
 use chrono::{Offset, Utc};
 use iomt_drivers::ble_driver::{uuid_from_u16, BleConfig, BleDeviceConfig, BleDriver};
+use iomt_drivers::mqtt::{Credentials, MqttConfig, MqttDriver, Subscription};
 use iomt_drivers::serial::{PortConfig, SerialConfig, SerialDriver};
 use iomt_drivers::sim::{SimClock as DriverClock, SimConfig, SimDevice, SimDriver};
-use iomt_drivers::{reading_channel, DeviceIdentity, Driver, Transport};
+use iomt_drivers::{
+    reading_channel, reject_channel, DeviceIdentity, Driver, RejectReceiver, Transport,
+};
 use tokio_util::sync::CancellationToken;
 
 use std::time::Duration;
 
 use crate::config::{
-    BleSettings, Config, SerialSettings, SimSettings, Uplink as UplinkConfig, UplinkKind,
+    BleSettings, Config, MqttSettings, SerialSettings, SimSettings, Uplink as UplinkConfig,
+    UplinkKind,
 };
 use crate::normalize::{self, Zone};
 use crate::outbox::seal::Keyring;
@@ -40,14 +44,26 @@ use crate::pseudonym::{Domain, Pseudonymizer};
 use crate::uplink::deliver::{self, DeliverySettings, DeliveryStats};
 use crate::uplink::fhir_http::FhirUplink;
 use crate::uplink::file::FileUplink;
+use crate::uplink::mqtt::MqttUplink;
 use crate::uplink::{Uplink, UplinkError};
 
 /// Why the gateway could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     /// No driver is enabled, so there would be nothing to do.
-    #[error("no driver is enabled: add a Bluetooth device with a [[ble.devices]] table (address and profile), a serial port with a [[serial.ports]] table (path and profile), or enable the simulator with [sim] enabled = true (the MQTT driver is not part of this release yet)")]
+    #[error("no driver is enabled: add a Bluetooth device with a [[ble.devices]] table (address and profile), a serial port with a [[serial.ports]] table (path and profile), enable the MQTT driver with [mqtt] enabled = true, or enable the simulator with [sim] enabled = true")]
     NoDriver,
+    /// `[mqtt] profiles` names a profile that is not a loaded MQTT profile.
+    #[error("mqtt.profiles names `{0}`, which is not a loaded MQTT profile")]
+    UnknownMqttProfile(String),
+    /// The MQTT driver is enabled but there is nothing to subscribe to.
+    #[error(
+        "the MQTT driver is enabled but no MQTT profile is loaded (check gateway.profiles_dir)"
+    )]
+    NoMqttProfile,
+    /// The MQTT credentials file cannot be used.
+    #[error("mqtt.credentials_file: {0}")]
+    MqttCredentials(String),
     /// A serial port names a profile that is not loaded or not a serial profile.
     #[error("serial port `{path}`: profile `{profile}` is not a loaded serial profile{hint}")]
     UnknownSerialProfile {
@@ -367,6 +383,59 @@ pub fn matching_ble_profiles(
         .collect()
 }
 
+/// Builds the MQTT driver's subscriptions: one per selected MQTT profile.
+pub fn mqtt_subscriptions(
+    settings: &MqttSettings,
+    profiles: &[Arc<Profile>],
+) -> Result<Vec<Subscription>, DaemonError> {
+    let mqtt: Vec<&Arc<Profile>> = profiles
+        .iter()
+        .filter(|p| matches!(p.transport, TransportSpec::Mqtt(_)))
+        .collect();
+    for wanted in &settings.profiles {
+        if !mqtt.iter().any(|p| &p.id == wanted) {
+            return Err(DaemonError::UnknownMqttProfile(wanted.clone()));
+        }
+    }
+    let subs: Vec<Subscription> = mqtt
+        .into_iter()
+        .filter(|p| settings.profiles.is_empty() || settings.profiles.contains(&p.id))
+        .filter_map(|p| match &p.transport {
+            TransportSpec::Mqtt(spec) => Some(Subscription {
+                profile: p.id.clone(),
+                manufacturer: p.manufacturer.clone(),
+                model: p.model.clone(),
+                filter: spec.topic.clone(),
+                decoder: spec.json.clone(),
+                device_id_level: spec.device_id_level,
+            }),
+            _ => None,
+        })
+        .collect();
+    if subs.is_empty() {
+        return Err(DaemonError::NoMqttProfile);
+    }
+    Ok(subs)
+}
+
+/// Keeps the messages drivers refused in the outbox's dead letters, acknowledging each to
+/// its driver once committed.
+async fn keep_dead_letters(mut rx: RejectReceiver, outbox: Outbox, limit: usize) -> u64 {
+    let mut kept = 0;
+    while let Some(envelope) = rx.recv().await {
+        match outbox.ingest_dead_letter(&envelope.rejected, limit).await {
+            Ok(()) => {
+                kept += 1;
+                let _ = envelope.ack.send(());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a refused message could not be kept in the dead letters; it is not acknowledged")
+            }
+        }
+    }
+    kept
+}
+
 /// What a run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RunStats {
@@ -376,10 +445,13 @@ pub struct RunStats {
     pub uplinks: Vec<(String, DeliveryStats)>,
 }
 
-fn build_uplink(u: &UplinkConfig) -> Result<Box<dyn Uplink>, UplinkError> {
+fn build_uplink(u: &UplinkConfig, gateway_pseudonym: &str) -> Result<Box<dyn Uplink>, UplinkError> {
     Ok(match &u.kind {
         UplinkKind::File { dir } => Box::new(FileUplink::new(&u.name, dir)?),
         UplinkKind::Fhir(settings) => Box::new(FhirUplink::new((**settings).clone())?),
+        UplinkKind::Mqtt(settings) => {
+            Box::new(MqttUplink::new(settings.clone(), gateway_pseudonym)?)
+        }
     })
 }
 
@@ -466,17 +538,46 @@ pub async fn run_with_hooks(
             sequence_file: state_dir.join("ble-glucose-sequences.json"),
         })?));
     }
+    let mut rejects = None;
+    if let Some(settings) = &config.mqtt {
+        let subscriptions = mqtt_subscriptions(settings, &profiles)?;
+        let credentials = match &settings.credentials_file {
+            Some(path) => {
+                let (username, password) = crate::uplink::mqtt::read_credentials(path)
+                    .map_err(DaemonError::MqttCredentials)?;
+                Some(Credentials { username, password })
+            }
+            None => None,
+        };
+        let (reject_tx, reject_rx) = reject_channel(settings.max_in_flight);
+        rejects = Some((reject_rx, settings.dead_letter_limit));
+        drivers.push(Box::new(MqttDriver::new(MqttConfig {
+            host: settings.host.clone(),
+            port: settings.port,
+            client_id: settings.client_id.clone(),
+            credentials,
+            keep_alive: settings.keep_alive,
+            max_payload: settings.max_payload,
+            max_in_flight: settings.max_in_flight,
+            reconnect_initial: settings.reconnect_initial,
+            reconnect_max: settings.reconnect_max,
+            subscriptions,
+            rejects: reject_tx,
+        })?));
+    }
     if drivers.is_empty() {
         return Err(DaemonError::NoDriver);
     }
+    let gateway_pseudonym = pseudonymizer.pseudonym(Domain::Gateway, &config.gateway_id);
     let mut uplinks = Vec::new();
     for u in &config.uplinks {
-        uplinks.push((build_uplink(u)?, u.clone()));
+        uplinks.push((build_uplink(u, &gateway_pseudonym)?, u.clone()));
     }
 
     let (outbox, writer) =
         Outbox::open(config.outbox.clone(), keyring, config.uplink_names()).await?;
-    let gateway_pseudonym = pseudonymizer.pseudonym(Domain::Gateway, &config.gateway_id);
+    let dead_letter_task =
+        rejects.map(|(rx, limit)| tokio::spawn(keep_dead_letters(rx, outbox.clone(), limit)));
     let gateway_device: crate::fhir::Device = normalize::gateway_resource(&gateway_pseudonym);
 
     let uplink_cancel = CancellationToken::new();
@@ -596,6 +697,12 @@ pub async fn run_with_hooks(
         }
     };
     hard_stop_timer.abort();
+    if let Some(task) = dead_letter_task {
+        match task.await {
+            Ok(kept) => tracing::info!(kept, "ingest dead-letter keeper stopped"),
+            Err(e) => tracing::error!(error = %e, "dead-letter task panicked"),
+        }
+    }
     let mut stats = RunStats {
         pipeline: pipeline_outcome.unwrap_or_else(|e| {
             if !e.is_cancelled() {

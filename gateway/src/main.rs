@@ -149,12 +149,19 @@ enum OutboxCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List the rows an uplink rejected for good, with the server's reason. Needs the
-    /// storage key (reasons are sealed); reads without writing.
+    /// List the rows an uplink rejected for good, with the server's reason, and the
+    /// messages a driver refused (an MQTT payload that did not decode), with their topic
+    /// and reason. Needs the storage key (they are sealed); reads without writing.
     DeadLetters {
         /// The configuration file naming the outbox and its key.
         #[arg(long, short, value_name = "FILE", default_value = DEFAULT_PATH)]
         config: PathBuf,
+        /// Also print the refused messages' payloads (they may hold patient data).
+        #[arg(long)]
+        payloads: bool,
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -183,6 +190,10 @@ struct TestArgs {
     /// The GATT characteristic the payload came from (BLE profiles), e.g. 2A35.
     #[arg(long, value_name = "UUID")]
     characteristic: Option<String>,
+    /// The topic the payload was published on (MQTT profiles): checked against the
+    /// profile's topic filter.
+    #[arg(long)]
+    topic: Option<String>,
     /// Where to look the profile id up.
     #[arg(long, value_name = "DIR")]
     profiles: Option<PathBuf>,
@@ -288,7 +299,11 @@ fn main() -> ExitCode {
             adapter,
         } => scan(duration, profiles, adapter.as_deref()),
         Command::Outbox(OutboxCommand::Status { config, json }) => outbox_status(&config, json),
-        Command::Outbox(OutboxCommand::DeadLetters { config }) => dead_letters(&config),
+        Command::Outbox(OutboxCommand::DeadLetters {
+            config,
+            payloads,
+            json,
+        }) => dead_letters(&config, payloads, json),
         Command::Demo {
             duration,
             out,
@@ -430,6 +445,7 @@ fn profile_test(args: TestArgs) -> Result<ExitCode> {
         &profile,
         &args.payload,
         args.characteristic.as_deref(),
+        args.topic.as_deref(),
         received_at,
         zone,
     )?;
@@ -825,12 +841,35 @@ fn pseudonym_of(id: &str, config_path: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn dead_letters(config_path: &Path) -> Result<ExitCode> {
+fn dead_letters(config_path: &Path, payloads: bool, json: bool) -> Result<ExitCode> {
     let config = Config::load(config_path)?;
     let keyring = Keyring::load(&config.storage_key_file)?;
     let letters = outbox::read_dead_letters(&config.outbox.path, &keyring)?;
-    if letters.is_empty() {
+    let mut refused = outbox::read_ingest_dead_letters(&config.outbox.path, &keyring)?;
+    if !payloads {
+        for r in &mut refused {
+            r.payload.clear();
+        }
+    }
+    if json {
+        let out = serde_json::json!({ "uplinks": letters, "ingest": refused });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if letters.is_empty() && refused.is_empty() {
         println!("no dead letters");
+    }
+    for r in refused {
+        let at = chrono::DateTime::from_timestamp_millis(r.at_ms)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default();
+        println!(
+            "{at}  {}  id={}  topic={}  bytes={}  reason: {}",
+            r.transport, r.id, r.source, r.size, r.reason
+        );
+        if payloads {
+            println!("    payload: {}", r.payload);
+        }
     }
     for d in letters {
         let at = chrono::DateTime::from_timestamp_millis(d.at_ms)

@@ -55,15 +55,18 @@ fn uuid16(text: &str) -> Option<u16> {
 ///
 /// Payload forms: a text line for line-oriented serial profiles; hex bytes (spaces
 /// allowed) for binary serial profiles, holding one or more whole frames (or packets);
-/// a JSON object for MQTT profiles; a JSON object `{"field": value}` for simulator
-/// profiles; hex bytes (spaces or colons allowed) for BLE, decoded as the profile's
-/// characteristic or as `characteristic` (which may also be the in-progress twin of the
-/// profile's characteristic: Intermediate Cuff Pressure 2A36 for blood pressure,
-/// Intermediate Temperature 2A1E for temperature; those decode but are refused).
+/// a JSON object for MQTT profiles (one Observation set per reading when the profile
+/// reads an array of readings; `topic` is checked against the profile's filter); a JSON
+/// object `{"field": value}` for simulator profiles; hex bytes (spaces or colons allowed)
+/// for BLE, decoded as the profile's characteristic or as `characteristic` (which may also
+/// be the in-progress twin of the profile's characteristic: Intermediate Cuff Pressure 2A36
+/// for blood pressure, Intermediate Temperature 2A1E for temperature; those decode but are
+/// refused).
 pub fn test_payload(
     profile: &Profile,
     payload: &str,
     characteristic: Option<&str>,
+    topic: Option<&str>,
     received_at: DateTime<Utc>,
     zone: Zone,
 ) -> Result<Vec<Observation>, ProbeError> {
@@ -77,6 +80,24 @@ pub fn test_payload(
             profile.id,
             profile.transport.transport()
         )));
+    }
+    if let Some(t) = topic {
+        match &profile.transport {
+            TransportSpec::Mqtt(spec) if iomt_drivers::mqtt::topic_matches(&spec.topic, t) => {}
+            TransportSpec::Mqtt(spec) => {
+                return Err(ProbeError::Usage(format!(
+                    "topic `{t}` does not match the profile's topic filter `{}`",
+                    spec.topic
+                )))
+            }
+            _ => {
+                return Err(ProbeError::Usage(format!(
+                    "--topic applies to MQTT profiles only; `{}` is a {} profile",
+                    profile.id,
+                    profile.transport.transport()
+                )))
+            }
+        }
     }
     let device = Arc::new(DeviceIdentity {
         profile: profile.id.clone(),
@@ -161,9 +182,15 @@ pub fn test_payload(
                 .json
                 .parse(payload.as_bytes())
                 .map_err(|e| decode_err(e.to_string()))?;
-            spec.json
-                .decode(&value, device, received_at)
-                .map_err(|e| decode_err(e.to_string()))?
+            let readings = spec
+                .json
+                .decode_all(&value, device, received_at)
+                .map_err(|e| decode_err(e.to_string()))?;
+            let mut all = Vec::new();
+            for r in &readings {
+                all.extend(normalize_for_test(r, profile, zone)?);
+            }
+            return Ok(all);
         }
         TransportSpec::Sim(spec) => {
             let value: serde_json::Value = serde_json::from_str(payload).map_err(|e| {

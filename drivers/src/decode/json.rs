@@ -1,4 +1,10 @@
 //! JSON payload decoding (MQTT): fields, device id and timestamp by JSON Pointer (RFC 6901).
+//!
+//! A payload holds one reading (the field pointers point into the payload), or an array of
+//! readings (`readings` points at the array; field and timestamp pointers are then relative
+//! to each element, the device id pointer to the whole payload). A payload is all or
+//! nothing: if one element does not decode, the whole message is refused with the
+//! element's index in the reason.
 
 use std::sync::Arc;
 
@@ -33,7 +39,12 @@ pub struct JsonDecoder {
     pub device_id: Option<String>,
     /// The largest payload accepted, in bytes.
     pub max_payload: usize,
+    /// JSON Pointer to an array of readings, when one message carries several.
+    pub readings: Option<String>,
 }
+
+/// The most readings one message may carry (a bound on the work one message causes).
+pub const MAX_READINGS_PER_MESSAGE: usize = 1000;
 
 impl JsonDecoder {
     /// Reads the device id from a payload (for drivers that key devices by it).
@@ -64,7 +75,52 @@ impl JsonDecoder {
         })
     }
 
-    /// Decodes a parsed payload into a reading from `device`.
+    /// Decodes a parsed payload into its readings from `device`: one, or one per element
+    /// of the `readings` array. Refuses the whole payload if any reading does not decode.
+    pub fn decode_all(
+        &self,
+        payload: &Value,
+        device: Arc<DeviceIdentity>,
+        received_at: DateTime<Utc>,
+    ) -> Result<Vec<Reading>, DecodeError> {
+        let Some(ptr) = &self.readings else {
+            return Ok(vec![self.decode(payload, device, received_at)?]);
+        };
+        let items = match payload.pointer(ptr) {
+            Some(Value::Array(items)) => items,
+            None => {
+                return Err(DecodeError::Mismatch(format!(
+                    "no readings array at `{ptr}`"
+                )))
+            }
+            Some(other) => {
+                return Err(DecodeError::Mismatch(format!(
+                    "expected an array of readings at `{ptr}`, found {}",
+                    kind(other)
+                )))
+            }
+        };
+        if items.is_empty() {
+            return Err(DecodeError::Empty);
+        }
+        if items.len() > MAX_READINGS_PER_MESSAGE {
+            return Err(DecodeError::Mismatch(format!(
+                "{} readings in one message; at most {MAX_READINGS_PER_MESSAGE} are accepted",
+                items.len()
+            )));
+        }
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                self.decode(item, device.clone(), received_at)
+                    .map_err(|e| DecodeError::Mismatch(format!("reading {i}: {e}")))
+            })
+            .collect()
+    }
+
+    /// Decodes a parsed payload (or one element of its readings array) into a reading
+    /// from `device`.
     pub fn decode(
         &self,
         payload: &Value,
@@ -189,6 +245,7 @@ mod tests {
             timestamp_format: TimestampFormat::Rfc3339,
             device_id: Some("/id".into()),
             max_payload: 1024,
+            readings: None,
         }
     }
 
@@ -236,6 +293,37 @@ mod tests {
             d.parse(b"{not json"),
             Err(DecodeError::Mismatch(_))
         ));
+    }
+
+    #[test]
+    fn an_array_of_readings_gives_one_reading_per_element_with_epoch_times() {
+        let mut d = decoder();
+        d.readings = Some("/batch".into());
+        d.timestamp = Some("/t".into());
+        d.timestamp_format = TimestampFormat::EpochMillis;
+        let v = d
+            .parse(br#"{"id":"esp-1","batch":[{"t":1700000000123,"vitals":{"hr":71}},{"t":1700000001123,"vitals":{"hr":72}}]}"#)
+            .unwrap();
+        let r = d.decode_all(&v, device(), Utc::now()).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[1].quantities[0].value.value().unwrap().to_string(), "72");
+        let Some(DeviceTime::Zoned(t)) = r[0].device_time else {
+            panic!("no zoned time")
+        };
+        assert_eq!(t.timestamp_millis(), 1_700_000_000_123);
+    }
+
+    #[test]
+    fn one_bad_element_refuses_the_whole_message_naming_its_index() {
+        let mut d = decoder();
+        d.readings = Some("/batch".into());
+        let v = d
+            .parse(br#"{"batch":[{"vitals":{"hr":71}},{"vitals":{"hr":"fast"}}]}"#)
+            .unwrap();
+        let err = d.decode_all(&v, device(), Utc::now()).unwrap_err();
+        assert!(err.to_string().contains("reading 1"), "{err}");
+        let v = d.parse(br#"{"batch":{"hr":1}}"#).unwrap();
+        assert!(d.decode_all(&v, device(), Utc::now()).is_err());
     }
 
     #[test]

@@ -10,6 +10,13 @@
 //! resources are stored once in `devices`. `dead_letters` keeps rows an uplink rejected
 //! for good, with the server's reason (sealed too). `keys` records each storage key's id
 //! and check value; `counters` and `uplinks` keep totals for `outbox status`.
+//! `ingest_dead_letters` keeps messages a driver refused (an MQTT payload that is not JSON,
+//! lacks the profile's fields, has a wrong type, or is too large): the time, transport and
+//! size in clear, and the source (topic), reason and payload (cut to the size limit)
+//! sealed, bound to the row id. It holds at most `limit` messages (`[mqtt]
+//! dead_letter_limit`); the oldest beyond it are deleted and counted
+//! (`ingest_dead_letters_evicted`) with a warning. The table was added after schema 1
+//! shipped and is created when missing, so older gateways still open the file.
 //!
 //! **Sealing** (`seal.rs`). Every payload is compressed (LZ4, a leading format byte) and
 //! then sealed with AES-256-GCM under a key derived
@@ -307,6 +314,84 @@ enum Control {
     Ping {
         reply: Reply<()>,
     },
+    IngestDeadLetter {
+        at_ms: i64,
+        transport: String,
+        size: usize,
+        plain: Vec<u8>,
+        limit: usize,
+        reply: Reply<()>,
+    },
+}
+
+/// What an ingest dead letter holds under its seal.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct IngestSealed {
+    source: String,
+    reason: String,
+    /// The payload as text when it is UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    payload: Option<String>,
+    /// The payload in hex otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    payload_hex: Option<String>,
+}
+
+/// A message a driver refused, opened.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IngestDeadLetter {
+    /// Its id (insertion order).
+    pub id: i64,
+    /// When it was received (Unix ms).
+    pub at_ms: i64,
+    /// The transport (`mqtt`).
+    pub transport: String,
+    /// Its size as received, in bytes.
+    pub size: u64,
+    /// Where it came from (the MQTT topic), or why the seal cannot be opened.
+    pub source: String,
+    /// Why it was refused.
+    pub reason: String,
+    /// The payload kept (cut to the size limit): text, or hex when it is not UTF-8.
+    pub payload: String,
+}
+
+/// Lists the messages drivers refused, read-only, opening them.
+pub fn read_ingest_dead_letters(
+    path: &Path,
+    keyring: &Keyring,
+) -> Result<Vec<IngestDeadLetter>, OutboxError> {
+    Ok(store::read_only_ingest_dead_letters(path)?
+        .into_iter()
+        .map(|d| {
+            let opened = keyring
+                .open(&d.sealed, &store::ingest_aad(d.id))
+                .map_err(|e| e.to_string())
+                .and_then(|p| unpack(&p))
+                .and_then(|j| {
+                    serde_json::from_slice::<IngestSealed>(&j).map_err(|e| e.to_string())
+                });
+            let (source, reason, payload) = match opened {
+                Ok(o) => (
+                    o.source,
+                    o.reason,
+                    o.payload
+                        .or(o.payload_hex.map(|h| format!("hex:{h}")))
+                        .unwrap_or_default(),
+                ),
+                Err(e) => (format!("<{e}>"), String::new(), String::new()),
+            };
+            IngestDeadLetter {
+                id: d.id,
+                at_ms: d.at_ms,
+                transport: d.transport,
+                size: d.size,
+                source,
+                reason,
+                payload,
+            }
+        })
+        .collect())
 }
 
 /// A handle to the outbox. Cheap to clone; the writer stops when every handle is gone.
@@ -517,6 +602,40 @@ impl Outbox {
     /// watchdog): a writer stuck in SQLite or gone never answers `Ok`.
     pub async fn ping(&self) -> Result<(), OutboxError> {
         self.call(|reply| Control::Ping { reply }).await
+    }
+
+    /// Keeps a message a driver refused in the ingest dead letters (sealed), keeping at
+    /// most `limit` of them; returns once committed.
+    pub async fn ingest_dead_letter(
+        &self,
+        rejected: &iomt_drivers::Rejected,
+        limit: usize,
+    ) -> Result<(), OutboxError> {
+        let sealed = IngestSealed {
+            source: rejected.source.clone(),
+            reason: rejected.reason.clone(),
+            payload: std::str::from_utf8(&rejected.payload)
+                .ok()
+                .map(str::to_string),
+            payload_hex: std::str::from_utf8(&rejected.payload)
+                .is_err()
+                .then(|| hex::encode(&rejected.payload)),
+        };
+        let plain = pack(
+            &serde_json::to_vec(&sealed).map_err(|e| OutboxError::Sqlite {
+                path: PathBuf::new(),
+                reason: format!("cannot encode a dead letter: {e}"),
+            })?,
+        );
+        self.call(|reply| Control::IngestDeadLetter {
+            at_ms: rejected.received_at.timestamp_millis(),
+            transport: rejected.transport.to_string(),
+            size: rejected.size,
+            plain,
+            limit,
+            reply,
+        })
+        .await
     }
 
     /// Counts for `outbox status`.
@@ -779,7 +898,8 @@ fn reply(control: Control, result: Option<Result<ControlResult, String>>) {
         (
             Control::Delivered { reply, .. }
             | Control::DeadLetter { reply, .. }
-            | Control::Ping { reply },
+            | Control::Ping { reply }
+            | Control::IngestDeadLetter { reply, .. },
             Some(Ok(ControlResult::Done)),
         ) => {
             let _ = reply.send(Ok(()));
@@ -799,7 +919,8 @@ fn reply(control: Control, result: Option<Result<ControlResult, String>>) {
         (
             Control::Delivered { reply, .. }
             | Control::DeadLetter { reply, .. }
-            | Control::Ping { reply },
+            | Control::Ping { reply }
+            | Control::IngestDeadLetter { reply, .. },
             _,
         ) => {
             let _ = reply.send(Err(fail("outbox")));
@@ -818,6 +939,7 @@ fn apply(
     let mut applied_controls = Vec::with_capacity(controls.len());
     let mut acks = Vec::new();
     let mut evicted = 0;
+    let mut ingest_evicted = 0;
     let result = (|| -> Result<(), OutboxError> {
         store.begin()?;
         let now = chrono::Utc::now().timestamp_millis();
@@ -857,6 +979,19 @@ fn apply(
                     .status(configured)
                     .map(|s| ControlResult::Status(Box::new(s))),
                 Control::Ping { .. } => Ok(ControlResult::Done),
+                Control::IngestDeadLetter {
+                    at_ms,
+                    transport,
+                    size,
+                    plain,
+                    limit,
+                    ..
+                } => store
+                    .ingest_dead_letter(keyring, *at_ms, transport, *size, plain, *limit)
+                    .map(|evicted| {
+                        ingest_evicted += evicted;
+                        ControlResult::Done
+                    }),
             };
             applied_controls.push((c, Some(r.map_err(|e| e.to_string()))));
         }
@@ -875,6 +1010,12 @@ fn apply(
     })();
     let last_seq = store.next_seq() - 1;
     let error = result.err();
+    if error.is_none() && ingest_evicted > 0 {
+        tracing::warn!(
+            evicted = ingest_evicted,
+            "ingest dead letters over their limit: the oldest were deleted"
+        );
+    }
     if error.is_some() {
         store.rollback();
         acks.clear();

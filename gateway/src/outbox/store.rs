@@ -27,6 +27,22 @@ CREATE TABLE dead_letters (uplink TEXT NOT NULL, seq INTEGER NOT NULL, at_ms INT
 CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 ";
 
+/// Messages a driver refused (dead letters of the ingest side). Added after schema 1 was
+/// released and created when missing: additive, so an older gateway still opens the file
+/// (and ignores the table).
+const INGEST_DEAD_LETTERS: &str = "
+CREATE TABLE IF NOT EXISTS ingest_dead_letters (id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL, transport TEXT NOT NULL, size INTEGER NOT NULL,
+    key_id INTEGER NOT NULL, nonce BLOB NOT NULL, sealed BLOB NOT NULL);
+";
+
+/// The associated data of an ingest dead letter: bound to its row id.
+pub fn ingest_aad(id: i64) -> Vec<u8> {
+    let mut aad = b"iomt-gateway/outbox/v1/ingest-dead-letter\0".to_vec();
+    aad.extend_from_slice(&id.to_be_bytes());
+    aad
+}
+
 /// A row as stored: sealed.
 #[derive(Debug, Clone)]
 pub struct StoredRow {
@@ -171,6 +187,10 @@ impl Store {
             next_seq: 1,
             payload_bytes: 0,
         };
+        store
+            .conn
+            .execute_batch(INGEST_DEAD_LETTERS)
+            .map_err(sql(path))?;
         store.register_key(keyring)?;
         store.register_uplinks(uplinks)?;
         (store.next_seq, store.payload_bytes) = store.load_counters()?;
@@ -277,9 +297,19 @@ impl Store {
             });
         }
         // Every key still sealing something must be in the keyring.
-        let mut stmt = conn
-            .prepare("SELECT DISTINCT key_id FROM rows UNION SELECT DISTINCT key_id FROM devices UNION SELECT DISTINCT key_id FROM dead_letters")
-            .map_err(sql(path))?;
+        let has_ingest: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'ingest_dead_letters'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(sql(path))?
+            > 0;
+        let mut query = "SELECT DISTINCT key_id FROM rows UNION SELECT DISTINCT key_id FROM devices UNION SELECT DISTINCT key_id FROM dead_letters".to_string();
+        if has_ingest {
+            query.push_str(" UNION SELECT DISTINCT key_id FROM ingest_dead_letters");
+        }
+        let mut stmt = conn.prepare(&query).map_err(sql(path))?;
         let needed: Vec<i64> = stmt
             .query_map([], |r| r.get(0))
             .map_err(sql(path))?
@@ -545,6 +575,59 @@ impl Store {
         Ok(())
     }
 
+    /// Keeps a message a driver refused, sealed (`plain` is its packed description), and
+    /// evicts the oldest beyond `limit`. Returns how many were evicted.
+    pub fn ingest_dead_letter(
+        &mut self,
+        keyring: &Keyring,
+        at_ms: i64,
+        transport: &str,
+        size: usize,
+        plain: &[u8],
+        limit: usize,
+    ) -> Result<u64, OutboxError> {
+        let p = self.path.clone();
+        // The row id is part of the associated data, so the row is inserted first and
+        // sealed once its id is known, inside the same transaction.
+        self.conn
+            .prepare_cached(
+                "INSERT INTO ingest_dead_letters (at_ms, transport, size, key_id, nonce, sealed) VALUES (?1, ?2, ?3, 0, x'', x'')",
+            )
+            .and_then(|mut s| s.execute(params![at_ms, transport, size as i64]))
+            .map_err(sql(&p))?;
+        let id = self.conn.last_insert_rowid();
+        let sealed = keyring.seal(plain, &ingest_aad(id))?;
+        self.conn
+            .prepare_cached(
+                "UPDATE ingest_dead_letters SET key_id = ?1, nonce = ?2, sealed = ?3 WHERE id = ?4",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    sealed.key_id as i64,
+                    sealed.nonce.as_slice(),
+                    sealed.ciphertext,
+                    id
+                ])
+            })
+            .map_err(sql(&p))?;
+        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        let evicted = self
+            .conn
+            .prepare_cached("DELETE FROM ingest_dead_letters WHERE id <= ?1 - ?2")
+            .and_then(|mut s| s.execute(params![id, limit]))
+            .map_err(sql(&p))? as u64;
+        if evicted > 0 {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO counters (name, value) VALUES ('ingest_dead_letters_evicted', ?1)
+                     ON CONFLICT (name) DO UPDATE SET value = value + ?1",
+                )
+                .and_then(|mut s| s.execute(params![evicted as i64]))
+                .map_err(sql(&p))?;
+        }
+        Ok(evicted)
+    }
+
     /// Moves one row into the dead letters of `uplink` with a sealed reason (inside a
     /// transaction), then treats it as done for that uplink.
     pub fn dead_letter(
@@ -752,6 +835,63 @@ pub fn read_only_dead_letters(path: &Path) -> Result<Vec<StoredDeadLetter>, Outb
                 seq: r.get(1)?,
                 at_ms: r.get(2)?,
                 reason: sealed_from(r.get(3)?, r.get(4)?, r.get(5)?),
+            })
+        })
+        .map_err(sql(path))?
+        .collect::<Result<_, _>>()
+        .map_err(sql(path))?;
+    Ok(rows)
+}
+
+/// A message a driver refused, as stored (sealed).
+#[derive(Debug, Clone)]
+pub struct StoredIngestDeadLetter {
+    /// Its id (insertion order).
+    pub id: i64,
+    /// When it was received (Unix ms).
+    pub at_ms: i64,
+    /// The transport (`mqtt`).
+    pub transport: String,
+    /// The payload's size as received.
+    pub size: u64,
+    /// Source, reason and payload, packed and sealed.
+    pub sealed: Sealed,
+}
+
+/// The ingest dead letters of a database opened read-only (none in a database created
+/// before they existed).
+pub fn read_only_ingest_dead_letters(
+    path: &Path,
+) -> Result<Vec<StoredIngestDeadLetter>, OutboxError> {
+    check_header(path)?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sql(path))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(sql(path))?;
+    let exists: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'ingest_dead_letters'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql(path))?;
+    if exists == 0 {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn
+        .prepare("SELECT id, at_ms, transport, size, key_id, nonce, sealed FROM ingest_dead_letters ORDER BY id")
+        .map_err(sql(path))?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(StoredIngestDeadLetter {
+                id: r.get(0)?,
+                at_ms: r.get(1)?,
+                transport: r.get(2)?,
+                size: r.get::<_, i64>(3)?.max(0) as u64,
+                sealed: sealed_from(r.get(4)?, r.get(5)?, r.get(6)?),
             })
         })
         .map_err(sql(path))?

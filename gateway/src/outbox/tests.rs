@@ -328,3 +328,55 @@ fn devices_are_stored_once_and_fetched_with_their_rows() {
     let (rows, devices) = store.fetch("fhir", 0, 10).unwrap();
     assert_eq!((rows.len(), devices.len()), (1, 1));
 }
+
+#[tokio::test]
+async fn refused_messages_are_kept_sealed_listable_and_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = OutboxSettings {
+        path: dir.path().join("outbox.db"),
+        max_bytes: 1 << 30,
+        max_age: None,
+        when_full: WhenFull::EvictOldest,
+        commit_window: Duration::from_millis(1),
+        max_batch_rows: 100,
+    };
+    let ring = Arc::new(Keyring::new(&KEY));
+    let (outbox, writer) = Outbox::open(settings.clone(), ring.clone(), vec!["fhir".into()])
+        .await
+        .unwrap();
+    for i in 0..5u8 {
+        let payload = if i == 4 {
+            vec![0xff, 0x00, i]
+        } else {
+            format!("{{\"secret-mrn\":{i}").into_bytes()
+        };
+        let rejected = iomt_drivers::Rejected {
+            transport: iomt_drivers::Transport::Mqtt,
+            source: format!("devices/esp-{i}/vitals"),
+            reason: format!("reason {i}"),
+            size: payload.len(),
+            payload,
+            received_at: chrono::Utc::now(),
+        };
+        outbox.ingest_dead_letter(&rejected, 3).await.unwrap();
+    }
+    drop(outbox);
+    writer.await.unwrap();
+    let letters = read_ingest_dead_letters(&settings.path, &ring).unwrap();
+    let reasons: Vec<&str> = letters.iter().map(|l| l.reason.as_str()).collect();
+    assert_eq!(reasons, ["reason 2", "reason 3", "reason 4"]);
+    assert_eq!(letters[0].source, "devices/esp-2/vitals");
+    assert_eq!(letters[0].payload, "{\"secret-mrn\":2");
+    assert_eq!(letters[2].payload, "hex:ff0004");
+    // Sealed at rest: neither topic nor payload is in the file in clear.
+    let raw = std::fs::read(&settings.path).unwrap();
+    let wal = std::fs::read(dir.path().join("outbox.db-wal")).unwrap_or_default();
+    for bytes in [raw, wal] {
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("secret-mrn") && !text.contains("esp-2"));
+    }
+    // A wrong key does not open them.
+    let other = Keyring::new(&[9; 32]);
+    let letters = read_ingest_dead_letters(&settings.path, &other).unwrap();
+    assert!(letters[0].source.starts_with('<'), "{}", letters[0].source);
+}

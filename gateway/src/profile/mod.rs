@@ -132,6 +132,8 @@ pub struct MqttSpec {
     pub topic: String,
     /// The JSON decoder.
     pub json: JsonDecoder,
+    /// The topic level (0-based) holding the device id, when the payload has none.
+    pub device_id_level: Option<usize>,
 }
 
 /// Simulator settings.
@@ -822,7 +824,29 @@ fn mqtt_spec(
         return None;
     };
     let json = json.get_ref();
-    for p in [&json.device_id, &json.timestamp].into_iter().flatten() {
+    let mut device_id_level = None;
+    if let Some(level) = &m.device_id_level {
+        let levels: Vec<&str> = m.topic.get_ref().split('/').collect();
+        match usize::try_from(*level.get_ref()) {
+            Ok(l) if levels.get(l) == Some(&"+") => device_id_level = Some(l),
+            _ => c.at(
+                level.span(),
+                format!(
+                    "device_id_level must be the 0-based index of a `+` level of the topic filter `{}`",
+                    m.topic.get_ref()
+                ),
+            ),
+        }
+    }
+    if json.max_payload.as_ref().is_some_and(|m| *m.get_ref() == 0) {
+        if let Some(m) = &json.max_payload {
+            c.at(m.span(), "max_payload must be at least 1 byte");
+        }
+    }
+    for p in [&json.device_id, &json.timestamp, &json.readings]
+        .into_iter()
+        .flatten()
+    {
         if !pointer_ok(p.get_ref()) {
             c.at(
                 p.span(),
@@ -876,7 +900,9 @@ fn mqtt_spec(
                 .as_ref()
                 .map(|m| *m.get_ref())
                 .unwrap_or(65536),
+            readings: json.readings.as_ref().map(|r| r.get_ref().clone()),
         },
+        device_id_level,
     })
 }
 

@@ -280,6 +280,9 @@ pub(crate) struct RawLine {
 pub(crate) struct RawMqtt {
     /// The MQTT topic filter to subscribe to.
     pub topic: Spanned<String>,
+    /// The topic level (0-based) holding the device id, a `+` level of `topic`; used
+    /// when the payload has no `device_id`.
+    pub device_id_level: Option<Spanned<i64>>,
     /// JSON payload layout.
     pub json: Option<Spanned<RawJson>>,
 }
@@ -296,6 +299,9 @@ pub(crate) struct RawJson {
     pub timestamp_format: Option<TimestampFormat>,
     /// Largest payload accepted in bytes (default 65536).
     pub max_payload: Option<Spanned<usize>>,
+    /// JSON Pointer to an array of readings, when one message carries several; field
+    /// and timestamp pointers are then relative to each element.
+    pub readings: Option<Spanned<String>>,
 }
 
 /// How an MQTT payload writes its timestamp.

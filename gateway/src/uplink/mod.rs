@@ -6,6 +6,7 @@ pub mod bundle;
 pub mod deliver;
 pub mod fhir_http;
 pub mod file;
+pub mod mqtt;
 
 use std::future::Future;
 use std::pin::Pin;

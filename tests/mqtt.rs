@@ -1,0 +1,503 @@
+//! End-to-end tests of MQTT: the real binary, real mosquitto brokers started by the test on
+//! free 127.0.0.1 ports (ingest broker and "cloud" broker), the test FHIR server as the
+//! sink, and rumqttc clients in the test as publishers and collectors.
+
+mod common;
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::{gateway, wait_until};
+use iomt_testkit::mosquitto::publish_acked;
+use iomt_testkit::{Collector, FhirServer, Mosquitto};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use rand::Rng;
+
+const PATIENT: &str = "MRN-MQTT-0815";
+const GATEWAY_ID: &str = "kit-mqtt-1";
+const PROFILE: &str = "mqtt-generic-json-vitals";
+
+struct Kit {
+    dir: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+    server: FhirServer,
+    broker: Mosquitto,
+    runs: usize,
+    pids: Vec<u32>,
+}
+
+impl Drop for Kit {
+    /// A failing test must not leave a daemon running (the brokers are killed by their
+    /// own Drop).
+    fn drop(&mut self) {
+        for pid in &self.pids {
+            common::kill_if_gateway(*pid);
+        }
+    }
+}
+
+impl Kit {
+    fn new() -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let server = rt.block_on(FhirServer::start()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for key in ["pseudonym.key", "storage.key"] {
+            let path = dir.path().join(key);
+            std::fs::write(&path, rand::thread_rng().gen::<[u8; 32]>()).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let broker = Mosquitto::start(&dir.path().join("broker"), "").unwrap();
+        Kit {
+            dir,
+            rt,
+            server,
+            broker,
+            runs: 0,
+            pids: Vec::new(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The configuration: the MQTT driver on the ingest broker, the FHIR uplink, and
+    /// `extra` TOML appended (more uplinks).
+    fn config(&self, commit_window_ms: u64, max_payload: usize, extra: &str) -> PathBuf {
+        let config = self.path("gateway.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[gateway]
+id = "{GATEWAY_ID}"
+profiles_dir = "{root}/device-profiles"
+
+[patient]
+id = "{PATIENT}"
+
+[pseudonymization]
+key_file = "{dir}/pseudonym.key"
+
+[mqtt]
+enabled = true
+port = {port}
+client_id = "iomt-gateway-test"
+max_payload_bytes = {max_payload}
+reconnect_initial_ms = 50
+reconnect_max_ms = 500
+profiles = ["{PROFILE}"]
+
+[outbox]
+path = "{dir}/outbox.db"
+key_file = "{dir}/storage.key"
+commit_window_ms = {commit_window_ms}
+
+[[uplinks]]
+kind = "fhir"
+base_url = "{url}"
+batch_size = 50
+timeout_secs = 5
+max_backoff_secs = 1
+{extra}
+
+[log]
+level = "info,iomt_drivers=debug"
+"#,
+                root = common::root().display(),
+                dir = self.dir.path().display(),
+                port = self.broker.port(),
+                url = self.server.base_url(),
+            ),
+        )
+        .unwrap();
+        config
+    }
+
+    fn start(&mut self, config: &Path) -> (Child, PathBuf) {
+        self.runs += 1;
+        let log = self.path(&format!("run-{}.log", self.runs));
+        let child = gateway()
+            .args(["run", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(File::create(&log).unwrap()))
+            .spawn()
+            .unwrap();
+        self.pids.push(child.id());
+        (child, log)
+    }
+
+    /// Publishes at QoS 1 and returns once the broker has every message.
+    fn publish(&self, messages: Vec<(String, Vec<u8>)>) {
+        self.rt
+            .block_on(publish_acked(
+                self.broker.port(),
+                "test-publisher",
+                messages,
+                Duration::from_secs(30),
+            ))
+            .unwrap();
+    }
+
+    fn server_identifiers(&self) -> (usize, u64) {
+        self.server
+            .with_store(|s| (s.by_identifier.len(), s.duplicate_creates))
+    }
+
+    fn cli(&self, args: &[&str]) -> (bool, String) {
+        let config = self.path("gateway.toml");
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--config", config.to_str().unwrap()]);
+        let out = gateway().args(&all).output().unwrap();
+        let (o, e) = common::texts(&out);
+        (out.status.success(), format!("{o}{e}"))
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn wait_connected(child: &mut Child, log: &Path, times: usize) {
+    wait_until(Duration::from_secs(30), "the gateway to connect", || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the gateway exited with {status:?}:\n{}", read(log));
+        }
+        read(log).matches("connected to the MQTT broker").count() >= times
+    });
+}
+
+fn sigterm_and_wait(mut child: Child, log: &Path) {
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit {status:?}\n{}", read(log));
+}
+
+/// `n` valid messages from device `dev`, each with a distinct time (so a distinct
+/// Observation identifier) starting at minute `from`.
+fn vitals(dev: &str, from: u32, n: u32) -> Vec<(String, Vec<u8>)> {
+    (from..from + n)
+        .map(|i| {
+            let t = format!(
+                "2026-01-01T{:02}:{:02}:{:02}Z",
+                i / 3600 % 24,
+                i / 60 % 60,
+                i % 60
+            );
+            (
+                format!("iomt/{dev}/vitals"),
+                format!(r#"{{"time":"{t}","heart_rate":{}}}"#, 60 + i % 40).into_bytes(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn messages_published_before_during_and_across_a_restart_each_arrive_exactly_once() {
+    let mut kit = Kit::new();
+    let config = kit.config(5, 65536, "");
+    // A first start creates the gateway's persistent session in the broker.
+    let (mut child, log) = kit.start(&config);
+    wait_connected(&mut child, &log, 1);
+    sigterm_and_wait(child, &log);
+
+    // Before the gateway starts: the broker keeps them for its session.
+    kit.publish(vitals("patch-1", 0, 100));
+    let (mut child, log) = kit.start(&config);
+    wait_connected(&mut child, &log, 1);
+    // While it runs.
+    kit.publish(vitals("patch-2", 0, 100));
+    wait_until(
+        Duration::from_secs(60),
+        "200 Observations at the sink",
+        || kit.server_identifiers().0 >= 200,
+    );
+    // While it restarts: published between a stop and the next start.
+    sigterm_and_wait(child, &log);
+    kit.publish(vitals("patch-3", 0, 100));
+    let (mut child, log) = kit.start(&config);
+    wait_connected(&mut child, &log, 1);
+    kit.publish(vitals("patch-1", 100, 50));
+    wait_until(
+        Duration::from_secs(60),
+        "350 Observations at the sink",
+        || kit.server_identifiers().0 >= 350,
+    );
+    sigterm_and_wait(child, &log);
+    let (distinct, duplicates) = kit.server_identifiers();
+    assert_eq!(distinct, 350, "each message once");
+    assert_eq!(duplicates, 0);
+    // And nothing was refused.
+    let (ok, out) = kit.cli(&["outbox", "dead-letters"]);
+    assert!(ok && out.contains("no dead letters"), "{out}");
+    // The device ids came from the topic and are pseudonymized: never in a resource.
+    let all = kit
+        .server
+        .with_store(|s| serde_json::to_string(&(&s.observations, &s.devices)).unwrap_or_default());
+    for secret in ["patch-1", "patch-2", "patch-3", PATIENT, GATEWAY_ID] {
+        assert!(!all.contains(secret), "{secret} left the gateway in clear");
+    }
+    let logs: String = (1..=kit.runs)
+        .map(|i| read(&kit.path(&format!("run-{i}.log"))))
+        .collect();
+    for line in logs.lines().filter(|l| !l.contains("DEBUG")) {
+        assert!(
+            !line.contains("heart_rate") && !line.contains(PATIENT),
+            "value or patient logged above debug: {line}"
+        );
+    }
+}
+
+#[test]
+fn a_gateway_killed_before_committing_gets_the_message_again_from_the_broker() {
+    let mut kit = Kit::new();
+    let config = kit.config(5, 65536, "");
+    let (mut child, log) = kit.start(&config);
+    wait_connected(&mut child, &log, 1);
+    // Hold the outbox's write lock, as a slow SD card would: the gateway receives the
+    // message and hands it to the outbox, but cannot commit it.
+    let lock = rusqlite::Connection::open(kit.path("outbox.db")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    kit.publish(vitals("cuff-9", 0, 1));
+    wait_until(
+        Duration::from_secs(30),
+        "the message to reach the pipeline",
+        || read(&log).contains("MQTT message handed to the pipeline"),
+    );
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+    drop(lock);
+    // It was received but not committed, so not acknowledged and not delivered.
+    let (ok, status) = kit.cli(&["outbox", "status"]);
+    assert!(ok, "{status}");
+    assert!(status.contains("rows        0"), "{status}");
+    assert_eq!(kit.server_identifiers().0, 0);
+
+    // The broker redelivers it to the restarted gateway.
+    let (mut child, log) = kit.start(&config);
+    wait_connected(&mut child, &log, 1);
+    wait_until(
+        Duration::from_secs(60),
+        "the redelivered message at the sink",
+        || kit.server_identifiers().0 == 1,
+    );
+    sigterm_and_wait(child, &log);
+    assert_eq!(kit.server_identifiers(), (1, 0));
+}
+
+#[test]
+fn malformed_payloads_land_in_dead_letters_with_their_reasons_and_valid_traffic_keeps_flowing() {
+    let mut kit = Kit::new();
+    let config = kit.config(5, 1024, "");
+    let (mut child, log) = kit.start(&config);
+    wait_connected(&mut child, &log, 1);
+    let topic = "iomt/bad-1/vitals".to_string();
+    let mut messages = vitals("good-1", 0, 5);
+    messages.push((topic.clone(), b"secret-not-json {".to_vec()));
+    messages.extend(vitals("good-1", 5, 5));
+    messages.push((
+        topic.clone(),
+        br#"{"time":"2026-01-01T00:00:00Z","pulse":1}"#.to_vec(),
+    ));
+    messages.push((topic.clone(), br#"{"heart_rate":{"value":72}}"#.to_vec()));
+    let big = format!(r#"{{"heart_rate":72,"pad":"{}"}}"#, "x".repeat(4000));
+    let big_len = big.len();
+    messages.push((topic.clone(), big.into_bytes()));
+    messages.push((
+        topic.clone(),
+        br#"{"heart_rate":72,"time":"yesterday"}"#.to_vec(),
+    ));
+    messages.extend(vitals("good-1", 10, 5));
+    kit.publish(messages);
+    wait_until(Duration::from_secs(60), "15 valid Observations", || {
+        kit.server_identifiers().0 >= 15
+    });
+    wait_until(Duration::from_secs(30), "5 refusals logged", || {
+        read(&log).matches("kept in the dead letters").count() >= 5
+    });
+    sigterm_and_wait(child, &log);
+    assert_eq!(kit.server_identifiers(), (15, 0));
+
+    let (ok, out) = kit.cli(&["outbox", "dead-letters"]);
+    assert!(ok, "{out}");
+    let refused: Vec<&str> = out.lines().filter(|l| l.contains(" mqtt ")).collect();
+    assert_eq!(refused.len(), 5, "{out}");
+    for (line, reason) in refused.iter().zip([
+        "not JSON",
+        "no field of the profile",
+        "field `heart_rate`: expected a number, found an object",
+        "exceeds the limit of 1024 bytes",
+        "timestamp",
+    ]) {
+        assert!(line.contains(reason), "`{reason}` not in `{line}`");
+        assert!(line.contains("topic=iomt/bad-1/vitals"), "{line}");
+    }
+    // Payloads only on request; the oversized one cut to the limit.
+    assert!(!out.contains("secret-not-json"));
+    let (_, with) = kit.cli(&["outbox", "dead-letters", "--payloads", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&with).unwrap();
+    let ingest = v["ingest"].as_array().unwrap();
+    assert_eq!(ingest[0]["payload"], "secret-not-json {");
+    assert_eq!(ingest[3]["size"], big_len);
+    assert_eq!(ingest[3]["payload"].as_str().unwrap().len(), 1024);
+    // Sealed at rest, and never logged.
+    let db = std::fs::read(kit.path("outbox.db")).unwrap();
+    assert!(!String::from_utf8_lossy(&db).contains("secret-not-json"));
+    assert!(!read(&log).contains("secret-not-json"));
+    // Acknowledged: a restarted gateway gets none of them again.
+    let (mut child, log2) = kit.start(&config);
+    wait_connected(&mut child, &log2, 1);
+    kit.publish(vitals("good-1", 15, 1));
+    wait_until(Duration::from_secs(30), "the next valid message", || {
+        kit.server_identifiers().0 == 16
+    });
+    sigterm_and_wait(child, &log2);
+    assert!(!read(&log2).contains("kept in the dead letters"));
+}
+
+#[test]
+fn the_mqtt_uplink_delivers_every_row_to_the_cloud_broker_across_its_restart() {
+    let mut kit = Kit::new();
+    let mut cloud = Mosquitto::start(&kit.path("cloud"), "").unwrap();
+    let collector = kit
+        .rt
+        .block_on(Collector::start(cloud.port(), "cloud-subscriber", "fhir/#"));
+    let uplink = format!(
+        "\n[[uplinks]]\nkind = \"mqtt\"\nname = \"cloud\"\nurl = \"mqtt://127.0.0.1:{}\"\ntopic = \"fhir/{{gateway}}/observations\"\nmode = \"observation\"\nbatch_size = 20\ntimeout_secs = 2\nmax_backoff_secs = 1\n",
+        cloud.port()
+    );
+    let config = kit.config(5, 65536, &uplink);
+    let (mut child, log) = kit.start(&config);
+    wait_connected(&mut child, &log, 1);
+    kit.publish(vitals("wear-1", 0, 150));
+    let distinct = |c: &Collector| {
+        c.received()
+            .iter()
+            .filter_map(|(_, p)| {
+                let v: serde_json::Value = serde_json::from_slice(p).ok()?;
+                v["identifier"][0]["value"].as_str().map(str::to_string)
+            })
+            .collect::<HashSet<String>>()
+            .len()
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "some Observations at the cloud broker",
+        || distinct(&collector) >= 20,
+    );
+    // The cloud broker goes away while the rest is published, and comes back.
+    cloud.stop().unwrap();
+    kit.publish(vitals("wear-1", 150, 150));
+    wait_until(Duration::from_secs(30), "the uplink to notice", || {
+        read(&log).contains("MQTT uplink: broker unreachable or connection lost")
+    });
+    cloud.restart().unwrap();
+    wait_until(
+        Duration::from_secs(90),
+        "300 Observations at the cloud broker",
+        || distinct(&collector) >= 300,
+    );
+    sigterm_and_wait(child, &log);
+    assert_eq!(distinct(&collector), 300);
+    // The topic names the gateway only by its pseudonym; the payloads carry no id in clear.
+    let received = collector.received();
+    assert!(received.iter().all(|(t, _)| t.starts_with("fhir/")
+        && t.ends_with("/observations")
+        && !t.contains(GATEWAY_ID)));
+    assert!(received.iter().all(|(_, p)| {
+        let text = String::from_utf8_lossy(p);
+        !text.contains("wear-1") && !text.contains(PATIENT)
+    }));
+    // Every row was acknowledged by both uplinks and left the outbox.
+    let (ok, status) = kit.cli(&["outbox", "status", "--json"]);
+    assert!(ok, "{status}");
+    let s: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(s["rows"], 0, "{status}");
+    let cloud_status = s["uplinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "cloud")
+        .cloned()
+        .unwrap();
+    assert_eq!(cloud_status["delivered"], 300, "{status}");
+}
+
+#[test]
+fn bundle_mode_publishes_one_transaction_bundle_per_batch() {
+    let mut kit = Kit::new();
+    let cloud = Mosquitto::start(&kit.path("cloud"), "").unwrap();
+    let collector = kit
+        .rt
+        .block_on(Collector::start(cloud.port(), "cloud-bundles", "gw/#"));
+    let uplink = format!(
+        "\n[[uplinks]]\nkind = \"mqtt\"\nname = \"cloud\"\nurl = \"mqtt://127.0.0.1:{}\"\ntopic = \"gw/{{gateway}}/bundle\"\nbatch_size = 100\n",
+        cloud.port()
+    );
+    let config = kit.config(5, 65536, &uplink);
+    let (mut child, log) = kit.start(&config);
+    wait_connected(&mut child, &log, 1);
+    kit.publish(vitals("wear-2", 0, 10));
+    let observations = |c: &Collector| -> usize {
+        c.received()
+            .iter()
+            .filter_map(|(_, p)| serde_json::from_slice::<serde_json::Value>(p).ok())
+            .map(|b| {
+                assert_eq!(b["resourceType"], "Bundle");
+                assert_eq!(b["type"], "transaction");
+                b["entry"]
+                    .as_array()
+                    .map(|e| {
+                        e.iter()
+                            .filter(|e| e["resource"]["resourceType"] == "Observation")
+                            .count()
+                    })
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "10 Observations in Bundles",
+        || observations(&collector) >= 10,
+    );
+    sigterm_and_wait(child, &log);
+    let bundles = collector.received();
+    assert!(
+        bundles.len() < 10,
+        "{} messages for 10 Observations",
+        bundles.len()
+    );
+    // A Bundle validates as FHIR R4.
+    let path = kit.path("bundle.json");
+    std::fs::write(&path, &bundles[0].1).unwrap();
+    let (ok, out) = common::validate_fhir(&[&path]);
+    assert!(ok, "{out}");
+}
+
+/// Regression: PUBACKs waited on rumqttc's request queue, which drains only while the
+/// event loop is polled, and the loop waited on them: ingestion stopped after about 100
+/// messages of a burst larger than mosquitto's default in-flight window (20).
+#[test]
+fn a_burst_larger_than_the_brokers_in_flight_window_is_ingested_completely() {
+    let mut kit = Kit::new();
+    let config = kit.config(5, 65536, "");
+    let (mut child, log) = kit.start(&config);
+    wait_connected(&mut child, &log, 1);
+    kit.publish(vitals("burst-1", 0, 1000));
+    wait_until(
+        Duration::from_secs(120),
+        "1000 Observations at the sink",
+        || kit.server_identifiers().0 >= 1000,
+    );
+    sigterm_and_wait(child, &log);
+    assert_eq!(kit.server_identifiers(), (1000, 0));
+}
