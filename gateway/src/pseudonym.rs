@@ -115,18 +115,7 @@ pub fn write_new_secret_file(path: &Path, content: &[u8]) -> Result<(), KeyError
 
 /// Creates a new key file with mode 0600; refuses to overwrite an existing file.
 pub fn write_new_key_file(path: &Path, key: &[u8; KEY_LEN]) -> Result<(), KeyError> {
-    use std::io::Write;
-    let err = |source| KeyError::Write {
-        path: path.display().to_string(),
-        source,
-    };
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options.open(path).map_err(err)?;
-    f.write_all(key).map_err(err)?;
-    f.sync_all().map_err(err)
+    write_new_secret_file(path, key)
 }
 
 /// Rotates a storage key file: the current key is appended to `<path>.retired` (created
