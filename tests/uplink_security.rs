@@ -1,18 +1,21 @@
-//! End-to-end tests of the FHIR uplink's transport security: TLS verified against the
-//! system roots plus a configured private CA, mutual TLS, and the refusal of plain http
-//! beyond loopback. Certificates are made by the test (rcgen); the server is a real
-//! HTTPS FHIR server on 127.0.0.1 (iomt-testkit).
+//! End-to-end tests of the uplinks' transport security: TLS verified against the system
+//! roots plus a configured private CA, mutual TLS, and the refusal of plain http or mqtt
+//! beyond loopback. Certificates are made by the test (rcgen); the servers are a real
+//! HTTPS FHIR server on 127.0.0.1 (iomt-testkit) and a real mosquitto with a TLS listener
+//! configured by the test.
 
 mod common;
 
+use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::kit::{committed_ids, read, sigterm_and_wait, wait_running, Kit};
 use common::wait_until;
+use iomt_testkit::mosquitto::free_port;
 use iomt_testkit::tls::{server_config, TestPki};
-use iomt_testkit::FhirServer;
+use iomt_testkit::{Collector, FhirServer, Mosquitto};
 
 fn write_private(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
@@ -155,4 +158,238 @@ fn plain_http_beyond_loopback_is_refused_unless_explicitly_allowed() {
     std::fs::write(&config, https).unwrap();
     let (_, out) = kit.cli(&["outbox", "status"]);
     assert!(!out.contains("plain http"), "{out}");
+}
+
+/// A mosquitto with a plain listener (for the test's subscriber) and a TLS listener on
+/// another 127.0.0.1 port, its certificate from `pki`, requiring client certificates
+/// from the same CA when `mutual`. Returns the broker and the TLS port.
+fn tls_broker(kit: &Kit, pki: &TestPki, mutual: bool) -> (Mosquitto, u16) {
+    let dir = kit.path("broker");
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = pki.server().unwrap();
+    let (ca, cert, key) = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&ca, pki.ca_pem()).unwrap();
+    write_private(&cert, &server.cert_pem);
+    write_private(&key, &server.key_pem);
+    let tls_port = free_port().unwrap();
+    let listener = format!(
+        "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {mutual}\n",
+        ca.display(),
+        cert.display(),
+        key.display()
+    );
+    let broker = Mosquitto::start(&dir, &listener).unwrap();
+    (broker, tls_port)
+}
+
+/// The `[[uplinks]]` table of an MQTT uplink named `cloud` to `mqtts://127.0.0.1:port`,
+/// with `extra` keys.
+fn mqtts_uplink(port: u16, extra: &str) -> String {
+    format!(
+        "\n[[uplinks]]\nkind = \"mqtt\"\nname = \"cloud\"\nurl = \"mqtts://127.0.0.1:{port}\"\ntopic = \"fhir/{{gateway}}\"\nmode = \"observation\"\nbatch_size = 20\ntimeout_secs = 2\nmax_backoff_secs = 1\n{extra}\n"
+    )
+}
+
+/// The Observations the subscriber received, by identifier.
+fn received_ids(collector: &Collector) -> HashSet<String> {
+    collector
+        .received()
+        .iter()
+        .filter_map(|(_, p)| {
+            let v: serde_json::Value = serde_json::from_slice(p).ok()?;
+            v["identifier"][0]["value"].as_str().map(str::to_string)
+        })
+        .collect()
+}
+
+/// What `outbox status` says of the `cloud` uplink.
+fn cloud_status(kit: &Kit) -> serde_json::Value {
+    let (ok, status) = kit.cli(&["outbox", "status", "--json"]);
+    assert!(ok, "{status}");
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    v["uplinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "cloud")
+        .cloned()
+        .unwrap_or_else(|| panic!("no cloud uplink in {status}"))
+}
+
+/// The first line logging a failed delivery of the `cloud` uplink ("" if none).
+fn failure_line(log: &str) -> &str {
+    log.lines()
+        .find(|l| l.contains("delivery failed") && l.contains("uplink=cloud"))
+        .unwrap_or_default()
+}
+
+/// Runs the daemon until the `cloud` uplink has logged a failed delivery and the
+/// simulator has committed `n` readings; returns the log.
+fn run_until_cloud_delivery_fails(kit: &mut Kit, config: &Path, n: usize) -> String {
+    let (mut child, log) = kit.start(config);
+    wait_running(&mut child, &log);
+    wait_until(Duration::from_secs(30), "the MQTT delivery to fail", || {
+        !failure_line(&read(&log)).is_empty()
+    });
+    wait_until(Duration::from_secs(30), "the readings committed", || {
+        committed_ids(&read(&log)).len() >= n
+    });
+    sigterm_and_wait(child, &log);
+    read(&log)
+}
+
+#[test]
+fn mqtts_delivery_works_with_the_private_ca_configured_and_fails_clearly_without_it() {
+    let pki = TestPki::new("iomt test CA").unwrap();
+    let mut kit = Kit::new();
+    let (broker, tls_port) = tls_broker(&kit, &pki, false);
+    let collector = kit.rt.block_on(Collector::start(
+        broker.port(),
+        "cloud-subscriber",
+        "fhir/#",
+    ));
+
+    // Without the CA: the broker's certificate is not trusted; rows stay queued.
+    let config = kit.config_with(0.01, &["sim-scale"], 3, &mqtts_uplink(tls_port, ""));
+    let text = run_until_cloud_delivery_fails(&mut kit, &config, 3);
+    let line = failure_line(&text);
+    assert!(
+        line.contains("set ca_file") && line.contains("UnknownIssuer"),
+        "the error should say what is wrong and what to do:\n{text}"
+    );
+    assert!(received_ids(&collector).is_empty());
+    assert_eq!(cloud_status(&kit)["queued"], 3);
+
+    // With the CA: the queued rows and the new ones are delivered over verified TLS.
+    let ca = kit.path("ca.pem");
+    std::fs::write(&ca, pki.ca_pem()).unwrap();
+    let extra = mqtts_uplink(tls_port, &format!("ca_file = \"{}\"", ca.display()));
+    let config = kit.config_with(0.01, &["sim-scale"], 3, &extra);
+    let (mut child, log) = kit.start(&config);
+    wait_running(&mut child, &log);
+    wait_until(
+        Duration::from_secs(30),
+        "delivery over verified TLS",
+        || received_ids(&collector).len() >= 6,
+    );
+    sigterm_and_wait(child, &log);
+    assert_eq!(received_ids(&collector).len(), 6);
+    assert_eq!(cloud_status(&kit)["queued"], 0);
+}
+
+#[test]
+fn mqtt_mutual_tls_accepts_the_configured_client_certificate_and_rejects_none() {
+    let pki = TestPki::new("iomt test CA").unwrap();
+    let mut kit = Kit::new();
+    let (broker, tls_port) = tls_broker(&kit, &pki, true);
+    let collector = kit.rt.block_on(Collector::start(
+        broker.port(),
+        "cloud-subscriber",
+        "fhir/#",
+    ));
+    let ca = kit.path("ca.pem");
+    std::fs::write(&ca, pki.ca_pem()).unwrap();
+    let ca = format!("ca_file = \"{}\"", ca.display());
+
+    // No client certificate: the broker ends the handshake, reported clearly; rows kept.
+    let config = kit.config_with(0.01, &["sim-thermometer"], 3, &mqtts_uplink(tls_port, &ca));
+    let text = run_until_cloud_delivery_fails(&mut kit, &config, 3);
+    let line = failure_line(&text);
+    assert!(
+        line.contains("client_cert_file"),
+        "the error should point at the client certificate:\n{text}"
+    );
+    assert!(received_ids(&collector).is_empty());
+    assert_eq!(cloud_status(&kit)["queued"], 3);
+
+    // A client certificate from another CA is refused as well.
+    let stranger = TestPki::new("some other CA")
+        .unwrap()
+        .client("kit-store-1")
+        .unwrap();
+    let (cert, key) = (kit.path("client.pem"), kit.path("client.key"));
+    write_private(&cert, &stranger.cert_pem);
+    write_private(&key, &stranger.key_pem);
+    let identity = format!(
+        "{ca}\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"",
+        cert.display(),
+        key.display()
+    );
+    let config = kit.config_with(
+        0.01,
+        &["sim-thermometer"],
+        3,
+        &mqtts_uplink(tls_port, &identity),
+    );
+    let text = run_until_cloud_delivery_fails(&mut kit, &config, 3);
+    assert!(
+        failure_line(&text).contains("refused the client certificate"),
+        "the error should say the certificate was refused:\n{text}"
+    );
+    assert!(received_ids(&collector).is_empty());
+    assert_eq!(cloud_status(&kit)["queued"], 6);
+
+    // The configured certificate from the broker's CA: accepted, everything delivered.
+    let client = pki.client("kit-store-1").unwrap();
+    write_private(&cert, &client.cert_pem);
+    write_private(&key, &client.key_pem);
+    let (mut child, log) = kit.start(&config);
+    wait_running(&mut child, &log);
+    wait_until(Duration::from_secs(30), "delivery over mutual TLS", || {
+        received_ids(&collector).len() >= 9
+    });
+    sigterm_and_wait(child, &log);
+    assert_eq!(received_ids(&collector).len(), 9);
+    assert_eq!(cloud_status(&kit)["queued"], 0);
+    // The private key never reaches the log.
+    let text = read(&log);
+    for line in client.key_pem.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(!text.contains(line), "key material in the log:\n{text}");
+    }
+
+    // A client key readable by others is refused at start, naming the fix.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (child, log) = kit.start(&config);
+    assert!(!child.wait_with_output().unwrap().status.success());
+    assert!(read(&log).contains("chmod 600"), "{}", read(&log));
+}
+
+#[test]
+fn plain_mqtt_beyond_loopback_is_refused_unless_explicitly_allowed() {
+    // Checked with `outbox status`, which validates the configuration without connecting.
+    let kit = Kit::new();
+    let uplink = "\n[[uplinks]]\nkind = \"mqtt\"\nname = \"cloud\"\nurl = \"mqtt://mqtt.example.org\"\ntopic = \"fhir/{gateway}\"\n";
+    kit.config_with(0.01, &["sim-scale"], 1, uplink);
+    let (ok, out) = kit.cli(&["outbox", "status"]);
+    assert!(!ok);
+    assert!(
+        out.contains("plain mqtt:// to a broker that is not loopback"),
+        "{out}"
+    );
+    kit.config_with(
+        0.01,
+        &["sim-scale"],
+        1,
+        &format!("{uplink}allow_insecure = true\n"),
+    );
+    let (_, out) = kit.cli(&["outbox", "status"]);
+    assert!(
+        !out.contains("plain mqtt") && out.contains("no outbox database here yet"),
+        "{out}"
+    );
+    kit.config_with(
+        0.01,
+        &["sim-scale"],
+        1,
+        &uplink.replace("mqtt://", "mqtts://"),
+    );
+    let (_, out) = kit.cli(&["outbox", "status"]);
+    assert!(
+        !out.contains("plain mqtt") && out.contains("no outbox database here yet"),
+        "{out}"
+    );
 }

@@ -14,6 +14,7 @@ use crate::normalize::{OutOfRange, Zone};
 use crate::outbox::{OutboxSettings, WhenFull};
 use crate::smart::Alg;
 use crate::uplink::fhir_http::{AuthSettings, FhirSettings, OAuth2Settings, SmartSettings};
+use crate::uplink::mqtt::tls::TlsSettings;
 use crate::uplink::mqtt::{MqttUplinkSettings, PublishMode};
 
 /// The default configuration file.
@@ -445,8 +446,9 @@ pub enum RawUplink {
     Mqtt {
         /// A unique name (default `mqtt`); the outbox tracks delivery per name.
         name: Option<String>,
-        /// The broker: `mqtts://host:port` (TLS, system roots; port 8883 by default) or
-        /// `mqtt://host:port` (port 1883 by default).
+        /// The broker: `mqtts://host:port` (TLS verified against the system roots and
+        /// `ca_file`; port 8883 by default) or `mqtt://host:port` (plain, port 1883 by
+        /// default; only to a loopback broker unless `allow_insecure`).
         url: String,
         /// Topic to publish on; `{gateway}` is replaced by the gateway's pseudonym.
         topic: String,
@@ -463,6 +465,17 @@ pub enum RawUplink {
         timeout_secs: Option<u64>,
         /// Longest retry delay in seconds (default 300).
         max_backoff_secs: Option<u64>,
+        /// PEM bundle of extra trusted CAs (private PKI), added to the system roots
+        /// (`mqtts://` only).
+        ca_file: Option<PathBuf>,
+        /// Client certificate (PEM, mode 0600) for mutual TLS (`mqtts://` only).
+        client_cert_file: Option<PathBuf>,
+        /// Client private key (PEM, mode 0600) for mutual TLS (`mqtts://` only).
+        client_key_file: Option<PathBuf>,
+        /// Allow plain `mqtt://` to a broker that is not loopback (default false; a
+        /// warning is logged at every start when used).
+        #[serde(default)]
+        allow_insecure: bool,
     },
 }
 
@@ -656,7 +669,7 @@ pub enum UplinkKind {
     /// A FHIR server.
     Fhir(Box<FhirSettings>),
     /// An MQTT broker.
-    Mqtt(MqttUplinkSettings),
+    Mqtt(Box<MqttUplinkSettings>),
 }
 
 /// An uplink, validated.
@@ -750,12 +763,7 @@ fn validate_uplink(u: &RawUplink) -> Result<Uplink, String> {
             if !url.username().is_empty() || url.password().is_some() {
                 return Err("base_url must not carry credentials; use bearer_token_file".into());
             }
-            let loopback = match url.host() {
-                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-                Some(url::Host::Domain(d)) => d == "localhost",
-                None => false,
-            };
+            let loopback = url.host_str().is_some_and(is_loopback_host);
             if url.scheme() == "http" && !loopback && !allow_insecure {
                 return Err(format!(
                     "base_url `{base_url}` is plain http to a host that is not loopback: patient data would cross the network unencrypted. Use https://, or set allow_insecure = true if this link is protected otherwise"
@@ -812,6 +820,10 @@ fn validate_mqtt_uplink(u: &RawUplink, batch_size: usize) -> Result<Uplink, Stri
         credentials_file,
         timeout_secs,
         max_backoff_secs,
+        ca_file,
+        client_cert_file,
+        client_key_file,
+        allow_insecure,
         ..
     } = u
     else {
@@ -819,6 +831,20 @@ fn validate_mqtt_uplink(u: &RawUplink, batch_size: usize) -> Result<Uplink, Stri
     };
     let (mode, timeout_secs, max_backoff_secs) = (*mode, *timeout_secs, *max_backoff_secs);
     let (host, port, tls) = crate::uplink::mqtt::parse_url(url)?;
+    let loopback = is_loopback_host(&host);
+    if !tls && !loopback && !allow_insecure {
+        return Err(format!(
+            "url `{url}` is plain mqtt:// to a broker that is not loopback: patient data would cross the network unencrypted. Use mqtts://, or set allow_insecure = true if this link is protected otherwise"
+        ));
+    }
+    if !tls && (ca_file.is_some() || client_cert_file.is_some() || client_key_file.is_some()) {
+        return Err(format!(
+            "ca_file, client_cert_file and client_key_file need a TLS broker: use mqtts:// instead of `{url}`"
+        ));
+    }
+    if client_cert_file.is_some() != client_key_file.is_some() {
+        return Err("mutual TLS needs both client_cert_file and client_key_file".into());
+    }
     crate::uplink::mqtt::check_topic(topic)?;
     if client_id.as_deref().is_some_and(str::is_empty) {
         return Err("client_id must not be empty (leave it out for the default)".into());
@@ -828,11 +854,15 @@ fn validate_mqtt_uplink(u: &RawUplink, batch_size: usize) -> Result<Uplink, Stri
     Ok(Uplink {
         batch_size,
         backoff_max,
-        kind: UplinkKind::Mqtt(MqttUplinkSettings {
+        kind: UplinkKind::Mqtt(Box::new(MqttUplinkSettings {
             name: name.clone(),
             host,
             port,
-            tls,
+            tls: tls.then(|| TlsSettings {
+                ca_file: ca_file.clone(),
+                client_identity: client_cert_file.clone().zip(client_key_file.clone()),
+            }),
+            insecure: !tls && !loopback,
             client_id: client_id.clone(),
             topic: topic.to_string(),
             mode: mode.unwrap_or_default(),
@@ -842,9 +872,19 @@ fn validate_mqtt_uplink(u: &RawUplink, batch_size: usize) -> Result<Uplink, Stri
             batch_size,
             reconnect_initial: Duration::from_millis(500),
             reconnect_max: backoff_max,
-        }),
+        })),
         name,
     })
+}
+
+/// Whether a URL's host is this machine: a loopback address or `localhost` (IPv6 with or
+/// without brackets).
+fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn parse_zone(name: &str) -> Result<Zone, String> {
@@ -1293,7 +1333,7 @@ dir = "/tmp/out"
     #[test]
     fn mqtt_ingest_and_uplink_are_validated_naming_each_key() {
         let text = format!(
-            "{MINIMAL}\n[mqtt]\nenabled = true\nclient_id = \"\"\nmax_in_flight = 0\n[[uplinks]]\nkind = \"mqtt\"\nurl = \"https://cloud\"\ntopic = \"iomt/{{gateway}}\"\n[[uplinks]]\nkind = \"mqtt\"\nname = \"m2\"\nurl = \"mqtt://cloud\"\ntopic = \"iomt/#\"\n"
+            "{MINIMAL}\n[mqtt]\nenabled = true\nclient_id = \"\"\nmax_in_flight = 0\n[[uplinks]]\nkind = \"mqtt\"\nurl = \"https://cloud\"\ntopic = \"iomt/{{gateway}}\"\n[[uplinks]]\nkind = \"mqtt\"\nname = \"m2\"\nurl = \"mqtt://localhost\"\ntopic = \"iomt/#\"\n"
         );
         let msg = Config::from_toml_str(&text, "test")
             .unwrap_err()
@@ -1320,8 +1360,65 @@ dir = "/tmp/out"
         let UplinkKind::Mqtt(u) = &c.uplinks[1].kind else {
             panic!("not an MQTT uplink")
         };
-        assert_eq!((u.port, u.tls, u.mode), (8883, true, PublishMode::Bundle));
+        assert_eq!(
+            (u.port, u.tls.is_some(), u.mode),
+            (8883, true, PublishMode::Bundle)
+        );
         assert_eq!(c.uplinks[1].name, "mqtt");
+    }
+
+    fn mqtt_uplink(keys: &str) -> Result<MqttUplinkSettings, String> {
+        let text = format!(
+            "{MINIMAL}\n[[uplinks]]\nkind = \"mqtt\"\ntopic = \"iomt/{{gateway}}\"\n{keys}\n"
+        );
+        let c = Config::from_toml_str(&text, "test").map_err(|e| e.to_string())?;
+        match &c.uplinks[1].kind {
+            UplinkKind::Mqtt(u) => Ok((**u).clone()),
+            _ => Err("not an MQTT uplink".into()),
+        }
+    }
+
+    #[test]
+    fn plain_mqtt_beyond_loopback_needs_allow_insecure() {
+        for local in [
+            "mqtt://127.0.0.1:1883",
+            "mqtt://localhost",
+            "mqtt://[::1]:1884",
+        ] {
+            let u = mqtt_uplink(&format!("url = \"{local}\"")).unwrap();
+            assert!(u.tls.is_none() && !u.insecure, "{local}");
+        }
+        let e = mqtt_uplink("url = \"mqtt://broker.example.org\"").unwrap_err();
+        assert!(
+            e.contains("plain mqtt:// to a broker that is not loopback") && e.contains("mqtts://"),
+            "{e}"
+        );
+        let u = mqtt_uplink("url = \"mqtt://broker.example.org\"\nallow_insecure = true").unwrap();
+        assert!(u.insecure);
+        let u = mqtt_uplink("url = \"mqtts://broker.example.org\"").unwrap();
+        assert!(!u.insecure);
+    }
+
+    #[test]
+    fn mqtt_tls_files_need_mqtts_and_a_client_certificate_needs_its_key() {
+        let u = mqtt_uplink(
+            "url = \"mqtts://broker.example.org\"\nca_file = \"/etc/iomt-gateway/ca.pem\"\nclient_cert_file = \"/c.pem\"\nclient_key_file = \"/c.key\"",
+        )
+        .unwrap();
+        let tls = u.tls.unwrap();
+        assert_eq!(tls.ca_file, Some(PathBuf::from("/etc/iomt-gateway/ca.pem")));
+        assert_eq!(
+            tls.client_identity,
+            Some((PathBuf::from("/c.pem"), PathBuf::from("/c.key")))
+        );
+        let e = mqtt_uplink("url = \"mqtt://127.0.0.1\"\nca_file = \"/ca.pem\"").unwrap_err();
+        assert!(e.contains("need a TLS broker"), "{e}");
+        let e = mqtt_uplink("url = \"mqtts://broker.example.org\"\nclient_cert_file = \"/c.pem\"")
+            .unwrap_err();
+        assert!(
+            e.contains("both client_cert_file and client_key_file"),
+            "{e}"
+        );
     }
 
     #[test]

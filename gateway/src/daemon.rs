@@ -450,7 +450,7 @@ fn build_uplink(u: &UplinkConfig, gateway_pseudonym: &str) -> Result<Box<dyn Upl
         UplinkKind::File { dir } => Box::new(FileUplink::new(&u.name, dir)?),
         UplinkKind::Fhir(settings) => Box::new(FhirUplink::new((**settings).clone())?),
         UplinkKind::Mqtt(settings) => {
-            Box::new(MqttUplink::new(settings.clone(), gateway_pseudonym)?)
+            Box::new(MqttUplink::new((**settings).clone(), gateway_pseudonym)?)
         }
     })
 }

@@ -39,10 +39,17 @@ impl Mosquitto {
         std::fs::create_dir_all(dir)?;
         let port = free_port()?;
         let conf = dir.join("mosquitto.conf");
+        // Started as root, mosquitto would switch to the `mosquitto` user, which cannot
+        // read the test's directory (persistence, log, certificates): it stays who it is.
+        let user = if nix::unistd::geteuid().is_root() {
+            "user root\n"
+        } else {
+            ""
+        };
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nlog_dest file {}/mosquitto.log\nlog_type error\nlog_type warning\n{extra}\n",
+                "{user}listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nlog_dest file {}/mosquitto.log\nlog_type error\nlog_type warning\n{extra}\n",
                 dir.display(),
                 dir.display()
             ),

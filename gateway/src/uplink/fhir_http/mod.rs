@@ -195,16 +195,7 @@ pub(crate) fn describe(e: &reqwest::Error) -> String {
         cause = s.to_string();
         source = s.source();
     }
-    let hint = if cause.contains("UnknownIssuer") || cause.contains("invalid peer certificate") {
-        " (the server's certificate is not trusted: for a private CA set ca_file)"
-    } else if cause.contains("CertificateRequired")
-        || cause.contains("certificate required")
-        || cause.contains("HandshakeFailure")
-    {
-        " (the TLS handshake failed: the server may require a client certificate, see client_cert_file and client_key_file)"
-    } else {
-        ""
-    };
+    let hint = super::tls_hint(&cause);
     if cause.is_empty() {
         format!("{kind}{hint}")
     } else {

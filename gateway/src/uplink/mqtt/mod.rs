@@ -17,8 +17,13 @@
 //! **Connection.** A clean session (the outbox, not the broker, holds what is not yet
 //! delivered), a client id derived from the gateway's pseudonym unless configured, and a
 //! background task driving rumqttc's event loop that reconnects with capped backoff and
-//! keeps the connection alive between deliveries. `mqtts://` uses TLS with the system's
-//! roots (`tls.rs`, the one place TLS is set up).
+//! keeps the connection alive between deliveries.
+//!
+//! **Security.** `mqtts://` uses TLS (`tls.rs`, the one place TLS is set up): the broker's
+//! certificate verified against the system's roots plus an optional `ca_file`, and a client
+//! certificate for mutual TLS when configured. Plain `mqtt://` is accepted by the
+//! configuration only to a loopback broker or with `allow_insecure` (then a warning at
+//! every start). A handshake failure is reported with what to configure.
 
 pub mod tls;
 
@@ -53,8 +58,10 @@ pub struct MqttUplinkSettings {
     pub host: String,
     /// Broker port.
     pub port: u16,
-    /// TLS (`mqtts://`).
-    pub tls: bool,
+    /// TLS (`mqtts://`) and how it is set up; `None` for plain `mqtt://`.
+    pub tls: Option<tls::TlsSettings>,
+    /// Plain `mqtt://` to a broker that is not loopback, allowed by `allow_insecure`.
+    pub insecure: bool,
     /// The client id; default: derived from the gateway's pseudonym.
     pub client_id: Option<String>,
     /// The topic template (`{gateway}`: the gateway's pseudonym).
@@ -188,7 +195,7 @@ impl std::fmt::Debug for MqttUplink {
             .field("name", &self.settings.name)
             .field("host", &self.settings.host)
             .field("port", &self.settings.port)
-            .field("tls", &self.settings.tls)
+            .field("tls", &self.settings.tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -206,7 +213,10 @@ impl MqttUplink {
             Some(path) => Some(read_credentials(path).map_err(fail)?),
             None => None,
         };
-        let transport = tls::transport(settings.tls).map_err(fail)?;
+        let transport = tls::transport(settings.tls.as_ref()).map_err(fail)?;
+        if settings.insecure {
+            tracing::warn!(uplink = %settings.name, broker = %settings.host, "allow_insecure: observations go over plain mqtt:// to a broker that is not loopback");
+        }
         let short: String = gateway_pseudonym.chars().take(16).collect();
         Ok(Self {
             topic: settings.topic.replace("{gateway}", gateway_pseudonym),
@@ -268,11 +278,11 @@ impl MqttUplink {
                         let was = connected_tx.send_replace(false);
                         let delay = backoff.fail();
                         if was || backoff.failures() == 1 {
-                            tracing::warn!(uplink = %name, broker = %broker, error = %e, "MQTT uplink: broker unreachable or connection lost; reconnecting with backoff");
+                            tracing::warn!(uplink = %name, broker = %broker, error = %describe(&e), "MQTT uplink: broker unreachable or connection lost; reconnecting with backoff");
                         } else {
-                            tracing::debug!(uplink = %name, error = %e, "MQTT uplink: broker still unreachable");
+                            tracing::debug!(uplink = %name, error = %describe(&e), "MQTT uplink: broker still unreachable");
                         }
-                        let _ = report_tx.try_send(Report::Down(e.to_string()));
+                        let _ = report_tx.try_send(Report::Down(describe(&e)));
                         tokio::time::sleep(delay).await;
                     }
                 }
@@ -323,6 +333,12 @@ impl MqttUplink {
             .await
             .is_ok_and(|r| r.is_ok());
         if !up {
+            // The attempts made while waiting say why.
+            while let Ok(r) = conn.reports.try_recv() {
+                if let Report::Down(e) = r {
+                    last_down = Some(e);
+                }
+            }
             return Err(format!(
                 "cannot connect to the broker{}",
                 last_down.map(|e| format!(": {e}")).unwrap_or_default()
@@ -377,6 +393,21 @@ impl MqttUplink {
         }
         Ok(())
     }
+}
+
+/// A connection error with its cause chain, and what to configure when it is a TLS
+/// problem (credentials are never part of rumqttc's errors).
+fn describe(e: &rumqttc::ConnectionError) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = s.source();
+    }
+    format!("{text}{}", super::tls_hint(&text))
 }
 
 impl Uplink for MqttUplink {
@@ -441,7 +472,8 @@ mod tests {
             name: "cloud".into(),
             host: "broker.example.org".into(),
             port: 8883,
-            tls,
+            tls: tls.then(tls::TlsSettings::default),
+            insecure: false,
             client_id: None,
             topic: "iomt/{gateway}/fhir".into(),
             mode: PublishMode::Bundle,
