@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::kit::{committed_ids, read, sigterm_and_wait, wait_running, Kit};
 use common::wait_until;
 use iomt_testkit::mosquitto::free_port;
-use iomt_testkit::tls::{server_config, TestPki};
+use iomt_testkit::tls::{server_config, Issued, TestPki};
 use iomt_testkit::{Collector, FhirServer, Mosquitto};
 
 fn write_private(path: &Path, text: &str) {
@@ -45,36 +45,21 @@ fn https_delivery_works_with_the_private_ca_configured_and_fails_clearly_without
 
     // Without the CA: the server's certificate is not trusted; rows stay queued.
     let config = kit.config(0.01, &["sim-scale"], 3);
-    let (mut child, log) = kit.start(&config);
-    wait_running(&mut child, &log);
-    wait_until(Duration::from_secs(30), "a certificate error", || {
-        read(&log).contains("delivery failed")
-    });
-    wait_until(Duration::from_secs(30), "the readings committed", || {
-        committed_ids(&read(&log)).len() >= 3
-    });
-    sigterm_and_wait(child, &log);
-    let text = read(&log);
+    let (line, text) = run_until_delivery_fails(&mut kit, &config, "fhir", 3);
     assert!(
-        text.contains("set ca_file"),
+        line.contains("set ca_file"),
         "the error should say what to do:\n{text}"
     );
     assert_eq!(kit.server_ids().len(), 0);
-    let (_, status) = kit.cli(&["outbox", "status", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
-    assert_eq!(v["uplinks"][0]["queued"], 3, "{status}");
+    assert_eq!(uplink_status(&kit, "fhir")["queued"], 3);
 
     // With the CA: the queued rows and the new ones are delivered.
     let extra = format!("ca_file = \"{}\"", ca_file(&kit, &pki).display());
     let config = kit.config_with(0.01, &["sim-scale"], 3, &extra);
-    let (mut child, log) = kit.start(&config);
-    wait_running(&mut child, &log);
-    wait_until(
-        Duration::from_secs(30),
-        "delivery over verified TLS",
-        || kit.server_ids().len() >= 6,
-    );
-    sigterm_and_wait(child, &log);
+    run_until(&mut kit, &config, "delivery over verified TLS", |k| {
+        k.server_ids().len() >= 6
+    });
+    assert_eq!(uplink_status(&kit, "fhir")["queued"], 0);
 }
 
 #[test]
@@ -85,48 +70,29 @@ fn mutual_tls_accepts_the_configured_client_certificate_and_rejects_none() {
 
     // No client certificate: the handshake fails, reported clearly; rows are kept.
     let config = kit.config_with(0.01, &["sim-thermometer"], 3, &ca);
-    let (mut child, log) = kit.start(&config);
-    wait_running(&mut child, &log);
-    wait_until(Duration::from_secs(30), "a refused handshake", || {
-        kit.server.with_store(|s| s.tls_failures) > 0 || read(&log).contains("delivery failed")
-    });
-    wait_until(Duration::from_secs(30), "the failure logged", || {
-        read(&log).contains("delivery failed")
-    });
-    wait_until(Duration::from_secs(30), "the readings committed", || {
-        committed_ids(&read(&log)).len() >= 3
-    });
-    sigterm_and_wait(child, &log);
-    let text = read(&log);
+    let (line, text) = run_until_delivery_fails(&mut kit, &config, "fhir", 3);
     assert!(
-        text.contains("client_cert_file"),
+        line.contains("client_cert_file"),
         "the error should point at the client certificate:\n{text}"
     );
+    wait_until(
+        Duration::from_secs(10),
+        "the server to count the refusal",
+        || kit.server.with_store(|s| s.tls_failures) > 0,
+    );
     assert_eq!(kit.server_ids().len(), 0);
+    assert_eq!(uplink_status(&kit, "fhir")["queued"], 3);
 
     // With the configured client certificate: accepted, everything delivered.
     let client = pki.client("kit-store-1").unwrap();
-    let (cert, key) = (kit.path("client.pem"), kit.path("client.key"));
-    write_private(&cert, &client.cert_pem);
-    write_private(&key, &client.key_pem);
-    let extra = format!(
-        "{ca}\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"",
-        cert.display(),
-        key.display()
-    );
+    let (extra, key) = client_identity(&kit, &client, &ca);
     let config = kit.config_with(0.01, &["sim-thermometer"], 3, &extra);
-    let (mut child, log) = kit.start(&config);
-    wait_running(&mut child, &log);
-    wait_until(Duration::from_secs(30), "delivery over mutual TLS", || {
-        kit.server_ids().len() >= 6
+    let text = run_until(&mut kit, &config, "delivery over mutual TLS", |k| {
+        k.server_ids().len() >= 6
     });
-    sigterm_and_wait(child, &log);
+    assert_no_key_material(&text, &client.key_pem);
 
-    // A client key readable by others is refused at start.
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let (child, log) = kit.start(&config);
-    assert!(!child.wait_with_output().unwrap().status.success());
-    assert!(read(&log).contains("chmod 600"), "{}", read(&log));
+    a_readable_client_key_is_refused_at_start(&mut kit, &config, &key);
 }
 
 #[test]
@@ -206,8 +172,8 @@ fn received_ids(collector: &Collector) -> HashSet<String> {
         .collect()
 }
 
-/// What `outbox status` says of the `cloud` uplink.
-fn cloud_status(kit: &Kit) -> serde_json::Value {
+/// What `outbox status` says of the uplink `name`.
+fn uplink_status(kit: &Kit, name: &str) -> serde_json::Value {
     let (ok, status) = kit.cli(&["outbox", "status", "--json"]);
     assert!(ok, "{status}");
     let v: serde_json::Value = serde_json::from_str(&status).unwrap();
@@ -215,147 +181,171 @@ fn cloud_status(kit: &Kit) -> serde_json::Value {
         .as_array()
         .unwrap()
         .iter()
-        .find(|u| u["name"] == "cloud")
+        .find(|u| u["name"] == name)
         .cloned()
-        .unwrap_or_else(|| panic!("no cloud uplink in {status}"))
+        .unwrap_or_else(|| panic!("no uplink {name} in {status}"))
 }
 
-/// The first line logging a failed delivery of the `cloud` uplink ("" if none).
-fn failure_line(log: &str) -> &str {
+/// The first line logging a failed delivery of the uplink `name` ("" if none).
+fn failure_line<'a>(log: &'a str, name: &str) -> &'a str {
+    let tag = format!("uplink={name}");
     log.lines()
-        .find(|l| l.contains("delivery failed") && l.contains("uplink=cloud"))
+        .find(|l| l.contains("delivery failed") && l.contains(&tag))
         .unwrap_or_default()
 }
 
-/// Runs the daemon until the `cloud` uplink has logged a failed delivery and the
-/// simulator has committed `n` readings; returns the log.
-fn run_until_cloud_delivery_fails(kit: &mut Kit, config: &Path, n: usize) -> String {
+/// Runs the daemon until the uplink `name` has logged a failed delivery and the
+/// simulator has committed `n` readings; returns that failure's log line and the log.
+fn run_until_delivery_fails(
+    kit: &mut Kit,
+    config: &Path,
+    name: &str,
+    n: usize,
+) -> (String, String) {
     let (mut child, log) = kit.start(config);
     wait_running(&mut child, &log);
-    wait_until(Duration::from_secs(30), "the MQTT delivery to fail", || {
-        !failure_line(&read(&log)).is_empty()
+    wait_until(Duration::from_secs(30), "a failed delivery", || {
+        !failure_line(&read(&log), name).is_empty()
     });
     wait_until(Duration::from_secs(30), "the readings committed", || {
         committed_ids(&read(&log)).len() >= n
     });
     sigterm_and_wait(child, &log);
+    let text = read(&log);
+    (failure_line(&text, name).to_string(), text)
+}
+
+/// Runs the daemon until `done` holds, stops it, and returns its log.
+fn run_until(kit: &mut Kit, config: &Path, what: &str, done: impl Fn(&Kit) -> bool) -> String {
+    let (mut child, log) = kit.start(config);
+    wait_running(&mut child, &log);
+    wait_until(Duration::from_secs(30), what, || done(kit));
+    sigterm_and_wait(child, &log);
     read(&log)
+}
+
+/// Writes `identity`'s certificate and key (mode 0600) and returns the uplink keys that
+/// name them, after `ca` (the `ca_file` line); the key file's path too.
+fn client_identity(kit: &Kit, identity: &Issued, ca: &str) -> (String, PathBuf) {
+    let (cert, key) = (kit.path("client.pem"), kit.path("client.key"));
+    write_private(&cert, &identity.cert_pem);
+    write_private(&key, &identity.key_pem);
+    let keys = format!(
+        "{ca}\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"",
+        cert.display(),
+        key.display()
+    );
+    (keys, key)
+}
+
+/// A client key readable by others makes the daemon refuse to start, naming the fix.
+fn a_readable_client_key_is_refused_at_start(kit: &mut Kit, config: &Path, key: &Path) {
+    std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (child, log) = kit.start(config);
+    assert!(!child.wait_with_output().unwrap().status.success());
+    assert!(read(&log).contains("chmod 600"), "{}", read(&log));
+}
+
+/// The log holds no line of the PEM key's body.
+fn assert_no_key_material(log: &str, key_pem: &str) {
+    for line in key_pem.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(!log.contains(line), "key material in the log:\n{log}");
+    }
+}
+
+/// A TLS broker from `pki` (see [`tls_broker`]) with a subscriber to `fhir/#` on its
+/// plain listener.
+fn tls_broker_with_subscriber(
+    kit: &Kit,
+    pki: &TestPki,
+    mutual: bool,
+) -> (Mosquitto, u16, Collector) {
+    let (broker, tls_port) = tls_broker(kit, pki, mutual);
+    let collector = kit.rt.block_on(Collector::start(
+        broker.port(),
+        "cloud-subscriber",
+        "fhir/#",
+    ));
+    (broker, tls_port, collector)
 }
 
 #[test]
 fn mqtts_delivery_works_with_the_private_ca_configured_and_fails_clearly_without_it() {
     let pki = TestPki::new("iomt test CA").unwrap();
     let mut kit = Kit::new();
-    let (broker, tls_port) = tls_broker(&kit, &pki, false);
-    let collector = kit.rt.block_on(Collector::start(
-        broker.port(),
-        "cloud-subscriber",
-        "fhir/#",
-    ));
+    let (_broker, tls_port, collector) = tls_broker_with_subscriber(&kit, &pki, false);
 
     // Without the CA: the broker's certificate is not trusted; rows stay queued.
     let config = kit.config_with(0.01, &["sim-scale"], 3, &mqtts_uplink(tls_port, ""));
-    let text = run_until_cloud_delivery_fails(&mut kit, &config, 3);
-    let line = failure_line(&text);
+    let (line, text) = run_until_delivery_fails(&mut kit, &config, "cloud", 3);
     assert!(
         line.contains("set ca_file") && line.contains("UnknownIssuer"),
         "the error should say what is wrong and what to do:\n{text}"
     );
     assert!(received_ids(&collector).is_empty());
-    assert_eq!(cloud_status(&kit)["queued"], 3);
+    assert_eq!(uplink_status(&kit, "cloud")["queued"], 3);
 
     // With the CA: the queued rows and the new ones are delivered over verified TLS.
-    let ca = kit.path("ca.pem");
-    std::fs::write(&ca, pki.ca_pem()).unwrap();
-    let extra = mqtts_uplink(tls_port, &format!("ca_file = \"{}\"", ca.display()));
-    let config = kit.config_with(0.01, &["sim-scale"], 3, &extra);
-    let (mut child, log) = kit.start(&config);
-    wait_running(&mut child, &log);
-    wait_until(
-        Duration::from_secs(30),
-        "delivery over verified TLS",
-        || received_ids(&collector).len() >= 6,
-    );
-    sigterm_and_wait(child, &log);
+    let ca = format!("ca_file = \"{}\"", ca_file(&kit, &pki).display());
+    let config = kit.config_with(0.01, &["sim-scale"], 3, &mqtts_uplink(tls_port, &ca));
+    run_until(&mut kit, &config, "delivery over verified TLS", |_| {
+        received_ids(&collector).len() >= 6
+    });
     assert_eq!(received_ids(&collector).len(), 6);
-    assert_eq!(cloud_status(&kit)["queued"], 0);
+    assert_eq!(uplink_status(&kit, "cloud")["queued"], 0);
 }
 
 #[test]
 fn mqtt_mutual_tls_accepts_the_configured_client_certificate_and_rejects_none() {
     let pki = TestPki::new("iomt test CA").unwrap();
     let mut kit = Kit::new();
-    let (broker, tls_port) = tls_broker(&kit, &pki, true);
-    let collector = kit.rt.block_on(Collector::start(
-        broker.port(),
-        "cloud-subscriber",
-        "fhir/#",
-    ));
-    let ca = kit.path("ca.pem");
-    std::fs::write(&ca, pki.ca_pem()).unwrap();
-    let ca = format!("ca_file = \"{}\"", ca.display());
+    let (_broker, tls_port, collector) = tls_broker_with_subscriber(&kit, &pki, true);
+    let ca = format!("ca_file = \"{}\"", ca_file(&kit, &pki).display());
 
     // No client certificate: the broker ends the handshake, reported clearly; rows kept.
     let config = kit.config_with(0.01, &["sim-thermometer"], 3, &mqtts_uplink(tls_port, &ca));
-    let text = run_until_cloud_delivery_fails(&mut kit, &config, 3);
-    let line = failure_line(&text);
+    let (line, text) = run_until_delivery_fails(&mut kit, &config, "cloud", 3);
     assert!(
         line.contains("client_cert_file"),
         "the error should point at the client certificate:\n{text}"
     );
     assert!(received_ids(&collector).is_empty());
-    assert_eq!(cloud_status(&kit)["queued"], 3);
+    assert_eq!(uplink_status(&kit, "cloud")["queued"], 3);
 
     // A client certificate from another CA is refused as well.
-    let stranger = TestPki::new("some other CA")
-        .unwrap()
-        .client("kit-store-1")
-        .unwrap();
-    let (cert, key) = (kit.path("client.pem"), kit.path("client.key"));
-    write_private(&cert, &stranger.cert_pem);
-    write_private(&key, &stranger.key_pem);
-    let identity = format!(
-        "{ca}\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"",
-        cert.display(),
-        key.display()
-    );
+    let other_ca = TestPki::new("some other CA").unwrap();
+    let (extra, _) = client_identity(&kit, &other_ca.client("kit-store-1").unwrap(), &ca);
     let config = kit.config_with(
         0.01,
         &["sim-thermometer"],
         3,
-        &mqtts_uplink(tls_port, &identity),
+        &mqtts_uplink(tls_port, &extra),
     );
-    let text = run_until_cloud_delivery_fails(&mut kit, &config, 3);
+    let (line, text) = run_until_delivery_fails(&mut kit, &config, "cloud", 3);
     assert!(
-        failure_line(&text).contains("refused the client certificate"),
+        line.contains("refused the client certificate"),
         "the error should say the certificate was refused:\n{text}"
     );
     assert!(received_ids(&collector).is_empty());
-    assert_eq!(cloud_status(&kit)["queued"], 6);
+    assert_eq!(uplink_status(&kit, "cloud")["queued"], 6);
 
     // The configured certificate from the broker's CA: accepted, everything delivered.
     let client = pki.client("kit-store-1").unwrap();
-    write_private(&cert, &client.cert_pem);
-    write_private(&key, &client.key_pem);
-    let (mut child, log) = kit.start(&config);
-    wait_running(&mut child, &log);
-    wait_until(Duration::from_secs(30), "delivery over mutual TLS", || {
+    let (extra, key) = client_identity(&kit, &client, &ca);
+    let config = kit.config_with(
+        0.01,
+        &["sim-thermometer"],
+        3,
+        &mqtts_uplink(tls_port, &extra),
+    );
+    let text = run_until(&mut kit, &config, "delivery over mutual TLS", |_| {
         received_ids(&collector).len() >= 9
     });
-    sigterm_and_wait(child, &log);
     assert_eq!(received_ids(&collector).len(), 9);
-    assert_eq!(cloud_status(&kit)["queued"], 0);
-    // The private key never reaches the log.
-    let text = read(&log);
-    for line in client.key_pem.lines().filter(|l| !l.starts_with("-----")) {
-        assert!(!text.contains(line), "key material in the log:\n{text}");
-    }
+    assert_eq!(uplink_status(&kit, "cloud")["queued"], 0);
+    assert_no_key_material(&text, &client.key_pem);
 
-    // A client key readable by others is refused at start, naming the fix.
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let (child, log) = kit.start(&config);
-    assert!(!child.wait_with_output().unwrap().status.success());
-    assert!(read(&log).contains("chmod 600"), "{}", read(&log));
+    a_readable_client_key_is_refused_at_start(&mut kit, &config, &key);
 }
 
 #[test]
