@@ -117,51 +117,103 @@ fn current_offset(zone: Zone) -> chrono::FixedOffset {
     }
 }
 
+/// The loaded profiles of one transport with their transport specs (`spec` is one of
+/// [`TransportSpec::as_sim`], `as_serial`, `as_ble`, `as_mqtt`).
+fn of_transport<T>(
+    profiles: &[Arc<Profile>],
+    spec: fn(&TransportSpec) -> Option<&T>,
+) -> Vec<(&Profile, &T)> {
+    profiles
+        .iter()
+        .filter_map(|p| spec(&p.transport).map(|s| (p.as_ref(), s)))
+        .collect()
+}
+
+/// The profiles a driver section selects by id (all of them when `wanted` is empty), or
+/// the first wanted id that is not among them.
+fn select<'a, T>(
+    loaded: Vec<(&'a Profile, &'a T)>,
+    wanted: &[String],
+) -> Result<Vec<(&'a Profile, &'a T)>, String> {
+    if let Some(missing) = wanted
+        .iter()
+        .find(|w| !loaded.iter().any(|(p, _)| &p.id == *w))
+    {
+        return Err(missing.clone());
+    }
+    Ok(loaded
+        .into_iter()
+        .filter(|(p, _)| wanted.is_empty() || wanted.contains(&p.id))
+        .collect())
+}
+
+/// The profile `id` a configured port or device is bound to, or, when no loaded
+/// `transport` profile has that id, the end of the error message listing those loaded.
+fn bound<'a, T>(
+    loaded: &[(&'a Profile, &'a T)],
+    id: &str,
+    transport: &str,
+) -> Result<(&'a Profile, &'a T), String> {
+    if let Some(found) = loaded.iter().find(|(p, _)| p.id == id) {
+        return Ok(*found);
+    }
+    let known: Vec<&str> = loaded.iter().map(|(p, _)| p.id.as_str()).collect();
+    Err(if known.is_empty() {
+        format!("; no {transport} profile is loaded")
+    } else {
+        format!("; loaded {transport} profiles: {}", known.join(", "))
+    })
+}
+
+/// The identity of a device read with `profile` at `address`.
+fn identity(
+    profile: &Profile,
+    transport: Transport,
+    address: String,
+    serial_number: Option<String>,
+) -> Arc<DeviceIdentity> {
+    Arc::new(DeviceIdentity {
+        profile: profile.id.clone(),
+        transport,
+        address,
+        serial_number,
+        manufacturer: Some(profile.manufacturer.clone()),
+        model: Some(profile.model.clone()),
+    })
+}
+
 /// Builds the simulator's devices: one per selected sim profile.
 pub fn sim_devices(
     config: &Config,
     settings: &SimSettings,
     profiles: &[Arc<Profile>],
 ) -> Result<Vec<SimDevice>, DaemonError> {
-    let sim_profiles: Vec<&Arc<Profile>> = profiles
-        .iter()
-        .filter(|p| matches!(p.transport, TransportSpec::Sim(_)))
-        .collect();
-    for wanted in &settings.profiles {
-        if !sim_profiles.iter().any(|p| &p.id == wanted) {
-            return Err(DaemonError::UnknownSimProfile(wanted.clone()));
-        }
-    }
-    let selected: Vec<&Arc<Profile>> = sim_profiles
-        .into_iter()
-        .filter(|p| settings.profiles.is_empty() || settings.profiles.contains(&p.id))
-        .collect();
+    let selected = select(
+        of_transport(profiles, TransportSpec::as_sim),
+        &settings.profiles,
+    )
+    .map_err(DaemonError::UnknownSimProfile)?;
     if selected.is_empty() {
         return Err(DaemonError::NoSimProfile);
     }
     Ok(selected
         .into_iter()
-        .filter_map(|p| {
-            let TransportSpec::Sim(spec) = &p.transport else {
-                return None;
-            };
+        .map(|(p, spec)| {
             let clock = match spec.clock {
                 SimClock::Zoned => DriverClock::Zoned,
                 SimClock::Local => DriverClock::Local(current_offset(config.zone_for(&p.id))),
                 SimClock::None => DriverClock::None,
             };
-            Some(SimDevice {
-                identity: Arc::new(DeviceIdentity {
-                    profile: p.id.clone(),
-                    transport: Transport::Sim,
-                    address: format!("{}-1", p.id),
-                    serial_number: Some(format!("SIM-{}-0001", p.id.to_uppercase())),
-                    manufacturer: Some(p.manufacturer.clone()),
-                    model: Some(p.model.clone()),
-                }),
+            SimDevice {
+                identity: identity(
+                    p,
+                    Transport::Sim,
+                    format!("{}-1", p.id),
+                    Some(format!("SIM-{}-0001", p.id.to_uppercase())),
+                ),
                 clock,
                 signals: spec.signals.clone(),
-            })
+            }
         })
         .collect())
 }
@@ -172,38 +224,19 @@ pub fn serial_ports(
     settings: &SerialSettings,
     profiles: &[Arc<Profile>],
 ) -> Result<Vec<PortConfig>, DaemonError> {
+    let loaded = of_transport(profiles, TransportSpec::as_serial);
     let mut ports = Vec::new();
     for port in &settings.ports {
-        let found = profiles.iter().find_map(|p| match &p.transport {
-            TransportSpec::Serial(spec) if p.id == port.profile => Some((p, spec)),
-            _ => None,
-        });
-        let Some((profile, spec)) = found else {
-            let known: Vec<&str> = profiles
-                .iter()
-                .filter(|p| matches!(p.transport, TransportSpec::Serial(_)))
-                .map(|p| p.id.as_str())
-                .collect();
-            return Err(DaemonError::UnknownSerialProfile {
+        let (profile, spec) = bound(&loaded, &port.profile, "serial").map_err(|hint| {
+            DaemonError::UnknownSerialProfile {
                 path: port.path.clone(),
                 profile: port.profile.clone(),
-                hint: if known.is_empty() {
-                    "; no serial profile is loaded".into()
-                } else {
-                    format!("; loaded serial profiles: {}", known.join(", "))
-                },
-            });
-        };
+                hint,
+            }
+        })?;
         ports.push(PortConfig {
             path: port.path.clone(),
-            identity: Arc::new(DeviceIdentity {
-                profile: profile.id.clone(),
-                transport: Transport::Serial,
-                address: port.path.clone(),
-                serial_number: None,
-                manufacturer: Some(profile.manufacturer.clone()),
-                model: Some(profile.model.clone()),
-            }),
+            identity: identity(profile, Transport::Serial, port.path.clone(), None),
             link: spec.link,
             framing: spec.framing.clone(),
             poll: spec.poll.clone(),
@@ -312,28 +345,15 @@ pub fn ble_devices(
     settings: &BleSettings,
     profiles: &[Arc<Profile>],
 ) -> Result<Vec<BleDeviceConfig>, DaemonError> {
+    let loaded = of_transport(profiles, TransportSpec::as_ble);
     let mut devices = Vec::new();
     for d in &settings.devices {
-        let found = profiles.iter().find_map(|p| match &p.transport {
-            TransportSpec::Ble(spec) if p.id == d.profile => Some((p, spec)),
-            _ => None,
-        });
-        let Some((profile, spec)) = found else {
-            let known: Vec<&str> = profiles
-                .iter()
-                .filter(|p| matches!(p.transport, TransportSpec::Ble(_)))
-                .map(|p| p.id.as_str())
-                .collect();
-            return Err(DaemonError::UnknownBleProfile {
+        let (profile, spec) =
+            bound(&loaded, &d.profile, "BLE").map_err(|hint| DaemonError::UnknownBleProfile {
                 address: d.address.clone(),
                 profile: d.profile.clone(),
-                hint: if known.is_empty() {
-                    "; no BLE profile is loaded".into()
-                } else {
-                    format!("; loaded BLE profiles: {}", known.join(", "))
-                },
-            });
-        };
+                hint,
+            })?;
         let services = spec
             .services
             .iter()
@@ -341,14 +361,7 @@ pub fn ble_devices(
             .collect::<Result<Vec<_>, _>>()?;
         devices.push(BleDeviceConfig {
             address: d.address.clone(),
-            identity: Arc::new(DeviceIdentity {
-                profile: profile.id.clone(),
-                transport: Transport::Ble,
-                address: d.address.clone(),
-                serial_number: None,
-                manufacturer: Some(profile.manufacturer.clone()),
-                model: Some(profile.model.clone()),
-            }),
+            identity: identity(profile, Transport::Ble, d.address.clone(), None),
             services,
             name_prefix: spec.name_prefix.clone(),
             measurement: spec.decoder.characteristic,
@@ -388,30 +401,21 @@ pub fn mqtt_subscriptions(
     settings: &MqttSettings,
     profiles: &[Arc<Profile>],
 ) -> Result<Vec<Subscription>, DaemonError> {
-    let mqtt: Vec<&Arc<Profile>> = profiles
-        .iter()
-        .filter(|p| matches!(p.transport, TransportSpec::Mqtt(_)))
-        .collect();
-    for wanted in &settings.profiles {
-        if !mqtt.iter().any(|p| &p.id == wanted) {
-            return Err(DaemonError::UnknownMqttProfile(wanted.clone()));
-        }
-    }
-    let subs: Vec<Subscription> = mqtt
-        .into_iter()
-        .filter(|p| settings.profiles.is_empty() || settings.profiles.contains(&p.id))
-        .filter_map(|p| match &p.transport {
-            TransportSpec::Mqtt(spec) => Some(Subscription {
-                profile: p.id.clone(),
-                manufacturer: p.manufacturer.clone(),
-                model: p.model.clone(),
-                filter: spec.topic.clone(),
-                decoder: spec.json.clone(),
-                device_id_level: spec.device_id_level,
-            }),
-            _ => None,
-        })
-        .collect();
+    let subs: Vec<Subscription> = select(
+        of_transport(profiles, TransportSpec::as_mqtt),
+        &settings.profiles,
+    )
+    .map_err(DaemonError::UnknownMqttProfile)?
+    .into_iter()
+    .map(|(p, spec)| Subscription {
+        profile: p.id.clone(),
+        manufacturer: p.manufacturer.clone(),
+        model: p.model.clone(),
+        filter: spec.topic.clone(),
+        decoder: spec.json.clone(),
+        device_id_level: spec.device_id_level,
+    })
+    .collect();
     if subs.is_empty() {
         return Err(DaemonError::NoMqttProfile);
     }

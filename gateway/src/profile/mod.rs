@@ -170,6 +170,38 @@ impl TransportSpec {
             TransportSpec::Sim(_) => Transport::Sim,
         }
     }
+
+    /// The simulator spec, if this is a simulator profile.
+    pub fn as_sim(&self) -> Option<&SimSpec> {
+        match self {
+            TransportSpec::Sim(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The serial spec, if this is a serial profile.
+    pub fn as_serial(&self) -> Option<&SerialSpec> {
+        match self {
+            TransportSpec::Serial(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The BLE spec, if this is a BLE profile.
+    pub fn as_ble(&self) -> Option<&BleSpec> {
+        match self {
+            TransportSpec::Ble(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The MQTT spec, if this is an MQTT profile.
+    pub fn as_mqtt(&self) -> Option<&MqttSpec> {
+        match self {
+            TransportSpec::Mqtt(s) => Some(s),
+            _ => None,
+        }
+    }
 }
 
 /// How one field maps to FHIR.
