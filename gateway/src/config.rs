@@ -769,9 +769,7 @@ fn validate_uplink(u: &RawUplink) -> Result<Uplink, String> {
                     "base_url `{base_url}` is plain http to a host that is not loopback: patient data would cross the network unencrypted. Use https://, or set allow_insecure = true if this link is protected otherwise"
                 ));
             }
-            if client_cert_file.is_some() != client_key_file.is_some() {
-                return Err("mutual TLS needs both client_cert_file and client_key_file".into());
-            }
+            let client_identity = client_identity(client_cert_file, client_key_file)?;
             let auth = match (bearer_token_file, oauth2, smart) {
                 (None, None, None) => AuthSettings::None,
                 (Some(file), None, None) => AuthSettings::Bearer(file.clone()),
@@ -800,7 +798,7 @@ fn validate_uplink(u: &RawUplink) -> Result<Uplink, String> {
                     auth,
                     timeout: Duration::from_secs(timeout_secs.unwrap_or(30).max(1)),
                     ca_file: ca_file.clone(),
-                    client_identity: client_cert_file.clone().zip(client_key_file.clone()),
+                    client_identity,
                     insecure: url.scheme() == "http" && !loopback,
                 })),
                 name,
@@ -842,9 +840,7 @@ fn validate_mqtt_uplink(u: &RawUplink, batch_size: usize) -> Result<Uplink, Stri
             "ca_file, client_cert_file and client_key_file need a TLS broker: use mqtts:// instead of `{url}`"
         ));
     }
-    if client_cert_file.is_some() != client_key_file.is_some() {
-        return Err("mutual TLS needs both client_cert_file and client_key_file".into());
-    }
+    let client_identity = client_identity(client_cert_file, client_key_file)?;
     crate::uplink::mqtt::check_topic(topic)?;
     if client_id.as_deref().is_some_and(str::is_empty) {
         return Err("client_id must not be empty (leave it out for the default)".into());
@@ -860,7 +856,7 @@ fn validate_mqtt_uplink(u: &RawUplink, batch_size: usize) -> Result<Uplink, Stri
             port,
             tls: tls.then(|| TlsSettings {
                 ca_file: ca_file.clone(),
-                client_identity: client_cert_file.clone().zip(client_key_file.clone()),
+                client_identity,
             }),
             insecure: !tls && !loopback,
             client_id: client_id.clone(),
@@ -877,6 +873,18 @@ fn validate_mqtt_uplink(u: &RawUplink, batch_size: usize) -> Result<Uplink, Stri
     })
 }
 
+/// An uplink's mutual-TLS identity: both files or neither.
+fn client_identity(
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+) -> Result<Option<(PathBuf, PathBuf)>, String> {
+    match (cert, key) {
+        (Some(c), Some(k)) => Ok(Some((c.clone(), k.clone()))),
+        (None, None) => Ok(None),
+        _ => Err("mutual TLS needs both client_cert_file and client_key_file".into()),
+    }
+}
+
 /// Whether a URL's host is this machine: a loopback address or `localhost` (IPv6 with or
 /// without brackets).
 fn is_loopback_host(host: &str) -> bool {
@@ -885,6 +893,27 @@ fn is_loopback_host(host: &str) -> bool {
         || bare
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The zone `{key}.time_zone` names, if set; a name that is not a zone is a problem.
+fn optional_zone(key: &str, name: &Option<String>, problems: &mut Vec<String>) -> Option<Zone> {
+    let name = name.as_ref()?;
+    parse_zone(name)
+        .map_err(|e| problems.push(format!("{key}.time_zone: {e}")))
+        .ok()
+}
+
+/// Checks a driver section's reconnect delays: the first at least 1 ms, the longest at
+/// least the first.
+fn check_reconnect(section: &str, initial_ms: u64, max_ms: u64, problems: &mut Vec<String>) {
+    if initial_ms == 0 {
+        problems.push(format!("{section}.reconnect_initial_ms must be at least 1"));
+    }
+    if max_ms < initial_ms {
+        problems.push(format!(
+            "{section}.reconnect_max_ms must be at least {section}.reconnect_initial_ms"
+        ));
+    }
 }
 
 fn parse_zone(name: &str) -> Result<Zone, String> {
@@ -958,22 +987,13 @@ impl Config {
         if raw.gateway.channel_capacity == 0 {
             problems.push("gateway.channel_capacity must be at least 1".into());
         }
-        let zone = match &raw.gateway.time_zone {
-            None => Zone::GatewayLocal,
-            Some(z) => parse_zone(z).unwrap_or_else(|e| {
-                problems.push(format!("gateway.time_zone: {e}"));
-                Zone::GatewayLocal
-            }),
-        };
+        let zone = optional_zone("gateway", &raw.gateway.time_zone, &mut problems)
+            .unwrap_or(Zone::GatewayLocal);
         let mut device_zones = BTreeMap::new();
         for (profile, dev) in &raw.devices {
-            if let Some(z) = &dev.time_zone {
-                match parse_zone(z) {
-                    Ok(zone) => {
-                        device_zones.insert(profile.clone(), zone);
-                    }
-                    Err(e) => problems.push(format!("devices.{profile}.time_zone: {e}")),
-                }
+            let key = format!("devices.{profile}");
+            if let Some(zone) = optional_zone(&key, &dev.time_zone, &mut problems) {
+                device_zones.insert(profile.clone(), zone);
             }
         }
         let s = &raw.sim;
@@ -1005,16 +1025,7 @@ impl Config {
                     p.path
                 ));
             }
-            let zone = match &p.time_zone {
-                None => None,
-                Some(z) => match parse_zone(z) {
-                    Ok(zone) => Some(zone),
-                    Err(e) => {
-                        problems.push(format!("{key}.time_zone: {e}"));
-                        None
-                    }
-                },
-            };
+            let zone = optional_zone(&key, &p.time_zone, &mut problems);
             serial_ports.push(SerialPort {
                 path: p.path.clone(),
                 profile: p.profile.clone(),
@@ -1023,14 +1034,13 @@ impl Config {
                     .then(|| Duration::from_millis(p.min_interval_ms)),
             });
         }
-        if raw.serial.reconnect_initial_ms == 0 {
-            problems.push("serial.reconnect_initial_ms must be at least 1".into());
-        }
-        if raw.serial.reconnect_max_ms < raw.serial.reconnect_initial_ms {
-            problems.push(
-                "serial.reconnect_max_ms must be at least serial.reconnect_initial_ms".into(),
-            );
-        }
+        let r = &raw.serial;
+        check_reconnect(
+            "serial",
+            r.reconnect_initial_ms,
+            r.reconnect_max_ms,
+            &mut problems,
+        );
         let mut ble_devices = Vec::new();
         for (i, d) in raw.ble.devices.iter().enumerate() {
             let key = format!("ble.devices[{i}]");
@@ -1058,28 +1068,20 @@ impl Config {
                     d.address
                 ));
             }
-            let zone = match &d.time_zone {
-                None => None,
-                Some(z) => match parse_zone(z) {
-                    Ok(zone) => Some(zone),
-                    Err(e) => {
-                        problems.push(format!("{key}.time_zone: {e}"));
-                        None
-                    }
-                },
-            };
+            let zone = optional_zone(&key, &d.time_zone, &mut problems);
             ble_devices.push(BleDevice {
                 address,
                 profile: d.profile.clone(),
                 zone,
             });
         }
-        if raw.ble.reconnect_initial_ms == 0 {
-            problems.push("ble.reconnect_initial_ms must be at least 1".into());
-        }
-        if raw.ble.reconnect_max_ms < raw.ble.reconnect_initial_ms {
-            problems.push("ble.reconnect_max_ms must be at least ble.reconnect_initial_ms".into());
-        }
+        let r = &raw.ble;
+        check_reconnect(
+            "ble",
+            r.reconnect_initial_ms,
+            r.reconnect_max_ms,
+            &mut problems,
+        );
         let m = &raw.mqtt;
         if m.enabled {
             if m.host.trim().is_empty() {
@@ -1100,14 +1102,12 @@ impl Config {
             if m.dead_letter_limit == 0 {
                 problems.push("mqtt.dead_letter_limit must be at least 1".into());
             }
-            if m.reconnect_initial_ms == 0 {
-                problems.push("mqtt.reconnect_initial_ms must be at least 1".into());
-            }
-            if m.reconnect_max_ms < m.reconnect_initial_ms {
-                problems.push(
-                    "mqtt.reconnect_max_ms must be at least mqtt.reconnect_initial_ms".into(),
-                );
-            }
+            check_reconnect(
+                "mqtt",
+                m.reconnect_initial_ms,
+                m.reconnect_max_ms,
+                &mut problems,
+            );
         }
         let o = &raw.outbox;
         if o.max_size_mb == 0 {
@@ -1248,6 +1248,14 @@ dir = "/tmp/out"
         assert_eq!(c.zone, Zone::GatewayLocal);
     }
 
+    /// The configuration `text` is refused with a message naming every one of `needles`.
+    fn assert_problems(text: &str, needles: &[&str]) {
+        let msg = Config::from_toml_str(text, "test").unwrap_err().to_string();
+        for needle in needles {
+            assert!(msg.contains(needle), "{needle} missing from {msg}");
+        }
+    }
+
     #[test]
     fn unknown_keys_are_refused_naming_the_key() {
         let text = format!("{MINIMAL}\n[sim]\nenabeld = true\n");
@@ -1259,17 +1267,16 @@ dir = "/tmp/out"
     fn every_semantic_problem_is_reported_at_once() {
         let text = MINIMAL.replace("kit-1", "").replace("MRN-1", "")
             + "[sim]\ninterval_secs = 0\nnan_probability = 2\n[devices.cuff]\ntime_zone = \"Mars/Olympus\"\n";
-        let err = Config::from_toml_str(&text, "test").unwrap_err();
-        let msg = err.to_string();
-        for needle in [
-            "gateway.id",
-            "patient.id",
-            "sim.interval_secs",
-            "sim.nan_probability",
-            "devices.cuff.time_zone",
-        ] {
-            assert!(msg.contains(needle), "{needle} missing from {msg}");
-        }
+        assert_problems(
+            &text,
+            &[
+                "gateway.id",
+                "patient.id",
+                "sim.interval_secs",
+                "sim.nan_probability",
+                "devices.cuff.time_zone",
+            ],
+        );
     }
 
     #[test]
@@ -1277,16 +1284,14 @@ dir = "/tmp/out"
         let text = format!(
             "{MINIMAL}\n[serial]\nreconnect_initial_ms = 0\n[[serial.ports]]\npath = \"/dev/ttyUSB0\"\nprofile = \"masimo\"\ntime_zone = \"Mars/Olympus\"\n[[serial.ports]]\npath = \"/dev/ttyUSB0\"\nprofile = \"nonin\"\n"
         );
-        let msg = Config::from_toml_str(&text, "test")
-            .unwrap_err()
-            .to_string();
-        for needle in [
-            "serial.ports[0].time_zone",
-            "serial.ports[1].path `/dev/ttyUSB0` is configured twice",
-            "serial.reconnect_initial_ms",
-        ] {
-            assert!(msg.contains(needle), "{needle} missing from {msg}");
-        }
+        assert_problems(
+            &text,
+            &[
+                "serial.ports[0].time_zone",
+                "serial.ports[1].path `/dev/ttyUSB0` is configured twice",
+                "serial.reconnect_initial_ms",
+            ],
+        );
     }
 
     #[test]
@@ -1294,16 +1299,14 @@ dir = "/tmp/out"
         let text = format!(
             "{MINIMAL}\n[[ble.devices]]\naddress = \"AA:BB:CC\"\nprofile = \"cuff\"\n[[ble.devices]]\naddress = \"aa:bb:cc:dd:ee:ff\"\nprofile = \"cuff\"\ntime_zone = \"Mars/Olympus\"\n[[ble.devices]]\naddress = \"AA:BB:CC:DD:EE:FF\"\nprofile = \"cuff\"\n"
         );
-        let e = Config::from_toml_str(&text, "test")
-            .unwrap_err()
-            .to_string();
-        for needle in [
-            "ble.devices[0].address `AA:BB:CC`",
-            "ble.devices[1].time_zone",
-            "ble.devices[2].address `AA:BB:CC:DD:EE:FF` is configured twice",
-        ] {
-            assert!(e.contains(needle), "{needle} missing from {e}");
-        }
+        assert_problems(
+            &text,
+            &[
+                "ble.devices[0].address `AA:BB:CC`",
+                "ble.devices[1].time_zone",
+                "ble.devices[2].address `AA:BB:CC:DD:EE:FF` is configured twice",
+            ],
+        );
     }
 
     #[test]
@@ -1335,17 +1338,15 @@ dir = "/tmp/out"
         let text = format!(
             "{MINIMAL}\n[mqtt]\nenabled = true\nclient_id = \"\"\nmax_in_flight = 0\n[[uplinks]]\nkind = \"mqtt\"\nurl = \"https://cloud\"\ntopic = \"iomt/{{gateway}}\"\n[[uplinks]]\nkind = \"mqtt\"\nname = \"m2\"\nurl = \"mqtt://localhost\"\ntopic = \"iomt/#\"\n"
         );
-        let msg = Config::from_toml_str(&text, "test")
-            .unwrap_err()
-            .to_string();
-        for needle in [
-            "mqtt.client_id",
-            "mqtt.max_in_flight",
-            "uplinks[1]: `https://cloud`",
-            "uplinks[2]: topic `iomt/#`",
-        ] {
-            assert!(msg.contains(needle), "{needle} missing from {msg}");
-        }
+        assert_problems(
+            &text,
+            &[
+                "mqtt.client_id",
+                "mqtt.max_in_flight",
+                "uplinks[1]: `https://cloud`",
+                "uplinks[2]: topic `iomt/#`",
+            ],
+        );
     }
 
     #[test]
