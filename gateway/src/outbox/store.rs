@@ -781,14 +781,7 @@ pub fn read_only_status(path: &Path, configured: &[String]) -> Result<Status, Ou
             ),
         });
     }
-    check_header(path)?;
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(sql(path))?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(sql(path))?;
+    let conn = open_read_only(path)?;
     let mut store = Store {
         conn,
         path: path.to_path_buf(),
@@ -815,8 +808,9 @@ pub struct StoredDeadLetter {
     pub reason: Sealed,
 }
 
-/// The dead letters of a database opened read-only.
-pub fn read_only_dead_letters(path: &Path) -> Result<Vec<StoredDeadLetter>, OutboxError> {
+/// Opens an existing outbox read-only (its header checked first), waiting up to 5 s
+/// for the daemon's writer.
+fn open_read_only(path: &Path) -> Result<Connection, OutboxError> {
     check_header(path)?;
     let conn = Connection::open_with_flags(
         path,
@@ -825,6 +819,12 @@ pub fn read_only_dead_letters(path: &Path) -> Result<Vec<StoredDeadLetter>, Outb
     .map_err(sql(path))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(sql(path))?;
+    Ok(conn)
+}
+
+/// The dead letters of a database opened read-only.
+pub fn read_only_dead_letters(path: &Path) -> Result<Vec<StoredDeadLetter>, OutboxError> {
+    let conn = open_read_only(path)?;
     let mut stmt = conn
         .prepare("SELECT uplink, seq, at_ms, key_id, reason_nonce, reason_sealed FROM dead_letters ORDER BY at_ms, seq")
         .map_err(sql(path))?;
@@ -863,14 +863,7 @@ pub struct StoredIngestDeadLetter {
 pub fn read_only_ingest_dead_letters(
     path: &Path,
 ) -> Result<Vec<StoredIngestDeadLetter>, OutboxError> {
-    check_header(path)?;
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(sql(path))?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(sql(path))?;
+    let conn = open_read_only(path)?;
     let exists: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'ingest_dead_letters'",
