@@ -1,6 +1,6 @@
-//! End-to-end tests of the uplinks' transport security: TLS verified against the system
-//! roots plus a configured private CA, mutual TLS, and the refusal of plain http or mqtt
-//! beyond loopback. Certificates are made by the test (rcgen); the servers are a real
+//! End-to-end tests of transport security: the uplinks' and the MQTT ingest connection's
+//! TLS verified against the system roots plus a configured private CA, mutual TLS, and the
+//! refusal of plain http or mqtt uplinks beyond loopback. Certificates are made by the test (rcgen); the servers are a real
 //! HTTPS FHIR server on 127.0.0.1 (iomt-testkit) and a real mosquitto with a TLS listener
 //! configured by the test.
 
@@ -382,4 +382,117 @@ fn plain_mqtt_beyond_loopback_is_refused_unless_explicitly_allowed() {
         !out.contains("plain mqtt") && out.contains("no outbox database here yet"),
         "{out}"
     );
+}
+
+/// `n` JSON vitals messages of device `dev` for the generic MQTT profile.
+fn vitals(dev: &str, n: u32) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            (
+                format!("iomt/{dev}/vitals"),
+                format!(
+                    r#"{{"time":"2026-01-01T08:00:{i:02}Z","heart_rate":{}}}"#,
+                    60 + i
+                )
+                .into_bytes(),
+            )
+        })
+        .collect()
+}
+
+/// The `[mqtt]` ingest section for a TLS broker on `port`, with `extra` keys.
+fn mqtt_ingest_tls(port: u16, extra: &str) -> String {
+    format!(
+        "\n[mqtt]\nenabled = true\nport = {port}\ntls = true\nclient_id = \"gw-tls\"\nreconnect_initial_ms = 50\nreconnect_max_ms = 500\nprofiles = [\"mqtt-generic-json-vitals\"]\n{extra}\n"
+    )
+}
+
+/// Runs the daemon until the MQTT driver has logged a failed connection; returns that line.
+fn ingest_connection_failure(kit: &mut Kit, config: &Path) -> String {
+    let failure = |log: &str| {
+        log.lines()
+            .find(|l| l.contains("MQTT broker unreachable"))
+            .map(str::to_string)
+    };
+    let (mut child, log) = kit.start(config);
+    wait_running(&mut child, &log);
+    wait_until(Duration::from_secs(30), "a failed MQTT connection", || {
+        failure(&read(&log)).is_some()
+    });
+    sigterm_and_wait(child, &log);
+    failure(&read(&log)).unwrap_or_default()
+}
+
+#[test]
+fn mqtt_ingest_over_mutual_tls_verifies_the_broker_and_presents_the_client_certificate() {
+    let pki = TestPki::new("iomt test CA").unwrap();
+    let mut kit = Kit::new();
+    let (broker, tls_port) = tls_broker(&kit, &pki, true);
+    let ca = format!("ca_file = \"{}\"", ca_file(&kit, &pki).display());
+
+    // The broker's certificate from a private CA, no ca_file: not trusted, said so.
+    let config = kit.config_with(0.01, &["sim-scale"], 1, &mqtt_ingest_tls(tls_port, ""));
+    let line = ingest_connection_failure(&mut kit, &config);
+    assert!(
+        line.contains("UnknownIssuer") && line.contains("set ca_file"),
+        "{line}"
+    );
+
+    // Trusted, but no client certificate: the broker ends the handshake, said so.
+    let config = kit.config_with(0.01, &["sim-scale"], 1, &mqtt_ingest_tls(tls_port, &ca));
+    let line = ingest_connection_failure(&mut kit, &config);
+    assert!(line.contains("client_cert_file"), "{line}");
+
+    // With the client certificate: subscribed over mutual TLS; readings published by a
+    // device reach the FHIR server.
+    let (identity, _) = client_identity(&kit, &pki.client("kit-store-1").unwrap(), &ca);
+    let config = kit.config_with(
+        0.01,
+        &["sim-scale"],
+        1,
+        &mqtt_ingest_tls(tls_port, &identity),
+    );
+    let (mut child, log) = kit.start(&config);
+    wait_running(&mut child, &log);
+    wait_until(Duration::from_secs(30), "the subscription over TLS", || {
+        read(&log).contains("connected to the MQTT broker")
+    });
+    kit.rt
+        .block_on(iomt_testkit::mosquitto::publish_acked(
+            broker.port(),
+            "wearable",
+            vitals("wear-tls", 5),
+            Duration::from_secs(20),
+        ))
+        .unwrap();
+    // The simulated scale also reports; count the heart rates (LOINC 8867-4) only.
+    let heart_rates = || {
+        kit.server.with_store(|s| {
+            s.observations
+                .iter()
+                .filter(|o| o["code"]["coding"][0]["code"] == "8867-4")
+                .count()
+        })
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "the MQTT readings delivered",
+        || heart_rates() >= 5,
+    );
+    sigterm_and_wait(child, &log);
+    assert_eq!(heart_rates(), 5);
+}
+
+#[test]
+fn mqtt_ingest_tls_keys_without_tls_are_refused() {
+    let kit = Kit::new();
+    kit.config_with(
+        0.01,
+        &["sim-scale"],
+        1,
+        "\n[mqtt]\nenabled = true\nca_file = \"/etc/iomt-gateway/ca.pem\"\n",
+    );
+    let (ok, out) = kit.cli(&["outbox", "status"]);
+    assert!(!ok);
+    assert!(out.contains("need mqtt.tls = true"), "{out}");
 }

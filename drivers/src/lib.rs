@@ -12,6 +12,7 @@ pub mod ble_driver;
 pub mod decode;
 pub mod driver;
 pub mod mqtt;
+pub mod net;
 pub mod reading;
 pub mod serial;
 pub mod sim;

@@ -208,6 +208,7 @@ async fn run(n: usize, in_flight: usize, dir: &Path) {
         MqttDriver::new(MqttConfig {
             host: "127.0.0.1".into(),
             port,
+            tls: None,
             client_id: "bench-gateway".into(),
             credentials: None,
             keep_alive: Duration::from_secs(30),

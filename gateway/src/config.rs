@@ -234,9 +234,22 @@ pub struct RawMqtt {
     /// Broker host (default `127.0.0.1`).
     #[serde(default = "default_mqtt_host")]
     pub host: String,
-    /// Broker port (default 1883).
-    #[serde(default = "default_mqtt_port")]
-    pub port: u16,
+    /// Broker port (default 1883, or 8883 with `tls`).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Connect with TLS (default false): the broker's certificate verified against the
+    /// system roots and `ca_file`.
+    #[serde(default)]
+    pub tls: bool,
+    /// PEM bundle of extra trusted CAs (private PKI), added to the system roots (`tls` only).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM, mode 0600) for mutual TLS (`tls` only).
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// Client private key (PEM, mode 0600) for mutual TLS (`tls` only).
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
     /// The stable client id of the gateway's persistent session (default `iomt-gateway`).
     #[serde(default = "default_mqtt_client_id")]
     pub client_id: String,
@@ -271,7 +284,11 @@ impl Default for RawMqtt {
         Self {
             enabled: false,
             host: default_mqtt_host(),
-            port: default_mqtt_port(),
+            port: None,
+            tls: false,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
             client_id: default_mqtt_client_id(),
             credentials_file: None,
             keep_alive_secs: default_keep_alive(),
@@ -287,9 +304,6 @@ impl Default for RawMqtt {
 
 fn default_mqtt_host() -> String {
     "127.0.0.1".into()
-}
-fn default_mqtt_port() -> u16 {
-    1883
 }
 fn default_mqtt_client_id() -> String {
     "iomt-gateway".into()
@@ -314,6 +328,8 @@ pub struct MqttSettings {
     pub host: String,
     /// Broker port.
     pub port: u16,
+    /// TLS to the broker and how it is set up; `None` for plain TCP.
+    pub tls: Option<TlsSettings>,
     /// Client id.
     pub client_id: String,
     /// Credentials file.
@@ -887,7 +903,7 @@ fn client_identity(
 
 /// Whether a URL's host is this machine: a loopback address or `localhost` (IPv6 with or
 /// without brackets).
-fn is_loopback_host(host: &str) -> bool {
+pub fn is_loopback_host(host: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     bare.eq_ignore_ascii_case("localhost")
         || bare
@@ -1083,12 +1099,26 @@ impl Config {
             &mut problems,
         );
         let m = &raw.mqtt;
+        let mqtt_identity = client_identity(&m.client_cert_file, &m.client_key_file)
+            .map_err(|e| problems.push(format!("mqtt: {e}")))
+            .ok()
+            .flatten();
         if m.enabled {
             if m.host.trim().is_empty() {
                 problems.push("mqtt.host must not be empty".into());
             }
-            if m.port == 0 {
+            if m.port == Some(0) {
                 problems.push("mqtt.port must not be 0".into());
+            }
+            if !m.tls
+                && (m.ca_file.is_some()
+                    || m.client_cert_file.is_some()
+                    || m.client_key_file.is_some())
+            {
+                problems.push(
+                    "mqtt.ca_file, mqtt.client_cert_file and mqtt.client_key_file need mqtt.tls = true"
+                        .into(),
+                );
             }
             if m.client_id.trim().is_empty() {
                 problems.push("mqtt.client_id must not be empty (the broker keeps the gateway's session under it)".into());
@@ -1173,7 +1203,11 @@ impl Config {
             }),
             mqtt: m.enabled.then(|| MqttSettings {
                 host: m.host.clone(),
-                port: m.port,
+                port: m.port.unwrap_or(if m.tls { 8883 } else { 1883 }),
+                tls: m.tls.then(|| TlsSettings {
+                    ca_file: m.ca_file.clone(),
+                    client_identity: mqtt_identity.clone(),
+                }),
                 client_id: m.client_id.clone(),
                 credentials_file: m.credentials_file.clone(),
                 keep_alive: Duration::from_secs(m.keep_alive_secs.max(5)),

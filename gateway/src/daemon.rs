@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use chrono::{Offset, Utc};
 use iomt_drivers::ble_driver::{uuid_from_u16, BleConfig, BleDeviceConfig, BleDriver};
-use iomt_drivers::mqtt::{Credentials, MqttConfig, MqttDriver, Subscription};
+use iomt_drivers::mqtt::{Credentials, MqttConfig, MqttDriver, MqttTls, Subscription};
 use iomt_drivers::serial::{PortConfig, SerialConfig, SerialDriver};
 use iomt_drivers::sim::{SimClock as DriverClock, SimConfig, SimDevice, SimDriver};
 use iomt_drivers::{
@@ -32,8 +32,8 @@ use tokio_util::sync::CancellationToken;
 use std::time::Duration;
 
 use crate::config::{
-    BleSettings, Config, MqttSettings, SerialSettings, SimSettings, Uplink as UplinkConfig,
-    UplinkKind,
+    is_loopback_host, BleSettings, Config, MqttSettings, SerialSettings, SimSettings,
+    Uplink as UplinkConfig, UplinkKind,
 };
 use crate::normalize::{self, Zone};
 use crate::outbox::seal::Keyring;
@@ -64,6 +64,9 @@ pub enum DaemonError {
     /// The MQTT credentials file cannot be used.
     #[error("mqtt.credentials_file: {0}")]
     MqttCredentials(String),
+    /// TLS to the MQTT broker cannot be set up (CA or client certificate files).
+    #[error("mqtt: {0}")]
+    MqttTls(String),
     /// A serial port names a profile that is not loaded or not a serial profile.
     #[error("serial port `{path}`: profile `{profile}` is not a loaded serial profile{hint}")]
     UnknownSerialProfile {
@@ -555,9 +558,21 @@ pub async fn run_with_hooks(
         };
         let (reject_tx, reject_rx) = reject_channel(settings.max_in_flight);
         rejects = Some((reject_rx, settings.dead_letter_limit));
+        let tls = match &settings.tls {
+            Some(t) => Some(MqttTls(rumqttc::TlsConfiguration::Rustls(
+                crate::uplink::mqtt::tls::client_config(t).map_err(DaemonError::MqttTls)?,
+            ))),
+            None => {
+                if !is_loopback_host(&settings.host) {
+                    tracing::warn!(broker = %settings.host, "mqtt.tls is off: readings travel unencrypted to a broker that is not on this machine");
+                }
+                None
+            }
+        };
         drivers.push(Box::new(MqttDriver::new(MqttConfig {
             host: settings.host.clone(),
             port: settings.port,
+            tls,
             client_id: settings.client_id.clone(),
             credentials,
             keep_alive: settings.keep_alive,

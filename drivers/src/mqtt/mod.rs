@@ -90,6 +90,17 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// TLS for the connection to the broker: a ready rustls client configuration (the
+/// gateway builds it: roots, private CA, client certificate).
+#[derive(Clone)]
+pub struct MqttTls(pub rumqttc::TlsConfiguration);
+
+impl std::fmt::Debug for MqttTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MqttTls(..)")
+    }
+}
+
 /// The MQTT driver's configuration.
 #[derive(Debug, Clone)]
 pub struct MqttConfig {
@@ -97,6 +108,8 @@ pub struct MqttConfig {
     pub host: String,
     /// Broker port.
     pub port: u16,
+    /// TLS to the broker; `None`: plain TCP.
+    pub tls: Option<MqttTls>,
     /// The stable client id of the persistent session.
     pub client_id: String,
     /// User name and password, if the broker needs them.
@@ -285,6 +298,9 @@ fn options(config: &MqttConfig) -> MqttOptions {
     o.set_max_packet_size(limit, limit);
     if let Some(c) = &config.credentials {
         o.set_credentials(c.username.clone(), c.password.clone());
+    }
+    if let Some(tls) = &config.tls {
+        o.set_transport(rumqttc::Transport::tls_with_config(tls.0.clone()));
     }
     o
 }
@@ -477,9 +493,9 @@ async fn run(config: MqttConfig, tx: ReadingSender, cancel: CancellationToken) -
             Err(e) => {
                 let delay = backoff.fail();
                 if connected || backoff.failures() == 1 {
-                    tracing::warn!(broker = %broker, error = %e, "MQTT broker unreachable or connection lost; reconnecting with backoff");
+                    tracing::warn!(broker = %broker, error = %crate::net::describe_mqtt_error(&e), "MQTT broker unreachable or connection lost; reconnecting with backoff");
                 } else {
-                    tracing::debug!(broker = %broker, error = %e, delay_ms = delay.as_millis() as u64, "MQTT broker still unreachable");
+                    tracing::debug!(broker = %broker, error = %crate::net::describe_mqtt_error(&e), delay_ms = delay.as_millis() as u64, "MQTT broker still unreachable");
                 }
                 connected = false;
                 tokio::select! {

@@ -41,6 +41,7 @@ fn a_driver_without_subscriptions_is_refused() {
     let config = MqttConfig {
         host: "127.0.0.1".into(),
         port: 1883,
+        tls: None,
         client_id: "gw".into(),
         credentials: None,
         keep_alive: Duration::from_secs(30),

@@ -51,26 +51,6 @@ pub enum DeliveryError {
     },
 }
 
-/// What to configure, given the text of a failed TLS connection (rustls's error names),
-/// or "" when the text is not about TLS. Shared by the FHIR and MQTT uplinks.
-pub(crate) fn tls_hint(cause: &str) -> &'static str {
-    if cause.contains("UnknownIssuer") || cause.contains("invalid peer certificate") {
-        " (the server's certificate is not trusted: for a private CA set ca_file)"
-    } else if cause.contains("CertificateRequired")
-        || cause.contains("certificate required")
-        || cause.contains("HandshakeFailure")
-    {
-        " (the TLS handshake failed: the server may require a client certificate, see client_cert_file and client_key_file)"
-    } else if cause.contains("BadCertificate")
-        || cause.contains("UnknownCA")
-        || cause.contains("CertificateUnknown")
-    {
-        " (the server refused the client certificate: check client_cert_file against the CA the server trusts)"
-    } else {
-        ""
-    }
-}
-
 /// A boxed delivery future.
 pub type DeliveryFuture<'a> = Pin<Box<dyn Future<Output = Result<(), DeliveryError>> + Send + 'a>>;
 

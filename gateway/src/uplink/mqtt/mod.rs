@@ -278,11 +278,12 @@ impl MqttUplink {
                         let was = connected_tx.send_replace(false);
                         let delay = backoff.fail();
                         if was || backoff.failures() == 1 {
-                            tracing::warn!(uplink = %name, broker = %broker, error = %describe(&e), "MQTT uplink: broker unreachable or connection lost; reconnecting with backoff");
+                            tracing::warn!(uplink = %name, broker = %broker, error = %iomt_drivers::net::describe_mqtt_error(&e), "MQTT uplink: broker unreachable or connection lost; reconnecting with backoff");
                         } else {
-                            tracing::debug!(uplink = %name, error = %describe(&e), "MQTT uplink: broker still unreachable");
+                            tracing::debug!(uplink = %name, error = %iomt_drivers::net::describe_mqtt_error(&e), "MQTT uplink: broker still unreachable");
                         }
-                        let _ = report_tx.try_send(Report::Down(describe(&e)));
+                        let _ = report_tx
+                            .try_send(Report::Down(iomt_drivers::net::describe_mqtt_error(&e)));
                         tokio::time::sleep(delay).await;
                     }
                 }
@@ -393,21 +394,6 @@ impl MqttUplink {
         }
         Ok(())
     }
-}
-
-/// A connection error with its cause chain, and what to configure when it is a TLS
-/// problem (credentials are never part of rumqttc's errors).
-fn describe(e: &rumqttc::ConnectionError) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text = format!("{text}: {more}");
-        }
-        source = s.source();
-    }
-    format!("{text}{}", super::tls_hint(&text))
 }
 
 impl Uplink for MqttUplink {
