@@ -320,6 +320,34 @@ fn a_cuff_that_hangs_up_and_comes_back_is_read_again() {
 }
 
 #[test]
+fn an_unpaired_cuff_that_bluez_forgot_while_away_is_read_again_when_it_returns() {
+    let world = World::new(&[(CUFF, "A&D_UA-651", DeviceKind::BloodPressure)]);
+    let sim = &world.bluez;
+    sim.set_paired(CUFF, false);
+    sim.queue(CUFF, 0x2A35, &bytes(BP_128));
+    sim.advertise(CUFF);
+    let gw = world.start(&world.config(&[(CUFF, "and-ua-651ble")]));
+    world.wait_for(&gw, SYSTOLIC, "128");
+
+    // A day passes: the cuff hangs up, and after ~30 s without advertising BlueZ drops
+    // the unpaired device, its GATT objects and the gateway's notification sessions.
+    sim.hang_up(CUFF);
+    gw.wait_log("BLE device session ended", 1);
+    assert!(
+        sim.forget(CUFF),
+        "BlueZ removes an unpaired device it no longer sees"
+    );
+    // It comes back as a new device; the driver must connect and subscribe again.
+    sim.queue(CUFF, 0x2A35, &bytes(BP_122));
+    sim.advertise(CUFF);
+    world.wait_for(&gw, SYSTOLIC, "122");
+    gw.stop();
+    assert_eq!(sim.connects(CUFF), 2);
+    assert_eq!(world.count(SYSTOLIC, "128"), 1);
+    assert_eq!(world.count(SYSTOLIC, "122"), 1);
+}
+
+#[test]
 fn glucose_records_are_fetched_exactly_once_across_a_gateway_restart() {
     let world = World::new(&[(METER, "Meter", DeviceKind::Glucose)]);
     let sim = &world.bluez;

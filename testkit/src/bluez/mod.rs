@@ -3,8 +3,13 @@
 //!
 //! It behaves as `shared/reference/bluez-behaviour.md` describes BlueZ toward btleplug:
 //! `org.bluez` owns `/org/bluez/hci0` (Adapter1) and devices below it (Device1), GATT
-//! services and characteristics below those (GattService1, GattCharacteristic1, paths
-//! named by handle), all announced through `org.freedesktop.DBus.ObjectManager` at `/`.
+//! services, characteristics and their Client Characteristic Configuration descriptors
+//! below those (GattService1, GattCharacteristic1, GattDescriptor1, paths named by
+//! handle), all announced through `org.freedesktop.DBus.ObjectManager` at `/`. Writing a
+//! CCCD directly is `NotPermitted` (notifications go through StartNotify). An unpaired
+//! device that has not advertised for ~30 s is removed ([`SimBluez::forget`] stands for
+//! that time passing): InterfacesRemoved for it and its GATT objects, its notification
+//! sessions gone; advertising again makes it new (InterfacesAdded).
 //! Discovery is per D-Bus client; devices appear once discovery runs and they advertise;
 //! `Connect` sets `Connected`, exports the GATT objects (once; they stay cached), grows
 //! `UUIDs`, sets `ServicesResolved`, then returns; notification sessions survive
@@ -26,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use zbus::object_server::ObjectServer;
 use zbus::Connection;
 
-use objects::{Adapter, Characteristic, Device, Service};
+use objects::{Adapter, Characteristic, Descriptor, Device, Service};
 
 /// The adapter's object path.
 pub const ADAPTER_PATH: &str = "/org/bluez/hci0";
@@ -194,6 +199,7 @@ pub(crate) struct DevState {
     pub advertising: bool,
     pub connected: bool,
     pub services_resolved: bool,
+    pub paired: bool,
     pub rssi: i16,
     pub uuids: Vec<String>,
     pub services: Vec<u16>,
@@ -235,6 +241,7 @@ impl DevState {
             advertising: false,
             connected: false,
             services_resolved: false,
+            paired: true,
             rssi: -60,
             services,
             chars,
@@ -260,6 +267,21 @@ impl DevState {
             self.service_path(s),
             0x10 * (s + 1) + 1 + 2 * i
         )
+    }
+
+    /// The path of the Client Characteristic Configuration descriptor of characteristic
+    /// `i`, if it notifies or indicates (only those have one).
+    pub fn cccd_path(&self, i: usize) -> Option<String> {
+        let c = &self.chars[i];
+        let has = c.flags.contains(&"notify") || c.flags.contains(&"indicate");
+        has.then(|| {
+            let s = c.service;
+            format!(
+                "{}/desc{:04x}",
+                self.char_path(i),
+                0x10 * (s + 1) + 2 + 2 * i
+            )
+        })
     }
 
     fn char_index(&self, uuid: u16) -> Option<usize> {
@@ -381,6 +403,33 @@ impl SimBluez {
         });
     }
 
+    /// Marks the device paired (the default) or not. BlueZ keeps paired devices; an
+    /// unpaired one is removed after ~30 s without advertising ([`SimBluez::forget`]).
+    pub fn set_paired(&self, address: &str, paired: bool) {
+        if let Some(d) = lock(&self.state).devices.get_mut(address) {
+            d.paired = paired;
+        }
+    }
+
+    /// The ~30 s pass in which an unpaired, disconnected device does not advertise:
+    /// BlueZ removes it and its GATT objects (InterfacesRemoved), and the clients'
+    /// notification sessions with them. Returns whether it was removed (a paired,
+    /// connected, advertising or unknown device stays).
+    pub fn forget(&self, address: &str) -> bool {
+        let removable = lock(&self.state)
+            .devices
+            .get(address)
+            .is_some_and(|d| d.exported && !d.paired && !d.connected && !d.advertising);
+        if removable {
+            let server = self.conn.object_server().clone();
+            let state = self.state.clone();
+            let address = address.to_string();
+            self.rt
+                .block_on(async move { unexport_device(&server, &state, &address).await });
+        }
+        removable
+    }
+
     /// The device hangs up by itself and stops advertising.
     pub fn hang_up(&self, address: &str) {
         let conn = self.conn.clone();
@@ -469,7 +518,7 @@ pub(crate) async fn export_device(server: &ObjectServer, state: &Shared, address
 }
 
 pub(crate) async fn export_gatt(server: &ObjectServer, state: &Shared, address: &str) {
-    let (services, chars) = {
+    let (services, chars, descs) = {
         let mut st = lock(state);
         let Some(d) = st.devices.get_mut(address) else {
             return;
@@ -482,7 +531,10 @@ pub(crate) async fn export_gatt(server: &ObjectServer, state: &Shared, address: 
             .map(|i| (d.service_path(i), i))
             .collect();
         let chars: Vec<(String, usize)> = (0..d.chars.len()).map(|i| (d.char_path(i), i)).collect();
-        (services, chars)
+        let descs: Vec<(String, usize)> = (0..d.chars.len())
+            .filter_map(|i| d.cccd_path(i).map(|p| (p, i)))
+            .collect();
+        (services, chars, descs)
     };
     for (path, index) in services {
         let _ = server
@@ -507,5 +559,54 @@ pub(crate) async fn export_gatt(server: &ObjectServer, state: &Shared, address: 
                 },
             )
             .await;
+    }
+    for (path, index) in descs {
+        let _ = server
+            .at(
+                path,
+                Descriptor {
+                    state: state.clone(),
+                    address: address.to_string(),
+                    index,
+                },
+            )
+            .await;
+    }
+}
+
+/// Removes a device and its GATT objects from the bus (InterfacesRemoved for each,
+/// deepest first); it is new to BlueZ when it advertises again.
+pub(crate) async fn unexport_device(server: &ObjectServer, state: &Shared, address: &str) {
+    let paths = {
+        let mut st = lock(state);
+        let Some(d) = st.devices.get_mut(address) else {
+            return;
+        };
+        let mut paths: Vec<(String, u8)> = Vec::new();
+        if d.gatt_exported {
+            paths.extend((0..d.chars.len()).filter_map(|i| d.cccd_path(i).map(|p| (p, 3))));
+            paths.extend((0..d.chars.len()).map(|i| (d.char_path(i), 2)));
+            paths.extend((0..d.services.len()).map(|i| (d.service_path(i), 1)));
+        }
+        if d.exported {
+            paths.push((d.path(), 0));
+        }
+        d.exported = false;
+        d.gatt_exported = false;
+        d.connected = false;
+        d.services_resolved = false;
+        d.uuids = vec![uuid16(d.spec.kind.service())];
+        for c in &mut d.chars {
+            c.notifying = false;
+        }
+        paths
+    };
+    for (p, kind) in paths {
+        let _ = match kind {
+            3 => server.remove::<Descriptor, _>(p).await,
+            2 => server.remove::<Characteristic, _>(p).await,
+            1 => server.remove::<Service, _>(p).await,
+            _ => server.remove::<Device, _>(p).await,
+        };
     }
 }

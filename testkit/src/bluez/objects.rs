@@ -8,7 +8,7 @@ use zbus::object_server::{ObjectServer, SignalEmitter};
 use zbus::zvariant::{ObjectPath, OwnedObjectPath, OwnedValue};
 use zbus::{interface, Connection};
 
-use super::{export_device, export_gatt, lock, uuid16, Shared, ADAPTER_PATH};
+use super::{export_device, export_gatt, lock, unexport_device, uuid16, Shared, ADAPTER_PATH};
 
 /// BlueZ's error names (`org.bluez.Error.*`).
 #[derive(Debug, zbus::DBusError)]
@@ -94,37 +94,15 @@ impl Adapter {
         device: ObjectPath<'_>,
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<()> {
-        let address = {
-            let mut st = lock(&self.state);
-            let found = st
-                .devices
-                .iter_mut()
-                .find(|(_, d)| d.exported && d.path() == device.as_str());
-            let Some((address, d)) = found else {
-                return Err(BluezError::DoesNotExist("Does Not Exist".into()));
-            };
-            d.exported = false;
-            d.gatt_exported = false;
-            d.connected = false;
-            d.services_resolved = false;
-            address.clone()
+        let address = lock(&self.state)
+            .devices
+            .iter()
+            .find(|(_, d)| d.exported && d.path() == device.as_str())
+            .map(|(a, _)| a.clone());
+        let Some(address) = address else {
+            return Err(BluezError::DoesNotExist("Does Not Exist".into()));
         };
-        let paths: Vec<(String, u8)> = {
-            let st = lock(&self.state);
-            let d = &st.devices[&address];
-            let mut v: Vec<(String, u8)> =
-                (0..d.chars.len()).map(|i| (d.char_path(i), 2)).collect();
-            v.extend((0..d.services.len()).map(|i| (d.service_path(i), 1)));
-            v.push((d.path(), 0));
-            v
-        };
-        for (p, kind) in paths {
-            let _ = match kind {
-                2 => server.remove::<Characteristic, _>(p).await,
-                1 => server.remove::<Service, _>(p).await,
-                _ => server.remove::<Device, _>(p).await,
-            };
-        }
+        unexport_device(server, &self.state, &address).await;
         Ok(())
     }
 
@@ -267,15 +245,15 @@ impl Device {
     }
     #[zbus(property)]
     fn paired(&self) -> bool {
-        true
+        self.get(|d| d.paired, false)
     }
     #[zbus(property)]
     fn bonded(&self) -> bool {
-        true
+        self.get(|d| d.paired, false)
     }
     #[zbus(property)]
     fn trusted(&self) -> bool {
-        true
+        self.get(|d| d.paired, false)
     }
     #[zbus(property)]
     fn blocked(&self) -> bool {
@@ -471,6 +449,75 @@ impl Characteristic {
     #[zbus(property)]
     fn value(&self) -> Vec<u8> {
         self.get(|c, _| c.value.clone(), Vec::new())
+    }
+}
+
+/// A Client Characteristic Configuration descriptor (0x2902) of characteristic `index`.
+pub(crate) struct Descriptor {
+    pub state: Shared,
+    pub address: String,
+    pub index: usize,
+}
+
+impl Descriptor {
+    /// The CCCD value for this client: 01 00 (notifying), 02 00 (indicating) or 00 00.
+    fn cccd(&self) -> Option<(bool, Vec<u8>)> {
+        let st = lock(&self.state);
+        let d = st.devices.get(&self.address)?;
+        let c = &d.chars[self.index];
+        let bits: u8 = match (c.notifying, c.flags.contains(&"indicate")) {
+            (false, _) => 0,
+            (true, true) => 2,
+            (true, false) => 1,
+        };
+        Some((d.connected, vec![bits, 0]))
+    }
+}
+
+#[interface(name = "org.bluez.GattDescriptor1")]
+impl Descriptor {
+    async fn read_value(
+        &self,
+        _options: HashMap<String, OwnedValue>,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> Result<Vec<u8>> {
+        match self.cccd() {
+            Some((true, value)) => {
+                self.value_changed(&emitter).await?;
+                Ok(value)
+            }
+            _ => Err(BluezError::Failed("Not connected".into())),
+        }
+    }
+
+    /// BlueZ refuses direct CCCD writes: StartNotify/StopNotify manage it.
+    async fn write_value(
+        &self,
+        _value: Vec<u8>,
+        _options: HashMap<String, OwnedValue>,
+    ) -> Result<()> {
+        Err(BluezError::NotPermitted("Write not permitted".into()))
+    }
+
+    #[zbus(property, name = "UUID")]
+    fn uuid(&self) -> String {
+        uuid16(0x2902)
+    }
+    #[zbus(property)]
+    fn characteristic(&self) -> OwnedObjectPath {
+        let st = lock(&self.state);
+        st.devices
+            .get(&self.address)
+            .and_then(|d| OwnedObjectPath::try_from(d.char_path(self.index)).ok())
+            .unwrap_or_default()
+    }
+    #[zbus(property)]
+    fn value(&self) -> Vec<u8> {
+        self.cccd().map(|(_, v)| v).unwrap_or_default()
+    }
+    #[zbus(property)]
+    fn flags(&self) -> Vec<String> {
+        vec!["read".into(), "write".into()]
     }
 }
 
