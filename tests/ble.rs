@@ -5,12 +5,12 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::config::Config;
 use common::{gateway, observations_in, validate_fhir, wait_until};
 use iomt_testkit::bluez::{DeviceKind, DeviceSpec, PrivateBus, SimBluez};
 use nix::sys::signal::{kill, Signal};
@@ -83,58 +83,24 @@ impl World {
         self.tmp.path().join("out")
     }
 
-    /// Writes the gateway's configuration with these `(address, profile)` allowed.
+    /// Writes the keys and the gateway's configuration with these `(address, profile)`
+    /// allowed.
     fn config(&self, allowed: &[(&str, &str)]) -> PathBuf {
         let dir = self.tmp.path();
-        let key = dir.join("pseudonym.key");
-        let storage_key = dir.join("storage.key");
-        for (file, byte) in [(&key, 7u8), (&storage_key, 8u8)] {
-            std::fs::write(file, [byte; 32]).unwrap();
-            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        }
-        let mut text = format!(
-            r#"[gateway]
-id = "kit-ble-1"
-profiles_dir = "{root}/device-profiles"
-time_zone = "UTC"
-
-[patient]
-id = "MRN-BLE-0042"
-
-[pseudonymization]
-key_file = "{key}"
-
-[ble]
-adapter = "hci0"
-reconnect_initial_ms = 50
-reconnect_max_ms = 500
-
-[outbox]
-path = "{outbox}"
-key_file = "{storage_key}"
-
-[[uplinks]]
-kind = "file"
-dir = "{out}"
-
-[log]
-level = "info"
-"#,
-            root = common::root().display(),
-            key = key.display(),
-            storage_key = storage_key.display(),
-            outbox = dir.join("state/outbox.db").display(),
-            out = self.out().display(),
-        );
+        common::write_keys(dir);
+        let mut ble =
+            "[ble]\nadapter = \"hci0\"\nreconnect_initial_ms = 50\nreconnect_max_ms = 500\n"
+                .to_string();
         for (address, profile) in allowed {
-            text.push_str(&format!(
+            ble.push_str(&format!(
                 "\n[[ble.devices]]\naddress = \"{address}\"\nprofile = \"{profile}\"\ntime_zone = \"Europe/Berlin\"\n"
             ));
         }
-        std::fs::create_dir_all(dir.join("state")).unwrap();
-        let config = dir.join("gateway.toml");
-        std::fs::write(&config, text).unwrap();
-        config
+        Config::new(dir, "kit-ble-1", "MRN-BLE-0042")
+            .time_zone("UTC")
+            .driver(&ble)
+            .file_uplink(&self.out())
+            .write()
     }
 
     fn start(&self, config: &Path) -> Running {

@@ -2,71 +2,45 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::config::Config;
 use common::{gateway, texts, wait_until};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 const PATIENT: &str = "MRN-TEST-4711";
 
-fn write_key(path: &Path, mode: u32) {
-    std::fs::write(path, [9u8; 32]).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+/// A configuration with the simulator and a file uplink to `dir/out`, `extra` appended
+/// after `[log]`.
+fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    Config::new(dir, "kit-test-1", PATIENT)
+        .time_zone("Europe/Berlin")
+        .driver(
+            "[sim]\nenabled = true\ninterval_secs = 0.05\nnan_probability = 0.05\nout_of_range_probability = 0.05",
+        )
+        .uplink(&format!(
+            "kind = \"file\"\ndir = \"{}/out\"\nbatch_size = 10",
+            dir.display()
+        ))
+        .log("debug")
+        .append(extra)
+        .write()
 }
 
-fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
-    let config = dir.join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[gateway]
-id = "kit-test-1"
-profiles_dir = "{root}/device-profiles"
-time_zone = "Europe/Berlin"
-
-[patient]
-id = "{PATIENT}"
-
-[pseudonymization]
-key_file = "{dir}/pseudonym.key"
-
-[sim]
-enabled = true
-interval_secs = 0.05
-nan_probability = 0.05
-out_of_range_probability = 0.05
-
-[outbox]
-path = "{dir}/outbox.db"
-key_file = "{dir}/storage.key"
-
-[[uplinks]]
-kind = "file"
-dir = "{dir}/out"
-batch_size = 10
-
-[log]
-level = "debug"
-{extra}
-"#,
-            root = common::root().display(),
-            dir = dir.display()
-        ),
-    )
-    .unwrap();
-    config
+/// A temp dir with the keys and the configuration (`extra` appended after `[log]`).
+fn configured(extra: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    common::write_keys(tmp.path());
+    let config = write_config(tmp.path(), extra);
+    (tmp, config)
 }
 
 #[test]
 fn run_stops_cleanly_on_sigterm_flushing_its_last_batch_and_never_logs_the_patient() {
-    let tmp = tempfile::tempdir().unwrap();
-    write_key(&tmp.path().join("pseudonym.key"), 0o600);
-    write_key(&tmp.path().join("storage.key"), 0o600);
-    let config = write_config(tmp.path(), "");
+    let (tmp, config) = configured("");
     let child = gateway()
         .args(["run", "--config", config.to_str().unwrap()])
         .stdout(Stdio::piped())
@@ -125,7 +99,11 @@ fn run_stops_cleanly_on_sigterm_flushing_its_last_batch_and_never_logs_the_patie
 #[test]
 fn run_refuses_a_key_file_readable_by_others() {
     let tmp = tempfile::tempdir().unwrap();
-    write_key(&tmp.path().join("pseudonym.key"), 0o644);
+    common::write_with_mode(
+        &tmp.path().join("pseudonym.key"),
+        common::random_key(),
+        0o644,
+    );
     let config = write_config(tmp.path(), "");
     let out = gateway()
         .args(["run", "--config", config.to_str().unwrap()])
@@ -141,10 +119,8 @@ fn run_refuses_a_key_file_readable_by_others() {
 
 #[test]
 fn run_reports_every_configuration_problem_at_once() {
-    let tmp = tempfile::tempdir().unwrap();
-    write_key(&tmp.path().join("pseudonym.key"), 0o600);
-    write_key(&tmp.path().join("storage.key"), 0o600);
-    let config = write_config(tmp.path(), "").to_str().unwrap().to_string();
+    let (_tmp, config) = configured("");
+    let config = config.to_str().unwrap().to_string();
     let text = std::fs::read_to_string(&config)
         .unwrap()
         .replace("Europe/Berlin", "Mars/Olympus")
@@ -168,10 +144,7 @@ fn run_reports_every_configuration_problem_at_once() {
 
 #[test]
 fn run_refuses_unknown_keys_and_a_missing_file_clearly() {
-    let tmp = tempfile::tempdir().unwrap();
-    write_key(&tmp.path().join("pseudonym.key"), 0o600);
-    write_key(&tmp.path().join("storage.key"), 0o600);
-    let config = write_config(tmp.path(), "colour = \"blue\"");
+    let (_tmp, config) = configured("colour = \"blue\"");
     let out = gateway()
         .args(["run", "--config", config.to_str().unwrap()])
         .output()
@@ -191,10 +164,7 @@ fn run_refuses_unknown_keys_and_a_missing_file_clearly() {
 
 #[test]
 fn environment_variables_override_the_configuration_file() {
-    let tmp = tempfile::tempdir().unwrap();
-    write_key(&tmp.path().join("pseudonym.key"), 0o600);
-    write_key(&tmp.path().join("storage.key"), 0o600);
-    let config = write_config(tmp.path(), "");
+    let (_tmp, config) = configured("");
     let out = gateway()
         .args(["run", "--config", config.to_str().unwrap()])
         .env("IOMT_GATEWAY__SIM__PROFILES", "no-such-profile")
@@ -207,10 +177,7 @@ fn environment_variables_override_the_configuration_file() {
 
 #[test]
 fn run_refuses_an_invalid_profiles_directory_naming_file_and_line() {
-    let tmp = tempfile::tempdir().unwrap();
-    write_key(&tmp.path().join("pseudonym.key"), 0o600);
-    write_key(&tmp.path().join("storage.key"), 0o600);
-    let config = write_config(tmp.path(), "");
+    let (_tmp, config) = configured("");
     let text = std::fs::read_to_string(&config).unwrap().replace(
         &format!("{}/device-profiles", common::root().display()),
         &format!(

@@ -5,13 +5,13 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::NaiveDate;
+use common::config::Config;
 use common::{gateway, observations_in, validate_fhir, wait_until};
 use iomt_drivers::serial::pty::Pty;
 use iomt_drivers::serial::sim::{encode, nonin_packet, SimFormat, SimValues};
@@ -89,55 +89,22 @@ impl Drop for Running {
     }
 }
 
+/// Writes the keys and a configuration with a `[[serial.ports]]` table for each
+/// `(profile, path, time zone)`, writing Bundles to `dir/out`.
 fn write_config(dir: &Path, ports: &[(&str, PathBuf, &str)]) -> PathBuf {
-    let key = dir.join("pseudonym.key");
-    let storage_key = dir.join("storage.key");
-    for (file, byte) in [(&key, 7u8), (&storage_key, 8u8)] {
-        std::fs::write(file, [byte; 32]).unwrap();
-        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    let mut text = format!(
-        r#"[gateway]
-id = "kit-serial-1"
-profiles_dir = "{root}/device-profiles"
-time_zone = "UTC"
-
-[patient]
-id = "{PATIENT}"
-
-[pseudonymization]
-key_file = "{key}"
-
-[serial]
-reconnect_initial_ms = 20
-reconnect_max_ms = 200
-
-[outbox]
-path = "{outbox}"
-key_file = "{storage_key}"
-
-[[uplinks]]
-kind = "file"
-dir = "{out}"
-
-[log]
-level = "info"
-"#,
-        root = common::root().display(),
-        key = key.display(),
-        storage_key = storage_key.display(),
-        outbox = dir.join("outbox.db").display(),
-        out = dir.join("out").display(),
-    );
+    common::write_keys(dir);
+    let mut serial = "[serial]\nreconnect_initial_ms = 20\nreconnect_max_ms = 200\n".to_string();
     for (profile, path, zone) in ports {
-        text.push_str(&format!(
+        serial.push_str(&format!(
             "\n[[serial.ports]]\npath = \"{}\"\nprofile = \"{profile}\"\ntime_zone = \"{zone}\"\n",
             path.display()
         ));
     }
-    let config = dir.join("gateway.toml");
-    std::fs::write(&config, text).unwrap();
-    config
+    Config::new(dir, "kit-serial-1", PATIENT)
+        .time_zone("UTC")
+        .driver(&serial)
+        .file_uplink(&dir.join("out"))
+        .write()
 }
 
 fn at(h: u32, m: u32, s: u32) -> chrono::NaiveDateTime {

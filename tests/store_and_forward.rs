@@ -392,8 +392,7 @@ fn a_bearer_token_from_a_file_is_sent_and_never_logged() {
     let token = "tok-9f8e7d6c5b4a-secret";
     kit.server.require_token(Some(token));
     let token_file = kit.path("fhir.token");
-    std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    common::write_private(&token_file, format!("{token}\n"));
     // First without the token: refused, rows kept, a log line that says why.
     let config = kit.config(0.01, &["sim-scale"], 3);
     let (mut child, log) = kit.start(&config);

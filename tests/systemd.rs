@@ -6,7 +6,6 @@ mod common;
 
 use std::io::Read;
 use std::net::TcpListener;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
@@ -14,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::config::Config;
 use common::{gateway, wait_until};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -21,56 +21,20 @@ use nix::unistd::Pid;
 /// How long the daemon may take to exit after SIGTERM (the unit's promise).
 const STOP_WITHIN: Duration = Duration::from_secs(5);
 
-fn write_key(path: &Path) {
-    std::fs::write(path, [7u8; 32]).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
-/// A configuration with the simulator and the given `[[uplinks]]` table.
+/// The keys and a configuration with the simulator and the given `[[uplinks]]` table.
 fn write_config(dir: &Path, uplink: &str) -> PathBuf {
     write_config_with(dir, uplink, "interval_secs = 0.05", "")
 }
 
-/// A configuration with the simulator (`sim` lines added to `[sim]`), the `[[uplinks]]`
-/// table and `outbox` lines added to `[outbox]`.
+/// The keys and a configuration with the simulator (`sim` lines added to `[sim]`), the
+/// `[[uplinks]]` table and `outbox` lines added to `[outbox]`.
 fn write_config_with(dir: &Path, uplink: &str, sim: &str, outbox: &str) -> PathBuf {
-    write_key(&dir.join("pseudonym.key"));
-    write_key(&dir.join("storage.key"));
-    let config = dir.join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[gateway]
-id = "kit-systemd-1"
-profiles_dir = "{root}/device-profiles"
-
-[patient]
-id = "MRN-SYSTEMD-1"
-
-[pseudonymization]
-key_file = "{dir}/pseudonym.key"
-
-[sim]
-enabled = true
-{sim}
-
-[outbox]
-path = "{dir}/outbox.db"
-key_file = "{dir}/storage.key"
-{outbox}
-
-[[uplinks]]
-{uplink}
-
-[log]
-level = "info"
-"#,
-            root = common::root().display(),
-            dir = dir.display()
-        ),
-    )
-    .unwrap();
-    config
+    common::write_keys(dir);
+    Config::new(dir, "kit-systemd-1", "MRN-SYSTEMD-1")
+        .driver(&format!("[sim]\nenabled = true\n{sim}"))
+        .outbox(outbox)
+        .uplink(uplink)
+        .write()
 }
 
 /// The notification socket systemd would bind, and what arrived on it.

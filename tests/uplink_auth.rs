@@ -53,8 +53,7 @@ fn oauth2_client_credentials_fetch_one_token_and_reuse_it() {
         token_lifetime: Duration::from_secs(3600),
     });
     let secret_file = kit.path("client.secret");
-    std::fs::write(&secret_file, secret).unwrap();
-    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    common::write_private(&secret_file, secret);
     let extra = format!(
         "[uplinks.oauth2]\ntoken_url = \"{}\"\nclient_id = \"{CLIENT}\"\nclient_secret_file = \"{}\"\nscope = \"system/Observation.write\"",
         kit.server.token_url(),

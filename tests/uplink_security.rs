@@ -12,15 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::kit::{committed_ids, read, sigterm_and_wait, wait_running, Kit};
-use common::wait_until;
+use common::{wait_until, write_private};
 use iomt_testkit::mosquitto::free_port;
 use iomt_testkit::tls::{server_config, Issued, TestPki};
 use iomt_testkit::{Collector, FhirServer, Mosquitto};
-
-fn write_private(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
 
 /// A kit whose FHIR server speaks HTTPS with a certificate from `pki`, requiring client
 /// certificates from the same CA when `mutual`.

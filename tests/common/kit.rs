@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -11,8 +10,8 @@ use std::time::Duration;
 use iomt_testkit::FhirServer;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use rand::Rng;
 
+use super::config::Config;
 use super::{gateway, wait_until};
 
 /// The patient id every kit's configuration uses.
@@ -56,11 +55,7 @@ impl Kit {
             .unwrap();
         let server = rt.block_on(start()).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        for key in ["pseudonym.key", "storage.key"] {
-            let path = dir.path().join(key);
-            std::fs::write(&path, rand::thread_rng().gen::<[u8; 32]>()).unwrap();
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        }
+        super::write_keys(dir.path());
         Kit {
             dir,
             rt,
@@ -70,8 +65,24 @@ impl Kit {
         }
     }
 
+    /// The path of `name` in the temp dir.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// The configuration of gateway `id` for patient `patient` in the temp dir, ready for
+    /// the test's own tables.
+    pub fn config_for(&self, id: &str, patient: &str) -> Config {
+        Config::new(self.dir.path(), id, patient)
+    }
+
+    /// The `[[uplinks]]` keys of a FHIR uplink to the kit's server, retrying after at most
+    /// `max_backoff_secs`.
+    pub fn fhir_uplink(&self, max_backoff_secs: u64) -> String {
+        format!(
+            "kind = \"fhir\"\nbase_url = \"{}\"\nbatch_size = 50\ntimeout_secs = 5\nmax_backoff_secs = {max_backoff_secs}",
+            self.server.base_url()
+        )
     }
 
     /// Writes the configuration: the simulator at `interval` seconds, a FHIR uplink.
@@ -88,51 +99,16 @@ impl Kit {
         max_readings: u64,
         extra: &str,
     ) -> PathBuf {
-        let config = self.path("gateway.toml");
         let profiles: Vec<String> = profiles.iter().map(|p| format!("\"{p}\"")).collect();
-        std::fs::write(
-            &config,
-            format!(
-                r#"[gateway]
-id = "kit-store-1"
-profiles_dir = "{root}/device-profiles"
-
-[patient]
-id = "{PATIENT}"
-
-[pseudonymization]
-key_file = "{dir}/pseudonym.key"
-
-[sim]
-enabled = true
-profiles = [{profiles}]
-interval_secs = {interval}
-max_readings = {max_readings}
-
-[outbox]
-path = "{dir}/outbox.db"
-key_file = "{dir}/storage.key"
-commit_window_ms = 5
-
-[[uplinks]]
-kind = "fhir"
-base_url = "{url}"
-batch_size = 50
-timeout_secs = 5
-max_backoff_secs = 2
-{extra}
-
-[log]
-level = "info,iomt_drivers=debug,iomt_gateway::uplink=debug"
-"#,
-                root = super::root().display(),
-                dir = self.dir.path().display(),
-                profiles = profiles.join(", "),
-                url = self.server.base_url(),
-            ),
-        )
-        .unwrap();
-        config
+        self.config_for("kit-store-1", PATIENT)
+            .driver(&format!(
+                "[sim]\nenabled = true\nprofiles = [{}]\ninterval_secs = {interval}\nmax_readings = {max_readings}",
+                profiles.join(", ")
+            ))
+            .outbox("commit_window_ms = 5")
+            .uplink(&format!("{}\n{extra}", self.fhir_uplink(2)))
+            .log("info,iomt_drivers=debug,iomt_gateway::uplink=debug")
+            .write()
     }
 
     /// Starts the daemon with its stderr in a log file of its own.
@@ -149,6 +125,8 @@ level = "info,iomt_drivers=debug,iomt_gateway::uplink=debug"
         (child, log)
     }
 
+    /// Runs the CLI with `args` on the kit's configuration; returns (success, stdout and
+    /// stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String) {
         let config = self.path("gateway.toml");
         let mut all: Vec<&str> = args.to_vec();
@@ -158,6 +136,8 @@ level = "info,iomt_drivers=debug,iomt_gateway::uplink=debug"
         (out.status.success(), format!("{o}{e}"))
     }
 
+    /// The identifiers (without `urn:uuid:`) of the Observations at the server, in the
+    /// order they were created.
     pub fn server_ids(&self) -> Vec<String> {
         self.server.with_store(|s| {
             s.observations
@@ -174,6 +154,7 @@ level = "info,iomt_drivers=debug,iomt_gateway::uplink=debug"
     }
 }
 
+/// The text of `path`; empty when it cannot be read (yet).
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -195,12 +176,14 @@ pub fn committed_ids(log: &str) -> Vec<String> {
         .collect()
 }
 
+/// Sends SIGTERM and asserts that the daemon exits successfully.
 pub fn sigterm_and_wait(mut child: Child, log: &Path) {
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "exit {status:?}\n{}", read(log));
 }
 
+/// Waits until the daemon has logged that it runs; fails at once if it exits.
 pub fn wait_running(child: &mut Child, log: &Path) {
     wait_until(Duration::from_secs(30), "the gateway to start", || {
         if let Ok(Some(status)) = child.try_wait() {

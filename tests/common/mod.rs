@@ -1,13 +1,17 @@
 //! Shared helpers of the end-to-end tests: the real binary, the independent FHIR
-//! validator, and waiting on a condition with a deadline.
+//! validator, key files, and waiting on a condition with a deadline.
 
 #![allow(dead_code)]
 
+pub mod config;
 pub mod kit;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+
+use rand::Rng;
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -66,6 +70,31 @@ pub fn validate_fhir(args: &[&Path]) -> (bool, String) {
         .expect("the validator runs");
     let (o, e) = texts(&out);
     (out.status.success(), format!("{o}{e}"))
+}
+
+/// Writes `contents` to `path` with the permission bits `mode`.
+pub fn write_with_mode(path: &Path, contents: impl AsRef<[u8]>, mode: u32) {
+    std::fs::write(path, contents).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Writes `contents` to `path` readable by its owner only (mode 0600), as the gateway
+/// wants its keys, secrets and tokens.
+pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) {
+    write_with_mode(path, contents, 0o600);
+}
+
+/// A fresh random 32-byte key.
+pub fn random_key() -> [u8; 32] {
+    rand::thread_rng().gen()
+}
+
+/// Writes fresh random keys `pseudonym.key` and `storage.key` (mode 0600) into `dir`,
+/// where a [`config::Config`] expects them.
+pub fn write_keys(dir: &Path) {
+    for key in ["pseudonym.key", "storage.key"] {
+        write_private(&dir.join(key), random_key());
+    }
 }
 
 /// Polls `condition` until it holds or `deadline` passes.
