@@ -4,17 +4,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::config::Config;
+use common::running::Running;
 use common::{gateway, observations_in, validate_fhir, wait_until};
 use iomt_testkit::bluez::{DeviceKind, DeviceSpec, PrivateBus, SimBluez};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -103,8 +99,13 @@ impl World {
             .write()
     }
 
+    /// Starts the gateway on `config`, on the private bus.
     fn start(&self, config: &Path) -> Running {
-        Running::start(config, self.bus.address())
+        Running::start(
+            config,
+            &[("DBUS_SYSTEM_BUS_ADDRESS", self.bus.address())],
+            DEADLINE,
+        )
     }
 
     /// (LOINC code of the Observation or its first component, value) pairs.
@@ -138,72 +139,6 @@ impl World {
             wait_until(DEADLINE, &what, || self.count(code, value) >= 1)
         }));
         assert!(result.is_ok(), "no {what}; gateway log:\n{}", gw.log());
-    }
-}
-
-/// The running gateway, with its stderr collected as it comes.
-struct Running {
-    child: Child,
-    log: Arc<Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Running {
-    fn start(config: &Path, bus: &str) -> Self {
-        let mut child = gateway()
-            .args(["run", "--config", config.to_str().unwrap()])
-            .env("DBUS_SYSTEM_BUS_ADDRESS", bus)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        Self {
-            child,
-            log,
-            reader: Some(reader),
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn wait_log(&self, needle: &str, times: usize) {
-        wait_until(
-            DEADLINE,
-            &format!("{times}× `{needle}` in the log"),
-            || self.log().matches(needle).count() >= times,
-        );
-    }
-
-    /// SIGTERM, then the whole log.
-    fn stop(mut self) -> String {
-        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
-        let status = self.child.wait().unwrap();
-        if let Some(r) = self.reader.take() {
-            r.join().unwrap();
-        }
-        let log = self.log();
-        assert!(status.success(), "exit {status:?}\n{log}");
-        log
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

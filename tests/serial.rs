@@ -4,90 +4,18 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::NaiveDate;
 use common::config::Config;
+use common::running::Running;
 use common::{gateway, observations_in, validate_fhir, wait_until};
 use iomt_drivers::serial::pty::Pty;
 use iomt_drivers::serial::sim::{encode, nonin_packet, SimFormat, SimValues};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const PATIENT: &str = "MRN-SERIAL-0815";
-
-/// The running gateway, with its stderr collected as it comes.
-struct Running {
-    child: Child,
-    log: Arc<Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Running {
-    fn start(config: &Path) -> Self {
-        let mut child = gateway()
-            .args(["run", "--config", config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        Self {
-            child,
-            log,
-            reader: Some(reader),
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.log().matches(needle).count()
-    }
-
-    fn wait_log(&self, needle: &str, times: usize) {
-        wait_until(
-            DEADLINE,
-            &format!("{times}× `{needle}` in the log"),
-            || self.count(needle) >= times,
-        );
-    }
-
-    /// SIGTERM, then the whole log.
-    fn stop(mut self) -> String {
-        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
-        let status = self.child.wait().unwrap();
-        if let Some(r) = self.reader.take() {
-            r.join().unwrap();
-        }
-        let log = self.log();
-        assert!(status.success(), "exit {status:?}\n{log}");
-        log
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Writes the keys and a configuration with a `[[serial.ports]]` table for each
 /// `(profile, path, time zone)`, writing Bundles to `dir/out`.
@@ -173,7 +101,7 @@ fn bytes_on_real_ptys_become_fhir_observations_for_every_shipped_serial_profile(
             ("tanita-bc418", tanita.slave_path().clone(), "Europe/Berlin"),
         ],
     );
-    let gw = Running::start(&config);
+    let gw = Running::start(&config, &[], DEADLINE);
     gw.wait_log("serial port opened", 5);
 
     // Masimo ASCII 1: a partial first line, noise, a line split across three writes,

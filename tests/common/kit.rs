@@ -12,7 +12,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::config::Config;
-use super::{gateway, wait_until};
+use super::{gateway, run_config, wait_until};
 
 /// The patient id every kit's configuration uses.
 pub const PATIENT: &str = "MRN-STORE-4711";
@@ -115,8 +115,7 @@ impl Kit {
     pub fn start(&mut self, config: &Path) -> (Child, PathBuf) {
         self.runs += 1;
         let log = self.path(&format!("run-{}.log", self.runs));
-        let child = gateway()
-            .args(["run", "--config", config.to_str().unwrap()])
+        let child = run_config(config)
             .stdout(Stdio::null())
             .stderr(Stdio::from(File::create(&log).unwrap()))
             .spawn()

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod kit;
+pub mod running;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,13 @@ pub fn run(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("the gateway binary runs")
+}
+
+/// `iomt-gateway run --config CONFIG`, not started yet.
+pub fn run_config(config: &Path) -> Command {
+    let mut c = gateway();
+    c.args(["run", "--config", config.to_str().unwrap()]);
+    c
 }
 
 /// Text of stdout and stderr.
