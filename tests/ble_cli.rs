@@ -6,13 +6,13 @@ mod common;
 
 use std::path::Path;
 
-use common::{run, texts, validate_fhir};
+use common::{run, run_fails, run_ok, texts, validate_fhir};
 use serde_json::Value;
 
 /// Runs `profile test PROFILE --payload HEX` in Europe/Berlin, checks success and FHIR
 /// validity, and returns the Observations.
 fn observations(profile: &str, payload: &str) -> Vec<Value> {
-    let out = run(&[
+    let stdout = run_ok(&[
         "profile",
         "test",
         profile,
@@ -21,14 +21,22 @@ fn observations(profile: &str, payload: &str) -> Vec<Value> {
         "--payload",
         payload,
     ]);
-    let (stdout, stderr) = texts(&out);
-    assert!(out.status.success(), "{profile}: {stderr}");
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("obs.json");
     std::fs::write(&file, &stdout).unwrap();
     let (ok, report) = validate_fhir(&[Path::new("--observations-array"), &file]);
     assert!(ok, "{profile}: {report}");
     serde_json::from_str(&stdout).unwrap()
+}
+
+/// Runs the binary with `args`, asserts that it exits 1 and prints nothing on stdout, and
+/// returns its stderr.
+fn exits_1_printing_nothing(args: &[&str]) -> String {
+    let out = run(args);
+    let (stdout, stderr) = texts(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    stderr
 }
 
 fn by_code<'a>(obs: &'a [Value], loinc: &str) -> &'a Value {
@@ -196,16 +204,13 @@ fn a_glucose_control_solution_test_gives_no_observation() {
 
 #[test]
 fn a_truncated_packet_exits_non_zero_naming_the_characteristic_and_the_lengths() {
-    let out = run(&[
+    let stderr = exits_1_printing_nothing(&[
         "profile",
         "test",
         "and-ua-651ble",
         "--payload",
         "03 02 03 04 05 06 07",
     ]);
-    let (stdout, stderr) = texts(&out);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stdout.is_empty());
     assert!(
         stderr.contains("Blood Pressure Measurement (0x2A35): truncated: 7 byte(s)")
             && stderr.contains("need 14"),
@@ -215,9 +220,7 @@ fn a_truncated_packet_exits_non_zero_naming_the_characteristic_and_the_lengths()
 
 #[test]
 fn a_payload_that_is_not_hex_is_refused_with_the_expected_form() {
-    let out = run(&["profile", "test", "nonin-3230", "--payload", "00 FF 7"]);
-    let (_, stderr) = texts(&out);
-    assert!(!out.status.success());
+    let stderr = run_fails(&["profile", "test", "nonin-3230", "--payload", "00 FF 7"]);
     assert!(
         stderr.contains("not hex bytes") && stderr.contains("write them like"),
         "{stderr}"
@@ -226,7 +229,7 @@ fn a_payload_that_is_not_hex_is_refused_with_the_expected_form() {
 
 #[test]
 fn intermediate_cuff_pressure_decodes_but_never_becomes_an_observation() {
-    let out = run(&[
+    let stderr = exits_1_printing_nothing(&[
         "profile",
         "test",
         "and-ua-651ble",
@@ -235,9 +238,6 @@ fn intermediate_cuff_pressure_decodes_but_never_becomes_an_observation() {
         "--payload",
         "00 D7 F0 00 00 00 00",
     ]);
-    let (stdout, stderr) = texts(&out);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stdout.is_empty());
     assert!(
         stderr.contains("Intermediate Cuff Pressure (0x2A36), cuff pressure 21.5 mm[Hg]")
             && stderr.contains("never becomes an Observation"),
@@ -247,7 +247,7 @@ fn intermediate_cuff_pressure_decodes_but_never_becomes_an_observation() {
 
 #[test]
 fn a_characteristic_the_profile_does_not_decode_is_a_usage_error() {
-    let out = run(&[
+    let stderr = run_fails(&[
         "profile",
         "test",
         "nonin-3230",
@@ -256,14 +256,12 @@ fn a_characteristic_the_profile_does_not_decode_is_a_usage_error() {
         "--payload",
         "00 61 00 48 00",
     ]);
-    let (_, stderr) = texts(&out);
-    assert!(!out.status.success());
     assert!(
         stderr.contains("decodes characteristic 2A5E, not 2A35"),
         "{stderr}"
     );
     // Its own characteristic, in any spelling, is accepted.
-    let out = run(&[
+    run_ok(&[
         "profile",
         "test",
         "nonin-3230",
@@ -272,12 +270,11 @@ fn a_characteristic_the_profile_does_not_decode_is_a_usage_error() {
         "--payload",
         "00 61 00 48 00",
     ]);
-    assert!(out.status.success(), "{}", texts(&out).1);
 }
 
 #[test]
 fn intermediate_temperature_decodes_but_never_becomes_an_observation() {
-    let out = run(&[
+    let stderr = exits_1_printing_nothing(&[
         "profile",
         "test",
         "standard-thermometer",
@@ -286,9 +283,6 @@ fn intermediate_temperature_decodes_but_never_becomes_an_observation() {
         "--payload",
         "00 C4 09 00 FE",
     ]);
-    let (stdout, stderr) = texts(&out);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stdout.is_empty());
     assert!(
         stderr.contains("Intermediate Temperature (0x2A1E), temperature 25.00 Cel")
             && stderr.contains("never becomes an Observation"),

@@ -2,21 +2,17 @@
 
 mod common;
 
-use common::{root, run, texts, validate_fhir};
+use common::{root, run, run_fails, run_ok, texts, validate_fhir};
 
 #[test]
 fn shipped_profiles_pass_profile_check() {
-    let out = run(&["profile", "check", "device-profiles"]);
-    let (stdout, stderr) = texts(&out);
-    assert!(out.status.success(), "{stdout}{stderr}");
+    let stdout = run_ok(&["profile", "check", "device-profiles"]);
     assert!(stdout.contains("all valid"), "{stdout}");
 }
 
 #[test]
 fn profile_check_without_paths_checks_the_profiles_directory() {
-    let out = run(&["profile", "check"]);
-    let (stdout, _) = texts(&out);
-    assert!(out.status.success());
+    let stdout = run_ok(&["profile", "check"]);
     assert!(
         stdout.contains("device-profiles/sim-bp-cuff.toml"),
         "{stdout}"
@@ -91,15 +87,13 @@ fn shipped_profile_count() -> usize {
 
 #[test]
 fn profile_test_prints_valid_fhir_for_a_simulator_payload() {
-    let out = run(&[
+    let stdout = run_ok(&[
         "profile",
         "test",
         "sim-bp-cuff",
         "--payload",
         r#"{"systolic":120,"diastolic":80,"pulse_rate":64}"#,
     ]);
-    let (stdout, stderr) = texts(&out);
-    assert!(out.status.success(), "{stderr}");
     let obs: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
     assert_eq!(obs.len(), 2);
     assert!(stdout.contains("85354-9") && stdout.contains("8480-6") && stdout.contains("8462-4"));
@@ -138,7 +132,7 @@ no_reading = ["---"]
 "#,
     )
     .unwrap();
-    let out = run(&[
+    let stdout = run_ok(&[
         "profile",
         "test",
         serial.to_str().unwrap(),
@@ -147,8 +141,6 @@ no_reading = ["---"]
         "--payload",
         "02/15/24 10:41:03 SN=0000012345 SPO2=097% BPM=072 PI=01.23% ALARM=0000 EXC=000000",
     ]);
-    let (stdout, stderr) = texts(&out);
-    assert!(out.status.success(), "{stderr}");
     assert!(
         stdout.contains("\"effectiveDateTime\": \"2024-02-15T09:41:03Z\""),
         "{stdout}"
@@ -174,15 +166,13 @@ pointer = "/temp"
 "#,
     )
     .unwrap();
-    let out = run(&[
+    let stdout = run_ok(&[
         "profile",
         "test",
         mqtt.to_str().unwrap(),
         "--payload",
         r#"{"id":"esp-1","ts":"2024-02-15T10:41:03+01:00","temp":36.60}"#,
     ]);
-    let (stdout, stderr) = texts(&out);
-    assert!(out.status.success(), "{stderr}");
     assert!(
         stdout.contains("\"value\": 36.60"),
         "precision kept: {stdout}"
@@ -192,15 +182,13 @@ pointer = "/temp"
 
 #[test]
 fn profile_test_refuses_a_payload_that_does_not_decode() {
-    let out = run(&["profile", "test", "sim-scale", "--payload", "not json"]);
-    let (_, stderr) = texts(&out);
-    assert!(!out.status.success());
+    let stderr = run_fails(&["profile", "test", "sim-scale", "--payload", "not json"]);
     assert!(
         stderr.contains("does not decode with profile `sim-scale`"),
         "{stderr}"
     );
 
-    let out = run(&[
+    let stderr = run_fails(&[
         "profile",
         "test",
         "sim-scale",
@@ -209,15 +197,12 @@ fn profile_test_refuses_a_payload_that_does_not_decode() {
         "--characteristic",
         "2A9D",
     ]);
-    let (_, stderr) = texts(&out);
-    assert!(!out.status.success());
     assert!(
         stderr.contains("--characteristic applies to BLE profiles only"),
         "{stderr}"
     );
 
-    let out = run(&["profile", "test", "no-such-profile", "--payload", "{}"]);
-    assert!(!out.status.success());
+    run_fails(&["profile", "test", "no-such-profile", "--payload", "{}"]);
 }
 
 #[test]
@@ -230,9 +215,7 @@ fn every_command_explains_itself_in_help() {
         vec!["profile", "check", "--help"],
         vec!["profile", "test", "--help"],
     ] {
-        let out = run(&args);
-        let (stdout, _) = texts(&out);
-        assert!(out.status.success(), "{args:?}");
+        let stdout = run_ok(&args);
         assert!(stdout.contains("Usage:"), "{args:?}: {stdout}");
     }
     let (stdout, _) = texts(&run(&["demo", "--help"]));

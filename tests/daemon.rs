@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::config::Config;
-use common::{gateway, texts, wait_until};
+use common::{fails, run_config, texts, wait_until};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -41,8 +41,7 @@ fn configured(extra: &str) -> (tempfile::TempDir, PathBuf) {
 #[test]
 fn run_stops_cleanly_on_sigterm_flushing_its_last_batch_and_never_logs_the_patient() {
     let (tmp, config) = configured("");
-    let child = gateway()
-        .args(["run", "--config", config.to_str().unwrap()])
+    let child = run_config(&config)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -105,12 +104,7 @@ fn run_refuses_a_key_file_readable_by_others() {
         0o644,
     );
     let config = write_config(tmp.path(), "");
-    let out = gateway()
-        .args(["run", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let (_, stderr) = texts(&out);
-    assert!(!out.status.success());
+    let stderr = fails(&mut run_config(&config));
     assert!(
         stderr.contains("readable by group or others") && stderr.contains("chmod 600"),
         "{stderr}"
@@ -120,19 +114,13 @@ fn run_refuses_a_key_file_readable_by_others() {
 #[test]
 fn run_reports_every_configuration_problem_at_once() {
     let (_tmp, config) = configured("");
-    let config = config.to_str().unwrap().to_string();
     let text = std::fs::read_to_string(&config)
         .unwrap()
         .replace("Europe/Berlin", "Mars/Olympus")
         .replace("interval_secs = 0.05", "interval_secs = -1")
         .replace("batch_size = 10", "batch_size = 0");
     std::fs::write(&config, text).unwrap();
-    let out = gateway()
-        .args(["run", "--config", &config])
-        .output()
-        .unwrap();
-    let (_, stderr) = texts(&out);
-    assert!(!out.status.success());
+    let stderr = fails(&mut run_config(&config));
     for key in [
         "gateway.time_zone",
         "sim.interval_secs",
@@ -145,33 +133,17 @@ fn run_reports_every_configuration_problem_at_once() {
 #[test]
 fn run_refuses_unknown_keys_and_a_missing_file_clearly() {
     let (_tmp, config) = configured("colour = \"blue\"");
-    let out = gateway()
-        .args(["run", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let (_, stderr) = texts(&out);
-    assert!(!out.status.success());
+    let stderr = fails(&mut run_config(&config));
     assert!(stderr.contains("colour"), "{stderr}");
 
-    let out = gateway()
-        .args(["run", "--config", "/nonexistent/gateway.toml"])
-        .output()
-        .unwrap();
-    let (_, stderr) = texts(&out);
-    assert!(!out.status.success());
+    let stderr = common::run_fails(&["run", "--config", "/nonexistent/gateway.toml"]);
     assert!(stderr.contains("does not exist"), "{stderr}");
 }
 
 #[test]
 fn environment_variables_override_the_configuration_file() {
     let (_tmp, config) = configured("");
-    let out = gateway()
-        .args(["run", "--config", config.to_str().unwrap()])
-        .env("IOMT_GATEWAY__SIM__PROFILES", "no-such-profile")
-        .output()
-        .unwrap();
-    let (_, stderr) = texts(&out);
-    assert!(!out.status.success());
+    let stderr = fails(run_config(&config).env("IOMT_GATEWAY__SIM__PROFILES", "no-such-profile"));
     assert!(stderr.contains("`no-such-profile`"), "{stderr}");
 }
 
@@ -186,11 +158,6 @@ fn run_refuses_an_invalid_profiles_directory_naming_file_and_line() {
         ),
     );
     std::fs::write(&config, text).unwrap();
-    let out = gateway()
-        .args(["run", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let (_, stderr) = texts(&out);
-    assert!(!out.status.success());
+    let stderr = fails(&mut run_config(&config));
     assert!(stderr.contains("duplicate-field.toml:14:"), "{stderr}");
 }

@@ -2,13 +2,13 @@
 
 mod common;
 
-use common::{observations_in, run, texts, validate_fhir};
+use common::{observations_in, run_fails, run_ok, validate_fhir};
 
 #[test]
 fn demo_writes_bundles_that_an_independent_fhir_validator_accepts() {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("bundles");
-    let out = run(&[
+    let stdout = run_ok(&[
         "demo",
         "--for",
         "3",
@@ -17,12 +17,6 @@ fn demo_writes_bundles_that_an_independent_fhir_validator_accepts() {
         "--out",
         out_dir.to_str().unwrap(),
     ]);
-    let (stdout, stderr) = texts(&out);
-    assert!(
-        out.status.success(),
-        "status {:?}\n{stdout}\n{stderr}",
-        out.status
-    );
 
     // The console view and the summary.
     assert!(stdout.contains("Blood pressure"), "{stdout}");
@@ -85,9 +79,7 @@ fn demo_writes_bundles_that_an_independent_fhir_validator_accepts() {
 
 #[test]
 fn demo_without_out_creates_and_prints_a_fresh_directory() {
-    let out = run(&["demo", "--for", "1", "--interval", "0.2", "--quiet"]);
-    let (stdout, stderr) = texts(&out);
-    assert!(out.status.success(), "{stderr}");
+    let stdout = run_ok(&["demo", "--for", "1", "--interval", "0.2", "--quiet"]);
     let line = stdout
         .lines()
         .find(|l| l.starts_with("Bundles go to "))
@@ -104,9 +96,7 @@ fn demo_without_out_creates_and_prints_a_fresh_directory() {
 
 #[test]
 fn demo_refuses_a_nonsensical_duration() {
-    let out = run(&["demo", "--for", "0"]);
-    let (_, stderr) = texts(&out);
-    assert!(!out.status.success());
+    let stderr = run_fails(&["demo", "--for", "0"]);
     assert!(stderr.contains("--for"), "{stderr}");
 }
 
@@ -114,7 +104,7 @@ fn demo_refuses_a_nonsensical_duration() {
 fn demo_serial_reads_simulated_serial_devices_on_ptys_with_the_real_driver() {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("bundles");
-    let out = run(&[
+    let stdout = run_ok(&[
         "demo",
         "--serial",
         "--for",
@@ -124,8 +114,6 @@ fn demo_serial_reads_simulated_serial_devices_on_ptys_with_the_real_driver() {
         "--out",
         out_dir.to_str().unwrap(),
     ]);
-    let (stdout, stderr) = texts(&out);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("/dev/pts/"), "{stdout}");
     let (ok, report) = validate_fhir(&[&out_dir]);
     assert!(ok, "{report}");

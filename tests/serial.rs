@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::NaiveDate;
 use common::config::Config;
 use common::running::Running;
-use common::{gateway, observations_in, validate_fhir, wait_until};
+use common::{observations_in, run_config, validate_fhir, wait_until};
 use iomt_drivers::serial::pty::Pty;
 use iomt_drivers::serial::sim::{encode, nonin_packet, SimFormat, SimValues};
 
@@ -250,12 +250,7 @@ fn run_names_the_loaded_serial_profiles_when_a_port_names_an_unknown_one() {
         tmp.path(),
         &[("sim-bp-cuff", PathBuf::from("/dev/ttyUSB9"), "UTC")],
     );
-    let out = gateway()
-        .args(["run", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = common::fails(&mut run_config(&config));
     assert!(
         stderr.contains("profile `sim-bp-cuff` is not a loaded serial profile")
             && stderr.contains("masimo-rad8-ascii1"),
@@ -265,15 +260,13 @@ fn run_names_the_loaded_serial_profiles_when_a_port_names_an_unknown_one() {
 
 #[test]
 fn profile_test_decodes_a_hex_frame_and_reports_a_bad_checksum() {
-    let out = common::run(&[
+    let stdout = common::run_ok(&[
         "profile",
         "test",
         "contec-cms50",
         "--payload",
         "C5 3C 28 48 62",
     ]);
-    let (stdout, stderr) = common::texts(&out);
-    assert!(out.status.success(), "{stderr}");
     let obs: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
     let vals: Vec<String> = obs
         .iter()
@@ -286,15 +279,13 @@ fn profile_test_decodes_a_hex_frame_and_reports_a_bad_checksum() {
     let (ok, report) = validate_fhir(&[Path::new("--observations-array"), &file]);
     assert!(ok, "{report}");
 
-    let out = common::run(&[
+    let stderr = common::run_fails(&[
         "profile",
         "test",
         "nonin-9560-format13",
         "--payload",
         "00 02 00 0D 00 0E 14 18 03 0F 0A 2A 07 00 00 00 00 48 00 61 23 03",
     ]);
-    let (_, stderr) = common::texts(&out);
-    assert!(!out.status.success());
     assert!(stderr.contains("bad checksum"), "{stderr}");
 }
 
@@ -325,9 +316,7 @@ fn profile_test_decodes_every_shipped_serial_example_payload() {
             vec!["72.4", "18.5", "23.6"],
         ),
     ] {
-        let out = common::run(&["profile", "test", profile, "--payload", payload]);
-        let (stdout, stderr) = common::texts(&out);
-        assert!(out.status.success(), "{profile}: {stderr}");
+        let stdout = common::run_ok(&["profile", "test", profile, "--payload", payload]);
         let obs: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
         let vals: Vec<String> = obs
             .iter()
@@ -341,12 +330,7 @@ fn profile_test_decodes_every_shipped_serial_example_payload() {
 fn run_without_any_driver_says_how_to_add_a_serial_port() {
     let tmp = tempfile::tempdir().unwrap();
     let config = write_config(tmp.path(), &[]);
-    let out = gateway()
-        .args(["run", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = common::fails(&mut run_config(&config));
     assert!(
         stderr.contains("no driver is enabled") && stderr.contains("[[serial.ports]]"),
         "{stderr}"

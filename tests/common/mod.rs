@@ -38,6 +38,34 @@ pub fn run(args: &[&str]) -> Output {
         .expect("the gateway binary runs")
 }
 
+/// Runs the binary with `args`, asserts that it succeeds, and returns its stdout.
+pub fn run_ok(args: &[&str]) -> String {
+    let out = run(args);
+    let (stdout, stderr) = texts(&out);
+    assert!(
+        out.status.success(),
+        "{args:?} exited with {:?}:\n{stdout}{stderr}",
+        out.status
+    );
+    stdout
+}
+
+/// Runs the binary with `args`, asserts that it fails, and returns its stderr.
+pub fn run_fails(args: &[&str]) -> String {
+    fails(gateway().args(args))
+}
+
+/// Runs `command`, asserts that it fails, and returns its stderr.
+pub fn fails(command: &mut Command) -> String {
+    let out = command.output().expect("the gateway binary runs");
+    let (stdout, stderr) = texts(&out);
+    assert!(
+        !out.status.success(),
+        "{command:?} succeeded:\n{stdout}{stderr}"
+    );
+    stderr
+}
+
 /// `iomt-gateway run --config CONFIG`, not started yet.
 pub fn run_config(config: &Path) -> Command {
     let mut c = gateway();
