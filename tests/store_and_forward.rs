@@ -119,9 +119,7 @@ fn after_an_outage_and_503s_the_backlog_drains_completely_oldest_first() {
     assert!(after_503.iter().all(|ms| *ms >= 1000), "{after_503:?}");
 
     wait_until(Duration::from_secs(30), "the outbox to be empty", || {
-        let (ok, status) = kit.cli(&["outbox", "status", "--json"]);
-        assert!(ok, "{status}");
-        let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+        let v = kit.outbox_status();
         v["uplinks"][0]["queued"] == 0 && v["uplinks"][0]["delivered"] == committed.len()
     });
     sigterm_and_wait(child, &log);
@@ -151,8 +149,7 @@ fn a_poison_entry_lands_in_dead_letters_with_the_reason_and_the_rest_is_delivere
         Duration::from_secs(30),
         "the SpO2 rows in the dead letters",
         || {
-            let (_, status) = kit.cli(&["outbox", "status", "--json"]);
-            serde_json::from_str::<serde_json::Value>(&status).is_ok_and(|v| {
+            kit.try_outbox_status().is_ok_and(|v| {
                 v["uplinks"][0]["dead_lettered"] == 10 && v["uplinks"][0]["queued"] == 0
             })
         },
@@ -367,8 +364,7 @@ fn fan_out_delivers_every_row_to_every_uplink_before_it_leaves_the_outbox() {
         Duration::from_secs(30),
         "both uplinks to have every row",
         || {
-            let (_, status) = kit.cli(&["outbox", "status", "--json"]);
-            serde_json::from_str::<serde_json::Value>(&status).is_ok_and(|v| {
+            kit.try_outbox_status().is_ok_and(|v| {
                 v["rows"] == 0
                     && v["uplinks"]
                         .as_array()

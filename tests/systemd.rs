@@ -96,24 +96,8 @@ fn spawn_under_systemd(config: &Path, notify: &Notify, watchdog_usec: u64) -> Ch
 
 /// `outbox status --json`: (rows stored, rows delivered to `uplink`).
 fn outbox_counts(config: &Path, uplink: &str) -> (u64, u64) {
-    let out = common::run(&[
-        "outbox",
-        "status",
-        "--json",
-        "--config",
-        config.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "outbox status failed: {}",
-        common::texts(&out).1
-    );
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let delivered = status["uplinks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["name"] == uplink)
+    let status = common::outbox_status(config);
+    let delivered = common::uplink_named(&status, uplink)
         .and_then(|u| u["delivered"].as_u64())
         .unwrap_or(0);
     (status["rows"].as_u64().unwrap(), delivered)
@@ -302,14 +286,7 @@ fn sigterm_with_a_full_blocking_outbox_and_a_silent_server_still_exits_0_within_
     let mut before = (0, 0);
     let mut payload = 0;
     wait_until(Duration::from_secs(60), "a full outbox", || {
-        let out = common::run(&[
-            "outbox",
-            "status",
-            "--json",
-            "--config",
-            config.to_str().unwrap(),
-        ]);
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let status = common::try_outbox_status(&config).unwrap_or_default();
         payload = status["payload_bytes"].as_u64().unwrap_or(0);
         payload >= 1024 * 1024
     });

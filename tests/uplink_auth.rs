@@ -227,9 +227,8 @@ fn a_key_the_backend_does_not_know_leaves_rows_queued_with_an_actionable_error()
         "{text}"
     );
     assert_eq!(kit.server_ids().len(), 0);
-    let (_, status) = kit.cli(&["outbox", "status", "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
-    assert_eq!(v["uplinks"][0]["queued"], 3, "{status}");
+    let status = kit.outbox_status();
+    assert_eq!(status["uplinks"][0]["queued"], 3, "{status}");
 }
 
 #[test]

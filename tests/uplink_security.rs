@@ -169,14 +169,8 @@ fn received_ids(collector: &Collector) -> HashSet<String> {
 
 /// What `outbox status` says of the uplink `name`.
 fn uplink_status(kit: &Kit, name: &str) -> serde_json::Value {
-    let (ok, status) = kit.cli(&["outbox", "status", "--json"]);
-    assert!(ok, "{status}");
-    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
-    v["uplinks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["name"] == name)
+    let status = kit.outbox_status();
+    common::uplink_named(&status, name)
         .cloned()
         .unwrap_or_else(|| panic!("no uplink {name} in {status}"))
 }

@@ -135,6 +135,16 @@ impl Kit {
         (out.status.success(), format!("{o}{e}"))
     }
 
+    /// `outbox status --json` on the kit's configuration, which must succeed.
+    pub fn outbox_status(&self) -> serde_json::Value {
+        super::outbox_status(&self.path("gateway.toml"))
+    }
+
+    /// `outbox status --json` on the kit's configuration, `Err` when it fails.
+    pub fn try_outbox_status(&self) -> Result<serde_json::Value, String> {
+        super::try_outbox_status(&self.path("gateway.toml"))
+    }
+
     /// The identifiers (without `urn:uuid:`) of the Observations at the server, in the
     /// order they were created.
     pub fn server_ids(&self) -> Vec<String> {

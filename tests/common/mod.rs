@@ -1,5 +1,5 @@
 //! Shared helpers of the end-to-end tests: the real binary, the independent FHIR
-//! validator, key files, and waiting on a condition with a deadline.
+//! validator, key files, `outbox status`, and waiting on a condition with a deadline.
 
 #![allow(dead_code)]
 
@@ -131,6 +131,41 @@ pub fn write_keys(dir: &Path) {
     for key in ["pseudonym.key", "storage.key"] {
         write_private(&dir.join(key), random_key());
     }
+}
+
+/// `outbox status --json` on the configuration `config`: the status it prints, or `Err`
+/// with its output when it fails or prints no JSON.
+pub fn try_outbox_status(config: &Path) -> Result<serde_json::Value, String> {
+    let out = run(&[
+        "outbox",
+        "status",
+        "--json",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = texts(&out);
+    if !out.status.success() {
+        return Err(format!("outbox status failed: {stdout}{stderr}"));
+    }
+    serde_json::from_str(&stdout)
+        .map_err(|e| format!("outbox status printed no JSON ({e}): {stdout}{stderr}"))
+}
+
+/// `outbox status --json` on the configuration `config`, which must succeed.
+pub fn outbox_status(config: &Path) -> serde_json::Value {
+    try_outbox_status(config).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The entry of the uplink `name` in an `outbox status --json` status.
+pub fn uplink_named<'a>(
+    status: &'a serde_json::Value,
+    name: &str,
+) -> Option<&'a serde_json::Value> {
+    status["uplinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == name)
 }
 
 /// Polls `condition` until it holds or `deadline` passes.
