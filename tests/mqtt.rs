@@ -5,134 +5,62 @@
 mod common;
 
 use std::collections::HashSet;
-use std::fs::File;
-use std::os::unix::fs::PermissionsExt;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
-use common::{gateway, wait_until};
+use common::kit::{read, sigterm_and_wait, wait_logged, Kit};
+use common::wait_until;
 use iomt_testkit::mosquitto::publish_acked;
-use iomt_testkit::{Collector, FhirServer, Mosquitto};
+use iomt_testkit::{Collector, Mosquitto};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use rand::Rng;
 
 const PATIENT: &str = "MRN-MQTT-0815";
 const GATEWAY_ID: &str = "kit-mqtt-1";
 const PROFILE: &str = "mqtt-generic-json-vitals";
 
-struct Kit {
-    dir: tempfile::TempDir,
-    rt: tokio::runtime::Runtime,
-    server: FhirServer,
+/// The common [`Kit`] and the ingest broker the gateway's MQTT driver reads (killed by
+/// its own Drop).
+struct MqttKit {
+    kit: Kit,
     broker: Mosquitto,
-    runs: usize,
-    pids: Vec<u32>,
 }
 
-impl Drop for Kit {
-    /// A failing test must not leave a daemon running (the brokers are killed by their
-    /// own Drop).
-    fn drop(&mut self) {
-        for pid in &self.pids {
-            common::kill_if_gateway(*pid);
-        }
+impl Deref for MqttKit {
+    type Target = Kit;
+
+    fn deref(&self) -> &Kit {
+        &self.kit
     }
 }
 
-impl Kit {
+impl DerefMut for MqttKit {
+    fn deref_mut(&mut self) -> &mut Kit {
+        &mut self.kit
+    }
+}
+
+impl MqttKit {
     fn new() -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let server = rt.block_on(FhirServer::start()).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        for key in ["pseudonym.key", "storage.key"] {
-            let path = dir.path().join(key);
-            std::fs::write(&path, rand::thread_rng().gen::<[u8; 32]>()).unwrap();
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        }
-        let broker = Mosquitto::start(&dir.path().join("broker"), "").unwrap();
-        Kit {
-            dir,
-            rt,
-            server,
-            broker,
-            runs: 0,
-            pids: Vec::new(),
-        }
+        let kit = Kit::new();
+        let broker = Mosquitto::start(&kit.path("broker"), "").unwrap();
+        MqttKit { kit, broker }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// The configuration: the MQTT driver on the ingest broker, the FHIR uplink, and
+    /// Writes the configuration: the MQTT driver on the ingest broker, the FHIR uplink, and
     /// `extra` TOML appended (more uplinks).
     fn config(&self, commit_window_ms: u64, max_payload: usize, extra: &str) -> PathBuf {
-        let config = self.path("gateway.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"[gateway]
-id = "{GATEWAY_ID}"
-profiles_dir = "{root}/device-profiles"
-
-[patient]
-id = "{PATIENT}"
-
-[pseudonymization]
-key_file = "{dir}/pseudonym.key"
-
-[mqtt]
-enabled = true
-port = {port}
-client_id = "iomt-gateway-test"
-max_payload_bytes = {max_payload}
-reconnect_initial_ms = 50
-reconnect_max_ms = 500
-profiles = ["{PROFILE}"]
-
-[outbox]
-path = "{dir}/outbox.db"
-key_file = "{dir}/storage.key"
-commit_window_ms = {commit_window_ms}
-
-[[uplinks]]
-kind = "fhir"
-base_url = "{url}"
-batch_size = 50
-timeout_secs = 5
-max_backoff_secs = 1
-{extra}
-
-[log]
-level = "info,iomt_drivers=debug"
-"#,
-                root = common::root().display(),
-                dir = self.dir.path().display(),
-                port = self.broker.port(),
-                url = self.server.base_url(),
-            ),
-        )
-        .unwrap();
-        config
-    }
-
-    fn start(&mut self, config: &Path) -> (Child, PathBuf) {
-        self.runs += 1;
-        let log = self.path(&format!("run-{}.log", self.runs));
-        let child = gateway()
-            .args(["run", "--config", config.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(File::create(&log).unwrap()))
-            .spawn()
-            .unwrap();
-        self.pids.push(child.id());
-        (child, log)
+        self.config_for(GATEWAY_ID, PATIENT)
+            .driver(&format!(
+                "[mqtt]\nenabled = true\nport = {}\nclient_id = \"iomt-gateway-test\"\nmax_payload_bytes = {max_payload}\nreconnect_initial_ms = 50\nreconnect_max_ms = 500\nprofiles = [\"{PROFILE}\"]",
+                self.broker.port()
+            ))
+            .outbox(&format!("commit_window_ms = {commit_window_ms}"))
+            .uplink(&format!("{}\n{extra}", self.fhir_uplink(1)))
+            .log("info,iomt_drivers=debug")
+            .write()
     }
 
     /// Publishes at QoS 1 and returns once the broker has every message.
@@ -151,34 +79,16 @@ level = "info,iomt_drivers=debug"
         self.server
             .with_store(|s| (s.by_identifier.len(), s.duplicate_creates))
     }
-
-    fn cli(&self, args: &[&str]) -> (bool, String) {
-        let config = self.path("gateway.toml");
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--config", config.to_str().unwrap()]);
-        let out = gateway().args(&all).output().unwrap();
-        let (o, e) = common::texts(&out);
-        (out.status.success(), format!("{o}{e}"))
-    }
 }
 
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-fn wait_connected(child: &mut Child, log: &Path, times: usize) {
-    wait_until(Duration::from_secs(30), "the gateway to connect", || {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the gateway exited with {status:?}:\n{}", read(log));
-        }
-        read(log).matches("connected to the MQTT broker").count() >= times
-    });
-}
-
-fn sigterm_and_wait(mut child: Child, log: &Path) {
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "exit {status:?}\n{}", read(log));
+/// Waits until the gateway has connected to the ingest broker.
+fn wait_connected(child: &mut Child, log: &Path) {
+    wait_logged(
+        child,
+        log,
+        "the gateway to connect",
+        "connected to the MQTT broker",
+    );
 }
 
 /// `n` valid messages from device `dev`, each with a distinct time (so a distinct
@@ -202,17 +112,17 @@ fn vitals(dev: &str, from: u32, n: u32) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn messages_published_before_during_and_across_a_restart_each_arrive_exactly_once() {
-    let mut kit = Kit::new();
+    let mut kit = MqttKit::new();
     let config = kit.config(5, 65536, "");
     // A first start creates the gateway's persistent session in the broker.
     let (mut child, log) = kit.start(&config);
-    wait_connected(&mut child, &log, 1);
+    wait_connected(&mut child, &log);
     sigterm_and_wait(child, &log);
 
     // Before the gateway starts: the broker keeps them for its session.
     kit.publish(vitals("patch-1", 0, 100));
     let (mut child, log) = kit.start(&config);
-    wait_connected(&mut child, &log, 1);
+    wait_connected(&mut child, &log);
     // While it runs.
     kit.publish(vitals("patch-2", 0, 100));
     wait_until(
@@ -224,7 +134,7 @@ fn messages_published_before_during_and_across_a_restart_each_arrive_exactly_onc
     sigterm_and_wait(child, &log);
     kit.publish(vitals("patch-3", 0, 100));
     let (mut child, log) = kit.start(&config);
-    wait_connected(&mut child, &log, 1);
+    wait_connected(&mut child, &log);
     kit.publish(vitals("patch-1", 100, 50));
     wait_until(
         Duration::from_secs(60),
@@ -245,9 +155,7 @@ fn messages_published_before_during_and_across_a_restart_each_arrive_exactly_onc
     for secret in ["patch-1", "patch-2", "patch-3", PATIENT, GATEWAY_ID] {
         assert!(!all.contains(secret), "{secret} left the gateway in clear");
     }
-    let logs: String = (1..=kit.runs)
-        .map(|i| read(&kit.path(&format!("run-{i}.log"))))
-        .collect();
+    let logs: String = (1..=kit.runs).map(|i| kit.run_log(i)).collect();
     for line in logs.lines().filter(|l| !l.contains("DEBUG")) {
         assert!(
             !line.contains("heart_rate") && !line.contains(PATIENT),
@@ -258,10 +166,10 @@ fn messages_published_before_during_and_across_a_restart_each_arrive_exactly_onc
 
 #[test]
 fn a_gateway_killed_before_committing_gets_the_message_again_from_the_broker() {
-    let mut kit = Kit::new();
+    let mut kit = MqttKit::new();
     let config = kit.config(5, 65536, "");
     let (mut child, log) = kit.start(&config);
-    wait_connected(&mut child, &log, 1);
+    wait_connected(&mut child, &log);
     // Hold the outbox's write lock, as a slow SD card would: the gateway receives the
     // message and hands it to the outbox, but cannot commit it.
     let lock = rusqlite::Connection::open(kit.path("outbox.db")).unwrap();
@@ -283,7 +191,7 @@ fn a_gateway_killed_before_committing_gets_the_message_again_from_the_broker() {
 
     // The broker redelivers it to the restarted gateway.
     let (mut child, log) = kit.start(&config);
-    wait_connected(&mut child, &log, 1);
+    wait_connected(&mut child, &log);
     wait_until(
         Duration::from_secs(60),
         "the redelivered message at the sink",
@@ -295,10 +203,10 @@ fn a_gateway_killed_before_committing_gets_the_message_again_from_the_broker() {
 
 #[test]
 fn malformed_payloads_land_in_dead_letters_with_their_reasons_and_valid_traffic_keeps_flowing() {
-    let mut kit = Kit::new();
+    let mut kit = MqttKit::new();
     let config = kit.config(5, 1024, "");
     let (mut child, log) = kit.start(&config);
-    wait_connected(&mut child, &log, 1);
+    wait_connected(&mut child, &log);
     let topic = "iomt/bad-1/vitals".to_string();
     let mut messages = vitals("good-1", 0, 5);
     messages.push((topic.clone(), b"secret-not-json {".to_vec()));
@@ -354,7 +262,7 @@ fn malformed_payloads_land_in_dead_letters_with_their_reasons_and_valid_traffic_
     assert!(!read(&log).contains("secret-not-json"));
     // Acknowledged: a restarted gateway gets none of them again.
     let (mut child, log2) = kit.start(&config);
-    wait_connected(&mut child, &log2, 1);
+    wait_connected(&mut child, &log2);
     kit.publish(vitals("good-1", 15, 1));
     wait_until(Duration::from_secs(30), "the next valid message", || {
         kit.server_identifiers().0 == 16
@@ -365,7 +273,7 @@ fn malformed_payloads_land_in_dead_letters_with_their_reasons_and_valid_traffic_
 
 #[test]
 fn the_mqtt_uplink_delivers_every_row_to_the_cloud_broker_across_its_restart() {
-    let mut kit = Kit::new();
+    let mut kit = MqttKit::new();
     let mut cloud = Mosquitto::start(&kit.path("cloud"), "").unwrap();
     let collector = kit
         .rt
@@ -376,7 +284,7 @@ fn the_mqtt_uplink_delivers_every_row_to_the_cloud_broker_across_its_restart() {
     );
     let config = kit.config(5, 65536, &uplink);
     let (mut child, log) = kit.start(&config);
-    wait_connected(&mut child, &log, 1);
+    wait_connected(&mut child, &log);
     kit.publish(vitals("wear-1", 0, 150));
     let distinct = |c: &Collector| {
         c.received()
@@ -417,23 +325,15 @@ fn the_mqtt_uplink_delivers_every_row_to_the_cloud_broker_across_its_restart() {
         !text.contains("wear-1") && !text.contains(PATIENT)
     }));
     // Every row was acknowledged by both uplinks and left the outbox.
-    let (ok, status) = kit.cli(&["outbox", "status", "--json"]);
-    assert!(ok, "{status}");
-    let s: serde_json::Value = serde_json::from_str(&status).unwrap();
-    assert_eq!(s["rows"], 0, "{status}");
-    let cloud_status = s["uplinks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["name"] == "cloud")
-        .cloned()
-        .unwrap();
+    let status = kit.outbox_status();
+    assert_eq!(status["rows"], 0, "{status}");
+    let cloud_status = common::uplink_named(&status, "cloud").unwrap();
     assert_eq!(cloud_status["delivered"], 300, "{status}");
 }
 
 #[test]
 fn bundle_mode_publishes_one_transaction_bundle_per_batch() {
-    let mut kit = Kit::new();
+    let mut kit = MqttKit::new();
     let cloud = Mosquitto::start(&kit.path("cloud"), "").unwrap();
     let collector = kit
         .rt
@@ -444,7 +344,7 @@ fn bundle_mode_publishes_one_transaction_bundle_per_batch() {
     );
     let config = kit.config(5, 65536, &uplink);
     let (mut child, log) = kit.start(&config);
-    wait_connected(&mut child, &log, 1);
+    wait_connected(&mut child, &log);
     kit.publish(vitals("wear-2", 0, 10));
     let observations = |c: &Collector| -> usize {
         c.received()
@@ -488,10 +388,10 @@ fn bundle_mode_publishes_one_transaction_bundle_per_batch() {
 /// messages of a burst larger than mosquitto's default in-flight window (20).
 #[test]
 fn a_burst_larger_than_the_brokers_in_flight_window_is_ingested_completely() {
-    let mut kit = Kit::new();
+    let mut kit = MqttKit::new();
     let config = kit.config(5, 65536, "");
     let (mut child, log) = kit.start(&config);
-    wait_connected(&mut child, &log, 1);
+    wait_connected(&mut child, &log);
     kit.publish(vitals("burst-1", 0, 1000));
     wait_until(
         Duration::from_secs(120),

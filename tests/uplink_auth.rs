@@ -21,7 +21,7 @@ fn assert_logs_hold_no_secret(kit: &Kit, secrets: &[&str]) {
         .with_oauth(|o| o.issued.keys().cloned().collect());
     assert!(!tokens.is_empty());
     for run in 1..=kit.runs {
-        let log = read(&kit.path(&format!("run-{run}.log")));
+        let log = kit.run_log(run);
         for t in &tokens {
             assert!(
                 !log.contains(t.as_str()),

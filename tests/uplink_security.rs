@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::kit::{committed_ids, read, sigterm_and_wait, wait_running, Kit};
+use common::kit::{committed_ids, read, sigterm_and_wait, wait_logged, wait_running, Kit};
 use common::{wait_until, write_private};
 use iomt_testkit::mosquitto::free_port;
 use iomt_testkit::tls::{server_config, Issued, TestPki};
@@ -443,9 +443,12 @@ fn mqtt_ingest_over_mutual_tls_verifies_the_broker_and_presents_the_client_certi
     );
     let (mut child, log) = kit.start(&config);
     wait_running(&mut child, &log);
-    wait_until(Duration::from_secs(30), "the subscription over TLS", || {
-        read(&log).contains("connected to the MQTT broker")
-    });
+    wait_logged(
+        &mut child,
+        &log,
+        "the subscription over TLS",
+        "connected to the MQTT broker",
+    );
     kit.rt
         .block_on(iomt_testkit::mosquitto::publish_acked(
             broker.port(),

@@ -1,4 +1,4 @@
-//! The end-to-end test bed shared by the store-and-forward and uplink-security tests.
+//! The end-to-end test bed shared by the store-and-forward, uplink and MQTT tests.
 
 #![allow(dead_code)]
 
@@ -18,7 +18,8 @@ use super::{gateway, run_config, wait_until};
 pub const PATIENT: &str = "MRN-STORE-4711";
 
 /// A test bed: a temp dir with keys, a FHIR server on its own runtime, and the daemons
-/// started (killed on drop, so a failing test leaves none behind).
+/// started (killed on drop, so a failing test leaves none behind). Run `n` logs to
+/// `run-n.log` in the temp dir.
 pub struct Kit {
     pub dir: tempfile::TempDir,
     pub rt: tokio::runtime::Runtime,
@@ -124,6 +125,11 @@ impl Kit {
         (child, log)
     }
 
+    /// The log of run `run` (counted from 1).
+    pub fn run_log(&self, run: usize) -> String {
+        read(&self.path(&format!("run-{run}.log")))
+    }
+
     /// Runs the CLI with `args` on the kit's configuration; returns (success, stdout and
     /// stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String) {
@@ -194,13 +200,19 @@ pub fn sigterm_and_wait(mut child: Child, log: &Path) {
 
 /// Waits until the daemon has logged that it runs; fails at once if it exits.
 pub fn wait_running(child: &mut Child, log: &Path) {
-    wait_until(Duration::from_secs(30), "the gateway to start", || {
+    wait_logged(child, log, "the gateway to start", "gateway running");
+}
+
+/// Waits (for `what`) until the daemon's log holds `needle`; fails at once, showing the
+/// log, if the daemon exits first.
+pub fn wait_logged(child: &mut Child, log: &Path, what: &str, needle: &str) {
+    wait_until(Duration::from_secs(30), what, || {
         if let Ok(Some(status)) = child.try_wait() {
             panic!(
-                "the gateway exited with {status:?} instead of starting:\n{}",
+                "the gateway exited with {status:?} while waiting for {what}:\n{}",
                 read(log)
             );
         }
-        read(log).contains("gateway running")
+        read(log).contains(needle)
     });
 }
