@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::config::Config;
-use common::{gateway, wait_until};
+use common::{run_config, wait_until, DaemonGuard};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -35,6 +35,14 @@ fn write_config_with(dir: &Path, uplink: &str, sim: &str, outbox: &str) -> PathB
         .outbox(outbox)
         .uplink(uplink)
         .write()
+}
+
+/// The `[[uplinks]]` keys of a FHIR uplink named `cloud` to 127.0.0.1:`port`, its
+/// requests timing out after 30 s.
+fn cloud_uplink(port: u16) -> String {
+    format!(
+        "kind = \"fhir\"\nname = \"cloud\"\nbase_url = \"http://127.0.0.1:{port}/fhir\"\ntimeout_secs = 30"
+    )
 }
 
 /// The notification socket systemd would bind, and what arrived on it.
@@ -76,14 +84,22 @@ impl Notify {
         }
     }
 
+    /// Waits for READY=1.
+    fn wait_ready(&mut self) {
+        self.wait_for(Duration::from_secs(20), "READY=1", |seen| {
+            seen.iter().any(|l| l == "READY=1")
+        });
+    }
+
     fn count(&self, line: &str) -> usize {
         self.seen.iter().filter(|l| *l == line).count()
     }
 }
 
-fn spawn_under_systemd(config: &Path, notify: &Notify, watchdog_usec: u64) -> Child {
-    gateway()
-        .args(["run", "--config", config.to_str().unwrap()])
+/// Starts the daemon as systemd would, with `notify`'s socket and a watchdog of
+/// `watchdog_usec`; the guard kills it if the test fails.
+fn spawn_under_systemd(config: &Path, notify: &Notify, watchdog_usec: u64) -> (Child, DaemonGuard) {
+    let child = run_config(config)
         .env("NOTIFY_SOCKET", &notify.path)
         .env("WATCHDOG_USEC", watchdog_usec.to_string())
         .env_remove("WATCHDOG_PID")
@@ -91,7 +107,9 @@ fn spawn_under_systemd(config: &Path, notify: &Notify, watchdog_usec: u64) -> Ch
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap();
+    let guard = DaemonGuard(child.id());
+    (child, guard)
 }
 
 /// `outbox status --json`: (rows stored, rows delivered to `uplink`).
@@ -101,6 +119,23 @@ fn outbox_counts(config: &Path, uplink: &str) -> (u64, u64) {
         .and_then(|u| u["delivered"].as_u64())
         .unwrap_or(0);
     (status["rows"].as_u64().unwrap(), delivered)
+}
+
+/// Sends SIGTERM and asserts that the daemon exits 0 within [`STOP_WITHIN`]; returns its
+/// stderr.
+fn stop_in_time(child: &mut Child) -> String {
+    let (status, took) = terminate(child);
+    let stderr = stderr_of(child);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status {status}; stderr:\n{stderr}"
+    );
+    assert!(
+        took < STOP_WITHIN,
+        "took {took:?} to stop; stderr:\n{stderr}"
+    );
+    stderr
 }
 
 /// Sends SIGTERM and waits for the exit; returns its status and how long it took.
@@ -137,12 +172,9 @@ fn under_systemd_the_daemon_says_ready_feeds_the_watchdog_and_exits_0_within_5_s
     );
     let mut notify = Notify::bind(tmp.path());
     // 200 ms: keep-alives every 100 ms.
-    let mut child = spawn_under_systemd(&config, &notify, 200_000);
-    let _guard = common::DaemonGuard(child.id());
+    let (mut child, _guard) = spawn_under_systemd(&config, &notify, 200_000);
 
-    notify.wait_for(Duration::from_secs(20), "READY=1", |seen| {
-        seen.iter().any(|l| l == "READY=1")
-    });
+    notify.wait_ready();
     assert!(
         tmp.path().join("outbox.db").exists(),
         "READY=1 came before the outbox was open"
@@ -167,17 +199,7 @@ fn under_systemd_the_daemon_says_ready_feeds_the_watchdog_and_exits_0_within_5_s
         before.0 + before.1 > 0
     });
 
-    let (status, took) = terminate(&mut child);
-    let stderr = stderr_of(&mut child);
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "exit status {status}; stderr:\n{stderr}"
-    );
-    assert!(
-        took < STOP_WITHIN,
-        "took {took:?} to stop; stderr:\n{stderr}"
-    );
+    stop_in_time(&mut child);
     notify.wait_for(Duration::from_secs(2), "STOPPING=1", |seen| {
         seen.iter().any(|l| l == "STOPPING=1")
     });
@@ -216,18 +238,10 @@ fn sigterm_while_the_fhir_server_never_answers_still_exits_0_within_5_s_and_keep
     // The request in flight would wait for its 30 s timeout if shutdown did not cut it.
     let (port, connections) = silent_server();
     let tmp = tempfile::tempdir().unwrap();
-    let config = write_config(
-        tmp.path(),
-        &format!(
-            "kind = \"fhir\"\nname = \"cloud\"\nbase_url = \"http://127.0.0.1:{port}/fhir\"\ntimeout_secs = 30"
-        ),
-    );
+    let config = write_config(tmp.path(), &cloud_uplink(port));
     let mut notify = Notify::bind(tmp.path());
-    let mut child = spawn_under_systemd(&config, &notify, 10_000_000);
-    let _guard = common::DaemonGuard(child.id());
-    notify.wait_for(Duration::from_secs(20), "READY=1", |seen| {
-        seen.iter().any(|l| l == "READY=1")
-    });
+    let (mut child, _guard) = spawn_under_systemd(&config, &notify, 10_000_000);
+    notify.wait_ready();
     wait_until(Duration::from_secs(20), "a request in flight", || {
         connections.load(Ordering::SeqCst) > 0
     });
@@ -237,17 +251,7 @@ fn sigterm_while_the_fhir_server_never_answers_still_exits_0_within_5_s_and_keep
         before.0 > 0
     });
 
-    let (status, took) = terminate(&mut child);
-    let stderr = stderr_of(&mut child);
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "exit status {status}; stderr:\n{stderr}"
-    );
-    assert!(
-        took < STOP_WITHIN,
-        "took {took:?} to stop; stderr:\n{stderr}"
-    );
+    let stderr = stop_in_time(&mut child);
     assert!(
         stderr.contains("shutdown deadline reached"),
         "the abandoned request is logged; stderr:\n{stderr}"
@@ -271,18 +275,13 @@ fn sigterm_with_a_full_blocking_outbox_and_a_silent_server_still_exits_0_within_
     let tmp = tempfile::tempdir().unwrap();
     let config = write_config_with(
         tmp.path(),
-        &format!(
-            "kind = \"fhir\"\nname = \"cloud\"\nbase_url = \"http://127.0.0.1:{port}/fhir\"\ntimeout_secs = 30"
-        ),
+        &cloud_uplink(port),
         "interval_secs = 0.001\nnan_probability = 0.0",
         "max_size_mb = 1\nwhen_full = \"block\"",
     );
     let mut notify = Notify::bind(tmp.path());
-    let mut child = spawn_under_systemd(&config, &notify, 10_000_000);
-    let _guard = common::DaemonGuard(child.id());
-    notify.wait_for(Duration::from_secs(20), "READY=1", |seen| {
-        seen.iter().any(|l| l == "READY=1")
-    });
+    let (mut child, _guard) = spawn_under_systemd(&config, &notify, 10_000_000);
+    notify.wait_ready();
     let mut before = (0, 0);
     let mut payload = 0;
     wait_until(Duration::from_secs(60), "a full outbox", || {
@@ -305,17 +304,7 @@ fn sigterm_with_a_full_blocking_outbox_and_a_silent_server_still_exits_0_within_
     );
     before.0 = last;
 
-    let (status, took) = terminate(&mut child);
-    let stderr = stderr_of(&mut child);
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "exit status {status}; stderr:\n{stderr}"
-    );
-    assert!(
-        took < STOP_WITHIN,
-        "took {took:?} to stop; stderr:\n{stderr}"
-    );
+    stop_in_time(&mut child);
     let after = outbox_counts(&config, "cloud");
     assert!(
         after.0 >= before.0,
