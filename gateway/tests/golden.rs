@@ -5,16 +5,19 @@
 //! with `tests/golden/<case>.json`. After an intended change of the mapping, regenerate
 //! with `UPDATE_GOLDEN=1 cargo test -p iomt-gateway --test golden` and review the diff.
 
-use std::path::{Path, PathBuf};
+mod golden_support;
+
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use chrono::{DateTime, FixedOffset, NaiveDate, TimeZone, Utc};
+use golden_support::{check, ctx, value_and_unit};
 use iomt_drivers::{
     AbsentReason, DeviceIdentity, DeviceTime, Quantity, Reading, ReadingFlag, Transport,
 };
 use iomt_gateway::catalog::{self, KINDS};
-use iomt_gateway::fhir::{self, Observation, Reference};
+use iomt_gateway::fhir::Observation;
 use iomt_gateway::normalize::{self, Context, OutOfRange, Zone};
 use iomt_gateway::profile::{self, Profile};
 use rust_decimal::Decimal;
@@ -65,45 +68,8 @@ fn zoned() -> Option<DeviceTime> {
     ))
 }
 
-fn ctx(zone: Zone, out_of_range: OutOfRange) -> Context {
-    Context {
-        subject: Reference {
-            reference: None,
-            identifier: Some(fhir::Identifier {
-                system: normalize::PATIENT_PSEUDONYM_SYSTEM.into(),
-                value: "4f1c2a0d9e8b7a6c5d4e3f2a1b0c9d8e".into(),
-            }),
-        },
-        device_pseudonym: "0123456789abcdef0123456789abcdef".into(),
-        gateway_pseudonym: "fedcba9876543210fedcba9876543210".into(),
-        zone,
-        out_of_range,
-    }
-}
-
 fn q(name: &str, value: &str, unit: &str) -> Quantity {
     Quantity::new(name, Decimal::from_str(value).unwrap(), unit)
-}
-
-fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
-}
-
-fn check(case: &str, observations: &[Observation]) {
-    let actual = serde_json::to_string_pretty(observations).unwrap() + "\n";
-    let path = golden_dir().join(format!("{case}.json"));
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(golden_dir()).unwrap();
-        std::fs::write(&path, &actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; run with UPDATE_GOLDEN=1 to create it",
-            path.display()
-        )
-    });
-    assert_eq!(actual, expected, "golden file {} differs", path.display());
 }
 
 fn normalize_one(r: &Reading, c: &Context) -> Vec<Observation> {
@@ -344,10 +310,7 @@ fn units_allowed_by_the_vital_signs_profile_are_kept_others_converted() {
     let obs = normalize_one(&r, &ctx(Zone::GatewayLocal, OutOfRange::Flag));
     let got: Vec<(String, String)> = obs
         .iter()
-        .map(|o| {
-            let v = o.value_quantity.as_ref().unwrap();
-            (v.value.to_string(), v.code.clone())
-        })
+        .map(|o| value_and_unit(&o.value_quantity))
         .collect();
     assert_eq!(
         got,

@@ -4,14 +4,17 @@
 //! After an intended change, regenerate with
 //! `UPDATE_GOLDEN=1 cargo test -p iomt-gateway --test golden_ble` and review the diff.
 
-use std::path::{Path, PathBuf};
+mod golden_support;
+
+use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
+use golden_support::{ctx, value_and_unit};
 use iomt_drivers::ble::{self, GattValue};
 use iomt_drivers::{DeviceIdentity, Transport};
-use iomt_gateway::fhir::{self, Observation, Reference};
-use iomt_gateway::normalize::{self, Context, OutOfRange, Zone};
+use iomt_gateway::fhir::Observation;
+use iomt_gateway::normalize::{self, OutOfRange, Zone};
 use iomt_gateway::profile::{self, Profile};
 
 fn shipped(id: &str) -> Profile {
@@ -23,22 +26,6 @@ fn shipped(id: &str) -> Profile {
 
 fn received() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2024, 3, 15, 9, 0, 0).unwrap()
-}
-
-fn ctx() -> Context {
-    Context {
-        subject: Reference {
-            reference: None,
-            identifier: Some(fhir::Identifier {
-                system: normalize::PATIENT_PSEUDONYM_SYSTEM.into(),
-                value: "4f1c2a0d9e8b7a6c5d4e3f2a1b0c9d8e".into(),
-            }),
-        },
-        device_pseudonym: "0123456789abcdef0123456789abcdef".into(),
-        gateway_pseudonym: "fedcba9876543210fedcba9876543210".into(),
-        zone: Zone::Named(chrono_tz::Europe::Berlin),
-        out_of_range: OutOfRange::Flag,
-    }
 }
 
 fn hex(s: &str) -> Vec<u8> {
@@ -59,25 +46,16 @@ fn observations(profile: &Profile, uuid: u16, payload: &str) -> Vec<Observation>
         model: None,
     });
     let reading = value.as_final().unwrap().to_reading(device, received());
-    normalize::normalize(&reading, profile, &ctx()).observations
+    let berlin = Zone::Named(chrono_tz::Europe::Berlin);
+    normalize::normalize(&reading, profile, &ctx(berlin, OutOfRange::Flag)).observations
 }
 
+/// Asserts that neither the device's serial number nor its address is in the
+/// Observations, then compares them with their golden file.
 fn check(case: &str, observations: &[Observation]) {
-    let dir: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let actual = serde_json::to_string_pretty(observations).unwrap() + "\n";
+    let actual = serde_json::to_string_pretty(observations).unwrap();
     assert!(!actual.contains("SN-SECRET-BLE") && !actual.contains("AA:BB:CC"));
-    let path = dir.join(format!("{case}.json"));
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; run with UPDATE_GOLDEN=1 to create it",
-            path.display()
-        )
-    });
-    assert_eq!(actual, expected, "golden file {} differs", path.display());
+    golden_support::check(case, observations);
 }
 
 fn value(o: &Observation) -> String {
@@ -95,10 +73,7 @@ fn a_kilopascal_blood_pressure_measurement_becomes_a_mm_hg_panel() {
     let got: Vec<(String, String)> = panel
         .component
         .iter()
-        .map(|c| {
-            let q = c.value_quantity.as_ref().unwrap();
-            (q.value.to_string(), q.code.clone())
-        })
+        .map(|c| value_and_unit(&c.value_quantity))
         .collect();
     assert_eq!(
         got,
@@ -134,10 +109,7 @@ fn an_imperial_weight_with_bmi_and_height_stays_in_pounds_and_inches() {
     );
     let got: Vec<(String, String)> = obs
         .iter()
-        .map(|o| {
-            let q = o.value_quantity.as_ref().unwrap();
-            (q.value.to_string(), q.code.clone())
-        })
+        .map(|o| value_and_unit(&o.value_quantity))
         .collect();
     assert_eq!(
         got,

@@ -1,0 +1,58 @@
+//! Shared by the golden-file tests (`golden.rs`, `golden_ble.rs`): the normalizer's
+//! context and the comparison with `tests/golden/<case>.json`.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use iomt_gateway::fhir::{self, Observation, Quantity, Reference};
+use iomt_gateway::normalize::{self, Context, OutOfRange, Zone};
+
+/// The context of every golden case: fixed pseudonyms for the patient, the device and
+/// the gateway; device times without a zone read in `zone`; implausible values handled
+/// by `out_of_range`.
+pub fn ctx(zone: Zone, out_of_range: OutOfRange) -> Context {
+    Context {
+        subject: Reference {
+            reference: None,
+            identifier: Some(fhir::Identifier {
+                system: normalize::PATIENT_PSEUDONYM_SYSTEM.into(),
+                value: "4f1c2a0d9e8b7a6c5d4e3f2a1b0c9d8e".into(),
+            }),
+        },
+        device_pseudonym: "0123456789abcdef0123456789abcdef".into(),
+        gateway_pseudonym: "fedcba9876543210fedcba9876543210".into(),
+        zone,
+        out_of_range,
+    }
+}
+
+/// The directory of the golden files.
+pub fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+/// Compares `observations`, as pretty JSON, with `tests/golden/<case>.json`; with
+/// `UPDATE_GOLDEN` set, writes that file instead.
+pub fn check(case: &str, observations: &[Observation]) {
+    let actual = serde_json::to_string_pretty(observations).unwrap() + "\n";
+    let path = golden_dir().join(format!("{case}.json"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(golden_dir()).unwrap();
+        std::fs::write(&path, &actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run with UPDATE_GOLDEN=1 to create it",
+            path.display()
+        )
+    });
+    assert_eq!(actual, expected, "golden file {} differs", path.display());
+}
+
+/// The (value, UCUM code) of a quantity that must be there.
+pub fn value_and_unit(quantity: &Option<Quantity>) -> (String, String) {
+    let q = quantity.as_ref().unwrap();
+    (q.value.to_string(), q.code.clone())
+}
