@@ -11,8 +11,8 @@
 
 use super::reader::Reader;
 use super::{
-    checked, local_time, note_reserved_and_trailing, quantity, require, timestamp, Anomaly,
-    Characteristic, FinalMeasurement, GattDateTime, GattError, UserId,
+    checked, local_time, note_reserved_and_trailing, quantity, timestamp, Anomaly, Characteristic,
+    FinalMeasurement, GattDateTime, GattError, UserId,
 };
 use crate::reading::{DeviceTime, Measurement, Quantity, ReadingFlag};
 
@@ -135,17 +135,14 @@ fn decode_layout(
     bytes: &[u8],
     field_names: [&'static str; 3],
 ) -> Result<BloodPressureMeasurement, GattError> {
-    require(c, bytes, 1)?;
-    let flags = bytes[0];
-    let required = 7
-        + if flags & TIME_STAMP != 0 { 7 } else { 0 }
-        + if flags & PULSE_RATE != 0 { 2 } else { 0 }
-        + if flags & USER_ID != 0 { 1 } else { 0 }
-        + if flags & STATUS != 0 { 2 } else { 0 };
-    require(c, bytes, required)?;
+    let mut r = Reader::with_flags(
+        c,
+        bytes,
+        7,
+        &[(TIME_STAMP, 7), (PULSE_RATE, 2), (USER_ID, 1), (STATUS, 2)],
+    )?;
+    let flags = r.flags();
     let mut anomalies = Vec::new();
-    let mut r = Reader::new(c, bytes);
-    r.u8()?;
     let systolic = checked(r.sfloat()?, field_names[0], &mut anomalies);
     let diastolic = checked(r.sfloat()?, field_names[1], &mut anomalies);
     let mean_arterial = checked(r.sfloat()?, field_names[2], &mut anomalies);

@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 
 use super::reader::Reader;
 use super::{
-    checked, note_reserved_and_trailing, quantity, require, timestamp, Anomaly, Characteristic,
+    checked, note_reserved_and_trailing, quantity, timestamp, Anomaly, Characteristic,
     FinalMeasurement, GattDateTime, GattError,
 };
 use crate::reading::{DeviceTime, Measurement, Quantity, ReadingFlag};
@@ -218,16 +218,14 @@ impl GlucoseMeasurement {
     /// Decodes the characteristic's value.
     pub fn decode(bytes: &[u8]) -> Result<Self, GattError> {
         const C: Characteristic = Characteristic::GlucoseMeasurement;
-        require(C, bytes, 1)?;
-        let flags = bytes[0];
-        let required = 10
-            + if flags & TIME_OFFSET != 0 { 2 } else { 0 }
-            + if flags & CONCENTRATION != 0 { 3 } else { 0 }
-            + if flags & STATUS != 0 { 2 } else { 0 };
-        require(C, bytes, required)?;
+        let mut r = Reader::with_flags(
+            C,
+            bytes,
+            10,
+            &[(TIME_OFFSET, 2), (CONCENTRATION, 3), (STATUS, 2)],
+        )?;
+        let flags = r.flags();
         let mut anomalies = Vec::new();
-        let mut r = Reader::new(C, bytes);
-        r.u8()?;
         let sequence = r.u16()?;
         let base_time = timestamp(r.bytes7()?, &mut anomalies);
         let time_offset_minutes = if flags & TIME_OFFSET != 0 {
@@ -395,21 +393,23 @@ impl GlucoseContext {
     /// Decodes the characteristic's value.
     pub fn decode(bytes: &[u8]) -> Result<Self, GattError> {
         const C: Characteristic = Characteristic::GlucoseMeasurementContext;
-        require(C, bytes, 1)?;
-        let flags = bytes[0];
+        let mut r = Reader::with_flags(
+            C,
+            bytes,
+            3,
+            &[
+                (0x80, 1),
+                (0x01, 3),
+                (0x02, 1),
+                (0x04, 1),
+                (0x08, 3),
+                (0x10, 3),
+                (0x40, 2),
+            ],
+        )?;
+        let flags = r.flags();
         let has = |bit: u8| flags & bit != 0;
-        let required = 3
-            + if has(0x80) { 1 } else { 0 }
-            + if has(0x01) { 3 } else { 0 }
-            + if has(0x02) { 1 } else { 0 }
-            + if has(0x04) { 1 } else { 0 }
-            + if has(0x08) { 3 } else { 0 }
-            + if has(0x10) { 3 } else { 0 }
-            + if has(0x40) { 2 } else { 0 };
-        require(C, bytes, required)?;
         let mut anomalies = Vec::new();
-        let mut r = Reader::new(C, bytes);
-        r.u8()?;
         let sequence = r.u16()?;
         let extended_flags = if has(0x80) { Some(r.u8()?) } else { None };
         if let Some(ext) = extended_flags.filter(|e| *e != 0) {

@@ -4,8 +4,7 @@ use rust_decimal::Decimal;
 
 use super::reader::Reader;
 use super::{
-    note_reserved_and_trailing, quantity, require, Anomaly, Characteristic, FinalMeasurement,
-    GattError,
+    note_reserved_and_trailing, quantity, Anomaly, Characteristic, FinalMeasurement, GattError,
 };
 use crate::reading::{DeviceTime, Measurement, Quantity, ReadingFlag};
 
@@ -44,17 +43,15 @@ pub struct HeartRateMeasurement {
 impl HeartRateMeasurement {
     /// Decodes the characteristic's value.
     pub fn decode(bytes: &[u8]) -> Result<Self, GattError> {
-        require(C, bytes, 1)?;
-        let flags = bytes[0];
-        let hr_size = if flags & FORMAT_U16 != 0 { 2 } else { 1 };
-        let required = 1
-            + hr_size
-            + if flags & ENERGY_EXPENDED != 0 { 2 } else { 0 }
-            + if flags & RR_INTERVALS != 0 { 2 } else { 0 };
-        require(C, bytes, required)?;
-        let mut r = Reader::new(C, bytes);
-        r.u8()?;
-        let heart_rate = if hr_size == 2 {
+        // The heart rate is a uint8, or a uint16 under FORMAT_U16 (one byte more).
+        let mut r = Reader::with_flags(
+            C,
+            bytes,
+            2,
+            &[(FORMAT_U16, 1), (ENERGY_EXPENDED, 2), (RR_INTERVALS, 2)],
+        )?;
+        let flags = r.flags();
+        let heart_rate = if flags & FORMAT_U16 != 0 {
             r.u16()?
         } else {
             u16::from(r.u8()?)

@@ -9,8 +9,8 @@
 
 use super::reader::Reader;
 use super::{
-    checked, local_time, note_reserved_and_trailing, quantity, require, timestamp, Anomaly,
-    Characteristic, FinalMeasurement, GattDateTime, GattError,
+    checked, local_time, note_reserved_and_trailing, quantity, timestamp, Anomaly, Characteristic,
+    FinalMeasurement, GattDateTime, GattError,
 };
 use crate::reading::{DeviceTime, Measurement, Quantity, ReadingFlag};
 
@@ -180,17 +180,9 @@ impl PlxSpotCheckMeasurement {
     /// Decodes the characteristic's value.
     pub fn decode(bytes: &[u8]) -> Result<Self, GattError> {
         const C: Characteristic = Characteristic::PlxSpotCheckMeasurement;
-        require(C, bytes, 1)?;
-        let flags = bytes[0];
-        let required = 5
-            + if flags & 0x01 != 0 { 7 } else { 0 }
-            + if flags & 0x02 != 0 { 2 } else { 0 }
-            + if flags & 0x04 != 0 { 3 } else { 0 }
-            + if flags & 0x08 != 0 { 2 } else { 0 };
-        require(C, bytes, required)?;
+        let mut r = Reader::with_flags(C, bytes, 5, &[(0x01, 7), (0x02, 2), (0x04, 3), (0x08, 2)])?;
+        let flags = r.flags();
         let mut anomalies = Vec::new();
-        let mut r = Reader::new(C, bytes);
-        r.u8()?;
         let value = pair(&mut r, ["spo2", "pulse_rate"], &mut anomalies)?;
         let timestamp = if flags & 0x01 != 0 {
             Some(timestamp(r.bytes7()?, &mut anomalies))
@@ -233,18 +225,14 @@ impl PlxContinuousMeasurement {
     /// Decodes the characteristic's value.
     pub fn decode(bytes: &[u8]) -> Result<Self, GattError> {
         const C: Characteristic = Characteristic::PlxContinuousMeasurement;
-        require(C, bytes, 1)?;
-        let flags = bytes[0];
-        let required = 5
-            + if flags & 0x01 != 0 { 4 } else { 0 }
-            + if flags & 0x02 != 0 { 4 } else { 0 }
-            + if flags & 0x04 != 0 { 2 } else { 0 }
-            + if flags & 0x08 != 0 { 3 } else { 0 }
-            + if flags & 0x10 != 0 { 2 } else { 0 };
-        require(C, bytes, required)?;
+        let mut r = Reader::with_flags(
+            C,
+            bytes,
+            5,
+            &[(0x01, 4), (0x02, 4), (0x04, 2), (0x08, 3), (0x10, 2)],
+        )?;
+        let flags = r.flags();
         let mut anomalies = Vec::new();
-        let mut r = Reader::new(C, bytes);
-        r.u8()?;
         let normal = pair(&mut r, ["spo2", "pulse_rate"], &mut anomalies)?;
         let fast = if flags & 0x01 != 0 {
             Some(pair(

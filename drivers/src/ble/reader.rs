@@ -1,13 +1,15 @@
 //! A bounds-checked little-endian reader over one GATT value.
 //!
-//! Decoders compute the length their flags require and reject a short value *before*
-//! reading; the reader still checks every read, so a mistake in that computation is a
-//! typed error, never a panic.
+//! A measurement decoder starts with [`Reader::with_flags`], which reads the flags byte and
+//! rejects a value shorter than the fields they announce *before* anything else is read;
+//! the decoder then only says which fields its characteristic has, in wire order. The
+//! reader still checks every read, so a mistake in a decoder's length table is a typed
+//! error, never a panic.
 
 use rust_decimal::Decimal;
 
 use super::float::{self, Float11073};
-use super::{Characteristic, GattError};
+use super::{require, Characteristic, GattError};
 use crate::reading::{AbsentReason, Measurement};
 
 /// Reads fields in wire order.
@@ -15,16 +17,44 @@ pub(crate) struct Reader<'a> {
     characteristic: Characteristic,
     bytes: &'a [u8],
     pos: usize,
+    flags: u8,
 }
 
 impl<'a> Reader<'a> {
-    /// A reader at the start of `bytes`.
+    /// A reader at the start of `bytes`, for a value without a flags byte.
     pub(crate) fn new(characteristic: Characteristic, bytes: &'a [u8]) -> Self {
         Self {
             characteristic,
             bytes,
             pos: 0,
+            flags: 0,
         }
+    }
+
+    /// A reader past the flags byte of `bytes`. The value must hold `base` bytes (the
+    /// flags byte and the fields always present) plus, for each `(bit, size)` of
+    /// `optional` whose bit is set in the flags, `size` bytes; a shorter one is
+    /// [`GattError::Truncated`] with that required length.
+    pub(crate) fn with_flags(
+        characteristic: Characteristic,
+        bytes: &'a [u8],
+        base: usize,
+        optional: &[(u8, usize)],
+    ) -> Result<Self, GattError> {
+        let mut r = Self::new(characteristic, bytes);
+        let flags = r.u8()?;
+        let required = optional
+            .iter()
+            .filter(|(bit, _)| flags & bit != 0)
+            .fold(base, |len, (_, size)| len.saturating_add(*size));
+        require(characteristic, bytes, required)?;
+        r.flags = flags;
+        Ok(r)
+    }
+
+    /// The flags byte (0 for a value without one).
+    pub(crate) fn flags(&self) -> u8 {
+        self.flags
     }
 
     fn take<const N: usize>(&mut self) -> Result<[u8; N], GattError> {

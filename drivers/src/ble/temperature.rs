@@ -9,8 +9,8 @@
 
 use super::reader::Reader;
 use super::{
-    checked, local_time, note_reserved_and_trailing, quantity, require, timestamp, Anomaly,
-    Characteristic, FinalMeasurement, GattDateTime, GattError,
+    checked, local_time, note_reserved_and_trailing, quantity, timestamp, Anomaly, Characteristic,
+    FinalMeasurement, GattDateTime, GattError,
 };
 use crate::reading::{BodySite, DeviceTime, Measurement, Quantity, ReadingFlag};
 
@@ -130,15 +130,9 @@ pub struct IntermediateTemperature {
 
 /// The shared layout of 0x2A1C and 0x2A1E.
 fn decode_layout(c: Characteristic, bytes: &[u8]) -> Result<TemperatureMeasurement, GattError> {
-    require(c, bytes, 1)?;
-    let flags = bytes[0];
-    let required = 5
-        + if flags & TIME_STAMP != 0 { 7 } else { 0 }
-        + if flags & TEMPERATURE_TYPE != 0 { 1 } else { 0 };
-    require(c, bytes, required)?;
+    let mut r = Reader::with_flags(c, bytes, 5, &[(TIME_STAMP, 7), (TEMPERATURE_TYPE, 1)])?;
+    let flags = r.flags();
     let mut anomalies = Vec::new();
-    let mut r = Reader::new(c, bytes);
-    r.u8()?;
     let temperature = checked(
         r.float("body_temperature")?,
         "body_temperature",

@@ -13,7 +13,7 @@ use rust_decimal::Decimal;
 
 use super::reader::{fixed, not_a_number, Reader};
 use super::{
-    local_time, note_reserved_and_trailing, quantity, require, timestamp, Anomaly, Characteristic,
+    local_time, note_reserved_and_trailing, quantity, timestamp, Anomaly, Characteristic,
     FinalMeasurement, GattDateTime, GattError, UserId,
 };
 use crate::reading::{DeviceTime, Measurement, Quantity, ReadingFlag};
@@ -57,21 +57,19 @@ pub struct WeightMeasurement {
 impl WeightMeasurement {
     /// Decodes the characteristic's value.
     pub fn decode(bytes: &[u8]) -> Result<Self, GattError> {
-        require(C, bytes, 1)?;
-        let flags = bytes[0];
-        let required = 3
-            + if flags & TIME_STAMP != 0 { 7 } else { 0 }
-            + if flags & USER_ID != 0 { 1 } else { 0 }
-            + if flags & BMI_AND_HEIGHT != 0 { 4 } else { 0 };
-        require(C, bytes, required)?;
+        let mut r = Reader::with_flags(
+            C,
+            bytes,
+            3,
+            &[(TIME_STAMP, 7), (USER_ID, 1), (BMI_AND_HEIGHT, 4)],
+        )?;
+        let flags = r.flags();
         let units = if flags & IMPERIAL != 0 {
             UnitSystem::Imperial
         } else {
             UnitSystem::Si
         };
         let mut anomalies = Vec::new();
-        let mut r = Reader::new(C, bytes);
-        r.u8()?;
         let raw_weight = r.u16()?;
         if raw_weight == UNSUCCESSFUL && flags & BMI_AND_HEIGHT != 0 {
             return Err(GattError::Invalid {
