@@ -11,8 +11,8 @@
 
 use super::reader::Reader;
 use super::{
-    checked, local_time, note_reserved_and_trailing, quantity, timestamp, Anomaly, Characteristic,
-    FinalMeasurement, GattDateTime, GattError, UserId,
+    local_time, quantity, Anomaly, Characteristic, FinalMeasurement, GattDateTime, GattError,
+    UserId,
 };
 use crate::reading::{DeviceTime, Measurement, Quantity, ReadingFlag};
 
@@ -141,38 +141,20 @@ fn decode_layout(
         7,
         &[(TIME_STAMP, 7), (PULSE_RATE, 2), (USER_ID, 1), (STATUS, 2)],
     )?;
-    let flags = r.flags();
-    let mut anomalies = Vec::new();
-    let systolic = checked(r.sfloat()?, field_names[0], &mut anomalies);
-    let diastolic = checked(r.sfloat()?, field_names[1], &mut anomalies);
-    let mean_arterial = checked(r.sfloat()?, field_names[2], &mut anomalies);
-    let timestamp = if flags & TIME_STAMP != 0 {
-        Some(timestamp(r.bytes7()?, &mut anomalies))
+    let unit = if r.has(UNITS_KPA) {
+        PressureUnit::KPa
     } else {
-        None
+        PressureUnit::MmHg
     };
-    let pulse_rate = if flags & PULSE_RATE != 0 {
-        Some(checked(r.sfloat()?, "pulse_rate", &mut anomalies))
-    } else {
-        None
-    };
-    let user_id = if flags & USER_ID != 0 {
-        Some(UserId::from_raw(r.u8()?))
-    } else {
-        None
-    };
-    let status = if flags & STATUS != 0 {
-        Some(BloodPressureStatus(r.u16()?))
-    } else {
-        None
-    };
-    note_reserved_and_trailing(&mut anomalies, u32::from(flags & RESERVED), r.remaining());
+    let systolic = r.sfloat(field_names[0])?;
+    let diastolic = r.sfloat(field_names[1])?;
+    let mean_arterial = r.sfloat(field_names[2])?;
+    let timestamp = r.optional(TIME_STAMP, Reader::timestamp)?;
+    let pulse_rate = r.optional(PULSE_RATE, |r| r.sfloat("pulse_rate"))?;
+    let user_id = r.optional(USER_ID, Reader::user_id)?;
+    let status = r.optional(STATUS, |r| r.u16().map(BloodPressureStatus))?;
     Ok(BloodPressureMeasurement {
-        unit: if flags & UNITS_KPA != 0 {
-            PressureUnit::KPa
-        } else {
-            PressureUnit::MmHg
-        },
+        unit,
         systolic,
         diastolic,
         mean_arterial,
@@ -180,7 +162,7 @@ fn decode_layout(
         pulse_rate,
         user_id,
         status,
-        anomalies,
+        anomalies: r.finish(RESERVED),
     })
 }
 

@@ -9,8 +9,7 @@
 
 use super::reader::Reader;
 use super::{
-    checked, local_time, note_reserved_and_trailing, quantity, timestamp, Anomaly, Characteristic,
-    FinalMeasurement, GattDateTime, GattError,
+    local_time, quantity, Anomaly, Characteristic, FinalMeasurement, GattDateTime, GattError,
 };
 use crate::reading::{DeviceTime, Measurement, Quantity, ReadingFlag};
 
@@ -144,14 +143,10 @@ pub struct PlxContinuousMeasurement {
     pub anomalies: Vec<Anomaly>,
 }
 
-fn pair(
-    r: &mut Reader<'_>,
-    names: [&'static str; 2],
-    anomalies: &mut Vec<Anomaly>,
-) -> Result<SpO2Pr, GattError> {
+fn pair(r: &mut Reader<'_>, names: [&'static str; 2]) -> Result<SpO2Pr, GattError> {
     Ok(SpO2Pr {
-        spo2: checked(r.sfloat()?, names[0], anomalies),
-        pulse_rate: checked(r.sfloat()?, names[1], anomalies),
+        spo2: r.sfloat(names[0])?,
+        pulse_rate: r.sfloat(names[1])?,
     })
 }
 
@@ -181,42 +176,19 @@ impl PlxSpotCheckMeasurement {
     pub fn decode(bytes: &[u8]) -> Result<Self, GattError> {
         const C: Characteristic = Characteristic::PlxSpotCheckMeasurement;
         let mut r = Reader::with_flags(C, bytes, 5, &[(0x01, 7), (0x02, 2), (0x04, 3), (0x08, 2)])?;
-        let flags = r.flags();
-        let mut anomalies = Vec::new();
-        let value = pair(&mut r, ["spo2", "pulse_rate"], &mut anomalies)?;
-        let timestamp = if flags & 0x01 != 0 {
-            Some(timestamp(r.bytes7()?, &mut anomalies))
-        } else {
-            None
-        };
-        let measurement_status = if flags & 0x02 != 0 {
-            Some(PlxMeasurementStatus(r.u16()?))
-        } else {
-            None
-        };
-        let device_status = if flags & 0x04 != 0 {
-            Some(PlxDeviceStatus(r.u24()?))
-        } else {
-            None
-        };
-        let pulse_amplitude_index = if flags & 0x08 != 0 {
-            Some(checked(
-                r.sfloat()?,
-                "pulse_amplitude_index",
-                &mut anomalies,
-            ))
-        } else {
-            None
-        };
-        note_reserved_and_trailing(&mut anomalies, u32::from(flags & 0xE0), r.remaining());
+        let value = pair(&mut r, ["spo2", "pulse_rate"])?;
+        let timestamp = r.optional(0x01, Reader::timestamp)?;
+        let measurement_status = r.optional(0x02, |r| r.u16().map(PlxMeasurementStatus))?;
+        let device_status = r.optional(0x04, |r| r.u24().map(PlxDeviceStatus))?;
+        let pulse_amplitude_index = r.optional(0x08, |r| r.sfloat("pulse_amplitude_index"))?;
         Ok(Self {
             value,
             timestamp,
             measurement_status,
             device_status,
             pulse_amplitude_index,
-            clock_not_set: flags & 0x10 != 0,
-            anomalies,
+            clock_not_set: r.has(0x10),
+            anomalies: r.finish(0xE0),
         })
     }
 }
@@ -231,47 +203,12 @@ impl PlxContinuousMeasurement {
             5,
             &[(0x01, 4), (0x02, 4), (0x04, 2), (0x08, 3), (0x10, 2)],
         )?;
-        let flags = r.flags();
-        let mut anomalies = Vec::new();
-        let normal = pair(&mut r, ["spo2", "pulse_rate"], &mut anomalies)?;
-        let fast = if flags & 0x01 != 0 {
-            Some(pair(
-                &mut r,
-                ["spo2_fast", "pulse_rate_fast"],
-                &mut anomalies,
-            )?)
-        } else {
-            None
-        };
-        let slow = if flags & 0x02 != 0 {
-            Some(pair(
-                &mut r,
-                ["spo2_slow", "pulse_rate_slow"],
-                &mut anomalies,
-            )?)
-        } else {
-            None
-        };
-        let measurement_status = if flags & 0x04 != 0 {
-            Some(PlxMeasurementStatus(r.u16()?))
-        } else {
-            None
-        };
-        let device_status = if flags & 0x08 != 0 {
-            Some(PlxDeviceStatus(r.u24()?))
-        } else {
-            None
-        };
-        let pulse_amplitude_index = if flags & 0x10 != 0 {
-            Some(checked(
-                r.sfloat()?,
-                "pulse_amplitude_index",
-                &mut anomalies,
-            ))
-        } else {
-            None
-        };
-        note_reserved_and_trailing(&mut anomalies, u32::from(flags & 0xE0), r.remaining());
+        let normal = pair(&mut r, ["spo2", "pulse_rate"])?;
+        let fast = r.optional(0x01, |r| pair(r, ["spo2_fast", "pulse_rate_fast"]))?;
+        let slow = r.optional(0x02, |r| pair(r, ["spo2_slow", "pulse_rate_slow"]))?;
+        let measurement_status = r.optional(0x04, |r| r.u16().map(PlxMeasurementStatus))?;
+        let device_status = r.optional(0x08, |r| r.u24().map(PlxDeviceStatus))?;
+        let pulse_amplitude_index = r.optional(0x10, |r| r.sfloat("pulse_amplitude_index"))?;
         Ok(Self {
             normal,
             fast,
@@ -279,7 +216,7 @@ impl PlxContinuousMeasurement {
             measurement_status,
             device_status,
             pulse_amplitude_index,
-            anomalies,
+            anomalies: r.finish(0xE0),
         })
     }
 }

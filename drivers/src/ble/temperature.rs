@@ -9,8 +9,7 @@
 
 use super::reader::Reader;
 use super::{
-    checked, local_time, note_reserved_and_trailing, quantity, timestamp, Anomaly, Characteristic,
-    FinalMeasurement, GattDateTime, GattError,
+    local_time, quantity, Anomaly, Characteristic, FinalMeasurement, GattDateTime, GattError,
 };
 use crate::reading::{BodySite, DeviceTime, Measurement, Quantity, ReadingFlag};
 
@@ -131,41 +130,29 @@ pub struct IntermediateTemperature {
 /// The shared layout of 0x2A1C and 0x2A1E.
 fn decode_layout(c: Characteristic, bytes: &[u8]) -> Result<TemperatureMeasurement, GattError> {
     let mut r = Reader::with_flags(c, bytes, 5, &[(TIME_STAMP, 7), (TEMPERATURE_TYPE, 1)])?;
-    let flags = r.flags();
-    let mut anomalies = Vec::new();
-    let temperature = checked(
-        r.float("body_temperature")?,
-        "body_temperature",
-        &mut anomalies,
-    );
-    let timestamp = if flags & TIME_STAMP != 0 {
-        Some(timestamp(r.bytes7()?, &mut anomalies))
+    let unit = if r.has(FAHRENHEIT) {
+        TemperatureUnit::Fahrenheit
     } else {
-        None
+        TemperatureUnit::Celsius
     };
-    let temperature_type = if flags & TEMPERATURE_TYPE != 0 {
+    let temperature = r.float("body_temperature")?;
+    let timestamp = r.optional(TIME_STAMP, Reader::timestamp)?;
+    let temperature_type = r.optional(TEMPERATURE_TYPE, |r| {
         let t = TemperatureType::from_code(r.u8()?);
         if let TemperatureType::Reserved(code) = t {
-            anomalies.push(Anomaly::ReservedCode {
+            r.note(Anomaly::ReservedCode {
                 field: "temperature_type",
                 code,
             });
         }
-        Some(t)
-    } else {
-        None
-    };
-    note_reserved_and_trailing(&mut anomalies, u32::from(flags & RESERVED), r.remaining());
+        Ok(t)
+    })?;
     Ok(TemperatureMeasurement {
-        unit: if flags & FAHRENHEIT != 0 {
-            TemperatureUnit::Fahrenheit
-        } else {
-            TemperatureUnit::Celsius
-        },
+        unit,
         temperature,
         timestamp,
         temperature_type,
-        anomalies,
+        anomalies: r.finish(RESERVED),
     })
 }
 
