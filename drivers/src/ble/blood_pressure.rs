@@ -234,18 +234,10 @@ impl FinalMeasurement for BloodPressureMeasurement {
     }
 }
 
-/// Shorthand used by tests: the value of a measurement as text.
-#[cfg(test)]
-fn text(m: Measurement) -> String {
-    match m {
-        Measurement::Value(v) => v.to_string(),
-        Measurement::Absent(r) => format!("{r:?}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ble::test_support::{local, text};
     use crate::reading::AbsentReason;
 
     #[test]
@@ -349,15 +341,7 @@ mod tests {
             [m.systolic, m.diastolic, m.mean_arterial].map(text),
             ["121", "81", "106"]
         );
-        assert_eq!(
-            m.device_time(),
-            Some(DeviceTime::Local(
-                chrono::NaiveDate::from_ymd_opt(2020, 5, 21)
-                    .unwrap()
-                    .and_hms_opt(10, 30, 45)
-                    .unwrap()
-            ))
-        );
+        assert_eq!(m.device_time(), local(2020, 5, 21, 10, 30, 45));
         assert_eq!(text(m.pulse_rate.unwrap()), "72");
         assert_eq!(m.user_id, Some(UserId::Known(1)));
         assert_eq!(m.status, Some(BloodPressureStatus(0x0006)));
@@ -373,15 +357,7 @@ mod tests {
         .unwrap();
         assert_eq!(text(m.systolic), "17.6");
         assert_eq!(text(m.diastolic), "128");
-        assert_eq!(
-            m.device_time(),
-            Some(DeviceTime::Local(
-                chrono::NaiveDate::from_ymd_opt(2013, 8, 26)
-                    .unwrap()
-                    .and_hms_opt(9, 10, 20)
-                    .unwrap()
-            ))
-        );
+        assert_eq!(m.device_time(), local(2013, 8, 26, 9, 10, 20));
     }
 
     #[test]

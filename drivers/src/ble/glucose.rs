@@ -538,15 +538,7 @@ impl GlucoseJoiner {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn local(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> Option<DeviceTime> {
-        Some(DeviceTime::Local(
-            chrono::NaiveDate::from_ymd_opt(y, mo, d)
-                .unwrap()
-                .and_hms_opt(h, mi, s)
-                .unwrap(),
-        ))
-    }
+    use crate::ble::test_support::local;
 
     fn value(m: &GlucoseMeasurement) -> String {
         m.concentration.unwrap().value.value().unwrap().to_string()

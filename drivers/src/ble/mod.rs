@@ -51,6 +51,8 @@ pub mod heart_rate;
 pub mod plx;
 mod reader;
 pub mod temperature;
+#[cfg(test)]
+mod test_support;
 pub mod weight;
 
 use std::fmt;

@@ -275,20 +275,14 @@ impl FinalMeasurement for PlxContinuousMeasurement {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ble::test_support::{local, text};
     use crate::reading::AbsentReason;
-
-    fn t(m: Measurement) -> String {
-        match m {
-            Measurement::Value(v) => v.to_string(),
-            Measurement::Absent(r) => format!("{r:?}"),
-        }
-    }
 
     #[test]
     fn continuous_spo2_100_and_pulse_90_with_exponent_0() {
         let m = PlxContinuousMeasurement::decode(&[0x00, 0x64, 0x00, 0x5A, 0x00]).unwrap();
         assert_eq!(
-            (t(m.normal.spo2), t(m.normal.pulse_rate)),
+            (text(m.normal.spo2), text(m.normal.pulse_rate)),
             ("100".into(), "90".into())
         );
         assert_eq!((m.fast, m.slow, m.measurement_status), (None, None, None));
@@ -302,12 +296,12 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            (t(m.normal.spo2), t(m.normal.pulse_rate)),
+            (text(m.normal.spo2), text(m.normal.pulse_rate)),
             ("95".into(), "90".into())
         );
         assert!(m.measurement_status.unwrap().measurement_ongoing());
         assert_eq!(m.device_status, Some(PlxDeviceStatus(0)));
-        assert_eq!(t(m.pulse_amplitude_index.unwrap()), "8.7");
+        assert_eq!(text(m.pulse_amplitude_index.unwrap()), "8.7");
     }
 
     #[test]
@@ -318,23 +312,23 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            (t(m.normal.spo2), t(m.normal.pulse_rate)),
+            (text(m.normal.spo2), text(m.normal.pulse_rate)),
             ("99.0".into(), "97.0".into())
         );
         let fast = m.fast.unwrap();
         assert_eq!(
-            (t(fast.spo2), t(fast.pulse_rate)),
+            (text(fast.spo2), text(fast.pulse_rate)),
             ("97.0".into(), "137.0".into())
         );
         let slow = m.slow.unwrap();
         assert_eq!(
-            (t(slow.spo2), t(slow.pulse_rate)),
+            (text(slow.spo2), text(slow.pulse_rate)),
             ("98.0".into(), "69.0".into())
         );
         let s = m.measurement_status.unwrap();
         assert!(s.measurement_ongoing() && s.fully_qualified());
         assert_eq!(m.device_status, Some(PlxDeviceStatus(0)));
-        assert_eq!(t(m.pulse_amplitude_index.unwrap()), "8.90");
+        assert_eq!(text(m.pulse_amplitude_index.unwrap()), "8.90");
         assert!(m.anomalies.is_empty());
     }
 
@@ -346,24 +340,16 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            (t(m.value.spo2), t(m.value.pulse_rate)),
+            (text(m.value.spo2), text(m.value.pulse_rate)),
             ("94.0".into(), "147.0".into())
         );
-        assert_eq!(
-            m.device_time(),
-            Some(DeviceTime::Local(
-                chrono::NaiveDate::from_ymd_opt(2024, 11, 29)
-                    .unwrap()
-                    .and_hms_opt(23, 8, 57)
-                    .unwrap()
-            ))
-        );
+        assert_eq!(m.device_time(), local(2024, 11, 29, 23, 8, 57));
         let s = m.measurement_status.unwrap();
         assert_eq!(s.0, 0x4020);
         assert!(s.measurement_ongoing() && s.questionable() && !s.invalid());
         let d = m.device_status.unwrap();
         assert!(d.equipment_malfunction() && d.low_perfusion() && !d.sensor_disconnected());
-        assert_eq!(t(m.pulse_amplitude_index.unwrap()), "8.70");
+        assert_eq!(text(m.pulse_amplitude_index.unwrap()), "8.70");
         assert!(!m.clock_not_set);
         assert!(m.flags().is_empty());
     }
@@ -372,7 +358,7 @@ mod tests {
     fn spot_check_with_nan_spo2_is_absent() {
         let m = PlxSpotCheckMeasurement::decode(&[0x00, 0xFF, 0x07, 0x48, 0x00]).unwrap();
         assert_eq!(m.value.spo2, Measurement::Absent(AbsentReason::NotANumber));
-        assert_eq!(t(m.value.pulse_rate), "72");
+        assert_eq!(text(m.value.pulse_rate), "72");
     }
 
     #[test]

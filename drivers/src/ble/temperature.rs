@@ -205,6 +205,7 @@ impl FinalMeasurement for TemperatureMeasurement {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ble::test_support::local;
     use crate::reading::AbsentReason;
 
     fn value(m: &TemperatureMeasurement) -> String {
@@ -212,15 +213,6 @@ mod tests {
             .value()
             .map(|v| v.to_string())
             .unwrap_or_default()
-    }
-
-    fn local(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> Option<DeviceTime> {
-        Some(DeviceTime::Local(
-            chrono::NaiveDate::from_ymd_opt(y, mo, d)
-                .unwrap()
-                .and_hms_opt(h, mi, s)
-                .unwrap(),
-        ))
     }
 
     const FINGER: [u8; 13] = [

@@ -142,6 +142,7 @@ impl FinalMeasurement for WeightMeasurement {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ble::test_support::local;
     use crate::reading::AbsentReason;
 
     fn w(m: &WeightMeasurement) -> String {
@@ -172,15 +173,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(w(&m), "70.000");
-        assert_eq!(
-            m.device_time(),
-            Some(DeviceTime::Local(
-                chrono::NaiveDate::from_ymd_opt(2023, 12, 25)
-                    .unwrap()
-                    .and_hms_opt(14, 30, 45)
-                    .unwrap()
-            ))
-        );
+        assert_eq!(m.device_time(), local(2023, 12, 25, 14, 30, 45));
     }
 
     #[test]
