@@ -11,8 +11,8 @@
 
 use super::reader::Reader;
 use super::{
-    checked, local_time, note_reserved_and_trailing, quantity, require, timestamp, Anomaly,
-    Characteristic, FinalMeasurement, GattDateTime, GattError, UserId,
+    local_time, quantity, Anomaly, Characteristic, FinalMeasurement, GattDateTime, GattError,
+    UserId,
 };
 use crate::reading::{DeviceTime, Measurement, Quantity, ReadingFlag};
 
@@ -135,47 +135,26 @@ fn decode_layout(
     bytes: &[u8],
     field_names: [&'static str; 3],
 ) -> Result<BloodPressureMeasurement, GattError> {
-    require(c, bytes, 1)?;
-    let flags = bytes[0];
-    let required = 7
-        + if flags & TIME_STAMP != 0 { 7 } else { 0 }
-        + if flags & PULSE_RATE != 0 { 2 } else { 0 }
-        + if flags & USER_ID != 0 { 1 } else { 0 }
-        + if flags & STATUS != 0 { 2 } else { 0 };
-    require(c, bytes, required)?;
-    let mut anomalies = Vec::new();
-    let mut r = Reader::new(c, bytes);
-    r.u8()?;
-    let systolic = checked(r.sfloat()?, field_names[0], &mut anomalies);
-    let diastolic = checked(r.sfloat()?, field_names[1], &mut anomalies);
-    let mean_arterial = checked(r.sfloat()?, field_names[2], &mut anomalies);
-    let timestamp = if flags & TIME_STAMP != 0 {
-        Some(timestamp(r.bytes7()?, &mut anomalies))
+    let mut r = Reader::with_flags(
+        c,
+        bytes,
+        7,
+        &[(TIME_STAMP, 7), (PULSE_RATE, 2), (USER_ID, 1), (STATUS, 2)],
+    )?;
+    let unit = if r.has(UNITS_KPA) {
+        PressureUnit::KPa
     } else {
-        None
+        PressureUnit::MmHg
     };
-    let pulse_rate = if flags & PULSE_RATE != 0 {
-        Some(checked(r.sfloat()?, "pulse_rate", &mut anomalies))
-    } else {
-        None
-    };
-    let user_id = if flags & USER_ID != 0 {
-        Some(UserId::from_raw(r.u8()?))
-    } else {
-        None
-    };
-    let status = if flags & STATUS != 0 {
-        Some(BloodPressureStatus(r.u16()?))
-    } else {
-        None
-    };
-    note_reserved_and_trailing(&mut anomalies, u32::from(flags & RESERVED), r.remaining());
+    let systolic = r.sfloat(field_names[0])?;
+    let diastolic = r.sfloat(field_names[1])?;
+    let mean_arterial = r.sfloat(field_names[2])?;
+    let timestamp = r.optional(TIME_STAMP, Reader::timestamp)?;
+    let pulse_rate = r.optional(PULSE_RATE, |r| r.sfloat("pulse_rate"))?;
+    let user_id = r.optional(USER_ID, Reader::user_id)?;
+    let status = r.optional(STATUS, |r| r.u16().map(BloodPressureStatus))?;
     Ok(BloodPressureMeasurement {
-        unit: if flags & UNITS_KPA != 0 {
-            PressureUnit::KPa
-        } else {
-            PressureUnit::MmHg
-        },
+        unit,
         systolic,
         diastolic,
         mean_arterial,
@@ -183,7 +162,7 @@ fn decode_layout(
         pulse_rate,
         user_id,
         status,
-        anomalies,
+        anomalies: r.finish(RESERVED),
     })
 }
 
@@ -255,18 +234,10 @@ impl FinalMeasurement for BloodPressureMeasurement {
     }
 }
 
-/// Shorthand used by tests: the value of a measurement as text.
-#[cfg(test)]
-fn text(m: Measurement) -> String {
-    match m {
-        Measurement::Value(v) => v.to_string(),
-        Measurement::Absent(r) => format!("{r:?}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ble::test_support::{local, text};
     use crate::reading::AbsentReason;
 
     #[test]
@@ -370,15 +341,7 @@ mod tests {
             [m.systolic, m.diastolic, m.mean_arterial].map(text),
             ["121", "81", "106"]
         );
-        assert_eq!(
-            m.device_time(),
-            Some(DeviceTime::Local(
-                chrono::NaiveDate::from_ymd_opt(2020, 5, 21)
-                    .unwrap()
-                    .and_hms_opt(10, 30, 45)
-                    .unwrap()
-            ))
-        );
+        assert_eq!(m.device_time(), local(2020, 5, 21, 10, 30, 45));
         assert_eq!(text(m.pulse_rate.unwrap()), "72");
         assert_eq!(m.user_id, Some(UserId::Known(1)));
         assert_eq!(m.status, Some(BloodPressureStatus(0x0006)));
@@ -394,15 +357,7 @@ mod tests {
         .unwrap();
         assert_eq!(text(m.systolic), "17.6");
         assert_eq!(text(m.diastolic), "128");
-        assert_eq!(
-            m.device_time(),
-            Some(DeviceTime::Local(
-                chrono::NaiveDate::from_ymd_opt(2013, 8, 26)
-                    .unwrap()
-                    .and_hms_opt(9, 10, 20)
-                    .unwrap()
-            ))
-        );
+        assert_eq!(m.device_time(), local(2013, 8, 26, 9, 10, 20));
     }
 
     #[test]

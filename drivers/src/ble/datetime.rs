@@ -17,6 +17,7 @@
 
 use chrono::{NaiveDate, NaiveDateTime};
 
+use super::reader::Reader;
 use super::{Characteristic, GattError};
 
 /// A GATT Date Time as sent, before validation.
@@ -78,16 +79,7 @@ impl GattDateTime {
     /// are accepted; impossible values are an error.
     pub fn decode(bytes: &[u8]) -> Result<Self, GattError> {
         let c = Characteristic::DateTime;
-        let b: [u8; 7] =
-            bytes
-                .get(..7)
-                .and_then(|s| s.try_into().ok())
-                .ok_or(GattError::Truncated {
-                    characteristic: c,
-                    len: bytes.len(),
-                    required: 7,
-                })?;
-        let t = Self::from_bytes(b);
+        let t = Self::from_bytes(Reader::new(c, bytes).bytes7()?);
         if !t.is_possible() {
             return Err(GattError::Invalid {
                 characteristic: c,

@@ -8,7 +8,8 @@
 //! are identifying (a serial number): the gateway pseudonymizes them and never uses them as
 //! FHIR ids or logs them.
 
-use super::{note_reserved_and_trailing, require, Anomaly, Characteristic, GattError};
+use super::reader::Reader;
+use super::{Anomaly, Characteristic, GattError};
 
 /// The most bytes of a Device Information string that are read (the ATT maximum
 /// attribute length).
@@ -29,17 +30,18 @@ impl BatteryLevel {
     /// Decodes the characteristic's value; 101..=255 are reserved and rejected.
     pub fn decode(bytes: &[u8]) -> Result<Self, GattError> {
         const C: Characteristic = Characteristic::BatteryLevel;
-        require(C, bytes, 1)?;
-        let percent = bytes[0];
+        let mut r = Reader::new(C, bytes);
+        let percent = r.u8()?;
         if percent > 100 {
             return Err(GattError::Invalid {
                 characteristic: C,
                 reason: "levels above 100 % are reserved".into(),
             });
         }
-        let mut anomalies = Vec::new();
-        note_reserved_and_trailing(&mut anomalies, 0, bytes.len() - 1);
-        Ok(Self { percent, anomalies })
+        Ok(Self {
+            percent,
+            anomalies: r.finish(0),
+        })
     }
 }
 

@@ -139,19 +139,14 @@ fn scaled(mantissa: i64, exponent: i8) -> Option<Decimal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ble::test_support::text;
 
     fn sf(bytes: [u8; 2]) -> String {
-        match sfloat(u16::from_le_bytes(bytes)).measurement {
-            Measurement::Value(v) => v.to_string(),
-            Measurement::Absent(r) => format!("{r:?}"),
-        }
+        text(sfloat(u16::from_le_bytes(bytes)).measurement)
     }
 
     fn fl(bytes: [u8; 4]) -> String {
-        match float(u32::from_le_bytes(bytes)).unwrap().measurement {
-            Measurement::Value(v) => v.to_string(),
-            Measurement::Absent(r) => format!("{r:?}"),
-        }
+        text(float(u32::from_le_bytes(bytes)).unwrap().measurement)
     }
 
     // §1.3 worked examples, one test per row.

@@ -15,10 +15,7 @@
 use std::collections::VecDeque;
 
 use super::reader::Reader;
-use super::{
-    checked, note_reserved_and_trailing, quantity, require, timestamp, Anomaly, Characteristic,
-    FinalMeasurement, GattDateTime, GattError,
-};
+use super::{quantity, Anomaly, Characteristic, FinalMeasurement, GattDateTime, GattError};
 use crate::reading::{DeviceTime, Measurement, Quantity, ReadingFlag};
 
 const TIME_OFFSET: u8 = 0x01;
@@ -218,43 +215,35 @@ impl GlucoseMeasurement {
     /// Decodes the characteristic's value.
     pub fn decode(bytes: &[u8]) -> Result<Self, GattError> {
         const C: Characteristic = Characteristic::GlucoseMeasurement;
-        require(C, bytes, 1)?;
-        let flags = bytes[0];
-        let required = 10
-            + if flags & TIME_OFFSET != 0 { 2 } else { 0 }
-            + if flags & CONCENTRATION != 0 { 3 } else { 0 }
-            + if flags & STATUS != 0 { 2 } else { 0 };
-        require(C, bytes, required)?;
-        let mut anomalies = Vec::new();
-        let mut r = Reader::new(C, bytes);
-        r.u8()?;
+        let mut r = Reader::with_flags(
+            C,
+            bytes,
+            10,
+            &[(TIME_OFFSET, 2), (CONCENTRATION, 3), (STATUS, 2)],
+        )?;
         let sequence = r.u16()?;
-        let base_time = timestamp(r.bytes7()?, &mut anomalies);
-        let time_offset_minutes = if flags & TIME_OFFSET != 0 {
-            Some(r.i16()?)
-        } else {
-            None
-        };
-        let concentration = if flags & CONCENTRATION != 0 {
-            let value = checked(r.sfloat()?, "glucose", &mut anomalies);
+        let base_time = r.timestamp()?;
+        let time_offset_minutes = r.optional(TIME_OFFSET, Reader::i16)?;
+        let concentration = r.optional(CONCENTRATION, |r| {
+            let value = r.sfloat("glucose")?;
             let type_location = r.u8()?;
             let sample_type = SampleType::from_code(type_location & 0x0F);
             let location = SampleLocation::from_code(type_location >> 4);
             if let SampleType::Reserved(code) = sample_type {
-                anomalies.push(Anomaly::ReservedCode {
+                r.note(Anomaly::ReservedCode {
                     field: "sample_type",
                     code,
                 });
             }
             if let SampleLocation::Reserved(code) = location {
-                anomalies.push(Anomaly::ReservedCode {
+                r.note(Anomaly::ReservedCode {
                     field: "sample_location",
                     code,
                 });
             }
-            Some(Concentration {
+            Ok(Concentration {
                 value,
-                unit: if flags & MOL_PER_L != 0 {
+                unit: if r.has(MOL_PER_L) {
                     GlucoseUnit::MolPerL
                 } else {
                     GlucoseUnit::KgPerL
@@ -262,23 +251,16 @@ impl GlucoseMeasurement {
                 sample_type,
                 location,
             })
-        } else {
-            None
-        };
-        let status = if flags & STATUS != 0 {
-            Some(GlucoseStatus(r.u16()?))
-        } else {
-            None
-        };
-        note_reserved_and_trailing(&mut anomalies, u32::from(flags & RESERVED), r.remaining());
+        })?;
+        let status = r.optional(STATUS, |r| r.u16().map(GlucoseStatus))?;
         Ok(Self {
             sequence,
             base_time,
             time_offset_minutes,
             concentration,
             status,
-            context_follows: flags & CONTEXT_FOLLOWS != 0,
-            anomalies,
+            context_follows: r.has(CONTEXT_FOLLOWS),
+            anomalies: r.finish(RESERVED),
         })
     }
 
@@ -395,68 +377,42 @@ impl GlucoseContext {
     /// Decodes the characteristic's value.
     pub fn decode(bytes: &[u8]) -> Result<Self, GattError> {
         const C: Characteristic = Characteristic::GlucoseMeasurementContext;
-        require(C, bytes, 1)?;
-        let flags = bytes[0];
-        let has = |bit: u8| flags & bit != 0;
-        let required = 3
-            + if has(0x80) { 1 } else { 0 }
-            + if has(0x01) { 3 } else { 0 }
-            + if has(0x02) { 1 } else { 0 }
-            + if has(0x04) { 1 } else { 0 }
-            + if has(0x08) { 3 } else { 0 }
-            + if has(0x10) { 3 } else { 0 }
-            + if has(0x40) { 2 } else { 0 };
-        require(C, bytes, required)?;
-        let mut anomalies = Vec::new();
-        let mut r = Reader::new(C, bytes);
-        r.u8()?;
+        let mut r = Reader::with_flags(
+            C,
+            bytes,
+            3,
+            &[
+                (0x80, 1),
+                (0x01, 3),
+                (0x02, 1),
+                (0x04, 1),
+                (0x08, 3),
+                (0x10, 3),
+                (0x40, 2),
+            ],
+        )?;
         let sequence = r.u16()?;
-        let extended_flags = if has(0x80) { Some(r.u8()?) } else { None };
+        let extended_flags = r.optional(0x80, Reader::u8)?;
         if let Some(ext) = extended_flags.filter(|e| *e != 0) {
-            anomalies.push(Anomaly::ReservedFlags {
+            r.note(Anomaly::ReservedFlags {
                 bits: u32::from(ext) << 8,
             });
         }
-        let carbohydrate = if has(0x01) {
+        let carbohydrate = r.optional(0x01, |r| Ok((r.u8()?, r.sfloat("carbohydrate")?)))?;
+        let meal = r.optional(0x02, |r| r.u8().map(Meal::from_code))?;
+        let tester_health = r.optional(0x04, |r| r.u8().map(|b| (b & 0x0F, b >> 4)))?;
+        let exercise = r.optional(0x08, |r| Ok((r.u16()?, r.u8()?)))?;
+        let medication = r.optional(0x10, |r| {
             let id = r.u8()?;
-            Some((id, checked(r.sfloat()?, "carbohydrate", &mut anomalies)))
-        } else {
-            None
-        };
-        let meal = if has(0x02) {
-            Some(Meal::from_code(r.u8()?))
-        } else {
-            None
-        };
-        let tester_health = if has(0x04) {
-            let b = r.u8()?;
-            Some((b & 0x0F, b >> 4))
-        } else {
-            None
-        };
-        let exercise = if has(0x08) {
-            Some((r.u16()?, r.u8()?))
-        } else {
-            None
-        };
-        let medication = if has(0x10) {
-            let id = r.u8()?;
-            let amount = checked(r.sfloat()?, "medication", &mut anomalies);
-            let unit = if has(0x20) {
+            let amount = r.sfloat("medication")?;
+            let unit = if r.has(0x20) {
                 MedicationUnit::Litres
             } else {
                 MedicationUnit::Kilograms
             };
-            Some((id, amount, unit))
-        } else {
-            None
-        };
-        let hba1c = if has(0x40) {
-            Some(checked(r.sfloat()?, "hba1c", &mut anomalies))
-        } else {
-            None
-        };
-        note_reserved_and_trailing(&mut anomalies, 0, r.remaining());
+            Ok((id, amount, unit))
+        })?;
+        let hba1c = r.optional(0x40, |r| r.sfloat("hba1c"))?;
         Ok(Self {
             sequence,
             extended_flags,
@@ -466,7 +422,7 @@ impl GlucoseContext {
             exercise,
             medication,
             hba1c,
-            anomalies,
+            anomalies: r.finish(0),
         })
     }
 }
@@ -582,15 +538,7 @@ impl GlucoseJoiner {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn local(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> Option<DeviceTime> {
-        Some(DeviceTime::Local(
-            chrono::NaiveDate::from_ymd_opt(y, mo, d)
-                .unwrap()
-                .and_hms_opt(h, mi, s)
-                .unwrap(),
-        ))
-    }
+    use crate::ble::test_support::local;
 
     fn value(m: &GlucoseMeasurement) -> String {
         m.concentration.unwrap().value.value().unwrap().to_string()

@@ -3,10 +3,7 @@
 use rust_decimal::Decimal;
 
 use super::reader::Reader;
-use super::{
-    note_reserved_and_trailing, quantity, require, Anomaly, Characteristic, FinalMeasurement,
-    GattError,
-};
+use super::{quantity, Anomaly, Characteristic, FinalMeasurement, GattError};
 use crate::reading::{DeviceTime, Measurement, Quantity, ReadingFlag};
 
 const C: Characteristic = Characteristic::HeartRateMeasurement;
@@ -44,34 +41,26 @@ pub struct HeartRateMeasurement {
 impl HeartRateMeasurement {
     /// Decodes the characteristic's value.
     pub fn decode(bytes: &[u8]) -> Result<Self, GattError> {
-        require(C, bytes, 1)?;
-        let flags = bytes[0];
-        let hr_size = if flags & FORMAT_U16 != 0 { 2 } else { 1 };
-        let required = 1
-            + hr_size
-            + if flags & ENERGY_EXPENDED != 0 { 2 } else { 0 }
-            + if flags & RR_INTERVALS != 0 { 2 } else { 0 };
-        require(C, bytes, required)?;
-        let mut r = Reader::new(C, bytes);
-        r.u8()?;
-        let heart_rate = if hr_size == 2 {
+        // The heart rate is a uint8, or a uint16 under FORMAT_U16 (one byte more).
+        let mut r = Reader::with_flags(
+            C,
+            bytes,
+            2,
+            &[(FORMAT_U16, 1), (ENERGY_EXPENDED, 2), (RR_INTERVALS, 2)],
+        )?;
+        let heart_rate = if r.has(FORMAT_U16) {
             r.u16()?
         } else {
             u16::from(r.u8()?)
         };
-        let sensor_contact = match (flags >> 1) & 0x03 {
+        let sensor_contact = match (r.flags() >> 1) & 0x03 {
             2 => SensorContact::NotDetected,
             3 => SensorContact::Detected,
             _ => SensorContact::NotSupported,
         };
-        let energy_expended_kj = if flags & ENERGY_EXPENDED != 0 {
-            Some(r.u16()?)
-        } else {
-            None
-        };
+        let energy_expended_kj = r.optional(ENERGY_EXPENDED, Reader::u16)?;
         let mut rr_intervals = Vec::new();
-        let mut anomalies = Vec::new();
-        if flags & RR_INTERVALS != 0 {
+        if r.has(RR_INTERVALS) {
             if r.remaining() % 2 != 0 {
                 return Err(GattError::Invalid {
                     characteristic: C,
@@ -82,13 +71,12 @@ impl HeartRateMeasurement {
                 rr_intervals.push(r.u16()?);
             }
         }
-        note_reserved_and_trailing(&mut anomalies, u32::from(flags & RESERVED), r.remaining());
         Ok(Self {
             heart_rate,
             sensor_contact,
             energy_expended_kj,
             rr_intervals,
-            anomalies,
+            anomalies: r.finish(RESERVED),
         })
     }
 

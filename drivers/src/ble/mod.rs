@@ -51,6 +51,8 @@ pub mod heart_rate;
 pub mod plx;
 mod reader;
 pub mod temperature;
+#[cfg(test)]
+mod test_support;
 pub mod weight;
 
 use std::fmt;
@@ -442,48 +444,6 @@ impl UserId {
             UserId::Known(raw)
         }
     }
-}
-
-/// Checks the length a value's flags require, before anything is read.
-fn require(characteristic: Characteristic, bytes: &[u8], required: usize) -> Result<(), GattError> {
-    if bytes.len() < required {
-        Err(GattError::Truncated {
-            characteristic,
-            len: bytes.len(),
-            required,
-        })
-    } else {
-        Ok(())
-    }
-}
-
-/// Records reserved flag bits and trailing bytes.
-fn note_reserved_and_trailing(anomalies: &mut Vec<Anomaly>, reserved_bits: u32, trailing: usize) {
-    if reserved_bits != 0 {
-        anomalies.push(Anomaly::ReservedFlags {
-            bits: reserved_bits,
-        });
-    }
-    if trailing != 0 {
-        anomalies.push(Anomaly::TrailingBytes { count: trailing });
-    }
-}
-
-/// The measurement of a decoded float, recording a reserved mantissa against `field`.
-fn checked(f: float::Float11073, field: &'static str, anomalies: &mut Vec<Anomaly>) -> Measurement {
-    if f.reserved_mantissa {
-        anomalies.push(Anomaly::ReservedMantissa { field });
-    }
-    f.measurement
-}
-
-/// Validates an embedded time stamp, recording why it is unusable.
-fn timestamp(raw: [u8; 7], anomalies: &mut Vec<Anomaly>) -> GattDateTime {
-    let t = GattDateTime::from_bytes(raw);
-    if let Err(problem) = t.to_naive() {
-        anomalies.push(Anomaly::UnusableTimestamp { problem });
-    }
-    t
 }
 
 /// The device time of an optional embedded time stamp.

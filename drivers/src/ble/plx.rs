@@ -9,8 +9,7 @@
 
 use super::reader::Reader;
 use super::{
-    checked, local_time, note_reserved_and_trailing, quantity, require, timestamp, Anomaly,
-    Characteristic, FinalMeasurement, GattDateTime, GattError,
+    local_time, quantity, Anomaly, Characteristic, FinalMeasurement, GattDateTime, GattError,
 };
 use crate::reading::{DeviceTime, Measurement, Quantity, ReadingFlag};
 
@@ -144,14 +143,10 @@ pub struct PlxContinuousMeasurement {
     pub anomalies: Vec<Anomaly>,
 }
 
-fn pair(
-    r: &mut Reader<'_>,
-    names: [&'static str; 2],
-    anomalies: &mut Vec<Anomaly>,
-) -> Result<SpO2Pr, GattError> {
+fn pair(r: &mut Reader<'_>, names: [&'static str; 2]) -> Result<SpO2Pr, GattError> {
     Ok(SpO2Pr {
-        spo2: checked(r.sfloat()?, names[0], anomalies),
-        pulse_rate: checked(r.sfloat()?, names[1], anomalies),
+        spo2: r.sfloat(names[0])?,
+        pulse_rate: r.sfloat(names[1])?,
     })
 }
 
@@ -180,51 +175,20 @@ impl PlxSpotCheckMeasurement {
     /// Decodes the characteristic's value.
     pub fn decode(bytes: &[u8]) -> Result<Self, GattError> {
         const C: Characteristic = Characteristic::PlxSpotCheckMeasurement;
-        require(C, bytes, 1)?;
-        let flags = bytes[0];
-        let required = 5
-            + if flags & 0x01 != 0 { 7 } else { 0 }
-            + if flags & 0x02 != 0 { 2 } else { 0 }
-            + if flags & 0x04 != 0 { 3 } else { 0 }
-            + if flags & 0x08 != 0 { 2 } else { 0 };
-        require(C, bytes, required)?;
-        let mut anomalies = Vec::new();
-        let mut r = Reader::new(C, bytes);
-        r.u8()?;
-        let value = pair(&mut r, ["spo2", "pulse_rate"], &mut anomalies)?;
-        let timestamp = if flags & 0x01 != 0 {
-            Some(timestamp(r.bytes7()?, &mut anomalies))
-        } else {
-            None
-        };
-        let measurement_status = if flags & 0x02 != 0 {
-            Some(PlxMeasurementStatus(r.u16()?))
-        } else {
-            None
-        };
-        let device_status = if flags & 0x04 != 0 {
-            Some(PlxDeviceStatus(r.u24()?))
-        } else {
-            None
-        };
-        let pulse_amplitude_index = if flags & 0x08 != 0 {
-            Some(checked(
-                r.sfloat()?,
-                "pulse_amplitude_index",
-                &mut anomalies,
-            ))
-        } else {
-            None
-        };
-        note_reserved_and_trailing(&mut anomalies, u32::from(flags & 0xE0), r.remaining());
+        let mut r = Reader::with_flags(C, bytes, 5, &[(0x01, 7), (0x02, 2), (0x04, 3), (0x08, 2)])?;
+        let value = pair(&mut r, ["spo2", "pulse_rate"])?;
+        let timestamp = r.optional(0x01, Reader::timestamp)?;
+        let measurement_status = r.optional(0x02, |r| r.u16().map(PlxMeasurementStatus))?;
+        let device_status = r.optional(0x04, |r| r.u24().map(PlxDeviceStatus))?;
+        let pulse_amplitude_index = r.optional(0x08, |r| r.sfloat("pulse_amplitude_index"))?;
         Ok(Self {
             value,
             timestamp,
             measurement_status,
             device_status,
             pulse_amplitude_index,
-            clock_not_set: flags & 0x10 != 0,
-            anomalies,
+            clock_not_set: r.has(0x10),
+            anomalies: r.finish(0xE0),
         })
     }
 }
@@ -233,57 +197,18 @@ impl PlxContinuousMeasurement {
     /// Decodes the characteristic's value.
     pub fn decode(bytes: &[u8]) -> Result<Self, GattError> {
         const C: Characteristic = Characteristic::PlxContinuousMeasurement;
-        require(C, bytes, 1)?;
-        let flags = bytes[0];
-        let required = 5
-            + if flags & 0x01 != 0 { 4 } else { 0 }
-            + if flags & 0x02 != 0 { 4 } else { 0 }
-            + if flags & 0x04 != 0 { 2 } else { 0 }
-            + if flags & 0x08 != 0 { 3 } else { 0 }
-            + if flags & 0x10 != 0 { 2 } else { 0 };
-        require(C, bytes, required)?;
-        let mut anomalies = Vec::new();
-        let mut r = Reader::new(C, bytes);
-        r.u8()?;
-        let normal = pair(&mut r, ["spo2", "pulse_rate"], &mut anomalies)?;
-        let fast = if flags & 0x01 != 0 {
-            Some(pair(
-                &mut r,
-                ["spo2_fast", "pulse_rate_fast"],
-                &mut anomalies,
-            )?)
-        } else {
-            None
-        };
-        let slow = if flags & 0x02 != 0 {
-            Some(pair(
-                &mut r,
-                ["spo2_slow", "pulse_rate_slow"],
-                &mut anomalies,
-            )?)
-        } else {
-            None
-        };
-        let measurement_status = if flags & 0x04 != 0 {
-            Some(PlxMeasurementStatus(r.u16()?))
-        } else {
-            None
-        };
-        let device_status = if flags & 0x08 != 0 {
-            Some(PlxDeviceStatus(r.u24()?))
-        } else {
-            None
-        };
-        let pulse_amplitude_index = if flags & 0x10 != 0 {
-            Some(checked(
-                r.sfloat()?,
-                "pulse_amplitude_index",
-                &mut anomalies,
-            ))
-        } else {
-            None
-        };
-        note_reserved_and_trailing(&mut anomalies, u32::from(flags & 0xE0), r.remaining());
+        let mut r = Reader::with_flags(
+            C,
+            bytes,
+            5,
+            &[(0x01, 4), (0x02, 4), (0x04, 2), (0x08, 3), (0x10, 2)],
+        )?;
+        let normal = pair(&mut r, ["spo2", "pulse_rate"])?;
+        let fast = r.optional(0x01, |r| pair(r, ["spo2_fast", "pulse_rate_fast"]))?;
+        let slow = r.optional(0x02, |r| pair(r, ["spo2_slow", "pulse_rate_slow"]))?;
+        let measurement_status = r.optional(0x04, |r| r.u16().map(PlxMeasurementStatus))?;
+        let device_status = r.optional(0x08, |r| r.u24().map(PlxDeviceStatus))?;
+        let pulse_amplitude_index = r.optional(0x10, |r| r.sfloat("pulse_amplitude_index"))?;
         Ok(Self {
             normal,
             fast,
@@ -291,7 +216,7 @@ impl PlxContinuousMeasurement {
             measurement_status,
             device_status,
             pulse_amplitude_index,
-            anomalies,
+            anomalies: r.finish(0xE0),
         })
     }
 }
@@ -350,20 +275,14 @@ impl FinalMeasurement for PlxContinuousMeasurement {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ble::test_support::{local, text};
     use crate::reading::AbsentReason;
-
-    fn t(m: Measurement) -> String {
-        match m {
-            Measurement::Value(v) => v.to_string(),
-            Measurement::Absent(r) => format!("{r:?}"),
-        }
-    }
 
     #[test]
     fn continuous_spo2_100_and_pulse_90_with_exponent_0() {
         let m = PlxContinuousMeasurement::decode(&[0x00, 0x64, 0x00, 0x5A, 0x00]).unwrap();
         assert_eq!(
-            (t(m.normal.spo2), t(m.normal.pulse_rate)),
+            (text(m.normal.spo2), text(m.normal.pulse_rate)),
             ("100".into(), "90".into())
         );
         assert_eq!((m.fast, m.slow, m.measurement_status), (None, None, None));
@@ -377,12 +296,12 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            (t(m.normal.spo2), t(m.normal.pulse_rate)),
+            (text(m.normal.spo2), text(m.normal.pulse_rate)),
             ("95".into(), "90".into())
         );
         assert!(m.measurement_status.unwrap().measurement_ongoing());
         assert_eq!(m.device_status, Some(PlxDeviceStatus(0)));
-        assert_eq!(t(m.pulse_amplitude_index.unwrap()), "8.7");
+        assert_eq!(text(m.pulse_amplitude_index.unwrap()), "8.7");
     }
 
     #[test]
@@ -393,23 +312,23 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            (t(m.normal.spo2), t(m.normal.pulse_rate)),
+            (text(m.normal.spo2), text(m.normal.pulse_rate)),
             ("99.0".into(), "97.0".into())
         );
         let fast = m.fast.unwrap();
         assert_eq!(
-            (t(fast.spo2), t(fast.pulse_rate)),
+            (text(fast.spo2), text(fast.pulse_rate)),
             ("97.0".into(), "137.0".into())
         );
         let slow = m.slow.unwrap();
         assert_eq!(
-            (t(slow.spo2), t(slow.pulse_rate)),
+            (text(slow.spo2), text(slow.pulse_rate)),
             ("98.0".into(), "69.0".into())
         );
         let s = m.measurement_status.unwrap();
         assert!(s.measurement_ongoing() && s.fully_qualified());
         assert_eq!(m.device_status, Some(PlxDeviceStatus(0)));
-        assert_eq!(t(m.pulse_amplitude_index.unwrap()), "8.90");
+        assert_eq!(text(m.pulse_amplitude_index.unwrap()), "8.90");
         assert!(m.anomalies.is_empty());
     }
 
@@ -421,24 +340,16 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            (t(m.value.spo2), t(m.value.pulse_rate)),
+            (text(m.value.spo2), text(m.value.pulse_rate)),
             ("94.0".into(), "147.0".into())
         );
-        assert_eq!(
-            m.device_time(),
-            Some(DeviceTime::Local(
-                chrono::NaiveDate::from_ymd_opt(2024, 11, 29)
-                    .unwrap()
-                    .and_hms_opt(23, 8, 57)
-                    .unwrap()
-            ))
-        );
+        assert_eq!(m.device_time(), local(2024, 11, 29, 23, 8, 57));
         let s = m.measurement_status.unwrap();
         assert_eq!(s.0, 0x4020);
         assert!(s.measurement_ongoing() && s.questionable() && !s.invalid());
         let d = m.device_status.unwrap();
         assert!(d.equipment_malfunction() && d.low_perfusion() && !d.sensor_disconnected());
-        assert_eq!(t(m.pulse_amplitude_index.unwrap()), "8.70");
+        assert_eq!(text(m.pulse_amplitude_index.unwrap()), "8.70");
         assert!(!m.clock_not_set);
         assert!(m.flags().is_empty());
     }
@@ -447,7 +358,7 @@ mod tests {
     fn spot_check_with_nan_spo2_is_absent() {
         let m = PlxSpotCheckMeasurement::decode(&[0x00, 0xFF, 0x07, 0x48, 0x00]).unwrap();
         assert_eq!(m.value.spo2, Measurement::Absent(AbsentReason::NotANumber));
-        assert_eq!(t(m.value.pulse_rate), "72");
+        assert_eq!(text(m.value.pulse_rate), "72");
     }
 
     #[test]

@@ -1,29 +1,90 @@
-//! A bounds-checked little-endian reader over one GATT value.
+//! A bounds-checked little-endian reader over one GATT value, and what every measurement
+//! decoder reads the same way.
 //!
-//! Decoders compute the length their flags require and reject a short value *before*
-//! reading; the reader still checks every read, so a mistake in that computation is a
-//! typed error, never a panic.
+//! A measurement decoder starts with [`Reader::with_flags`], which reads the flags byte and
+//! rejects a value shorter than the fields they announce *before* anything else is read;
+//! the decoder then only says which fields its characteristic has, in wire order. The
+//! reader still checks every read, so a mistake in a decoder's length table is a typed
+//! error, never a panic.
+//!
+//! The reader also keeps what the module's policies ask to record while reading: a
+//! reserved SFLOAT/FLOAT mantissa (named by field), an unusable time stamp, and, when the
+//! decoder [finishes](Reader::finish), reserved flag bits and trailing bytes.
 
 use rust_decimal::Decimal;
 
-use super::float::{self, Float11073};
-use super::{Characteristic, GattError};
+use super::float;
+use super::{Anomaly, Characteristic, GattDateTime, GattError, UserId};
 use crate::reading::{AbsentReason, Measurement};
 
-/// Reads fields in wire order.
+/// Reads fields in wire order and collects the anomalies it notices.
 pub(crate) struct Reader<'a> {
     characteristic: Characteristic,
     bytes: &'a [u8],
     pos: usize,
+    flags: u8,
+    anomalies: Vec<Anomaly>,
 }
 
 impl<'a> Reader<'a> {
-    /// A reader at the start of `bytes`.
+    /// A reader at the start of `bytes`, for a value without a flags byte.
     pub(crate) fn new(characteristic: Characteristic, bytes: &'a [u8]) -> Self {
         Self {
             characteristic,
             bytes,
             pos: 0,
+            flags: 0,
+            anomalies: Vec::new(),
+        }
+    }
+
+    /// A reader past the flags byte of `bytes`. The value must hold `base` bytes (the
+    /// flags byte and the fields always present) plus, for each `(bit, size)` of
+    /// `optional` whose bit is set in the flags, `size` bytes; a shorter one is
+    /// [`GattError::Truncated`] with that required length.
+    pub(crate) fn with_flags(
+        characteristic: Characteristic,
+        bytes: &'a [u8],
+        base: usize,
+        optional: &[(u8, usize)],
+    ) -> Result<Self, GattError> {
+        let mut r = Self::new(characteristic, bytes);
+        let flags = r.u8()?;
+        let required = optional
+            .iter()
+            .filter(|(bit, _)| flags & bit != 0)
+            .fold(base, |len, (_, size)| len.saturating_add(*size));
+        if bytes.len() < required {
+            return Err(GattError::Truncated {
+                characteristic,
+                len: bytes.len(),
+                required,
+            });
+        }
+        r.flags = flags;
+        Ok(r)
+    }
+
+    /// The flags byte (0 for a value without one).
+    pub(crate) fn flags(&self) -> u8 {
+        self.flags
+    }
+
+    /// Whether flag `bit` is set.
+    pub(crate) fn has(&self, bit: u8) -> bool {
+        self.flags & bit != 0
+    }
+
+    /// The field `read` reads, if flag `bit` announces it.
+    pub(crate) fn optional<T>(
+        &mut self,
+        bit: u8,
+        read: impl FnOnce(&mut Self) -> Result<T, GattError>,
+    ) -> Result<Option<T>, GattError> {
+        if self.has(bit) {
+            read(self).map(Some)
+        } else {
+            Ok(None)
         }
     }
 
@@ -68,23 +129,68 @@ impl<'a> Reader<'a> {
         self.take::<7>()
     }
 
-    /// An SFLOAT.
-    pub(crate) fn sfloat(&mut self) -> Result<Float11073, GattError> {
-        Ok(float::sfloat(self.u16()?))
+    /// An SFLOAT; a reserved mantissa is recorded against `field`.
+    pub(crate) fn sfloat(&mut self, field: &'static str) -> Result<Measurement, GattError> {
+        let f = float::sfloat(self.u16()?);
+        Ok(self.checked(f, field))
     }
 
-    /// A FLOAT; an exponent outside the decimal range is an error naming `field`.
-    pub(crate) fn float(&mut self, field: &'static str) -> Result<Float11073, GattError> {
+    /// A FLOAT; an exponent outside the decimal range is an error naming `field`, and a
+    /// reserved mantissa is recorded against it.
+    pub(crate) fn float(&mut self, field: &'static str) -> Result<Measurement, GattError> {
         let raw = u32::from_le_bytes(self.take::<4>()?);
-        float::float(raw).map_err(|e| GattError::Invalid {
+        let f = float::float(raw).map_err(|e| GattError::Invalid {
             characteristic: self.characteristic,
             reason: format!("field `{field}`: {e}"),
-        })
+        })?;
+        Ok(self.checked(f, field))
+    }
+
+    /// The measurement of a decoded float, recording a reserved mantissa against `field`.
+    fn checked(&mut self, f: float::Float11073, field: &'static str) -> Measurement {
+        if f.reserved_mantissa {
+            self.note(Anomaly::ReservedMantissa { field });
+        }
+        f.measurement
+    }
+
+    /// An embedded time stamp (Date Time), as sent; why it is unusable, if it is, is
+    /// recorded.
+    pub(crate) fn timestamp(&mut self) -> Result<GattDateTime, GattError> {
+        let t = GattDateTime::from_bytes(self.bytes7()?);
+        if let Err(problem) = t.to_naive() {
+            self.note(Anomaly::UnusableTimestamp { problem });
+        }
+        Ok(t)
+    }
+
+    /// A User ID (`0xFF`: the unknown user).
+    pub(crate) fn user_id(&mut self) -> Result<UserId, GattError> {
+        Ok(UserId::from_raw(self.u8()?))
+    }
+
+    /// Records something the decoder noticed.
+    pub(crate) fn note(&mut self, anomaly: Anomaly) {
+        self.anomalies.push(anomaly);
     }
 
     /// Bytes not read yet.
     pub(crate) fn remaining(&self) -> usize {
         self.bytes.len().saturating_sub(self.pos)
+    }
+
+    /// Everything noticed, after recording the set flag bits of `reserved` and the bytes
+    /// left unread.
+    pub(crate) fn finish(mut self, reserved: u8) -> Vec<Anomaly> {
+        let bits = u32::from(self.flags & reserved);
+        if bits != 0 {
+            self.note(Anomaly::ReservedFlags { bits });
+        }
+        let trailing = self.remaining();
+        if trailing != 0 {
+            self.note(Anomaly::TrailingBytes { count: trailing });
+        }
+        self.anomalies
     }
 }
 

@@ -9,8 +9,7 @@
 
 use super::reader::Reader;
 use super::{
-    checked, local_time, note_reserved_and_trailing, quantity, require, timestamp, Anomaly,
-    Characteristic, FinalMeasurement, GattDateTime, GattError,
+    local_time, quantity, Anomaly, Characteristic, FinalMeasurement, GattDateTime, GattError,
 };
 use crate::reading::{BodySite, DeviceTime, Measurement, Quantity, ReadingFlag};
 
@@ -130,48 +129,30 @@ pub struct IntermediateTemperature {
 
 /// The shared layout of 0x2A1C and 0x2A1E.
 fn decode_layout(c: Characteristic, bytes: &[u8]) -> Result<TemperatureMeasurement, GattError> {
-    require(c, bytes, 1)?;
-    let flags = bytes[0];
-    let required = 5
-        + if flags & TIME_STAMP != 0 { 7 } else { 0 }
-        + if flags & TEMPERATURE_TYPE != 0 { 1 } else { 0 };
-    require(c, bytes, required)?;
-    let mut anomalies = Vec::new();
-    let mut r = Reader::new(c, bytes);
-    r.u8()?;
-    let temperature = checked(
-        r.float("body_temperature")?,
-        "body_temperature",
-        &mut anomalies,
-    );
-    let timestamp = if flags & TIME_STAMP != 0 {
-        Some(timestamp(r.bytes7()?, &mut anomalies))
+    let mut r = Reader::with_flags(c, bytes, 5, &[(TIME_STAMP, 7), (TEMPERATURE_TYPE, 1)])?;
+    let unit = if r.has(FAHRENHEIT) {
+        TemperatureUnit::Fahrenheit
     } else {
-        None
+        TemperatureUnit::Celsius
     };
-    let temperature_type = if flags & TEMPERATURE_TYPE != 0 {
+    let temperature = r.float("body_temperature")?;
+    let timestamp = r.optional(TIME_STAMP, Reader::timestamp)?;
+    let temperature_type = r.optional(TEMPERATURE_TYPE, |r| {
         let t = TemperatureType::from_code(r.u8()?);
         if let TemperatureType::Reserved(code) = t {
-            anomalies.push(Anomaly::ReservedCode {
+            r.note(Anomaly::ReservedCode {
                 field: "temperature_type",
                 code,
             });
         }
-        Some(t)
-    } else {
-        None
-    };
-    note_reserved_and_trailing(&mut anomalies, u32::from(flags & RESERVED), r.remaining());
+        Ok(t)
+    })?;
     Ok(TemperatureMeasurement {
-        unit: if flags & FAHRENHEIT != 0 {
-            TemperatureUnit::Fahrenheit
-        } else {
-            TemperatureUnit::Celsius
-        },
+        unit,
         temperature,
         timestamp,
         temperature_type,
-        anomalies,
+        anomalies: r.finish(RESERVED),
     })
 }
 
@@ -224,6 +205,7 @@ impl FinalMeasurement for TemperatureMeasurement {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ble::test_support::local;
     use crate::reading::AbsentReason;
 
     fn value(m: &TemperatureMeasurement) -> String {
@@ -231,15 +213,6 @@ mod tests {
             .value()
             .map(|v| v.to_string())
             .unwrap_or_default()
-    }
-
-    fn local(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> Option<DeviceTime> {
-        Some(DeviceTime::Local(
-            chrono::NaiveDate::from_ymd_opt(y, mo, d)
-                .unwrap()
-                .and_hms_opt(h, mi, s)
-                .unwrap(),
-        ))
     }
 
     const FINGER: [u8; 13] = [

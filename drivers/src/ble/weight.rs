@@ -13,8 +13,8 @@ use rust_decimal::Decimal;
 
 use super::reader::{fixed, not_a_number, Reader};
 use super::{
-    local_time, note_reserved_and_trailing, quantity, require, timestamp, Anomaly, Characteristic,
-    FinalMeasurement, GattDateTime, GattError, UserId,
+    local_time, quantity, Anomaly, Characteristic, FinalMeasurement, GattDateTime, GattError,
+    UserId,
 };
 use crate::reading::{DeviceTime, Measurement, Quantity, ReadingFlag};
 
@@ -57,23 +57,19 @@ pub struct WeightMeasurement {
 impl WeightMeasurement {
     /// Decodes the characteristic's value.
     pub fn decode(bytes: &[u8]) -> Result<Self, GattError> {
-        require(C, bytes, 1)?;
-        let flags = bytes[0];
-        let required = 3
-            + if flags & TIME_STAMP != 0 { 7 } else { 0 }
-            + if flags & USER_ID != 0 { 1 } else { 0 }
-            + if flags & BMI_AND_HEIGHT != 0 { 4 } else { 0 };
-        require(C, bytes, required)?;
-        let units = if flags & IMPERIAL != 0 {
+        let mut r = Reader::with_flags(
+            C,
+            bytes,
+            3,
+            &[(TIME_STAMP, 7), (USER_ID, 1), (BMI_AND_HEIGHT, 4)],
+        )?;
+        let units = if r.has(IMPERIAL) {
             UnitSystem::Imperial
         } else {
             UnitSystem::Si
         };
-        let mut anomalies = Vec::new();
-        let mut r = Reader::new(C, bytes);
-        r.u8()?;
         let raw_weight = r.u16()?;
-        if raw_weight == UNSUCCESSFUL && flags & BMI_AND_HEIGHT != 0 {
+        if raw_weight == UNSUCCESSFUL && r.has(BMI_AND_HEIGHT) {
             return Err(GattError::Invalid {
                 characteristic: C,
                 reason: "an unsuccessful measurement (weight FF FF) must not carry BMI and height"
@@ -85,28 +81,19 @@ impl WeightMeasurement {
             (w, UnitSystem::Si) => Measurement::Value(fixed(u32::from(w) * 5, 3)),
             (w, UnitSystem::Imperial) => Measurement::Value(fixed(u32::from(w), 2)),
         };
-        let timestamp = if flags & TIME_STAMP != 0 {
-            Some(timestamp(r.bytes7()?, &mut anomalies))
-        } else {
-            None
-        };
-        let user_id = if flags & USER_ID != 0 {
-            Some(UserId::from_raw(r.u8()?))
-        } else {
-            None
-        };
-        let (bmi, height) = if flags & BMI_AND_HEIGHT != 0 {
-            let bmi = fixed(u32::from(r.u16()?), 1);
-            let raw_height = u32::from(r.u16()?);
-            let height = match units {
-                UnitSystem::Si => fixed(raw_height, 3),
-                UnitSystem::Imperial => fixed(raw_height, 1),
-            };
-            (Some(bmi), Some(height))
-        } else {
-            (None, None)
-        };
-        note_reserved_and_trailing(&mut anomalies, u32::from(flags & RESERVED), r.remaining());
+        let timestamp = r.optional(TIME_STAMP, Reader::timestamp)?;
+        let user_id = r.optional(USER_ID, Reader::user_id)?;
+        let (bmi, height) = r
+            .optional(BMI_AND_HEIGHT, |r| {
+                let bmi = fixed(u32::from(r.u16()?), 1);
+                let raw_height = u32::from(r.u16()?);
+                let height = match units {
+                    UnitSystem::Si => fixed(raw_height, 3),
+                    UnitSystem::Imperial => fixed(raw_height, 1),
+                };
+                Ok((bmi, height))
+            })?
+            .unzip();
         Ok(Self {
             units,
             weight,
@@ -114,7 +101,7 @@ impl WeightMeasurement {
             user_id,
             bmi,
             height,
-            anomalies,
+            anomalies: r.finish(RESERVED),
         })
     }
 }
@@ -155,6 +142,7 @@ impl FinalMeasurement for WeightMeasurement {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ble::test_support::local;
     use crate::reading::AbsentReason;
 
     fn w(m: &WeightMeasurement) -> String {
@@ -185,15 +173,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(w(&m), "70.000");
-        assert_eq!(
-            m.device_time(),
-            Some(DeviceTime::Local(
-                chrono::NaiveDate::from_ymd_opt(2023, 12, 25)
-                    .unwrap()
-                    .and_hms_opt(14, 30, 45)
-                    .unwrap()
-            ))
-        );
+        assert_eq!(m.device_time(), local(2023, 12, 25, 14, 30, 45));
     }
 
     #[test]
