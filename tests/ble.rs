@@ -13,6 +13,8 @@ use common::{gateway, observations_in, validate_fhir, wait_until};
 use iomt_testkit::bluez::{DeviceKind, DeviceSpec, PrivateBus, SimBluez};
 
 const DEADLINE: Duration = Duration::from_secs(60);
+/// MDC_ATTR_VAL_BATT_CHARGE: the battery charge has no LOINC code.
+const BATTERY: &str = "67996";
 
 const CUFF: &str = "A0:00:00:00:00:01";
 const OXIMETER: &str = "A0:00:00:00:00:02";
@@ -108,7 +110,8 @@ impl World {
         )
     }
 
-    /// (LOINC code of the Observation or its first component, value) pairs.
+    /// (first code of the Observation or of its first component, value) pairs: LOINC, or
+    /// MDC for the battery charge.
     fn values(&self) -> Vec<(String, String)> {
         observations_in(&self.out())
             .iter()
@@ -209,6 +212,8 @@ fn a_cuff_that_hangs_up_and_comes_back_is_read_again() {
     assert_eq!(sim.connects(CUFF), 2);
     assert_eq!(world.count(SYSTOLIC, "128"), 1);
     assert_eq!(world.count(SYSTOLIC, "122"), 1);
+    // The battery charge read at each connection: one device Observation each (MDC 67996).
+    assert_eq!(world.count(BATTERY, "80"), 2);
     // The cuff's clock has no zone; the configured Europe/Berlin makes 09:00 08:00 UTC.
     let times: Vec<String> = observations_in(&world.out())
         .iter()

@@ -289,3 +289,74 @@ fn intermediate_temperature_decodes_but_never_becomes_an_observation() {
         "{stderr}"
     );
 }
+
+/// Runs `profile test PROFILE --characteristic 2A19 --payload HEX` and returns the
+/// Observations, checked by the independent validator.
+fn battery(profile: &str, payload: &str) -> Vec<Value> {
+    let stdout = run_ok(&[
+        "profile",
+        "test",
+        profile,
+        "--characteristic",
+        "2A19",
+        "--payload",
+        payload,
+    ]);
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("obs.json");
+    std::fs::write(&file, &stdout).unwrap();
+    let (ok, report) = validate_fhir(&[Path::new("--observations-array"), &file]);
+    assert!(ok, "{profile}: {report}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
+#[test]
+fn the_battery_level_becomes_a_device_observation_coded_with_mdc_only() {
+    for profile in [
+        "and-ua-651ble",
+        "omron-x4-smart",
+        "nonin-3230",
+        "standard-glucose-meter",
+        "standard-thermometer",
+        "standard-weight-scale",
+    ] {
+        let obs = battery(profile, "55");
+        assert_eq!(obs.len(), 1, "{profile}");
+        let o = &obs[0];
+        assert_eq!(o["code"]["coding"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            o["code"]["coding"][0]["system"],
+            "urn:iso:std:iso:11073:10101"
+        );
+        assert_eq!(o["code"]["coding"][0]["code"], "67996");
+        assert_eq!(number(&o["valueQuantity"]["value"]), "85");
+        assert_eq!(o["valueQuantity"]["code"], "%");
+        // Not a vital sign: only the PHD category, no vital-signs profile.
+        let categories: Vec<&str> = o["category"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["coding"][0]["code"].as_str().unwrap())
+            .collect();
+        assert_eq!(categories, ["phd"], "{profile}");
+        assert!(o["meta"]["profile"].is_null(), "{o}");
+    }
+}
+
+#[test]
+fn a_reserved_battery_level_is_refused_naming_the_characteristic() {
+    // 101..=255 % are reserved.
+    let stderr = exits_1_printing_nothing(&[
+        "profile",
+        "test",
+        "standard-thermometer",
+        "--characteristic",
+        "2A19",
+        "--payload",
+        "65",
+    ]);
+    assert!(
+        stderr.contains("Battery Level (0x2A19)") && stderr.contains("reserved"),
+        "{stderr}"
+    );
+}

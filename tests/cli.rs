@@ -236,3 +236,30 @@ fn golden_observations_are_valid_fhir_for_the_independent_validator() {
     assert!(ok, "{report}");
     assert!(report.contains(", 0 failed"), "{report}");
 }
+
+#[test]
+fn the_validator_accepts_an_mdc_only_code_for_the_battery_charge_alone() {
+    let golden = root().join("gateway/tests/golden/kind-battery.json");
+    let text = std::fs::read_to_string(&golden).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let check = |name: &str, json: &str| {
+        let file = tmp.path().join(name);
+        std::fs::write(&file, json).unwrap();
+        validate_fhir(&[std::path::Path::new("--observations-array"), &file])
+    };
+    let (ok, report) = check("battery.json", &text);
+    assert!(ok, "{report}");
+    // Another MDC code without LOINC (here: SpO2) is not a device measurement.
+    let (ok, report) = check("spo2-mdc-only.json", &text.replace("67996", "150456"));
+    assert!(!ok && report.contains("no LOINC"), "{report}");
+    // The battery charge is no vital sign.
+    let vital = text.replace(
+        r#""system": "http://hl7.org/fhir/uv/phd/CodeSystem/PhdObservationCategories",
+            "code": "phd","#,
+        r#""system": "http://terminology.hl7.org/CodeSystem/observation-category",
+            "code": "vital-signs","#,
+    );
+    assert_ne!(vital, text);
+    let (ok, report) = check("battery-vital.json", &vital);
+    assert!(!ok && report.contains("not a vital sign"), "{report}");
+}

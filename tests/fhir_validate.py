@@ -38,7 +38,9 @@ gateway must honour are written out here:
      timezone.
    - ``identifier``: at least one entry with ``system`` and ``value``.
    - ``code.coding``: one coding with system ``http://loinc.org`` and a code
-     matching ``^\\d{1,7}-\\d$`` whose LOINC check digit is right; every
+     matching ``^\\d{1,7}-\\d$`` whose LOINC check digit is right (or, for
+     a device measurement LOINC has no code for -- the battery charge, MDC
+     67996 -- that MDC coding, no vital-signs category and its unit ``%``); every
      coding (of code, category and component codes) has a ``system``; ISO/IEEE
      11073 codes (``urn:iso:std:iso:11073:10101``) are decimal digits.
    - Vital signs (category ``vital-signs`` of
@@ -133,6 +135,9 @@ if getattr(fhir.resources, "__fhir_version__", None) != "4.0.1":  # pragma: no c
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 ISO_11073 = "urn:iso:std:iso:11073:10101"
+# Device measurements LOINC has no code for, identified by their MDC code alone (PHD IG),
+# with the unit each must carry: the battery charge MDC_ATTR_VAL_BATT_CHARGE in %.
+DEVICE_MDC_UNITS = {"67996": "%"}
 OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 DATA_ABSENT_REASON = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 
@@ -587,10 +592,22 @@ class Validator:
         # code
         code = obs.get("code")
         loincs = codes_of(code, LOINC)
+        device_mdc = sorted(set(codes_of(code, ISO_11073)) & set(DEVICE_MDC_UNITS))
         if not codings(code):
             item.fail("code.coding missing")
-        elif not loincs:
+        elif not loincs and not device_mdc:
             item.fail(f"code.coding has no LOINC ({LOINC}) coding")
+        for mdc in device_mdc:
+            if loincs:
+                continue
+            # A device measurement: not a vital sign, and in its fixed unit.
+            if any(c.get("system") == OBS_CATEGORY and c.get("code") == "vital-signs"
+                   for category in as_list(obs.get("category")) for c in codings(category)):
+                item.fail(f"MDC {mdc} is a device measurement, not a vital sign")
+            quantity = as_dict(obs.get("valueQuantity"))
+            if quantity and (quantity.get("system") != UCUM
+                             or quantity.get("code") != DEVICE_MDC_UNITS[mdc]):
+                item.fail(f"MDC {mdc} must be in UCUM {DEVICE_MDC_UNITS[mdc]!r}")
         self.check_codings("code", code, item)
         for index, category in enumerate(as_list(obs.get("category"))):
             self.check_codings(f"category[{index}]", category, item)

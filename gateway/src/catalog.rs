@@ -15,24 +15,20 @@ pub enum Category {
     Laboratory,
     /// `exam`: measurements such as body fat that are neither.
     Exam,
+    /// A measurement of the device itself (battery charge): no observation-category
+    /// code fits, so only the PHD category is given (as in the PHD IG's examples).
+    Device,
 }
 
 impl Category {
-    /// The code in `http://terminology.hl7.org/CodeSystem/observation-category`.
-    pub fn code(self) -> &'static str {
+    /// The code in `http://terminology.hl7.org/CodeSystem/observation-category` and its
+    /// display; `None` for a device measurement.
+    pub fn coding(self) -> Option<(&'static str, &'static str)> {
         match self {
-            Category::VitalSigns => "vital-signs",
-            Category::Laboratory => "laboratory",
-            Category::Exam => "exam",
-        }
-    }
-
-    /// The display of the code.
-    pub fn display(self) -> &'static str {
-        match self {
-            Category::VitalSigns => "Vital Signs",
-            Category::Laboratory => "Laboratory",
-            Category::Exam => "Exam",
+            Category::VitalSigns => Some(("vital-signs", "Vital Signs")),
+            Category::Laboratory => Some(("laboratory", "Laboratory")),
+            Category::Exam => Some(("exam", "Exam")),
+            Category::Device => None,
         }
     }
 }
@@ -67,8 +63,9 @@ pub struct Mdc {
 pub struct Kind {
     /// The name profiles use (`vital = "..."`).
     pub key: &'static str,
-    /// The primary LOINC coding.
-    pub loinc: Loinc,
+    /// The primary LOINC coding; `None` where LOINC has no code for it (battery charge:
+    /// the MDC coding alone identifies it).
+    pub loinc: Option<Loinc>,
     /// Further LOINC codings required by profiles (SpO2 carries both 2708-6 and 59408-5).
     pub extra_loinc: &'static [Loinc],
     /// The MDC coding, where one exists.
@@ -98,7 +95,10 @@ const fn mdc(code: u32, refid: &'static str) -> Option<Mdc> {
 }
 
 /// The blood-pressure panel's own coding (it has no value, only components).
-pub const BP_PANEL: Loinc = loinc("85354-9", "Blood pressure panel with all children optional");
+pub const BP_PANEL: Loinc = Loinc {
+    code: "85354-9",
+    display: "Blood pressure panel with all children optional",
+};
 /// The blood-pressure panel's MDC coding.
 pub const BP_PANEL_MDC: Mdc = Mdc {
     code: 150020,
@@ -117,7 +117,7 @@ macro_rules! profile {
 pub const KINDS: &[Kind] = &[
     Kind {
         key: "heart_rate",
-        loinc: loinc("8867-4", "Heart rate"),
+        loinc: Some(loinc("8867-4", "Heart rate")),
         extra_loinc: &[],
         mdc: mdc(147842, "MDC_ECG_HEART_RATE"),
         unit: "/min",
@@ -129,7 +129,7 @@ pub const KINDS: &[Kind] = &[
     },
     Kind {
         key: "pulse_rate",
-        loinc: loinc("8867-4", "Heart rate"),
+        loinc: Some(loinc("8867-4", "Heart rate")),
         extra_loinc: &[],
         mdc: mdc(149546, "MDC_PULS_RATE_NON_INV"),
         unit: "/min",
@@ -141,7 +141,7 @@ pub const KINDS: &[Kind] = &[
     },
     Kind {
         key: "pulse_rate_oximetry",
-        loinc: loinc("8867-4", "Heart rate"),
+        loinc: Some(loinc("8867-4", "Heart rate")),
         extra_loinc: &[],
         mdc: mdc(149530, "MDC_PULS_OXIM_PULS_RATE"),
         unit: "/min",
@@ -153,7 +153,7 @@ pub const KINDS: &[Kind] = &[
     },
     Kind {
         key: "spo2",
-        loinc: loinc("2708-6", "Oxygen saturation in Arterial blood"),
+        loinc: Some(loinc("2708-6", "Oxygen saturation in Arterial blood")),
         extra_loinc: &[loinc(
             "59408-5",
             "Oxygen saturation in Arterial blood by Pulse oximetry",
@@ -168,7 +168,7 @@ pub const KINDS: &[Kind] = &[
     },
     Kind {
         key: "systolic",
-        loinc: loinc("8480-6", "Systolic blood pressure"),
+        loinc: Some(loinc("8480-6", "Systolic blood pressure")),
         extra_loinc: &[],
         mdc: mdc(150021, "MDC_PRESS_BLD_NONINV_SYS"),
         unit: "mm[Hg]",
@@ -180,7 +180,7 @@ pub const KINDS: &[Kind] = &[
     },
     Kind {
         key: "diastolic",
-        loinc: loinc("8462-4", "Diastolic blood pressure"),
+        loinc: Some(loinc("8462-4", "Diastolic blood pressure")),
         extra_loinc: &[],
         mdc: mdc(150022, "MDC_PRESS_BLD_NONINV_DIA"),
         unit: "mm[Hg]",
@@ -192,7 +192,7 @@ pub const KINDS: &[Kind] = &[
     },
     Kind {
         key: "mean_arterial",
-        loinc: loinc("8478-0", "Mean blood pressure"),
+        loinc: Some(loinc("8478-0", "Mean blood pressure")),
         extra_loinc: &[],
         mdc: mdc(150023, "MDC_PRESS_BLD_NONINV_MEAN"),
         unit: "mm[Hg]",
@@ -204,7 +204,7 @@ pub const KINDS: &[Kind] = &[
     },
     Kind {
         key: "body_temperature",
-        loinc: loinc("8310-5", "Body temperature"),
+        loinc: Some(loinc("8310-5", "Body temperature")),
         extra_loinc: &[],
         mdc: mdc(150364, "MDC_TEMP_BODY"),
         unit: "Cel",
@@ -216,7 +216,7 @@ pub const KINDS: &[Kind] = &[
     },
     Kind {
         key: "body_weight",
-        loinc: loinc("29463-7", "Body weight"),
+        loinc: Some(loinc("29463-7", "Body weight")),
         extra_loinc: &[],
         mdc: mdc(188736, "MDC_MASS_BODY_ACTUAL"),
         unit: "kg",
@@ -228,7 +228,7 @@ pub const KINDS: &[Kind] = &[
     },
     Kind {
         key: "body_height",
-        loinc: loinc("8302-2", "Body height"),
+        loinc: Some(loinc("8302-2", "Body height")),
         extra_loinc: &[],
         mdc: mdc(188740, "MDC_LEN_BODY_ACTUAL"),
         unit: "cm",
@@ -240,7 +240,7 @@ pub const KINDS: &[Kind] = &[
     },
     Kind {
         key: "bmi",
-        loinc: loinc("39156-5", "Body mass index (BMI) [Ratio]"),
+        loinc: Some(loinc("39156-5", "Body mass index (BMI) [Ratio]")),
         extra_loinc: &[],
         mdc: mdc(188752, "MDC_RATIO_MASS_BODY_LEN_SQ"),
         unit: "kg/m2",
@@ -252,7 +252,7 @@ pub const KINDS: &[Kind] = &[
     },
     Kind {
         key: "respiratory_rate",
-        loinc: loinc("9279-1", "Respiratory rate"),
+        loinc: Some(loinc("9279-1", "Respiratory rate")),
         extra_loinc: &[],
         mdc: mdc(151562, "MDC_RESP_RATE"),
         unit: "/min",
@@ -264,7 +264,7 @@ pub const KINDS: &[Kind] = &[
     },
     Kind {
         key: "body_fat",
-        loinc: loinc("41982-0", "Percentage of body fat Measured"),
+        loinc: Some(loinc("41982-0", "Percentage of body fat Measured")),
         extra_loinc: &[],
         mdc: mdc(188748, "MDC_BODY_FAT"),
         unit: "%",
@@ -276,10 +276,10 @@ pub const KINDS: &[Kind] = &[
     },
     Kind {
         key: "glucose",
-        loinc: loinc(
+        loinc: Some(loinc(
             "41653-7",
             "Glucose [Mass/volume] in Capillary blood by Glucometer",
-        ),
+        )),
         extra_loinc: &[],
         mdc: mdc(160184, "MDC_CONC_GLU_CAPILLARY_WHOLEBLOOD"),
         unit: "mg/dL",
@@ -291,10 +291,10 @@ pub const KINDS: &[Kind] = &[
     },
     Kind {
         key: "glucose_molar",
-        loinc: loinc(
+        loinc: Some(loinc(
             "14743-9",
             "Glucose [Moles/volume] in Capillary blood by Glucometer",
-        ),
+        )),
         extra_loinc: &[],
         mdc: mdc(160184, "MDC_CONC_GLU_CAPILLARY_WHOLEBLOOD"),
         unit: "mmol/L",
@@ -306,7 +306,7 @@ pub const KINDS: &[Kind] = &[
     },
     Kind {
         key: "glucose_plasma",
-        loinc: loinc("2345-7", "Glucose [Mass/volume] in Serum or Plasma"),
+        loinc: Some(loinc("2345-7", "Glucose [Mass/volume] in Serum or Plasma")),
         extra_loinc: &[],
         mdc: mdc(160368, "MDC_CONC_GLU_UNDETERMINED_PLASMA"),
         unit: "mg/dL",
@@ -318,13 +318,30 @@ pub const KINDS: &[Kind] = &[
     },
     Kind {
         key: "glucose_interstitial",
-        loinc: loinc("99504-3", "Glucose [Mass/volume] in Interstitial fluid"),
+        loinc: Some(loinc(
+            "99504-3",
+            "Glucose [Mass/volume] in Interstitial fluid",
+        )),
         extra_loinc: &[],
         mdc: mdc(160212, "MDC_CONC_GLU_ISF"),
         unit: "mg/dL",
         also_emitted_in: &[],
         plausible: (10.0, 1000.0),
         category: Category::Laboratory,
+        fhir_profile: None,
+        panel: None,
+    },
+    // Not a vital sign: the device's battery, an Observation of its own in the PHD IG
+    // (MDC only; LOINC has no code for it). 101-255 % are reserved in GATT and rejected.
+    Kind {
+        key: "battery",
+        loinc: None,
+        extra_loinc: &[],
+        mdc: mdc(67996, "MDC_ATTR_VAL_BATT_CHARGE"),
+        unit: "%",
+        also_emitted_in: &[],
+        plausible: (0.0, 100.0),
+        category: Category::Device,
         fhir_profile: None,
         panel: None,
     },
@@ -420,7 +437,14 @@ mod tests {
                 );
             }
             assert!(k.plausible.0 < k.plausible.1, "{}", k.key);
-            assert!(k.loinc.code.contains('-'), "{}", k.key);
+            match k.loinc {
+                Some(l) => assert!(l.code.contains('-'), "{}", k.key),
+                // Without LOINC, the MDC coding is what identifies it.
+                None => assert!(k.mdc.is_some(), "{}", k.key),
+            }
+            if k.category == Category::VitalSigns {
+                assert!(k.loinc.is_some(), "{}: vital signs need LOINC", k.key);
+            }
         }
     }
 

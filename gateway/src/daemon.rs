@@ -368,6 +368,7 @@ pub fn ble_devices(
             services,
             name_prefix: spec.name_prefix.clone(),
             measurement: spec.decoder.characteristic,
+            battery: profile.field(iomt_drivers::ble::BATTERY_FIELD).is_some(),
         });
     }
     Ok(devices)

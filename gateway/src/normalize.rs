@@ -268,11 +268,11 @@ fn questionable() -> CodeableConcept {
 }
 
 fn code_of(m: &FieldMapping) -> CodeableConcept {
-    let mut coding = vec![Coding::new(
-        fhir::LOINC,
-        m.loinc.code.clone(),
-        m.loinc.display.clone(),
-    )];
+    let mut coding: Vec<Coding> = m
+        .loinc
+        .iter()
+        .map(|l| Coding::new(fhir::LOINC, l.code.clone(), l.display.clone()))
+        .collect();
     coding.extend(
         m.kind
             .extra_loinc
@@ -286,9 +286,15 @@ fn code_of(m: &FieldMapping) -> CodeableConcept {
             display: (!mdc.refid.is_empty()).then(|| mdc.refid.clone()),
         });
     }
+    // The text: LOINC's display, else the MDC reference id, else the kind's name.
+    let text = match (&m.loinc, &m.mdc) {
+        (Some(l), _) => l.display.clone(),
+        (None, Some(mdc)) if !mdc.refid.is_empty() => mdc.refid.clone(),
+        _ => m.kind.key.replace('_', " "),
+    };
     CodeableConcept {
         coding,
-        text: Some(m.loinc.display.clone()),
+        text: Some(text),
     }
 }
 
@@ -303,14 +309,14 @@ fn glucose_in_its_unit(m: &FieldMapping, unit: &str) -> Option<FieldMapping> {
         _ => return None,
     };
     let kind = catalog::kind(sibling)?;
-    let overridden = m.loinc.code != m.kind.loinc.code;
+    let overridden = m.loinc.as_ref().map(|l| l.code.as_str()) != m.kind.loinc.map(|l| l.code);
     if overridden || ucum::dimension(unit) != ucum::dimension(kind.unit) {
         return None;
     }
     Some(FieldMapping {
         name: m.name.clone(),
         kind,
-        loinc: kind.loinc.into(),
+        loinc: kind.loinc.map(Into::into),
         mdc: kind.mdc.map(Into::into),
         plausible: kind.plausible,
     })
@@ -516,24 +522,20 @@ fn skeleton(
             value: format!("urn:uuid:{uuid}"),
         }],
         status: "final".into(),
-        category: vec![
-            CodeableConcept {
-                coding: vec![Coding::new(
-                    fhir::OBSERVATION_CATEGORY,
-                    category.code(),
-                    category.display(),
-                )],
+        category: category
+            .coding()
+            .map(|(code, display)| Coding::new(fhir::OBSERVATION_CATEGORY, code, display))
+            .into_iter()
+            .chain([Coding::new(
+                fhir::PHD_CATEGORY,
+                "phd",
+                "PHD generated Observation",
+            )])
+            .map(|coding| CodeableConcept {
+                coding: vec![coding],
                 text: None,
-            },
-            CodeableConcept {
-                coding: vec![Coding::new(
-                    fhir::PHD_CATEGORY,
-                    "phd",
-                    "PHD generated Observation",
-                )],
-                text: None,
-            },
-        ],
+            })
+            .collect(),
         code,
         subject: ctx.subject.clone(),
         effective_date_time: effective.into(),
@@ -569,7 +571,7 @@ fn blood_pressure(
                 let m = FieldMapping {
                     name: key.into(),
                     kind,
-                    loinc: kind.loinc.into(),
+                    loinc: kind.loinc.map(Into::into),
                     mdc: kind.mdc.map(Into::into),
                     plausible: kind.plausible,
                 };

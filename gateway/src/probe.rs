@@ -118,9 +118,11 @@ pub fn test_payload(
                             "`{c}` is not a 16-bit Bluetooth SIG characteristic UUID (e.g. 2A35)"
                         ))
                     })?;
-                    // Cuffs and thermometers also send in-progress values.
+                    // Cuffs and thermometers also send in-progress values; the Battery
+                    // Level counts where the profile maps it.
                     let intermediate = matches!((own, wanted), (0x2A35, 0x2A36) | (0x2A1C, 0x2A1E));
-                    if wanted != own && !intermediate {
+                    let battery = wanted == 0x2A19 && profile.field(ble::BATTERY_FIELD).is_some();
+                    if wanted != own && !intermediate && !battery {
                         return Err(ProbeError::Usage(format!(
                             "profile `{}` decodes characteristic {own:04X}, not {c}",
                             profile.id

@@ -8,8 +8,15 @@
 //! are identifying (a serial number): the gateway pseudonymizes them and never uses them as
 //! FHIR ids or logs them.
 
+use rust_decimal::Decimal;
+
 use super::reader::Reader;
-use super::{Anomaly, Characteristic, GattError};
+use super::{quantity, Anomaly, Characteristic, FinalMeasurement, GattError};
+use crate::reading::{DeviceTime, Measurement, Quantity, ReadingFlag};
+
+/// The quantity name of the battery charge: a BLE profile maps it (`vital = "battery"`)
+/// to have the charge read at each connection reported as an Observation.
+pub const BATTERY_FIELD: &str = "battery_level";
 
 /// The most bytes of a Device Information string that are read (the ATT maximum
 /// attribute length).
@@ -42,6 +49,34 @@ impl BatteryLevel {
             percent,
             anomalies: r.finish(0),
         })
+    }
+}
+
+/// The charge as read at a connection: no time stamp of its own (the gateway's receipt
+/// time stands for it).
+impl FinalMeasurement for BatteryLevel {
+    fn characteristic(&self) -> Characteristic {
+        Characteristic::BatteryLevel
+    }
+
+    fn quantities(&self) -> Vec<Quantity> {
+        vec![quantity(
+            BATTERY_FIELD,
+            Measurement::Value(Decimal::from(self.percent)),
+            "%",
+        )]
+    }
+
+    fn device_time(&self) -> Option<DeviceTime> {
+        None
+    }
+
+    fn flags(&self) -> Vec<ReadingFlag> {
+        Vec::new()
+    }
+
+    fn anomalies(&self) -> &[Anomaly] {
+        &self.anomalies
     }
 }
 

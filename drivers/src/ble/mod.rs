@@ -62,7 +62,7 @@ use chrono::{DateTime, Utc};
 
 pub use blood_pressure::{BloodPressureMeasurement, IntermediateCuffPressure};
 pub use datetime::GattDateTime;
-pub use device_info::{BatteryLevel, DeviceString};
+pub use device_info::{BatteryLevel, DeviceString, BATTERY_FIELD};
 pub use glucose::{GlucoseContext, GlucoseJoiner, GlucoseMeasurement, GlucoseRecord};
 pub use heart_rate::HeartRateMeasurement;
 pub use plx::{PlxContinuousMeasurement, PlxSpotCheckMeasurement};
@@ -319,6 +319,7 @@ pub fn fields(characteristic: Characteristic) -> &'static [FieldUnits] {
     ];
     const PLX: &[FieldUnits] = &[fu("spo2", &["%"]), fu("pulse_rate", &["/min"])];
     const GLUCOSE: &[FieldUnits] = &[fu("glucose", &["kg/L", "mol/L"])];
+    const BATTERY: &[FieldUnits] = &[fu(BATTERY_FIELD, &["%"])];
     match characteristic {
         Characteristic::HeartRateMeasurement => HEART_RATE,
         Characteristic::BloodPressureMeasurement => BLOOD_PRESSURE,
@@ -326,6 +327,7 @@ pub fn fields(characteristic: Characteristic) -> &'static [FieldUnits] {
         Characteristic::WeightMeasurement => WEIGHT,
         Characteristic::PlxSpotCheckMeasurement | Characteristic::PlxContinuousMeasurement => PLX,
         Characteristic::GlucoseMeasurement => GLUCOSE,
+        Characteristic::BatteryLevel => BATTERY,
         _ => &[],
     }
 }
@@ -372,10 +374,10 @@ impl GattValue {
             GattValue::PlxSpotCheck(m) => Some(m),
             GattValue::PlxContinuous(m) => Some(m),
             GattValue::Glucose(m) => Some(m),
+            GattValue::Battery(m) => Some(m),
             GattValue::IntermediateCuffPressure(_)
             | GattValue::IntermediateTemperature(_)
             | GattValue::GlucoseContext(_)
-            | GattValue::Battery(_)
             | GattValue::DateTime(_)
             | GattValue::DeviceString(..) => None,
         }

@@ -54,7 +54,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::ble::{self, GattValue, GlucoseJoiner, GlucoseRecord};
+use crate::ble::{self, BatteryLevel, GattValue, GlucoseJoiner, GlucoseRecord};
 use crate::driver::{Driver, DriverError, DriverFuture, ReadingSender};
 use crate::reading::DeviceIdentity;
 use crate::serial::Backoff;
@@ -89,6 +89,9 @@ pub struct BleDeviceConfig {
     pub name_prefix: Option<String>,
     /// The measurement characteristic of the profile's decoder (16-bit UUID).
     pub measurement: u16,
+    /// Report the Battery Level read at each connection as a reading (its profile maps
+    /// the `battery_level` field).
+    pub battery: bool,
 }
 
 impl BleDeviceConfig {
@@ -445,8 +448,19 @@ impl DeviceTask {
         let mut notes = p.notifications().await?;
         p.connect().await?;
         p.discover_services().await?;
-        let identity = self.read_identity(p).await;
+        let (identity, battery) = self.read_identity(p).await;
         tracing::info!(profile = %self.cfg.identity.profile, "BLE device connected");
+        if let Some(b) = battery.filter(|_| self.cfg.battery) {
+            use crate::ble::FinalMeasurement;
+            if self
+                .tx
+                .send(b.to_reading(identity.clone(), Utc::now()))
+                .await
+                .is_err()
+            {
+                return Ok(SessionEnd::Stop);
+            }
+        }
         let chars = p.characteristics();
         let find = |u: u16| chars.iter().find(|c| c.uuid == uuid_from_u16(u)).cloned();
         let mut wanted = vec![self.cfg.measurement];
@@ -524,9 +538,11 @@ impl DeviceTask {
         Ok(())
     }
 
-    /// Reads Device Information and Battery Level; failures leave the profile's values.
-    async fn read_identity(&self, p: &Peripheral) -> Arc<DeviceIdentity> {
+    /// Reads Device Information and Battery Level; failures leave the profile's values
+    /// (and no battery level).
+    async fn read_identity(&self, p: &Peripheral) -> (Arc<DeviceIdentity>, Option<BatteryLevel>) {
         let mut identity = (*self.cfg.identity).clone();
+        let mut battery = None;
         for c in p.characteristics() {
             let Some(u) = uuid_to_u16(c.uuid) else {
                 continue;
@@ -559,6 +575,7 @@ impl DeviceTask {
                     if b.percent <= 10 {
                         tracing::warn!(profile = %self.cfg.identity.profile, "a BLE device's battery is low");
                     }
+                    battery = Some(b);
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -566,7 +583,7 @@ impl DeviceTask {
                 }
             }
         }
-        Arc::new(identity)
+        (Arc::new(identity), battery)
     }
 
     /// Handles one value from the stream; `false` when the channel is closed.
@@ -696,6 +713,7 @@ mod tests {
             services: vec![uuid_from_u16(0x1810)],
             name_prefix: Some("A&D_UA-651".into()),
             measurement: 0x2A35,
+            battery: false,
         }
     }
 

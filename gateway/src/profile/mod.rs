@@ -211,8 +211,8 @@ pub struct FieldMapping {
     pub name: String,
     /// The catalog kind.
     pub kind: &'static Kind,
-    /// LOINC coding (the catalog's unless overridden).
-    pub loinc: OwnedLoinc,
+    /// LOINC coding (the catalog's unless overridden); `None` for a kind without one.
+    pub loinc: Option<OwnedLoinc>,
     /// MDC coding (the catalog's unless overridden).
     pub mdc: Option<OwnedMdc>,
     /// Plausible range, in the catalog unit of the kind (`kind.unit`).
@@ -637,7 +637,7 @@ fn field_mapping(f: &raw::RawField, transport: &str, c: &mut Check<'_>) -> Optio
             ),
         }
     }
-    let mut loinc: OwnedLoinc = kind.loinc.into();
+    let mut loinc: Option<OwnedLoinc> = kind.loinc.map(Into::into);
     if let Some(code) = &f.loinc {
         let re_ok = code.get_ref().split_once('-').is_some_and(|(a, b)| {
             !a.is_empty()
@@ -659,12 +659,21 @@ fn field_mapping(f: &raw::RawField, transport: &str, c: &mut Check<'_>) -> Optio
             c.at(code.span(), "a `loinc` override needs its `display` too");
             return None;
         };
-        loinc = OwnedLoinc {
+        loinc = Some(OwnedLoinc {
             code: code.get_ref().clone(),
             display: display.get_ref().clone(),
-        };
+        });
     } else if let Some(display) = &f.display {
-        loinc.display = display.get_ref().clone();
+        match &mut loinc {
+            Some(l) => l.display = display.get_ref().clone(),
+            None => c.at(
+                display.span(),
+                format!(
+                    "`{}` has no LOINC coding whose display could be overridden; give `loinc` too",
+                    kind.key
+                ),
+            ),
+        }
     }
     let mdc = match &f.mdc {
         Some(code) => Some(OwnedMdc {
@@ -758,17 +767,21 @@ fn ble_spec(
             "a BLE profile needs a recognition rule: `services` or `name_prefix`",
         );
     }
-    let produced = iomt_drivers::ble::Characteristic::from_uuid16(decoder.characteristic)
+    use iomt_drivers::ble::{Characteristic as Gatt, BATTERY_FIELD};
+    let mut produced = Gatt::from_uuid16(decoder.characteristic)
         .map(iomt_drivers::ble::fields)
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .to_vec();
+    // Every BLE device may report its Battery Level (0x2A19), read at each connection.
+    produced.extend(iomt_drivers::ble::fields(Gatt::BatteryLevel));
     for f in fields {
         let f = f.get_ref();
         let n = f.name.get_ref();
-        if !decoder.fields.contains(&n.as_str()) {
+        if !decoder.fields.contains(&n.as_str()) && n != BATTERY_FIELD {
             c.at(
                 f.name.span(),
                 format!(
-                    "decoder `{}` produces no field `{n}`; it produces: {}",
+                    "decoder `{}` produces no field `{n}`; it produces: {}, and {BATTERY_FIELD} (the Battery Level read at each connection)",
                     decoder.name,
                     decoder.fields.join(", ")
                 ),

@@ -110,6 +110,29 @@ fn ble_fields_must_be_produced_by_the_decoder() {
 }
 
 #[test]
+fn every_ble_profile_may_map_the_battery_level_to_the_battery_kind_only() {
+    let base = format!("{HEAD}[ble]\nservices = [\"1809\"]\ndecoder = \"temperature_measurement\"\n[[field]]\nname = \"body_temperature\"\nvital = \"body_temperature\"\n");
+    let ok = format!("{base}[[field]]\nname = \"battery_level\"\nvital = \"battery\"\n");
+    let p = parse_str(&ok).unwrap();
+    let m = p.field("battery_level").unwrap();
+    assert!(m.loinc.is_none());
+    assert_eq!(m.mdc.as_ref().map(|m| m.code), Some(67996));
+    // A percentage is no temperature.
+    let wrong =
+        format!("{base}[[field]]\nname = \"battery_level\"\nvital = \"body_temperature\"\n");
+    let errs = parse_str(&wrong).unwrap_err();
+    assert!(errs.to_string().contains("comes in %"), "{errs}");
+    // A display needs a LOINC coding to belong to.
+    let display = format!("{ok}display = \"Battery\"\n");
+    let errs = parse_str(&display).unwrap_err();
+    assert!(errs.to_string().contains("no LOINC coding"), "{errs}");
+    // The error for an unknown field names battery_level among what can be mapped.
+    let unknown = format!("{base}[[field]]\nname = \"charge\"\nvital = \"battery\"\n");
+    let errs = parse_str(&unknown).unwrap_err();
+    assert!(errs.to_string().contains("battery_level"), "{errs}");
+}
+
+#[test]
 fn gatt_decoders_list_exactly_the_fields_the_ble_decoders_produce() {
     use iomt_drivers::ble::{fields, Characteristic};
     for d in GATT_DECODERS {
