@@ -12,15 +12,15 @@ use serde_json::Value;
 /// Runs `profile test PROFILE --payload HEX` in Europe/Berlin, checks success and FHIR
 /// validity, and returns the Observations.
 fn observations(profile: &str, payload: &str) -> Vec<Value> {
-    let stdout = run_ok(&[
-        "profile",
-        "test",
-        profile,
-        "--time-zone",
-        "Europe/Berlin",
-        "--payload",
-        payload,
-    ]);
+    decoded(profile, payload, &["--time-zone", "Europe/Berlin"])
+}
+
+/// Runs `profile test PROFILE --payload HEX` with `more` arguments, checks success and
+/// FHIR validity, and returns the Observations.
+fn decoded(profile: &str, payload: &str, more: &[&str]) -> Vec<Value> {
+    let mut args = vec!["profile", "test", profile, "--payload", payload];
+    args.extend(more);
+    let stdout = run_ok(&args);
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("obs.json");
     std::fs::write(&file, &stdout).unwrap();
@@ -290,26 +290,6 @@ fn intermediate_temperature_decodes_but_never_becomes_an_observation() {
     );
 }
 
-/// Runs `profile test PROFILE --characteristic 2A19 --payload HEX` and returns the
-/// Observations, checked by the independent validator.
-fn battery(profile: &str, payload: &str) -> Vec<Value> {
-    let stdout = run_ok(&[
-        "profile",
-        "test",
-        profile,
-        "--characteristic",
-        "2A19",
-        "--payload",
-        payload,
-    ]);
-    let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("obs.json");
-    std::fs::write(&file, &stdout).unwrap();
-    let (ok, report) = validate_fhir(&[Path::new("--observations-array"), &file]);
-    assert!(ok, "{profile}: {report}");
-    serde_json::from_str(&stdout).unwrap()
-}
-
 #[test]
 fn the_battery_level_becomes_a_device_observation_coded_with_mdc_only() {
     for profile in [
@@ -320,7 +300,7 @@ fn the_battery_level_becomes_a_device_observation_coded_with_mdc_only() {
         "standard-thermometer",
         "standard-weight-scale",
     ] {
-        let obs = battery(profile, "55");
+        let obs = decoded(profile, "55", &["--characteristic", "2A19"]);
         assert_eq!(obs.len(), 1, "{profile}");
         let o = &obs[0];
         assert_eq!(o["code"]["coding"].as_array().unwrap().len(), 1);

@@ -12,7 +12,7 @@ use rust_decimal::Decimal;
 
 use super::reader::Reader;
 use super::{quantity, Anomaly, Characteristic, FinalMeasurement, GattError};
-use crate::reading::{DeviceTime, Measurement, Quantity, ReadingFlag};
+use crate::reading::{Measurement, Quantity};
 
 /// The quantity name of the battery charge: a BLE profile maps it (`vital = "battery"`)
 /// to have the charge read at each connection reported as an Observation.
@@ -65,14 +65,6 @@ impl FinalMeasurement for BatteryLevel {
             Measurement::Value(Decimal::from(self.percent)),
             "%",
         )]
-    }
-
-    fn device_time(&self) -> Option<DeviceTime> {
-        None
-    }
-
-    fn flags(&self) -> Vec<ReadingFlag> {
-        Vec::new()
     }
 
     fn anomalies(&self) -> &[Anomaly] {

@@ -4,7 +4,7 @@ use rust_decimal::Decimal;
 
 use super::reader::Reader;
 use super::{quantity, Anomaly, Characteristic, FinalMeasurement, GattError};
-use crate::reading::{DeviceTime, Measurement, Quantity, ReadingFlag};
+use crate::reading::{Measurement, Quantity};
 
 const C: Characteristic = Characteristic::HeartRateMeasurement;
 const FORMAT_U16: u8 = 0x01;
@@ -102,14 +102,6 @@ impl FinalMeasurement for HeartRateMeasurement {
             Measurement::Value(Decimal::from(self.heart_rate)),
             "/min",
         )]
-    }
-
-    fn device_time(&self) -> Option<DeviceTime> {
-        None
-    }
-
-    fn flags(&self) -> Vec<ReadingFlag> {
-        Vec::new()
     }
 
     fn anomalies(&self) -> &[Anomaly] {

@@ -264,10 +264,15 @@ pub trait FinalMeasurement {
     fn characteristic(&self) -> Characteristic;
     /// The named quantities (names as listed by [`fields`]).
     fn quantities(&self) -> Vec<Quantity>;
-    /// The device's measurement time, if usable.
-    fn device_time(&self) -> Option<DeviceTime>;
-    /// Status facts about the whole reading.
-    fn flags(&self) -> Vec<ReadingFlag>;
+    /// The device's measurement time, if usable (none for a characteristic without a
+    /// time stamp).
+    fn device_time(&self) -> Option<DeviceTime> {
+        None
+    }
+    /// Status facts about the whole reading (none for a characteristic without status).
+    fn flags(&self) -> Vec<ReadingFlag> {
+        Vec::new()
+    }
     /// The device's record number, if it numbers records.
     fn sequence(&self) -> Option<u64> {
         None

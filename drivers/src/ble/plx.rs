@@ -257,10 +257,6 @@ impl FinalMeasurement for PlxContinuousMeasurement {
         spo2_pr_quantities(&self.normal)
     }
 
-    fn device_time(&self) -> Option<DeviceTime> {
-        None
-    }
-
     fn flags(&self) -> Vec<ReadingFlag> {
         let mut flags = Vec::new();
         status_flags(self.measurement_status, &mut flags);
