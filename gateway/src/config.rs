@@ -1402,6 +1402,26 @@ dir = "/tmp/out"
         assert_eq!(c.uplinks[1].name, "mqtt");
     }
 
+    #[test]
+    fn mqtt_ingest_over_tls_defaults_to_port_8883_and_takes_a_client_identity() {
+        let text = format!(
+            "{MINIMAL}\n[mqtt]\nenabled = true\nhost = \"broker.ward.example\"\ntls = true\nca_file = \"/ca.pem\"\nclient_cert_file = \"/c.pem\"\nclient_key_file = \"/c.key\"\n"
+        );
+        let mqtt = Config::from_toml_str(&text, "test").unwrap().mqtt.unwrap();
+        assert_eq!(mqtt.port, 8883);
+        let tls = mqtt.tls.unwrap();
+        assert_eq!(tls.ca_file, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(
+            tls.client_identity,
+            Some((PathBuf::from("/c.pem"), PathBuf::from("/c.key")))
+        );
+        // An explicit port wins; a certificate without its key is named.
+        assert_problems(
+            &format!("{MINIMAL}\n[mqtt]\nenabled = true\ntls = true\nport = 0\nclient_cert_file = \"/c.pem\"\n"),
+            &["mqtt.port must not be 0", "mqtt: mutual TLS needs both"],
+        );
+    }
+
     fn mqtt_uplink(keys: &str) -> Result<MqttUplinkSettings, String> {
         let text = format!(
             "{MINIMAL}\n[[uplinks]]\nkind = \"mqtt\"\ntopic = \"iomt/{{gateway}}\"\n{keys}\n"
