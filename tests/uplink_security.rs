@@ -1,6 +1,7 @@
 //! End-to-end tests of transport security: the uplinks' and the MQTT ingest connection's
-//! TLS verified against the system roots plus a configured private CA, mutual TLS, and the
-//! refusal of plain http or mqtt uplinks beyond loopback. Certificates are made by the test (rcgen); the servers are a real
+//! TLS verified against the system roots plus a configured private CA, mutual TLS, MQTT
+//! user names and passwords (never logged), and the refusal of plain http or mqtt uplinks
+//! beyond loopback. Certificates are made by the test (rcgen); the servers are a real
 //! HTTPS FHIR server on 127.0.0.1 (iomt-testkit) and a real mosquitto with a TLS listener
 //! configured by the test.
 
@@ -487,4 +488,84 @@ fn mqtt_ingest_tls_keys_without_tls_are_refused() {
     let (ok, out) = kit.cli(&["outbox", "status"]);
     assert!(!ok);
     assert!(out.contains("need mqtt.tls = true"), "{out}");
+}
+
+#[test]
+fn mqtt_credentials_are_presented_and_a_wrong_password_is_reported_without_showing_it() {
+    const USER: &str = "kit-store-1";
+    const PASSWORD: &str = "correct-horse-battery-staple-17";
+    const WRONG: &str = "an-old-password-that-was-rotated";
+    let mut kit = Kit::new();
+    let dir = kit.path("broker");
+    std::fs::create_dir_all(&dir).unwrap();
+    let passwords = dir.join("passwords");
+    let made = std::process::Command::new("mosquitto_passwd")
+        .arg("-b")
+        .arg("-c")
+        .arg(&passwords)
+        .args([USER, PASSWORD])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let broker = Mosquitto::start(
+        &dir,
+        &format!(
+            "allow_anonymous false\npassword_file {}",
+            passwords.display()
+        ),
+    )
+    .unwrap();
+    let port = broker.port();
+    let credentials = kit.path("mqtt.credentials");
+    let sections = format!(
+        "\n[[uplinks]]\nkind = \"mqtt\"\nname = \"cloud\"\nurl = \"mqtt://127.0.0.1:{port}\"\ntopic = \"fhir/{{gateway}}\"\ncredentials_file = \"{c}\"\ntimeout_secs = 2\nmax_backoff_secs = 1\n\n[mqtt]\nenabled = true\nport = {port}\ncredentials_file = \"{c}\"\nreconnect_initial_ms = 50\nreconnect_max_ms = 500\nprofiles = [\"mqtt-generic-json-vitals\"]\n",
+        c = credentials.display()
+    );
+    let config = kit.config_with(0.01, &["sim-scale"], 3, &sections);
+
+    // A rotated password: both connections are refused, said so; the rows stay.
+    write_private(&credentials, format!("{USER}\n{WRONG}\n"));
+    let (line, text) = run_until_delivery_fails(&mut kit, &config, "cloud", 3);
+    assert!(
+        line.contains("credentials_file"),
+        "the error should point at the credentials:\n{text}"
+    );
+    let ingest = text
+        .lines()
+        .find(|l| l.contains("MQTT broker unreachable"))
+        .unwrap_or_default();
+    assert!(ingest.contains("credentials_file"), "{text}");
+    assert_eq!(uplink_status(&kit, "cloud")["queued"], 3);
+
+    // The right password: both connect, and everything is delivered.
+    write_private(&credentials, format!("{USER}\n{PASSWORD}\n"));
+    let (mut child, log) = kit.start(&config);
+    wait_running(&mut child, &log);
+    wait_until(Duration::from_secs(30), "the MQTT driver connected", || {
+        read(&log)
+            .lines()
+            .any(|l| l.contains("connected to the MQTT broker") && l.contains("subscriptions="))
+    });
+    wait_until(Duration::from_secs(30), "the readings committed", || {
+        committed_ids(&read(&log)).len() >= 3
+    });
+    wait_until(Duration::from_secs(30), "delivery to the broker", || {
+        kit.try_outbox_status()
+            .ok()
+            .and_then(|s| common::uplink_named(&s, "cloud").map(|u| u["queued"] == 0))
+            .unwrap_or(false)
+    });
+    sigterm_and_wait(child, &log);
+    assert_eq!(uplink_status(&kit, "cloud")["delivered"], 6);
+
+    // Neither password ever reaches a log or `outbox status`.
+    for run in 1..=kit.runs {
+        let log = kit.run_log(run);
+        assert!(
+            !log.contains(PASSWORD) && !log.contains(WRONG),
+            "run {run}:\n{log}"
+        );
+    }
+    let (_, status) = kit.cli(&["outbox", "status"]);
+    assert!(!status.contains(PASSWORD) && !status.contains(WRONG));
 }

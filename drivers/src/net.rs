@@ -1,5 +1,6 @@
 //! Texts for failed network connections, shared by the MQTT driver and the gateway's
-//! uplinks: the cause chain of an error, and what to configure when TLS is at fault.
+//! uplinks: the cause chain of an error, and what to configure when TLS or the login is
+//! at fault.
 
 /// What to configure, given the text of a failed TLS connection (rustls's error names),
 /// or "" when the text is not about TLS.
@@ -21,9 +22,27 @@ pub fn tls_hint(cause: &str) -> &'static str {
     }
 }
 
-/// An MQTT connection error with its cause chain and, for a TLS problem, what to
-/// configure. rumqttc's errors never carry the credentials.
+/// What to configure when an MQTT broker refused the connection (CONNACK), or "".
+fn refusal_hint(e: &rumqttc::ConnectionError) -> &'static str {
+    use rumqttc::ConnectReturnCode as Code;
+    match e {
+        rumqttc::ConnectionError::ConnectionRefused(
+            Code::BadUserNamePassword | Code::NotAuthorized,
+        ) => " (the broker refused the user name or password: check credentials_file)",
+        rumqttc::ConnectionError::ConnectionRefused(Code::BadClientId) => {
+            " (the broker refused the client id: check client_id)"
+        }
+        _ => "",
+    }
+}
+
+/// An MQTT connection error with its cause chain and, for a TLS problem or a refused
+/// login, what to configure. rumqttc's errors never carry the credentials.
 pub fn describe_mqtt_error(e: &rumqttc::ConnectionError) -> String {
+    let refused = refusal_hint(e);
+    if !refused.is_empty() {
+        return format!("{e}{refused}");
+    }
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -46,5 +65,16 @@ mod tests {
         assert!(tls_hint("received fatal alert: CertificateRequired").contains("client_cert_file"));
         assert!(tls_hint("received fatal alert: UnknownCA").contains("refused the client"));
         assert_eq!(tls_hint("Connection refused (os error 111)"), "");
+    }
+
+    #[test]
+    fn a_refused_login_points_at_the_credentials_file() {
+        use rumqttc::{ConnectReturnCode as Code, ConnectionError};
+        for code in [Code::BadUserNamePassword, Code::NotAuthorized] {
+            let text = describe_mqtt_error(&ConnectionError::ConnectionRefused(code));
+            assert!(text.contains("check credentials_file"), "{text}");
+        }
+        let text = describe_mqtt_error(&ConnectionError::ConnectionRefused(Code::BadClientId));
+        assert!(text.contains("check client_id"), "{text}");
     }
 }
