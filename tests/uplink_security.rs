@@ -52,7 +52,7 @@ fn https_delivery_works_with_the_private_ca_configured_and_fails_clearly_without
     // With the CA: the queued rows and the new ones are delivered.
     let extra = format!("ca_file = \"{}\"", ca_file(&kit, &pki).display());
     let config = kit.config_with(0.01, &["sim-scale"], 3, &extra);
-    run_until(&mut kit, &config, "delivery over verified TLS", |k| {
+    run_until(&mut kit, &config, "delivery over verified TLS", |k, _| {
         k.server_ids().len() >= 6
     });
     assert_eq!(uplink_status(&kit, "fhir")["queued"], 0);
@@ -83,7 +83,7 @@ fn mutual_tls_accepts_the_configured_client_certificate_and_rejects_none() {
     let client = pki.client("kit-store-1").unwrap();
     let (extra, key) = client_identity(&kit, &client, &ca);
     let config = kit.config_with(0.01, &["sim-thermometer"], 3, &extra);
-    let text = run_until(&mut kit, &config, "delivery over mutual TLS", |k| {
+    let text = run_until(&mut kit, &config, "delivery over mutual TLS", |k, _| {
         k.server_ids().len() >= 6
     });
     assert_no_key_material(&text, &client.key_pem);
@@ -192,24 +192,26 @@ fn run_until_delivery_fails(
     name: &str,
     n: usize,
 ) -> (String, String) {
-    let (mut child, log) = kit.start(config);
-    wait_running(&mut child, &log);
-    wait_until(Duration::from_secs(30), "a failed delivery", || {
-        !failure_line(&read(&log), name).is_empty()
-    });
-    wait_until(Duration::from_secs(30), "the readings committed", || {
-        committed_ids(&read(&log)).len() >= n
-    });
-    sigterm_and_wait(child, &log);
-    let text = read(&log);
+    let text = run_until(
+        kit,
+        config,
+        "a failed delivery and the readings committed",
+        |_, log| !failure_line(log, name).is_empty() && committed_ids(log).len() >= n,
+    );
     (failure_line(&text, name).to_string(), text)
 }
 
-/// Runs the daemon until `done` holds, stops it, and returns its log.
-fn run_until(kit: &mut Kit, config: &Path, what: &str, done: impl Fn(&Kit) -> bool) -> String {
+/// Runs the daemon until `done` (given the kit and the log so far) holds, stops it, and
+/// returns its log.
+fn run_until(
+    kit: &mut Kit,
+    config: &Path,
+    what: &str,
+    done: impl Fn(&Kit, &str) -> bool,
+) -> String {
     let (mut child, log) = kit.start(config);
     wait_running(&mut child, &log);
-    wait_until(Duration::from_secs(30), what, || done(kit));
+    wait_until(Duration::from_secs(30), what, || done(kit, &read(&log)));
     sigterm_and_wait(child, &log);
     read(&log)
 }
@@ -278,7 +280,7 @@ fn mqtts_delivery_works_with_the_private_ca_configured_and_fails_clearly_without
     // With the CA: the queued rows and the new ones are delivered over verified TLS.
     let ca = format!("ca_file = \"{}\"", ca_file(&kit, &pki).display());
     let config = kit.config_with(0.01, &["sim-scale"], 3, &mqtts_uplink(tls_port, &ca));
-    run_until(&mut kit, &config, "delivery over verified TLS", |_| {
+    run_until(&mut kit, &config, "delivery over verified TLS", |_, _| {
         received_ids(&collector).len() >= 6
     });
     assert_eq!(received_ids(&collector).len(), 6);
@@ -328,7 +330,7 @@ fn mqtt_mutual_tls_accepts_the_configured_client_certificate_and_rejects_none() 
         3,
         &mqtts_uplink(tls_port, &extra),
     );
-    let text = run_until(&mut kit, &config, "delivery over mutual TLS", |_| {
+    let text = run_until(&mut kit, &config, "delivery over mutual TLS", |_, _| {
         received_ids(&collector).len() >= 9
     });
     assert_eq!(received_ids(&collector).len(), 9);
@@ -397,20 +399,19 @@ fn mqtt_ingest_tls(port: u16, extra: &str) -> String {
     )
 }
 
+/// The first line in which the MQTT driver logged a failed connection ("" if none).
+fn ingest_failure(log: &str) -> &str {
+    log.lines()
+        .find(|l| l.contains("MQTT broker unreachable"))
+        .unwrap_or_default()
+}
+
 /// Runs the daemon until the MQTT driver has logged a failed connection; returns that line.
 fn ingest_connection_failure(kit: &mut Kit, config: &Path) -> String {
-    let failure = |log: &str| {
-        log.lines()
-            .find(|l| l.contains("MQTT broker unreachable"))
-            .map(str::to_string)
-    };
-    let (mut child, log) = kit.start(config);
-    wait_running(&mut child, &log);
-    wait_until(Duration::from_secs(30), "a failed MQTT connection", || {
-        failure(&read(&log)).is_some()
+    let text = run_until(kit, config, "a failed MQTT connection", |_, log| {
+        !ingest_failure(log).is_empty()
     });
-    sigterm_and_wait(child, &log);
-    failure(&read(&log)).unwrap_or_default()
+    ingest_failure(&text).to_string()
 }
 
 #[test]
@@ -530,32 +531,25 @@ fn mqtt_credentials_are_presented_and_a_wrong_password_is_reported_without_showi
         line.contains("credentials_file"),
         "the error should point at the credentials:\n{text}"
     );
-    let ingest = text
-        .lines()
-        .find(|l| l.contains("MQTT broker unreachable"))
-        .unwrap_or_default();
-    assert!(ingest.contains("credentials_file"), "{text}");
+    assert!(ingest_failure(&text).contains("credentials_file"), "{text}");
     assert_eq!(uplink_status(&kit, "cloud")["queued"], 3);
 
     // The right password: both connect, and everything is delivered.
     write_private(&credentials, format!("{USER}\n{PASSWORD}\n"));
-    let (mut child, log) = kit.start(&config);
-    wait_running(&mut child, &log);
-    wait_until(Duration::from_secs(30), "the MQTT driver connected", || {
-        read(&log)
-            .lines()
-            .any(|l| l.contains("connected to the MQTT broker") && l.contains("subscriptions="))
-    });
-    wait_until(Duration::from_secs(30), "the readings committed", || {
-        committed_ids(&read(&log)).len() >= 3
-    });
-    wait_until(Duration::from_secs(30), "delivery to the broker", || {
-        kit.try_outbox_status()
-            .ok()
-            .and_then(|s| common::uplink_named(&s, "cloud").map(|u| u["queued"] == 0))
-            .unwrap_or(false)
-    });
-    sigterm_and_wait(child, &log);
+    run_until(
+        &mut kit,
+        &config,
+        "the MQTT driver connected and every row delivered",
+        |k, log| {
+            log.lines()
+                .any(|l| l.contains("connected to the MQTT broker") && l.contains("subscriptions="))
+                && committed_ids(log).len() >= 3
+                && k.try_outbox_status()
+                    .ok()
+                    .and_then(|s| common::uplink_named(&s, "cloud").map(|u| u["queued"] == 0))
+                    .unwrap_or(false)
+        },
+    );
     assert_eq!(uplink_status(&kit, "cloud")["delivered"], 6);
 
     // Neither password ever reaches a log or `outbox status`.
