@@ -560,9 +560,9 @@ pub async fn run_with_hooks(
         let (reject_tx, reject_rx) = reject_channel(settings.max_in_flight);
         rejects = Some((reject_rx, settings.dead_letter_limit));
         let tls = match &settings.tls {
-            Some(t) => Some(MqttTls(rumqttc::TlsConfiguration::Rustls(
-                crate::uplink::mqtt::tls::client_config(t).map_err(DaemonError::MqttTls)?,
-            ))),
+            Some(t) => Some(MqttTls(
+                crate::uplink::mqtt::tls::configuration(t).map_err(DaemonError::MqttTls)?,
+            )),
             None => {
                 if !is_loopback_host(&settings.host) {
                     tracing::warn!(broker = %settings.host, "mqtt.tls is off: readings travel unencrypted to a broker that is not on this machine");

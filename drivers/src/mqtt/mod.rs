@@ -492,10 +492,11 @@ async fn run(config: MqttConfig, tx: ReadingSender, cancel: CancellationToken) -
             Ok(_) => {}
             Err(e) => {
                 let delay = backoff.fail();
+                let error = crate::net::describe_mqtt_error(&e);
                 if connected || backoff.failures() == 1 {
-                    tracing::warn!(broker = %broker, error = %crate::net::describe_mqtt_error(&e), "MQTT broker unreachable or connection lost; reconnecting with backoff");
+                    tracing::warn!(broker = %broker, error = %error, "MQTT broker unreachable or connection lost; reconnecting with backoff");
                 } else {
-                    tracing::debug!(broker = %broker, error = %crate::net::describe_mqtt_error(&e), delay_ms = delay.as_millis() as u64, "MQTT broker still unreachable");
+                    tracing::debug!(broker = %broker, error = %error, delay_ms = delay.as_millis() as u64, "MQTT broker still unreachable");
                 }
                 connected = false;
                 tokio::select! {

@@ -277,13 +277,13 @@ impl MqttUplink {
                     Err(e) => {
                         let was = connected_tx.send_replace(false);
                         let delay = backoff.fail();
+                        let error = iomt_drivers::net::describe_mqtt_error(&e);
                         if was || backoff.failures() == 1 {
-                            tracing::warn!(uplink = %name, broker = %broker, error = %iomt_drivers::net::describe_mqtt_error(&e), "MQTT uplink: broker unreachable or connection lost; reconnecting with backoff");
+                            tracing::warn!(uplink = %name, broker = %broker, error = %error, "MQTT uplink: broker unreachable or connection lost; reconnecting with backoff");
                         } else {
-                            tracing::debug!(uplink = %name, error = %iomt_drivers::net::describe_mqtt_error(&e), "MQTT uplink: broker still unreachable");
+                            tracing::debug!(uplink = %name, error = %error, "MQTT uplink: broker still unreachable");
                         }
-                        let _ = report_tx
-                            .try_send(Report::Down(iomt_drivers::net::describe_mqtt_error(&e)));
+                        let _ = report_tx.try_send(Report::Down(error));
                         tokio::time::sleep(delay).await;
                     }
                 }

@@ -93,12 +93,17 @@ pub fn client_config(settings: &TlsSettings) -> Result<Arc<rustls::ClientConfig>
     Ok(Arc::new(config))
 }
 
-/// The rumqttc transport for a connection: TLS (with [`client_config`]) or plain TCP.
+/// The rumqttc TLS configuration for a connection (see [`client_config`]).
+pub fn configuration(settings: &TlsSettings) -> Result<rumqttc::TlsConfiguration, String> {
+    Ok(rumqttc::TlsConfiguration::Rustls(client_config(settings)?))
+}
+
+/// The rumqttc transport for a connection: TLS (see [`configuration`]) or plain TCP.
 pub fn transport(tls: Option<&TlsSettings>) -> Result<rumqttc::Transport, String> {
     match tls {
-        Some(settings) => Ok(rumqttc::Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(client_config(settings)?),
-        )),
+        Some(settings) => Ok(rumqttc::Transport::tls_with_config(configuration(
+            settings,
+        )?)),
         None => Ok(rumqttc::Transport::tcp()),
     }
 }
