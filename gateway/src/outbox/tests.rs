@@ -12,6 +12,19 @@ fn uplinks() -> Vec<String> {
     vec!["fhir".into(), "archive".into()]
 }
 
+/// An outbox in `dir` with room to spare: evicting the oldest when full, 1 ms commit
+/// window, batches of 100.
+fn settings_in(dir: &std::path::Path) -> OutboxSettings {
+    OutboxSettings {
+        path: dir.join("outbox.db"),
+        max_bytes: 1 << 30,
+        max_age: None,
+        when_full: WhenFull::EvictOldest,
+        commit_window: Duration::from_millis(1),
+        max_batch_rows: 100,
+    }
+}
+
 fn insert(store: &mut Store, ring: &Keyring, payload: &[u8]) -> i64 {
     let seq = store.next_seq();
     let sealed = ring.seal(payload, &row_aad(seq, "dev-1")).unwrap();
@@ -211,14 +224,7 @@ fn eviction_removes_the_oldest_rows_and_counts_them() {
 #[tokio::test]
 async fn an_append_is_acknowledged_only_after_its_commit_and_then_fetchable() {
     let dir = tempfile::tempdir().unwrap();
-    let settings = OutboxSettings {
-        path: dir.path().join("outbox.db"),
-        max_bytes: 1 << 30,
-        max_age: None,
-        when_full: WhenFull::EvictOldest,
-        commit_window: Duration::from_millis(1),
-        max_batch_rows: 100,
-    };
+    let settings = settings_in(dir.path());
     let ring = Arc::new(Keyring::new(&KEY));
     let (outbox, writer) = Outbox::open(settings.clone(), ring.clone(), vec!["fhir".into()])
         .await
@@ -267,12 +273,10 @@ async fn an_append_is_acknowledged_only_after_its_commit_and_then_fetchable() {
 async fn when_full_and_blocking_appends_wait_until_deliveries_make_room() {
     let dir = tempfile::tempdir().unwrap();
     let settings = OutboxSettings {
-        path: dir.path().join("outbox.db"),
         max_bytes: 1,
-        max_age: None,
         when_full: WhenFull::Block,
         commit_window: Duration::ZERO,
-        max_batch_rows: 100,
+        ..settings_in(dir.path())
     };
     let ring = Arc::new(Keyring::new(&KEY));
     let (outbox, writer) = Outbox::open(settings, ring, vec!["fhir".into()])
@@ -332,14 +336,7 @@ fn devices_are_stored_once_and_fetched_with_their_rows() {
 #[tokio::test]
 async fn refused_messages_are_kept_sealed_listable_and_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let settings = OutboxSettings {
-        path: dir.path().join("outbox.db"),
-        max_bytes: 1 << 30,
-        max_age: None,
-        when_full: WhenFull::EvictOldest,
-        commit_window: Duration::from_millis(1),
-        max_batch_rows: 100,
-    };
+    let settings = settings_in(dir.path());
     let ring = Arc::new(Keyring::new(&KEY));
     let (outbox, writer) = Outbox::open(settings.clone(), ring.clone(), vec!["fhir".into()])
         .await
