@@ -383,8 +383,8 @@ pub fn matching_ble_profiles(
 ) -> Vec<String> {
     profiles
         .iter()
-        .filter(|p| match &p.transport {
-            TransportSpec::Ble(spec) => {
+        .filter(|p| {
+            p.transport.as_ble().is_some_and(|spec| {
                 spec.services
                     .iter()
                     .filter_map(|s| service_uuid(&p.id, s).ok())
@@ -393,8 +393,7 @@ pub fn matching_ble_profiles(
                         .name_prefix
                         .as_deref()
                         .is_some_and(|pre| name.is_some_and(|n| n.starts_with(pre)))
-            }
-            _ => false,
+            })
         })
         .map(|p| p.id.clone())
         .collect()
