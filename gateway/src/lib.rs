@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod probe;
 pub mod profile;
 pub mod pseudonym;
+pub mod secret_file;
 pub mod smart;
 pub mod ucum;
 pub mod uplink;

@@ -11,10 +11,11 @@ use clap::{Args, Parser, Subcommand};
 use iomt_gateway::config::{Config, LogFormat, DEFAULT_PATH};
 use iomt_gateway::daemon::RunStats;
 use iomt_gateway::normalize::Zone;
-use iomt_gateway::outbox::{self, seal, seal::Keyring};
+use iomt_gateway::outbox::{self, seal::Keyring};
 use iomt_gateway::pipeline::Observer;
 use iomt_gateway::profile::{self, Profile, ProfileErrors};
 use iomt_gateway::pseudonym::{self, Pseudonymizer};
+use iomt_gateway::secret_file;
 use iomt_gateway::{daemon, demo, probe};
 use tokio_util::sync::CancellationToken;
 
@@ -537,7 +538,7 @@ async fn run(config_path: &Path) -> Result<ExitCode> {
             config.profiles_dir.display()
         )
     })?;
-    let key = pseudonym::read_key_file(&config.pseudonym_key_file)?;
+    let key = secret_file::read_key_file(&config.pseudonym_key_file)?;
     let keyring = Arc::new(Keyring::load(&config.storage_key_file)?);
     let cancel = CancellationToken::new();
     let stop = cancel.clone();
@@ -640,7 +641,7 @@ async fn run_demo(
         stop.cancel();
     });
     // The demo's outbox is sealed with a key that lives only in memory for this run.
-    let keyring = Arc::new(Keyring::new(&pseudonym::random_key()?));
+    let keyring = Arc::new(Keyring::new(&secret_file::random_key()?));
     let outbox_dir = demo::outbox_path(&out).parent().map(Path::to_path_buf);
     let stats = daemon::run(
         config,
@@ -758,11 +759,11 @@ fn keygen(config_path: &Path, rotate: bool, keys: KeyPaths) -> Result<ExitCode> 
     };
     let storage = &storage;
     if rotate {
-        pseudonym::rotate_key_file(storage, &pseudonym::random_key()?)?;
+        secret_file::rotate_key_file(storage, &secret_file::random_key()?)?;
         println!(
             "rotated the storage key {} (previous key kept in {})",
             storage.display(),
-            seal::retired_path(storage).display()
+            secret_file::retired_path(storage).display()
         );
         println!("restart the gateway to seal new rows with the new key");
         return Ok(ExitCode::SUCCESS);
@@ -779,7 +780,7 @@ fn keygen(config_path: &Path, rotate: bool, keys: KeyPaths) -> Result<ExitCode> 
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        pseudonym::write_new_key_file(path, &pseudonym::random_key()?)?;
+        secret_file::write_new_key_file(path, &secret_file::random_key()?)?;
         println!("created the {what} {} (mode 0600)", path.display());
     }
     println!("give the pseudonymization key to the backend's re-identification service; the storage key never leaves this device");
@@ -835,7 +836,7 @@ fn scan(duration: f64, profiles: Option<PathBuf>, adapter: Option<&str>) -> Resu
 
 fn pseudonym_of(id: &str, config_path: &Path) -> Result<ExitCode> {
     let config = Config::load(config_path)?;
-    let key = pseudonym::read_key_file(&config.pseudonym_key_file)?;
+    let key = secret_file::read_key_file(&config.pseudonym_key_file)?;
     let p = Pseudonymizer::new(&key).pseudonym(pseudonym::Domain::Patient, id);
     println!("{}|{p}", iomt_gateway::normalize::PATIENT_PSEUDONYM_SYSTEM);
     Ok(ExitCode::SUCCESS)

@@ -39,7 +39,7 @@ impl Alg {
 pub enum SmartKeyError {
     /// Reading or writing the key file failed.
     #[error(transparent)]
-    File(#[from] crate::pseudonym::KeyError),
+    File(#[from] crate::secret_file::KeyError),
     /// The file is not a PKCS#8 private key of the expected algorithm.
     #[error("{path} is not a PKCS#8 {alg} private key (make one with `iomt-gateway keygen --smart --alg {alg}`)")]
     Format {
@@ -157,7 +157,7 @@ impl SigningKey {
     /// Loads a key file (PEM PKCS#8, mode 0600).
     pub fn load(alg: Alg, path: &Path) -> Result<Self, SmartKeyError> {
         let shown = path.display().to_string();
-        let bytes = crate::pseudonym::read_secret_file(path)?;
+        let bytes = crate::secret_file::read_secret_file(path)?;
         let der = unpem(&String::from_utf8_lossy(&bytes)).ok_or(SmartKeyError::Format {
             path: shown.clone(),
             alg: alg.as_str(),
@@ -185,7 +185,7 @@ impl SigningKey {
                     .to_vec()
             }
         };
-        crate::pseudonym::write_new_secret_file(path, pem("PRIVATE KEY", &der).as_bytes())?;
+        crate::secret_file::write_new_secret_file(path, pem("PRIVATE KEY", &der).as_bytes())?;
         Self::from_pkcs8(alg, &der, &path.display().to_string())
     }
 

@@ -7,13 +7,13 @@
 //! `<key file>.retired` (concatenated 32-byte keys) until no row needs them.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::hkdf;
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::pseudonym::{read_key_file, KeyError, KEY_LEN};
+use crate::secret_file::{read_key_file, retired_path, KeyError, KEY_LEN};
 
 const SALT: &[u8] = b"iomt-gateway outbox v1";
 
@@ -113,13 +113,6 @@ impl std::fmt::Debug for Keyring {
     }
 }
 
-/// The path of the retired keys next to a key file.
-pub fn retired_path(key_file: &Path) -> PathBuf {
-    let mut name = key_file.as_os_str().to_owned();
-    name.push(".retired");
-    PathBuf::from(name)
-}
-
 impl Keyring {
     /// A keyring with only a current key.
     pub fn new(current: &[u8; KEY_LEN]) -> Self {
@@ -135,7 +128,7 @@ impl Keyring {
         let mut ring = Self::new(&read_key_file(key_file)?);
         let retired = retired_path(key_file);
         if retired.exists() {
-            for key in crate::pseudonym::read_key_list(&retired)? {
+            for key in crate::secret_file::read_key_list(&retired)? {
                 let k = StorageKey::derive(&key);
                 ring.retired.insert(k.id, k);
             }
@@ -234,10 +227,10 @@ mod tests {
     fn retired_keys_still_open_old_rows() {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("storage.key");
-        crate::pseudonym::write_new_key_file(&key, &[3; KEY_LEN]).unwrap();
+        crate::secret_file::write_new_key_file(&key, &[3; KEY_LEN]).unwrap();
         let old = Keyring::load(&key).unwrap();
         let sealed = old.seal(b"old row", b"aad").unwrap();
-        crate::pseudonym::rotate_key_file(&key, &[4; KEY_LEN]).unwrap();
+        crate::secret_file::rotate_key_file(&key, &[4; KEY_LEN]).unwrap();
         let new = Keyring::load(&key).unwrap();
         assert_ne!(new.current().id, old.current().id);
         assert_eq!(new.open(&sealed, b"aad").unwrap(), b"old row");

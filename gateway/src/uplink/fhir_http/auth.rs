@@ -78,7 +78,7 @@ fn transient(reason: String) -> DeliveryError {
 }
 
 fn read_secret_text(path: &std::path::Path, what: &str) -> Result<String, String> {
-    let bytes = crate::pseudonym::read_secret_file(path).map_err(|e| e.to_string())?;
+    let bytes = crate::secret_file::read_secret_file(path).map_err(|e| e.to_string())?;
     let text = String::from_utf8(bytes)
         .map_err(|_| format!("the {what} file {} is not text", path.display()))?;
     let text = text.trim().to_string();

@@ -101,9 +101,11 @@ impl FhirUplink {
         }
         if let Some((cert, key)) = &settings.client_identity {
             let mut pem =
-                crate::pseudonym::read_secret_file(cert).map_err(|e| setup(e.to_string()))?;
+                crate::secret_file::read_secret_file(cert).map_err(|e| setup(e.to_string()))?;
             pem.push(b'\n');
-            pem.extend(crate::pseudonym::read_secret_file(key).map_err(|e| setup(e.to_string()))?);
+            pem.extend(
+                crate::secret_file::read_secret_file(key).map_err(|e| setup(e.to_string()))?,
+            );
             let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
                 setup(format!(
                     "client_cert_file/client_key_file are not a PEM certificate and key: {e}"

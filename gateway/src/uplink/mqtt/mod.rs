@@ -136,7 +136,7 @@ pub fn check_topic(template: &str) -> Result<(), String> {
 /// Reads an MQTT credentials file: the user name on the first line, the password on the
 /// second; mode 0600 (group- or world-readable files are refused).
 pub fn read_credentials(path: &std::path::Path) -> Result<(String, String), String> {
-    let bytes = crate::pseudonym::read_secret_file(path).map_err(|e| e.to_string())?;
+    let bytes = crate::secret_file::read_secret_file(path).map_err(|e| e.to_string())?;
     let text = String::from_utf8(bytes)
         .map_err(|_| format!("the credentials file {} is not text", path.display()))?;
     let mut lines = text.lines();

@@ -71,8 +71,8 @@ pub fn client_config(settings: &TlsSettings) -> Result<Arc<rustls::ClientConfig>
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
             // Both files are the gateway's identity: both must be mode 0600.
-            let cert_pem = crate::pseudonym::read_secret_file(cert).map_err(|e| e.to_string())?;
-            let key_pem = crate::pseudonym::read_secret_file(key).map_err(|e| e.to_string())?;
+            let cert_pem = crate::secret_file::read_secret_file(cert).map_err(|e| e.to_string())?;
+            let key_pem = crate::secret_file::read_secret_file(key).map_err(|e| e.to_string())?;
             let chain = parse_certs(&cert_pem, cert, "client_cert_file")?;
             // The parse error could quote key material: name the file only.
             let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
