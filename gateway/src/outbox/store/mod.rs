@@ -1,0 +1,409 @@
+//! The SQLite side of the outbox: the statements the writer runs in its transactions
+//! (`open.rs`: schema and the refuse-never-reset opening checks; `read.rs`: counts and
+//! read-only listings for `outbox status` and `outbox dead-letters`). Synchronous; owned
+//! by the outbox's writer task, which runs it on a blocking thread.
+
+mod open;
+mod read;
+
+pub use open::SCHEMA_VERSION;
+pub use read::{
+    disk_bytes, read_only_dead_letters, read_only_ingest_dead_letters, read_only_status, Status,
+    StoredDeadLetter, StoredIngestDeadLetter, UplinkStatus,
+};
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::seal::{Keyring, Sealed};
+use super::OutboxError;
+
+/// The associated data of an ingest dead letter: bound to its row id.
+pub fn ingest_aad(id: i64) -> Vec<u8> {
+    let mut aad = b"iomt-gateway/outbox/v1/ingest-dead-letter\0".to_vec();
+    aad.extend_from_slice(&id.to_be_bytes());
+    aad
+}
+
+/// A row as stored: sealed.
+#[derive(Debug, Clone)]
+pub struct StoredRow {
+    /// Sequence number (insertion order; oldest first).
+    pub seq: i64,
+    /// When it was enqueued (Unix ms).
+    pub created_ms: i64,
+    /// The Device resource it references.
+    pub device_id: String,
+    /// The sealed Observation.
+    pub sealed: Sealed,
+}
+
+/// A sealed Device resource.
+#[derive(Debug, Clone)]
+pub struct StoredDevice {
+    /// Its id.
+    pub id: String,
+    /// The sealed resource.
+    pub sealed: Sealed,
+}
+
+fn sql(path: &Path) -> impl Fn(rusqlite::Error) -> OutboxError + '_ {
+    move |e| OutboxError::from_sqlite(path, e)
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The open database.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    /// Uplink name → bit in `rows.pending`.
+    bits: HashMap<String, i64>,
+    /// The bits of the configured uplinks (new rows wait for all of them).
+    all_bits: i64,
+    known_devices: HashSet<String>,
+    next_seq: i64,
+    payload_bytes: u64,
+}
+
+impl Store {
+    /// The database path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes of sealed payloads stored.
+    pub fn payload_bytes(&self) -> u64 {
+        self.payload_bytes
+    }
+
+    /// The sequence number the next row gets.
+    pub fn next_seq(&self) -> i64 {
+        self.next_seq
+    }
+
+    /// Whether a Device resource is already stored.
+    pub fn has_device(&self, id: &str) -> bool {
+        self.known_devices.contains(id)
+    }
+
+    /// Starts a transaction.
+    pub fn begin(&mut self) -> Result<(), OutboxError> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(sql(&self.path))
+    }
+
+    /// Commits the transaction (durable when this returns).
+    pub fn commit(&mut self) -> Result<(), OutboxError> {
+        self.conn.execute_batch("COMMIT").map_err(sql(&self.path))
+    }
+
+    /// Rolls the transaction back after a failure and reloads the in-memory counters.
+    pub fn rollback(&mut self) {
+        let _ = self.conn.execute_batch("ROLLBACK");
+        self.known_devices.clear();
+        if let Ok((seq, bytes)) = self.load_counters() {
+            self.next_seq = seq;
+            self.payload_bytes = bytes;
+        }
+    }
+
+    /// (next sequence number, payload bytes) as stored.
+    fn load_counters(&self) -> Result<(i64, u64), OutboxError> {
+        let p = &self.path;
+        let (max_seq, bytes): (Option<i64>, Option<i64>) = self
+            .conn
+            .query_row("SELECT MAX(seq), SUM(LENGTH(sealed)) FROM rows", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(sql(p))?;
+        let dead_max: Option<i64> = self
+            .conn
+            .query_row("SELECT MAX(seq) FROM dead_letters", [], |r| r.get(0))
+            .map_err(sql(p))?;
+        // AUTOINCREMENT keeps the highest sequence number ever used, so a sequence number
+        // (part of each row's associated data) is never given to a second row.
+        let ever: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'rows'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql(p))?;
+        let highest = max_seq
+            .unwrap_or(0)
+            .max(dead_max.unwrap_or(0))
+            .max(ever.unwrap_or(0));
+        Ok((highest + 1, bytes.unwrap_or(0).max(0) as u64))
+    }
+
+    /// Stores a Device resource (inside a transaction).
+    pub fn put_device(&mut self, device: &StoredDevice) -> Result<(), OutboxError> {
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO devices (id, key_id, nonce, sealed) VALUES (?1, ?2, ?3, ?4)")
+            .and_then(|mut s| s.execute(params![device.id, device.sealed.key_id as i64, device.sealed.nonce.as_slice(), device.sealed.ciphertext]))
+            .map_err(sql(&self.path))?;
+        self.known_devices.insert(device.id.clone());
+        Ok(())
+    }
+
+    /// Inserts a row (inside a transaction); its `seq` must be at least [`Store::next_seq`].
+    pub fn insert(&mut self, row: &StoredRow) -> Result<(), OutboxError> {
+        self.conn
+            .prepare_cached("INSERT INTO rows (seq, created_ms, device_id, pending, key_id, nonce, sealed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
+            .and_then(|mut s| {
+                s.execute(params![
+                    row.seq,
+                    row.created_ms,
+                    row.device_id,
+                    self.all_bits,
+                    row.sealed.key_id as i64,
+                    row.sealed.nonce.as_slice(),
+                    row.sealed.ciphertext
+                ])
+            })
+            .map_err(sql(&self.path))?;
+        self.next_seq = self.next_seq.max(row.seq + 1);
+        self.payload_bytes += row.sealed.ciphertext.len() as u64;
+        Ok(())
+    }
+
+    fn bit(&self, uplink: &str) -> Result<i64, OutboxError> {
+        self.bits
+            .get(uplink)
+            .copied()
+            .ok_or_else(|| OutboxError::UnknownUplink(uplink.into()))
+    }
+
+    /// Up to `limit` rows waiting for `uplink` with `seq > after`, oldest first, with the
+    /// Device resources they reference.
+    pub fn fetch(
+        &mut self,
+        uplink: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<(Vec<StoredRow>, Vec<StoredDevice>), OutboxError> {
+        let bit = self.bit(uplink)?;
+        let p = self.path.clone();
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq, created_ms, device_id, key_id, nonce, sealed FROM rows WHERE seq > ?1 AND (pending & ?2) != 0 ORDER BY seq LIMIT ?3")
+            .map_err(sql(&p))?;
+        let rows: Vec<StoredRow> = stmt
+            .query_map(params![after, bit, limit as i64], |r| {
+                Ok(StoredRow {
+                    seq: r.get(0)?,
+                    created_ms: r.get(1)?,
+                    device_id: r.get(2)?,
+                    sealed: sealed_from(r.get(3)?, r.get(4)?, r.get(5)?),
+                })
+            })
+            .map_err(sql(&p))?
+            .collect::<Result<_, _>>()
+            .map_err(sql(&p))?;
+        drop(stmt);
+        let ids: HashSet<&str> = rows.iter().map(|r| r.device_id.as_str()).collect();
+        let mut devices = Vec::with_capacity(ids.len());
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT key_id, nonce, sealed FROM devices WHERE id = ?1")
+            .map_err(sql(&p))?;
+        for id in ids {
+            if let Some(sealed) = stmt
+                .query_row([id], |r| Ok(sealed_from(r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()
+                .map_err(sql(&p))?
+            {
+                devices.push(StoredDevice {
+                    id: id.to_string(),
+                    sealed,
+                });
+            }
+        }
+        Ok((rows, devices))
+    }
+
+    /// Marks rows delivered to `uplink` (inside a transaction); rows no uplink still waits
+    /// for are deleted. `rows` holds (seq, sealed length).
+    pub fn delivered(&mut self, uplink: &str, rows: &[(i64, usize)]) -> Result<(), OutboxError> {
+        let bit = self.bit(uplink)?;
+        let p = self.path.clone();
+        let mut done = 0i64;
+        for (seq, len) in rows {
+            // Usually this uplink is the last one the row waits for: delete it at once.
+            let last = self
+                .conn
+                .prepare_cached("DELETE FROM rows WHERE seq = ?1 AND pending = ?2")
+                .and_then(|mut s| s.execute(params![seq, bit]))
+                .map_err(sql(&p))?;
+            if last > 0 {
+                done += 1;
+                self.payload_bytes = self.payload_bytes.saturating_sub(*len as u64);
+                continue;
+            }
+            let changed = self
+                .conn
+                .prepare_cached("UPDATE rows SET pending = pending & ~?1 WHERE seq = ?2 AND (pending & ?1) != 0")
+                .and_then(|mut s| s.execute(params![bit, seq]))
+                .map_err(sql(&p))?;
+            done += changed as i64;
+            let deleted = self
+                .conn
+                .prepare_cached("DELETE FROM rows WHERE seq = ?1 AND pending = 0")
+                .and_then(|mut s| s.execute([seq]))
+                .map_err(sql(&p))?;
+            if deleted > 0 {
+                self.payload_bytes = self.payload_bytes.saturating_sub(*len as u64);
+            }
+        }
+        self.conn
+            .prepare_cached("UPDATE uplinks SET delivered = delivered + ?1 WHERE name = ?2")
+            .and_then(|mut s| s.execute(params![done, uplink]))
+            .map_err(sql(&p))?;
+        Ok(())
+    }
+
+    /// Keeps a message a driver refused, sealed (`plain` is its packed description), and
+    /// evicts the oldest beyond `limit`. Returns how many were evicted.
+    pub fn ingest_dead_letter(
+        &mut self,
+        keyring: &Keyring,
+        at_ms: i64,
+        transport: &str,
+        size: usize,
+        plain: &[u8],
+        limit: usize,
+    ) -> Result<u64, OutboxError> {
+        let p = self.path.clone();
+        // The row id is part of the associated data, so the row is inserted first and
+        // sealed once its id is known, inside the same transaction.
+        self.conn
+            .prepare_cached(
+                "INSERT INTO ingest_dead_letters (at_ms, transport, size, key_id, nonce, sealed) VALUES (?1, ?2, ?3, 0, x'', x'')",
+            )
+            .and_then(|mut s| s.execute(params![at_ms, transport, size as i64]))
+            .map_err(sql(&p))?;
+        let id = self.conn.last_insert_rowid();
+        let sealed = keyring.seal(plain, &ingest_aad(id))?;
+        self.conn
+            .prepare_cached(
+                "UPDATE ingest_dead_letters SET key_id = ?1, nonce = ?2, sealed = ?3 WHERE id = ?4",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    sealed.key_id as i64,
+                    sealed.nonce.as_slice(),
+                    sealed.ciphertext,
+                    id
+                ])
+            })
+            .map_err(sql(&p))?;
+        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        let evicted = self
+            .conn
+            .prepare_cached("DELETE FROM ingest_dead_letters WHERE id <= ?1 - ?2")
+            .and_then(|mut s| s.execute(params![id, limit]))
+            .map_err(sql(&p))? as u64;
+        if evicted > 0 {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO counters (name, value) VALUES ('ingest_dead_letters_evicted', ?1)
+                     ON CONFLICT (name) DO UPDATE SET value = value + ?1",
+                )
+                .and_then(|mut s| s.execute(params![evicted as i64]))
+                .map_err(sql(&p))?;
+        }
+        Ok(evicted)
+    }
+
+    /// Moves one row into the dead letters of `uplink` with a sealed reason (inside a
+    /// transaction), then treats it as done for that uplink.
+    pub fn dead_letter(
+        &mut self,
+        uplink: &str,
+        seq: i64,
+        len: usize,
+        reason: &Sealed,
+    ) -> Result<(), OutboxError> {
+        let p = self.path.clone();
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO dead_letters (uplink, seq, at_ms, device_id, key_id, nonce, sealed, reason_nonce, reason_sealed)
+                 SELECT ?1, seq, ?2, device_id, key_id, nonce, sealed, ?3, ?4 FROM rows WHERE seq = ?5",
+            )
+            .and_then(|mut s| s.execute(params![uplink, now_ms(), reason.nonce.as_slice(), reason.ciphertext, seq]))
+            .map_err(sql(&p))?;
+        self.delivered(uplink, &[(seq, len)])?;
+        self.conn
+            .prepare_cached("UPDATE uplinks SET delivered = delivered - 1, dead_lettered = dead_lettered + 1 WHERE name = ?1")
+            .and_then(|mut s| s.execute([uplink]))
+            .map_err(sql(&p))?;
+        Ok(())
+    }
+
+    /// Deletes the oldest rows until the payload is at most `max_bytes` and no row is older
+    /// than `min_created_ms` (inside a transaction). Returns how many rows were evicted.
+    pub fn evict(
+        &mut self,
+        max_bytes: u64,
+        min_created_ms: Option<i64>,
+    ) -> Result<u64, OutboxError> {
+        let p = self.path.clone();
+        let mut evicted = 0u64;
+        loop {
+            let over_size = self.payload_bytes > max_bytes;
+            let oldest: Option<(i64, i64, i64)> = self
+                .conn
+                .prepare_cached(
+                    "SELECT seq, created_ms, LENGTH(sealed) FROM rows ORDER BY seq LIMIT 1",
+                )
+                .and_then(|mut s| {
+                    s.query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .optional()
+                })
+                .map_err(sql(&p))?;
+            let Some((seq, created, len)) = oldest else {
+                break;
+            };
+            let too_old = min_created_ms.is_some_and(|m| created < m);
+            if !(over_size || too_old) {
+                break;
+            }
+            self.conn
+                .prepare_cached("DELETE FROM rows WHERE seq = ?1")
+                .and_then(|mut s| s.execute([seq]))
+                .map_err(sql(&p))?;
+            self.payload_bytes = self.payload_bytes.saturating_sub(len as u64);
+            evicted += 1;
+        }
+        if evicted > 0 {
+            self.conn
+                .execute(
+                    "UPDATE counters SET value = value + ?1 WHERE name = 'evicted'",
+                    [evicted as i64],
+                )
+                .map_err(sql(&p))?;
+        }
+        Ok(evicted)
+    }
+}
+
+fn sealed_from(key_id: i64, nonce: Vec<u8>, ciphertext: Vec<u8>) -> Sealed {
+    let mut n = [0u8; 12];
+    // A stored nonce of the wrong length fails authentication later, as tampering should.
+    if nonce.len() == n.len() {
+        n.copy_from_slice(&nonce);
+    }
+    Sealed {
+        key_id: key_id as u32,
+        nonce: n,
+        ciphertext,
+    }
+}

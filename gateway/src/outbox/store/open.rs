@@ -1,0 +1,293 @@
+//! Opening the outbox database: the schema, creation under a temporary name, and the
+//! checks that refuse (never reset) a damaged file, a newer schema or a wrong key.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use rusqlite::config::DbConfig;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use super::{now_ms, sql, Store};
+use crate::outbox::seal::{Keyring, CHECK_LEN};
+use crate::outbox::OutboxError;
+
+/// The schema version this code writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE keys (key_id INTEGER PRIMARY KEY, check_value BLOB NOT NULL, first_used_ms INTEGER NOT NULL);
+CREATE TABLE uplinks (name TEXT PRIMARY KEY, bit INTEGER NOT NULL UNIQUE,
+    delivered INTEGER NOT NULL DEFAULT 0, dead_lettered INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE devices (id TEXT PRIMARY KEY, key_id INTEGER NOT NULL, nonce BLOB NOT NULL, sealed BLOB NOT NULL);
+CREATE TABLE rows (seq INTEGER PRIMARY KEY AUTOINCREMENT, created_ms INTEGER NOT NULL, device_id TEXT NOT NULL,
+    pending INTEGER NOT NULL, key_id INTEGER NOT NULL, nonce BLOB NOT NULL, sealed BLOB NOT NULL);
+CREATE TABLE dead_letters (uplink TEXT NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL,
+    device_id TEXT NOT NULL, key_id INTEGER NOT NULL, nonce BLOB NOT NULL, sealed BLOB NOT NULL,
+    reason_nonce BLOB NOT NULL, reason_sealed BLOB NOT NULL, PRIMARY KEY (uplink, seq));
+CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+";
+
+/// Messages a driver refused (dead letters of the ingest side). Added after schema 1 was
+/// released and created when missing: additive, so an older gateway still opens the file
+/// (and ignores the table).
+const INGEST_DEAD_LETTERS: &str = "
+CREATE TABLE IF NOT EXISTS ingest_dead_letters (id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL, transport TEXT NOT NULL, size INTEGER NOT NULL,
+    key_id INTEGER NOT NULL, nonce BLOB NOT NULL, sealed BLOB NOT NULL);
+";
+
+/// Reads the first bytes of an existing file to tell an SQLite database from anything else.
+pub(super) fn check_header(path: &Path) -> Result<(), OutboxError> {
+    use std::io::Read;
+    let mut header = [0u8; 16];
+    let mut f = std::fs::File::open(path).map_err(|e| OutboxError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let n = f.read(&mut header).map_err(|e| OutboxError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    if n < 16 || &header != b"SQLite format 3\0" {
+        return Err(OutboxError::Damaged {
+            path: path.to_path_buf(),
+            reason: if n == 0 {
+                "the file is empty (truncated)".into()
+            } else {
+                "the file is not an SQLite database (its header is wrong or truncated)".into()
+            },
+        });
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path` for the configured `uplinks`.
+    ///
+    /// Refuses, without writing anything, a file that is not an SQLite database, a damaged
+    /// database, a newer schema, or a database sealed with keys the keyring lacks.
+    pub fn open(path: &Path, keyring: &Keyring, uplinks: &[String]) -> Result<Self, OutboxError> {
+        let conn = if path.exists() {
+            check_header(path)?;
+            let conn = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(sql(path))?;
+            // While checking, never checkpoint on close: a refused file stays byte-identical.
+            conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+                .map_err(sql(path))?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))
+                .map_err(sql(path))?;
+            Self::verify(&conn, path, keyring)?;
+            conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)
+                .map_err(sql(path))?;
+            conn
+        } else {
+            Self::create(path)?
+        };
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql(path))?;
+        // FULL: a commit is on disk when it returns, so a reading acknowledged to its
+        // source survives a power cut. Group commit keeps the cost per reading low.
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sql(path))?;
+        let mut store = Store {
+            conn,
+            path: path.to_path_buf(),
+            bits: HashMap::new(),
+            all_bits: 0,
+            known_devices: HashSet::new(),
+            next_seq: 1,
+            payload_bytes: 0,
+        };
+        store
+            .conn
+            .execute_batch(INGEST_DEAD_LETTERS)
+            .map_err(sql(path))?;
+        store.register_key(keyring)?;
+        store.register_uplinks(uplinks)?;
+        (store.next_seq, store.payload_bytes) = store.load_counters()?;
+        Ok(store)
+    }
+
+    /// Creates a new database under a temporary name and renames it into place, so a
+    /// crash never leaves a half-initialized file at `path`.
+    fn create(path: &Path) -> Result<Connection, OutboxError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| OutboxError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            })?;
+        }
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".creating");
+        let tmp = PathBuf::from(tmp);
+        let _ = std::fs::remove_file(&tmp);
+        {
+            let conn = Connection::open(&tmp).map_err(sql(&tmp))?;
+            conn.execute_batch(SCHEMA).map_err(sql(&tmp))?;
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                [SCHEMA_VERSION.to_string()],
+            )
+            .map_err(sql(&tmp))?;
+            conn.execute(
+                "INSERT INTO counters (name, value) VALUES ('evicted', 0)",
+                [],
+            )
+            .map_err(sql(&tmp))?;
+        }
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| OutboxError::Io {
+                path: tmp.clone(),
+                source: e,
+            })?;
+        std::fs::rename(&tmp, path).map_err(|e| OutboxError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        Connection::open(path).map_err(sql(path))
+    }
+
+    fn verify(conn: &Connection, path: &Path, keyring: &Keyring) -> Result<(), OutboxError> {
+        let check: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(sql(path))?;
+        if check != "ok" {
+            return Err(OutboxError::Damaged {
+                path: path.to_path_buf(),
+                reason: format!("SQLite's integrity check failed: {check}"),
+            });
+        }
+        let version: Option<String> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql(path))?;
+        match version.as_deref().map(str::parse::<i64>) {
+            Some(Ok(SCHEMA_VERSION)) => {}
+            Some(Ok(v)) if v > SCHEMA_VERSION => {
+                return Err(OutboxError::Damaged {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "it was written by a newer iomt-gateway (schema {v}); upgrade the gateway"
+                    ),
+                })
+            }
+            _ => {
+                return Err(OutboxError::Damaged {
+                    path: path.to_path_buf(),
+                    reason: "it is not an iomt-gateway outbox (no schema version)".into(),
+                })
+            }
+        }
+        let mut stmt = conn
+            .prepare("SELECT key_id, check_value FROM keys")
+            .map_err(sql(path))?;
+        let recorded: Vec<(u32, Vec<u8>)> = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)? as u32, r.get(1)?)))
+            .map_err(sql(path))?
+            .collect::<Result<_, _>>()
+            .map_err(sql(path))?;
+        let ours: HashMap<u32, [u8; CHECK_LEN]> = keyring.keys().map(|k| (k.id, k.check)).collect();
+        for (id, check) in &recorded {
+            if ours
+                .get(id)
+                .is_some_and(|c| c.as_slice() != check.as_slice())
+            {
+                return Err(OutboxError::WrongKey {
+                    path: path.to_path_buf(),
+                });
+            }
+        }
+        if !recorded.is_empty() && !recorded.iter().any(|(id, _)| ours.contains_key(id)) {
+            return Err(OutboxError::WrongKey {
+                path: path.to_path_buf(),
+            });
+        }
+        // Every key still sealing something must be in the keyring.
+        let has_ingest: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'ingest_dead_letters'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(sql(path))?
+            > 0;
+        let mut query = "SELECT DISTINCT key_id FROM rows UNION SELECT DISTINCT key_id FROM devices UNION SELECT DISTINCT key_id FROM dead_letters".to_string();
+        if has_ingest {
+            query.push_str(" UNION SELECT DISTINCT key_id FROM ingest_dead_letters");
+        }
+        let mut stmt = conn.prepare(&query).map_err(sql(path))?;
+        let needed: Vec<i64> = stmt
+            .query_map([], |r| r.get(0))
+            .map_err(sql(path))?
+            .collect::<Result<_, _>>()
+            .map_err(sql(path))?;
+        if let Some(missing) = needed
+            .into_iter()
+            .map(|id| id as u32)
+            .find(|id| !ours.contains_key(id))
+        {
+            return Err(OutboxError::MissingKey {
+                path: path.to_path_buf(),
+                key_id: missing,
+            });
+        }
+        Ok(())
+    }
+
+    fn register_key(&mut self, keyring: &Keyring) -> Result<(), OutboxError> {
+        let k = keyring.current();
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO keys (key_id, check_value, first_used_ms) VALUES (?1, ?2, ?3)",
+                params![k.id as i64, k.check.as_slice(), now_ms()],
+            )
+            .map_err(sql(&self.path))?;
+        Ok(())
+    }
+
+    fn register_uplinks(&mut self, uplinks: &[String]) -> Result<(), OutboxError> {
+        let p = self.path.clone();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, bit FROM uplinks")
+            .map_err(sql(&p))?;
+        let existing: Vec<(String, i64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(sql(&p))?
+            .collect::<Result<_, _>>()
+            .map_err(sql(&p))?;
+        drop(stmt);
+        let mut bits: HashMap<String, i64> = existing.into_iter().collect();
+        for name in uplinks {
+            if !bits.contains_key(name) {
+                let used: HashSet<i64> = bits.values().copied().collect();
+                let bit = (0..62)
+                    .map(|i| 1i64 << i)
+                    .find(|b| !used.contains(b))
+                    .ok_or(OutboxError::TooManyUplinks)?;
+                self.conn
+                    .execute(
+                        "INSERT INTO uplinks (name, bit) VALUES (?1, ?2)",
+                        params![name, bit],
+                    )
+                    .map_err(sql(&p))?;
+                bits.insert(name.clone(), bit);
+            }
+        }
+        self.all_bits = uplinks
+            .iter()
+            .filter_map(|n| bits.get(n))
+            .fold(0, |a, b| a | b);
+        self.bits = bits;
+        Ok(())
+    }
+}

@@ -1,0 +1,403 @@
+//! The writer task: the one owner of the database. It gathers appends and controls into
+//! group commits, applies each group in one transaction on a blocking thread, and replies.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use iomt_drivers::Committed;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::payload::reason_aad;
+use super::seal::{Keyring, Sealed};
+use super::store::{Status, Store, StoredDevice, StoredRow};
+use super::{OutboxError, OutboxSettings, SealedAppend, WhenFull};
+
+pub(super) type Reply<T> = oneshot::Sender<Result<T, OutboxError>>;
+
+pub(super) enum Control {
+    Fetch {
+        uplink: String,
+        limit: usize,
+        reply: Reply<(Vec<StoredRow>, Vec<StoredDevice>)>,
+    },
+    Delivered {
+        uplink: String,
+        rows: Vec<(i64, usize)>,
+        reply: Reply<()>,
+    },
+    DeadLetter {
+        uplink: String,
+        seq: i64,
+        len: usize,
+        reason: Vec<u8>,
+        reply: Reply<()>,
+    },
+    Status {
+        configured: Vec<String>,
+        reply: Reply<Status>,
+    },
+    Ping {
+        reply: Reply<()>,
+    },
+    IngestDeadLetter {
+        at_ms: i64,
+        transport: String,
+        size: usize,
+        plain: Vec<u8>,
+        limit: usize,
+        reply: Reply<()>,
+    },
+}
+
+pub(super) struct Writer {
+    /// Shared with the handles: forgotten after a failed transaction, so the Device
+    /// resources it did not store are sealed and sent again.
+    pub(super) known_devices: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    pub(super) store: Option<Store>,
+    /// The store's payload bytes, known also while a transaction is in flight.
+    pub(super) payload_bytes: u64,
+    pub(super) appends_open: bool,
+    pub(super) control_open: bool,
+    pub(super) keyring: Arc<Keyring>,
+    pub(super) settings: OutboxSettings,
+    pub(super) appends: mpsc::Receiver<SealedAppend>,
+    pub(super) control: mpsc::Receiver<Control>,
+    pub(super) committed: watch::Sender<i64>,
+}
+
+/// What one transaction did, for the replies.
+struct Applied {
+    store: Store,
+    acks: Vec<(oneshot::Sender<Committed>, Vec<String>)>,
+    controls: Vec<(Control, Option<Result<ControlResult, String>>)>,
+    error: Option<OutboxError>,
+    evicted: u64,
+    last_seq: i64,
+}
+
+enum ControlResult {
+    Fetched(Vec<StoredRow>, Vec<StoredDevice>),
+    Done,
+    Status(Box<Status>),
+}
+
+impl Writer {
+    fn full(&self) -> bool {
+        self.settings.when_full == WhenFull::Block && self.payload_bytes >= self.settings.max_bytes
+    }
+
+    /// Takes one operation, waiting if none is there yet. Returns false when nothing can
+    /// arrive any more.
+    async fn take(&mut self, batch: &mut Batch) -> bool {
+        let take_appends = self.appends_open && !self.full();
+        if !take_appends && !self.control_open {
+            return false;
+        }
+        tokio::select! {
+            a = self.appends.recv(), if take_appends => match a {
+                Some(a) => batch.push_append(a),
+                None => self.appends_open = false,
+            },
+            c = self.control.recv(), if self.control_open => match c {
+                Some(c) => batch.controls.push(c),
+                None => self.control_open = false,
+            },
+        }
+        true
+    }
+
+    /// Takes what is waiting right now, without waiting.
+    fn take_ready(&mut self, batch: &mut Batch) {
+        while let Ok(c) = self.control.try_recv() {
+            batch.controls.push(c);
+        }
+        while batch.rows < self.settings.max_batch_rows && self.appends_open && !self.full() {
+            match self.appends.try_recv() {
+                Ok(a) => batch.push_append(a),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => self.appends_open = false,
+            }
+        }
+    }
+
+    /// The writer loop. While one transaction is being applied on the blocking thread, the
+    /// next batch is gathered, so the database is never idle under load; with no load, a
+    /// batch waits at most `commit_window` for company.
+    pub(super) async fn run(mut self) {
+        let mut in_flight: Option<tokio::task::JoinHandle<Applied>> = None;
+        let mut batch = Batch::default();
+        loop {
+            if let Some(task) = in_flight.as_mut() {
+                // Gather while the previous transaction is applied.
+                let more = batch.rows < self.settings.max_batch_rows;
+                let take_appends = more && self.appends_open && !self.full();
+                tokio::select! {
+                    done = task => {
+                        in_flight = None;
+                        match done {
+                            Ok(applied) => self.finish(applied),
+                            Err(e) => {
+                                tracing::error!(error = %e, "outbox writer thread failed; the outbox stops");
+                                return;
+                            }
+                        }
+                    }
+                    a = self.appends.recv(), if take_appends => match a {
+                        Some(a) => batch.push_append(a),
+                        None => self.appends_open = false,
+                    },
+                    c = self.control.recv(), if self.control_open => match c {
+                        Some(c) => batch.controls.push(c),
+                        None => self.control_open = false,
+                    },
+                }
+                continue;
+            }
+            if batch.is_empty() {
+                if !self.take(&mut batch).await {
+                    break;
+                }
+                if batch.is_empty() {
+                    continue;
+                }
+                // Alone so far: wait up to the commit window for company.
+                let deadline = tokio::time::Instant::now() + self.settings.commit_window;
+                loop {
+                    self.take_ready(&mut batch);
+                    if batch.rows >= self.settings.max_batch_rows
+                        || batch.rows == 0
+                        || tokio::time::Instant::now() >= deadline
+                    {
+                        break;
+                    }
+                    if !self.appends_open || self.full() {
+                        break;
+                    }
+                    match tokio::time::timeout_at(deadline, self.appends.recv()).await {
+                        Ok(Some(a)) => batch.push_append(a),
+                        Ok(None) => self.appends_open = false,
+                        Err(_) => break,
+                    }
+                }
+            } else {
+                self.take_ready(&mut batch);
+            }
+            let Some(store) = self.store.take() else {
+                return;
+            };
+            let keyring = self.keyring.clone();
+            let settings = self.settings.clone();
+            let work = std::mem::take(&mut batch);
+            in_flight = Some(tokio::task::spawn_blocking(move || {
+                apply(store, &keyring, &settings, work.appends, work.controls)
+            }));
+        }
+        if let Some(task) = in_flight {
+            if let Ok(applied) = task.await {
+                self.finish(applied);
+            }
+        }
+        if !batch.is_empty() {
+            tracing::warn!(
+                "outbox full at shutdown: waiting readings were not stored and not acknowledged"
+            );
+        }
+        tracing::debug!("outbox writer stopped");
+    }
+
+    /// Sends the replies of an applied transaction.
+    fn finish(&mut self, applied: Applied) {
+        self.payload_bytes = applied.store.payload_bytes();
+        self.store = Some(applied.store);
+        if let Some(e) = &applied.error {
+            tracing::error!(error = %e, "outbox transaction failed; its readings are not acknowledged");
+            if let Ok(mut known) = self.known_devices.lock() {
+                known.clear();
+            }
+        }
+        if applied.evicted > 0 {
+            tracing::warn!(
+                evicted = applied.evicted,
+                "outbox over its size or age limit: oldest undelivered rows evicted"
+            );
+        }
+        for (ack, ids) in applied.acks {
+            let _ = ack.send(Committed { observations: ids });
+        }
+        for (control, result) in applied.controls {
+            reply(control, result);
+        }
+        if applied.error.is_none() {
+            self.committed.send_replace(applied.last_seq);
+        }
+    }
+}
+
+/// Operations gathered for one transaction.
+#[derive(Default)]
+struct Batch {
+    appends: Vec<SealedAppend>,
+    controls: Vec<Control>,
+    rows: usize,
+}
+
+impl Batch {
+    fn push_append(&mut self, a: SealedAppend) {
+        self.rows += a.rows.len();
+        self.appends.push(a);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.appends.is_empty() && self.controls.is_empty()
+    }
+}
+
+fn reply(control: Control, result: Option<Result<ControlResult, String>>) {
+    let fail = |path: &str| OutboxError::Sqlite {
+        path: PathBuf::from(path),
+        reason: "the transaction failed".into(),
+    };
+    match (control, result) {
+        (Control::Fetch { reply, .. }, Some(Ok(ControlResult::Fetched(r, d)))) => {
+            let _ = reply.send(Ok((r, d)));
+        }
+        (Control::Status { reply, .. }, Some(Ok(ControlResult::Status(s)))) => {
+            let _ = reply.send(Ok(*s));
+        }
+        (
+            Control::Delivered { reply, .. }
+            | Control::DeadLetter { reply, .. }
+            | Control::Ping { reply }
+            | Control::IngestDeadLetter { reply, .. },
+            Some(Ok(ControlResult::Done)),
+        ) => {
+            let _ = reply.send(Ok(()));
+        }
+        (Control::Fetch { reply, .. }, r) => {
+            let _ = reply.send(Err(r
+                .and_then(|r| r.err())
+                .map(|m| OutboxError::Sqlite {
+                    path: PathBuf::new(),
+                    reason: m,
+                })
+                .unwrap_or_else(|| fail("outbox"))));
+        }
+        (Control::Status { reply, .. }, _) => {
+            let _ = reply.send(Err(fail("outbox")));
+        }
+        (
+            Control::Delivered { reply, .. }
+            | Control::DeadLetter { reply, .. }
+            | Control::Ping { reply }
+            | Control::IngestDeadLetter { reply, .. },
+            _,
+        ) => {
+            let _ = reply.send(Err(fail("outbox")));
+        }
+    }
+}
+
+/// Applies one group of operations in one transaction (on a blocking thread).
+fn apply(
+    mut store: Store,
+    keyring: &Keyring,
+    settings: &OutboxSettings,
+    appends: Vec<SealedAppend>,
+    controls: Vec<Control>,
+) -> Applied {
+    let mut applied_controls = Vec::with_capacity(controls.len());
+    let mut acks = Vec::new();
+    let mut evicted = 0;
+    let mut ingest_evicted = 0;
+    let result = (|| -> Result<(), OutboxError> {
+        store.begin()?;
+        let now = chrono::Utc::now().timestamp_millis();
+        for a in appends {
+            if let Some(device) = a.device.filter(|d| !store.has_device(&d.id)) {
+                store.put_device(&device)?;
+            }
+            let mut ids = Vec::with_capacity(a.rows.len());
+            for (id, row) in a.rows {
+                store.insert(&row)?;
+                ids.push(id);
+            }
+            if let Some(ack) = a.ack {
+                acks.push((ack, ids));
+            }
+        }
+        for c in controls {
+            let r = match &c {
+                Control::Fetch { uplink, limit, .. } => store
+                    .fetch(uplink, 0, *limit)
+                    .map(|(r, d)| ControlResult::Fetched(r, d)),
+                Control::Delivered { uplink, rows, .. } => {
+                    store.delivered(uplink, rows).map(|_| ControlResult::Done)
+                }
+                Control::DeadLetter {
+                    uplink,
+                    seq,
+                    len,
+                    reason,
+                    ..
+                } => keyring
+                    .seal(reason, &reason_aad(uplink, *seq))
+                    .map_err(OutboxError::from)
+                    .and_then(|sealed: Sealed| store.dead_letter(uplink, *seq, *len, &sealed))
+                    .map(|_| ControlResult::Done),
+                Control::Status { configured, .. } => store
+                    .status(configured)
+                    .map(|s| ControlResult::Status(Box::new(s))),
+                Control::Ping { .. } => Ok(ControlResult::Done),
+                Control::IngestDeadLetter {
+                    at_ms,
+                    transport,
+                    size,
+                    plain,
+                    limit,
+                    ..
+                } => store
+                    .ingest_dead_letter(keyring, *at_ms, transport, *size, plain, *limit)
+                    .map(|evicted| {
+                        ingest_evicted += evicted;
+                        ControlResult::Done
+                    }),
+            };
+            applied_controls.push((c, Some(r.map_err(|e| e.to_string()))));
+        }
+        let min_created = settings
+            .max_age
+            .map(|age| now - i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
+        if settings.when_full == WhenFull::EvictOldest || min_created.is_some() {
+            let cap = if settings.when_full == WhenFull::EvictOldest {
+                settings.max_bytes
+            } else {
+                u64::MAX
+            };
+            evicted = store.evict(cap, min_created)?;
+        }
+        store.commit()
+    })();
+    let last_seq = store.next_seq() - 1;
+    let error = result.err();
+    if error.is_none() && ingest_evicted > 0 {
+        tracing::warn!(
+            evicted = ingest_evicted,
+            "ingest dead letters over their limit: the oldest were deleted"
+        );
+    }
+    if error.is_some() {
+        store.rollback();
+        acks.clear();
+        for (_, r) in applied_controls.iter_mut() {
+            *r = None;
+        }
+    }
+    Applied {
+        store,
+        acks,
+        controls: applied_controls,
+        error,
+        evicted,
+        last_seq,
+    }
+}
