@@ -64,7 +64,7 @@ pub use payload::{device_aad, pack, reason_aad, row_aad, unpack};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -237,6 +237,8 @@ pub struct Outbox {
     next_seq: Arc<AtomicI64>,
     /// Device ids already handed to the writer (their resource need not be sealed again).
     known_devices: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Transactions the writer has run.
+    transactions: Arc<AtomicU64>,
 }
 
 /// An append, compressed and sealed by the caller.
@@ -266,6 +268,8 @@ impl Outbox {
         let (append_tx, append_rx) = mpsc::channel(settings.max_batch_rows.max(16));
         let (control_tx, control_rx) = mpsc::channel(64);
         let (committed_tx, committed_rx) = watch::channel(store.next_seq() - 1);
+        let writer_uplinks = store.uplink_names();
+        let transactions = Arc::new(AtomicU64::new(0));
         let writer = Writer {
             known_devices: Default::default(),
             payload_bytes: store.payload_bytes(),
@@ -277,6 +281,10 @@ impl Outbox {
             appends: append_rx,
             control: control_rx,
             committed: committed_tx,
+            uplinks: writer_uplinks,
+            deletions: Default::default(),
+            pings: Vec::new(),
+            transactions: transactions.clone(),
         };
         let known_devices = writer.known_devices.clone();
         let next_seq = Arc::new(AtomicI64::new(
@@ -291,6 +299,7 @@ impl Outbox {
                 committed: committed_rx,
                 next_seq,
                 known_devices,
+                transactions,
             },
             handle,
         ))
@@ -341,9 +350,18 @@ impl Outbox {
             .map_err(|_| OutboxError::Closed)
     }
 
-    /// A receiver that changes whenever rows are committed.
+    /// A receiver that changes whenever new rows are committed (its value: the last
+    /// sequence number committed). Nothing else changes it: not a fetch, a delivery, a
+    /// dead letter or an eviction, so a delivery loop waiting on it sleeps until there is
+    /// something new to send.
     pub fn committed(&self) -> watch::Receiver<i64> {
         self.committed.clone()
+    }
+
+    /// How many transactions the writer has run (reads and writes), for tests and
+    /// benchmarks that check an idle gateway leaves SQLite alone.
+    pub fn transactions(&self) -> u64 {
+        self.transactions.load(Ordering::Relaxed)
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Control) -> Result<T, OutboxError> {

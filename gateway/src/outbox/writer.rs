@@ -1,8 +1,11 @@
 //! The writer task: the one owner of the database. It gathers appends and controls into
 //! group commits, applies each group in one transaction on a blocking thread, and replies.
 
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use iomt_drivers::Committed;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -63,6 +66,66 @@ pub(super) struct Writer {
     pub(super) appends: mpsc::Receiver<SealedAppend>,
     pub(super) control: mpsc::Receiver<Control>,
     pub(super) committed: watch::Sender<i64>,
+    /// The uplink names the store knows (a delivery for another name is refused at once).
+    pub(super) uplinks: HashSet<String>,
+    /// Rows delivered and not yet deleted: their deletion rides on the next transaction
+    /// that writes anyway, or is flushed on its own after [`DELETE_DELAY`].
+    pub(super) deletions: Deletions,
+    /// Pings that arrived while a transaction was in flight: answered when it ends.
+    pub(super) pings: Vec<Reply<()>>,
+    /// Transactions run so far (read or write), for [`super::Outbox::transactions`].
+    pub(super) transactions: Arc<AtomicU64>,
+}
+
+/// How long a delivered row may wait for its deletion to share a commit with other
+/// writes. Past it, the deletions are committed on their own (one commit for all of them).
+/// Short enough that `outbox status` catches up within seconds.
+pub const DELETE_DELAY: Duration = Duration::from_secs(5);
+
+/// Delivered rows waiting to be deleted, by uplink.
+#[derive(Default)]
+pub(super) struct Deletions {
+    by_uplink: HashMap<String, Vec<(i64, usize)>>,
+    rows: usize,
+    /// When they must be committed at the latest.
+    due: Option<tokio::time::Instant>,
+}
+
+impl Deletions {
+    fn add(&mut self, uplink: String, rows: Vec<(i64, usize)>) {
+        if rows.is_empty() {
+            return;
+        }
+        self.rows += rows.len();
+        self.due
+            .get_or_insert_with(|| tokio::time::Instant::now() + DELETE_DELAY);
+        self.by_uplink.entry(uplink).or_default().extend(rows);
+    }
+
+    /// Puts back deletions whose transaction failed.
+    fn restore(&mut self, failed: Vec<(String, Vec<(i64, usize)>)>) {
+        for (uplink, rows) in failed {
+            self.add(uplink, rows);
+        }
+    }
+
+    fn take(&mut self) -> Vec<(String, Vec<(i64, usize)>)> {
+        self.rows = 0;
+        self.due = None;
+        self.by_uplink.drain().collect()
+    }
+
+    /// The rows of each uplink a fetch must skip (delivered, not yet deleted).
+    fn skip(&self) -> HashMap<String, HashSet<i64>> {
+        self.by_uplink
+            .iter()
+            .map(|(u, rows)| (u.clone(), rows.iter().map(|(seq, _)| *seq).collect()))
+            .collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
 }
 
 /// What one transaction did, for the replies.
@@ -70,6 +133,8 @@ struct Applied {
     store: Store,
     acks: Vec<(oneshot::Sender<Committed>, Vec<String>)>,
     controls: Vec<(Control, Option<Result<ControlResult, String>>)>,
+    /// The deletions it carried (put back when it failed).
+    deletions: Vec<(String, Vec<(i64, usize)>)>,
     error: Option<OutboxError>,
     evicted: u64,
     last_seq: i64,
@@ -81,35 +146,85 @@ enum ControlResult {
     Status(Box<Status>),
 }
 
+/// What [`Writer::take`] found.
+enum Took {
+    /// An operation (possibly answered at once, leaving the batch empty).
+    Something,
+    /// The deletions are due.
+    DeletionsDue,
+    /// Nothing can arrive any more.
+    Closed,
+}
+
 impl Writer {
     fn full(&self) -> bool {
         self.settings.when_full == WhenFull::Block && self.payload_bytes >= self.settings.max_bytes
     }
 
-    /// Takes one operation, waiting if none is there yet. Returns false when nothing can
-    /// arrive any more.
-    async fn take(&mut self, batch: &mut Batch) -> bool {
+    /// Whether the waiting deletions must be committed now, even on their own: they are
+    /// due, there are a batch's worth of them, or the outbox is full and blocking (their
+    /// deletion makes room).
+    fn deletions_due(&self) -> bool {
+        !self.deletions.is_empty()
+            && (self.deletions.rows >= self.settings.max_batch_rows
+                || self.full()
+                || self
+                    .deletions
+                    .due
+                    .is_some_and(|due| tokio::time::Instant::now() >= due))
+    }
+
+    /// Takes a control. Pings and deliveries need no transaction: a ping is answered at
+    /// once when no transaction is in flight (else when it ends, proving SQLite is not
+    /// stuck), a delivery is recorded for a later deletion.
+    fn accept(&mut self, c: Control, batch: &mut Batch, busy: bool) {
+        match c {
+            Control::Ping { reply } if busy => self.pings.push(reply),
+            Control::Ping { reply } => {
+                let _ = reply.send(Ok(()));
+            }
+            Control::Delivered {
+                uplink,
+                rows,
+                reply,
+            } => {
+                if self.uplinks.contains(&uplink) {
+                    self.deletions.add(uplink, rows);
+                    let _ = reply.send(Ok(()));
+                } else {
+                    let _ = reply.send(Err(OutboxError::UnknownUplink(uplink)));
+                }
+            }
+            c => batch.controls.push(c),
+        }
+    }
+
+    /// Takes one operation, waiting if none is there yet (and at most until the waiting
+    /// deletions are due).
+    async fn take(&mut self, batch: &mut Batch) -> Took {
         let take_appends = self.appends_open && !self.full();
         if !take_appends && !self.control_open {
-            return false;
+            return Took::Closed;
         }
+        let due = self.deletions.due;
         tokio::select! {
             a = self.appends.recv(), if take_appends => match a {
                 Some(a) => batch.push_append(a),
                 None => self.appends_open = false,
             },
             c = self.control.recv(), if self.control_open => match c {
-                Some(c) => batch.controls.push(c),
+                Some(c) => self.accept(c, batch, false),
                 None => self.control_open = false,
             },
+            _ = sleep_until_some(due), if due.is_some() => return Took::DeletionsDue,
         }
-        true
+        Took::Something
     }
 
     /// Takes what is waiting right now, without waiting.
     fn take_ready(&mut self, batch: &mut Batch) {
         while let Ok(c) = self.control.try_recv() {
-            batch.controls.push(c);
+            self.accept(c, batch, false);
         }
         while batch.rows < self.settings.max_batch_rows && self.appends_open && !self.full() {
             match self.appends.try_recv() {
@@ -122,7 +237,8 @@ impl Writer {
 
     /// The writer loop. While one transaction is being applied on the blocking thread, the
     /// next batch is gathered, so the database is never idle under load; with no load, a
-    /// batch waits at most `commit_window` for company.
+    /// batch waits at most `commit_window` for company. With nothing to do it waits on
+    /// its channels (and on the deletions' deadline): no timer, no SQLite work.
     pub(super) async fn run(mut self) {
         let mut in_flight: Option<tokio::task::JoinHandle<Applied>> = None;
         let mut batch = Batch::default();
@@ -147,17 +263,17 @@ impl Writer {
                         None => self.appends_open = false,
                     },
                     c = self.control.recv(), if self.control_open => match c {
-                        Some(c) => batch.controls.push(c),
+                        Some(c) => self.accept(c, &mut batch, true),
                         None => self.control_open = false,
                     },
                 }
                 continue;
             }
             if batch.is_empty() {
-                if !self.take(&mut batch).await {
+                if let Took::Closed = self.take(&mut batch).await {
                     break;
                 }
-                if batch.is_empty() {
+                if batch.is_empty() && !self.deletions_due() {
                     continue;
                 }
                 // Alone so far: wait up to the commit window for company.
@@ -182,17 +298,17 @@ impl Writer {
             } else {
                 self.take_ready(&mut batch);
             }
-            let Some(store) = self.store.take() else {
-                return;
-            };
-            let keyring = self.keyring.clone();
-            let settings = self.settings.clone();
-            let work = std::mem::take(&mut batch);
-            in_flight = Some(tokio::task::spawn_blocking(move || {
-                apply(store, &keyring, &settings, work.appends, work.controls)
-            }));
+            if let Some(task) = self.start(&mut batch, false) {
+                in_flight = Some(task);
+            }
         }
         if let Some(task) = in_flight {
+            if let Ok(applied) = task.await {
+                self.finish(applied);
+            }
+        }
+        // The deletions still waiting, and what arrived meanwhile, in one last transaction.
+        if let Some(task) = self.start(&mut batch, true) {
             if let Ok(applied) = task.await {
                 self.finish(applied);
             }
@@ -205,6 +321,33 @@ impl Writer {
         tracing::debug!("outbox writer stopped");
     }
 
+    /// Starts the transaction of `batch` on a blocking thread, carrying the waiting
+    /// deletions when it writes anyway, when they are due, or when `flush` is set.
+    /// Returns `None` when there is nothing to do.
+    fn start(
+        &mut self,
+        batch: &mut Batch,
+        flush: bool,
+    ) -> Option<tokio::task::JoinHandle<Applied>> {
+        let carry = flush || batch.writes() || self.deletions_due();
+        if batch.is_empty() && !(carry && !self.deletions.is_empty()) {
+            return None;
+        }
+        let (deletions, skip) = if carry {
+            (self.deletions.take(), HashMap::new())
+        } else {
+            (Vec::new(), self.deletions.skip())
+        };
+        let store = self.store.take()?;
+        let keyring = self.keyring.clone();
+        let settings = self.settings.clone();
+        let work = std::mem::take(batch);
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+        Some(tokio::task::spawn_blocking(move || {
+            apply(store, &keyring, &settings, work, deletions, &skip)
+        }))
+    }
+
     /// Sends the replies of an applied transaction.
     fn finish(&mut self, applied: Applied) {
         self.payload_bytes = applied.store.payload_bytes();
@@ -214,6 +357,7 @@ impl Writer {
             if let Ok(mut known) = self.known_devices.lock() {
                 known.clear();
             }
+            self.deletions.restore(applied.deletions);
         }
         if applied.evicted > 0 {
             tracing::warn!(
@@ -227,9 +371,34 @@ impl Writer {
         for (control, result) in applied.controls {
             reply(control, result);
         }
-        if applied.error.is_none() {
-            self.committed.send_replace(applied.last_seq);
+        for ping in self.pings.drain(..) {
+            let _ = ping.send(match &applied.error {
+                None => Ok(()),
+                Some(_) => Err(OutboxError::Sqlite {
+                    path: PathBuf::from("outbox"),
+                    reason: "the transaction failed".into(),
+                }),
+            });
         }
+        if applied.error.is_none() {
+            // Only new rows wake the delivery loops: a transaction that committed none
+            // (a fetch, a deletion, a dead letter) changes nothing they could send.
+            self.committed.send_if_modified(|last| {
+                let newer = applied.last_seq > *last;
+                if newer {
+                    *last = applied.last_seq;
+                }
+                newer
+            });
+        }
+    }
+}
+
+/// Sleeps until `at` (never returns for `None`; the caller guards the branch).
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -249,6 +418,20 @@ impl Batch {
 
     fn is_empty(&self) -> bool {
         self.appends.is_empty() && self.controls.is_empty()
+    }
+
+    /// Whether its transaction writes anyway (rows, dead letters), or reports counts
+    /// (which must not include rows already delivered).
+    fn writes(&self) -> bool {
+        !self.appends.is_empty()
+            || self.controls.iter().any(|c| {
+                matches!(
+                    c,
+                    Control::DeadLetter { .. }
+                        | Control::IngestDeadLetter { .. }
+                        | Control::Status { .. }
+                )
+            })
     }
 }
 
@@ -298,20 +481,52 @@ fn reply(control: Control, result: Option<Result<ControlResult, String>>) {
 }
 
 /// Applies one group of operations in one transaction (on a blocking thread).
+///
+/// The waiting `deletions` come first, so the size cap counts only rows still queued;
+/// a fetch skips the rows of `skip` (delivered, their deletion still waiting). A batch
+/// that writes nothing and has no age cap to enforce runs without a write transaction.
 fn apply(
     mut store: Store,
     keyring: &Keyring,
     settings: &OutboxSettings,
-    appends: Vec<SealedAppend>,
-    controls: Vec<Control>,
+    batch: Batch,
+    deletions: Vec<(String, Vec<(i64, usize)>)>,
+    skip: &HashMap<String, HashSet<i64>>,
 ) -> Applied {
+    let Batch {
+        appends, controls, ..
+    } = batch;
+    let read_only = appends.is_empty()
+        && deletions.is_empty()
+        && settings.max_age.is_none()
+        && controls
+            .iter()
+            .all(|c| matches!(c, Control::Fetch { .. } | Control::Status { .. }));
     let mut applied_controls = Vec::with_capacity(controls.len());
     let mut acks = Vec::new();
     let mut evicted = 0;
     let mut ingest_evicted = 0;
     let result = (|| -> Result<(), OutboxError> {
+        if read_only {
+            for c in controls {
+                let r = match &c {
+                    Control::Fetch { uplink, limit, .. } => store
+                        .fetch(uplink, 0, *limit, skip.get(uplink))
+                        .map(|(r, d)| ControlResult::Fetched(r, d)),
+                    Control::Status { configured, .. } => store
+                        .status(configured)
+                        .map(|s| ControlResult::Status(Box::new(s))),
+                    _ => Ok(ControlResult::Done),
+                };
+                applied_controls.push((c, Some(r.map_err(|e| e.to_string()))));
+            }
+            return Ok(());
+        }
         store.begin()?;
         let now = chrono::Utc::now().timestamp_millis();
+        for (uplink, rows) in &deletions {
+            store.delivered(uplink, rows)?;
+        }
         for a in appends {
             if let Some(device) = a.device.filter(|d| !store.has_device(&d.id)) {
                 store.put_device(&device)?;
@@ -328,7 +543,7 @@ fn apply(
         for c in controls {
             let r = match &c {
                 Control::Fetch { uplink, limit, .. } => store
-                    .fetch(uplink, 0, *limit)
+                    .fetch(uplink, 0, *limit, skip.get(uplink))
                     .map(|(r, d)| ControlResult::Fetched(r, d)),
                 Control::Delivered { uplink, rows, .. } => {
                     store.delivered(uplink, rows).map(|_| ControlResult::Done)
@@ -385,7 +600,7 @@ fn apply(
             "ingest dead letters over their limit: the oldest were deleted"
         );
     }
-    if error.is_some() {
+    if error.is_some() && !read_only {
         store.rollback();
         acks.clear();
         for (_, r) in applied_controls.iter_mut() {
@@ -396,6 +611,7 @@ fn apply(
         store,
         acks,
         controls: applied_controls,
+        deletions,
         error,
         evicted,
         last_seq,

@@ -71,6 +71,11 @@ pub struct Store {
 }
 
 impl Store {
+    /// The uplink names this database knows.
+    pub fn uplink_names(&self) -> HashSet<String> {
+        self.bits.keys().cloned().collect()
+    }
+
     /// The database path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -183,29 +188,41 @@ impl Store {
     }
 
     /// Up to `limit` rows waiting for `uplink` with `seq > after`, oldest first, with the
-    /// Device resources they reference.
+    /// Device resources they reference; rows in `skip` (delivered, their deletion still
+    /// waiting) are passed over.
     pub fn fetch(
         &mut self,
         uplink: &str,
         after: i64,
         limit: usize,
+        skip: Option<&HashSet<i64>>,
     ) -> Result<(Vec<StoredRow>, Vec<StoredDevice>), OutboxError> {
         let bit = self.bit(uplink)?;
         let p = self.path.clone();
+        let skipped = skip.map_or(0, HashSet::len);
         let mut stmt = self
             .conn
             .prepare_cached("SELECT seq, created_ms, device_id, key_id, nonce, sealed FROM rows WHERE seq > ?1 AND (pending & ?2) != 0 ORDER BY seq LIMIT ?3")
             .map_err(sql(&p))?;
         let rows: Vec<StoredRow> = stmt
-            .query_map(params![after, bit, limit as i64], |r| {
-                Ok(StoredRow {
-                    seq: r.get(0)?,
-                    created_ms: r.get(1)?,
-                    device_id: r.get(2)?,
-                    sealed: sealed_from(r.get(3)?, r.get(4)?, r.get(5)?),
-                })
-            })
+            .query_map(
+                params![
+                    after,
+                    bit,
+                    i64::try_from(limit.saturating_add(skipped)).unwrap_or(i64::MAX)
+                ],
+                |r| {
+                    Ok(StoredRow {
+                        seq: r.get(0)?,
+                        created_ms: r.get(1)?,
+                        device_id: r.get(2)?,
+                        sealed: sealed_from(r.get(3)?, r.get(4)?, r.get(5)?),
+                    })
+                },
+            )
             .map_err(sql(&p))?
+            .filter(|r| !matches!((r, skip), (Ok(row), Some(s)) if s.contains(&row.seq)))
+            .take(limit)
             .collect::<Result<_, _>>()
             .map_err(sql(&p))?;
         drop(stmt);
