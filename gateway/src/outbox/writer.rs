@@ -330,7 +330,8 @@ impl Writer {
         flush: bool,
     ) -> Option<tokio::task::JoinHandle<Applied>> {
         let carry = flush || batch.writes() || self.deletions_due();
-        if batch.is_empty() && !(carry && !self.deletions.is_empty()) {
+        let flushing = carry && !self.deletions.is_empty();
+        if batch.is_empty() && !flushing {
             return None;
         }
         let (deletions, skip) = if carry {
