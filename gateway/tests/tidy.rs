@@ -3,14 +3,15 @@
 //!
 //! - Every path ARCHITECTURE.md names exists (the convention is in [`path_like`] and
 //!   [`architecture_md_names_only_paths_that_exist`]).
-//! - README.md's command table lists every subcommand of the CLI, and no other.
+//! - README.md's command table lists every subcommand of the CLI with its options, and no
+//!   other.
 //! - device-profiles/README.md's table of vital kinds matches the catalog.
 //! - Every top-level `tests/*.rs` file has a `[[test]]` entry in gateway/Cargo.toml (a file
 //!   without one would silently never run), and every entry's file exists.
 //!
 //! Each check reports every problem it finds at once, with its line where there is one.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -163,26 +164,44 @@ fn help_of(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("help is UTF-8")
 }
 
-/// Every command a user can run, as the CLI has it: `run`, `profile check`, ...
-fn cli_commands() -> BTreeSet<String> {
-    let mut commands = BTreeSet::new();
+/// The long options in the `Options:` section of a `--help` text, without `--help` and
+/// `--version`.
+fn options_in_help(help: &str) -> BTreeSet<String> {
+    let option = regex::Regex::new(r"^\s+(?:-[A-Za-z], )?(--[a-z][a-z0-9-]*)").unwrap();
+    help.lines()
+        .skip_while(|l| !l.starts_with("Options:"))
+        .filter_map(|l| option.captures(l).map(|c| c[1].to_string()))
+        .filter(|o| o != "--help" && o != "--version")
+        .collect()
+}
+
+/// Every command a user can run, as the CLI has it (`run`, `profile check`, ...), with
+/// its long options.
+fn cli_commands() -> BTreeMap<String, BTreeSet<String>> {
+    let mut commands = BTreeMap::new();
     for top in subcommands_in_help(&help_of(&[])) {
-        let subs = subcommands_in_help(&help_of(&[&top]));
+        let help = help_of(&[&top]);
+        let subs = subcommands_in_help(&help);
         if subs.is_empty() {
-            commands.insert(top);
-        } else {
-            commands.extend(subs.into_iter().map(|s| format!("{top} {s}")));
+            commands.insert(top, options_in_help(&help));
+            continue;
+        }
+        for sub in subs {
+            let options = options_in_help(&help_of(&[&top, &sub]));
+            commands.insert(format!("{top} {sub}"), options);
         }
     }
     commands
 }
 
 /// README.md's command table lists every subcommand (each subcommand of `profile` and
-/// `outbox` on its own), and no command the CLI does not have.
+/// `outbox` on its own) with every long option it takes, and no command or option the
+/// CLI does not have. A command may take several rows (`keygen` and `keygen --smart`).
 #[test]
 fn readme_command_table_lists_every_subcommand() {
     let readme = read("README.md");
-    let mut documented = BTreeSet::new();
+    let flag = regex::Regex::new(r"--[a-z][a-z0-9-]*").unwrap();
+    let mut documented: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut in_commands = false;
     for line in readme.lines() {
         if line.starts_with("## ") {
@@ -195,28 +214,47 @@ fn readme_command_table_lists_every_subcommand() {
         if !in_commands {
             continue;
         }
-        let words: Vec<&str> = rest
+        let usage = rest.split("` |").next().unwrap_or_default();
+        let words: Vec<&str> = usage
             .split_whitespace()
-            .map(|w| w.trim_end_matches('`'))
             .take_while(|w| {
                 w.starts_with(|c: char| c.is_ascii_lowercase())
                     && w.chars().all(|c| c.is_ascii_lowercase() || c == '-')
             })
             .collect();
-        documented.insert(words.join(" "));
+        documented
+            .entry(words.join(" "))
+            .or_default()
+            .extend(flag.find_iter(usage).map(|m| m.as_str().to_string()));
     }
     let cli = cli_commands();
     assert!(
         cli.len() >= 9,
         "the CLI's subcommands were not found in --help: {cli:?}"
     );
-    let undocumented: Vec<_> = cli.difference(&documented).collect();
-    let unknown: Vec<_> = documented.difference(&cli).collect();
+    let mut problems = Vec::new();
+    for (command, options) in &cli {
+        match documented.get(command) {
+            None => problems.push(format!("`{command}` is missing from the table")),
+            Some(listed) => {
+                let missing: Vec<_> = options.difference(listed).collect();
+                let unknown: Vec<_> = listed.difference(options).collect();
+                if !missing.is_empty() {
+                    problems.push(format!("`{command}`: options missing {missing:?}"));
+                }
+                if !unknown.is_empty() {
+                    problems.push(format!("`{command}`: no such options {unknown:?}"));
+                }
+            }
+        }
+    }
+    for command in documented.keys().filter(|c| !cli.contains_key(*c)) {
+        problems.push(format!("`{command}` is in the table but is not a command"));
+    }
     assert!(
-        undocumented.is_empty() && unknown.is_empty(),
-        "README.md's command table (## Commands) does not match the CLI:\n\
-         missing from the table: {undocumented:?}\n\
-         in the table but not a command: {unknown:?}"
+        problems.is_empty(),
+        "README.md's command table (## Commands) does not match the CLI:\n{}",
+        problems.join("\n")
     );
 }
 
