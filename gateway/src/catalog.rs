@@ -3,8 +3,12 @@
 //! A device profile maps each decoded field to a catalog *kind* (`vital = "spo2"`) and gets
 //! the right LOINC and MDC codes, UCUM unit, FHIR profile and plausible range for free; it
 //! overrides only what its device does differently. Codes and units follow the FHIR R4
-//! Vital Signs profiles and the HL7 Personal Health Device IG (see
-//! `shared/reference/gatt-fhir.md` §3 for the sources).
+//! Vital Signs profiles, the HL7 Personal Health Device IG and the IEEE 11073-10101
+//! nomenclature (MDC).
+//!
+//! Adding a kind is one entry in [`KINDS`] (with its typical value, from which the golden
+//! test makes `gateway/tests/golden/kind-<key>.json`) and one row in the table of
+//! `device-profiles/README.md` (the tidy test checks that table against this one).
 
 /// The Observation category a kind belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +76,9 @@ pub struct Kind {
     pub mdc: Option<Mdc>,
     /// The unit Observations are emitted in (a UCUM code).
     pub unit: &'static str,
+    /// A typical value in `unit`, written as a device sends it (an exact decimal: its
+    /// scale is the precision). The golden files of the normalizer are made from it.
+    pub typical: &'static str,
     /// Further units that may be emitted as they are (FHIR vital-signs allows `[degF]`,
     /// `[lb_av]`, `[in_i]`); any other unit of the same dimension is converted to `unit`.
     pub also_emitted_in: &'static [&'static str],
@@ -121,6 +128,7 @@ pub const KINDS: &[Kind] = &[
         extra_loinc: &[],
         mdc: mdc(147842, "MDC_ECG_HEART_RATE"),
         unit: "/min",
+        typical: "72",
         also_emitted_in: &[],
         plausible: (20.0, 300.0),
         category: Category::VitalSigns,
@@ -133,6 +141,7 @@ pub const KINDS: &[Kind] = &[
         extra_loinc: &[],
         mdc: mdc(149546, "MDC_PULS_RATE_NON_INV"),
         unit: "/min",
+        typical: "72",
         also_emitted_in: &[],
         plausible: (20.0, 300.0),
         category: Category::VitalSigns,
@@ -145,6 +154,7 @@ pub const KINDS: &[Kind] = &[
         extra_loinc: &[],
         mdc: mdc(149530, "MDC_PULS_OXIM_PULS_RATE"),
         unit: "/min",
+        typical: "72",
         also_emitted_in: &[],
         plausible: (20.0, 300.0),
         category: Category::VitalSigns,
@@ -160,6 +170,7 @@ pub const KINDS: &[Kind] = &[
         )],
         mdc: mdc(150456, "MDC_PULS_OXIM_SAT_O2"),
         unit: "%",
+        typical: "97",
         also_emitted_in: &[],
         plausible: (40.0, 100.0),
         category: Category::VitalSigns,
@@ -172,6 +183,7 @@ pub const KINDS: &[Kind] = &[
         extra_loinc: &[],
         mdc: mdc(150021, "MDC_PRESS_BLD_NONINV_SYS"),
         unit: "mm[Hg]",
+        typical: "128",
         also_emitted_in: &[],
         plausible: (40.0, 300.0),
         category: Category::VitalSigns,
@@ -184,6 +196,7 @@ pub const KINDS: &[Kind] = &[
         extra_loinc: &[],
         mdc: mdc(150022, "MDC_PRESS_BLD_NONINV_DIA"),
         unit: "mm[Hg]",
+        typical: "82",
         also_emitted_in: &[],
         plausible: (20.0, 200.0),
         category: Category::VitalSigns,
@@ -196,6 +209,7 @@ pub const KINDS: &[Kind] = &[
         extra_loinc: &[],
         mdc: mdc(150023, "MDC_PRESS_BLD_NONINV_MEAN"),
         unit: "mm[Hg]",
+        typical: "97",
         also_emitted_in: &[],
         plausible: (30.0, 250.0),
         category: Category::VitalSigns,
@@ -208,6 +222,7 @@ pub const KINDS: &[Kind] = &[
         extra_loinc: &[],
         mdc: mdc(150364, "MDC_TEMP_BODY"),
         unit: "Cel",
+        typical: "36.8",
         also_emitted_in: &["[degF]"],
         plausible: (25.0, 45.0),
         category: Category::VitalSigns,
@@ -220,6 +235,7 @@ pub const KINDS: &[Kind] = &[
         extra_loinc: &[],
         mdc: mdc(188736, "MDC_MASS_BODY_ACTUAL"),
         unit: "kg",
+        typical: "78.40",
         also_emitted_in: &["g", "[lb_av]"],
         plausible: (0.3, 650.0),
         category: Category::VitalSigns,
@@ -232,6 +248,7 @@ pub const KINDS: &[Kind] = &[
         extra_loinc: &[],
         mdc: mdc(188740, "MDC_LEN_BODY_ACTUAL"),
         unit: "cm",
+        typical: "176.5",
         also_emitted_in: &["[in_i]"],
         plausible: (20.0, 280.0),
         category: Category::VitalSigns,
@@ -244,6 +261,7 @@ pub const KINDS: &[Kind] = &[
         extra_loinc: &[],
         mdc: mdc(188752, "MDC_RATIO_MASS_BODY_LEN_SQ"),
         unit: "kg/m2",
+        typical: "25.2",
         also_emitted_in: &[],
         plausible: (5.0, 120.0),
         category: Category::VitalSigns,
@@ -256,6 +274,7 @@ pub const KINDS: &[Kind] = &[
         extra_loinc: &[],
         mdc: mdc(151562, "MDC_RESP_RATE"),
         unit: "/min",
+        typical: "15",
         also_emitted_in: &[],
         plausible: (2.0, 90.0),
         category: Category::VitalSigns,
@@ -268,6 +287,7 @@ pub const KINDS: &[Kind] = &[
         extra_loinc: &[],
         mdc: mdc(188748, "MDC_BODY_FAT"),
         unit: "%",
+        typical: "21.4",
         also_emitted_in: &[],
         plausible: (1.0, 75.0),
         category: Category::Exam,
@@ -283,6 +303,7 @@ pub const KINDS: &[Kind] = &[
         extra_loinc: &[],
         mdc: mdc(160184, "MDC_CONC_GLU_CAPILLARY_WHOLEBLOOD"),
         unit: "mg/dL",
+        typical: "104",
         also_emitted_in: &[],
         plausible: (10.0, 1000.0),
         category: Category::Laboratory,
@@ -298,6 +319,7 @@ pub const KINDS: &[Kind] = &[
         extra_loinc: &[],
         mdc: mdc(160184, "MDC_CONC_GLU_CAPILLARY_WHOLEBLOOD"),
         unit: "mmol/L",
+        typical: "5.8",
         also_emitted_in: &[],
         plausible: (0.5, 55.0),
         category: Category::Laboratory,
@@ -310,6 +332,7 @@ pub const KINDS: &[Kind] = &[
         extra_loinc: &[],
         mdc: mdc(160368, "MDC_CONC_GLU_UNDETERMINED_PLASMA"),
         unit: "mg/dL",
+        typical: "104",
         also_emitted_in: &[],
         plausible: (10.0, 1000.0),
         category: Category::Laboratory,
@@ -325,6 +348,7 @@ pub const KINDS: &[Kind] = &[
         extra_loinc: &[],
         mdc: mdc(160212, "MDC_CONC_GLU_ISF"),
         unit: "mg/dL",
+        typical: "104",
         also_emitted_in: &[],
         plausible: (10.0, 1000.0),
         category: Category::Laboratory,
@@ -339,6 +363,7 @@ pub const KINDS: &[Kind] = &[
         extra_loinc: &[],
         mdc: mdc(67996, "MDC_ATTR_VAL_BATT_CHARGE"),
         unit: "%",
+        typical: "85",
         also_emitted_in: &[],
         plausible: (0.0, 100.0),
         category: Category::Device,
@@ -372,8 +397,9 @@ pub struct TemperatureSite {
 }
 
 /// The site codes of a body temperature measured at `site` (the GATT Temperature Type),
-/// or `None` for "body" in general. From `shared/reference/gatt-fhir.md` §3.2; 8310-5
-/// stays the vital-signs coding, these are added to it.
+/// or `None` for "body" in general: the IEEE 11073-10101 MDC_TEMP_* code of each GATT
+/// Temperature Type and LOINC's site-specific body temperature code; 8310-5 stays the
+/// vital-signs coding, these are added to it.
 pub fn temperature_site(site: iomt_drivers::BodySite) -> Option<TemperatureSite> {
     use iomt_drivers::BodySite as B;
     let t = |code, refid, loinc: Option<Loinc>, name| TemperatureSite {
@@ -445,6 +471,27 @@ mod tests {
             if k.category == Category::VitalSigns {
                 assert!(k.loinc.is_some(), "{}: vital signs need LOINC", k.key);
             }
+        }
+    }
+
+    #[test]
+    fn typical_values_are_exact_decimals_within_the_plausible_range() {
+        use rust_decimal::prelude::ToPrimitive;
+        for k in KINDS {
+            let v: rust_decimal::Decimal = k.typical.parse().unwrap_or_else(|e| {
+                panic!(
+                    "{}: typical value {:?} is not a decimal: {e}",
+                    k.key, k.typical
+                )
+            });
+            let v = v.to_f64().unwrap_or(f64::NAN);
+            assert!(
+                k.plausible.0 <= v && v <= k.plausible.1,
+                "{}: typical value {} outside {:?}",
+                k.key,
+                k.typical,
+                k.plausible
+            );
         }
     }
 

@@ -33,8 +33,7 @@
 //! - **Test data** (control solution, calibration) is never emitted as a patient
 //!   observation; demo data is emitted with the `HTEST` security label.
 
-use chrono::{DateTime, LocalResult, NaiveDateTime, Offset, SecondsFormat, TimeZone, Utc};
-use iomt_drivers::{AbsentReason, DeviceTime, Measurement, Quantity, Reading, ReadingFlag};
+use iomt_drivers::{AbsentReason, Measurement, Quantity, Reading, ReadingFlag};
 use ring::digest;
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
@@ -46,17 +45,16 @@ use crate::fhir::{
 use crate::profile::{FieldMapping, Profile};
 use crate::ucum;
 
-/// Device times further ahead of the receive time than this are not trusted.
-pub const MAX_FUTURE: chrono::Duration = chrono::Duration::hours(24);
+mod device;
+mod time;
 
-/// The zone a device's wall-clock times are in.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Zone {
-    /// The gateway's own local zone (from `TZ` or `/etc/localtime`).
-    GatewayLocal,
-    /// A named IANA zone.
-    Named(chrono_tz::Tz),
-}
+use device::uuid_text;
+pub use device::{
+    device_resource, device_resource_id, gateway_resource, DEVICE_PSEUDONYM_SYSTEM,
+    GATEWAY_PSEUDONYM_SYSTEM, PATIENT_PSEUDONYM_SYSTEM,
+};
+use time::effective_time;
+pub use time::{fhir_instant, resolve_local, TimeSource, Zone, MAX_FUTURE};
 
 /// What to do with a value outside its plausible range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
@@ -82,19 +80,6 @@ pub struct Context {
     pub zone: Zone,
     /// The out-of-range rule.
     pub out_of_range: OutOfRange,
-}
-
-/// Which clock `effectiveDateTime` came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimeSource {
-    /// The device's time, with its zone.
-    DeviceZoned,
-    /// The device's wall-clock time, read in the configured zone.
-    DeviceLocal,
-    /// The gateway's receive time, because the device gave none.
-    Received,
-    /// The gateway's receive time, because the device time was not trustworthy.
-    ReceivedDistrusted,
 }
 
 /// Why (part of) a reading produced no Observation.
@@ -149,82 +134,6 @@ pub struct Normalized {
     pub flagged: usize,
     /// Where the effective time came from.
     pub time_source: TimeSource,
-}
-
-/// The FHIR Device id for a pseudonym: a UUID made from the pseudonym's 128 bits, so the
-/// Bundle can name the entry `urn:uuid:<id>` and the server stores it under the same id.
-pub fn device_resource_id(pseudonym: &str) -> String {
-    let mut bytes = [0u8; 16];
-    let decoded = hex::decode(pseudonym).unwrap_or_default();
-    for (b, d) in bytes.iter_mut().zip(decoded) {
-        *b = d;
-    }
-    uuid_text(bytes)
-}
-
-/// Formats 16 bytes as a version-8 (RFC 9562) UUID.
-fn uuid_text(mut b: [u8; 16]) -> String {
-    b[6] = (b[6] & 0x0f) | 0x80;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
-/// Formats an instant as FHIR wants it: UTC, `Z`, milliseconds only when non-zero.
-pub fn fhir_instant(t: DateTime<Utc>) -> String {
-    let format = if t.timestamp_subsec_millis() == 0 {
-        SecondsFormat::Secs
-    } else {
-        SecondsFormat::Millis
-    };
-    t.to_rfc3339_opts(format, true)
-}
-
-/// Resolves a wall-clock time in `zone`. An ambiguous time (the hour repeated when DST
-/// ends) takes the earlier instant; a time in the DST gap is read with the offset in
-/// force just before the gap.
-pub fn resolve_local(naive: NaiveDateTime, zone: Zone) -> Option<DateTime<Utc>> {
-    fn pick<Z: TimeZone>(zone: &Z, naive: NaiveDateTime) -> Option<DateTime<Utc>> {
-        match zone.from_local_datetime(&naive) {
-            LocalResult::Single(t) => Some(t.with_timezone(&Utc)),
-            LocalResult::Ambiguous(early, _) => Some(early.with_timezone(&Utc)),
-            LocalResult::None => {
-                let before = naive - chrono::Duration::hours(3);
-                let offset = zone.from_local_datetime(&before).earliest()?.offset().fix();
-                offset
-                    .from_local_datetime(&naive)
-                    .single()
-                    .map(|t| t.with_timezone(&Utc))
-            }
-        }
-    }
-    match zone {
-        Zone::GatewayLocal => pick(&chrono::Local, naive),
-        Zone::Named(tz) => pick(&tz, naive),
-    }
-}
-
-fn effective_time(reading: &Reading, zone: Zone) -> (DateTime<Utc>, TimeSource) {
-    let received = reading.received_at;
-    if reading.flags.contains(&ReadingFlag::ClockNotSet) {
-        return (received, TimeSource::ReceivedDistrusted);
-    }
-    let device = match reading.device_time {
-        None => return (received, TimeSource::Received),
-        Some(DeviceTime::Zoned(t)) => Some((t.with_timezone(&Utc), TimeSource::DeviceZoned)),
-        Some(DeviceTime::Local(n)) => resolve_local(n, zone).map(|t| (t, TimeSource::DeviceLocal)),
-    };
-    match device {
-        Some((t, src)) if t <= received + MAX_FUTURE => (t, src),
-        _ => (received, TimeSource::ReceivedDistrusted),
-    }
 }
 
 /// A UUID (version 8, RFC 9562) from the SHA-256 of `parts`, each length-prefixed.
@@ -651,54 +560,6 @@ fn blood_pressure(
     obs.component = components;
     Some(obs)
 }
-
-/// The FHIR Device for a measuring device. It carries only the pseudonym, the
-/// manufacturer and the model: never the serial number or the transport address.
-pub fn device_resource(profile: &Profile, device_pseudonym: &str) -> fhir::Device {
-    fhir::Device {
-        resource_type: "Device".into(),
-        id: device_resource_id(device_pseudonym),
-        identifier: vec![Identifier {
-            system: DEVICE_PSEUDONYM_SYSTEM.into(),
-            value: device_pseudonym.into(),
-        }],
-        manufacturer: Some(profile.manufacturer.clone()),
-        device_name: vec![fhir::DeviceName {
-            name: profile.name.clone(),
-            kind: "model-name".into(),
-        }],
-        model_number: Some(profile.model.clone()),
-        version: Vec::new(),
-    }
-}
-
-/// The FHIR Device for the gateway itself (the PHD IG's PHG).
-pub fn gateway_resource(gateway_pseudonym: &str) -> fhir::Device {
-    fhir::Device {
-        resource_type: "Device".into(),
-        id: device_resource_id(gateway_pseudonym),
-        identifier: vec![Identifier {
-            system: GATEWAY_PSEUDONYM_SYSTEM.into(),
-            value: gateway_pseudonym.into(),
-        }],
-        manufacturer: Some("iomt-gateway project".into()),
-        device_name: vec![fhir::DeviceName {
-            name: "iomt-gateway".into(),
-            kind: "model-name".into(),
-        }],
-        model_number: None,
-        version: vec![fhir::DeviceVersion {
-            value: env!("CARGO_PKG_VERSION").into(),
-        }],
-    }
-}
-
-/// Identifier system of device pseudonyms.
-pub const DEVICE_PSEUDONYM_SYSTEM: &str = "urn:iomt-gateway:device-pseudonym";
-/// Identifier system of gateway pseudonyms.
-pub const GATEWAY_PSEUDONYM_SYSTEM: &str = "urn:iomt-gateway:gateway-pseudonym";
-/// Identifier system of patient pseudonyms.
-pub const PATIENT_PSEUDONYM_SYSTEM: &str = "urn:iomt-gateway:patient-pseudonym";
 
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,5 @@
 use super::*;
+use chrono::{TimeZone, Utc};
 
 #[test]
 fn derived_uuids_are_version_8_and_lowercase() {

@@ -1,0 +1,133 @@
+//! `iomt-gateway outbox status|dead-letters`: inspect the outbox without writing to it.
+//! A one-shot command: no async runtime, no thread.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Subcommand;
+use iomt_gateway::config::{Config, DEFAULT_PATH};
+use iomt_gateway::outbox::{self, seal::Keyring};
+
+/// The subcommands of `outbox`.
+#[derive(Subcommand)]
+pub(crate) enum OutboxCommand {
+    /// Queued, oldest, delivered, dead-lettered and evicted rows per uplink, and bytes on
+    /// disk. Reads the database without a key and without writing; safe while the daemon
+    /// runs. Prints no patient data.
+    Status {
+        /// The configuration file naming the outbox.
+        #[arg(long, short, value_name = "FILE", default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the rows an uplink rejected for good, with the server's reason, and the
+    /// messages a driver refused (an MQTT payload that did not decode), with their topic
+    /// and reason. Needs the storage key (they are sealed); reads without writing.
+    DeadLetters {
+        /// The configuration file naming the outbox and its key.
+        #[arg(long, short, value_name = "FILE", default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        /// Also print the refused messages' payloads (they may hold patient data).
+        #[arg(long)]
+        payloads: bool,
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs `outbox status` or `outbox dead-letters`.
+pub(crate) fn execute(command: OutboxCommand) -> Result<ExitCode> {
+    match command {
+        OutboxCommand::Status { config, json } => outbox_status(&config, json),
+        OutboxCommand::DeadLetters {
+            config,
+            payloads,
+            json,
+        } => dead_letters(&config, payloads, json),
+    }
+}
+
+fn dead_letters(config_path: &Path, payloads: bool, json: bool) -> Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let keyring = Keyring::load(&config.storage_key_file)?;
+    let letters = outbox::read_dead_letters(&config.outbox.path, &keyring)?;
+    let mut refused = outbox::read_ingest_dead_letters(&config.outbox.path, &keyring)?;
+    if !payloads {
+        for r in &mut refused {
+            r.payload.clear();
+        }
+    }
+    if json {
+        let out = serde_json::json!({ "uplinks": letters, "ingest": refused });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if letters.is_empty() && refused.is_empty() {
+        println!("no dead letters");
+    }
+    for r in refused {
+        let at = chrono::DateTime::from_timestamp_millis(r.at_ms)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default();
+        println!(
+            "{at}  {}  id={}  topic={}  bytes={}  reason: {}",
+            r.transport, r.id, r.source, r.size, r.reason
+        );
+        if payloads {
+            println!("    payload: {}", r.payload);
+        }
+    }
+    for d in letters {
+        let at = chrono::DateTime::from_timestamp_millis(d.at_ms)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default();
+        println!(
+            "{at}  uplink={}  row={}  reason: {}",
+            d.uplink, d.seq, d.reason
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn outbox_status(config_path: &Path, json: bool) -> Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let status = outbox::read_status(&config.outbox.path, &config.uplink_names())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    println!("outbox      {}", status.path.display());
+    println!("rows        {}", status.rows);
+    println!("payload     {} bytes", status.payload_bytes);
+    println!("on disk     {} bytes", status.disk_bytes);
+    println!("evicted     {}", status.evicted);
+    println!();
+    println!(
+        "{:<16} {:>10} {:>14} {:>12} {:>14}",
+        "uplink", "queued", "oldest", "delivered", "dead-lettered"
+    );
+    for u in &status.uplinks {
+        let oldest = u
+            .oldest_ms
+            .map(|ms| format!("{}s ago", (now - ms).max(0) / 1000))
+            .unwrap_or_else(|| "-".into());
+        let name = if u.configured {
+            u.name.clone()
+        } else {
+            format!("{} (removed)", u.name)
+        };
+        println!(
+            "{name:<16} {:>10} {oldest:>14} {:>12} {:>14}",
+            u.queued, u.delivered, u.dead_lettered
+        );
+    }
+    for (id, rows) in &status.keys_in_use {
+        println!("key {id}: {rows} rows");
+    }
+    Ok(ExitCode::SUCCESS)
+}

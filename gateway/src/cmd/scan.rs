@@ -1,0 +1,78 @@
+//! `iomt-gateway scan`: list nearby Bluetooth LE devices and the BLE profiles each
+//! matches. Runs a current-thread runtime (no worker threads) for the scan.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use iomt_gateway::{daemon, profile};
+
+use super::default_profiles_dir;
+
+/// The arguments of `scan`.
+#[derive(clap::Args)]
+pub(crate) struct ScanArgs {
+    /// Scan for this many seconds.
+    #[arg(long = "for", value_name = "SECONDS", default_value_t = 10.0)]
+    duration: f64,
+    /// Where to look the BLE profiles up (default: ./device-profiles, else the
+    /// installed ones).
+    #[arg(long, value_name = "DIR")]
+    profiles: Option<PathBuf>,
+    /// The Bluetooth adapter (default: the first one BlueZ reports).
+    #[arg(long, value_name = "NAME")]
+    adapter: Option<String>,
+}
+
+/// Runs `scan`.
+pub(crate) fn execute(args: ScanArgs) -> Result<ExitCode> {
+    scan(args.duration, args.profiles, args.adapter.as_deref())
+}
+
+fn scan(duration: f64, profiles: Option<PathBuf>, adapter: Option<&str>) -> Result<ExitCode> {
+    if !(duration.is_finite() && duration > 0.0) {
+        bail!("--for must be a positive number of seconds");
+    }
+    let dir = profiles.unwrap_or_else(default_profiles_dir);
+    let profiles = profile::load_all(std::slice::from_ref(&dir))
+        .map_err(|e| anyhow::anyhow!("device profiles in {} are invalid:\n{e}", dir.display()))?;
+    // A one-shot command: a current-thread runtime, no worker threads.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let found = rt
+        .block_on(iomt_drivers::ble_driver::scan_nearby(
+            adapter,
+            Duration::from_secs_f64(duration),
+        ))
+        .context("cannot scan: is bluetoothd running, and may this user talk to org.bluez?")?;
+    if found.is_empty() {
+        println!("no Bluetooth LE device found");
+    }
+    for d in &found {
+        let services: Vec<String> = d
+            .services
+            .iter()
+            .map(|u| match iomt_drivers::ble_driver::uuid_to_u16(*u) {
+                Some(s) => format!("{s:04X}"),
+                None => u.to_string(),
+            })
+            .collect();
+        let matching = daemon::matching_ble_profiles(&profiles, d.name.as_deref(), &d.services);
+        println!(
+            "{}  name {:?}  rssi {}  services [{}]  profiles: {}",
+            d.address,
+            d.name.as_deref().unwrap_or(""),
+            d.rssi.map_or_else(|| "-".to_string(), |r| r.to_string()),
+            services.join(", "),
+            if matching.is_empty() {
+                "none".to_string()
+            } else {
+                matching.join(", ")
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

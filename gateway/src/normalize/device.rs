@@ -1,0 +1,79 @@
+//! The FHIR Device resources (the measuring device and the gateway itself), named only by
+//! their pseudonyms, and the identifier systems of the pseudonyms.
+
+use crate::fhir::{self, Identifier};
+use crate::profile::Profile;
+
+/// The FHIR Device id for a pseudonym: a UUID made from the pseudonym's 128 bits, so the
+/// Bundle can name the entry `urn:uuid:<id>` and the server stores it under the same id.
+pub fn device_resource_id(pseudonym: &str) -> String {
+    let mut bytes = [0u8; 16];
+    let decoded = hex::decode(pseudonym).unwrap_or_default();
+    for (b, d) in bytes.iter_mut().zip(decoded) {
+        *b = d;
+    }
+    uuid_text(bytes)
+}
+
+/// Formats 16 bytes as a version-8 (RFC 9562) UUID.
+pub(super) fn uuid_text(mut b: [u8; 16]) -> String {
+    b[6] = (b[6] & 0x0f) | 0x80;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// The FHIR Device for a measuring device. It carries only the pseudonym, the
+/// manufacturer and the model: never the serial number or the transport address.
+pub fn device_resource(profile: &Profile, device_pseudonym: &str) -> fhir::Device {
+    fhir::Device {
+        resource_type: "Device".into(),
+        id: device_resource_id(device_pseudonym),
+        identifier: vec![Identifier {
+            system: DEVICE_PSEUDONYM_SYSTEM.into(),
+            value: device_pseudonym.into(),
+        }],
+        manufacturer: Some(profile.manufacturer.clone()),
+        device_name: vec![fhir::DeviceName {
+            name: profile.name.clone(),
+            kind: "model-name".into(),
+        }],
+        model_number: Some(profile.model.clone()),
+        version: Vec::new(),
+    }
+}
+
+/// The FHIR Device for the gateway itself (the PHD IG's PHG).
+pub fn gateway_resource(gateway_pseudonym: &str) -> fhir::Device {
+    fhir::Device {
+        resource_type: "Device".into(),
+        id: device_resource_id(gateway_pseudonym),
+        identifier: vec![Identifier {
+            system: GATEWAY_PSEUDONYM_SYSTEM.into(),
+            value: gateway_pseudonym.into(),
+        }],
+        manufacturer: Some("iomt-gateway project".into()),
+        device_name: vec![fhir::DeviceName {
+            name: "iomt-gateway".into(),
+            kind: "model-name".into(),
+        }],
+        model_number: None,
+        version: vec![fhir::DeviceVersion {
+            value: env!("CARGO_PKG_VERSION").into(),
+        }],
+    }
+}
+
+/// Identifier system of device pseudonyms.
+pub const DEVICE_PSEUDONYM_SYSTEM: &str = "urn:iomt-gateway:device-pseudonym";
+/// Identifier system of gateway pseudonyms.
+pub const GATEWAY_PSEUDONYM_SYSTEM: &str = "urn:iomt-gateway:gateway-pseudonym";
+/// Identifier system of patient pseudonyms.
+pub const PATIENT_PSEUDONYM_SYSTEM: &str = "urn:iomt-gateway:patient-pseudonym";
