@@ -40,6 +40,8 @@ use crate::fhir::Device;
 use crate::outbox::{Fetched, Outbox, PendingRow};
 
 pub mod plan;
+#[cfg(test)]
+mod tests;
 
 use plan::{Next, Pass, Phase, Step};
 
