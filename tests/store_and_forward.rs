@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::kit::{committed_ids, read, sigterm_and_wait, wait_running, Kit, PATIENT};
 use common::wait_until;
+use iomt_testkit::fhir_server::Rejections;
 use iomt_testkit::Mode;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -171,6 +172,92 @@ fn a_poison_entry_lands_in_dead_letters_with_the_reason_and_the_rest_is_delivere
     // Dead-lettered rows are not retried forever.
     let rejected = kit.server.with_store(|s| s.rejected);
     assert!(rejected < 40, "{rejected} rejected requests");
+}
+
+/// The Observation (the value of its identifier, without `urn:uuid:`) that
+/// `reject_the_chosen_one` refuses.
+static CHOSEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn reject_the_chosen_one(obs: &serde_json::Value) -> Option<String> {
+    let id = obs["identifier"][0]["value"]
+        .as_str()?
+        .trim_start_matches("urn:uuid:");
+    (CHOSEN.get().map(String::as_str) == Some(id)).then(|| format!("poison entry {id} (test rule)"))
+}
+
+#[test]
+fn one_poison_row_among_a_hundred_rejected_without_names_is_isolated_by_bisection() {
+    let mut kit = Kit::new();
+    // The server is down while the readings are committed, so all 100 rows wait in one
+    // batch when it comes back.
+    kit.rt.block_on(kit.server.stop());
+    let config = kit
+        .config_for("kit-store-1", PATIENT)
+        .driver("[sim]\nenabled = true\nprofiles = [\"sim-thermometer\"]\ninterval_secs = 0.005\nmax_readings = 100")
+        .outbox("commit_window_ms = 5")
+        .uplink(&format!(
+            "kind = \"fhir\"\nbase_url = \"{}\"\nbatch_size = 100\ntimeout_secs = 5\nmax_backoff_secs = 1",
+            kit.server.base_url()
+        ))
+        .log("info,iomt_drivers=debug,iomt_gateway::uplink=debug")
+        .write();
+    let (mut child, log) = kit.start(&config);
+    wait_running(&mut child, &log);
+    wait_until(
+        Duration::from_secs(30),
+        "100 readings committed while the server is down",
+        || {
+            let text = read(&log);
+            text.contains("simulator reached its reading limit")
+                && committed_ids(&text).len() >= 100
+        },
+    );
+    let committed = committed_ids(&read(&log));
+    assert_eq!(committed.len(), 100, "one Observation per reading");
+    let poison = committed[37].clone();
+    CHOSEN.set(poison.clone()).unwrap();
+    // The server refuses any transaction holding it, without saying which entry is bad.
+    kit.server.set_poison(Some(reject_the_chosen_one));
+    kit.server.set_rejections(Rejections::Unnamed);
+    kit.rt.block_on(kit.server.restart()).unwrap();
+    wait_until(Duration::from_secs(60), "the outbox to be empty", || {
+        kit.try_outbox_status()
+            .is_ok_and(|v| v["uplinks"][0]["queued"] == 0 && v["uplinks"][0]["dead_lettered"] == 1)
+    });
+    sigterm_and_wait(child, &log);
+
+    // The other 99 were created once each, and nothing was sent twice.
+    let mut created = kit.server_ids();
+    let mut expected: Vec<String> = committed
+        .iter()
+        .filter(|id| **id != poison)
+        .cloned()
+        .collect();
+    created.sort();
+    expected.sort();
+    assert_eq!(created, expected, "created at the server");
+    kit.server.with_store(|s| {
+        assert_eq!((s.duplicate_creates, s.conditional_hits), (0, 0));
+        // Halving: only the Bundles on the way down to the poison row were refused (at
+        // most 1 + log2(100) of them), not one request per row.
+        assert!(s.rejected <= 8, "{} rejected transactions", s.rejected);
+        assert!(s.requests <= 15, "{} transactions", s.requests);
+    });
+    let text = read(&log);
+    assert!(text.contains("named=0"), "{text}");
+    assert!(!text.contains("named=1"), "{text}");
+    let status = kit.outbox_status();
+    assert_eq!(status["rows"], 0);
+    assert_eq!(status["uplinks"][0]["delivered"], 99);
+    // The poison row is in the dead letters, with the server's reason.
+    let (ok, letters) = kit.cli(&["outbox", "dead-letters"]);
+    assert!(ok, "{letters}");
+    let rows: Vec<&str> = letters.lines().filter(|l| l.contains("uplink=")).collect();
+    assert_eq!(rows.len(), 1, "{letters}");
+    assert!(
+        rows[0].contains(&format!("poison entry {poison} (test rule)")),
+        "{letters}"
+    );
 }
 
 fn file_bytes(path: &Path) -> Vec<u8> {

@@ -7,7 +7,8 @@
 //!   `ifNoneExist` always creates, and a second create of the same identifier is counted
 //!   as a duplicate (the gateway must never cause one).
 //! - A configurable rule rejects entries (poison): the whole transaction fails with `400`
-//!   and an OperationOutcome whose issues name the entries (`Bundle.entry[i]`).
+//!   and an OperationOutcome whose issues name the entries (`Bundle.entry[i]`), or, in
+//!   [`Rejections::Unnamed`], name none (as many real servers answer).
 //! - Modes: answer normally, answer `503` with `Retry-After`, or require a bearer token.
 //! - [`FhirServer::stop`] closes the listener, so connections are refused until it is
 //!   started again on the same port.
@@ -38,6 +39,17 @@ pub enum Mode {
         /// The Retry-After value.
         retry_after_secs: u64,
     },
+}
+
+/// What a `400` for invalid entries says about them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Rejections {
+    /// Each issue names its entry (`expression: ["Bundle.entry[i].resource"]`).
+    #[default]
+    Named,
+    /// The issues carry the reasons but no `expression` and no `location`: the client
+    /// cannot tell which entries are at fault.
+    Unnamed,
 }
 
 /// What the server has seen and stored.
@@ -71,6 +83,7 @@ struct Inner {
     keep_resources: bool,
     mode: Mode,
     poison: Option<PoisonRule>,
+    rejections: Rejections,
     token: Option<String>,
     oauth: crate::oauth::OAuthState,
     /// The base URL clients use (for the token URL in SMART discovery and `aud`).
@@ -82,6 +95,19 @@ struct Inner {
 pub struct Shared(Arc<Mutex<Inner>>);
 
 impl Shared {
+    fn new() -> Self {
+        Shared(Arc::new(Mutex::new(Inner {
+            store: Store::default(),
+            keep_resources: true,
+            mode: Mode::Normal,
+            poison: None,
+            rejections: Rejections::Named,
+            token: None,
+            oauth: Default::default(),
+            base: String::new(),
+        })))
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -229,14 +255,22 @@ impl<'de> serde::Deserialize<'de> for Head {
 }
 
 fn outcome(issues: Vec<(usize, String)>) -> Value {
+    rejection(issues, Rejections::Named)
+}
+
+/// An OperationOutcome with an issue per invalid entry, naming it or not.
+fn rejection(issues: Vec<(usize, String)>, rejections: Rejections) -> Value {
     json!({
         "resourceType": "OperationOutcome",
-        "issue": issues.into_iter().map(|(i, why)| json!({
-            "severity": "error",
-            "code": "invalid",
-            "diagnostics": why,
-            "expression": [format!("Bundle.entry[{i}].resource")],
-        })).collect::<Vec<_>>()
+        "issue": issues.into_iter().map(|(i, why)| match rejections {
+            Rejections::Named => json!({
+                "severity": "error",
+                "code": "invalid",
+                "diagnostics": why,
+                "expression": [format!("Bundle.entry[{i}].resource")],
+            }),
+            Rejections::Unnamed => json!({"severity": "error", "code": "invalid", "diagnostics": why}),
+        }).collect::<Vec<_>>()
     })
 }
 
@@ -320,7 +354,7 @@ async fn transaction(
     }
     if !issues.is_empty() {
         inner.store.rejected += 1;
-        return fhir(StatusCode::BAD_REQUEST, outcome(issues));
+        return fhir(StatusCode::BAD_REQUEST, rejection(issues, inner.rejections));
     }
     let mut responses = Vec::with_capacity(bundle.entry.len());
     for (e, head) in bundle.entry.iter().zip(heads) {
@@ -366,18 +400,9 @@ async fn transaction(
 impl FhirServer {
     /// Starts a server on a free loopback port.
     pub async fn start() -> std::io::Result<Self> {
-        let shared = Shared(Arc::new(Mutex::new(Inner {
-            store: Store::default(),
-            keep_resources: true,
-            mode: Mode::Normal,
-            poison: None,
-            token: None,
-            oauth: Default::default(),
-            base: String::new(),
-        })));
         Self::serve(
             "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
-            shared,
+            Shared::new(),
             None,
         )
         .await
@@ -385,18 +410,9 @@ impl FhirServer {
 
     /// Starts a server speaking HTTPS with `tls` (see [`crate::tls::server_config`]).
     pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
-        let shared = Shared(Arc::new(Mutex::new(Inner {
-            store: Store::default(),
-            keep_resources: true,
-            mode: Mode::Normal,
-            poison: None,
-            token: None,
-            oauth: Default::default(),
-            base: String::new(),
-        })));
         Self::serve(
             "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
-            shared,
+            Shared::new(),
             Some(tls),
         )
         .await
@@ -489,6 +505,11 @@ impl FhirServer {
         self.shared.lock().poison = rule;
     }
 
+    /// Whether a rejection names the invalid entries (the default) or not.
+    pub fn set_rejections(&self, rejections: Rejections) {
+        self.shared.lock().rejections = rejections;
+    }
+
     /// Turns the authorization server on: the FHIR endpoint then accepts only the access
     /// tokens it issued (and not after they expire).
     pub fn enable_oauth(&self, config: crate::oauth::OAuthConfig) {
@@ -526,5 +547,24 @@ impl Drop for FhirServer {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unnamed_rejection_keeps_the_reasons_and_names_no_entry() {
+        let issues = || vec![(3, "bad unit".to_string())];
+        let named = rejection(issues(), Rejections::Named);
+        assert_eq!(
+            named["issue"][0]["expression"][0],
+            "Bundle.entry[3].resource"
+        );
+        let unnamed = rejection(issues(), Rejections::Unnamed);
+        assert_eq!(unnamed["issue"][0]["diagnostics"], "bad unit");
+        let issue = unnamed["issue"][0].as_object().unwrap();
+        assert!(!issue.contains_key("expression") && !issue.contains_key("location"));
     }
 }

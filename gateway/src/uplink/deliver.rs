@@ -7,9 +7,15 @@
 //!   dead letters with the server's reason and the rest is sent again. When the server
 //!   does not say which entries are at fault, the batch is split in halves until the
 //!   poison rows are isolated, so one bad row never blocks the others and is never retried
-//!   forever.
+//!   forever: a single row refused without names is the poison, dead-lettered with the
+//!   server's reason for the whole Bundle.
 //! - Transient failures: the same rows are retried after the backoff (exponential with
 //!   jitter, capped, Retry-After respected).
+//! - A row that cannot be opened (wrong key, damaged) never goes out: it goes to the dead
+//!   letters with the reason.
+//!
+//! These decisions are pure functions in [`plan`], unit-tested rule by rule; this module
+//! carries them out (the outbox, the uplink, the timers, the logs).
 //!
 //! On shutdown the loop makes one last pass so what is already committed has its chance
 //! to go out. The whole of shutdown is bounded by `drain_deadline`, counted from the
@@ -32,6 +38,12 @@ use serde_json::value::RawValue;
 
 use crate::fhir::Device;
 use crate::outbox::{Fetched, Outbox, PendingRow};
+
+pub mod plan;
+#[cfg(test)]
+mod tests;
+
+use plan::{Next, Pass, Phase, Step};
 
 /// How one uplink's loop behaves.
 #[derive(Debug, Clone)]
@@ -70,59 +82,96 @@ struct Loop<'a> {
     abandon: CancellationToken,
 }
 
-enum Pass {
-    /// Nothing is waiting.
-    Idle,
-    /// Some rows went out (or to the dead letters).
-    Progress,
+/// An outbox failure, for the loop: retried like a transient delivery failure.
+fn outbox_failed(e: crate::outbox::OutboxError) -> DeliveryError {
+    DeliveryError::Transient {
+        reason: format!("outbox: {e}"),
+        retry_after: None,
+    }
 }
 
 impl Loop<'_> {
+    /// Fetches the oldest rows and carries out the [`plan`] for them: rows that cannot be
+    /// opened to the dead letters, the rest sent, split and sent again until each row is
+    /// delivered or dead-lettered. A transient failure ends the pass (`Err`).
     async fn pass(&mut self, batch: usize) -> Result<Pass, DeliveryError> {
         let fetched = self
             .outbox
             .fetch(self.uplink.name(), batch)
             .await
-            .map_err(|e| DeliveryError::Transient {
-                reason: format!("outbox: {e}"),
-                retry_after: None,
-            })?;
+            .map_err(outbox_failed)?;
         if fetched.rows.is_empty() {
             return Ok(Pass::Idle);
         }
-        let (good, bad): (Vec<&PendingRow>, Vec<&PendingRow>) =
-            fetched.rows.iter().partition(|r| r.observation.is_ok());
-        for row in bad {
-            let reason = row.observation.as_ref().err().cloned().unwrap_or_default();
+        let (sendable, unreadable) = plan::triage(&fetched.rows);
+        for (i, reason) in unreadable {
             tracing::error!(
                 uplink = self.uplink.name(),
-                seq = row.seq,
+                seq = fetched.rows[i].seq,
                 "an outbox row cannot be opened; moved to the dead letters"
             );
-            self.dead_letter(row, &format!("cannot be opened: {reason}"))
-                .await?;
+            self.dead_letter(&fetched.rows[i], &reason).await?;
         }
-        self.send(&fetched, &good).await?;
+        // Depth first: the first half of a split, and all that follows from it, before
+        // the second.
+        let mut todo: Vec<Vec<usize>> = vec![sendable];
+        while let Some(rows) = todo.pop() {
+            if rows.is_empty() {
+                continue;
+            }
+            let sent: Vec<&PendingRow> = rows.iter().map(|&i| &fetched.rows[i]).collect();
+            match self.send(&fetched, &sent).await {
+                Step::Delivered => {
+                    let done: Vec<(i64, usize)> = sent.iter().map(|r| (r.seq, r.len)).collect();
+                    self.outbox
+                        .delivered(self.uplink.name(), done)
+                        .await
+                        .map_err(outbox_failed)?;
+                    self.stats.bundles += 1;
+                    self.stats.delivered += sent.len() as u64;
+                }
+                Step::DeadLetter { rows: named, rest } => {
+                    self.log_rejected(sent.len(), named.len());
+                    for (row, why) in &named {
+                        self.dead_letter(sent[*row], why).await?;
+                    }
+                    todo.push(rest.into_iter().map(|r| rows[r]).collect());
+                }
+                Step::Split { left, right } => {
+                    self.log_rejected(sent.len(), 0);
+                    todo.push(rows[right].to_vec());
+                    todo.push(rows[left].to_vec());
+                }
+                Step::Isolated { reason } => {
+                    self.log_rejected(sent.len(), 0);
+                    self.dead_letter(sent[0], &reason).await?;
+                }
+                Step::Retry(e) => return Err(e),
+            }
+        }
         Ok(Pass::Progress)
+    }
+
+    fn log_rejected(&self, batch: usize, named: usize) {
+        tracing::warn!(
+            uplink = self.uplink.name(),
+            batch,
+            named,
+            "the server rejected entries of a bundle"
+        );
     }
 
     async fn dead_letter(&mut self, row: &PendingRow, reason: &str) -> Result<(), DeliveryError> {
         self.outbox
             .dead_letter(self.uplink.name(), row.seq, row.len, reason)
             .await
-            .map_err(|e| DeliveryError::Transient {
-                reason: format!("outbox: {e}"),
-                retry_after: None,
-            })?;
+            .map_err(outbox_failed)?;
         self.stats.dead_lettered += 1;
         Ok(())
     }
 
-    /// Sends `rows`; isolates and dead-letters rejected rows; marks the rest delivered.
-    async fn send(&mut self, fetched: &Fetched, rows: &[&PendingRow]) -> Result<(), DeliveryError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
+    /// Sends `rows` as one Bundle and decides, from the answer, what follows.
+    async fn send(&mut self, fetched: &Fetched, rows: &[&PendingRow]) -> Step {
         let items: Vec<bundle::Item<'_>> = rows
             .iter()
             .enumerate()
@@ -151,59 +200,7 @@ impl Loop<'_> {
                 retry_after: None,
             }),
         };
-        match answer {
-            Ok(()) => {
-                let done: Vec<(i64, usize)> = rows.iter().map(|r| (r.seq, r.len)).collect();
-                self.outbox
-                    .delivered(self.uplink.name(), done)
-                    .await
-                    .map_err(|e| DeliveryError::Transient {
-                        reason: format!("outbox: {e}"),
-                        retry_after: None,
-                    })?;
-                self.stats.bundles += 1;
-                self.stats.delivered += rows.len() as u64;
-                Ok(())
-            }
-            Err(DeliveryError::Rejected { entries, reason }) => {
-                let named: Vec<(usize, String)> = entries
-                    .iter()
-                    .filter_map(|(entry, why)| {
-                        built
-                            .rows_of_entries
-                            .get(*entry)
-                            .copied()
-                            .flatten()
-                            .map(|row| (row, why.clone()))
-                    })
-                    .collect();
-                tracing::warn!(
-                    uplink = self.uplink.name(),
-                    batch = rows.len(),
-                    named = named.len(),
-                    "the server rejected entries of a bundle"
-                );
-                if !named.is_empty() {
-                    for (row, why) in &named {
-                        self.dead_letter(rows[*row], why).await?;
-                    }
-                    let rest: Vec<&PendingRow> = rows
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| !named.iter().any(|(row, _)| row == i))
-                        .map(|(_, r)| *r)
-                        .collect();
-                    Box::pin(self.send(fetched, &rest)).await
-                } else if rows.len() == 1 {
-                    self.dead_letter(rows[0], &reason).await
-                } else {
-                    let (left, right) = rows.split_at(rows.len() / 2);
-                    Box::pin(self.send(fetched, left)).await?;
-                    Box::pin(self.send(fetched, right)).await
-                }
-            }
-            Err(e) => Err(e),
-        }
+        plan::after_answer(rows.len(), &built.rows_of_entries, answer)
     }
 }
 
@@ -254,37 +251,41 @@ pub async fn run(
         // A pass is never abandoned half-way: a Bundle the server acknowledged must be
         // marked delivered. Each request is bounded by the uplink's timeout.
         let outcome = l.pass(batch).await;
-        match outcome {
-            Ok(Pass::Progress) => {
-                if backoff.failures() > 0 {
-                    tracing::info!(uplink = %name, after_failures = backoff.failures(), "uplink delivering again");
+        let jitter = rand::thread_rng().gen::<f64>();
+        match plan::next(&outcome, Phase::Running, &mut backoff, jitter) {
+            Next::FetchAgain { after_failures } => {
+                if after_failures > 0 {
+                    tracing::info!(uplink = %name, after_failures, "uplink delivering again");
                 }
-                backoff.succeeded();
             }
-            Ok(Pass::Idle) => {
+            Next::WaitForCommit => {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = committed.changed() => {}
                 }
             }
-            Err(e) => {
+            Next::RetryIn(delay) => {
                 l.stats.failures += 1;
-                let delay = backoff.failed(retry_after(&e), rand::thread_rng().gen::<f64>());
-                tracing::warn!(uplink = %name, error = %e, attempt = backoff.failures(), retry_in_ms = delay.as_millis() as u64, "delivery failed; rows kept, will retry");
+                if let Err(e) = &outcome {
+                    tracing::warn!(uplink = %name, error = %e, attempt = backoff.failures(), retry_in_ms = delay.as_millis() as u64, "delivery failed; rows kept, will retry");
+                }
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
+            Next::Stop => break,
         }
     }
     // Last pass: deliver what is committed, within what is left of the deadline.
     while !abandon.is_cancelled() {
-        match l.pass(batch).await {
-            Ok(Pass::Progress) => continue,
-            Ok(Pass::Idle) => break,
-            Err(e) => {
-                tracing::warn!(uplink = %name, error = %e, "last delivery pass at shutdown failed; rows stay in the outbox");
+        let outcome = l.pass(batch).await;
+        match plan::next(&outcome, Phase::Draining, &mut backoff, 0.0) {
+            Next::FetchAgain { .. } => continue,
+            _ => {
+                if let Err(e) = outcome {
+                    tracing::warn!(uplink = %name, error = %e, "last delivery pass at shutdown failed; rows stay in the outbox");
+                }
                 break;
             }
         }
@@ -295,11 +296,4 @@ pub async fn run(
     deadline_timer.abort();
     tracing::debug!(uplink = %name, delivered = l.stats.delivered, "uplink stopped");
     l.stats
-}
-
-fn retry_after(e: &DeliveryError) -> Option<Duration> {
-    match e {
-        DeliveryError::Transient { retry_after, .. } => *retry_after,
-        DeliveryError::Rejected { .. } => None,
-    }
 }

@@ -1,0 +1,407 @@
+//! The delivery loop over a real outbox (SQLite in a temp dir) and a scripted uplink, in
+//! paused time: every delay below is tokio's virtual time, nothing really sleeps.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{run, DeliverySettings, DeliveryStats};
+use crate::fhir::Bundle;
+use crate::outbox::seal::Keyring;
+use crate::outbox::{read_dead_letters, read_status, Append, Outbox, OutboxSettings, WhenFull};
+use crate::uplink::{DeliveryError, DeliveryFuture, Uplink};
+
+const KEY: [u8; 32] = [7; 32];
+const UPLINK: &str = "fhir";
+
+/// How the scripted uplink answers one Bundle.
+enum Answer {
+    /// Acknowledged.
+    Ok,
+    /// Acknowledged after this long.
+    OkAfter(Duration),
+    /// Failed.
+    Fail(DeliveryError),
+    /// No answer, ever.
+    Never,
+}
+
+/// One request the scripted uplink received.
+#[derive(Debug)]
+struct Request {
+    /// When (virtual time).
+    at: Instant,
+    /// The ids of the Observations in the Bundle, in order.
+    observations: Vec<String>,
+}
+
+type Responder = Box<dyn FnMut(&Bundle) -> Answer + Send>;
+
+/// An `Uplink` that answers from a script (or a rule over the Bundle) and reports every
+/// request it receives.
+struct Scripted {
+    answer: Responder,
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+impl Uplink for Scripted {
+    fn name(&self) -> &str {
+        UPLINK
+    }
+
+    fn deliver<'a>(&'a mut self, bundle: &'a Bundle) -> DeliveryFuture<'a> {
+        let answer = (self.answer)(bundle);
+        let _ = self.requests.send(Request {
+            at: Instant::now(),
+            observations: observation_ids(bundle),
+        });
+        Box::pin(async move {
+            match answer {
+                Answer::Ok => Ok(()),
+                Answer::OkAfter(delay) => {
+                    tokio::time::sleep(delay).await;
+                    Ok(())
+                }
+                Answer::Fail(e) => Err(e),
+                Answer::Never => std::future::pending().await,
+            }
+        })
+    }
+}
+
+/// Answers in turn from `script`, then acknowledges everything.
+fn script(answers: Vec<Answer>) -> Responder {
+    let mut answers = VecDeque::from(answers);
+    Box::new(move |_| answers.pop_front().unwrap_or(Answer::Ok))
+}
+
+fn observation_ids(bundle: &Bundle) -> Vec<String> {
+    bundle
+        .entry
+        .iter()
+        .filter(|e| e.request.method == "POST")
+        .map(|e| e.full_url.trim_start_matches("urn:uuid:").to_string())
+        .collect()
+}
+
+/// The index of the entry of Observation `id` in `bundle`.
+fn entry_of(bundle: &Bundle, id: &str) -> usize {
+    let url = format!("urn:uuid:{id}");
+    bundle
+        .entry
+        .iter()
+        .position(|e| e.full_url == url)
+        .unwrap_or_else(|| panic!("{id} is not in the Bundle"))
+}
+
+fn id(i: usize) -> String {
+    format!("obs-{i:02}")
+}
+
+fn ids(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(id).collect()
+}
+
+fn rejected(entries: Vec<(usize, &str)>) -> Answer {
+    Answer::Fail(DeliveryError::Rejected {
+        entries: entries
+            .into_iter()
+            .map(|(e, w)| (e, w.to_string()))
+            .collect(),
+        reason: "HTTP 400 Bad Request: invalid (test)".into(),
+    })
+}
+
+fn transient(retry_after: Option<Duration>) -> Answer {
+    Answer::Fail(DeliveryError::Transient {
+        reason: "HTTP 503 Service Unavailable".into(),
+        retry_after,
+    })
+}
+
+/// A real outbox in a temp dir holding `rows` Observations `obs-00`, `obs-01`... of one
+/// device, committed.
+struct Bed {
+    dir: tempfile::TempDir,
+    outbox: Outbox,
+    writer: JoinHandle<()>,
+}
+
+impl Bed {
+    async fn with_rows(rows: usize) -> Bed {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = OutboxSettings {
+            path: dir.path().join("outbox.db"),
+            max_bytes: 1 << 30,
+            max_age: None,
+            when_full: WhenFull::EvictOldest,
+            commit_window: Duration::from_millis(1),
+            max_batch_rows: 100,
+        };
+        let ring = Arc::new(Keyring::new(&KEY));
+        let (outbox, writer) = Outbox::open(settings, ring, vec![UPLINK.into()])
+            .await
+            .unwrap();
+        let bed = Bed {
+            dir,
+            outbox,
+            writer,
+        };
+        bed.append(0..rows).await;
+        bed
+    }
+
+    /// Appends Observations `obs-{range}` and waits for their commit.
+    async fn append(&self, range: std::ops::Range<usize>) {
+        let mut acks = Vec::new();
+        for i in range {
+            let (tx, rx) = oneshot::channel();
+            let json = format!(
+                r#"{{"resourceType":"Observation","id":"{0}","identifier":[{{"system":"urn:ietf:rfc:3986","value":"urn:uuid:{0}"}}]}}"#,
+                id(i)
+            );
+            self.outbox
+                .append(Append {
+                    device_id: "dev-1".into(),
+                    device_json: br#"{"resourceType":"Device","id":"dev-1"}"#.to_vec(),
+                    observations: vec![(id(i), json.into_bytes())],
+                    ack: Some(tx),
+                })
+                .await
+                .unwrap();
+            acks.push(rx);
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+    }
+
+    /// Starts the delivery loop over the outbox with `answer` as the uplink: batches of
+    /// 100, backoff from 1 s to 60 s, a 2 s drain deadline.
+    fn start(&self, answer: Responder) -> Running {
+        let (tx, requests) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let settings = DeliverySettings {
+            batch_size: 100,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            drain_deadline: Duration::from_secs(2),
+        };
+        let uplink = Box::new(Scripted {
+            answer,
+            requests: tx,
+        });
+        let task = tokio::spawn(run(
+            self.outbox.clone(),
+            uplink,
+            settings,
+            crate::normalize::gateway_resource("gateway-pseudonym"),
+            cancel.clone(),
+        ));
+        Running {
+            requests,
+            cancel,
+            task,
+        }
+    }
+
+    /// Closes the outbox; returns (rows left, delivered, dead-lettered) and the dead
+    /// letters' reasons.
+    async fn close(self) -> ((u64, u64, u64), Vec<String>) {
+        drop(self.outbox);
+        self.writer.await.unwrap();
+        let path = self.dir.path().join("outbox.db");
+        let status = read_status(&path, &[UPLINK.into()]).unwrap();
+        let uplink = &status.uplinks[0];
+        let letters = read_dead_letters(&path, &Keyring::new(&KEY)).unwrap();
+        (
+            (status.rows, uplink.delivered, uplink.dead_lettered),
+            letters.into_iter().map(|l| l.reason).collect(),
+        )
+    }
+}
+
+/// A delivery loop running as a task.
+struct Running {
+    requests: mpsc::UnboundedReceiver<Request>,
+    cancel: CancellationToken,
+    task: JoinHandle<DeliveryStats>,
+}
+
+impl Running {
+    /// The next `n` requests the uplink receives.
+    async fn requests(&mut self, n: usize) -> Vec<Request> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.requests.recv().await.expect("the loop stopped"));
+        }
+        out
+    }
+
+    /// Cancels the loop and waits for it; returns its counters and the requests it made
+    /// while stopping.
+    async fn stop(mut self) -> (DeliveryStats, Vec<Request>) {
+        self.cancel.cancel();
+        let stats = self.task.await.unwrap();
+        let mut late = Vec::new();
+        while let Ok(r) = self.requests.try_recv() {
+            late.push(r);
+        }
+        (stats, late)
+    }
+}
+
+fn stats(bundles: u64, delivered: u64, dead_lettered: u64, failures: u64) -> DeliveryStats {
+    DeliveryStats {
+        bundles,
+        delivered,
+        dead_lettered,
+        failures,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delivered_batch_leaves_the_outbox() {
+    let bed = Bed::with_rows(5).await;
+    let mut running = bed.start(script(vec![]));
+    let sent = running.requests(1).await;
+    assert_eq!(sent[0].observations, ids(0..5));
+    let (stats_, late) = running.stop().await;
+    assert!(late.is_empty(), "{late:?}");
+    assert_eq!(stats_, stats(1, 5, 0, 0));
+    let (counts, letters) = bed.close().await;
+    assert_eq!(counts, (0, 5, 0));
+    assert!(letters.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn rows_committed_while_the_loop_waits_wake_it() {
+    let bed = Bed::with_rows(0).await;
+    let mut running = bed.start(script(vec![]));
+    for i in 0..3 {
+        bed.append(i..i + 1).await;
+        let sent = running.requests(1).await;
+        assert_eq!(sent[0].observations, [id(i)]);
+    }
+    let (stats_, late) = running.stop().await;
+    assert!(late.is_empty(), "{late:?}");
+    assert_eq!(stats_, stats(3, 3, 0, 0));
+    assert_eq!(bed.close().await.0, (0, 3, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn named_rejections_land_in_the_dead_letters_and_the_rest_is_delivered_once() {
+    let bed = Bed::with_rows(6).await;
+    let mut first = true;
+    let mut running = bed.start(Box::new(move |bundle: &Bundle| {
+        if !std::mem::take(&mut first) {
+            return Answer::Ok;
+        }
+        rejected(vec![
+            (entry_of(bundle, "obs-01"), "bad unit"),
+            (entry_of(bundle, "obs-04"), "bad code"),
+        ])
+    }));
+    let sent = running.requests(2).await;
+    assert_eq!(sent[0].observations, ids(0..6));
+    assert_eq!(
+        sent[1].observations,
+        ["obs-00", "obs-02", "obs-03", "obs-05"]
+    );
+    let (stats_, late) = running.stop().await;
+    assert!(late.is_empty(), "{late:?}");
+    assert_eq!(stats_, stats(1, 4, 2, 0));
+    let (counts, letters) = bed.close().await;
+    assert_eq!(counts, (0, 4, 2));
+    assert_eq!(letters, ["bad unit", "bad code"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unnamed_rejection_is_bisected_until_the_poison_row_among_sixteen_is_alone() {
+    let bed = Bed::with_rows(16).await;
+    // Refuses any Bundle holding obs-05, without saying which entry is at fault.
+    let mut running = bed.start(Box::new(|bundle: &Bundle| {
+        if observation_ids(bundle).iter().any(|i| i == "obs-05") {
+            rejected(vec![])
+        } else {
+            Answer::Ok
+        }
+    }));
+    // Halves, the first one first, until obs-05 is alone.
+    let expected = [0..16, 0..8, 0..4, 4..8, 4..6, 4..5, 5..6, 6..8, 8..16];
+    let sent = running.requests(expected.len()).await;
+    let sent: Vec<Vec<String>> = sent.into_iter().map(|r| r.observations).collect();
+    assert_eq!(sent, expected.map(ids));
+    let (stats_, late) = running.stop().await;
+    assert!(late.is_empty(), "{late:?}");
+    assert_eq!(stats_, stats(4, 15, 1, 0));
+    let (counts, letters) = bed.close().await;
+    assert_eq!(counts, (0, 15, 1));
+    assert_eq!(letters, ["HTTP 400 Bad Request: invalid (test)"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_failures_retry_the_same_rows_at_the_backoff_times() {
+    let bed = Bed::with_rows(3).await;
+    let mut running = bed.start(script(vec![
+        transient(Some(Duration::from_secs(30))),
+        transient(None),
+        transient(None),
+        Answer::Ok,
+    ]));
+    let sent = running.requests(4).await;
+    assert!(sent.iter().all(|r| r.observations == ids(0..3)), "{sent:?}");
+    let gaps: Vec<Duration> = sent.windows(2).map(|w| w[1].at - w[0].at).collect();
+    let slack = Duration::from_millis(10);
+    let within = |gap: Duration, low: u64, high: u64| {
+        gap >= Duration::from_secs(low) && gap <= Duration::from_secs(high) + slack
+    };
+    // Never earlier than the server's Retry-After; then 2 s and 4 s with jitter (half to
+    // all of the delay).
+    assert!(within(gaps[0], 30, 30), "{gaps:?}");
+    assert!(within(gaps[1], 1, 2), "{gaps:?}");
+    assert!(within(gaps[2], 2, 4), "{gaps:?}");
+    let (stats_, late) = running.stop().await;
+    assert!(late.is_empty(), "{late:?}");
+    assert_eq!(stats_, stats(1, 3, 0, 3));
+    assert_eq!(bed.close().await.0, (0, 3, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_the_drain_deadline_a_request_that_never_answers_is_abandoned_and_its_rows_stay() {
+    let bed = Bed::with_rows(4).await;
+    let mut running = bed.start(script(vec![Answer::Never]));
+    running.requests(1).await;
+    let cancelled = Instant::now();
+    let (stats_, late) = running.stop().await;
+    let took = cancelled.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took <= Duration::from_millis(2010),
+        "{took:?}"
+    );
+    assert!(late.is_empty(), "no last pass after the deadline: {late:?}");
+    assert_eq!((stats_.bundles, stats_.delivered), (0, 0));
+    assert_eq!(bed.close().await.0, (4, 0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_that_arrives_before_the_drain_deadline_is_still_marked_delivered() {
+    let bed = Bed::with_rows(4).await;
+    let mut running = bed.start(script(vec![Answer::OkAfter(Duration::from_secs(1))]));
+    running.requests(1).await;
+    let cancelled = Instant::now();
+    let (stats_, late) = running.stop().await;
+    let took = cancelled.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    assert!(late.is_empty(), "{late:?}");
+    assert_eq!(stats_, stats(1, 4, 0, 0));
+    assert_eq!(bed.close().await.0, (0, 4, 0));
+}
