@@ -149,7 +149,9 @@ impl Loop<'_> {
                 Step::Retry(e) => return Err(e),
             }
         }
-        Ok(Pass::Progress)
+        Ok(Pass::Progress {
+            drained: fetched.rows.len() < batch,
+        })
     }
 
     fn log_rejected(&self, batch: usize, named: usize) {
@@ -258,7 +260,10 @@ pub async fn run(
                     tracing::info!(uplink = %name, after_failures, "uplink delivering again");
                 }
             }
-            Next::WaitForCommit => {
+            Next::WaitForCommit { after_failures } => {
+                if after_failures > 0 {
+                    tracing::info!(uplink = %name, after_failures, "uplink delivering again");
+                }
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = committed.changed() => {}

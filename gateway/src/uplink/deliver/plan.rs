@@ -105,8 +105,12 @@ pub fn triage(rows: &[PendingRow]) -> (Vec<usize>, Vec<(usize, String)>) {
 pub enum Pass {
     /// Nothing was waiting.
     Idle,
-    /// Some rows went out (or to the dead letters).
-    Progress,
+    /// Some rows went out (or to the dead letters). `drained`: the fetch found fewer rows
+    /// than a batch, so nothing else was waiting then.
+    Progress {
+        /// Whether the pass took everything that was waiting.
+        drained: bool,
+    },
 }
 
 /// Whether the loop still runs or drains at shutdown.
@@ -127,8 +131,12 @@ pub enum Next {
         /// Consecutive failures that this pass ended.
         after_failures: u32,
     },
-    /// Nothing waits: sleep until rows are committed (or shutdown).
-    WaitForCommit,
+    /// Nothing waits: sleep until rows are committed (or shutdown). `after_failures` as
+    /// for `FetchAgain`.
+    WaitForCommit {
+        /// Consecutive failures that this pass ended.
+        after_failures: u32,
+    },
     /// The pass failed: try again after this delay (or at shutdown).
     RetryIn(Duration),
     /// Stop the loop (only when draining).
@@ -137,8 +145,10 @@ pub enum Next {
 
 /// Decides what follows a pass. While running, a failure backs off (exponential with
 /// `jitter` in `[0, 1]`, capped, never earlier than the server's Retry-After) and a pass
-/// that delivered resets the backoff; when draining, the loop goes on only while it makes
-/// progress.
+/// that delivered resets the backoff. A pass that took everything waiting leads to a
+/// wait for the next commit, not to a fetch that would find nothing (rows committed
+/// meanwhile have changed the commit notification, so the wait ends at once). When
+/// draining, the loop goes on only while it makes progress.
 pub fn next(
     pass: &Result<Pass, DeliveryError>,
     phase: Phase,
@@ -146,14 +156,18 @@ pub fn next(
     jitter: f64,
 ) -> Next {
     match (phase, pass) {
-        (_, Ok(Pass::Progress)) => {
+        (_, Ok(Pass::Progress { drained })) => {
             let after_failures = backoff.failures();
             if phase == Phase::Running {
                 backoff.succeeded();
             }
-            Next::FetchAgain { after_failures }
+            if *drained && phase == Phase::Running {
+                Next::WaitForCommit { after_failures }
+            } else {
+                Next::FetchAgain { after_failures }
+            }
         }
-        (Phase::Running, Ok(Pass::Idle)) => Next::WaitForCommit,
+        (Phase::Running, Ok(Pass::Idle)) => Next::WaitForCommit { after_failures: 0 },
         (Phase::Running, Err(e)) => Next::RetryIn(backoff.failed(retry_after(e), jitter)),
         (Phase::Draining, Ok(Pass::Idle) | Err(_)) => Next::Stop,
     }
@@ -365,7 +379,12 @@ mod tests {
             next(&Err(transient(None)), Phase::Running, &mut b, 1.0);
         }
         assert_eq!(
-            next(&Ok(Pass::Progress), Phase::Running, &mut b, 1.0),
+            next(
+                &Ok(Pass::Progress { drained: false }),
+                Phase::Running,
+                &mut b,
+                1.0
+            ),
             Next::FetchAgain { after_failures: 3 }
         );
         assert_eq!(
@@ -379,7 +398,27 @@ mod tests {
         let mut b = backoff();
         assert_eq!(
             next(&Ok(Pass::Idle), Phase::Running, &mut b, 0.5),
-            Next::WaitForCommit
+            Next::WaitForCommit { after_failures: 0 }
+        );
+    }
+
+    #[test]
+    fn a_pass_that_took_everything_waiting_waits_for_the_next_commit_instead_of_fetching() {
+        let mut b = backoff();
+        next(&Err(transient(None)), Phase::Running, &mut b, 1.0);
+        assert_eq!(
+            next(
+                &Ok(Pass::Progress { drained: true }),
+                Phase::Running,
+                &mut b,
+                0.5
+            ),
+            Next::WaitForCommit { after_failures: 1 }
+        );
+        assert_eq!(
+            next(&Err(transient(None)), Phase::Running, &mut b, 1.0),
+            Next::RetryIn(Duration::from_secs(1)),
+            "the delivery reset the backoff"
         );
     }
 
@@ -387,7 +426,12 @@ mod tests {
     fn at_shutdown_the_loop_drains_while_it_progresses_and_stops_when_idle_or_failing() {
         let mut b = backoff();
         assert_eq!(
-            next(&Ok(Pass::Progress), Phase::Draining, &mut b, 0.5),
+            next(
+                &Ok(Pass::Progress { drained: true }),
+                Phase::Draining,
+                &mut b,
+                0.5
+            ),
             Next::FetchAgain { after_failures: 0 }
         );
         assert_eq!(
