@@ -816,7 +816,11 @@ fn scan(duration: f64, profiles: Option<PathBuf>, adapter: Option<&str>) -> Resu
                 None => u.to_string(),
             })
             .collect();
-        let matching = daemon::matching_ble_profiles(&profiles, d.name.as_deref(), &d.services);
+        let matching = iomt_gateway::ingest::ble::matching_ble_profiles(
+            &profiles,
+            d.name.as_deref(),
+            &d.services,
+        );
         println!(
             "{}  name {:?}  rssi {}  services [{}]  profiles: {}",
             d.address,

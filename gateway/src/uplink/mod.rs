@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod bundle;
+pub mod config;
 pub mod deliver;
 pub mod fhir_http;
 pub mod file;
