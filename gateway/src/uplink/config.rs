@@ -5,7 +5,7 @@
 //! [`RawUplink`] picks the table by its `kind` key, [`UplinkKind`] holds the validated
 //! settings, and [`UplinkSettings::build`] makes the [`Uplink`] the daemon runs.
 
-use std::time::Duration;
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -14,7 +14,7 @@ use super::fhir_http::{FhirSettings, FhirUplink};
 use super::file::{FileUplink, RawFileUplink};
 use super::mqtt::config::RawMqttUplink;
 use super::mqtt::{MqttUplink, MqttUplinkSettings};
-use super::{Uplink, UplinkError};
+use super::{Settings, Uplink, UplinkError};
 
 /// `[[uplinks]]`, by `kind`; each kind's table refuses keys it does not know.
 #[derive(Debug, Clone, Deserialize)]
@@ -32,9 +32,9 @@ impl RawUplink {
     /// Validates the table into the uplink's settings, or says what is wrong.
     pub fn validate(&self) -> Result<UplinkSettings, String> {
         match self {
-            RawUplink::File(raw) => raw.validate(),
-            RawUplink::Fhir(raw) => raw.validate(),
-            RawUplink::Mqtt(raw) => raw.validate(),
+            RawUplink::File(raw) => Ok(raw.validate()?.map_kind(|dir| UplinkKind::File { dir })),
+            RawUplink::Fhir(raw) => Ok(raw.validate()?.map_kind(|s| UplinkKind::Fhir(Box::new(s)))),
+            RawUplink::Mqtt(raw) => Ok(raw.validate()?.map_kind(|s| UplinkKind::Mqtt(Box::new(s)))),
         }
     }
 }
@@ -45,7 +45,7 @@ pub enum UplinkKind {
     /// JSON files in a directory.
     File {
         /// The directory.
-        dir: std::path::PathBuf,
+        dir: PathBuf,
     },
     /// A FHIR server.
     Fhir(Box<FhirSettings>),
@@ -54,17 +54,7 @@ pub enum UplinkKind {
 }
 
 /// An uplink, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UplinkSettings {
-    /// Its unique name.
-    pub name: String,
-    /// Most Observations per Bundle.
-    pub batch_size: usize,
-    /// Longest retry delay.
-    pub backoff_max: Duration,
-    /// What it is.
-    pub kind: UplinkKind,
-}
+pub type UplinkSettings = Settings<UplinkKind>;
 
 impl UplinkSettings {
     /// Sets up the uplink for the gateway whose pseudonym is `gateway_pseudonym` (reads
@@ -78,20 +68,6 @@ impl UplinkSettings {
             }
         })
     }
-}
-
-/// `batch_size`: at least 1, 100 when not set.
-pub fn batch_size(configured: Option<usize>) -> Result<usize, String> {
-    match configured {
-        Some(0) => Err("batch_size must be at least 1".to_string()),
-        Some(n) => Ok(n),
-        None => Ok(100),
-    }
-}
-
-/// `max_backoff_secs`: the longest retry delay, at least 1 s, 300 s when not set.
-pub fn backoff_max(max_backoff_secs: Option<u64>) -> Duration {
-    Duration::from_secs(max_backoff_secs.unwrap_or(300).max(1))
 }
 
 #[cfg(test)]

@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::config::{batch_size, UplinkKind, UplinkSettings};
-use super::{DeliveryError, DeliveryFuture, Uplink, UplinkError};
+use super::{batch_size, DeliveryError, DeliveryFuture, Settings, Uplink, UplinkError};
 use crate::fhir::Bundle;
 
 /// `[[uplinks]]` with `kind = "file"`.
@@ -27,15 +26,14 @@ pub struct RawFileUplink {
 }
 
 impl RawFileUplink {
-    /// Validates the table (retries of a failed write wait at most 60 s).
-    pub fn validate(&self) -> Result<UplinkSettings, String> {
-        Ok(UplinkSettings {
+    /// Validates the table into settings whose kind is the directory (retries of a failed
+    /// write wait at most 60 s).
+    pub fn validate(&self) -> Result<Settings<PathBuf>, String> {
+        Ok(Settings {
             name: self.name.clone().unwrap_or_else(|| "file".into()),
             batch_size: batch_size(self.batch_size)?,
             backoff_max: Duration::from_secs(60),
-            kind: UplinkKind::File {
-                dir: self.dir.clone(),
-            },
+            kind: self.dir.clone(),
         })
     }
 }

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{AuthSettings, OAuth2Settings, SmartSettings};
+use super::auth::{AuthSettings, OAuth2Settings, SmartSettings};
 use crate::net::{client_identity, https};
 use crate::smart::Alg;
-use crate::uplink::config::{backoff_max, batch_size, UplinkKind, UplinkSettings};
+use crate::uplink::{backoff_max, batch_size, Settings};
 
 /// `[[uplinks]]` with `kind = "fhir"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -104,7 +104,7 @@ pub struct FhirSettings {
 impl RawFhirUplink {
     /// Validates the table: the URL rule of [`https::check_url`], the mutual-TLS pair,
     /// at most one way to authenticate.
-    pub fn validate(&self) -> Result<UplinkSettings, String> {
+    pub fn validate(&self) -> Result<Settings<FhirSettings>, String> {
         let insecure = https::check_url("base_url", &self.base_url, self.allow_insecure)?;
         let client_identity = client_identity(&self.client_cert_file, &self.client_key_file)?;
         let auth = match (&self.bearer_token_file, &self.oauth2, &self.smart) {
@@ -126,10 +126,10 @@ impl RawFhirUplink {
             _ => return Err("choose one way to authenticate: bearer_token_file, [uplinks.oauth2] or [uplinks.smart]".into()),
         };
         let name = self.name.clone().unwrap_or_else(|| "fhir".into());
-        Ok(UplinkSettings {
+        Ok(Settings {
             batch_size: batch_size(self.batch_size)?,
             backoff_max: backoff_max(self.max_backoff_secs),
-            kind: UplinkKind::Fhir(Box::new(FhirSettings {
+            kind: FhirSettings {
                 name: name.clone(),
                 base_url: self.base_url.clone(),
                 auth,
@@ -137,7 +137,7 @@ impl RawFhirUplink {
                 ca_file: self.ca_file.clone(),
                 client_identity,
                 insecure,
-            })),
+            },
             name,
         })
     }

@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{check_topic, parse_url, PublishMode};
 use crate::net::tls::TlsSettings;
 use crate::net::{client_identity, is_loopback_host};
-use crate::uplink::config::{backoff_max, batch_size, UplinkKind, UplinkSettings};
+use crate::uplink::{backoff_max, batch_size, Settings};
 
 /// `[[uplinks]]` with `kind = "mqtt"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -49,6 +48,17 @@ pub struct RawMqttUplink {
     pub allow_insecure: bool,
 }
 
+/// What one MQTT message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// One transaction Bundle per batch (the default).
+    #[default]
+    Bundle,
+    /// One Observation per message.
+    Observation,
+}
+
 /// Settings of one MQTT uplink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttUplinkSettings {
@@ -82,10 +92,61 @@ pub struct MqttUplinkSettings {
     pub reconnect_max: Duration,
 }
 
+/// Parses an `mqtt://host:port` or `mqtts://host:port` URL into (host, port, tls).
+/// The port defaults to 1883, or 8883 with TLS. Credentials in the URL are refused.
+pub fn parse_url(url: &str) -> Result<(String, u16, bool), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    let tls = match parsed.scheme() {
+        "mqtt" => false,
+        "mqtts" => true,
+        other => {
+            return Err(format!(
+                "`{url}`: the scheme must be mqtt:// or mqtts://, not {other}://"
+            ))
+        }
+    };
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("the URL must not carry credentials; use credentials_file".into());
+    }
+    if !matches!(parsed.path(), "" | "/") || parsed.query().is_some() {
+        return Err(format!(
+            "`{url}`: give only the broker (mqtts://host:port); the topic is set by `topic`"
+        ));
+    }
+    let host = parsed
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| format!("`{url}` names no broker host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = parsed.port().unwrap_or(if tls { 8883 } else { 1883 });
+    Ok((host, port, tls))
+}
+
+/// Checks a topic template: not empty, no wildcards, only the `{gateway}` placeholder.
+pub fn check_topic(template: &str) -> Result<(), String> {
+    if template.is_empty() {
+        return Err("topic must not be empty".into());
+    }
+    if template.contains(['+', '#']) {
+        return Err(format!(
+            "topic `{template}` must not contain the wildcards + or # (it is a topic to publish to)"
+        ));
+    }
+    let rest = template.replace("{gateway}", "");
+    if rest.contains(['{', '}']) {
+        return Err(format!(
+            "topic `{template}`: the only placeholder is {{gateway}} (the gateway's pseudonym)"
+        ));
+    }
+    Ok(())
+}
+
 impl RawMqttUplink {
     /// Validates the table: the broker URL, plain `mqtt://` only to loopback unless
     /// `allow_insecure`, TLS files only with `mqtts://`, the topic template.
-    pub fn validate(&self) -> Result<UplinkSettings, String> {
+    pub fn validate(&self) -> Result<Settings<MqttUplinkSettings>, String> {
         let batch_size = batch_size(self.batch_size)?;
         let url = &self.url;
         let (host, port, tls) = parse_url(url)?;
@@ -111,10 +172,10 @@ impl RawMqttUplink {
         }
         let name = self.name.clone().unwrap_or_else(|| "mqtt".into());
         let backoff_max = backoff_max(self.max_backoff_secs);
-        Ok(UplinkSettings {
+        Ok(Settings {
             batch_size,
             backoff_max,
-            kind: UplinkKind::Mqtt(Box::new(MqttUplinkSettings {
+            kind: MqttUplinkSettings {
                 name: name.clone(),
                 host,
                 port,
@@ -132,7 +193,7 @@ impl RawMqttUplink {
                 batch_size,
                 reconnect_initial: Duration::from_millis(500),
                 reconnect_max: backoff_max,
-            })),
+            },
             name,
         })
     }
@@ -142,6 +203,7 @@ impl RawMqttUplink {
 mod tests {
     use super::*;
     use crate::config::testing::minimal_with;
+    use crate::config::UplinkKind;
 
     fn mqtt_uplink(keys: &str) -> Result<MqttUplinkSettings, String> {
         let c = minimal_with(&format!(

@@ -38,69 +38,7 @@ use tokio::task::JoinHandle;
 use super::{DeliveryError, DeliveryFuture, Uplink, UplinkError};
 use crate::fhir::Bundle;
 use crate::net;
-pub use config::MqttUplinkSettings;
-
-/// What one MQTT message carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PublishMode {
-    /// One transaction Bundle per batch (the default).
-    #[default]
-    Bundle,
-    /// One Observation per message.
-    Observation,
-}
-
-/// Parses an `mqtt://host:port` or `mqtts://host:port` URL into (host, port, tls).
-/// The port defaults to 1883, or 8883 with TLS. Credentials in the URL are refused.
-pub fn parse_url(url: &str) -> Result<(String, u16, bool), String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
-    let tls = match parsed.scheme() {
-        "mqtt" => false,
-        "mqtts" => true,
-        other => {
-            return Err(format!(
-                "`{url}`: the scheme must be mqtt:// or mqtts://, not {other}://"
-            ))
-        }
-    };
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err("the URL must not carry credentials; use credentials_file".into());
-    }
-    if !matches!(parsed.path(), "" | "/") || parsed.query().is_some() {
-        return Err(format!(
-            "`{url}`: give only the broker (mqtts://host:port); the topic is set by `topic`"
-        ));
-    }
-    let host = parsed
-        .host_str()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| format!("`{url}` names no broker host"))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = parsed.port().unwrap_or(if tls { 8883 } else { 1883 });
-    Ok((host, port, tls))
-}
-
-/// Checks a topic template: not empty, no wildcards, only the `{gateway}` placeholder.
-pub fn check_topic(template: &str) -> Result<(), String> {
-    if template.is_empty() {
-        return Err("topic must not be empty".into());
-    }
-    if template.contains(['+', '#']) {
-        return Err(format!(
-            "topic `{template}` must not contain the wildcards + or # (it is a topic to publish to)"
-        ));
-    }
-    let rest = template.replace("{gateway}", "");
-    if rest.contains(['{', '}']) {
-        return Err(format!(
-            "topic `{template}`: the only placeholder is {{gateway}} (the gateway's pseudonym)"
-        ));
-    }
-    Ok(())
-}
+pub use config::{check_topic, parse_url, MqttUplinkSettings, PublishMode};
 
 /// What the background connection task reports to a delivery.
 #[derive(Debug)]
