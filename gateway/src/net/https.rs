@@ -9,6 +9,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use iomt_drivers::net::tls_hint;
+
 use super::is_loopback_host;
 
 /// How an HTTPS client is set up.

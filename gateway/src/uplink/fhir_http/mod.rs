@@ -153,7 +153,7 @@ pub(crate) fn describe(e: &reqwest::Error) -> String {
         cause = s.to_string();
         source = s.source();
     }
-    let hint = iomt_drivers::net::tls_hint(&cause);
+    let hint = https::tls_hint(&cause);
     if cause.is_empty() {
         format!("{kind}{hint}")
     } else {
