@@ -1,5 +1,7 @@
-//! Uplinks: where Bundles go. Each uplink lives in its own module with its config next to
-//! it; `deliver.rs` runs one delivery loop per uplink over the outbox.
+//! Uplinks: where Bundles go. Each uplink lives in its own module with its configuration
+//! next to it; `config.rs` lists the kinds (the `[[uplinks]]` table by `kind`, and the
+//! settings that build each uplink); `deliver.rs` runs one delivery loop per uplink over
+//! the outbox.
 
 pub mod backoff;
 pub mod bundle;

@@ -314,29 +314,6 @@ mod tests {
     use super::*;
     use crate::net::tls::TlsSettings;
 
-    #[test]
-    fn urls_give_host_port_and_tls_with_the_usual_default_ports() {
-        assert_eq!(
-            parse_url("mqtts://broker.example.org").unwrap(),
-            ("broker.example.org".into(), 8883, true)
-        );
-        assert_eq!(
-            parse_url("mqtt://127.0.0.1:18830").unwrap(),
-            ("127.0.0.1".into(), 18830, false)
-        );
-        assert!(parse_url("https://broker").is_err());
-        assert!(parse_url("mqtt://user:pw@broker").is_err());
-        assert!(parse_url("mqtt://broker/some/topic").is_err());
-    }
-
-    #[test]
-    fn topic_templates_take_only_the_gateway_placeholder_and_no_wildcards() {
-        assert!(check_topic("iomt/{gateway}/fhir").is_ok());
-        assert!(check_topic("iomt/+/fhir").is_err());
-        assert!(check_topic("iomt/{patient}/fhir").is_err());
-        assert!(check_topic("").is_err());
-    }
-
     fn settings(tls: bool) -> MqttUplinkSettings {
         MqttUplinkSettings {
             name: "cloud".into(),
