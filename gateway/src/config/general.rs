@@ -1,6 +1,6 @@
 //! The sections about the gateway as a whole: `[gateway]`, `[patient]`,
 //! `[pseudonymization]`, `[normalize]`, `[devices.<profile-id>]` and `[log]`, with their
-//! defaults. [`super::Config::from_raw`] validates them.
+//! defaults. `Config::from_raw` validates them.
 
 use std::path::PathBuf;
 
