@@ -1,6 +1,6 @@
-//! Texts for failed network connections, shared by the MQTT driver and the gateway's
-//! uplinks: the cause chain of an error, and what to configure when TLS or the login is
-//! at fault.
+//! Texts for failed network connections, shared by the MQTT driver and the gateway
+//! (whose `net` module re-exports them for its MQTT and HTTPS connections): the cause
+//! chain of an error, and what to configure when TLS or the login is at fault.
 
 /// What to configure, given the text of a failed TLS connection (rustls's error names),
 /// or "" when the text is not about TLS.

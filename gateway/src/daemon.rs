@@ -18,34 +18,21 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-
-use chrono::{Offset, Utc};
-use iomt_drivers::ble_driver::{uuid_from_u16, BleConfig, BleDeviceConfig, BleDriver};
-use iomt_drivers::mqtt::{Credentials, MqttConfig, MqttDriver, MqttTls, Subscription};
-use iomt_drivers::serial::{PortConfig, SerialConfig, SerialDriver};
-use iomt_drivers::sim::{SimClock as DriverClock, SimConfig, SimDevice, SimDriver};
-use iomt_drivers::{
-    reading_channel, reject_channel, DeviceIdentity, Driver, RejectReceiver, Transport,
-};
-use tokio_util::sync::CancellationToken;
-
 use std::time::Duration;
 
-use crate::config::{
-    is_loopback_host, BleSettings, Config, MqttSettings, SerialSettings, SimSettings,
-    Uplink as UplinkConfig, UplinkKind,
-};
-use crate::normalize::{self, Zone};
+use iomt_drivers::{reading_channel, Driver, RejectReceiver};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::ingest::{self, IngestError};
+use crate::normalize;
 use crate::outbox::seal::Keyring;
 use crate::outbox::{Outbox, OutboxError};
 use crate::pipeline::{Observer, Pipeline, Stats};
-use crate::profile::{Profile, SimClock, TransportSpec};
+use crate::profile::Profile;
 use crate::pseudonym::{Domain, Pseudonymizer};
 use crate::uplink::deliver::{self, DeliverySettings, DeliveryStats};
-use crate::uplink::fhir_http::FhirUplink;
-use crate::uplink::file::FileUplink;
-use crate::uplink::mqtt::MqttUplink;
-use crate::uplink::{Uplink, UplinkError};
+use crate::uplink::UplinkError;
 
 /// Why the gateway could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -53,200 +40,15 @@ pub enum DaemonError {
     /// No driver is enabled, so there would be nothing to do.
     #[error("no driver is enabled: add a Bluetooth device with a [[ble.devices]] table (address and profile), a serial port with a [[serial.ports]] table (path and profile), enable the MQTT driver with [mqtt] enabled = true, or enable the simulator with [sim] enabled = true")]
     NoDriver,
-    /// `[mqtt] profiles` names a profile that is not a loaded MQTT profile.
-    #[error("mqtt.profiles names `{0}`, which is not a loaded MQTT profile")]
-    UnknownMqttProfile(String),
-    /// The MQTT driver is enabled but there is nothing to subscribe to.
-    #[error(
-        "the MQTT driver is enabled but no MQTT profile is loaded (check gateway.profiles_dir)"
-    )]
-    NoMqttProfile,
-    /// The MQTT credentials file cannot be used.
-    #[error("mqtt.credentials_file: {0}")]
-    MqttCredentials(String),
-    /// TLS to the MQTT broker cannot be set up (CA or client certificate files).
-    #[error("mqtt: {0}")]
-    MqttTls(String),
-    /// A serial port names a profile that is not loaded or not a serial profile.
-    #[error("serial port `{path}`: profile `{profile}` is not a loaded serial profile{hint}")]
-    UnknownSerialProfile {
-        /// The port path.
-        path: String,
-        /// The profile id it names.
-        profile: String,
-        /// The loaded serial profiles, for the message.
-        hint: String,
-    },
-    /// A BLE device names a profile that is not loaded or not a BLE profile.
-    #[error("ble device `{address}`: profile `{profile}` is not a loaded BLE profile{hint}")]
-    UnknownBleProfile {
-        /// The device address.
-        address: String,
-        /// The profile id it names.
-        profile: String,
-        /// The loaded BLE profiles, for the message.
-        hint: String,
-    },
-    /// A BLE profile's service UUID is not a UUID.
-    #[error("profile `{profile}`: advertised service `{service}` is not a UUID")]
-    BadServiceUuid {
-        /// The profile id.
-        profile: String,
-        /// The service as written.
-        service: String,
-    },
-    /// The simulator names a profile that is not loaded or not a sim profile.
-    #[error("sim.profiles names `{0}`, which is not a loaded simulator profile")]
-    UnknownSimProfile(String),
-    /// The simulator has no profile to run.
-    #[error("the simulator is enabled but no simulator profile is loaded")]
-    NoSimProfile,
-    /// A driver refused its configuration.
+    /// A configured transport cannot start with the loaded profiles.
     #[error(transparent)]
-    Driver(#[from] iomt_drivers::DriverError),
+    Ingest(#[from] IngestError),
     /// An uplink could not be set up.
     #[error(transparent)]
     Uplink(#[from] UplinkError),
     /// The outbox could not be opened.
     #[error(transparent)]
     Outbox(#[from] OutboxError),
-}
-
-/// The current UTC offset of a zone (for simulated wall clocks).
-fn current_offset(zone: Zone) -> chrono::FixedOffset {
-    match zone {
-        Zone::GatewayLocal => chrono::Local::now().offset().fix(),
-        Zone::Named(tz) => Utc::now().with_timezone(&tz).offset().fix(),
-    }
-}
-
-/// The loaded profiles of one transport with their transport specs (`spec` is one of
-/// [`TransportSpec::as_sim`], `as_serial`, `as_ble`, `as_mqtt`).
-fn of_transport<T>(
-    profiles: &[Arc<Profile>],
-    spec: fn(&TransportSpec) -> Option<&T>,
-) -> Vec<(&Profile, &T)> {
-    profiles
-        .iter()
-        .filter_map(|p| spec(&p.transport).map(|s| (p.as_ref(), s)))
-        .collect()
-}
-
-/// The profiles a driver section selects by id (all of them when `wanted` is empty), or
-/// the first wanted id that is not among them.
-fn select<'a, T>(
-    loaded: Vec<(&'a Profile, &'a T)>,
-    wanted: &[String],
-) -> Result<Vec<(&'a Profile, &'a T)>, String> {
-    if let Some(missing) = wanted
-        .iter()
-        .find(|w| !loaded.iter().any(|(p, _)| &p.id == *w))
-    {
-        return Err(missing.clone());
-    }
-    Ok(loaded
-        .into_iter()
-        .filter(|(p, _)| wanted.is_empty() || wanted.contains(&p.id))
-        .collect())
-}
-
-/// The profile `id` a configured port or device is bound to, or, when no loaded
-/// `transport` profile has that id, the end of the error message listing those loaded.
-fn bound<'a, T>(
-    loaded: &[(&'a Profile, &'a T)],
-    id: &str,
-    transport: &str,
-) -> Result<(&'a Profile, &'a T), String> {
-    if let Some(found) = loaded.iter().find(|(p, _)| p.id == id) {
-        return Ok(*found);
-    }
-    let known: Vec<&str> = loaded.iter().map(|(p, _)| p.id.as_str()).collect();
-    Err(if known.is_empty() {
-        format!("; no {transport} profile is loaded")
-    } else {
-        format!("; loaded {transport} profiles: {}", known.join(", "))
-    })
-}
-
-/// The identity of a device read with `profile` at `address`.
-fn identity(
-    profile: &Profile,
-    transport: Transport,
-    address: String,
-    serial_number: Option<String>,
-) -> Arc<DeviceIdentity> {
-    Arc::new(DeviceIdentity {
-        profile: profile.id.clone(),
-        transport,
-        address,
-        serial_number,
-        manufacturer: Some(profile.manufacturer.clone()),
-        model: Some(profile.model.clone()),
-    })
-}
-
-/// Builds the simulator's devices: one per selected sim profile.
-pub fn sim_devices(
-    config: &Config,
-    settings: &SimSettings,
-    profiles: &[Arc<Profile>],
-) -> Result<Vec<SimDevice>, DaemonError> {
-    let selected = select(
-        of_transport(profiles, TransportSpec::as_sim),
-        &settings.profiles,
-    )
-    .map_err(DaemonError::UnknownSimProfile)?;
-    if selected.is_empty() {
-        return Err(DaemonError::NoSimProfile);
-    }
-    Ok(selected
-        .into_iter()
-        .map(|(p, spec)| {
-            let clock = match spec.clock {
-                SimClock::Zoned => DriverClock::Zoned,
-                SimClock::Local => DriverClock::Local(current_offset(config.zone_for(&p.id))),
-                SimClock::None => DriverClock::None,
-            };
-            SimDevice {
-                identity: identity(
-                    p,
-                    Transport::Sim,
-                    format!("{}-1", p.id),
-                    Some(format!("SIM-{}-0001", p.id.to_uppercase())),
-                ),
-                clock,
-                signals: spec.signals.clone(),
-            }
-        })
-        .collect())
-}
-
-/// Builds the serial driver's ports: each configured path with its profile's link
-/// settings and framing.
-pub fn serial_ports(
-    settings: &SerialSettings,
-    profiles: &[Arc<Profile>],
-) -> Result<Vec<PortConfig>, DaemonError> {
-    let loaded = of_transport(profiles, TransportSpec::as_serial);
-    let mut ports = Vec::new();
-    for port in &settings.ports {
-        let (profile, spec) = bound(&loaded, &port.profile, "serial").map_err(|hint| {
-            DaemonError::UnknownSerialProfile {
-                path: port.path.clone(),
-                profile: port.profile.clone(),
-                hint,
-            }
-        })?;
-        ports.push(PortConfig {
-            path: port.path.clone(),
-            identity: identity(profile, Transport::Serial, port.path.clone(), None),
-            link: spec.link,
-            framing: spec.framing.clone(),
-            poll: spec.poll.clone(),
-            min_interval: port.min_interval,
-        });
-    }
-    Ok(ports)
 }
 
 /// How long the drivers and the pipeline may take, once cancelled, to hand their last
@@ -327,104 +129,6 @@ async fn liveness(
     }
 }
 
-/// Parses a profile's service UUID: 16-bit (`1810`), 32-bit or 128-bit form.
-fn service_uuid(profile: &str, s: &str) -> Result<uuid::Uuid, DaemonError> {
-    let bad = || DaemonError::BadServiceUuid {
-        profile: profile.to_string(),
-        service: s.to_string(),
-    };
-    let t = s.trim().trim_start_matches("0x");
-    if t.len() <= 4 {
-        return u16::from_str_radix(t, 16)
-            .map(uuid_from_u16)
-            .map_err(|_| bad());
-    }
-    uuid::Uuid::parse_str(t).map_err(|_| bad())
-}
-
-/// Builds the BLE driver's allow-list: each configured address with its profile's
-/// advertised services, name prefix and measurement characteristic.
-pub fn ble_devices(
-    settings: &BleSettings,
-    profiles: &[Arc<Profile>],
-) -> Result<Vec<BleDeviceConfig>, DaemonError> {
-    let loaded = of_transport(profiles, TransportSpec::as_ble);
-    let mut devices = Vec::new();
-    for d in &settings.devices {
-        let (profile, spec) =
-            bound(&loaded, &d.profile, "BLE").map_err(|hint| DaemonError::UnknownBleProfile {
-                address: d.address.clone(),
-                profile: d.profile.clone(),
-                hint,
-            })?;
-        let services = spec
-            .services
-            .iter()
-            .map(|s| service_uuid(&profile.id, s))
-            .collect::<Result<Vec<_>, _>>()?;
-        devices.push(BleDeviceConfig {
-            address: d.address.clone(),
-            identity: identity(profile, Transport::Ble, d.address.clone(), None),
-            services,
-            name_prefix: spec.name_prefix.clone(),
-            measurement: spec.decoder.characteristic,
-            battery: profile.field(iomt_drivers::ble::BATTERY_FIELD).is_some(),
-        });
-    }
-    Ok(devices)
-}
-
-/// The ids of the loaded BLE profiles an advertisement (name, service UUIDs) matches: a
-/// service in common, or the profile's name prefix.
-pub fn matching_ble_profiles(
-    profiles: &[Profile],
-    name: Option<&str>,
-    services: &[uuid::Uuid],
-) -> Vec<String> {
-    profiles
-        .iter()
-        .filter(|p| {
-            p.transport.as_ble().is_some_and(|spec| {
-                spec.services
-                    .iter()
-                    .filter_map(|s| service_uuid(&p.id, s).ok())
-                    .any(|u| services.contains(&u))
-                    || spec
-                        .name_prefix
-                        .as_deref()
-                        .is_some_and(|pre| name.is_some_and(|n| n.starts_with(pre)))
-            })
-        })
-        .map(|p| p.id.clone())
-        .collect()
-}
-
-/// Builds the MQTT driver's subscriptions: one per selected MQTT profile.
-pub fn mqtt_subscriptions(
-    settings: &MqttSettings,
-    profiles: &[Arc<Profile>],
-) -> Result<Vec<Subscription>, DaemonError> {
-    let subs: Vec<Subscription> = select(
-        of_transport(profiles, TransportSpec::as_mqtt),
-        &settings.profiles,
-    )
-    .map_err(DaemonError::UnknownMqttProfile)?
-    .into_iter()
-    .map(|(p, spec)| Subscription {
-        profile: p.id.clone(),
-        manufacturer: p.manufacturer.clone(),
-        model: p.model.clone(),
-        filter: spec.topic.clone(),
-        decoder: spec.json.clone(),
-        device_id_level: spec.device_id_level,
-    })
-    .collect();
-    if subs.is_empty() {
-        return Err(DaemonError::NoMqttProfile);
-    }
-    Ok(subs)
-}
-
 /// Keeps the messages drivers refused in the outbox's dead letters, acknowledging each to
 /// its driver once committed.
 async fn keep_dead_letters(mut rx: RejectReceiver, outbox: Outbox, limit: usize) -> u64 {
@@ -450,16 +154,6 @@ pub struct RunStats {
     pub pipeline: Stats,
     /// Each uplink's counters, by name.
     pub uplinks: Vec<(String, DeliveryStats)>,
-}
-
-fn build_uplink(u: &UplinkConfig, gateway_pseudonym: &str) -> Result<Box<dyn Uplink>, UplinkError> {
-    Ok(match &u.kind {
-        UplinkKind::File { dir } => Box::new(FileUplink::new(&u.name, dir)?),
-        UplinkKind::Fhir(settings) => Box::new(FhirUplink::new((**settings).clone())?),
-        UplinkKind::Mqtt(settings) => {
-            Box::new(MqttUplink::new((**settings).clone(), gateway_pseudonym)?)
-        }
-    })
 }
 
 /// Runs the gateway until `cancel` fires, then drains: drivers stop, the pipeline hands
@@ -497,92 +191,28 @@ pub async fn run_with_hooks(
     hooks: Hooks,
 ) -> Result<RunStats, DaemonError> {
     let profiles: Vec<Arc<Profile>> = profiles.into_iter().map(Arc::new).collect();
+    // The BLE driver's glucose sequence file lives next to the outbox: both are the
+    // kit's state.
+    let state_dir = config
+        .outbox
+        .path
+        .parent()
+        .map(|p| p.to_path_buf())
+        .unwrap_or_default();
+    let ctx = ingest::Context {
+        profiles: &profiles,
+        zone: config.zone,
+        device_zones: &config.device_zones,
+        state_dir: &state_dir,
+    };
     let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
-    if let Some(settings) = &config.sim {
-        let devices = sim_devices(&config, settings, &profiles)?;
-        drivers.push(Box::new(SimDriver::new(SimConfig {
-            interval: settings.interval,
-            nan_probability: settings.nan_probability,
-            out_of_range_probability: settings.out_of_range_probability,
-            seed: settings.seed,
-            max_readings: settings.max_readings,
-            devices,
-        })?));
-    }
     let mut address_zones = BTreeMap::new();
-    if let Some(settings) = &config.serial {
-        let ports = serial_ports(settings, &profiles)?;
-        for p in &settings.ports {
-            if let Some(zone) = p.zone {
-                address_zones.insert(format!("{}:{}", Transport::Serial, p.path), zone);
-            }
-        }
-        drivers.push(Box::new(SerialDriver::new(SerialConfig {
-            ports,
-            reconnect_initial: settings.reconnect_initial,
-            reconnect_max: settings.reconnect_max,
-        })?));
-    }
-    if let Some(settings) = &config.ble {
-        let devices = ble_devices(settings, &profiles)?;
-        for d in &settings.devices {
-            if let Some(zone) = d.zone {
-                address_zones.insert(format!("{}:{}", Transport::Ble, d.address), zone);
-            }
-        }
-        // The glucose sequence file lives next to the outbox: both are the kit's state.
-        let state_dir = config
-            .outbox
-            .path
-            .parent()
-            .map(|p| p.to_path_buf())
-            .unwrap_or_default();
-        drivers.push(Box::new(BleDriver::new(BleConfig {
-            adapter: settings.adapter.clone(),
-            devices,
-            reconnect_initial: settings.reconnect_initial,
-            reconnect_max: settings.reconnect_max,
-            sequence_file: state_dir.join("ble-glucose-sequences.json"),
-        })?));
-    }
     let mut rejects = None;
-    if let Some(settings) = &config.mqtt {
-        let subscriptions = mqtt_subscriptions(settings, &profiles)?;
-        let credentials = match &settings.credentials_file {
-            Some(path) => {
-                let (username, password) = crate::uplink::mqtt::read_credentials(path)
-                    .map_err(DaemonError::MqttCredentials)?;
-                Some(Credentials { username, password })
-            }
-            None => None,
-        };
-        let (reject_tx, reject_rx) = reject_channel(settings.max_in_flight);
-        rejects = Some((reject_rx, settings.dead_letter_limit));
-        let tls = match &settings.tls {
-            Some(t) => Some(MqttTls(
-                crate::uplink::mqtt::tls::configuration(t).map_err(DaemonError::MqttTls)?,
-            )),
-            None => {
-                if !is_loopback_host(&settings.host) {
-                    tracing::warn!(broker = %settings.host, "mqtt.tls is off: readings travel unencrypted to a broker that is not on this machine");
-                }
-                None
-            }
-        };
-        drivers.push(Box::new(MqttDriver::new(MqttConfig {
-            host: settings.host.clone(),
-            port: settings.port,
-            tls,
-            client_id: settings.client_id.clone(),
-            credentials,
-            keep_alive: settings.keep_alive,
-            max_payload: settings.max_payload,
-            max_in_flight: settings.max_in_flight,
-            reconnect_initial: settings.reconnect_initial,
-            reconnect_max: settings.reconnect_max,
-            subscriptions,
-            rejects: reject_tx,
-        })?));
+    for source in config.sources() {
+        let built = source.build(&ctx)?;
+        drivers.push(built.driver);
+        address_zones.extend(built.address_zones);
+        rejects = rejects.or(built.rejects);
     }
     if drivers.is_empty() {
         return Err(DaemonError::NoDriver);
@@ -590,7 +220,7 @@ pub async fn run_with_hooks(
     let gateway_pseudonym = pseudonymizer.pseudonym(Domain::Gateway, &config.gateway_id);
     let mut uplinks = Vec::new();
     for u in &config.uplinks {
-        uplinks.push((build_uplink(u, &gateway_pseudonym)?, u.clone()));
+        uplinks.push((u.build(&gateway_pseudonym)?, u.clone()));
     }
 
     let (outbox, writer) =

@@ -11,8 +11,9 @@ use iomt_drivers::DeviceIdentity;
 use iomt_drivers::serial::pty::Pty;
 use iomt_drivers::serial::sim::{SerialSim, SimFormat};
 
-use crate::config::{Config, ConfigError, SerialPort, SerialSettings, UplinkKind};
+use crate::config::{Config, ConfigError, UplinkKind};
 use crate::fhir::{Observation, Quantity};
+use crate::ingest::serial::{SerialPort, SerialSettings};
 use crate::profile::{self, Profile, ProfileErrors};
 
 /// The simulator kit's profiles, as shipped in `device-profiles/`.

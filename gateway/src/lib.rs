@@ -11,6 +11,8 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod fhir;
+pub mod ingest;
+pub mod net;
 pub mod normalize;
 pub mod outbox;
 pub mod pipeline;

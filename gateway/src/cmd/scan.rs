@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
-use iomt_gateway::{daemon, profile};
+use iomt_gateway::profile;
 
 use super::default_profiles_dir;
 
@@ -60,7 +60,11 @@ fn scan(duration: f64, profiles: Option<PathBuf>, adapter: Option<&str>) -> Resu
                 None => u.to_string(),
             })
             .collect();
-        let matching = daemon::matching_ble_profiles(&profiles, d.name.as_deref(), &d.services);
+        let matching = iomt_gateway::ingest::ble::matching_ble_profiles(
+            &profiles,
+            d.name.as_deref(),
+            &d.services,
+        );
         println!(
             "{}  name {:?}  rssi {}  services [{}]  profiles: {}",
             d.address,

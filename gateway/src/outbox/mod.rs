@@ -53,6 +53,7 @@
 //! until deliveries make room, which blocks the pipeline and, through the bounded
 //! channels, the drivers.
 
+pub mod config;
 mod ingest;
 mod payload;
 pub mod seal;

@@ -6,9 +6,37 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use super::{DeliveryError, DeliveryFuture, Uplink, UplinkError};
+use serde::Deserialize;
+
+use super::{batch_size, DeliveryError, DeliveryFuture, Settings, Uplink, UplinkError};
 use crate::fhir::Bundle;
+
+/// `[[uplinks]]` with `kind = "file"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFileUplink {
+    /// A unique name (default `file`); the outbox tracks delivery per name.
+    pub name: Option<String>,
+    /// The directory.
+    pub dir: PathBuf,
+    /// Most Observations per Bundle (default 100).
+    pub batch_size: Option<usize>,
+}
+
+impl RawFileUplink {
+    /// Validates the table into settings whose kind is the directory (retries of a failed
+    /// write wait at most 60 s).
+    pub fn validate(&self) -> Result<Settings<PathBuf>, String> {
+        Ok(Settings {
+            name: self.name.clone().unwrap_or_else(|| "file".into()),
+            batch_size: batch_size(self.batch_size)?,
+            backoff_max: Duration::from_secs(60),
+            kind: self.dir.clone(),
+        })
+    }
+}
 
 /// Writes Bundles as `bundle-<UTC time>-<n>.json`.
 #[derive(Debug)]

@@ -1,8 +1,11 @@
-//! Uplinks: where Bundles go. Each uplink lives in its own module with its config next to
-//! it; `deliver.rs` runs one delivery loop per uplink over the outbox.
+//! Uplinks: where Bundles go. Each uplink lives in its own module with its configuration
+//! next to it; `config.rs` lists the kinds (the `[[uplinks]]` table by `kind`, and the
+//! settings that build each uplink); `deliver.rs` runs one delivery loop per uplink over
+//! the outbox.
 
 pub mod backoff;
 pub mod bundle;
+pub mod config;
 pub mod deliver;
 pub mod fhir_http;
 pub mod file;
@@ -13,6 +16,46 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use crate::fhir::Bundle;
+
+/// An uplink's validated settings: what the delivery loop needs of every uplink, and in
+/// `kind` what its kind needs (one kind's settings, or [`config::UplinkKind`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings<K> {
+    /// Its unique name.
+    pub name: String,
+    /// Most Observations per Bundle.
+    pub batch_size: usize,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// What it is.
+    pub kind: K,
+}
+
+impl<K> Settings<K> {
+    /// The same settings with `kind` turned into another type.
+    pub fn map_kind<L>(self, f: impl FnOnce(K) -> L) -> Settings<L> {
+        Settings {
+            name: self.name,
+            batch_size: self.batch_size,
+            backoff_max: self.backoff_max,
+            kind: f(self.kind),
+        }
+    }
+}
+
+/// `batch_size`: at least 1, 100 when not set.
+pub fn batch_size(configured: Option<usize>) -> Result<usize, String> {
+    match configured {
+        Some(0) => Err("batch_size must be at least 1".to_string()),
+        Some(n) => Ok(n),
+        None => Ok(100),
+    }
+}
+
+/// `max_backoff_secs`: the longest retry delay, at least 1 s, 300 s when not set.
+pub fn backoff_max(max_backoff_secs: Option<u64>) -> Duration {
+    Duration::from_secs(max_backoff_secs.unwrap_or(300).max(1))
+}
 
 /// Why an uplink could not be set up.
 #[derive(Debug, thiserror::Error)]

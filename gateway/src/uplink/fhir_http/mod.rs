@@ -2,10 +2,15 @@
 //!
 //! Every Observation entry is a conditional create on its deterministic identifier, so a
 //! retry after a lost response never duplicates. A Bundle counts as delivered only on a
-//! 2xx whose every entry response is 2xx. Authentication, for now, is a static bearer
-//! token read from a file (mode 0600), re-read after a 401 so a rotated token is picked up.
+//! 2xx whose every entry response is 2xx.
+//!
+//! The HTTP client comes from [`crate::net::https`] (system roots plus `ca_file`, mutual
+//! TLS, plain http refused beyond loopback unless `allow_insecure`). Authentication
+//! (`auth.rs`) is one of: none, a bearer token read from a file (mode 0600, re-read after
+//! a 401 so a rotated token is picked up), OAuth2 client credentials, or SMART Backend
+//! Services (a signed JWT client assertion); access tokens are cached in memory and
+//! renewed once after a 401. Token requests go through the same HTTPS client.
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
@@ -13,35 +18,19 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 
 mod auth;
+pub mod config;
 
 use auth::Auth;
 pub use auth::{AuthSettings, OAuth2Settings, SmartSettings};
+pub use config::FhirSettings;
 
 use super::backoff::parse_retry_after;
 use super::{DeliveryError, DeliveryFuture, Uplink, UplinkError};
 use crate::fhir::Bundle;
+use crate::net::https::{self, HttpsSettings};
 
 /// The FHIR JSON media type.
 pub const FHIR_JSON: &str = "application/fhir+json";
-
-/// Settings of one FHIR uplink.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FhirSettings {
-    /// The uplink's name.
-    pub name: String,
-    /// The FHIR base URL (Bundles are POSTed to it).
-    pub base_url: String,
-    /// How the uplink authenticates.
-    pub auth: AuthSettings,
-    /// Timeout of one request.
-    pub timeout: Duration,
-    /// Extra trusted CAs (PEM bundle), besides the system roots.
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate and key files (PEM, mode 0600) for mutual TLS.
-    pub client_identity: Option<(PathBuf, PathBuf)>,
-    /// Plain http to a host that is not loopback, allowed by `allow_insecure`.
-    pub insecure: bool,
-}
 
 /// The uplink.
 pub struct FhirUplink {
@@ -75,48 +64,15 @@ impl FhirUplink {
         if settings.insecure {
             tracing::warn!(uplink = %settings.name, "allow_insecure: observations go over plain http to a host that is not loopback");
         }
-        let mut builder = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .user_agent(concat!("iomt-gateway/", env!("CARGO_PKG_VERSION")))
-            .tls_built_in_root_certs(true)
-            .https_only(!settings.base_url.starts_with("http://"));
-        if let Some(ca) = &settings.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| setup(format!("cannot read ca_file {}: {e}", ca.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                setup(format!(
-                    "ca_file {} holds no valid PEM certificate: {e}",
-                    ca.display()
-                ))
-            })?;
-            if certs.is_empty() {
-                return Err(setup(format!(
-                    "ca_file {} holds no certificate",
-                    ca.display()
-                )));
-            }
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        if let Some((cert, key)) = &settings.client_identity {
-            let mut pem =
-                crate::secret_file::read_secret_file(cert).map_err(|e| setup(e.to_string()))?;
-            pem.push(b'\n');
-            pem.extend(
-                crate::secret_file::read_secret_file(key).map_err(|e| setup(e.to_string()))?,
-            );
-            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
-                setup(format!(
-                    "client_cert_file/client_key_file are not a PEM certificate and key: {e}"
-                ))
-            })?;
-            builder = builder.identity(identity);
-        }
-        let client = builder.build().map_err(|e| UplinkError::Setup {
-            uplink: settings.name.clone(),
-            reason: format!("cannot build the HTTP client: {e}"),
-        })?;
+        let client = https::client(
+            &HttpsSettings {
+                timeout: settings.timeout,
+                ca_file: settings.ca_file.clone(),
+                client_identity: settings.client_identity.clone(),
+            },
+            &settings.base_url,
+        )
+        .map_err(setup)?;
         Ok(Self {
             settings,
             client,
@@ -197,7 +153,7 @@ pub(crate) fn describe(e: &reqwest::Error) -> String {
         cause = s.to_string();
         source = s.source();
     }
-    let hint = iomt_drivers::net::tls_hint(&cause);
+    let hint = https::tls_hint(&cause);
     if cause.is_empty() {
         format!("{kind}{hint}")
     } else {

@@ -19,16 +19,16 @@
 //! background task driving rumqttc's event loop that reconnects with capped backoff and
 //! keeps the connection alive between deliveries.
 //!
-//! **Security.** `mqtts://` uses TLS (`tls.rs`, the one place TLS is set up): the broker's
+//! **Security.** `mqtts://` uses TLS (`crate::net::mqtt`, the one place an MQTT connection's
+//! TLS and credentials are set up, for ingest and uplink alike): the broker's
 //! certificate verified against the system's roots plus an optional `ca_file`, and a client
 //! certificate for mutual TLS when configured. Plain `mqtt://` is accepted by the
 //! configuration only to a loopback broker or with `allow_insecure` (then a warning at
 //! every start). A handshake failure is reported with what to configure.
 
-pub mod tls;
+pub mod config;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
@@ -37,123 +37,8 @@ use tokio::task::JoinHandle;
 
 use super::{DeliveryError, DeliveryFuture, Uplink, UplinkError};
 use crate::fhir::Bundle;
-
-/// What one MQTT message carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PublishMode {
-    /// One transaction Bundle per batch (the default).
-    #[default]
-    Bundle,
-    /// One Observation per message.
-    Observation,
-}
-
-/// Settings of one MQTT uplink.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MqttUplinkSettings {
-    /// The uplink's name.
-    pub name: String,
-    /// Broker host.
-    pub host: String,
-    /// Broker port.
-    pub port: u16,
-    /// TLS (`mqtts://`) and how it is set up; `None` for plain `mqtt://`.
-    pub tls: Option<tls::TlsSettings>,
-    /// Plain `mqtt://` to a broker that is not loopback, allowed by `allow_insecure`.
-    pub insecure: bool,
-    /// The client id; default: derived from the gateway's pseudonym.
-    pub client_id: Option<String>,
-    /// The topic template (`{gateway}`: the gateway's pseudonym).
-    pub topic: String,
-    /// One message per Bundle or per Observation.
-    pub mode: PublishMode,
-    /// File with the user name (first line) and password (second line), mode 0600.
-    pub credentials_file: Option<PathBuf>,
-    /// How long to wait for the connection and for every PUBACK of one Bundle.
-    pub ack_timeout: Duration,
-    /// MQTT keep-alive interval.
-    pub keep_alive: Duration,
-    /// Most Observations per Bundle (sizes the event queue).
-    pub batch_size: usize,
-    /// First reconnect delay of the background connection.
-    pub reconnect_initial: Duration,
-    /// Longest reconnect delay of the background connection.
-    pub reconnect_max: Duration,
-}
-
-/// Parses an `mqtt://host:port` or `mqtts://host:port` URL into (host, port, tls).
-/// The port defaults to 1883, or 8883 with TLS. Credentials in the URL are refused.
-pub fn parse_url(url: &str) -> Result<(String, u16, bool), String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
-    let tls = match parsed.scheme() {
-        "mqtt" => false,
-        "mqtts" => true,
-        other => {
-            return Err(format!(
-                "`{url}`: the scheme must be mqtt:// or mqtts://, not {other}://"
-            ))
-        }
-    };
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err("the URL must not carry credentials; use credentials_file".into());
-    }
-    if !matches!(parsed.path(), "" | "/") || parsed.query().is_some() {
-        return Err(format!(
-            "`{url}`: give only the broker (mqtts://host:port); the topic is set by `topic`"
-        ));
-    }
-    let host = parsed
-        .host_str()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| format!("`{url}` names no broker host"))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = parsed.port().unwrap_or(if tls { 8883 } else { 1883 });
-    Ok((host, port, tls))
-}
-
-/// Checks a topic template: not empty, no wildcards, only the `{gateway}` placeholder.
-pub fn check_topic(template: &str) -> Result<(), String> {
-    if template.is_empty() {
-        return Err("topic must not be empty".into());
-    }
-    if template.contains(['+', '#']) {
-        return Err(format!(
-            "topic `{template}` must not contain the wildcards + or # (it is a topic to publish to)"
-        ));
-    }
-    let rest = template.replace("{gateway}", "");
-    if rest.contains(['{', '}']) {
-        return Err(format!(
-            "topic `{template}`: the only placeholder is {{gateway}} (the gateway's pseudonym)"
-        ));
-    }
-    Ok(())
-}
-
-/// Reads an MQTT credentials file: the user name on the first line, the password on the
-/// second; mode 0600 (group- or world-readable files are refused).
-pub fn read_credentials(path: &std::path::Path) -> Result<(String, String), String> {
-    let bytes = crate::secret_file::read_secret_file(path).map_err(|e| e.to_string())?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| format!("the credentials file {} is not text", path.display()))?;
-    let mut lines = text.lines();
-    let user = lines.next().unwrap_or("").trim().to_string();
-    let password = lines
-        .next()
-        .unwrap_or("")
-        .trim_end_matches('\r')
-        .to_string();
-    if user.is_empty() {
-        return Err(format!(
-            "the credentials file {} must hold the user name on its first line and the password on its second",
-            path.display()
-        ));
-    }
-    Ok((user, password))
-}
+use crate::net;
+pub use config::{check_topic, parse_url, MqttUplinkSettings, PublishMode};
 
 /// What the background connection task reports to a delivery.
 #[derive(Debug)]
@@ -209,11 +94,9 @@ impl MqttUplink {
             reason,
         };
         check_topic(&settings.topic).map_err(fail)?;
-        let credentials = match &settings.credentials_file {
-            Some(path) => Some(read_credentials(path).map_err(fail)?),
-            None => None,
-        };
-        let transport = tls::transport(settings.tls.as_ref()).map_err(fail)?;
+        let credentials =
+            net::mqtt::credentials(settings.credentials_file.as_deref()).map_err(fail)?;
+        let transport = net::mqtt::transport(settings.tls.as_ref()).map_err(fail)?;
         if settings.insecure {
             tracing::warn!(uplink = %settings.name, broker = %settings.host, "allow_insecure: observations go over plain mqtt:// to a broker that is not loopback");
         }
@@ -277,7 +160,7 @@ impl MqttUplink {
                     Err(e) => {
                         let was = connected_tx.send_replace(false);
                         let delay = backoff.fail();
-                        let error = iomt_drivers::net::describe_mqtt_error(&e);
+                        let error = net::mqtt::describe_mqtt_error(&e);
                         if was || backoff.failures() == 1 {
                             tracing::warn!(uplink = %name, broker = %broker, error = %error, "MQTT uplink: broker unreachable or connection lost; reconnecting with backoff");
                         } else {
@@ -429,36 +312,14 @@ impl Uplink for MqttUplink {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_give_host_port_and_tls_with_the_usual_default_ports() {
-        assert_eq!(
-            parse_url("mqtts://broker.example.org").unwrap(),
-            ("broker.example.org".into(), 8883, true)
-        );
-        assert_eq!(
-            parse_url("mqtt://127.0.0.1:18830").unwrap(),
-            ("127.0.0.1".into(), 18830, false)
-        );
-        assert!(parse_url("https://broker").is_err());
-        assert!(parse_url("mqtt://user:pw@broker").is_err());
-        assert!(parse_url("mqtt://broker/some/topic").is_err());
-    }
-
-    #[test]
-    fn topic_templates_take_only_the_gateway_placeholder_and_no_wildcards() {
-        assert!(check_topic("iomt/{gateway}/fhir").is_ok());
-        assert!(check_topic("iomt/+/fhir").is_err());
-        assert!(check_topic("iomt/{patient}/fhir").is_err());
-        assert!(check_topic("").is_err());
-    }
+    use crate::net::tls::TlsSettings;
 
     fn settings(tls: bool) -> MqttUplinkSettings {
         MqttUplinkSettings {
             name: "cloud".into(),
             host: "broker.example.org".into(),
             port: 8883,
-            tls: tls.then(tls::TlsSettings::default),
+            tls: tls.then(TlsSettings::default),
             insecure: false,
             client_id: None,
             topic: "iomt/{gateway}/fhir".into(),
@@ -478,20 +339,5 @@ mod tests {
         assert_eq!(u.topic(), "iomt/0123456789abcdef0123/fhir");
         assert_eq!(u.client_id, "iomt-gateway-0123456789abcdef");
         assert!(matches!(u.transport, rumqttc::Transport::Tls(_)));
-    }
-
-    #[test]
-    fn a_readable_credentials_file_is_refused() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("mqtt.credentials");
-        std::fs::write(&path, "gateway\ns3cret\n").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(read_credentials(&path).is_err());
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(
-            read_credentials(&path).unwrap(),
-            ("gateway".into(), "s3cret".into())
-        );
     }
 }

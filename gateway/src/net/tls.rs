@@ -1,6 +1,7 @@
-//! TLS for MQTT connections, in one place: rustls with the ring provider (as the FHIR
-//! uplink's reqwest), servers verified against the system's root certificates plus an
-//! optional private CA bundle, and an optional client certificate for mutual TLS.
+//! TLS client configurations for MQTT connections (ingest and uplink), in one place:
+//! rustls with the ring provider (as the HTTPS client's reqwest), servers verified against
+//! the system's root certificates plus an optional private CA bundle, and an optional
+//! client certificate for mutual TLS.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -91,21 +92,6 @@ pub fn client_config(settings: &TlsSettings) -> Result<Arc<rustls::ClientConfig>
         }
     };
     Ok(Arc::new(config))
-}
-
-/// The rumqttc TLS configuration for a connection (see [`client_config`]).
-pub fn configuration(settings: &TlsSettings) -> Result<rumqttc::TlsConfiguration, String> {
-    Ok(rumqttc::TlsConfiguration::Rustls(client_config(settings)?))
-}
-
-/// The rumqttc transport for a connection: TLS (see [`configuration`]) or plain TCP.
-pub fn transport(tls: Option<&TlsSettings>) -> Result<rumqttc::Transport, String> {
-    match tls {
-        Some(settings) => Ok(rumqttc::Transport::tls_with_config(configuration(
-            settings,
-        )?)),
-        None => Ok(rumqttc::Transport::tcp()),
-    }
 }
 
 #[cfg(test)]
