@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use super::payload::{pack, unpack};
 use super::seal::Keyring;
 use super::store;
-use super::writer::Control;
+use super::transaction::Control;
 use super::{Outbox, OutboxError};
 
 /// What an ingest dead letter holds under its seal.

@@ -58,6 +58,7 @@ mod ingest;
 mod payload;
 pub mod seal;
 pub mod store;
+mod transaction;
 mod writer;
 
 pub use ingest::{read_ingest_dead_letters, IngestDeadLetter};
@@ -77,7 +78,8 @@ use tokio::task::JoinHandle;
 use payload::observation_from;
 use seal::{Keyring, SealError};
 use store::{Status, Store, StoredDevice, StoredRow};
-use writer::{Control, Reply, Writer};
+use transaction::{Control, Reply};
+use writer::Writer;
 
 /// What to do when the outbox is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
