@@ -47,6 +47,28 @@
 //! transaction on a blocking thread, commits once, then replies. Under load hundreds of
 //! readings share a commit; at low rates a reading waits at most `commit_window`.
 //!
+//! **Deletions ride on other commits.** On an SD card the cost is per commit and per
+//! page touched, not per byte: each commit appends every page it changed to the WAL and
+//! waits for an fsync. Deleting each delivered row in a commit of its own doubled the
+//! commits of a kit that reads one value at a time. So a delivery is recorded in memory and
+//! answered at once; its deletion is carried by the next transaction that writes anyway
+//! (an append, a dead letter), or, when none comes, committed on its own
+//! [`DELETE_DELAY`] later (one commit for all that waited), at once when a batch's worth
+//! waits or a blocking outbox is full, and at shutdown. Until then a fetch passes over
+//! those rows, so nothing is sent twice while the gateway runs; a crash in between loses
+//! only the deletion, and the rows go out again after the restart, which the conditional
+//! creates on deterministic identifiers absorb (*delete after delivery* still holds: a
+//! row is never deleted before its delivery). `outbox status`, read from another process,
+//! counts such rows as queued for at most [`DELETE_DELAY`].
+//!
+//! **At rest.** The writer waits on its channels and on the deletions' deadline: with
+//! nothing to do it runs no timer and no SQLite statement. The commit notification that
+//! wakes the delivery loops ([`Outbox::committed`]) changes only when new rows are
+//! committed, not after a fetch, a deletion or a dead letter, so a loop never wakes itself.
+//! A ping (the watchdog's health check) needs no transaction: it is answered at once, or,
+//! while a transaction is in flight, when that one ends (a writer stuck in SQLite never
+//! answers). A batch of fetches alone runs without a write transaction.
+//!
 //! **Limits.** `max_bytes` caps the sealed payload bytes, `max_age` the age of a row.
 //! When full, `when_full = "evict-oldest"` (the default) deletes the oldest rows, counts
 //! them in `outbox status` and logs a warning; `when_full = "block"` stops taking appends
