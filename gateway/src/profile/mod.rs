@@ -16,6 +16,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use iomt_drivers::ble::FieldUnits;
 use iomt_drivers::decode::json::{JsonDecoder, TimestampFormat as JsonTimestamp};
 use iomt_drivers::decode::FieldSpec;
 use iomt_drivers::sim::Signal;
@@ -62,57 +63,35 @@ impl fmt::Display for ProfileErrors {
     }
 }
 
-/// A built-in GATT decoder and the field names it produces.
+/// A built-in GATT decoder a profile names: a characteristic of the drivers' registry
+/// (`iomt_drivers::ble::registry`) that has a profile decoder name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GattDecoder {
     /// The decoder name profiles use.
     pub name: &'static str,
     /// The characteristic it decodes (16-bit UUID).
     pub characteristic: u16,
-    /// The fields it produces.
-    pub fields: &'static [&'static str],
+    /// The fields it produces, with their units.
+    pub fields: &'static [FieldUnits],
 }
 
-/// The built-in GATT decoders. The decoding is `iomt_drivers::ble`; the field names here
-/// are the quantity names its final measurements produce (a unit test keeps both lists
-/// equal), and a profile's fields must be among them.
-pub const GATT_DECODERS: &[GattDecoder] = &[
-    GattDecoder {
-        name: "heart_rate_measurement",
-        characteristic: 0x2A37,
-        fields: &["heart_rate"],
-    },
-    GattDecoder {
-        name: "blood_pressure_measurement",
-        characteristic: 0x2A35,
-        fields: &["systolic", "diastolic", "mean_arterial", "pulse_rate"],
-    },
-    GattDecoder {
-        name: "temperature_measurement",
-        characteristic: 0x2A1C,
-        fields: &["body_temperature"],
-    },
-    GattDecoder {
-        name: "weight_measurement",
-        characteristic: 0x2A9D,
-        fields: &["body_weight", "bmi", "body_height"],
-    },
-    GattDecoder {
-        name: "plx_spot_check_measurement",
-        characteristic: 0x2A5E,
-        fields: &["spo2", "pulse_rate"],
-    },
-    GattDecoder {
-        name: "plx_continuous_measurement",
-        characteristic: 0x2A5F,
-        fields: &["spo2", "pulse_rate"],
-    },
-    GattDecoder {
-        name: "glucose_measurement",
-        characteristic: 0x2A18,
-        fields: &["glucose"],
-    },
-];
+impl GattDecoder {
+    /// The names of the fields it produces.
+    pub fn field_names(&self) -> impl Iterator<Item = &'static str> {
+        self.fields.iter().map(|f| f.name)
+    }
+}
+
+/// The built-in GATT decoders, read from the drivers' registry: the characteristics a
+/// profile may name, and the quantity names their final measurements produce (a
+/// profile's fields must be among them).
+pub fn gatt_decoders() -> impl Iterator<Item = GattDecoder> {
+    iomt_drivers::ble::registry::profile_decoders().map(|(name, e)| GattDecoder {
+        name,
+        characteristic: e.uuid16,
+        fields: e.fields,
+    })
+}
 
 /// How a BLE device is recognized and decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -737,8 +716,8 @@ fn ble_spec(
 ) -> Option<BleSpec> {
     let b = b.get_ref();
     let name = b.decoder.get_ref();
-    let Some(decoder) = GATT_DECODERS.iter().find(|d| d.name == name) else {
-        let known: Vec<_> = GATT_DECODERS.iter().map(|d| d.name).collect();
+    let Some(decoder) = gatt_decoders().find(|d| d.name == name) else {
+        let known: Vec<_> = gatt_decoders().map(|d| d.name).collect();
         c.at(
             b.decoder.span(),
             format!(
@@ -768,22 +747,19 @@ fn ble_spec(
         );
     }
     use iomt_drivers::ble::{Characteristic as Gatt, BATTERY_FIELD};
-    let mut produced = Gatt::from_uuid16(decoder.characteristic)
-        .map(iomt_drivers::ble::fields)
-        .unwrap_or_default()
-        .to_vec();
+    let mut produced = decoder.fields.to_vec();
     // Every BLE device may report its Battery Level (0x2A19), read at each connection.
     produced.extend(iomt_drivers::ble::fields(Gatt::BatteryLevel));
     for f in fields {
         let f = f.get_ref();
         let n = f.name.get_ref();
-        if !decoder.fields.contains(&n.as_str()) && n != BATTERY_FIELD {
+        if !decoder.field_names().any(|d| d == n) && n != BATTERY_FIELD {
             c.at(
                 f.name.span(),
                 format!(
                     "decoder `{}` produces no field `{n}`; it produces: {}, and {BATTERY_FIELD} (the Battery Level read at each connection)",
                     decoder.name,
-                    decoder.fields.join(", ")
+                    decoder.field_names().collect::<Vec<_>>().join(", ")
                 ),
             );
             continue;
@@ -823,7 +799,7 @@ fn ble_spec(
     Some(BleSpec {
         services,
         name_prefix: b.name_prefix.clone(),
-        decoder: *decoder,
+        decoder,
     })
 }
 
