@@ -1,4 +1,5 @@
 use super::*;
+use crate::ucum;
 
 fn parse_str(text: &str) -> Result<Profile, ProfileErrors> {
     parse(Path::new("p.toml"), text)
