@@ -55,10 +55,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::backoff::Backoff;
 use crate::ble::{self, BatteryLevel, GattValue, GlucoseJoiner, GlucoseRecord};
 use crate::driver::{Driver, DriverError, DriverFuture, ReadingSender};
 use crate::reading::DeviceIdentity;
-use crate::serial::Backoff;
 
 use device::DeviceTask;
 pub use sequence::{SequenceError, SequenceStore};

@@ -26,8 +26,8 @@ use std::time::Duration;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
-use super::backoff::Backoff;
 use super::{bundle, DeliveryError, Uplink};
+use iomt_drivers::backoff::Backoff;
 use serde_json::value::RawValue;
 
 use crate::fhir::Device;
@@ -259,7 +259,7 @@ pub async fn run(
                 if backoff.failures() > 0 {
                     tracing::info!(uplink = %name, after_failures = backoff.failures(), "uplink delivering again");
                 }
-                backoff.succeeded();
+                backoff.succeed();
             }
             Ok(Pass::Idle) => {
                 tokio::select! {
@@ -269,7 +269,7 @@ pub async fn run(
             }
             Err(e) => {
                 l.stats.failures += 1;
-                let delay = backoff.failed(retry_after(&e), rand::thread_rng().gen::<f64>());
+                let delay = backoff.fail_with(retry_after(&e), rand::thread_rng().gen::<f64>());
                 tracing::warn!(uplink = %name, error = %e, attempt = backoff.failures(), retry_in_ms = delay.as_millis() as u64, "delivery failed; rows kept, will retry");
                 tokio::select! {
                     _ = cancel.cancelled() => break,
