@@ -235,8 +235,6 @@ fn raw_no_reading(f: &raw::RawField, c: &mut Check<'_>) -> Vec<i64> {
     out
 }
 
-/// Rejects integer `no_reading` entries where texts are expected; returns the texts.
-
 pub(super) fn frame_decoder(
     frame: &Spanned<raw::RawFrame>,
     fields: &[Spanned<raw::RawField>],

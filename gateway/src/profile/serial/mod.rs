@@ -45,6 +45,7 @@ impl SerialSpec {
     }
 }
 
+/// Rejects integer `no_reading` entries where texts are expected; returns the texts.
 pub(super) fn text_no_reading(f: &raw::RawField, what: &str, c: &mut Check<'_>) -> Vec<String> {
     let mut out = Vec::new();
     for n in &f.no_reading {
