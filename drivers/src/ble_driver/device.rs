@@ -2,7 +2,21 @@
 //! Device Information and Battery Level, subscribe, decode and send), the glucose meter's
 //! Record Access Control Point, and the wait for the next advertisement.
 
-use super::*;
+use std::sync::{Arc, Mutex};
+
+use btleplug::api::{CharPropFlags, Characteristic as BleChar, Peripheral as _, WriteType};
+use btleplug::platform::Peripheral;
+use chrono::Utc;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{sequence, uuid_from_u16, uuid_to_u16, BleDeviceConfig, DevEvent, SequenceStore};
+use crate::backoff::Backoff;
+use crate::ble::{self, BatteryLevel, GattValue, GlucoseJoiner, GlucoseRecord};
+use crate::driver::ReadingSender;
+use crate::reading::DeviceIdentity;
 
 /// How a session ended.
 enum SessionEnd {

@@ -43,12 +43,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use btleplug::api::{
-    Central, CentralEvent, CharPropFlags, Characteristic as BleChar, Manager as _, Peripheral as _,
-    ScanFilter, WriteType,
-};
+use btleplug::api::{Central, CentralEvent, Manager as _, Peripheral as _, ScanFilter};
 use btleplug::platform::{Adapter, Manager, Peripheral, PeripheralId};
-use chrono::Utc;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -56,7 +52,6 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::backoff::Backoff;
-use crate::ble::{self, BatteryLevel, GattValue, GlucoseJoiner, GlucoseRecord};
 use crate::driver::{Driver, DriverError, DriverFuture, ReadingSender};
 use crate::reading::DeviceIdentity;
 

@@ -1,6 +1,8 @@
 //! Glucose Measurement Context (0x2A34): what was going on when a sample was taken.
 
-use super::*;
+use crate::ble::reader::Reader;
+use crate::ble::{Anomaly, Characteristic, GattError};
+use crate::reading::Measurement;
 
 /// Meal context (1 preprandial, 2 postprandial, 3 fasting, 4 casual, 5 bedtime).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,9 +1,9 @@
 //! [`GlucoseJoiner`]: joins each Glucose Measurement to the context that follows it, by
 //! sequence number.
 
-use std::collections::VecDeque;
+use super::{GlucoseContext, GlucoseMeasurement};
 
-use super::*;
+use std::collections::VecDeque;
 
 /// A glucose record: the measurement with its context, when one arrived.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,14 @@
 //! [`FrameDecoder`]: the fields, flags and timestamp of one frame or packet, as a
 //! [`Reading`].
 
-use super::*;
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+
+use super::{BytePattern, FrameScanner, FrameSpec, ValueLayout};
+use crate::decode::{scale_keeping_precision, DecodeError, FieldSpec};
+use crate::reading::{AbsentReason, DeviceIdentity, DeviceTime, Quantity, Reading, ReadingFlag};
 
 /// A status fact read from a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

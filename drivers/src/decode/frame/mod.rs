@@ -17,19 +17,14 @@
 //!
 //! Every read is bounds-checked: no layout, however wrong, makes the decoder panic.
 
-use std::sync::Arc;
-
-use chrono::{DateTime, NaiveDate, Utc};
-use rust_decimal::Decimal;
-
 mod decoder;
 mod scanner;
 
 pub use decoder::{FlagKind, FrameDecoder, FrameField, FrameFlag, FrameTimestamp};
 pub use scanner::{FrameRejection, FrameScanner, ScanEvent, ScanStats};
 
-use super::{scale_keeping_precision, DecodeError, FieldSpec};
-use crate::reading::{AbsentReason, DeviceIdentity, DeviceTime, Quantity, Reading, ReadingFlag};
+#[cfg(doc)]
+use crate::reading::Reading;
 
 /// An integer type of a field or length prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! [`FrameScanner`]: a byte stream that starts anywhere into whole, checked frames and
 //! packets.
 
-use super::*;
+use super::{read_uint, FrameSize, FrameSpec};
 
 /// Why a candidate frame was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
