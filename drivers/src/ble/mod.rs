@@ -5,7 +5,9 @@
 //! and §5. Each decoder returns a typed struct holding everything the characteristic says
 //! (flags, status bits, user id, RR intervals, ...). Final measurements implement
 //! [`FinalMeasurement`], which turns them into a [`Reading`] whose quantity names are the
-//! ones [`fields`] lists (and device profiles map).
+//! ones [`fields`] lists (and device profiles map). The characteristics themselves (UUID,
+//! name, decoder, fields and units, finality, profile decoder name, fuzz target) are one
+//! table, [`registry`].
 //!
 //! # Policies
 //!
