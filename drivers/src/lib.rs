@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod ble;
 #[cfg(feature = "bluetooth")]
 pub mod ble_driver;

@@ -8,12 +8,18 @@ use iomt_drivers::ble::{self, FinalMeasurement, GattValue};
 use iomt_drivers::{DeviceIdentity, Transport};
 
 /// Decodes `data` as characteristic `uuid` through the generic entry point, and checks
-/// that an accepted final measurement makes a reading with only its listed fields and
-/// units.
+/// that an accepted value is final exactly when the registry says so, and that a final
+/// measurement makes a reading with only its listed fields and units.
 pub fn check(uuid: u16, data: &[u8]) {
     let Ok(value) = ble::decode(uuid, data) else {
         return;
     };
+    let registered = ble::Characteristic::from_uuid16(uuid).map(|c| c.entry().final_measurement);
+    assert_eq!(
+        value.as_final().is_some(),
+        registered == Some(true),
+        "finality of {uuid:#06x}"
+    );
     if let Some(m) = value.as_final() {
         check_final(m);
     }

@@ -1,11 +1,14 @@
 //! Decoders of the standard Bluetooth LE GATT health characteristics. Pure: bytes in,
 //! typed values (and [`Reading`]s) out; no IO and no Bluetooth stack here.
 //!
-//! Byte layouts, test vectors and the traps are in `shared/reference/gatt-fhir.md` §1, §2
-//! and §5. Each decoder returns a typed struct holding everything the characteristic says
+//! Byte layouts follow the Bluetooth SIG's GATT specifications of each service; the test
+//! vectors and the traps (reserved bits, trailing bytes, special SFLOAT values) are in
+//! each module's tests and in `drivers/tests/ble_roundtrip.rs`. Each decoder returns a typed struct holding everything the characteristic says
 //! (flags, status bits, user id, RR intervals, ...). Final measurements implement
 //! [`FinalMeasurement`], which turns them into a [`Reading`] whose quantity names are the
-//! ones [`fields`] lists (and device profiles map).
+//! ones [`fields`] lists (and device profiles map). The characteristics themselves (UUID,
+//! name, decoder, fields and units, finality, profile decoder name, fuzz target) are one
+//! table, [`registry`].
 //!
 //! # Policies
 //!
@@ -50,12 +53,12 @@ pub mod glucose;
 pub mod heart_rate;
 pub mod plx;
 mod reader;
+pub mod registry;
 pub mod temperature;
 #[cfg(test)]
 mod test_support;
 pub mod weight;
 
-use std::fmt;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -66,134 +69,11 @@ pub use device_info::{BatteryLevel, DeviceString, BATTERY_FIELD};
 pub use glucose::{GlucoseContext, GlucoseJoiner, GlucoseMeasurement, GlucoseRecord};
 pub use heart_rate::HeartRateMeasurement;
 pub use plx::{PlxContinuousMeasurement, PlxSpotCheckMeasurement};
+pub use registry::{decode, fields, Characteristic, FieldUnits, GattValue};
 pub use temperature::{IntermediateTemperature, TemperatureMeasurement};
 pub use weight::WeightMeasurement;
 
 use crate::reading::{DeviceIdentity, DeviceTime, Measurement, Quantity, Reading, ReadingFlag};
-
-/// A GATT characteristic this module decodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Characteristic {
-    /// Heart Rate Measurement, 0x2A37.
-    HeartRateMeasurement,
-    /// Blood Pressure Measurement, 0x2A35.
-    BloodPressureMeasurement,
-    /// Intermediate Cuff Pressure, 0x2A36.
-    IntermediateCuffPressure,
-    /// Temperature Measurement, 0x2A1C.
-    TemperatureMeasurement,
-    /// Intermediate Temperature, 0x2A1E.
-    IntermediateTemperature,
-    /// Weight Measurement, 0x2A9D.
-    WeightMeasurement,
-    /// PLX Spot-Check Measurement, 0x2A5E.
-    PlxSpotCheckMeasurement,
-    /// PLX Continuous Measurement, 0x2A5F.
-    PlxContinuousMeasurement,
-    /// Glucose Measurement, 0x2A18.
-    GlucoseMeasurement,
-    /// Glucose Measurement Context, 0x2A34.
-    GlucoseMeasurementContext,
-    /// Battery Level, 0x2A19.
-    BatteryLevel,
-    /// Date Time, 0x2A08.
-    DateTime,
-    /// Manufacturer Name String, 0x2A29.
-    ManufacturerNameString,
-    /// Model Number String, 0x2A24.
-    ModelNumberString,
-    /// Serial Number String, 0x2A25.
-    SerialNumberString,
-    /// Firmware Revision String, 0x2A26.
-    FirmwareRevisionString,
-    /// Hardware Revision String, 0x2A27.
-    HardwareRevisionString,
-    /// Software Revision String, 0x2A28.
-    SoftwareRevisionString,
-}
-
-impl Characteristic {
-    /// Every characteristic this module decodes.
-    pub const ALL: [Characteristic; 18] = [
-        Characteristic::HeartRateMeasurement,
-        Characteristic::BloodPressureMeasurement,
-        Characteristic::IntermediateCuffPressure,
-        Characteristic::TemperatureMeasurement,
-        Characteristic::IntermediateTemperature,
-        Characteristic::WeightMeasurement,
-        Characteristic::PlxSpotCheckMeasurement,
-        Characteristic::PlxContinuousMeasurement,
-        Characteristic::GlucoseMeasurement,
-        Characteristic::GlucoseMeasurementContext,
-        Characteristic::BatteryLevel,
-        Characteristic::DateTime,
-        Characteristic::ManufacturerNameString,
-        Characteristic::ModelNumberString,
-        Characteristic::SerialNumberString,
-        Characteristic::FirmwareRevisionString,
-        Characteristic::HardwareRevisionString,
-        Characteristic::SoftwareRevisionString,
-    ];
-
-    /// The 16-bit UUID assigned by the Bluetooth SIG.
-    pub fn uuid16(self) -> u16 {
-        match self {
-            Characteristic::HeartRateMeasurement => 0x2A37,
-            Characteristic::BloodPressureMeasurement => 0x2A35,
-            Characteristic::IntermediateCuffPressure => 0x2A36,
-            Characteristic::TemperatureMeasurement => 0x2A1C,
-            Characteristic::IntermediateTemperature => 0x2A1E,
-            Characteristic::WeightMeasurement => 0x2A9D,
-            Characteristic::PlxSpotCheckMeasurement => 0x2A5E,
-            Characteristic::PlxContinuousMeasurement => 0x2A5F,
-            Characteristic::GlucoseMeasurement => 0x2A18,
-            Characteristic::GlucoseMeasurementContext => 0x2A34,
-            Characteristic::BatteryLevel => 0x2A19,
-            Characteristic::DateTime => 0x2A08,
-            Characteristic::ManufacturerNameString => 0x2A29,
-            Characteristic::ModelNumberString => 0x2A24,
-            Characteristic::SerialNumberString => 0x2A25,
-            Characteristic::FirmwareRevisionString => 0x2A26,
-            Characteristic::HardwareRevisionString => 0x2A27,
-            Characteristic::SoftwareRevisionString => 0x2A28,
-        }
-    }
-
-    /// The characteristic with this 16-bit UUID, if this module decodes it.
-    pub fn from_uuid16(uuid: u16) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.uuid16() == uuid)
-    }
-
-    /// The SIG name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Characteristic::HeartRateMeasurement => "Heart Rate Measurement",
-            Characteristic::BloodPressureMeasurement => "Blood Pressure Measurement",
-            Characteristic::IntermediateCuffPressure => "Intermediate Cuff Pressure",
-            Characteristic::TemperatureMeasurement => "Temperature Measurement",
-            Characteristic::IntermediateTemperature => "Intermediate Temperature",
-            Characteristic::WeightMeasurement => "Weight Measurement",
-            Characteristic::PlxSpotCheckMeasurement => "PLX Spot-Check Measurement",
-            Characteristic::PlxContinuousMeasurement => "PLX Continuous Measurement",
-            Characteristic::GlucoseMeasurement => "Glucose Measurement",
-            Characteristic::GlucoseMeasurementContext => "Glucose Measurement Context",
-            Characteristic::BatteryLevel => "Battery Level",
-            Characteristic::DateTime => "Date Time",
-            Characteristic::ManufacturerNameString => "Manufacturer Name String",
-            Characteristic::ModelNumberString => "Model Number String",
-            Characteristic::SerialNumberString => "Serial Number String",
-            Characteristic::FirmwareRevisionString => "Firmware Revision String",
-            Characteristic::HardwareRevisionString => "Hardware Revision String",
-            Characteristic::SoftwareRevisionString => "Software Revision String",
-        }
-    }
-}
-
-impl fmt::Display for Characteristic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (0x{:04X})", self.name(), self.uuid16())
-    }
-}
 
 /// Why a GATT value was rejected. The message names the characteristic and the reason,
 /// never the measured values.
@@ -291,147 +171,6 @@ pub trait FinalMeasurement {
             flags: self.flags(),
         }
     }
-}
-
-/// One field a decoder produces and the UCUM units it may carry (depending on flags).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FieldUnits {
-    /// The quantity name.
-    pub name: &'static str,
-    /// The units it can come in.
-    pub units: &'static [&'static str],
-}
-
-const fn fu(name: &'static str, units: &'static [&'static str]) -> FieldUnits {
-    FieldUnits { name, units }
-}
-
-/// The quantity names (and units) a characteristic's final measurement produces; empty
-/// for characteristics that produce no reading.
-pub fn fields(characteristic: Characteristic) -> &'static [FieldUnits] {
-    const HEART_RATE: &[FieldUnits] = &[fu("heart_rate", &["/min"])];
-    const BLOOD_PRESSURE: &[FieldUnits] = &[
-        fu("systolic", &["mm[Hg]", "kPa"]),
-        fu("diastolic", &["mm[Hg]", "kPa"]),
-        fu("mean_arterial", &["mm[Hg]", "kPa"]),
-        fu("pulse_rate", &["/min"]),
-    ];
-    const TEMPERATURE: &[FieldUnits] = &[fu("body_temperature", &["Cel", "[degF]"])];
-    const WEIGHT: &[FieldUnits] = &[
-        fu("body_weight", &["kg", "[lb_av]"]),
-        fu("bmi", &["kg/m2"]),
-        fu("body_height", &["m", "[in_i]"]),
-    ];
-    const PLX: &[FieldUnits] = &[fu("spo2", &["%"]), fu("pulse_rate", &["/min"])];
-    const GLUCOSE: &[FieldUnits] = &[fu("glucose", &["kg/L", "mol/L"])];
-    const BATTERY: &[FieldUnits] = &[fu(BATTERY_FIELD, &["%"])];
-    match characteristic {
-        Characteristic::HeartRateMeasurement => HEART_RATE,
-        Characteristic::BloodPressureMeasurement => BLOOD_PRESSURE,
-        Characteristic::TemperatureMeasurement => TEMPERATURE,
-        Characteristic::WeightMeasurement => WEIGHT,
-        Characteristic::PlxSpotCheckMeasurement | Characteristic::PlxContinuousMeasurement => PLX,
-        Characteristic::GlucoseMeasurement => GLUCOSE,
-        Characteristic::BatteryLevel => BATTERY,
-        _ => &[],
-    }
-}
-
-/// Any decoded GATT value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum GattValue {
-    /// 0x2A37.
-    HeartRate(HeartRateMeasurement),
-    /// 0x2A35.
-    BloodPressure(BloodPressureMeasurement),
-    /// 0x2A36: in progress, never a reading.
-    IntermediateCuffPressure(IntermediateCuffPressure),
-    /// 0x2A1C.
-    Temperature(TemperatureMeasurement),
-    /// 0x2A1E: in progress, never a reading.
-    IntermediateTemperature(IntermediateTemperature),
-    /// 0x2A9D.
-    Weight(WeightMeasurement),
-    /// 0x2A5E.
-    PlxSpotCheck(PlxSpotCheckMeasurement),
-    /// 0x2A5F.
-    PlxContinuous(PlxContinuousMeasurement),
-    /// 0x2A18.
-    Glucose(GlucoseMeasurement),
-    /// 0x2A34: joined to its measurement by [`GlucoseJoiner`].
-    GlucoseContext(GlucoseContext),
-    /// 0x2A19.
-    Battery(BatteryLevel),
-    /// 0x2A08.
-    DateTime(GattDateTime),
-    /// A Device Information string (0x2A24..=0x2A29).
-    DeviceString(Characteristic, DeviceString),
-}
-
-impl GattValue {
-    /// The final measurement inside, if this value is one.
-    pub fn as_final(&self) -> Option<&dyn FinalMeasurement> {
-        match self {
-            GattValue::HeartRate(m) => Some(m),
-            GattValue::BloodPressure(m) => Some(m),
-            GattValue::Temperature(m) => Some(m),
-            GattValue::Weight(m) => Some(m),
-            GattValue::PlxSpotCheck(m) => Some(m),
-            GattValue::PlxContinuous(m) => Some(m),
-            GattValue::Glucose(m) => Some(m),
-            GattValue::Battery(m) => Some(m),
-            GattValue::IntermediateCuffPressure(_)
-            | GattValue::IntermediateTemperature(_)
-            | GattValue::GlucoseContext(_)
-            | GattValue::DateTime(_)
-            | GattValue::DeviceString(..) => None,
-        }
-    }
-}
-
-/// Decodes the value of the characteristic with 16-bit UUID `uuid`.
-pub fn decode(uuid: u16, bytes: &[u8]) -> Result<GattValue, GattError> {
-    let c = Characteristic::from_uuid16(uuid).ok_or(GattError::Unknown(uuid))?;
-    Ok(match c {
-        Characteristic::HeartRateMeasurement => {
-            GattValue::HeartRate(HeartRateMeasurement::decode(bytes)?)
-        }
-        Characteristic::BloodPressureMeasurement => {
-            GattValue::BloodPressure(BloodPressureMeasurement::decode(bytes)?)
-        }
-        Characteristic::IntermediateCuffPressure => {
-            GattValue::IntermediateCuffPressure(IntermediateCuffPressure::decode(bytes)?)
-        }
-        Characteristic::TemperatureMeasurement => {
-            GattValue::Temperature(TemperatureMeasurement::decode(bytes)?)
-        }
-        Characteristic::IntermediateTemperature => {
-            GattValue::IntermediateTemperature(IntermediateTemperature::decode(bytes)?)
-        }
-        Characteristic::WeightMeasurement => GattValue::Weight(WeightMeasurement::decode(bytes)?),
-        Characteristic::PlxSpotCheckMeasurement => {
-            GattValue::PlxSpotCheck(PlxSpotCheckMeasurement::decode(bytes)?)
-        }
-        Characteristic::PlxContinuousMeasurement => {
-            GattValue::PlxContinuous(PlxContinuousMeasurement::decode(bytes)?)
-        }
-        Characteristic::GlucoseMeasurement => {
-            GattValue::Glucose(GlucoseMeasurement::decode(bytes)?)
-        }
-        Characteristic::GlucoseMeasurementContext => {
-            GattValue::GlucoseContext(GlucoseContext::decode(bytes)?)
-        }
-        Characteristic::BatteryLevel => GattValue::Battery(BatteryLevel::decode(bytes)?),
-        Characteristic::DateTime => GattValue::DateTime(GattDateTime::decode(bytes)?),
-        Characteristic::ManufacturerNameString
-        | Characteristic::ModelNumberString
-        | Characteristic::SerialNumberString
-        | Characteristic::FirmwareRevisionString
-        | Characteristic::HardwareRevisionString
-        | Characteristic::SoftwareRevisionString => {
-            GattValue::DeviceString(c, DeviceString::decode(bytes))
-        }
-    })
 }
 
 /// Who measured, on multi-user devices (BP cuffs, scales).

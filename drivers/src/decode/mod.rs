@@ -1,5 +1,5 @@
 //! Declarative decoders: text lines and binary frames (serial) and JSON payloads (MQTT),
-//! configured from device profiles. Pure functions, no IO: bytes in, a [`Reading`] or a reason out.
+//! configured from device profiles. Pure functions, no IO: bytes in, a [`Reading`](crate::Reading) or a reason out.
 
 pub mod frame;
 pub mod json;

@@ -47,13 +47,13 @@ use rumqttc::{
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::decode::json::JsonDecoder;
 use crate::decode::DecodeError;
 use crate::driver::{
     Committed, Driver, DriverError, DriverFuture, ReadingSender, RejectSender, Rejected,
 };
 use crate::reading::{DeviceIdentity, Transport};
-use crate::serial::Backoff;
 
 /// One MQTT profile's subscription: its topic filter and how its payloads decode.
 #[derive(Debug, Clone)]

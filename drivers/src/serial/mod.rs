@@ -19,7 +19,6 @@
 //!
 //! The task stops when its cancellation token fires or the channel's receiver is gone.
 
-mod backoff;
 pub mod pty;
 pub mod sim;
 
@@ -32,8 +31,7 @@ use tokio::task::JoinSet;
 use tokio_serial::SerialPortBuilderExt;
 use tokio_util::sync::CancellationToken;
 
-pub use backoff::Backoff;
-
+use crate::backoff::Backoff;
 use crate::decode::stream::{Framing, StreamDecoder};
 use crate::driver::{Driver, DriverError, DriverFuture, ReadingSender};
 use crate::reading::DeviceIdentity;

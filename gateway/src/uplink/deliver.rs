@@ -32,8 +32,8 @@ use std::time::Duration;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
-use super::backoff::Backoff;
 use super::{bundle, DeliveryError, Uplink};
+use iomt_drivers::backoff::Backoff;
 use serde_json::value::RawValue;
 
 use crate::fhir::Device;

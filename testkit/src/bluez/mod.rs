@@ -1,7 +1,7 @@
 //! A simulated BlueZ on a private D-Bus system bus, for end-to-end tests of the BLE
 //! driver through the real btleplug/bluez-async/libdbus stack.
 //!
-//! It behaves as `shared/reference/bluez-behaviour.md` describes BlueZ toward btleplug:
+//! It behaves as the real BlueZ does toward btleplug (as observed against bluetoothd):
 //! `org.bluez` owns `/org/bluez/hci0` (Adapter1) and devices below it (Device1), GATT
 //! services, characteristics and their Client Characteristic Configuration descriptors
 //! below those (GattService1, GattCharacteristic1, GattDescriptor1, paths named by
@@ -20,102 +20,21 @@
 //! [`PrivateBus`] starts the `dbus-daemon`; [`SimBluez`] serves `org.bluez` on it and is
 //! driven by the test (advertise, queue a measurement, hang up).
 
+mod bus;
+mod events;
 mod objects;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use zbus::object_server::ObjectServer;
 use zbus::Connection;
 
+pub use bus::{PrivateBus, SetupError};
 use objects::{Adapter, Characteristic, Descriptor, Device, Service};
 
 /// The adapter's object path.
 pub const ADAPTER_PATH: &str = "/org/bluez/hci0";
-
-/// A private `dbus-daemon` with a system-bus configuration in a temporary directory.
-/// Killed when dropped.
-#[derive(Debug)]
-pub struct PrivateBus {
-    child: Child,
-    address: String,
-}
-
-/// Why the test environment could not be set up.
-#[derive(Debug)]
-pub struct SetupError(pub String);
-
-impl std::fmt::Display for SetupError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for SetupError {}
-
-impl PrivateBus {
-    /// Starts `dbus-daemon` listening on a socket in `dir`, and waits until it prints its
-    /// address (it is listening then).
-    pub fn start(dir: &Path) -> Result<Self, SetupError> {
-        let config = dir.join("system-bus.conf");
-        let socket = dir.join("system_bus_socket");
-        let text = format!(
-            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_type="method_call"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-"#,
-            socket.display()
-        );
-        std::fs::write(&config, text).map_err(|e| SetupError(format!("bus config: {e}")))?;
-        let mut child = Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", config.display()))
-            .args(["--nofork", "--print-address=1"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| SetupError(format!("dbus-daemon (install the dbus package): {e}")))?;
-        let mut line = String::new();
-        let read = child
-            .stdout
-            .take()
-            .map(|out| BufReader::new(out).read_line(&mut line));
-        if !matches!(read, Some(Ok(n)) if n > 0) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(SetupError("dbus-daemon printed no address".into()));
-        }
-        Ok(Self {
-            child,
-            address: line.trim().to_string(),
-        })
-    }
-
-    /// The bus address, for `DBUS_SYSTEM_BUS_ADDRESS`.
-    pub fn address(&self) -> &str {
-        &self.address
-    }
-}
-
-impl Drop for PrivateBus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The kinds of simulated health devices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -382,7 +301,7 @@ impl SimBluez {
         let state = self.state.clone();
         let address = address.to_string();
         self.rt
-            .block_on(async move { objects::flush(&conn, &state, &address).await });
+            .block_on(async move { events::flush(&conn, &state, &address).await });
     }
 
     /// The device starts advertising: it appears to discovering clients (InterfacesAdded
@@ -399,7 +318,7 @@ impl SimBluez {
                     d.rssi = if d.rssi == -60 { -61 } else { -60 };
                 }
             }
-            objects::report_advertising(&conn, &state).await;
+            events::report_advertising(&conn, &state).await;
         });
     }
 
@@ -442,7 +361,7 @@ impl SimBluez {
                     d.advertising = false;
                 }
             }
-            objects::set_connected(&conn, &state, &address, false).await;
+            events::set_connected(&conn, &state, &address, false).await;
         });
     }
 

@@ -1,5 +1,11 @@
+use std::sync::Arc;
+
+use chrono::{NaiveDate, Utc};
+use rust_decimal::Decimal;
+
 use super::*;
-use crate::reading::{Measurement, Transport};
+use crate::decode::FieldSpec;
+use crate::reading::{DeviceIdentity, DeviceTime, Measurement, Reading, ReadingFlag, Transport};
 
 fn device() -> Arc<DeviceIdentity> {
     Arc::new(DeviceIdentity {

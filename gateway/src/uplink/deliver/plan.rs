@@ -159,7 +159,7 @@ pub fn next(
         (_, Ok(Pass::Progress { drained })) => {
             let after_failures = backoff.failures();
             if phase == Phase::Running {
-                backoff.succeeded();
+                backoff.succeed();
             }
             if *drained && phase == Phase::Running {
                 Next::WaitForCommit { after_failures }
@@ -168,7 +168,7 @@ pub fn next(
             }
         }
         (Phase::Running, Ok(Pass::Idle)) => Next::WaitForCommit { after_failures: 0 },
-        (Phase::Running, Err(e)) => Next::RetryIn(backoff.failed(retry_after(e), jitter)),
+        (Phase::Running, Err(e)) => Next::RetryIn(backoff.fail_with(retry_after(e), jitter)),
         (Phase::Draining, Ok(Pass::Idle) | Err(_)) => Next::Stop,
     }
 }

@@ -137,7 +137,7 @@ impl MqttUplink {
         let (connected_tx, connected) = watch::channel(false);
         let name = s.name.clone();
         let broker = format!("{}:{}", s.host, s.port);
-        let mut backoff = iomt_drivers::serial::Backoff::new(s.reconnect_initial, s.reconnect_max);
+        let mut backoff = iomt_drivers::backoff::Backoff::new(s.reconnect_initial, s.reconnect_max);
         let task = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {

@@ -1,0 +1,342 @@
+//! One allow-listed device's task: its sessions (notification stream first, connect,
+//! Device Information and Battery Level, subscribe, decode and send), the glucose meter's
+//! Record Access Control Point, and the wait for the next advertisement.
+
+use std::sync::{Arc, Mutex};
+
+use btleplug::api::{CharPropFlags, Characteristic as BleChar, Peripheral as _, WriteType};
+use btleplug::platform::Peripheral;
+use chrono::Utc;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{sequence, uuid_from_u16, uuid_to_u16, BleDeviceConfig, DevEvent, SequenceStore};
+use crate::backoff::Backoff;
+use crate::ble::{self, BatteryLevel, GattValue, GlucoseJoiner, GlucoseRecord};
+use crate::driver::ReadingSender;
+use crate::reading::DeviceIdentity;
+
+/// How a session ended.
+enum SessionEnd {
+    /// The device went away; wait until it advertises again.
+    Disconnected,
+    /// The driver stops.
+    Stop,
+}
+
+pub(super) struct DeviceTask {
+    pub(super) cfg: BleDeviceConfig,
+    pub(super) tx: ReadingSender,
+    pub(super) cancel: CancellationToken,
+    pub(super) events: mpsc::Receiver<DevEvent>,
+    pub(super) backoff: Backoff,
+    pub(super) sequences: Arc<Mutex<SequenceStore>>,
+}
+
+/// Per-session counters.
+#[derive(Default)]
+struct Counts {
+    readings: u64,
+    rejected: u64,
+}
+
+impl DeviceTask {
+    pub(super) async fn run(mut self) {
+        let mut peripheral: Option<Peripheral> = None;
+        loop {
+            let event = tokio::select! {
+                () = self.cancel.cancelled() => return,
+                e = self.events.recv() => e,
+            };
+            match event {
+                None => return,
+                Some(DevEvent::Disconnected) => continue,
+                Some(DevEvent::Seen(p)) => {
+                    // One Peripheral for the whole run: it keeps the discovered services,
+                    // so a notification right after a reconnect maps to its characteristic.
+                    if peripheral.is_none() {
+                        peripheral = Some(*p);
+                    }
+                }
+            }
+            let Some(p) = peripheral.clone() else {
+                continue;
+            };
+            match self.session(&p).await {
+                Ok(SessionEnd::Stop) => return,
+                Ok(SessionEnd::Disconnected) => {
+                    self.backoff.succeed();
+                    // Sightings from before the hang-up are stale.
+                    while let Ok(e) = self.events.try_recv() {
+                        drop(e);
+                    }
+                }
+                Err(e) => {
+                    let delay = self.backoff.fail();
+                    if self.backoff.failures() == 1 {
+                        tracing::warn!(profile = %self.cfg.identity.profile, error = %e, "BLE device session failed; retrying when it advertises again");
+                    } else {
+                        tracing::debug!(device = %self.cfg.address, error = %e, "BLE device session failed again");
+                    }
+                    let _ = p.disconnect().await;
+                    tokio::select! {
+                        () = self.cancel.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn session(&mut self, p: &Peripheral) -> Result<SessionEnd, btleplug::Error> {
+        // Before connect(): see the module doc.
+        let mut notes = p.notifications().await?;
+        p.connect().await?;
+        p.discover_services().await?;
+        let (identity, battery) = self.read_identity(p).await;
+        tracing::info!(profile = %self.cfg.identity.profile, "BLE device connected");
+        if let Some(b) = battery.filter(|_| self.cfg.battery) {
+            use crate::ble::FinalMeasurement;
+            if self
+                .tx
+                .send(b.to_reading(identity.clone(), Utc::now()))
+                .await
+                .is_err()
+            {
+                return Ok(SessionEnd::Stop);
+            }
+        }
+        let chars = p.characteristics();
+        let find = |u: u16| chars.iter().find(|c| c.uuid == uuid_from_u16(u)).cloned();
+        let mut wanted = vec![self.cfg.measurement];
+        if self.cfg.is_glucose() {
+            wanted.extend([0x2A34, 0x2A52]);
+        }
+        for u in wanted {
+            if let Some(c) = find(u) {
+                if c.properties
+                    .intersects(CharPropFlags::NOTIFY | CharPropFlags::INDICATE)
+                {
+                    p.subscribe(&c).await?;
+                }
+            } else if u == self.cfg.measurement {
+                tracing::warn!(profile = %self.cfg.identity.profile, characteristic = format!("0x{u:04X}"), "the device lacks its profile's measurement characteristic");
+            }
+        }
+        let mut glucose = GlucoseJoiner::new(16);
+        if self.cfg.is_glucose() {
+            if let Some(racp) = find(0x2A52) {
+                self.request_records(p, &racp).await?;
+            }
+        }
+        let mut counts = Counts::default();
+        let end = loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => {
+                    let _ = p.disconnect().await;
+                    break SessionEnd::Stop;
+                }
+                e = self.events.recv() => match e {
+                    None => break SessionEnd::Stop,
+                    Some(DevEvent::Disconnected) => break SessionEnd::Disconnected,
+                    // Advertising again while we think it is connected: a disconnect
+                    // event may have been dropped (the channel is small); ask BlueZ.
+                    Some(DevEvent::Seen(_)) => {
+                        if !p.is_connected().await.unwrap_or(false) {
+                            break SessionEnd::Disconnected;
+                        }
+                    }
+                },
+                n = notes.next() => {
+                    let Some(n) = n else { break SessionEnd::Disconnected };
+                    if !self.handle(n.uuid, &n.value, &identity, &mut glucose, &mut counts).await {
+                        break SessionEnd::Stop;
+                    }
+                }
+            }
+        };
+        // Records whose context never came are not held back.
+        for r in glucose.flush() {
+            if !self.send_glucose(r, &identity, &mut counts).await {
+                break;
+            }
+        }
+        tracing::info!(
+            profile = %self.cfg.identity.profile,
+            readings = counts.readings,
+            rejected = counts.rejected,
+            "BLE device session ended"
+        );
+        Ok(end)
+    }
+
+    async fn request_records(&self, p: &Peripheral, racp: &BleChar) -> Result<(), btleplug::Error> {
+        let last = self
+            .sequences
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last(&self.cfg.address);
+        if let Some(request) = sequence::racp_request(last) {
+            tracing::debug!(device = %self.cfg.address, request = %hex::encode(&request), "RACP request");
+            p.write(racp, &request, WriteType::WithResponse).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads Device Information and Battery Level; failures leave the profile's values
+    /// (and no battery level).
+    async fn read_identity(&self, p: &Peripheral) -> (Arc<DeviceIdentity>, Option<BatteryLevel>) {
+        let mut identity = (*self.cfg.identity).clone();
+        let mut battery = None;
+        for c in p.characteristics() {
+            let Some(u) = uuid_to_u16(c.uuid) else {
+                continue;
+            };
+            if !matches!(u, 0x2A19 | 0x2A24 | 0x2A25 | 0x2A29)
+                || !c.properties.contains(CharPropFlags::READ)
+            {
+                continue;
+            }
+            let bytes = match p.read(&c).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::debug!(device = %self.cfg.address, characteristic = format!("0x{u:04X}"), error = %e, "read failed");
+                    continue;
+                }
+            };
+            match ble::decode(u, &bytes) {
+                Ok(GattValue::DeviceString(_, s)) => {
+                    let slot = match u {
+                        0x2A29 => &mut identity.manufacturer,
+                        0x2A24 => &mut identity.model,
+                        _ => &mut identity.serial_number,
+                    };
+                    if s.value.is_some() {
+                        *slot = s.value;
+                    }
+                }
+                Ok(GattValue::Battery(b)) => {
+                    tracing::debug!(device = %self.cfg.address, battery = b.percent, "battery level");
+                    if b.percent <= 10 {
+                        tracing::warn!(profile = %self.cfg.identity.profile, "a BLE device's battery is low");
+                    }
+                    battery = Some(b);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(device = %self.cfg.address, error = %e, "device information rejected")
+                }
+            }
+        }
+        (Arc::new(identity), battery)
+    }
+
+    /// Handles one value from the stream; `false` when the channel is closed.
+    async fn handle(
+        &self,
+        uuid: Uuid,
+        value: &[u8],
+        identity: &Arc<DeviceIdentity>,
+        glucose: &mut GlucoseJoiner,
+        counts: &mut Counts,
+    ) -> bool {
+        let Some(u) = uuid_to_u16(uuid) else {
+            return true;
+        };
+        let is_measurement = u == self.cfg.measurement
+            || (self.cfg.is_glucose() && u == 0x2A34)
+            || matches!(u, 0x2A36 | 0x2A1E);
+        if self.cfg.is_glucose() && u == 0x2A52 {
+            let response = sequence::racp_response(value);
+            tracing::debug!(device = %self.cfg.address, response = ?response, "RACP response");
+            if let sequence::RacpResponse::Failed(op, code) = response {
+                tracing::warn!(profile = %self.cfg.identity.profile, opcode = op, code, "the glucose meter refused the record request");
+            }
+            for r in glucose.flush() {
+                if !self.send_glucose(r, identity, counts).await {
+                    return false;
+                }
+            }
+            return true;
+        }
+        if !is_measurement {
+            // Read results and other characteristics (BlueZ announces reads as changes).
+            return true;
+        }
+        let decoded = match ble::decode(u, value) {
+            Ok(v) => v,
+            Err(e) => {
+                counts.rejected += 1;
+                tracing::debug!(device = %self.cfg.address, error = %e, bytes = %hex::encode(value), "BLE packet rejected");
+                return true;
+            }
+        };
+        match decoded {
+            GattValue::Glucose(m) => {
+                for r in glucose.measurement(m) {
+                    if !self.send_glucose(r, identity, counts).await {
+                        return false;
+                    }
+                }
+                true
+            }
+            GattValue::GlucoseContext(c) => match glucose.context(c) {
+                Ok(r) => self.send_glucose(r, identity, counts).await,
+                Err(e) => {
+                    counts.rejected += 1;
+                    tracing::debug!(device = %self.cfg.address, error = %e, "glucose context rejected");
+                    true
+                }
+            },
+            other => {
+                let Some(m) = other.as_final() else {
+                    tracing::debug!(device = %self.cfg.address, characteristic = format!("0x{u:04X}"), "intermediate value");
+                    return true;
+                };
+                for a in m.anomalies() {
+                    tracing::warn!(profile = %self.cfg.identity.profile, anomaly = ?a, "BLE measurement anomaly");
+                }
+                counts.readings += 1;
+                self.tx
+                    .send(m.to_reading(identity.clone(), Utc::now()))
+                    .await
+                    .is_ok()
+            }
+        }
+    }
+
+    /// Sends a glucose record and records its sequence number once it is committed;
+    /// `false` when the channel is closed.
+    async fn send_glucose(
+        &self,
+        r: GlucoseRecord,
+        identity: &Arc<DeviceIdentity>,
+        counts: &mut Counts,
+    ) -> bool {
+        use crate::ble::FinalMeasurement;
+        let seq = r.measurement.sequence;
+        let reading = r.measurement.to_reading(identity.clone(), Utc::now());
+        let Ok(ack) = self.tx.send_acked(reading).await else {
+            return false;
+        };
+        counts.readings += 1;
+        match ack.await {
+            Ok(_) => {
+                let result = self
+                    .sequences
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .record(&self.cfg.address, seq);
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "cannot record the glucose records fetched; they will be fetched again");
+                }
+            }
+            Err(_) => {
+                tracing::warn!(profile = %self.cfg.identity.profile, "a glucose record was not committed; it will be fetched again");
+            }
+        }
+        true
+    }
+}
