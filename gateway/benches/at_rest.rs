@@ -199,7 +199,10 @@ fn measure(scenario: &Scenario, warmup: Duration, window: Duration, ticks: u64) 
     watchdog_keepalives(&notify);
     let mut keepalives = 0;
 
-    let observed = || kit.server.with_store(|s| (s.observations.len(), s.requests));
+    let observed = || {
+        kit.server
+            .with_store(|s| (s.observations.len(), s.requests))
+    };
     let (observations_before, requests_before) = observed();
     let cpu_before = cpu_ticks(pid);
     let written_before = write_bytes(pid);
@@ -281,7 +284,7 @@ fn grouped(n: f64) -> String {
 
 /// Bytes in a unit a person reads at a glance.
 fn bytes(n: f64) -> String {
-    if n >= 10.0 * 1024.0 * 1024.0 {
+    if n >= 1024.0 * 1024.0 {
         format!("{:.1} MiB", n / (1024.0 * 1024.0))
     } else if n >= 10.0 * 1024.0 {
         format!("{:.1} KiB", n / 1024.0)
