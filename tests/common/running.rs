@@ -49,6 +49,11 @@ impl Running {
         }
     }
 
+    /// The daemon's process id (benchmarks read its `/proc` entries).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The log so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
