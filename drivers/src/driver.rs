@@ -32,6 +32,11 @@ pub struct Envelope {
     pub reading: Reading,
     /// Where to acknowledge the commit, if the driver asked for it.
     pub ack: Option<oneshot::Sender<Committed>>,
+    /// Whether the source waits for that acknowledgement before it goes on (an MQTT
+    /// PUBACK, a glucose record marked as fetched): the outbox then commits within its
+    /// short commit window. A reading nobody waits for may wait longer for company, so
+    /// that several share one commit (fewer writes to the SD card).
+    pub source_waits: bool,
 }
 
 /// The channel is closed: the gateway is shutting down.
@@ -49,7 +54,11 @@ impl ReadingSender {
     /// Sends a reading, waiting while the channel is full (backpressure).
     pub async fn send(&self, reading: Reading) -> Result<(), ChannelClosed> {
         self.inner
-            .send(Envelope { reading, ack: None })
+            .send(Envelope {
+                reading,
+                ack: None,
+                source_waits: false,
+            })
             .await
             .map_err(|_| ChannelClosed)
     }
@@ -58,11 +67,27 @@ impl ReadingSender {
     /// outbox. Sources that acknowledge to the device (an MQTT PUBACK, a glucose record
     /// marked as fetched) acknowledge only then.
     pub async fn send_acked(&self, reading: Reading) -> Result<CommitReceiver, ChannelClosed> {
+        self.send_with_ack(reading, true).await
+    }
+
+    /// Sends a reading and returns a receiver that resolves once it is committed, for a
+    /// source that does not wait for it (the simulator only logs its commits): the
+    /// reading may share a later commit (see [`Envelope::source_waits`]).
+    pub async fn send_noted(&self, reading: Reading) -> Result<CommitReceiver, ChannelClosed> {
+        self.send_with_ack(reading, false).await
+    }
+
+    async fn send_with_ack(
+        &self,
+        reading: Reading,
+        source_waits: bool,
+    ) -> Result<CommitReceiver, ChannelClosed> {
         let (tx, rx) = oneshot::channel();
         self.inner
             .send(Envelope {
                 reading,
                 ack: Some(tx),
+                source_waits,
             })
             .await
             .map_err(|_| ChannelClosed)?;

@@ -183,6 +183,7 @@ async fn run(n: usize, in_flight: usize, dir: &Path) {
             max_age: None,
             when_full: WhenFull::EvictOldest,
             commit_window: Duration::from_millis(20),
+            quiet_commit_window: Duration::from_millis(20),
             max_batch_rows: 1000,
         },
         keyring,

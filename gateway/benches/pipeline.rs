@@ -54,6 +54,7 @@ fn settings(path: PathBuf) -> OutboxSettings {
         max_age: None,
         when_full: WhenFull::EvictOldest,
         commit_window: Duration::from_millis(20),
+        quiet_commit_window: Duration::from_millis(20),
         max_batch_rows: 1000,
     }
 }

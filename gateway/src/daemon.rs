@@ -398,6 +398,7 @@ mod tests {
                 max_age: None,
                 when_full: WhenFull::EvictOldest,
                 commit_window: Duration::from_millis(1),
+                quiet_commit_window: Duration::from_millis(1),
                 max_batch_rows: 16,
             },
             Arc::new(Keyring::new(&[7; 32])),

@@ -196,6 +196,7 @@ out_of_range_probability = 0.02
 path = "<set by demo>"
 key_file = "<an ephemeral key made by demo>"
 commit_window_ms = 50
+quiet_commit_window_ms = 50
 
 [[uplinks]]
 kind = "file"

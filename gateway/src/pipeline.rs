@@ -142,6 +142,7 @@ impl Pipeline {
                 device_json: device.json.clone(),
                 observations,
                 ack: envelope.ack,
+                source_waits: envelope.source_waits,
             };
             match self.outbox.append(append).await {
                 Ok(()) => stats.observations += count,

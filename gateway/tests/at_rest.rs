@@ -103,6 +103,7 @@ async fn an_idle_gateway_runs_no_outbox_transaction_and_no_fetch_for_ten_minutes
         max_age: None,
         when_full: WhenFull::EvictOldest,
         commit_window: Duration::from_millis(20),
+        quiet_commit_window: Duration::from_millis(20),
         max_batch_rows: 1000,
     };
     let keyring = Arc::new(Keyring::new(&[7; 32]));

@@ -106,7 +106,7 @@ impl Kit {
                 "[sim]\nenabled = true\nprofiles = [{}]\ninterval_secs = {interval}\nmax_readings = {max_readings}",
                 profiles.join(", ")
             ))
-            .outbox("commit_window_ms = 5")
+            .outbox("commit_window_ms = 5\nquiet_commit_window_ms = 5")
             .uplink(&format!("{}\n{extra}", self.fhir_uplink(2)))
             .log("info,iomt_drivers=debug,iomt_gateway::uplink=debug")
             .write()

@@ -323,7 +323,7 @@ impl Driver for SimDriver {
                     );
                     tokio::select! {
                         _ = cancel.cancelled() => return Ok(()),
-                        res = tx.send_acked(reading) => match res {
+                        res = tx.send_noted(reading) => match res {
                             Ok(rx) => {
                                 if awaiting.len() >= MAX_AWAITED {
                                     awaiting.pop_front();

@@ -27,9 +27,17 @@ pub struct RawOutbox {
     /// `evict-oldest` (default) or `block`.
     #[serde(default)]
     pub when_full: WhenFull,
-    /// Longest wait, in milliseconds, to group more readings into one commit.
+    /// Longest wait, in milliseconds, to group more readings into one commit while their
+    /// source waits for the commit (an MQTT PUBACK, a glucose meter's record).
     #[serde(default = "default_commit_window")]
     pub commit_window_ms: u64,
+    /// Longest wait, in milliseconds, to group a reading nobody waits for (BLE
+    /// notifications, serial devices, the simulator) with later ones into one commit: at
+    /// low rates the readings of a kit then share commits, and the SD card is written less
+    /// often. A power cut loses at most this much of such readings. At least
+    /// `commit_window_ms`.
+    #[serde(default = "default_quiet_commit_window")]
+    pub quiet_commit_window_ms: u64,
     /// Most rows in one transaction.
     #[serde(default = "default_max_batch_rows")]
     pub max_batch_rows: usize,
@@ -44,6 +52,7 @@ impl Default for RawOutbox {
             max_age_days: None,
             when_full: WhenFull::default(),
             commit_window_ms: default_commit_window(),
+            quiet_commit_window_ms: default_quiet_commit_window(),
             max_batch_rows: default_max_batch_rows(),
         }
     }
@@ -60,6 +69,9 @@ fn default_max_size_mb() -> u64 {
 }
 fn default_commit_window() -> u64 {
     20
+}
+fn default_quiet_commit_window() -> u64 {
+    2000
 }
 fn default_max_batch_rows() -> usize {
     1000
@@ -90,6 +102,9 @@ impl RawOutbox {
                 .map(|d| Duration::from_secs_f64(d * 86_400.0)),
             when_full: self.when_full,
             commit_window: Duration::from_millis(self.commit_window_ms),
+            quiet_commit_window: Duration::from_millis(
+                self.quiet_commit_window_ms.max(self.commit_window_ms),
+            ),
             max_batch_rows: self.max_batch_rows,
         }
     }
@@ -108,6 +123,7 @@ mod tests {
         assert_eq!(s.when_full, WhenFull::EvictOldest);
         assert_eq!(s.max_age, None);
         assert_eq!(s.commit_window, Duration::from_millis(20));
+        assert_eq!(s.quiet_commit_window, Duration::from_secs(2));
     }
 
     #[test]

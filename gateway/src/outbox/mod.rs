@@ -45,7 +45,13 @@
 //! waiting (appends from the pipeline, acknowledgements and fetches from the uplinks), up
 //! to `max_batch_rows` rows or `commit_window` after the first, applies them in one
 //! transaction on a blocking thread, commits once, then replies. Under load hundreds of
-//! readings share a commit; at low rates a reading waits at most `commit_window`.
+//! readings share a commit. At low rates the wait for company depends on who waits for
+//! the commit: a source that does (an MQTT message's PUBACK, a glucose record marked as
+//! fetched) gets its answer within `commit_window` (20 ms by default); a reading nobody
+//! waits for (a BLE notification, a serial line, the simulator) may wait
+//! `quiet_commit_window` (2 s by default), so that at one reading a second two or three
+//! share a commit. The price is what a power cut can take: at most that window of
+//! readings that were never acknowledged to anyone.
 //!
 //! **Deletions ride on other commits.** On an SD card the cost is per commit and per
 //! page touched, not per byte: each commit appends every page it changed to the WAL and
@@ -125,8 +131,13 @@ pub struct OutboxSettings {
     pub max_age: Option<Duration>,
     /// What to do when full.
     pub when_full: WhenFull,
-    /// Longest wait for more operations before a commit.
+    /// Longest wait for more operations before a commit when a source waits for the
+    /// commit (an MQTT PUBACK, a glucose record).
     pub commit_window: Duration,
+    /// Longest wait for company when no source waits (BLE notifications, serial devices,
+    /// the simulator): at low rates several readings then share one commit. At least
+    /// `commit_window`.
+    pub quiet_commit_window: Duration,
     /// Most rows in one transaction.
     pub max_batch_rows: usize,
 }
@@ -215,6 +226,8 @@ pub struct Append {
     pub observations: Vec<(String, Vec<u8>)>,
     /// Acknowledged with the identifiers once committed.
     pub ack: Option<oneshot::Sender<Committed>>,
+    /// Whether the source waits for `ack` (see `OutboxSettings::commit_window`).
+    pub source_waits: bool,
 }
 
 /// A row fetched for delivery, opened.
@@ -273,6 +286,7 @@ struct SealedAppend {
     device: Option<StoredDevice>,
     rows: Vec<(String, StoredRow)>,
     ack: Option<oneshot::Sender<Committed>>,
+    source_waits: bool,
 }
 
 impl Outbox {
@@ -371,6 +385,7 @@ impl Outbox {
                 device,
                 rows,
                 ack: append.ack,
+                source_waits: append.source_waits,
             })
             .await
             .map_err(|_| OutboxError::Closed)

@@ -21,6 +21,7 @@ fn settings_in(dir: &std::path::Path) -> OutboxSettings {
         max_age: None,
         when_full: WhenFull::EvictOldest,
         commit_window: Duration::from_millis(1),
+        quiet_commit_window: Duration::from_millis(1),
         max_batch_rows: 100,
     }
 }
@@ -239,6 +240,7 @@ async fn an_append_is_acknowledged_only_after_its_commit_and_then_fetchable() {
                 br#"{"resourceType":"Observation","id":"obs-1"}"#.to_vec(),
             )],
             ack: Some(tx),
+            source_waits: true,
         })
         .await
         .unwrap();
@@ -276,6 +278,7 @@ async fn when_full_and_blocking_appends_wait_until_deliveries_make_room() {
         max_bytes: 1,
         when_full: WhenFull::Block,
         commit_window: Duration::ZERO,
+        quiet_commit_window: Duration::ZERO,
         ..settings_in(dir.path())
     };
     let ring = Arc::new(Keyring::new(&KEY));
@@ -290,6 +293,7 @@ async fn when_full_and_blocking_appends_wait_until_deliveries_make_room() {
                 device_json: b"{}".to_vec(),
                 observations: vec![(id.into(), b"{}".to_vec())],
                 ack: Some(tx),
+                source_waits: true,
             },
             rx,
         )
@@ -376,4 +380,59 @@ async fn refused_messages_are_kept_sealed_listable_and_bounded() {
     let other = Keyring::new(&[9; 32]);
     let letters = read_ingest_dead_letters(&settings.path, &other).unwrap();
     assert!(letters[0].source.starts_with('<'), "{}", letters[0].source);
+}
+
+#[tokio::test(start_paused = true)]
+async fn readings_nobody_waits_for_share_a_commit_and_a_waiting_source_is_answered_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = OutboxSettings {
+        commit_window: Duration::from_millis(20),
+        quiet_commit_window: Duration::from_secs(2),
+        ..settings_in(dir.path())
+    };
+    let ring = Arc::new(Keyring::new(&KEY));
+    let (outbox, writer) = Outbox::open(settings, ring, vec!["fhir".into()])
+        .await
+        .unwrap();
+    let append = |id: &str, source_waits: bool| {
+        let (tx, rx) = oneshot::channel();
+        (
+            Append {
+                device_id: "dev-1".into(),
+                device_json: b"{}".to_vec(),
+                observations: vec![(id.into(), b"{}".to_vec())],
+                ack: Some(tx),
+                source_waits,
+            },
+            rx,
+        )
+    };
+
+    // One reading a half second, nobody waiting: the three share one commit.
+    let mut acks = Vec::new();
+    for i in 0..3 {
+        let (a, rx) = append(&format!("quiet-{i}"), false);
+        outbox.append(a).await.unwrap();
+        acks.push(rx);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for rx in acks {
+        rx.await.unwrap();
+    }
+    assert_eq!(outbox.transactions(), 1);
+
+    // A source that waits (an MQTT PUBACK) is answered within the short window.
+    let start = tokio::time::Instant::now();
+    let (a, rx) = append("waited-for", true);
+    outbox.append(a).await.unwrap();
+    rx.await.unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(outbox.transactions(), 2);
+
+    drop(outbox);
+    writer.await.unwrap();
 }

@@ -76,11 +76,14 @@ pub(super) struct Batch {
     pub(super) appends: Vec<SealedAppend>,
     pub(super) controls: Vec<Control>,
     pub(super) rows: usize,
+    /// Whether a source waits for this batch's commit.
+    pub(super) source_waits: bool,
 }
 
 impl Batch {
     pub(super) fn push_append(&mut self, a: SealedAppend) {
         self.rows += a.rows.len();
+        self.source_waits |= a.source_waits;
         self.appends.push(a);
     }
 

@@ -221,10 +221,17 @@ impl Writer {
                 if batch.is_empty() && !self.deletions_due() {
                     continue;
                 }
-                // Alone so far: wait up to the commit window for company.
-                let deadline = tokio::time::Instant::now() + self.settings.commit_window;
+                // Alone so far: wait for company, up to the commit window when a source
+                // waits for this commit, else up to the quiet commit window.
+                let opened = tokio::time::Instant::now();
                 loop {
                     self.take_ready(&mut batch);
+                    let deadline = opened
+                        + if batch.source_waits {
+                            self.settings.commit_window
+                        } else {
+                            self.settings.quiet_commit_window
+                        };
                     if batch.rows >= self.settings.max_batch_rows
                         || batch.rows == 0
                         || tokio::time::Instant::now() >= deadline

@@ -141,6 +141,7 @@ impl Bed {
             max_age: None,
             when_full: WhenFull::EvictOldest,
             commit_window: Duration::from_millis(1),
+            quiet_commit_window: Duration::from_millis(1),
             max_batch_rows: 100,
         };
         let ring = Arc::new(Keyring::new(&KEY));
@@ -171,6 +172,7 @@ impl Bed {
                     device_json: br#"{"resourceType":"Device","id":"dev-1"}"#.to_vec(),
                     observations: vec![(id(i), json.into_bytes())],
                     ack: Some(tx),
+                    source_waits: true,
                 })
                 .await
                 .unwrap();
