@@ -346,6 +346,11 @@ pub async fn run_with_hooks(
         }
     };
     hard_stop_timer.abort();
+    // No reading can come any more: what waits for company in the outbox is committed
+    // now, so the uplinks' last pass can deliver it.
+    if let Err(e) = outbox.flush().await {
+        tracing::warn!(error = %e, "the outbox could not commit its last readings");
+    }
     if let Some(task) = dead_letter_task {
         match task.await {
             Ok(kept) => tracing::info!(kept, "ingest dead-letter keeper stopped"),

@@ -493,6 +493,14 @@ impl Outbox {
         self.call(|reply| Control::Ping { reply }).await
     }
 
+    /// Commits what is waiting now (readings waiting for company, deletions waiting for
+    /// a commit) and resolves once that is done. The daemon calls it when no reading can
+    /// come any more (the pipeline has ended), so the last readings need not wait out a
+    /// commit window before the uplinks' last pass.
+    pub async fn flush(&self) -> Result<(), OutboxError> {
+        self.call(|reply| Control::Flush { reply }).await
+    }
+
     /// Counts for `outbox status`.
     pub async fn status(&self, configured: Vec<String>) -> Result<Status, OutboxError> {
         self.call(|reply| Control::Status { configured, reply })

@@ -42,6 +42,10 @@ pub(super) enum Control {
     Ping {
         reply: Reply<()>,
     },
+    /// Commit what is waiting now, without waiting for company.
+    Flush {
+        reply: Reply<()>,
+    },
     IngestDeadLetter {
         at_ms: i64,
         transport: String,
@@ -87,6 +91,13 @@ impl Batch {
         self.appends.push(a);
     }
 
+    /// Whether a caller asked to commit now.
+    pub(super) fn flush_asked(&self) -> bool {
+        self.controls
+            .iter()
+            .any(|c| matches!(c, Control::Flush { .. }))
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.appends.is_empty() && self.controls.is_empty()
     }
@@ -101,6 +112,7 @@ impl Batch {
                     Control::DeadLetter { .. }
                         | Control::IngestDeadLetter { .. }
                         | Control::Status { .. }
+                        | Control::Flush { .. }
                 )
             })
     }
@@ -122,6 +134,7 @@ pub(super) fn reply(control: Control, result: Option<Result<ControlResult, Strin
             Control::Delivered { reply, .. }
             | Control::DeadLetter { reply, .. }
             | Control::Ping { reply }
+            | Control::Flush { reply }
             | Control::IngestDeadLetter { reply, .. },
             Some(Ok(ControlResult::Done)),
         ) => {
@@ -143,6 +156,7 @@ pub(super) fn reply(control: Control, result: Option<Result<ControlResult, Strin
             Control::Delivered { reply, .. }
             | Control::DeadLetter { reply, .. }
             | Control::Ping { reply }
+            | Control::Flush { reply }
             | Control::IngestDeadLetter { reply, .. },
             _,
         ) => {
@@ -233,7 +247,7 @@ pub(super) fn apply(
                 Control::Status { configured, .. } => store
                     .status(configured)
                     .map(|s| ControlResult::Status(Box::new(s))),
-                Control::Ping { .. } => Ok(ControlResult::Done),
+                Control::Ping { .. } | Control::Flush { .. } => Ok(ControlResult::Done),
                 Control::IngestDeadLetter {
                     at_ms,
                     transport,

@@ -234,6 +234,7 @@ impl Writer {
                         };
                     if batch.rows >= self.settings.max_batch_rows
                         || batch.rows == 0
+                        || batch.flush_asked()
                         || tokio::time::Instant::now() >= deadline
                     {
                         break;
