@@ -401,7 +401,7 @@ impl Outbox {
 
     /// Up to `limit` rows waiting for `uplink`, oldest first, opened.
     pub async fn fetch(&self, uplink: &str, limit: usize) -> Result<Fetched, OutboxError> {
-        let (rows, devices) = self
+        let (rows, damaged, devices) = self
             .call(|reply| Control::Fetch {
                 uplink: uplink.into(),
                 limit,
@@ -434,6 +434,15 @@ impl Outbox {
                 len: r.sealed.ciphertext.len(),
                 device_id: r.device_id,
                 observation,
+            });
+        }
+        // Damaged rows cannot be sent; the delivery loop moves them to the dead letters.
+        for d in damaged {
+            out.rows.push(PendingRow {
+                seq: d.seq,
+                len: d.len,
+                device_id: String::new(),
+                observation: Err(d.reason),
             });
         }
         Ok(out)

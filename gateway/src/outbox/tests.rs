@@ -41,7 +41,7 @@ fn insert(store: &mut Store, ring: &Keyring, payload: &[u8]) -> i64 {
 
 /// (seq, payload) of every row waiting for `uplink`, oldest first.
 fn waiting(store: &mut Store, ring: &Keyring, uplink: &str) -> Vec<(i64, Vec<u8>)> {
-    let (rows, _) = store.fetch(uplink, 0, usize::MAX >> 1, None).unwrap();
+    let (rows, _, _) = store.fetch(uplink, 0, usize::MAX >> 1, None).unwrap();
     rows.iter()
         .map(|r| {
             (
@@ -191,7 +191,7 @@ fn a_moved_ciphertext_does_not_open() {
     let a = insert(&mut store, &ring, b"first");
     let b = insert(&mut store, &ring, b"second");
     store.commit().unwrap();
-    let (rows, _) = store.fetch("fhir", 0, 10, None).unwrap();
+    let (rows, _, _) = store.fetch("fhir", 0, 10, None).unwrap();
     // Row b's ciphertext presented as row a: authentication fails.
     assert!(ring.open(&rows[1].sealed, &row_aad(a, "dev-1")).is_err());
     assert!(ring.open(&rows[1].sealed, &row_aad(b, "dev-1")).is_ok());
@@ -329,7 +329,7 @@ fn devices_are_stored_once_and_fetched_with_their_rows() {
     insert(&mut store, &ring, b"x");
     store.commit().unwrap();
     assert!(store.has_device("dev-1"));
-    let (rows, devices) = store.fetch("fhir", 0, 10, None).unwrap();
+    let (rows, _, devices) = store.fetch("fhir", 0, 10, None).unwrap();
     assert_eq!((rows.len(), devices.len()), (1, 1));
 }
 

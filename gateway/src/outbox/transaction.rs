@@ -10,8 +10,11 @@ use tokio::sync::oneshot;
 
 use super::payload::reason_aad;
 use super::seal::{Keyring, Sealed};
-use super::store::{Status, Store, StoredDevice, StoredRow};
+use super::store::{DamagedRow, Status, Store, StoredDevice, StoredRow};
 use super::{OutboxError, OutboxSettings, SealedAppend, WhenFull};
+
+/// What a fetch finds: the rows that read, the damaged rows, the Device resources.
+pub(super) type FetchReply = (Vec<StoredRow>, Vec<DamagedRow>, Vec<StoredDevice>);
 
 /// A reply owed to a caller of the outbox handle.
 pub(super) type Reply<T> = oneshot::Sender<Result<T, OutboxError>>;
@@ -21,7 +24,7 @@ pub(super) enum Control {
     Fetch {
         uplink: String,
         limit: usize,
-        reply: Reply<(Vec<StoredRow>, Vec<StoredDevice>)>,
+        reply: Reply<FetchReply>,
     },
     Delivered {
         uplink: String,
@@ -65,7 +68,7 @@ pub(super) struct Applied {
 }
 
 pub(super) enum ControlResult {
-    Fetched(Vec<StoredRow>, Vec<StoredDevice>),
+    Fetched(FetchReply),
     Done,
     Status(Box<Status>),
 }
@@ -109,8 +112,8 @@ pub(super) fn reply(control: Control, result: Option<Result<ControlResult, Strin
         reason: "the transaction failed".into(),
     };
     match (control, result) {
-        (Control::Fetch { reply, .. }, Some(Ok(ControlResult::Fetched(r, d)))) => {
-            let _ = reply.send(Ok((r, d)));
+        (Control::Fetch { reply, .. }, Some(Ok(ControlResult::Fetched(f)))) => {
+            let _ = reply.send(Ok(f));
         }
         (Control::Status { reply, .. }, Some(Ok(ControlResult::Status(s)))) => {
             let _ = reply.send(Ok(*s));
@@ -180,7 +183,7 @@ pub(super) fn apply(
                 let r = match &c {
                     Control::Fetch { uplink, limit, .. } => store
                         .fetch(uplink, 0, *limit, skip.get(uplink))
-                        .map(|(r, d)| ControlResult::Fetched(r, d)),
+                        .map(ControlResult::Fetched),
                     Control::Status { configured, .. } => store
                         .status(configured)
                         .map(|s| ControlResult::Status(Box::new(s))),
@@ -212,7 +215,7 @@ pub(super) fn apply(
             let r = match &c {
                 Control::Fetch { uplink, limit, .. } => store
                     .fetch(uplink, 0, *limit, skip.get(uplink))
-                    .map(|(r, d)| ControlResult::Fetched(r, d)),
+                    .map(ControlResult::Fetched),
                 Control::Delivered { uplink, rows, .. } => {
                     store.delivered(uplink, rows).map(|_| ControlResult::Done)
                 }
@@ -225,7 +228,9 @@ pub(super) fn apply(
                 } => keyring
                     .seal(reason, &reason_aad(uplink, *seq))
                     .map_err(OutboxError::from)
-                    .and_then(|sealed: Sealed| store.dead_letter(uplink, *seq, *len, &sealed))
+                    .and_then(|sealed: Sealed| {
+                        store.dead_letter(keyring, uplink, *seq, *len, &sealed)
+                    })
                     .map(|_| ControlResult::Done),
                 Control::Status { configured, .. } => store
                     .status(configured)

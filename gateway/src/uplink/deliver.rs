@@ -105,9 +105,11 @@ impl Loop<'_> {
         }
         let (sendable, unreadable) = plan::triage(&fetched.rows);
         for (i, reason) in unreadable {
+            // The reason names the row and what is wrong with it, never its content.
             tracing::error!(
                 uplink = self.uplink.name(),
                 seq = fetched.rows[i].seq,
+                reason = %reason,
                 "an outbox row cannot be opened; moved to the dead letters"
             );
             self.dead_letter(&fetched.rows[i], &reason).await?;

@@ -220,10 +220,18 @@ impl Store {
             )
             .map_err(sql(path))?
             > 0;
-        let mut query = "SELECT DISTINCT key_id FROM rows UNION SELECT DISTINCT key_id FROM devices UNION SELECT DISTINCT key_id FROM dead_letters".to_string();
-        if has_ingest {
-            query.push_str(" UNION SELECT DISTINCT key_id FROM ingest_dead_letters");
-        }
+        // A key id that is not an integer belongs to a damaged row, which the delivery
+        // loop dead-letters; it names no key to ask for.
+        let tables: &[&str] = if has_ingest {
+            &["rows", "devices", "dead_letters", "ingest_dead_letters"]
+        } else {
+            &["rows", "devices", "dead_letters"]
+        };
+        let query = tables
+            .iter()
+            .map(|t| format!("SELECT DISTINCT key_id FROM {t} WHERE typeof(key_id) = 'integer'"))
+            .collect::<Vec<_>>()
+            .join(" UNION ");
         let mut stmt = conn.prepare(&query).map_err(sql(path))?;
         let needed: Vec<i64> = stmt
             .query_map([], |r| r.get(0))

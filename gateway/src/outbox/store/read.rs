@@ -79,7 +79,7 @@ impl Store {
             let (queued, oldest): (i64, Option<i64>) = self
                 .conn
                 .query_row(
-                    "SELECT COUNT(*), MIN(created_ms) FROM rows WHERE (pending & ?1) != 0",
+                    "SELECT COUNT(*), MIN(CASE WHEN typeof(created_ms) = 'integer' THEN created_ms END) FROM rows WHERE (pending & ?1) != 0",
                     [bit],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
