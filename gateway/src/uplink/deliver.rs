@@ -204,7 +204,10 @@ impl Loop<'_> {
                 retry_after: None,
             }),
         };
-        plan::after_answer(rows.len(), &built.rows_of_entries, answer)
+        plan::with_duplicates(
+            plan::after_answer(rows.len(), &built.rows_of_entries, answer),
+            &built.duplicates,
+        )
     }
 }
 
