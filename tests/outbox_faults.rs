@@ -151,3 +151,95 @@ fn damaged_rows_go_to_the_dead_letters_and_every_other_row_is_delivered() {
         "{text}"
     );
 }
+
+fn reject_spo2(obs: &serde_json::Value) -> Option<String> {
+    let is_spo2 = obs["code"]["coding"]
+        .as_array()?
+        .iter()
+        .any(|c| c["code"] == "2708-6");
+    is_spo2.then(|| "SpO2 not accepted by this server (test rule)".to_string())
+}
+
+/// Runs the daemon on `config` until the simulator has reached its limit and `outbox
+/// status` satisfies `done`, then stops it.
+fn run_until(
+    kit: &mut Kit,
+    config: &std::path::Path,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) {
+    let (mut child, log) = kit.start(config);
+    wait_running(&mut child, &log);
+    wait_until(Duration::from_secs(60), what, || {
+        read(&log).contains("simulator reached its reading limit")
+            && kit.try_outbox_status().is_ok_and(|v| done(&v))
+    });
+    sigterm_and_wait(child, &log);
+}
+
+#[test]
+fn after_a_key_rotation_the_documented_procedure_keeps_the_kit_starting_with_readable_dead_letters()
+{
+    let mut kit = Kit::new();
+    kit.server.set_poison(Some(reject_spo2));
+    // Under the first key: a pulse oximeter's Device resource, its pulse rates
+    // delivered, its SpO2 values in the dead letters.
+    let config = kit.config(0.01, &["sim-pulse-oximeter"], 5);
+    run_until(&mut kit, &config, "the SpO2 rows dead-lettered", |v| {
+        v["uplinks"][0]["dead_lettered"] == 5 && v["uplinks"][0]["queued"] == 0
+    });
+
+    let (ok, rotated) = kit.cli(&["keygen", "--rotate"]);
+    assert!(ok, "{rotated}");
+    // Under the new key: a thermometer; the oximeter is not seen again.
+    let config = kit.config(0.01, &["sim-thermometer"], 5);
+    run_until(&mut kit, &config, "everything delivered", |v| {
+        v["uplinks"][0]["delivered"] == 10 && v["uplinks"][0]["queued"] == 0
+    });
+
+    // The documented procedure: once `outbox status` lists none of the retired key ids
+    // as in use, the retired key file can be deleted.
+    let retired = kit.path("storage.key.retired");
+    let retired_ids: Vec<String> = std::fs::read(&retired)
+        .unwrap()
+        .chunks(32)
+        .map(|k| {
+            let key = iomt_gateway::outbox::seal::StorageKey::derive(k.try_into().unwrap());
+            format!("{:08x}", key.id)
+        })
+        .collect();
+    assert!(
+        rotated.contains(&format!("no longer lists key {}", retired_ids[0])),
+        "{rotated}"
+    );
+    let status = kit.outbox_status();
+    let in_use: Vec<&str> = status["keys_in_use"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|k| k[0].as_str())
+        .collect();
+    assert!(
+        !in_use.is_empty(),
+        "the current key seals Devices and dead letters: {status}"
+    );
+    assert!(
+        retired_ids.iter().all(|id| !in_use.contains(&id.as_str())),
+        "the retired key is still in use: {status}"
+    );
+    std::fs::remove_file(&retired).unwrap();
+
+    // The gateway still starts, and its dead letters still open.
+    let (mut child, log) = kit.start(&config);
+    wait_running(&mut child, &log);
+    sigterm_and_wait(child, &log);
+    let (ok, letters) = kit.cli(&["outbox", "dead-letters"]);
+    assert!(ok, "{letters}");
+    assert_eq!(
+        letters
+            .matches("SpO2 not accepted by this server (test rule)")
+            .count(),
+        5,
+        "{letters}"
+    );
+}

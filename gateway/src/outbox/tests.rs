@@ -377,3 +377,69 @@ async fn refused_messages_are_kept_sealed_listable_and_bounded() {
     let letters = read_ingest_dead_letters(&settings.path, &other).unwrap();
     assert!(letters[0].source.starts_with('<'), "{}", letters[0].source);
 }
+
+#[test]
+fn after_a_rotation_only_queued_rows_keep_the_retired_key_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    let key_file = dir.path().join("storage.key");
+    crate::secret_file::write_new_key_file(&key_file, &[3; 32]).unwrap();
+    let names = vec!["fhir".to_string()];
+    let old = Keyring::load(&key_file).unwrap();
+    let old_id = format!("{:08x}", old.current().id);
+    {
+        // Under the old key: a Device, a dead letter, a refused message, a queued row.
+        let mut store = Store::open(&path, &old, &names).unwrap();
+        store.begin().unwrap();
+        store
+            .put_device(&StoredDevice {
+                id: "dev-1".into(),
+                sealed: old.seal(b"{}", &device_aad("dev-1")).unwrap(),
+            })
+            .unwrap();
+        let rejected = insert(&mut store, &old, b"rejected");
+        let reason = old
+            .seal(b"bad unit", &reason_aad("fhir", rejected))
+            .unwrap();
+        store
+            .dead_letter(&old, "fhir", rejected, 0, &reason)
+            .unwrap();
+        store
+            .ingest_dead_letter(&old, 0, "mqtt", 3, b"abc", 10)
+            .unwrap();
+        insert(&mut store, &old, b"queued");
+        store.commit().unwrap();
+        let status = store.status(&names).unwrap();
+        assert_eq!(
+            status.keys_in_use,
+            [(old_id.clone(), 4)],
+            "every sealed table counts"
+        );
+    }
+    crate::secret_file::rotate_key_file(&key_file, &[4; 32]).unwrap();
+    let ring = Keyring::load(&key_file).unwrap();
+    let new_id = format!("{:08x}", ring.current().id);
+    let mut store = Store::open(&path, &ring, &names).unwrap();
+    // Opening sealed what is kept for good again under the new key.
+    let mut in_use = store.status(&names).unwrap().keys_in_use;
+    in_use.sort();
+    let mut expected = vec![(old_id.clone(), 1), (new_id.clone(), 3)];
+    expected.sort();
+    assert_eq!(in_use, expected);
+    let (rows, _, _) = store.fetch("fhir", 0, 10, None).unwrap();
+    store.begin().unwrap();
+    store.delivered("fhir", &[(rows[0].seq, 0)]).unwrap();
+    store.commit().unwrap();
+    assert_eq!(store.status(&names).unwrap().keys_in_use, [(new_id, 3)]);
+    drop(store);
+    // The retired key is no longer needed: without it the outbox opens, and its dead
+    // letters and refused messages still open.
+    std::fs::remove_file(crate::secret_file::retired_path(&key_file)).unwrap();
+    let ring = Keyring::load(&key_file).unwrap();
+    drop(Store::open(&path, &ring, &names).unwrap());
+    let letters = read_dead_letters(&path, &ring).unwrap();
+    assert_eq!(letters[0].reason, "bad unit");
+    let refused = store::read_only_ingest_dead_letters(&path).unwrap();
+    let opened = ring.open(&refused[0].sealed, &store::ingest_aad(refused[0].id));
+    assert_eq!(opened.unwrap(), b"abc");
+}

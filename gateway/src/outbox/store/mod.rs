@@ -5,6 +5,7 @@
 
 mod open;
 mod read;
+mod reseal;
 
 pub use open::SCHEMA_VERSION;
 pub use read::{

@@ -107,6 +107,21 @@ impl Store {
             .execute_batch(INGEST_DEAD_LETTERS)
             .map_err(sql(path))?;
         store.register_key(keyring)?;
+        // After a rotation, what is kept for good moves to the current key, so only
+        // queued rows still need a retired key (see `reseal.rs`).
+        let resealed = store.reseal(keyring)?;
+        if resealed.resealed > 0 {
+            tracing::info!(
+                resealed = resealed.resealed,
+                "sealed Device resources and dead letters again under the current storage key"
+            );
+        }
+        if resealed.unopened > 0 {
+            tracing::warn!(
+                unopened = resealed.unopened,
+                "stored values under a retired storage key do not open (damaged); they keep that key listed as in use by `outbox status`"
+            );
+        }
         store.register_uplinks(uplinks)?;
         (store.next_seq, store.payload_bytes) = store.load_counters()?;
         Ok(store)
