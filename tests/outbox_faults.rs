@@ -243,3 +243,65 @@ fn after_a_key_rotation_the_documented_procedure_keeps_the_kit_starting_with_rea
         "{letters}"
     );
 }
+
+#[test]
+fn the_same_mqtt_message_stored_twice_reaches_the_server_once_and_both_rows_leave_the_outbox() {
+    let mut kit = Kit::new();
+    let broker = iomt_testkit::Mosquitto::start(&kit.path("broker"), "").unwrap();
+    // The server is down, so both copies wait in the outbox and go out in one Bundle.
+    kit.rt.block_on(kit.server.stop());
+    let config = kit
+        .config_for("kit-mqtt-dup", "MRN-MQTT-4242")
+        .driver(&format!(
+            "[mqtt]\nenabled = true\nport = {}\nclient_id = \"iomt-gateway-dup\"\nreconnect_initial_ms = 50\nreconnect_max_ms = 500\nprofiles = [\"mqtt-generic-json-vitals\"]",
+            broker.port()
+        ))
+        .outbox("commit_window_ms = 5")
+        .uplink(&kit.fhir_uplink(1))
+        .log("info,iomt_drivers=debug")
+        .write();
+    let (mut child, log) = kit.start(&config);
+    common::kit::wait_logged(
+        &mut child,
+        &log,
+        "the gateway to connect",
+        "connected to the MQTT broker",
+    );
+    // A source that sends the same reading again (as one does after a crash between
+    // the gateway's commit and its acknowledgement): one Observation, two rows.
+    let message = (
+        "iomt/dup-1/vitals".to_string(),
+        br#"{"time":"2026-01-01T08:00:00Z","heart_rate":72}"#.to_vec(),
+    );
+    kit.rt
+        .block_on(iomt_testkit::mosquitto::publish_acked(
+            broker.port(),
+            "test-publisher",
+            vec![message.clone(), message],
+            Duration::from_secs(30),
+        ))
+        .unwrap();
+    wait_until(Duration::from_secs(30), "both copies committed", || {
+        kit.try_outbox_status()
+            .is_ok_and(|v| v["uplinks"][0]["queued"] == 2)
+    });
+    kit.rt.block_on(kit.server.restart()).unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "both rows gone from the outbox",
+        || {
+            kit.try_outbox_status().is_ok_and(|v| {
+                v["rows"] == 0
+                    && v["uplinks"][0]["queued"] == 0
+                    && v["uplinks"][0]["delivered"] == 2
+            })
+        },
+    );
+    sigterm_and_wait(child, &log);
+    let status = kit.outbox_status();
+    assert_eq!(status["uplinks"][0]["dead_lettered"], 0, "{status}");
+    kit.server.with_store(|s| {
+        assert_eq!(s.observations.len(), 1);
+        assert_eq!((s.rejected, s.duplicate_creates), (0, 0));
+    });
+}
