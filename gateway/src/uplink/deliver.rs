@@ -11,8 +11,10 @@
 //!   server's reason for the whole Bundle.
 //! - Transient failures: the same rows are retried after the backoff (exponential with
 //!   jitter, capped, Retry-After respected).
-//! - A row that cannot be opened (wrong key, damaged) never goes out: it goes to the dead
-//!   letters with the reason.
+//! - A row that cannot be read or opened (wrong key, damaged column or ciphertext) never
+//!   goes out: it goes to the dead letters with the reason, logged with its seq.
+//! - Rows holding the same Observation (stored twice) share one Bundle entry, and its
+//!   fate: all delivered, or all dead-lettered with its reason.
 //!
 //! These decisions are pure functions in [`plan`], unit-tested rule by rule; this module
 //! carries them out (the outbox, the uplink, the timers, the logs).
