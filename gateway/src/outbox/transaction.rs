@@ -10,11 +10,8 @@ use tokio::sync::oneshot;
 
 use super::payload::reason_aad;
 use super::seal::{Keyring, Sealed};
-use super::store::{DamagedRow, Status, Store, StoredDevice, StoredRow};
+use super::store::{FetchedRows, Status, Store};
 use super::{OutboxError, OutboxSettings, SealedAppend, WhenFull};
-
-/// What a fetch finds: the rows that read, the damaged rows, the Device resources.
-pub(super) type FetchReply = (Vec<StoredRow>, Vec<DamagedRow>, Vec<StoredDevice>);
 
 /// A reply owed to a caller of the outbox handle.
 pub(super) type Reply<T> = oneshot::Sender<Result<T, OutboxError>>;
@@ -24,7 +21,7 @@ pub(super) enum Control {
     Fetch {
         uplink: String,
         limit: usize,
-        reply: Reply<FetchReply>,
+        reply: Reply<FetchedRows>,
     },
     Delivered {
         uplink: String,
@@ -68,7 +65,7 @@ pub(super) struct Applied {
 }
 
 pub(super) enum ControlResult {
-    Fetched(FetchReply),
+    Fetched(FetchedRows),
     Done,
     Status(Box<Status>),
 }

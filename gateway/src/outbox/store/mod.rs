@@ -200,7 +200,7 @@ impl Store {
         after: i64,
         limit: usize,
         skip: Option<&HashSet<i64>>,
-    ) -> Result<(Vec<StoredRow>, Vec<DamagedRow>, Vec<StoredDevice>), OutboxError> {
+    ) -> Result<FetchedRows, OutboxError> {
         let bit = self.bit(uplink)?;
         let p = self.path.clone();
         let skipped = skip.map_or(0, HashSet::len);
@@ -461,6 +461,10 @@ impl Store {
         Ok(evicted)
     }
 }
+
+/// What a fetch finds: the rows that read (oldest first), the damaged rows, and the
+/// Device resources the rows reference.
+pub type FetchedRows = (Vec<StoredRow>, Vec<DamagedRow>, Vec<StoredDevice>);
 
 /// A row whose columns cannot be read as written: it cannot be sent, only dead-lettered.
 #[derive(Debug, Clone, PartialEq, Eq)]
