@@ -443,3 +443,44 @@ fn after_a_rotation_only_queued_rows_keep_the_retired_key_in_use() {
     let opened = ring.open(&refused[0].sealed, &store::ingest_aad(refused[0].id));
     assert_eq!(opened.unwrap(), b"abc");
 }
+
+#[test]
+fn an_older_dead_letter_whose_reason_was_sealed_under_another_key_opens_after_the_next_start() {
+    // Older gateways recorded the row's key on a dead letter while sealing its reason
+    // under the current key: after a rotation the reason did not open.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    let key_file = dir.path().join("storage.key");
+    crate::secret_file::write_new_key_file(&key_file, &[5; 32]).unwrap();
+    let names = vec!["fhir".to_string()];
+    let old = Keyring::load(&key_file).unwrap();
+    drop(Store::open(&path, &old, &names).unwrap());
+    crate::secret_file::rotate_key_file(&key_file, &[6; 32]).unwrap();
+    let ring = Keyring::load(&key_file).unwrap();
+    let payload = old.seal(b"row", &row_aad(1, "dev-1")).unwrap();
+    let reason = ring.seal(b"bad code", &reason_aad("fhir", 1)).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "INSERT INTO dead_letters (uplink, seq, at_ms, device_id, key_id, nonce, sealed, reason_nonce, reason_sealed) VALUES ('fhir', 1, 0, 'dev-1', ?1, ?2, ?3, ?4, ?5)",
+        rusqlite::params![
+            old.current().id as i64,
+            payload.nonce.as_slice(),
+            payload.ciphertext,
+            reason.nonce.as_slice(),
+            reason.ciphertext
+        ],
+    )
+    .unwrap();
+    drop(conn);
+    assert!(read_dead_letters(&path, &ring).unwrap()[0]
+        .reason
+        .starts_with('<'));
+    drop(Store::open(&path, &ring, &names).unwrap());
+    assert_eq!(
+        read_dead_letters(&path, &ring).unwrap()[0].reason,
+        "bad code"
+    );
+    let status = read_status(&path, &names).unwrap();
+    let current = format!("{:08x}", ring.current().id);
+    assert_eq!(status.keys_in_use, [(current, 1)]);
+}

@@ -102,16 +102,19 @@ impl Store {
             }
             for (uplink, seq, device_id, payload, reason) in letters {
                 let reason_aad = reason_aad(&uplink, seq);
-                // Dead letters written before their reason's key was recorded have the
-                // reason sealed under the key that was current then.
-                let reason_plain = keyring.open(&reason, &reason_aad).or_else(|_| {
-                    let under_current = Sealed {
-                        key_id: keyring.current().id,
-                        ..reason.clone()
-                    };
-                    keyring.open(&under_current, &reason_aad)
+                // Dead letters written before their reason's key was recorded carry
+                // their row's key id, while the reason was sealed under the key current
+                // then: try every key of the keyring.
+                let reason_plain = keyring.open(&reason, &reason_aad).ok().or_else(|| {
+                    keyring.keys().find_map(|k| {
+                        let under = Sealed {
+                            key_id: k.id,
+                            ..reason.clone()
+                        };
+                        keyring.open(&under, &reason_aad).ok()
+                    })
                 });
-                let Ok(reason_plain) = reason_plain else {
+                let Some(reason_plain) = reason_plain else {
                     done.unopened += 1;
                     continue;
                 };
