@@ -6,6 +6,8 @@
 //!   (`201 Created`), else it answers `200 OK` and creates nothing. A `POST` without
 //!   `ifNoneExist` always creates, and a second create of the same identifier is counted
 //!   as a duplicate (the gateway must never cause one).
+//! - A `fullUrl` that appears twice in one transaction fails it with `400`, naming the
+//!   second entry (or not, in [`Rejections::Unnamed`]), as real servers refuse it.
 //! - A configurable rule rejects entries (poison): the whole transaction fails with `400`
 //!   and an OperationOutcome whose issues name the entries (`Bundle.entry[i]`), or, in
 //!   [`Rejections::Unnamed`], name none (as many real servers answer).
@@ -205,6 +207,8 @@ struct InBundle {
 
 #[derive(serde::Deserialize)]
 struct InEntry {
+    #[serde(rename = "fullUrl")]
+    full_url: Option<String>,
     resource: Box<serde_json::value::RawValue>,
     request: InRequest,
 }
@@ -327,7 +331,15 @@ async fn transaction(
     // Validate everything first: a transaction is all or nothing.
     let mut issues = Vec::new();
     let mut heads = Vec::with_capacity(bundle.entry.len());
+    let mut full_urls = std::collections::HashSet::new();
     for (i, e) in bundle.entry.iter().enumerate() {
+        // As real servers do (HAPI: "multiple resources with ID"), a fullUrl twice in
+        // one transaction fails it.
+        if let Some(url) = &e.full_url {
+            if !full_urls.insert(url.as_str()) {
+                issues.push((i, format!("fullUrl {url} is not unique in the Bundle")));
+            }
+        }
         let head: Head = match serde_json::from_str(e.resource.get()) {
             Ok(h) => h,
             Err(err) => {

@@ -128,13 +128,19 @@ fn keygen(config_path: &Path, rotate: bool, keys: KeyPaths) -> Result<ExitCode> 
     };
     let storage = &storage;
     if rotate {
+        let retired_id = secret_file::read_key_file(storage)
+            .map(|k| iomt_gateway::outbox::seal::StorageKey::derive(&k).id)?;
         secret_file::rotate_key_file(storage, &secret_file::random_key()?)?;
         println!(
-            "rotated the storage key {} (previous key kept in {})",
+            "rotated the storage key {} (previous key, id {retired_id:08x}, kept in {})",
             storage.display(),
             secret_file::retired_path(storage).display()
         );
         println!("restart the gateway to seal new rows with the new key");
+        println!(
+            "keep {} until `iomt-gateway outbox status` no longer lists key {retired_id:08x}",
+            secret_file::retired_path(storage).display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     for (what, path) in [

@@ -127,7 +127,7 @@ fn outbox_status(config_path: &Path, json: bool) -> Result<ExitCode> {
         );
     }
     for (id, rows) in &status.keys_in_use {
-        println!("key {id}: {rows} rows");
+        println!("key {id}: {rows} sealed (rows, Device resources, dead letters)");
     }
     Ok(ExitCode::SUCCESS)
 }

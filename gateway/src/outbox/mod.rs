@@ -27,8 +27,20 @@
 //!
 //! **Key rotation.** `iomt-gateway keygen --rotate` moves the current key to
 //! `<key file>.retired` and writes a new one. New rows use the new key; rows sealed with a
-//! retired key stay readable until delivered. `outbox status` lists the key ids still in
-//! use, so a retired key file can be deleted once none of its ids remain.
+//! retired key stay readable until delivered. What is kept for good (Device resources,
+//! dead letters, refused messages) is sealed again under the current key each time the
+//! outbox opens (`store/reseal.rs`), so after the restart only queued rows still need a
+//! retired key. `outbox status` lists every key id still sealing something, in every
+//! table, so a retired key file can be deleted once none of its ids remain (a stored
+//! value too damaged to open keeps its key listed). A dead letter's `key_id` is its
+//! reason's key; its payload is sealed again under that key when it opens (a damaged
+//! one is kept as it was).
+//!
+//! **Damaged rows.** A fetch reads each column by its type: a row whose device id is not
+//! UTF-8 text, whose key id is not an integer, or whose ciphertext does not open goes to
+//! the dead letters with a reason naming the row and what is wrong (never its content),
+//! and the rows behind it flow; a damaged enqueue time only blinds the age cap to that
+//! row. Key ids that are not integers are ignored by the open checks.
 //!
 //! **Invariants.**
 //! - *Acknowledge after commit*: an appended reading's acknowledgement is sent only after
@@ -416,7 +428,7 @@ impl Outbox {
 
     /// Up to `limit` rows waiting for `uplink`, oldest first, opened.
     pub async fn fetch(&self, uplink: &str, limit: usize) -> Result<Fetched, OutboxError> {
-        let (rows, devices) = self
+        let (rows, damaged, devices) = self
             .call(|reply| Control::Fetch {
                 uplink: uplink.into(),
                 limit,
@@ -449,6 +461,15 @@ impl Outbox {
                 len: r.sealed.ciphertext.len(),
                 device_id: r.device_id,
                 observation,
+            });
+        }
+        // Damaged rows cannot be sent; the delivery loop moves them to the dead letters.
+        for d in damaged {
+            out.rows.push(PendingRow {
+                seq: d.seq,
+                len: d.len,
+                device_id: String::new(),
+                observation: Err(d.reason),
             });
         }
         Ok(out)

@@ -42,7 +42,7 @@ fn insert(store: &mut Store, ring: &Keyring, payload: &[u8]) -> i64 {
 
 /// (seq, payload) of every row waiting for `uplink`, oldest first.
 fn waiting(store: &mut Store, ring: &Keyring, uplink: &str) -> Vec<(i64, Vec<u8>)> {
-    let (rows, _) = store.fetch(uplink, 0, usize::MAX >> 1, None).unwrap();
+    let (rows, _, _) = store.fetch(uplink, 0, usize::MAX >> 1, None).unwrap();
     rows.iter()
         .map(|r| {
             (
@@ -192,7 +192,7 @@ fn a_moved_ciphertext_does_not_open() {
     let a = insert(&mut store, &ring, b"first");
     let b = insert(&mut store, &ring, b"second");
     store.commit().unwrap();
-    let (rows, _) = store.fetch("fhir", 0, 10, None).unwrap();
+    let (rows, _, _) = store.fetch("fhir", 0, 10, None).unwrap();
     // Row b's ciphertext presented as row a: authentication fails.
     assert!(ring.open(&rows[1].sealed, &row_aad(a, "dev-1")).is_err());
     assert!(ring.open(&rows[1].sealed, &row_aad(b, "dev-1")).is_ok());
@@ -333,7 +333,7 @@ fn devices_are_stored_once_and_fetched_with_their_rows() {
     insert(&mut store, &ring, b"x");
     store.commit().unwrap();
     assert!(store.has_device("dev-1"));
-    let (rows, devices) = store.fetch("fhir", 0, 10, None).unwrap();
+    let (rows, _, devices) = store.fetch("fhir", 0, 10, None).unwrap();
     assert_eq!((rows.len(), devices.len()), (1, 1));
 }
 
@@ -435,4 +435,111 @@ async fn readings_nobody_waits_for_share_a_commit_and_a_waiting_source_is_answer
 
     drop(outbox);
     writer.await.unwrap();
+}
+
+#[test]
+fn after_a_rotation_only_queued_rows_keep_the_retired_key_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    let key_file = dir.path().join("storage.key");
+    crate::secret_file::write_new_key_file(&key_file, &[3; 32]).unwrap();
+    let names = vec!["fhir".to_string()];
+    let old = Keyring::load(&key_file).unwrap();
+    let old_id = format!("{:08x}", old.current().id);
+    {
+        // Under the old key: a Device, a dead letter, a refused message, a queued row.
+        let mut store = Store::open(&path, &old, &names).unwrap();
+        store.begin().unwrap();
+        store
+            .put_device(&StoredDevice {
+                id: "dev-1".into(),
+                sealed: old.seal(b"{}", &device_aad("dev-1")).unwrap(),
+            })
+            .unwrap();
+        let rejected = insert(&mut store, &old, b"rejected");
+        let reason = old
+            .seal(b"bad unit", &reason_aad("fhir", rejected))
+            .unwrap();
+        store
+            .dead_letter(&old, "fhir", rejected, 0, &reason)
+            .unwrap();
+        store
+            .ingest_dead_letter(&old, 0, "mqtt", 3, b"abc", 10)
+            .unwrap();
+        insert(&mut store, &old, b"queued");
+        store.commit().unwrap();
+        let status = store.status(&names).unwrap();
+        assert_eq!(
+            status.keys_in_use,
+            [(old_id.clone(), 4)],
+            "every sealed table counts"
+        );
+    }
+    crate::secret_file::rotate_key_file(&key_file, &[4; 32]).unwrap();
+    let ring = Keyring::load(&key_file).unwrap();
+    let new_id = format!("{:08x}", ring.current().id);
+    let mut store = Store::open(&path, &ring, &names).unwrap();
+    // Opening sealed what is kept for good again under the new key.
+    let mut in_use = store.status(&names).unwrap().keys_in_use;
+    in_use.sort();
+    let mut expected = vec![(old_id.clone(), 1), (new_id.clone(), 3)];
+    expected.sort();
+    assert_eq!(in_use, expected);
+    let (rows, _, _) = store.fetch("fhir", 0, 10, None).unwrap();
+    store.begin().unwrap();
+    store.delivered("fhir", &[(rows[0].seq, 0)]).unwrap();
+    store.commit().unwrap();
+    assert_eq!(store.status(&names).unwrap().keys_in_use, [(new_id, 3)]);
+    drop(store);
+    // The retired key is no longer needed: without it the outbox opens, and its dead
+    // letters and refused messages still open.
+    std::fs::remove_file(crate::secret_file::retired_path(&key_file)).unwrap();
+    let ring = Keyring::load(&key_file).unwrap();
+    drop(Store::open(&path, &ring, &names).unwrap());
+    let letters = read_dead_letters(&path, &ring).unwrap();
+    assert_eq!(letters[0].reason, "bad unit");
+    let refused = store::read_only_ingest_dead_letters(&path).unwrap();
+    let opened = ring.open(&refused[0].sealed, &store::ingest_aad(refused[0].id));
+    assert_eq!(opened.unwrap(), b"abc");
+}
+
+#[test]
+fn an_older_dead_letter_whose_reason_was_sealed_under_another_key_opens_after_the_next_start() {
+    // Older gateways recorded the row's key on a dead letter while sealing its reason
+    // under the current key: after a rotation the reason did not open.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    let key_file = dir.path().join("storage.key");
+    crate::secret_file::write_new_key_file(&key_file, &[5; 32]).unwrap();
+    let names = vec!["fhir".to_string()];
+    let old = Keyring::load(&key_file).unwrap();
+    drop(Store::open(&path, &old, &names).unwrap());
+    crate::secret_file::rotate_key_file(&key_file, &[6; 32]).unwrap();
+    let ring = Keyring::load(&key_file).unwrap();
+    let payload = old.seal(b"row", &row_aad(1, "dev-1")).unwrap();
+    let reason = ring.seal(b"bad code", &reason_aad("fhir", 1)).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "INSERT INTO dead_letters (uplink, seq, at_ms, device_id, key_id, nonce, sealed, reason_nonce, reason_sealed) VALUES ('fhir', 1, 0, 'dev-1', ?1, ?2, ?3, ?4, ?5)",
+        rusqlite::params![
+            old.current().id as i64,
+            payload.nonce.as_slice(),
+            payload.ciphertext,
+            reason.nonce.as_slice(),
+            reason.ciphertext
+        ],
+    )
+    .unwrap();
+    drop(conn);
+    assert!(read_dead_letters(&path, &ring).unwrap()[0]
+        .reason
+        .starts_with('<'));
+    drop(Store::open(&path, &ring, &names).unwrap());
+    assert_eq!(
+        read_dead_letters(&path, &ring).unwrap()[0].reason,
+        "bad code"
+    );
+    let status = read_status(&path, &names).unwrap();
+    let current = format!("{:08x}", ring.current().id);
+    assert_eq!(status.keys_in_use, [(current, 1)]);
 }

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use super::payload::reason_aad;
 use super::seal::{Keyring, Sealed};
-use super::store::{Status, Store, StoredDevice, StoredRow};
+use super::store::{FetchedRows, Status, Store};
 use super::{OutboxError, OutboxSettings, SealedAppend, WhenFull};
 
 /// A reply owed to a caller of the outbox handle.
@@ -21,7 +21,7 @@ pub(super) enum Control {
     Fetch {
         uplink: String,
         limit: usize,
-        reply: Reply<(Vec<StoredRow>, Vec<StoredDevice>)>,
+        reply: Reply<FetchedRows>,
     },
     Delivered {
         uplink: String,
@@ -69,7 +69,7 @@ pub(super) struct Applied {
 }
 
 pub(super) enum ControlResult {
-    Fetched(Vec<StoredRow>, Vec<StoredDevice>),
+    Fetched(FetchedRows),
     Done,
     Status(Box<Status>),
 }
@@ -124,8 +124,8 @@ pub(super) fn reply(control: Control, result: Option<Result<ControlResult, Strin
         reason: "the transaction failed".into(),
     };
     match (control, result) {
-        (Control::Fetch { reply, .. }, Some(Ok(ControlResult::Fetched(r, d)))) => {
-            let _ = reply.send(Ok((r, d)));
+        (Control::Fetch { reply, .. }, Some(Ok(ControlResult::Fetched(f)))) => {
+            let _ = reply.send(Ok(f));
         }
         (Control::Status { reply, .. }, Some(Ok(ControlResult::Status(s)))) => {
             let _ = reply.send(Ok(*s));
@@ -197,7 +197,7 @@ pub(super) fn apply(
                 let r = match &c {
                     Control::Fetch { uplink, limit, .. } => store
                         .fetch(uplink, 0, *limit, skip.get(uplink))
-                        .map(|(r, d)| ControlResult::Fetched(r, d)),
+                        .map(ControlResult::Fetched),
                     Control::Status { configured, .. } => store
                         .status(configured)
                         .map(|s| ControlResult::Status(Box::new(s))),
@@ -229,7 +229,7 @@ pub(super) fn apply(
             let r = match &c {
                 Control::Fetch { uplink, limit, .. } => store
                     .fetch(uplink, 0, *limit, skip.get(uplink))
-                    .map(|(r, d)| ControlResult::Fetched(r, d)),
+                    .map(ControlResult::Fetched),
                 Control::Delivered { uplink, rows, .. } => {
                     store.delivered(uplink, rows).map(|_| ControlResult::Done)
                 }
@@ -242,7 +242,9 @@ pub(super) fn apply(
                 } => keyring
                     .seal(reason, &reason_aad(uplink, *seq))
                     .map_err(OutboxError::from)
-                    .and_then(|sealed: Sealed| store.dead_letter(uplink, *seq, *len, &sealed))
+                    .and_then(|sealed: Sealed| {
+                        store.dead_letter(keyring, uplink, *seq, *len, &sealed)
+                    })
                     .map(|_| ControlResult::Done),
                 Control::Status { configured, .. } => store
                     .status(configured)

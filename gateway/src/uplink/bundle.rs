@@ -2,6 +2,13 @@
 //!
 //! Resources travel as the JSON text that was stored: the Bundle is assembled around them
 //! without parsing them into a tree and serializing them again.
+//!
+//! One entry per Observation: the same Observation can be stored twice (a crash between
+//! the commit and the source's acknowledgement makes the source send it again), and FHIR
+//! requires each `fullUrl` to be unique in a Bundle, so a server may refuse the whole
+//! transaction. Rows holding an Observation already in the Bundle (the same identifier,
+//! or the same id when it has none) get no entry of their own: [`Built::duplicates`]
+//! names the row whose entry stands for them, so they share its fate.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -17,6 +24,9 @@ pub struct Built {
     pub bundle: Bundle,
     /// Entry index → row index.
     pub rows_of_entries: Vec<Option<usize>>,
+    /// (row left out, row whose entry stands for it): rows holding an Observation that
+    /// another row of the Bundle already holds.
+    pub duplicates: Vec<(usize, usize)>,
 }
 
 /// One Observation to put in a Bundle.
@@ -62,7 +72,15 @@ pub fn build(
         });
         rows_of_entries.push(None);
     }
+    let mut first: HashMap<&str, usize> = HashMap::with_capacity(items.len());
+    let mut duplicates = Vec::new();
     for item in items {
+        let key = item.identifier.unwrap_or(item.id);
+        if let Some(&row) = first.get(key) {
+            duplicates.push((item.row, row));
+            continue;
+        }
+        first.insert(key, item.row);
         entry.push(BundleEntry {
             full_url: format!("urn:uuid:{}", item.id),
             resource: item.json.to_owned(),
@@ -81,5 +99,85 @@ pub fn build(
             entry,
         },
         rows_of_entries,
+        duplicates,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(text: &str) -> Box<RawValue> {
+        RawValue::from_string(text.to_string()).unwrap_or_else(|_| unreachable!())
+    }
+
+    fn item<'a>(
+        row: usize,
+        id: &'a str,
+        identifier: Option<&'a str>,
+        json: &'a RawValue,
+    ) -> Item<'a> {
+        Item {
+            row,
+            id,
+            identifier,
+            device_id: "dev-1",
+            json,
+        }
+    }
+
+    fn full_urls(built: &Built) -> Vec<&str> {
+        built
+            .bundle
+            .entry
+            .iter()
+            .map(|e| e.full_url.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn the_same_observation_in_two_rows_becomes_one_entry_standing_for_both() {
+        let gateway = raw(r#"{"resourceType":"Device","id":"gw"}"#);
+        let devices = HashMap::from([(
+            "dev-1".to_string(),
+            raw(r#"{"resourceType":"Device","id":"dev-1"}"#),
+        )]);
+        let (a, b) = (raw(r#"{"id":"a"}"#), raw(r#"{"id":"b"}"#));
+        let items = [
+            item(0, "a", Some("urn:ietf:rfc:3986|urn:uuid:a"), &a),
+            item(1, "b", Some("urn:ietf:rfc:3986|urn:uuid:b"), &b),
+            item(2, "a", Some("urn:ietf:rfc:3986|urn:uuid:a"), &a),
+            item(3, "a", Some("urn:ietf:rfc:3986|urn:uuid:a"), &a),
+        ];
+        let built = build(("gw", &gateway), &devices, &items);
+        assert_eq!(
+            full_urls(&built),
+            ["urn:uuid:gw", "urn:uuid:dev-1", "urn:uuid:a", "urn:uuid:b"]
+        );
+        assert_eq!(built.rows_of_entries, [None, None, Some(0), Some(1)]);
+        assert_eq!(built.duplicates, [(2, 0), (3, 0)]);
+    }
+
+    #[test]
+    fn observations_without_identifier_are_told_apart_by_their_id() {
+        let gateway = raw(r#"{"resourceType":"Device","id":"gw"}"#);
+        let o = raw(r#"{"id":"x"}"#);
+        let items = [
+            item(0, "x", None, &o),
+            item(1, "y", None, &o),
+            item(2, "x", None, &o),
+        ];
+        let built = build(("gw", &gateway), &HashMap::new(), &items);
+        assert_eq!(
+            full_urls(&built),
+            ["urn:uuid:gw", "urn:uuid:x", "urn:uuid:y"]
+        );
+        assert_eq!(built.duplicates, [(2, 0)]);
+        let unique: std::collections::HashSet<&str> = full_urls(&built).into_iter().collect();
+        assert_eq!(
+            unique.len(),
+            built.bundle.entry.len(),
+            "fullUrl unique in the Bundle"
+        );
     }
 }

@@ -11,8 +11,10 @@
 //!   server's reason for the whole Bundle.
 //! - Transient failures: the same rows are retried after the backoff (exponential with
 //!   jitter, capped, Retry-After respected).
-//! - A row that cannot be opened (wrong key, damaged) never goes out: it goes to the dead
-//!   letters with the reason.
+//! - A row that cannot be read or opened (wrong key, damaged column or ciphertext) never
+//!   goes out: it goes to the dead letters with the reason, logged with its seq.
+//! - Rows holding the same Observation (stored twice) share one Bundle entry, and its
+//!   fate: all delivered, or all dead-lettered with its reason.
 //!
 //! These decisions are pure functions in [`plan`], unit-tested rule by rule; this module
 //! carries them out (the outbox, the uplink, the timers, the logs).
@@ -105,9 +107,11 @@ impl Loop<'_> {
         }
         let (sendable, unreadable) = plan::triage(&fetched.rows);
         for (i, reason) in unreadable {
+            // The reason names the row and what is wrong with it, never its content.
             tracing::error!(
                 uplink = self.uplink.name(),
                 seq = fetched.rows[i].seq,
+                reason = %reason,
                 "an outbox row cannot be opened; moved to the dead letters"
             );
             self.dead_letter(&fetched.rows[i], &reason).await?;
@@ -202,7 +206,10 @@ impl Loop<'_> {
                 retry_after: None,
             }),
         };
-        plan::after_answer(rows.len(), &built.rows_of_entries, answer)
+        plan::with_duplicates(
+            plan::after_answer(rows.len(), &built.rows_of_entries, answer),
+            &built.duplicates,
+        )
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod open;
 mod read;
+mod reseal;
 
 pub use open::SCHEMA_VERSION;
 pub use read::{
@@ -189,42 +190,52 @@ impl Store {
 
     /// Up to `limit` rows waiting for `uplink` with `seq > after`, oldest first, with the
     /// Device resources they reference; rows in `skip` (delivered, their deletion still
-    /// waiting) are passed over.
+    /// waiting) are passed over. A row whose columns cannot be read as written (a device
+    /// id that is not UTF-8 text, a key id that is not an integer...) does not fail the
+    /// fetch: it comes back in the second list, to be dead-lettered, so one damaged row
+    /// never stalls the others.
     pub fn fetch(
         &mut self,
         uplink: &str,
         after: i64,
         limit: usize,
         skip: Option<&HashSet<i64>>,
-    ) -> Result<(Vec<StoredRow>, Vec<StoredDevice>), OutboxError> {
+    ) -> Result<FetchedRows, OutboxError> {
         let bit = self.bit(uplink)?;
         let p = self.path.clone();
         let skipped = skip.map_or(0, HashSet::len);
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT seq, created_ms, device_id, key_id, nonce, sealed FROM rows WHERE seq > ?1 AND (pending & ?2) != 0 ORDER BY seq LIMIT ?3")
+            .prepare_cached("SELECT seq, created_ms, device_id, key_id, nonce, sealed, LENGTH(sealed) FROM rows WHERE seq > ?1 AND (pending & ?2) != 0 ORDER BY seq LIMIT ?3")
             .map_err(sql(&p))?;
-        let rows: Vec<StoredRow> = stmt
+        let read: Vec<Result<StoredRow, DamagedRow>> = stmt
             .query_map(
                 params![
                     after,
                     bit,
                     i64::try_from(limit.saturating_add(skipped)).unwrap_or(i64::MAX)
                 ],
-                |r| {
-                    Ok(StoredRow {
-                        seq: r.get(0)?,
-                        created_ms: r.get(1)?,
-                        device_id: r.get(2)?,
-                        sealed: sealed_from(r.get(3)?, r.get(4)?, r.get(5)?),
-                    })
-                },
+                read_row,
             )
             .map_err(sql(&p))?
-            .filter(|r| !matches!((r, skip), (Ok(row), Some(s)) if s.contains(&row.seq)))
+            .filter(|r| {
+                let seq = match r {
+                    Ok(Ok(row)) => row.seq,
+                    Ok(Err(damaged)) => damaged.seq,
+                    Err(_) => return true,
+                };
+                !skip.is_some_and(|s| s.contains(&seq))
+            })
             .take(limit)
             .collect::<Result<_, _>>()
             .map_err(sql(&p))?;
+        let (mut rows, mut damaged) = (Vec::with_capacity(read.len()), Vec::new());
+        for r in read {
+            match r {
+                Ok(row) => rows.push(row),
+                Err(d) => damaged.push(d),
+            }
+        }
         drop(stmt);
         let ids: HashSet<&str> = rows.iter().map(|r| r.device_id.as_str()).collect();
         let mut devices = Vec::with_capacity(ids.len());
@@ -244,7 +255,7 @@ impl Store {
                 });
             }
         }
-        Ok((rows, devices))
+        Ok((rows, damaged, devices))
     }
 
     /// Marks rows delivered to `uplink` (inside a transaction); rows no uplink still waits
@@ -342,20 +353,57 @@ impl Store {
 
     /// Moves one row into the dead letters of `uplink` with a sealed reason (inside a
     /// transaction), then treats it as done for that uplink.
+    ///
+    /// A dead letter's `key_id` is the key of its reason (the current key): its payload
+    /// is sealed again under that key when it opens, so one key opens the whole dead
+    /// letter and a retired key is not needed for it. A payload that does not open (a
+    /// damaged row) is kept as it was; its columns are copied as stored, whatever their
+    /// type, so moving a damaged row never fails.
     pub fn dead_letter(
         &mut self,
+        keyring: &Keyring,
         uplink: &str,
         seq: i64,
         len: usize,
         reason: &Sealed,
     ) -> Result<(), OutboxError> {
         let p = self.path.clone();
+        let stored = self
+            .conn
+            .prepare_cached("SELECT seq, created_ms, device_id, key_id, nonce, sealed, LENGTH(sealed) FROM rows WHERE seq = ?1")
+            .and_then(|mut s| s.query_row([seq], read_row).optional())
+            .map_err(sql(&p))?;
+        let resealed = match stored {
+            Some(Ok(row)) => {
+                let aad = crate::outbox::row_aad(seq, &row.device_id);
+                match keyring.open(&row.sealed, &aad) {
+                    Ok(plain) => Some(keyring.seal(&plain, &aad)?),
+                    Err(_) => None,
+                }
+            }
+            _ => None,
+        };
+        let (nonce, sealed) = match &resealed {
+            Some(s) => (Some(s.nonce.as_slice()), Some(s.ciphertext.as_slice())),
+            None => (None, None),
+        };
         self.conn
             .prepare_cached(
                 "INSERT OR REPLACE INTO dead_letters (uplink, seq, at_ms, device_id, key_id, nonce, sealed, reason_nonce, reason_sealed)
-                 SELECT ?1, seq, ?2, device_id, key_id, nonce, sealed, ?3, ?4 FROM rows WHERE seq = ?5",
+                 SELECT ?1, seq, ?2, device_id, ?3, COALESCE(?4, nonce), COALESCE(?5, sealed), ?6, ?7 FROM rows WHERE seq = ?8",
             )
-            .and_then(|mut s| s.execute(params![uplink, now_ms(), reason.nonce.as_slice(), reason.ciphertext, seq]))
+            .and_then(|mut s| {
+                s.execute(params![
+                    uplink,
+                    now_ms(),
+                    reason.key_id as i64,
+                    nonce,
+                    sealed,
+                    reason.nonce.as_slice(),
+                    reason.ciphertext,
+                    seq
+                ])
+            })
             .map_err(sql(&p))?;
         self.delivered(uplink, &[(seq, len)])?;
         self.conn
@@ -376,10 +424,12 @@ impl Store {
         let mut evicted = 0u64;
         loop {
             let over_size = self.payload_bytes > max_bytes;
-            let oldest: Option<(i64, i64, i64)> = self
+            // A damaged enqueue time (not an integer) reads as unknown: such a row is not
+            // taken for too old, and reading it never fails the transaction.
+            let oldest: Option<(i64, Option<i64>, i64)> = self
                 .conn
                 .prepare_cached(
-                    "SELECT seq, created_ms, LENGTH(sealed) FROM rows ORDER BY seq LIMIT 1",
+                    "SELECT seq, CASE WHEN typeof(created_ms) = 'integer' THEN created_ms END, LENGTH(sealed) FROM rows ORDER BY seq LIMIT 1",
                 )
                 .and_then(|mut s| {
                     s.query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
@@ -389,7 +439,7 @@ impl Store {
             let Some((seq, created, len)) = oldest else {
                 break;
             };
-            let too_old = min_created_ms.is_some_and(|m| created < m);
+            let too_old = min_created_ms.is_some_and(|m| created.is_some_and(|c| c < m));
             if !(over_size || too_old) {
                 break;
             }
@@ -409,6 +459,76 @@ impl Store {
                 .map_err(sql(&p))?;
         }
         Ok(evicted)
+    }
+}
+
+/// What a fetch finds: the rows that read (oldest first), the damaged rows, and the
+/// Device resources the rows reference.
+pub type FetchedRows = (Vec<StoredRow>, Vec<DamagedRow>, Vec<StoredDevice>);
+
+/// A row whose columns cannot be read as written: it cannot be sent, only dead-lettered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedRow {
+    /// Its sequence number.
+    pub seq: i64,
+    /// Its sealed length as stored (for accounting).
+    pub len: usize,
+    /// What is wrong, naming the row and the column, never the content.
+    pub reason: String,
+}
+
+/// Reads a fetched row column by column, checking each value's type instead of failing
+/// the whole query on the first surprise. Only `seq` (SQLite's rowid) is always an integer.
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<StoredRow, DamagedRow>> {
+    use rusqlite::types::ValueRef;
+    let seq: i64 = r.get(0)?;
+    let len = match r.get_ref(6)? {
+        ValueRef::Integer(n) => usize::try_from(n).unwrap_or(0),
+        _ => 0,
+    };
+    let damaged = |what: &str| {
+        Ok(Err(DamagedRow {
+            seq,
+            len,
+            reason: format!("row {seq} is damaged: {what}"),
+        }))
+    };
+    let device_id = match r.get_ref(2)? {
+        ValueRef::Text(t) => match std::str::from_utf8(t) {
+            Ok(id) => id.to_string(),
+            Err(_) => return damaged("its device id is not valid UTF-8"),
+        },
+        other => return damaged(&format!("its device id is {}, not text", kind(other))),
+    };
+    let key_id = match r.get_ref(3)? {
+        ValueRef::Integer(k) => k,
+        other => return damaged(&format!("its key id is {}, not an integer", kind(other))),
+    };
+    let (ValueRef::Blob(nonce), ValueRef::Blob(sealed)) = (r.get_ref(4)?, r.get_ref(5)?) else {
+        return damaged("its nonce or ciphertext is not a blob");
+    };
+    // The enqueue time only serves the age cap; a damaged one does not stop delivery.
+    let created_ms = match r.get_ref(1)? {
+        ValueRef::Integer(t) => t,
+        _ => 0,
+    };
+    Ok(Ok(StoredRow {
+        seq,
+        created_ms,
+        device_id,
+        sealed: sealed_from(key_id, nonce.to_vec(), sealed.to_vec()),
+    }))
+}
+
+/// The SQLite type of a value, for messages (never the value itself).
+fn kind(v: rusqlite::types::ValueRef<'_>) -> &'static str {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Null => "NULL",
+        ValueRef::Integer(_) => "an integer",
+        ValueRef::Real(_) => "a real number",
+        ValueRef::Text(_) => "text",
+        ValueRef::Blob(_) => "a blob",
     }
 }
 

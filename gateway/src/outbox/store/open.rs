@@ -107,6 +107,21 @@ impl Store {
             .execute_batch(INGEST_DEAD_LETTERS)
             .map_err(sql(path))?;
         store.register_key(keyring)?;
+        // After a rotation, what is kept for good moves to the current key, so only
+        // queued rows still need a retired key (see `reseal.rs`).
+        let resealed = store.reseal(keyring)?;
+        if resealed.resealed > 0 {
+            tracing::info!(
+                resealed = resealed.resealed,
+                "sealed Device resources and dead letters again under the current storage key"
+            );
+        }
+        if resealed.unopened > 0 {
+            tracing::warn!(
+                unopened = resealed.unopened,
+                "stored values under a retired storage key do not open (damaged); they keep that key listed as in use by `outbox status`"
+            );
+        }
         store.register_uplinks(uplinks)?;
         (store.next_seq, store.payload_bytes) = store.load_counters()?;
         Ok(store)
@@ -220,10 +235,18 @@ impl Store {
             )
             .map_err(sql(path))?
             > 0;
-        let mut query = "SELECT DISTINCT key_id FROM rows UNION SELECT DISTINCT key_id FROM devices UNION SELECT DISTINCT key_id FROM dead_letters".to_string();
-        if has_ingest {
-            query.push_str(" UNION SELECT DISTINCT key_id FROM ingest_dead_letters");
-        }
+        // A key id that is not an integer belongs to a damaged row, which the delivery
+        // loop dead-letters; it names no key to ask for.
+        let tables: &[&str] = if has_ingest {
+            &["rows", "devices", "dead_letters", "ingest_dead_letters"]
+        } else {
+            &["rows", "devices", "dead_letters"]
+        };
+        let query = tables
+            .iter()
+            .map(|t| format!("SELECT DISTINCT key_id FROM {t} WHERE typeof(key_id) = 'integer'"))
+            .collect::<Vec<_>>()
+            .join(" UNION ");
         let mut stmt = conn.prepare(&query).map_err(sql(path))?;
         let needed: Vec<i64> = stmt
             .query_map([], |r| r.get(0))

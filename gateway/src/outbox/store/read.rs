@@ -43,7 +43,8 @@ pub struct Status {
     pub evicted: u64,
     /// Per uplink.
     pub uplinks: Vec<UplinkStatus>,
-    /// Key ids still needed, with the rows sealed under each.
+    /// Key ids still needed, with how many sealed values (queued rows, Device resources,
+    /// dead letters, refused messages) each one seals.
     pub keys_in_use: Vec<(String, u64)>,
 }
 
@@ -79,7 +80,7 @@ impl Store {
             let (queued, oldest): (i64, Option<i64>) = self
                 .conn
                 .query_row(
-                    "SELECT COUNT(*), MIN(created_ms) FROM rows WHERE (pending & ?1) != 0",
+                    "SELECT COUNT(*), MIN(CASE WHEN typeof(created_ms) = 'integer' THEN created_ms END) FROM rows WHERE (pending & ?1) != 0",
                     [bit],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
@@ -93,9 +94,30 @@ impl Store {
                 dead_lettered: dead.max(0) as u64,
             });
         }
+        // Every sealed table counts: a key is needed as long as anything it sealed is
+        // kept, not only queued rows (deleting a retired key that Device resources or
+        // dead letters still needed locked the gateway out).
+        let has_ingest: bool = self
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'ingest_dead_letters'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(sql(p))?
+            > 0;
+        let mut tables = vec!["rows", "devices", "dead_letters"];
+        if has_ingest {
+            tables.push("ingest_dead_letters");
+        }
+        let union = tables
+            .iter()
+            .map(|t| format!("SELECT key_id FROM {t}"))
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
         let mut stmt = self
             .conn
-            .prepare("SELECT key_id, COUNT(*) FROM rows GROUP BY key_id")
+            .prepare(&format!("SELECT key_id, COUNT(*) FROM ({union}) WHERE typeof(key_id) = 'integer' GROUP BY key_id"))
             .map_err(sql(p))?;
         let keys_in_use = stmt
             .query_map([], |r| {

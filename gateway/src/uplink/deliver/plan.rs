@@ -85,6 +85,32 @@ pub fn after_answer(
     }
 }
 
+/// Extends a [`Step`] to the rows that had no entry of their own because another row of
+/// the Bundle held the same Observation (`duplicates`: (row left out, row whose entry
+/// stood for it), from the Bundle's building): a row whose entry was refused for good
+/// goes to the dead letters with the same reason, together with every row it stood for.
+/// (Delivered marks every row sent, duplicates included; a split sends each half
+/// again, where they meet again or each has its own entry.)
+pub fn with_duplicates(step: Step, duplicates: &[(usize, usize)]) -> Step {
+    let Step::DeadLetter { mut rows, rest } = step else {
+        return step;
+    };
+    for (dup, of) in duplicates {
+        let reason = rows
+            .iter()
+            .find(|(r, _)| r == of)
+            .map(|(_, why)| why.clone());
+        if let Some(why) = reason.filter(|_| !rows.iter().any(|(r, _)| r == dup)) {
+            rows.push((*dup, why));
+        }
+    }
+    let rest = rest
+        .into_iter()
+        .filter(|i| !rows.iter().any(|(r, _)| r == i))
+        .collect();
+    Step::DeadLetter { rows, rest }
+}
+
 /// Splits a fetched batch: the rows that open are sent (their indexes, in order); a row
 /// that cannot be opened never goes to the uplink: it goes to the dead letters with
 /// this reason.
@@ -258,6 +284,25 @@ mod tests {
                 rows: vec![(0, "a".into()), (1, "b".into())],
                 rest: vec![],
             }
+        );
+    }
+
+    #[test]
+    fn rows_holding_a_refused_observation_twice_go_to_the_dead_letters_together() {
+        // Rows 0 and 2 hold the same Observation (one entry, entry 2); so do 1 and 3.
+        let entries = [None, None, Some(0), Some(1)];
+        let step = after_answer(4, &entries, rejected(&[(2, "bad unit")], "HTTP 400"));
+        assert_eq!(
+            with_duplicates(step, &[(2, 0), (3, 1)]),
+            Step::DeadLetter {
+                rows: vec![(0, "bad unit".into()), (2, "bad unit".into())],
+                rest: vec![1, 3],
+            }
+        );
+        // Other steps are left as they are: delivered marks every row sent.
+        assert_eq!(
+            with_duplicates(after_answer(4, &entries, Ok(())), &[(2, 0)]),
+            Step::Delivered
         );
     }
 

@@ -407,3 +407,58 @@ async fn an_answer_that_arrives_before_the_drain_deadline_is_still_marked_delive
     assert_eq!(stats_, stats(1, 4, 0, 0));
     assert_eq!(bed.close().await.0, (0, 4, 0));
 }
+
+#[tokio::test]
+async fn the_same_observation_stored_twice_is_sent_once_and_both_rows_leave_the_outbox() {
+    use crate::uplink::fhir_http::{FhirSettings, FhirUplink};
+    // The test FHIR server refuses a transaction with a fullUrl twice, as real ones do.
+    let server = iomt_testkit::FhirServer::start().await.unwrap();
+    // obs-01 and obs-00 are stored twice (a source sent them again after a crash
+    // between the commit and its acknowledgement): five rows, three Observations.
+    let bed = Bed::with_rows(3).await;
+    bed.append(1..2).await;
+    bed.append(0..1).await;
+    let uplink = FhirUplink::new(FhirSettings {
+        name: UPLINK.into(),
+        base_url: server.base_url(),
+        auth: Default::default(),
+        timeout: Duration::from_secs(5),
+        ca_file: None,
+        client_identity: None,
+        insecure: false,
+    })
+    .unwrap();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(run(
+        bed.outbox.clone(),
+        Box::new(uplink),
+        DeliverySettings {
+            batch_size: 100,
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(200),
+            drain_deadline: Duration::from_secs(5),
+        },
+        crate::normalize::gateway_resource("gateway-pseudonym"),
+        cancel.clone(),
+    ));
+    let mut outcome = bed.outbox.status(vec![UPLINK.into()]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while outcome.uplinks[0].delivered + outcome.uplinks[0].dead_lettered < 5 {
+        assert!(Instant::now() < deadline, "rows still queued: {outcome:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        outcome = bed.outbox.status(vec![UPLINK.into()]).await.unwrap();
+    }
+    cancel.cancel();
+    assert_eq!(task.await.unwrap(), stats(1, 5, 0, 0));
+    let (counts, reasons) = bed.close().await;
+    assert_eq!(counts, (0, 5, 0), "{reasons:?}");
+    server.with_store(|s| {
+        let ids: Vec<&str> = s
+            .observations
+            .iter()
+            .filter_map(|o| o["id"].as_str())
+            .collect();
+        assert_eq!(ids, ["obs-00", "obs-01", "obs-02"]);
+        assert_eq!((s.requests, s.rejected, s.duplicate_creates), (1, 0, 0));
+    });
+}
