@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod demo;
 pub mod fhir;
 pub mod ingest;
+pub mod limits;
 pub mod net;
 pub mod normalize;
 pub mod outbox;

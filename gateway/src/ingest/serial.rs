@@ -7,6 +7,7 @@ use iomt_drivers::serial::{PortConfig, SerialConfig, SerialDriver};
 use iomt_drivers::Transport;
 use serde::Deserialize;
 
+use crate::limits;
 use super::{
     bound, check_reconnect, default_reconnect_initial, default_reconnect_max, identity,
     of_transport, optional_zone, Built, Context, IngestError, Source,
@@ -98,6 +99,12 @@ impl RawSerial {
                     p.path
                 ));
             }
+            limits::check(
+                &format!("{key}.min_interval_ms"),
+                p.min_interval_ms,
+                &limits::MIN_INTERVAL_MS,
+                problems,
+            );
             let zone = optional_zone(&key, &p.time_zone, problems);
             ports.push(SerialPort {
                 path: p.path.clone(),
