@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod daemon;
