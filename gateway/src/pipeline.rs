@@ -4,11 +4,21 @@
 //! taken has been handed to the outbox, so a shutdown never drops what was already read.
 //! A driver's commit acknowledgement travels with the reading into the outbox and fires
 //! only after the commit.
+//!
+//! **Bounded.** Device ids come from outside (an MQTT topic level or payload field), so
+//! what is kept per device is bounded: a reading whose device id is longer than
+//! [`MAX_DEVICE_ID_BYTES`] is refused (counted in [`Stats::device_id_too_long`], logged
+//! without the id, acknowledged so its source lets go of it), and each device's
+//! pseudonym and Device resource are computed again when it comes back after
+//! [`DEVICE_CACHE`] other devices (the least recently used is forgotten).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use iomt_drivers::reading::MAX_DEVICE_ID_BYTES;
 use iomt_drivers::{Committed, DeviceIdentity, ReadingReceiver};
+
+use crate::cache::LruCache;
 
 use crate::fhir::{self, Observation, Reference};
 use crate::normalize::{self, Context, OutOfRange, Rejection, Zone};
@@ -32,7 +42,13 @@ pub struct Stats {
     pub rejected: u64,
     /// Readings that could not be handed to the outbox.
     pub store_errors: u64,
+    /// Readings refused because their device id is longer than [`MAX_DEVICE_ID_BYTES`].
+    pub device_id_too_long: u64,
 }
+
+/// The most devices whose pseudonym and Device resource the pipeline keeps (about 1 KiB
+/// each).
+pub const DEVICE_CACHE: usize = 1024;
 
 /// Called for each Observation as it flows (the demo's console view).
 pub type Observer = Box<dyn FnMut(&Profile, &DeviceIdentity, &Observation) + Send>;
@@ -71,10 +87,19 @@ impl Pipeline {
     /// Runs until `rx` is closed and drained; returns the counters.
     pub async fn run(mut self, mut rx: ReadingReceiver) -> Stats {
         let mut stats = Stats::default();
-        let mut devices: HashMap<(Arc<DeviceIdentity>, String), KnownDevice> = HashMap::new();
+        let mut devices: LruCache<(Arc<DeviceIdentity>, String), KnownDevice> =
+            LruCache::new(DEVICE_CACHE);
         while let Some(envelope) = rx.recv().await {
             stats.readings += 1;
             let reading = &envelope.reading;
+            if reading.device.address.len() > MAX_DEVICE_ID_BYTES {
+                stats.device_id_too_long += 1;
+                tracing::warn!(profile = %reading.device.profile, transport = %reading.device.transport, bytes = reading.device.address.len(), limit = MAX_DEVICE_ID_BYTES, "reading refused: its device id is too long");
+                if let Some(ack) = envelope.ack {
+                    let _ = ack.send(Committed::default());
+                }
+                continue;
+            }
             let Some(profile) = self.profiles.get(&reading.device.profile).cloned() else {
                 stats.rejected += 1;
                 tracing::warn!(profile = %reading.device.profile, "reading from a device whose profile is not loaded; dropped");
@@ -83,7 +108,7 @@ impl Pipeline {
             let identity = reading.device.clone();
             let address = format!("{}:{}", identity.transport, identity.address);
             let key = (identity.clone(), profile.id.clone());
-            let device = devices.entry(key).or_insert_with(|| {
+            let device = devices.get_or_insert_with(key, || {
                 let pseudonym = self.pseudonymizer.pseudonym(Domain::Device, &address);
                 let resource = normalize::device_resource(&profile, &pseudonym);
                 KnownDevice {
@@ -155,6 +180,7 @@ impl Pipeline {
             readings = stats.readings,
             observations = stats.observations,
             rejected = stats.rejected,
+            device_id_too_long = stats.device_id_too_long,
             store_errors = stats.store_errors,
             "pipeline drained"
         );
