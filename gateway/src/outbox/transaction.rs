@@ -258,6 +258,14 @@ pub(super) fn apply(
             };
             evicted = store.evict(cap, min_created)?;
         }
+        let deleted_rows = !deletions.is_empty()
+            || evicted > 0
+            || applied_controls
+                .iter()
+                .any(|(c, _)| matches!(c, Control::Delivered { .. }));
+        if deleted_rows {
+            store.prune_devices()?;
+        }
         store.commit()
     })();
     let last_seq = store.next_seq() - 1;
