@@ -90,3 +90,99 @@ impl Store {
         Ok(removed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{StoredDevice, StoredRow};
+    use super::*;
+    use crate::outbox::seal::Keyring;
+    use crate::outbox::{device_aad, row_aad};
+
+    fn device_rows(store: &Store) -> Vec<String> {
+        let mut s = store
+            .conn
+            .prepare("SELECT id FROM devices ORDER BY id")
+            .unwrap();
+        let ids = s.query_map([], |r| r.get(0)).unwrap();
+        ids.map(Result::unwrap).collect()
+    }
+
+    /// Appends one row of device `dev` (with its Device, when the store does not know it).
+    fn append(store: &mut Store, ring: &Keyring, dev: &str) -> (i64, usize) {
+        if !store.has_device(dev) {
+            let sealed = ring.seal(b"{}", &device_aad(dev)).unwrap();
+            store
+                .put_device(&StoredDevice {
+                    id: dev.into(),
+                    sealed,
+                })
+                .unwrap();
+        }
+        let seq = store.next_seq();
+        let sealed = ring.seal(b"obs", &row_aad(seq, dev)).unwrap();
+        let len = sealed.ciphertext.len();
+        store
+            .insert(&StoredRow {
+                seq,
+                created_ms: 0,
+                device_id: dev.into(),
+                sealed,
+            })
+            .unwrap();
+        (seq, len)
+    }
+
+    #[test]
+    fn devices_no_row_or_dead_letter_needs_are_removed_and_stored_again_when_they_return() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = Keyring::new(&[3; 32]);
+        let mut store = Store::open(&dir.path().join("o.db"), &ring, &["u".into()]).unwrap();
+        store.begin().unwrap();
+        let a = append(&mut store, &ring, "dev-a");
+        let b = append(&mut store, &ring, "dev-b");
+        let c = append(&mut store, &ring, "dev-c");
+        store.commit().unwrap();
+
+        // dev-a delivered, dev-b dead-lettered, dev-c still queued: the first removal is
+        // due at once, and takes only dev-a.
+        store.begin().unwrap();
+        store.delivered("u", &[a]).unwrap();
+        let reason = ring
+            .seal(b"rejected", &crate::outbox::reason_aad("u", b.0))
+            .unwrap();
+        store.dead_letter("u", b.0, b.1, &reason).unwrap();
+        assert_eq!(store.prune_devices().unwrap(), 1);
+        store.commit().unwrap();
+        assert_eq!(device_rows(&store), ["dev-b", "dev-c"]);
+
+        // dev-a comes back: its Device is stored again (the cache was forgotten).
+        store.begin().unwrap();
+        let a2 = append(&mut store, &ring, "dev-a");
+        store.commit().unwrap();
+        assert_eq!(device_rows(&store), ["dev-a", "dev-b", "dev-c"]);
+
+        // Delivered again while dev-c is queued, within the interval: kept for now.
+        store.begin().unwrap();
+        store.delivered("u", &[a2]).unwrap();
+        assert_eq!(store.prune_devices().unwrap(), 0);
+        store.commit().unwrap();
+
+        // The queue empties: every Device but the dead letter's goes at once.
+        store.begin().unwrap();
+        store.delivered("u", &[c]).unwrap();
+        assert_eq!(store.prune_devices().unwrap(), 2);
+        store.commit().unwrap();
+        assert_eq!(device_rows(&store), ["dev-b"]);
+    }
+
+    #[test]
+    fn the_known_device_ids_stay_bounded() {
+        let mut known = KnownDevices::new();
+        for i in 0..3 * KNOWN_DEVICES {
+            known.insert(format!("device-{i}"));
+        }
+        assert_eq!(known.ids.len(), KNOWN_DEVICES);
+        assert!(known.contains(&format!("device-{}", 3 * KNOWN_DEVICES - 1)));
+        assert!(!known.contains("device-0"));
+    }
+}
