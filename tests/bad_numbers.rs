@@ -49,9 +49,11 @@ fn config(dir: &Path, place: &Place, key: &str, value: &str) -> std::path::PathB
     };
     let path = c.write();
     if matches!(place, Place::Gateway) {
-        let text = std::fs::read_to_string(&path)
-            .unwrap()
-            .replacen("[gateway]\n", &format!("[gateway]\n{line}\n"), 1);
+        let text = std::fs::read_to_string(&path).unwrap().replacen(
+            "[gateway]\n",
+            &format!("[gateway]\n{line}\n"),
+            1,
+        );
         std::fs::write(&path, text).unwrap();
     }
     path
@@ -84,18 +86,53 @@ fn run_for(config: &Path, limit: Duration) -> (Option<std::process::ExitStatus>,
 #[test]
 fn run_refuses_each_number_too_large_naming_the_key_and_its_range() {
     let cases = [
-        (Place::Gateway, "channel_capacity", TWO_TO_61, "gateway.channel_capacity"),
-        (Place::Outbox, "max_batch_rows", TWO_TO_61, "outbox.max_batch_rows"),
+        (
+            Place::Gateway,
+            "channel_capacity",
+            TWO_TO_61,
+            "gateway.channel_capacity",
+        ),
+        (
+            Place::Outbox,
+            "max_batch_rows",
+            TWO_TO_61,
+            "outbox.max_batch_rows",
+        ),
         (Place::Outbox, "max_age_days", "2e14", "outbox.max_age_days"),
-        (Place::Outbox, "commit_window_ms", HUGE, "outbox.commit_window_ms"),
+        (
+            Place::Outbox,
+            "commit_window_ms",
+            HUGE,
+            "outbox.commit_window_ms",
+        ),
         (Place::FhirUplink, "timeout_secs", HUGE, "timeout_secs"),
-        (Place::FhirUplink, "max_backoff_secs", HUGE, "max_backoff_secs"),
+        (
+            Place::FhirUplink,
+            "max_backoff_secs",
+            HUGE,
+            "max_backoff_secs",
+        ),
         (Place::FileUplink, "batch_size", HUGE, "batch_size"),
         (Place::Mqtt, "max_in_flight", HUGE, "mqtt.max_in_flight"),
-        (Place::Mqtt, "max_payload_bytes", HUGE, "mqtt.max_payload_bytes"),
+        (
+            Place::Mqtt,
+            "max_payload_bytes",
+            HUGE,
+            "mqtt.max_payload_bytes",
+        ),
         (Place::Mqtt, "keep_alive_secs", HUGE, "mqtt.keep_alive_secs"),
-        (Place::Mqtt, "dead_letter_limit", HUGE, "mqtt.dead_letter_limit"),
-        (Place::Mqtt, "reconnect_max_ms", HUGE, "mqtt.reconnect_max_ms"),
+        (
+            Place::Mqtt,
+            "dead_letter_limit",
+            HUGE,
+            "mqtt.dead_letter_limit",
+        ),
+        (
+            Place::Mqtt,
+            "reconnect_max_ms",
+            HUGE,
+            "mqtt.reconnect_max_ms",
+        ),
     ];
     let mut wrong = Vec::new();
     for (place, key, value, named) in &cases {

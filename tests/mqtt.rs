@@ -428,9 +428,11 @@ fn many_device_ids_leave_no_device_rows_behind_and_over_long_ids_are_refused() {
         messages.extend(vitals(&format!("{long_id}{i}"), 1000 + i, 1));
     }
     kit.publish(messages);
-    wait_until(Duration::from_secs(60), "400 Observations delivered", || {
-        kit.server_identifiers().0 >= 400
-    });
+    wait_until(
+        Duration::from_secs(60),
+        "400 Observations delivered",
+        || kit.server_identifiers().0 >= 400,
+    );
     wait_until(Duration::from_secs(30), "4 over-long ids refused", || {
         read(&log).matches("kept in the dead letters").count() >= 4
     });

@@ -7,11 +7,11 @@ use iomt_drivers::serial::{PortConfig, SerialConfig, SerialDriver};
 use iomt_drivers::Transport;
 use serde::Deserialize;
 
-use crate::limits;
 use super::{
     bound, check_reconnect, default_reconnect_initial, default_reconnect_max, identity,
     of_transport, optional_zone, Built, Context, IngestError, Source,
 };
+use crate::limits;
 use crate::normalize::Zone;
 use crate::profile::TransportSpec;
 
