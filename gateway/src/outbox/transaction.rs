@@ -249,7 +249,7 @@ pub(super) fn apply(
         }
         let min_created = settings
             .max_age
-            .map(|age| now - i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
+            .map(|age| now.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)));
         if settings.when_full == WhenFull::EvictOldest || min_created.is_some() {
             let cap = if settings.when_full == WhenFull::EvictOldest {
                 settings.max_bytes
