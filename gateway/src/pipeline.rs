@@ -214,3 +214,87 @@ fn log_outcome(profile: &Profile, out: &normalize::Normalized, stats: &mut Stats
         tracing::warn!(profile = %profile.id, "device time not trustworthy (clock not set or far in the future); receive time used");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use iomt_drivers::{reading_channel, Quantity, Reading, Transport};
+    use rust_decimal::Decimal;
+
+    use super::*;
+    use crate::outbox::seal::Keyring;
+    use crate::outbox::{OutboxSettings, WhenFull};
+    use crate::pseudonym::Pseudonymizer;
+
+    fn reading(address: String) -> Reading {
+        Reading {
+            device: Arc::new(DeviceIdentity {
+                profile: "sim-thermometer".into(),
+                transport: Transport::Sim,
+                address,
+                serial_number: None,
+                manufacturer: None,
+                model: None,
+            }),
+            device_time: None,
+            received_at: chrono::Utc::now(),
+            sequence: None,
+            quantities: vec![Quantity::new(
+                "body_temperature",
+                Decimal::new(3650, 2),
+                "Cel",
+            )],
+            flags: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_over_long_device_id_is_refused_counted_and_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = OutboxSettings {
+            path: dir.path().join("outbox.db"),
+            max_bytes: 1 << 30,
+            max_age: None,
+            when_full: WhenFull::EvictOldest,
+            commit_window: Duration::from_millis(1),
+            max_batch_rows: 100,
+        };
+        let keyring = Arc::new(Keyring::new(&[7; 32]));
+        let (outbox, writer) = Outbox::open(settings, keyring, vec!["fhir".into()])
+            .await
+            .unwrap();
+        let pipeline = Pipeline {
+            profiles: crate::demo::embedded_profiles()
+                .unwrap()
+                .into_iter()
+                .map(|p| (p.id.clone(), Arc::new(p)))
+                .collect(),
+            pseudonymizer: Pseudonymizer::new(&[9; 32]),
+            patient_pseudonym: "patient".into(),
+            gateway_pseudonym: "gateway".into(),
+            zones: (Zone::Named(chrono_tz::UTC), BTreeMap::new()),
+            address_zones: BTreeMap::new(),
+            out_of_range: OutOfRange::default(),
+            outbox,
+            observer: None,
+        };
+        let (tx, rx) = reading_channel(4);
+        let run = tokio::spawn(pipeline.run(rx));
+        let long = tx
+            .send_acked(reading("x".repeat(MAX_DEVICE_ID_BYTES + 1)))
+            .await
+            .unwrap();
+        assert!(long.await.unwrap().observations.is_empty());
+        // More devices than the cache holds: each still stored.
+        for i in 0..DEVICE_CACHE + 10 {
+            let ok = tx.send_acked(reading(format!("t-{i}"))).await.unwrap();
+            assert_eq!(ok.await.unwrap().observations.len(), 1);
+        }
+        drop(tx);
+        let stats = run.await.unwrap();
+        assert_eq!(stats.device_id_too_long, 1);
+        assert_eq!(stats.observations, DEVICE_CACHE as u64 + 10);
+        writer.await.unwrap();
+    }
+}
