@@ -401,3 +401,62 @@ fn a_burst_larger_than_the_brokers_in_flight_window_is_ingested_completely() {
     sigterm_and_wait(child, &log);
     assert_eq!(kit.server_identifiers(), (1000, 0));
 }
+
+/// Device rows in the outbox's `devices` table.
+fn device_rows(kit: &MqttKit) -> i64 {
+    let db = rusqlite::Connection::open_with_flags(
+        kit.path("outbox.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    db.query_row("SELECT COUNT(*) FROM devices", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn many_device_ids_leave_no_device_rows_behind_and_over_long_ids_are_refused() {
+    let mut kit = MqttKit::new();
+    let config = kit.config(5, 65536, "");
+    let (mut child, log) = kit.start(&config);
+    wait_connected(&mut child, &log);
+    // 400 devices seen once each, and 4 whose id (a topic level) is 3000 bytes long.
+    let mut messages: Vec<(String, Vec<u8>)> = (0..400)
+        .flat_map(|i| vitals(&format!("patch-{i}"), i, 1))
+        .collect();
+    let long_id = "L".repeat(3000);
+    for i in 0..4 {
+        messages.extend(vitals(&format!("{long_id}{i}"), 1000 + i, 1));
+    }
+    kit.publish(messages);
+    wait_until(
+        Duration::from_secs(60),
+        "400 Observations delivered",
+        || kit.server_identifiers().0 >= 400,
+    );
+    wait_until(Duration::from_secs(30), "4 over-long ids refused", || {
+        read(&log).matches("kept in the dead letters").count() >= 4
+    });
+    // Delivered rows are deleted; no Device row stays once no row needs it.
+    wait_until(Duration::from_secs(30), "the devices table emptied", || {
+        device_rows(&kit) == 0
+    });
+    sigterm_and_wait(child, &log);
+    assert_eq!(kit.server_identifiers(), (400, 0));
+    let (ok, out) = kit.cli(&["outbox", "dead-letters"]);
+    assert!(ok, "{out}");
+    let refused: Vec<&str> = out.lines().filter(|l| l.contains(" mqtt ")).collect();
+    assert_eq!(refused.len(), 4, "{out}");
+    for line in refused {
+        assert!(
+            line.contains("device id of 3001 bytes exceeds the limit of 256 bytes"),
+            "{line}"
+        );
+    }
+    // Not logged at info or above (the debug lines of this test's log level show topics).
+    assert!(
+        !read(&log)
+            .lines()
+            .any(|l| !l.contains(" DEBUG ") && l.contains(&long_id)),
+        "an over-long id was logged at info or above"
+    );
+}

@@ -296,3 +296,41 @@ fn the_token_endpoint_refuses_a_reused_jti_a_wrong_audience_and_an_old_assertion
         .unwrap()
         .contains("iss and sub"));
 }
+
+#[test]
+fn a_token_lifetime_too_long_for_the_clock_is_clamped_and_delivery_goes_on() {
+    let mut kit = Kit::new();
+    let secret = "cs-huge-lifetime";
+    // `expires_in: 18446744073709551615`: `Instant + Duration` overflowed and aborted.
+    kit.server.enable_oauth(OAuthConfig {
+        client_id: CLIENT.into(),
+        secret: Some(secret.into()),
+        jwks: None,
+        token_lifetime: Duration::from_secs(u64::MAX),
+    });
+    let secret_file = kit.path("client.secret");
+    common::write_private(&secret_file, secret);
+    let extra = format!(
+        "[uplinks.oauth2]\ntoken_url = \"{}\"\nclient_id = \"{CLIENT}\"\nclient_secret_file = \"{}\"",
+        kit.server.token_url(),
+        secret_file.display()
+    );
+    let config = kit.config_with(0.05, &["sim-scale"], 0, &extra);
+    let (mut child, log) = kit.start(&config);
+    wait_running(&mut child, &log);
+    wait_until(Duration::from_secs(30), "readings delivered", || {
+        kit.server_ids().len() >= 6
+    });
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the daemon stopped:\n{}",
+        read(&log)
+    );
+    sigterm_and_wait(child, &log);
+    let text = read(&log);
+    assert!(
+        text.contains("expires_in") && text.contains("kept for at most"),
+        "the clamp is not logged:\n{text}"
+    );
+    assert_eq!(token_requests(&kit), 1);
+}

@@ -44,6 +44,12 @@ impl fmt::Display for Transport {
 
 /// Who measured: the identity of one physical (or simulated) device.
 ///
+/// The longest device id (`DeviceIdentity::address`) a driver accepts, in bytes. Ids
+/// come from outside (an MQTT topic level or payload field), and every id the gateway
+/// sees is kept for a while (caches, Device resources), so a longer one is refused: its
+/// message goes to the dead letters, counted.
+pub const MAX_DEVICE_ID_BYTES: usize = 256;
+
 /// `address` and `serial_number` are identifying: the gateway pseudonymizes them before
 /// anything leaves the device, and they must never be logged at `info` or above.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -6,12 +6,14 @@
 
 #![warn(missing_docs)]
 
+pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod fhir;
 pub mod ingest;
+pub mod limits;
 pub mod net;
 pub mod normalize;
 pub mod outbox;

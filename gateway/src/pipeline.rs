@@ -4,11 +4,21 @@
 //! taken has been handed to the outbox, so a shutdown never drops what was already read.
 //! A driver's commit acknowledgement travels with the reading into the outbox and fires
 //! only after the commit.
+//!
+//! **Bounded.** Device ids come from outside (an MQTT topic level or payload field), so
+//! what is kept per device is bounded: a reading whose device id is longer than
+//! [`MAX_DEVICE_ID_BYTES`] is refused (counted in [`Stats::device_id_too_long`], logged
+//! without the id, acknowledged so its source lets go of it), and each device's
+//! pseudonym and Device resource are computed again when it comes back after
+//! [`DEVICE_CACHE`] other devices (the least recently used is forgotten).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use iomt_drivers::reading::MAX_DEVICE_ID_BYTES;
 use iomt_drivers::{Committed, DeviceIdentity, ReadingReceiver};
+
+use crate::cache::LruCache;
 
 use crate::fhir::{self, Observation, Reference};
 use crate::normalize::{self, Context, OutOfRange, Rejection, Zone};
@@ -32,7 +42,13 @@ pub struct Stats {
     pub rejected: u64,
     /// Readings that could not be handed to the outbox.
     pub store_errors: u64,
+    /// Readings refused because their device id is longer than [`MAX_DEVICE_ID_BYTES`].
+    pub device_id_too_long: u64,
 }
+
+/// The most devices whose pseudonym and Device resource the pipeline keeps (about 1 KiB
+/// each).
+pub const DEVICE_CACHE: usize = 1024;
 
 /// Called for each Observation as it flows (the demo's console view).
 pub type Observer = Box<dyn FnMut(&Profile, &DeviceIdentity, &Observation) + Send>;
@@ -71,10 +87,19 @@ impl Pipeline {
     /// Runs until `rx` is closed and drained; returns the counters.
     pub async fn run(mut self, mut rx: ReadingReceiver) -> Stats {
         let mut stats = Stats::default();
-        let mut devices: HashMap<(Arc<DeviceIdentity>, String), KnownDevice> = HashMap::new();
+        let mut devices: LruCache<(Arc<DeviceIdentity>, String), KnownDevice> =
+            LruCache::new(DEVICE_CACHE);
         while let Some(envelope) = rx.recv().await {
             stats.readings += 1;
             let reading = &envelope.reading;
+            if reading.device.address.len() > MAX_DEVICE_ID_BYTES {
+                stats.device_id_too_long += 1;
+                tracing::warn!(profile = %reading.device.profile, transport = %reading.device.transport, bytes = reading.device.address.len(), limit = MAX_DEVICE_ID_BYTES, "reading refused: its device id is too long");
+                if let Some(ack) = envelope.ack {
+                    let _ = ack.send(Committed::default());
+                }
+                continue;
+            }
             let Some(profile) = self.profiles.get(&reading.device.profile).cloned() else {
                 stats.rejected += 1;
                 tracing::warn!(profile = %reading.device.profile, "reading from a device whose profile is not loaded; dropped");
@@ -83,7 +108,7 @@ impl Pipeline {
             let identity = reading.device.clone();
             let address = format!("{}:{}", identity.transport, identity.address);
             let key = (identity.clone(), profile.id.clone());
-            let device = devices.entry(key).or_insert_with(|| {
+            let device = devices.get_or_insert_with(key, || {
                 let pseudonym = self.pseudonymizer.pseudonym(Domain::Device, &address);
                 let resource = normalize::device_resource(&profile, &pseudonym);
                 KnownDevice {
@@ -156,6 +181,7 @@ impl Pipeline {
             readings = stats.readings,
             observations = stats.observations,
             rejected = stats.rejected,
+            device_id_too_long = stats.device_id_too_long,
             store_errors = stats.store_errors,
             "pipeline drained"
         );
@@ -187,5 +213,90 @@ fn log_outcome(profile: &Profile, out: &normalize::Normalized, stats: &mut Stats
     }
     if out.time_source == normalize::TimeSource::ReceivedDistrusted {
         tracing::warn!(profile = %profile.id, "device time not trustworthy (clock not set or far in the future); receive time used");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use iomt_drivers::{reading_channel, Quantity, Reading, Transport};
+    use rust_decimal::Decimal;
+
+    use super::*;
+    use crate::outbox::seal::Keyring;
+    use crate::outbox::{OutboxSettings, WhenFull};
+    use crate::pseudonym::Pseudonymizer;
+
+    fn reading(address: String) -> Reading {
+        Reading {
+            device: Arc::new(DeviceIdentity {
+                profile: "sim-thermometer".into(),
+                transport: Transport::Sim,
+                address,
+                serial_number: None,
+                manufacturer: None,
+                model: None,
+            }),
+            device_time: None,
+            received_at: chrono::Utc::now(),
+            sequence: None,
+            quantities: vec![Quantity::new(
+                "body_temperature",
+                Decimal::new(3650, 2),
+                "Cel",
+            )],
+            flags: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_over_long_device_id_is_refused_counted_and_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = OutboxSettings {
+            path: dir.path().join("outbox.db"),
+            max_bytes: 1 << 30,
+            max_age: None,
+            when_full: WhenFull::EvictOldest,
+            commit_window: Duration::from_millis(1),
+            quiet_commit_window: Duration::from_millis(1),
+            max_batch_rows: 100,
+        };
+        let keyring = Arc::new(Keyring::new(&[7; 32]));
+        let (outbox, writer) = Outbox::open(settings, keyring, vec!["fhir".into()])
+            .await
+            .unwrap();
+        let pipeline = Pipeline {
+            profiles: crate::demo::embedded_profiles()
+                .unwrap()
+                .into_iter()
+                .map(|p| (p.id.clone(), Arc::new(p)))
+                .collect(),
+            pseudonymizer: Pseudonymizer::new(&[9; 32]),
+            patient_pseudonym: "patient".into(),
+            gateway_pseudonym: "gateway".into(),
+            zones: (Zone::Named(chrono_tz::UTC), BTreeMap::new()),
+            address_zones: BTreeMap::new(),
+            out_of_range: OutOfRange::default(),
+            outbox,
+            observer: None,
+        };
+        let (tx, rx) = reading_channel(4);
+        let run = tokio::spawn(pipeline.run(rx));
+        let long = tx
+            .send_acked(reading("x".repeat(MAX_DEVICE_ID_BYTES + 1)))
+            .await
+            .unwrap();
+        assert!(long.await.unwrap().observations.is_empty());
+        // More devices than the cache holds: each still stored.
+        for i in 0..DEVICE_CACHE + 10 {
+            let ok = tx.send_acked(reading(format!("t-{i}"))).await.unwrap();
+            assert_eq!(ok.await.unwrap().observations.len(), 1);
+        }
+        drop(tx);
+        let stats = run.await.unwrap();
+        assert_eq!(stats.device_id_too_long, 1);
+        assert_eq!(stats.observations, DEVICE_CACHE as u64 + 10);
+        writer.await.unwrap();
     }
 }

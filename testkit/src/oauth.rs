@@ -101,8 +101,13 @@ impl OAuthState {
         let mut raw = [0u8; 24];
         let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw);
         let token = URL_SAFE_NO_PAD.encode(raw);
-        self.issued
-            .insert(token.clone(), Instant::now() + config.token_lifetime);
+        // A lifetime too long for the clock (the gateway's tests send u64::MAX seconds)
+        // is a token that never expires here.
+        let now = Instant::now();
+        let expiry = now
+            .checked_add(config.token_lifetime)
+            .unwrap_or(now + Duration::from_secs(100 * 365 * 86_400));
+        self.issued.insert(token.clone(), expiry);
         (
             200,
             json!({"access_token": token, "token_type": "bearer", "expires_in": config.token_lifetime.as_secs(), "scope": form.get("scope")}),

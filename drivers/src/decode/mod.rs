@@ -38,6 +38,15 @@ pub enum DecodeError {
         /// The configured limit.
         limit: usize,
     },
+    /// The device id is longer than [`crate::reading::MAX_DEVICE_ID_BYTES`] (the id itself
+    /// is not repeated: it may identify a patient's device).
+    #[error("device id of {len} bytes exceeds the limit of {limit} bytes")]
+    DeviceIdTooLong {
+        /// The id's length in bytes.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// No field of the profile was present: there is nothing to report.
     #[error("no field of the profile is present in the payload")]
     Empty,

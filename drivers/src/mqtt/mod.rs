@@ -411,6 +411,12 @@ impl Session<'_> {
                     .map(str::to_string)
             })
             .unwrap_or_else(|| topic.to_string());
+        if id.len() > crate::reading::MAX_DEVICE_ID_BYTES {
+            return Err(DecodeError::DeviceIdTooLong {
+                len: id.len(),
+                limit: crate::reading::MAX_DEVICE_ID_BYTES,
+            });
+        }
         if self.devices.len() >= MAX_KNOWN_DEVICES {
             self.devices.clear();
         }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use iomt_drivers::{DeviceIdentity, Driver, RejectReceiver, Transport};
 
+use crate::limits;
 use crate::normalize::Zone;
 use crate::profile::{Profile, TransportSpec};
 
@@ -201,14 +202,18 @@ pub fn optional_zone(key: &str, name: &Option<String>, problems: &mut Vec<String
 }
 
 /// Checks a driver section's reconnect delays: the first at least 1 ms, the longest at
-/// least the first.
+/// least the first, both within [`limits`].
 fn check_reconnect(section: &str, initial_ms: u64, max_ms: u64, problems: &mut Vec<String>) {
-    if initial_ms == 0 {
-        problems.push(format!("{section}.reconnect_initial_ms must be at least 1"));
-    }
-    if max_ms < initial_ms {
+    limits::check(
+        &format!("{section}.reconnect_initial_ms"),
+        initial_ms,
+        &limits::RECONNECT_INITIAL_MS,
+        problems,
+    );
+    if !(initial_ms..=limits::RECONNECT_MAX_MS).contains(&max_ms) {
         problems.push(format!(
-            "{section}.reconnect_max_ms must be at least {section}.reconnect_initial_ms"
+            "{section}.reconnect_max_ms = {max_ms} is out of range: it must be between {section}.reconnect_initial_ms ({initial_ms}) and {}",
+            limits::RECONNECT_MAX_MS
         ));
     }
 }

@@ -12,6 +12,7 @@ use super::{
     check_reconnect, default_reconnect_initial, default_reconnect_max, of_transport, select, Built,
     Context, IngestError, Source,
 };
+use crate::limits;
 use crate::net::tls::TlsSettings;
 use crate::net::{self, client_identity, is_loopback_host};
 use crate::profile::TransportSpec;
@@ -48,16 +49,19 @@ pub struct RawMqtt {
     /// File with the user name (first line) and password (second line), mode 0600.
     #[serde(default)]
     pub credentials_file: Option<PathBuf>,
-    /// MQTT keep-alive in seconds (default 30).
+    /// MQTT keep-alive in seconds (default 30; 5 to 65535).
     #[serde(default = "default_keep_alive")]
     pub keep_alive_secs: u64,
-    /// Largest payload accepted, in bytes (default 65536); larger ones go to the dead letters.
+    /// Largest payload accepted, in bytes (default 65536; at most 16 MiB); larger ones go
+    /// to the dead letters.
     #[serde(default = "default_mqtt_max_payload")]
     pub max_payload_bytes: usize,
-    /// Most messages waiting for their commit before the driver stops reading (default 64).
+    /// Most messages waiting for their commit before the driver stops reading (default 64;
+    /// 1 to 65535).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
-    /// Most refused messages kept in the dead letters; the oldest go first (default 1000).
+    /// Most refused messages kept in the dead letters; the oldest go first (default 1000;
+    /// 1 to 1000000).
     #[serde(default = "default_dead_letter_limit")]
     pub dead_letter_limit: usize,
     /// Milliseconds before the first reconnect attempt (default 500).
@@ -171,16 +175,36 @@ impl RawMqtt {
         if m.client_id.trim().is_empty() {
             problems.push("mqtt.client_id must not be empty (the broker keeps the gateway's session under it)".into());
         }
-        if m.max_payload_bytes == 0 {
-            problems.push("mqtt.max_payload_bytes must be at least 1".into());
-        }
-        if m.max_in_flight == 0 {
-            problems.push("mqtt.max_in_flight must be at least 1".into());
-        }
-        if m.dead_letter_limit == 0 {
-            problems.push("mqtt.dead_letter_limit must be at least 1".into());
-        }
+        let before = problems.len();
+        limits::check(
+            "mqtt.keep_alive_secs",
+            m.keep_alive_secs,
+            &limits::KEEP_ALIVE_SECS,
+            problems,
+        );
+        limits::check(
+            "mqtt.max_payload_bytes",
+            m.max_payload_bytes,
+            &limits::MAX_PAYLOAD_BYTES,
+            problems,
+        );
+        limits::check(
+            "mqtt.max_in_flight",
+            m.max_in_flight,
+            &limits::MAX_IN_FLIGHT,
+            problems,
+        );
+        limits::check(
+            "mqtt.dead_letter_limit",
+            m.dead_letter_limit,
+            &limits::DEAD_LETTER_LIMIT,
+            problems,
+        );
         check_reconnect("mqtt", m.reconnect_initial_ms, m.reconnect_max_ms, problems);
+        if problems.len() > before {
+            // Numbers out of range make no settings (no channel of 2^61 slots is built).
+            return None;
+        }
         Some(MqttSettings {
             host: m.host.clone(),
             port: m.port.unwrap_or(if m.tls { 8883 } else { 1883 }),
@@ -190,7 +214,7 @@ impl RawMqtt {
             }),
             client_id: m.client_id.clone(),
             credentials_file: m.credentials_file.clone(),
-            keep_alive: Duration::from_secs(m.keep_alive_secs.max(5)),
+            keep_alive: Duration::from_secs(m.keep_alive_secs),
             max_payload: m.max_payload_bytes,
             max_in_flight: m.max_in_flight,
             dead_letter_limit: m.dead_letter_limit,

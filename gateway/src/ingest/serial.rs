@@ -11,6 +11,7 @@ use super::{
     bound, check_reconnect, default_reconnect_initial, default_reconnect_max, identity,
     of_transport, optional_zone, Built, Context, IngestError, Source,
 };
+use crate::limits;
 use crate::normalize::Zone;
 use crate::profile::TransportSpec;
 
@@ -98,6 +99,12 @@ impl RawSerial {
                     p.path
                 ));
             }
+            limits::check(
+                &format!("{key}.min_interval_ms"),
+                p.min_interval_ms,
+                &limits::MIN_INTERVAL_MS,
+                problems,
+            );
             let zone = optional_zone(&key, &p.time_zone, problems);
             ports.push(SerialPort {
                 path: p.path.clone(),

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{OutboxSettings, WhenFull};
+use crate::limits;
 
 /// `[outbox]`
 #[derive(Debug, Clone, Deserialize)]
@@ -84,26 +85,46 @@ impl RawOutbox {
         if self.max_size_mb == 0 {
             problems.push("outbox.max_size_mb must be at least 1".into());
         }
-        if self.max_batch_rows == 0 {
-            problems.push("outbox.max_batch_rows must be at least 1".into());
-        }
-        if self
-            .max_age_days
-            .is_some_and(|d| !(d.is_finite() && d > 0.0))
-        {
-            problems.push("outbox.max_age_days must be a positive number of days".into());
+        limits::check(
+            "outbox.max_batch_rows",
+            self.max_batch_rows,
+            &limits::MAX_BATCH_ROWS,
+            problems,
+        );
+        limits::check(
+            "outbox.commit_window_ms",
+            self.commit_window_ms,
+            &limits::COMMIT_WINDOW_MS,
+            problems,
+        );
+        limits::check(
+            "outbox.quiet_commit_window_ms",
+            self.quiet_commit_window_ms,
+            &limits::COMMIT_WINDOW_MS,
+            problems,
+        );
+        let age_ok = |d: f64| d.is_finite() && d > 0.0 && d <= limits::MAX_AGE_DAYS;
+        if self.max_age_days.is_some_and(|d| !age_ok(d)) {
+            problems.push(format!(
+                "outbox.max_age_days must be a positive number of days: between 0 (exclusive) and {}",
+                limits::MAX_AGE_DAYS
+            ));
         }
         OutboxSettings {
             path: self.path.clone(),
             max_bytes: self.max_size_mb.saturating_mul(1024 * 1024),
             max_age: self
                 .max_age_days
-                .filter(|d| d.is_finite() && *d > 0.0)
+                .filter(|d| age_ok(*d))
                 .map(|d| Duration::from_secs_f64(d * 86_400.0)),
             when_full: self.when_full,
-            commit_window: Duration::from_millis(self.commit_window_ms),
+            commit_window: Duration::from_millis(
+                self.commit_window_ms.min(*limits::COMMIT_WINDOW_MS.end()),
+            ),
             quiet_commit_window: Duration::from_millis(
-                self.quiet_commit_window_ms.max(self.commit_window_ms),
+                self.quiet_commit_window_ms
+                    .min(*limits::COMMIT_WINDOW_MS.end())
+                    .max(self.commit_window_ms.min(*limits::COMMIT_WINDOW_MS.end())),
             ),
             max_batch_rows: self.max_batch_rows,
         }

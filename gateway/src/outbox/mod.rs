@@ -7,7 +7,9 @@
 //! (insertion order, so delivery is oldest first), with the id of the Device resource it
 //! references, its enqueue time, the key id it was sealed with, and `pending`: a bitmask
 //! of the uplinks that still have to deliver it (`uplinks` maps names to bits). Device
-//! resources are stored once in `devices`. `dead_letters` keeps rows an uplink rejected
+//! resources are stored once in `devices`, and removed once no row and no dead letter
+//! references them (`store/devices.rs`: when a transaction that deleted rows leaves
+//! `rows` empty, else at most once a minute). `dead_letters` keeps rows an uplink rejected
 //! for good, with the server's reason (sealed too). `keys` records each storage key's id
 //! and check value; `counters` and `uplinks` keep totals for `outbox status`.
 //! `ingest_dead_letters` keeps messages a driver refused (an MQTT payload that is not JSON,
@@ -91,7 +93,10 @@
 //! When full, `when_full = "evict-oldest"` (the default) deletes the oldest rows, counts
 //! them in `outbox status` and logs a warning; `when_full = "block"` stops taking appends
 //! until deliveries make room, which blocks the pipeline and, through the bounded
-//! channels, the drivers.
+//! channels, the drivers. Per device, memory holds at most [`store::KNOWN_DEVICES`] ids
+//! (a least-recently-used cache; a forgotten device's resource is simply written again),
+//! and the `devices` table the Devices that queued rows and dead letters reference, plus
+//! at most a minute of traffic's while rows are queued.
 
 pub mod config;
 mod ingest;
@@ -286,15 +291,14 @@ pub struct Outbox {
     /// core, not the writer's), and a row's associated data binds its sequence number, so
     /// numbers are handed out here, in append order, and never twice.
     next_seq: Arc<AtomicI64>,
-    /// Device ids already handed to the writer (their resource need not be sealed again).
-    known_devices: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Transactions the writer has run.
     transactions: Arc<AtomicU64>,
 }
 
 /// An append, compressed and sealed by the caller.
 struct SealedAppend {
-    /// The Device resource, sealed only the first time this handle sees the device.
+    /// The Device resource, sealed (every append carries it: the writer stores it only
+    /// when it does not remember having done so, see `store/devices.rs`).
     device: Option<StoredDevice>,
     rows: Vec<(String, StoredRow)>,
     ack: Option<oneshot::Sender<Committed>>,
@@ -323,7 +327,6 @@ impl Outbox {
         let writer_uplinks = store.uplink_names();
         let transactions = Arc::new(AtomicU64::new(0));
         let writer = Writer {
-            known_devices: Default::default(),
             payload_bytes: store.payload_bytes(),
             appends_open: true,
             control_open: true,
@@ -338,7 +341,6 @@ impl Outbox {
             pings: Vec::new(),
             transactions: transactions.clone(),
         };
-        let known_devices = writer.known_devices.clone();
         let next_seq = Arc::new(AtomicI64::new(
             writer.store.as_ref().map(|s| s.next_seq()).unwrap_or(1),
         ));
@@ -350,7 +352,6 @@ impl Outbox {
                 keyring,
                 committed: committed_rx,
                 next_seq,
-                known_devices,
                 transactions,
             },
             handle,
@@ -360,21 +361,14 @@ impl Outbox {
     /// Queues observations for storage; the append's `ack` fires after the commit. Waits
     /// while the writer is busy (backpressure).
     pub async fn append(&self, append: Append) -> Result<(), OutboxError> {
-        let first_time = self
-            .known_devices
-            .lock()
-            .map(|mut known| known.insert(append.device_id.clone()))
-            .unwrap_or(true);
-        let device = if first_time {
-            Some(StoredDevice {
-                sealed: self
-                    .keyring
-                    .seal(&pack(&append.device_json), &device_aad(&append.device_id))?,
-                id: append.device_id.clone(),
-            })
-        } else {
-            None
-        };
+        // Sealed every time (a few hundred bytes): the writer may have removed the Device
+        // row since its last append, once no row needed it.
+        let device = Some(StoredDevice {
+            sealed: self
+                .keyring
+                .seal(&pack(&append.device_json), &device_aad(&append.device_id))?,
+            id: append.device_id.clone(),
+        });
         let now = chrono::Utc::now().timestamp_millis();
         let mut rows = Vec::with_capacity(append.observations.len());
         for (id, json) in append.observations {

@@ -268,7 +268,7 @@ pub(super) fn apply(
         }
         let min_created = settings
             .max_age
-            .map(|age| now - i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
+            .map(|age| now.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)));
         if settings.when_full == WhenFull::EvictOldest || min_created.is_some() {
             let cap = if settings.when_full == WhenFull::EvictOldest {
                 settings.max_bytes
@@ -276,6 +276,14 @@ pub(super) fn apply(
                 u64::MAX
             };
             evicted = store.evict(cap, min_created)?;
+        }
+        let deleted_rows = !deletions.is_empty()
+            || evicted > 0
+            || applied_controls
+                .iter()
+                .any(|(c, _)| matches!(c, Control::Delivered { .. }));
+        if deleted_rows {
+            store.prune_devices()?;
         }
         store.commit()
     })();

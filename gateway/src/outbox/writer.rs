@@ -18,7 +18,6 @@ use super::{OutboxError, OutboxSettings, SealedAppend, WhenFull};
 pub(super) struct Writer {
     /// Shared with the handles: forgotten after a failed transaction, so the Device
     /// resources it did not store are sealed and sent again.
-    pub(super) known_devices: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     pub(super) store: Option<Store>,
     /// The store's payload bytes, known also while a transaction is in flight.
     pub(super) payload_bytes: u64,
@@ -308,9 +307,6 @@ impl Writer {
         self.store = Some(applied.store);
         if let Some(e) = &applied.error {
             tracing::error!(error = %e, "outbox transaction failed; its readings are not acknowledged");
-            if let Ok(mut known) = self.known_devices.lock() {
-                known.clear();
-            }
             self.deletions.restore(applied.deletions);
         }
         if applied.evicted > 0 {

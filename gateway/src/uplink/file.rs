@@ -21,7 +21,7 @@ pub struct RawFileUplink {
     pub name: Option<String>,
     /// The directory.
     pub dir: PathBuf,
-    /// Most Observations per Bundle (default 100).
+    /// Most Observations per Bundle (default 100; 1 to 10000).
     pub batch_size: Option<usize>,
 }
 

@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use crate::fhir::Bundle;
+use crate::limits;
 
 /// An uplink's validated settings: what the delivery loop needs of every uplink, and in
 /// `kind` what its kind needs (one kind's settings, or [`config::UplinkKind`]).
@@ -43,18 +44,27 @@ impl<K> Settings<K> {
     }
 }
 
-/// `batch_size`: at least 1, 100 when not set.
+/// `batch_size`: 100 when not set, within [`limits::BATCH_SIZE`].
 pub fn batch_size(configured: Option<usize>) -> Result<usize, String> {
-    match configured {
-        Some(0) => Err("batch_size must be at least 1".to_string()),
-        Some(n) => Ok(n),
-        None => Ok(100),
-    }
+    limits::optional("batch_size", configured, 100, &limits::BATCH_SIZE)
 }
 
-/// `max_backoff_secs`: the longest retry delay, at least 1 s, 300 s when not set.
-pub fn backoff_max(max_backoff_secs: Option<u64>) -> Duration {
-    Duration::from_secs(max_backoff_secs.unwrap_or(300).max(1))
+/// `max_backoff_secs`: the longest retry delay, 300 s when not set, within
+/// [`limits::MAX_BACKOFF_SECS`].
+pub fn backoff_max(max_backoff_secs: Option<u64>) -> Result<Duration, String> {
+    limits::optional(
+        "max_backoff_secs",
+        max_backoff_secs,
+        300,
+        &limits::MAX_BACKOFF_SECS,
+    )
+    .map(Duration::from_secs)
+}
+
+/// `timeout_secs`: 30 s when not set, within [`limits::TIMEOUT_SECS`].
+pub fn timeout(timeout_secs: Option<u64>) -> Result<Duration, String> {
+    limits::optional("timeout_secs", timeout_secs, 30, &limits::TIMEOUT_SECS)
+        .map(Duration::from_secs)
 }
 
 /// Why an uplink could not be set up.

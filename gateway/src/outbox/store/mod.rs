@@ -3,9 +3,12 @@
 //! read-only listings for `outbox status` and `outbox dead-letters`). Synchronous; owned
 //! by the outbox's writer task, which runs it on a blocking thread.
 
+mod devices;
 mod open;
 mod read;
 mod reseal;
+
+pub use devices::{KNOWN_DEVICES, PRUNE_INTERVAL};
 
 pub use open::SCHEMA_VERSION;
 pub use read::{
@@ -66,7 +69,7 @@ pub struct Store {
     bits: HashMap<String, i64>,
     /// The bits of the configured uplinks (new rows wait for all of them).
     all_bits: i64,
-    known_devices: HashSet<String>,
+    known_devices: devices::KnownDevices,
     next_seq: i64,
     payload_bytes: u64,
 }
@@ -92,8 +95,8 @@ impl Store {
         self.next_seq
     }
 
-    /// Whether a Device resource is already stored.
-    pub fn has_device(&self, id: &str) -> bool {
+    /// Whether a Device resource is already stored (as far as this process remembers).
+    pub fn has_device(&mut self, id: &str) -> bool {
         self.known_devices.contains(id)
     }
 

@@ -98,7 +98,7 @@ impl Store {
             path: path.to_path_buf(),
             bits: HashMap::new(),
             all_bits: 0,
-            known_devices: HashSet::new(),
+            known_devices: super::devices::KnownDevices::new(),
             next_seq: 1,
             payload_bytes: 0,
         };

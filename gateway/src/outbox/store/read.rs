@@ -1,7 +1,7 @@
 //! Counts and read-only listings: `outbox status` and `outbox dead-letters`, safe while
 //! the daemon runs (the database opened read-only, without a key).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
@@ -157,7 +157,7 @@ pub fn read_only_status(path: &Path, configured: &[String]) -> Result<Status, Ou
         path: path.to_path_buf(),
         bits: HashMap::new(),
         all_bits: 0,
-        known_devices: HashSet::new(),
+        known_devices: super::devices::KnownDevices::new(),
         next_seq: 0,
         payload_bytes: 0,
     };

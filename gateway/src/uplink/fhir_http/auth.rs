@@ -88,6 +88,10 @@ fn read_secret_text(path: &std::path::Path, what: &str) -> Result<String, String
     Ok(text)
 }
 
+/// The longest a token is kept, in seconds (a day): a longer `expires_in` from the
+/// token endpoint is clamped to it, so an absurd answer cannot overflow the clock.
+const MAX_TOKEN_SECS: u64 = 86_400;
+
 /// How long to keep a token that lives `expires_in`: until shortly before it expires.
 fn keep_for(expires_in: Duration) -> Duration {
     let margin = (expires_in / 5).min(Duration::from_secs(30));
@@ -218,11 +222,17 @@ impl Auth {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| transient("token endpoint: the response has no access_token".into()))?
             .to_string();
-        let expires_in = Duration::from_secs(body["expires_in"].as_u64().unwrap_or(300));
+        let announced = body["expires_in"].as_u64().unwrap_or(300);
+        let expires_in = Duration::from_secs(announced.min(MAX_TOKEN_SECS));
+        if announced > MAX_TOKEN_SECS {
+            tracing::warn!(uplink = %self.uplink, expires_in_secs = announced, "the token endpoint's expires_in is longer than a day; the token is kept for at most {MAX_TOKEN_SECS} s");
+        }
         tracing::info!(uplink = %self.uplink, expires_in_secs = expires_in.as_secs(), "new access token");
+        let now = Instant::now();
         self.cached = Some(Cached {
             token: token.clone(),
-            refresh_at: Instant::now() + keep_for(expires_in),
+            // Never past what the clock can hold: then the token is simply fetched again.
+            refresh_at: now.checked_add(keep_for(expires_in)).unwrap_or(now),
         });
         Ok(Some(token))
     }

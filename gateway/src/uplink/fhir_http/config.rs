@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::auth::{AuthSettings, OAuth2Settings, SmartSettings};
 use crate::net::{client_identity, https};
 use crate::smart::Alg;
-use crate::uplink::{backoff_max, batch_size, Settings};
+use crate::uplink::{backoff_max, batch_size, timeout, Settings};
 
 /// `[[uplinks]]` with `kind = "fhir"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -21,11 +21,11 @@ pub struct RawFhirUplink {
     pub base_url: String,
     /// File with a bearer token (mode 0600), if the server needs one.
     pub bearer_token_file: Option<PathBuf>,
-    /// Most Observations per Bundle (default 100).
+    /// Most Observations per Bundle (default 100; 1 to 10000).
     pub batch_size: Option<usize>,
-    /// Timeout of one request in seconds (default 30).
+    /// Timeout of one request in seconds (default 30; 1 to 3600).
     pub timeout_secs: Option<u64>,
-    /// Longest retry delay in seconds (default 300).
+    /// Longest retry delay in seconds (default 300; 1 to 86400).
     pub max_backoff_secs: Option<u64>,
     /// PEM bundle of extra trusted CAs (private PKI), added to the system roots.
     pub ca_file: Option<PathBuf>,
@@ -128,12 +128,12 @@ impl RawFhirUplink {
         let name = self.name.clone().unwrap_or_else(|| "fhir".into());
         Ok(Settings {
             batch_size: batch_size(self.batch_size)?,
-            backoff_max: backoff_max(self.max_backoff_secs),
+            backoff_max: backoff_max(self.max_backoff_secs)?,
             kind: FhirSettings {
                 name: name.clone(),
                 base_url: self.base_url.clone(),
                 auth,
-                timeout: Duration::from_secs(self.timeout_secs.unwrap_or(30).max(1)),
+                timeout: timeout(self.timeout_secs)?,
                 ca_file: self.ca_file.clone(),
                 client_identity,
                 insecure,

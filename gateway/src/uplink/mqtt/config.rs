@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::net::tls::TlsSettings;
 use crate::net::{client_identity, is_loopback_host};
-use crate::uplink::{backoff_max, batch_size, Settings};
+use crate::uplink::{backoff_max, batch_size, timeout, Settings};
 
 /// `[[uplinks]]` with `kind = "mqtt"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -29,11 +29,12 @@ pub struct RawMqttUplink {
     pub client_id: Option<String>,
     /// File with the user name (first line) and password (second line), mode 0600.
     pub credentials_file: Option<PathBuf>,
-    /// Most Observations per Bundle (default 100).
+    /// Most Observations per Bundle (default 100; 1 to 10000).
     pub batch_size: Option<usize>,
-    /// Seconds to wait for the connection and every PUBACK of a Bundle (default 30).
+    /// Seconds to wait for the connection and every PUBACK of a Bundle (default 30; 1 to
+    /// 3600).
     pub timeout_secs: Option<u64>,
-    /// Longest retry delay in seconds (default 300).
+    /// Longest retry delay in seconds (default 300; 1 to 86400).
     pub max_backoff_secs: Option<u64>,
     /// PEM bundle of extra trusted CAs (private PKI), added to the system roots
     /// (`mqtts://` only).
@@ -171,7 +172,8 @@ impl RawMqttUplink {
             return Err("client_id must not be empty (leave it out for the default)".into());
         }
         let name = self.name.clone().unwrap_or_else(|| "mqtt".into());
-        let backoff_max = backoff_max(self.max_backoff_secs);
+        let backoff_max = backoff_max(self.max_backoff_secs)?;
+        let ack_timeout = timeout(self.timeout_secs)?;
         Ok(Settings {
             batch_size,
             backoff_max,
@@ -188,7 +190,7 @@ impl RawMqttUplink {
                 topic: self.topic.clone(),
                 mode: self.mode.unwrap_or_default(),
                 credentials_file: self.credentials_file.clone(),
-                ack_timeout: Duration::from_secs(self.timeout_secs.unwrap_or(30).max(1)),
+                ack_timeout,
                 keep_alive: Duration::from_secs(30),
                 batch_size,
                 reconnect_initial: Duration::from_millis(500),
