@@ -25,9 +25,13 @@
 //!
 //! **Size limits.** A payload over the limit (the smaller of `[mqtt] max_payload_bytes`
 //! and the profile's `max_payload`) is refused into the dead letters, keeping its first
-//! bytes up to the limit. MQTT packets larger than [`protocol_limit`] cannot be read at
-//! all (rumqttc drops the connection); the broker must refuse them
-//! (`message_size_limit` in mosquitto.conf).
+//! bytes up to the limit and its size, and is acknowledged once that is committed. This
+//! holds for messages far larger than the limit too: the driver reads packets up to
+//! [`read_limit`] (at least [`OVERSIZED_READ_LIMIT`], 64 MiB; one such message in memory at
+//! a time, its payload dropped once the cut copy is handed over). Only larger packets
+//! cannot be read (rumqttc drops the connection and the broker sends the message again on
+//! every reconnect, an error logged with its size): the broker must refuse them
+//! (`message_size_limit` in mosquitto.conf, which has no limit by default).
 //!
 //! **Reconnect.** A lost connection is logged (warn, once per outage) and retried with
 //! capped exponential [`Backoff`]; a reconnection is an info line.
@@ -130,10 +134,23 @@ pub struct MqttConfig {
     pub rejects: RejectSender,
 }
 
-/// The largest MQTT packet the driver can read for a payload limit: packets above it drop
-/// the connection (configure the broker's `message_size_limit` below it).
+/// The packet size an MQTT message with a payload within the limit `max_payload` stays
+/// under, with room for its topic: max(8 × `max_payload`, 1 MiB).
 pub fn protocol_limit(max_payload: usize) -> usize {
     max_payload.saturating_mul(8).max(1 << 20)
+}
+
+/// How large a packet the driver reads at least, whatever its payload limit: an
+/// oversized message is read once, in full, only to keep its first bytes in the dead
+/// letters and acknowledge it. The most memory one message takes.
+pub const OVERSIZED_READ_LIMIT: usize = 64 << 20;
+
+/// The largest MQTT packet the driver reads for a payload limit: the larger of
+/// [`protocol_limit`] and [`OVERSIZED_READ_LIMIT`]. A larger packet cannot be read: it
+/// drops the connection, and the broker, delivering it again on every reconnect, must be
+/// told to refuse it (`message_size_limit` in mosquitto.conf, below this limit).
+pub fn read_limit(max_payload: usize) -> usize {
+    protocol_limit(max_payload).max(OVERSIZED_READ_LIMIT)
 }
 
 /// Whether `topic` matches the MQTT topic `filter` (`+` one level, `#` the rest).
@@ -294,8 +311,10 @@ fn options(config: &MqttConfig) -> MqttOptions {
     o.set_clean_session(false)
         .set_manual_acks(true)
         .set_keep_alive(config.keep_alive.max(Duration::from_secs(5)));
-    let limit = protocol_limit(config.max_payload);
-    o.set_max_packet_size(limit, limit);
+    o.set_max_packet_size(
+        read_limit(config.max_payload),
+        protocol_limit(config.max_payload),
+    );
     if let Some(c) = &config.credentials {
         o.set_credentials(c.username.clone(), c.password.clone());
     }
@@ -378,6 +397,9 @@ impl Session<'_> {
                 }
             }
         };
+        // Only what the PUBACK needs is kept while the commit is awaited.
+        let mut publish = publish;
+        publish.payload = Default::default();
         Some(Pending {
             publish,
             wait,
@@ -448,6 +470,8 @@ async fn run(config: MqttConfig, tx: ReadingSender, cancel: CancellationToken) -
         stats: MqttStats::default(),
     };
     let mut acks = Acks::default();
+    // The size of a message too large to read, once logged.
+    let mut unreadable: Option<usize> = None;
     let broker = format!("{}:{}", config.host, config.port);
     let mut connected = false;
     loop {
@@ -491,6 +515,15 @@ async fn run(config: MqttConfig, tx: ReadingSender, cancel: CancellationToken) -
             },
             Ok(_) => {}
             Err(e) => {
+                if let rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+                    rumqttc::Error::PayloadSizeLimitExceeded(size),
+                )) = &e
+                {
+                    if unreadable != Some(*size) {
+                        unreadable = Some(*size);
+                        tracing::error!(broker = %broker, size = *size, limit = read_limit(config.max_payload), "an MQTT message is larger than the gateway can read; the broker delivers it again on every reconnect and nothing behind it is read: set mosquitto's message_size_limit below the limit and restart the broker");
+                    }
+                }
                 let delay = backoff.fail();
                 let error = crate::net::describe_mqtt_error(&e);
                 if connected || backoff.failures() == 1 {

@@ -1,0 +1,151 @@
+//! End-to-end tests of MQTT ingest under the faults a kit meets unattended (issue #14):
+//! the real binary, a real mosquitto broker started by the test, the test FHIR server as
+//! the sink, and a rumqttc publisher in the test.
+//!
+//! - A message far larger than the driver's packet limit is kept in the dead letters and
+//!   acknowledged; what follows it is read.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::Duration;
+
+use common::kit::{read, sigterm_and_wait, wait_logged, Kit};
+use common::wait_until;
+use iomt_testkit::mosquitto::publish_acked;
+use iomt_testkit::Mosquitto;
+
+const PATIENT: &str = "MRN-MQTT-FAULT-1";
+const GATEWAY_ID: &str = "kit-mqtt-fault-1";
+const PROFILE: &str = "mqtt-generic-json-vitals";
+
+/// The common [`Kit`] and the ingest broker the gateway's MQTT driver reads.
+struct MqttKit {
+    kit: Kit,
+    broker: Mosquitto,
+}
+
+impl MqttKit {
+    fn new() -> Self {
+        let kit = Kit::new();
+        let broker = Mosquitto::start(&kit.path("broker"), "").unwrap();
+        MqttKit { kit, broker }
+    }
+
+    /// The configuration: the MQTT driver on the ingest broker and the FHIR uplink.
+    fn config(&self, max_payload: usize) -> PathBuf {
+        self.kit
+            .config_for(GATEWAY_ID, PATIENT)
+            .driver(&format!(
+                "[mqtt]\nenabled = true\nport = {}\nclient_id = \"iomt-gateway-faults\"\nmax_payload_bytes = {max_payload}\nreconnect_initial_ms = 50\nreconnect_max_ms = 500\nprofiles = [\"{PROFILE}\"]",
+                self.broker.port()
+            ))
+            .outbox("commit_window_ms = 5")
+            .uplink(&self.kit.fhir_uplink(1))
+            .log("info,iomt_drivers=debug")
+            .write()
+    }
+
+    /// Publishes at QoS 1 and returns once the broker has every message.
+    fn publish(&self, messages: Vec<(String, Vec<u8>)>) {
+        self.kit
+            .rt
+            .block_on(publish_acked(
+                self.broker.port(),
+                "test-publisher",
+                messages,
+                Duration::from_secs(60),
+            ))
+            .unwrap();
+    }
+
+    /// (distinct Observation identifiers, creates of an identifier already stored).
+    fn server_identifiers(&self) -> (usize, u64) {
+        self.kit
+            .server
+            .with_store(|s| (s.by_identifier.len(), s.duplicate_creates))
+    }
+}
+
+fn wait_connected(child: &mut Child, log: &Path) {
+    wait_logged(
+        child,
+        log,
+        "the gateway to connect",
+        "connected to the MQTT broker",
+    );
+}
+
+/// `n` valid messages from device `dev`, each with a distinct time starting at second
+/// `from`.
+fn vitals(dev: &str, from: u32, n: u32) -> Vec<(String, Vec<u8>)> {
+    (from..from + n)
+        .map(|i| {
+            let t = format!(
+                "2026-01-01T{:02}:{:02}:{:02}Z",
+                i / 3600 % 24,
+                i / 60 % 60,
+                i % 60
+            );
+            (
+                format!("iomt/{dev}/vitals"),
+                format!(r#"{{"time":"{t}","heart_rate":{}}}"#, 60 + i % 40).into_bytes(),
+            )
+        })
+        .collect()
+}
+
+/// Issue #14, item 4: a QoS 1 message larger than the packet limit (max(8 × 64 KiB,
+/// 1 MiB) here) dropped the connection, the broker redelivered it on every reconnect, and
+/// nothing behind it was ever read.
+#[test]
+fn a_10_mb_message_is_dead_lettered_and_the_next_valid_message_is_committed() {
+    let mut kit = MqttKit::new();
+    let config = kit.config(65536);
+    let (mut child, log) = kit.kit.start(&config);
+    wait_connected(&mut child, &log);
+    let big_len = 10_000_000;
+    let mut messages = vec![("iomt/huge-1/vitals".to_string(), vec![b'x'; big_len])];
+    messages.extend(vitals("after-1", 0, 1));
+    kit.publish(messages);
+    wait_until(
+        Duration::from_secs(60),
+        "the valid message behind the 10 MB one at the sink",
+        || kit.server_identifiers().0 >= 1,
+    );
+    wait_until(Duration::from_secs(30), "the refusal logged", || {
+        read(&log).contains("kept in the dead letters")
+    });
+    sigterm_and_wait(child, &log);
+    assert_eq!(kit.server_identifiers(), (1, 0));
+    // Its topic, size and first bytes (cut to the limit) are in the dead letters.
+    let (ok, out) = kit.kit.cli(&["outbox", "dead-letters"]);
+    assert!(ok, "{out}");
+    let refused: Vec<&str> = out.lines().filter(|l| l.contains(" mqtt ")).collect();
+    assert_eq!(refused.len(), 1, "{out}");
+    assert!(refused[0].contains("topic=iomt/huge-1/vitals"), "{out}");
+    // The profile's `max_payload` (8 KiB) is below `mqtt.max_payload_bytes`.
+    assert!(
+        refused[0].contains("exceeds the limit of 8192 bytes"),
+        "{out}"
+    );
+    let (_, with) = kit
+        .kit
+        .cli(&["outbox", "dead-letters", "--payloads", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&with).unwrap();
+    let ingest = v["ingest"].as_array().unwrap();
+    assert_eq!(ingest.len(), 1, "{with:.2000}");
+    assert_eq!(ingest[0]["size"], big_len);
+    assert_eq!(ingest[0]["payload"].as_str().unwrap().len(), 8192);
+    // Acknowledged: a restarted gateway does not get it again, and reads what follows.
+    let (mut child, log2) = kit.kit.start(&config);
+    wait_connected(&mut child, &log2);
+    kit.publish(vitals("after-1", 1, 1));
+    wait_until(Duration::from_secs(30), "the next valid message", || {
+        kit.server_identifiers().0 == 2
+    });
+    sigterm_and_wait(child, &log2);
+    assert!(!read(&log2).contains("kept in the dead letters"));
+    assert_eq!(kit.server_identifiers(), (2, 0));
+}
