@@ -4,6 +4,9 @@
 //!
 //! - A message far larger than the driver's packet limit is kept in the dead letters and
 //!   acknowledged; what follows it is read.
+//! - Commits that fail (the outbox's write lock held by the test, as a full disk makes
+//!   every transaction fail) leave messages unacknowledged; once the outbox can commit
+//!   again, intake resumes by itself and every message arrives exactly once.
 
 mod common;
 
@@ -148,4 +151,61 @@ fn a_10_mb_message_is_dead_lettered_and_the_next_valid_message_is_committed() {
     sigterm_and_wait(child, &log2);
     assert!(!read(&log2).contains("kept in the dead letters"));
     assert_eq!(kit.server_identifiers(), (2, 0));
+}
+
+/// Issue #14, item 2 (the MQTT half of a full disk): messages whose commit failed were
+/// never acknowledged, filled the broker's in-flight window (20) and were never sent
+/// again, so intake stayed stopped after the outbox could commit again.
+#[test]
+fn after_commits_failed_intake_resumes_by_itself_and_every_message_arrives_once() {
+    let mut kit = MqttKit::new();
+    let config = kit.config(65536);
+    let (mut child, log) = kit.kit.start(&config);
+    wait_connected(&mut child, &log);
+    // Hold the outbox's write lock: every transaction of the gateway fails (busy), as
+    // every transaction fails on a full disk.
+    let lock = rusqlite::Connection::open(kit.kit.path("outbox.db")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    kit.publish(vitals("cuff-1", 0, 40));
+    wait_until(
+        Duration::from_secs(60),
+        "a commit of an MQTT message to fail",
+        || read(&log).contains("MQTT message could not be stored"),
+    );
+    // While the outbox still cannot commit, the session is reconnected and the
+    // redelivered messages fail again, with a growing delay.
+    wait_until(
+        Duration::from_secs(60),
+        "two reconnects while commits fail",
+        || read(&log).matches("connected to the MQTT broker").count() >= 3,
+    );
+    assert_eq!(kit.server_identifiers().0, 0);
+    // Space is back: the lock goes, and intake resumes without a restart.
+    drop(lock);
+    wait_until(
+        Duration::from_secs(60),
+        "all 40 Observations at the sink after the outbox recovered",
+        || kit.server_identifiers().0 >= 40,
+    );
+    kit.publish(vitals("cuff-1", 40, 5));
+    wait_until(Duration::from_secs(30), "5 more Observations", || {
+        kit.server_identifiers().0 >= 45
+    });
+    sigterm_and_wait(child, &log);
+    assert_eq!(
+        kit.server_identifiers(),
+        (45, 0),
+        "each message exactly once"
+    );
+    let (ok, out) = kit.kit.cli(&["outbox", "dead-letters"]);
+    assert!(ok && out.contains("no dead letters"), "{out}");
+    // Said once per episode, and the end of it.
+    let text = read(&log);
+    assert_eq!(
+        text.matches("reconnecting so that the broker delivers them again")
+            .count(),
+        1,
+        "{text}"
+    );
+    assert!(text.contains("intake resumed"), "{text}");
 }

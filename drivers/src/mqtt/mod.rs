@@ -23,6 +23,16 @@
 //! If the gateway dies between receiving a message and committing it, the message was not
 //! acknowledged and the broker delivers it again to the next session.
 //!
+//! **Failed commits.** A message whose commit failed (the outbox cannot write: a full
+//! disk, a damaged database) gets no PUBACK; the broker holds it in its in-flight window
+//! and sends it again only to a new connection. So after a failed commit the driver takes
+//! no new message (those it receives meanwhile are not acknowledged either), waits until
+//! every message handed over is settled and every PUBACK written, drops the connection and
+//! reconnects after a delay growing with each consecutive failure ([`Backoff`] between the
+//! reconnect settings), logging a warning once per episode and an info line when messages
+//! are stored again. Intake resumes by itself once the outbox can commit; each message is
+//! stored once (none acknowledged is taken again, none taken is acknowledged twice).
+//!
 //! **Size limits.** A payload over the limit (the smaller of `[mqtt] max_payload_bytes`
 //! and the profile's `max_payload`) is refused into the dead letters, keeping its first
 //! bytes up to the limit and its size, and is acknowledged once that is committed. This
@@ -40,7 +50,7 @@
 //! topic filter and reason; its full topic (which may name a device) is logged at debug
 //! only and stored sealed in the dead letter.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,16 +58,17 @@ use chrono::Utc;
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, Publish, QoS, SubscribeFilter,
 };
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::decode::json::JsonDecoder;
 use crate::decode::DecodeError;
-use crate::driver::{
-    Committed, Driver, DriverError, DriverFuture, ReadingSender, RejectSender, Rejected,
-};
+use crate::driver::{Driver, DriverError, DriverFuture, ReadingSender, RejectSender, Rejected};
 use crate::reading::{DeviceIdentity, Transport};
 use crate::serial::Backoff;
+
+use acks::{Acks, Pending, Wait};
+
+mod acks;
 
 /// One MQTT profile's subscription: its topic filter and how its payloads decode.
 #[derive(Debug, Clone)]
@@ -227,85 +238,6 @@ impl Driver for MqttDriver {
     }
 }
 
-/// What a message waits for before its PUBACK.
-enum Wait {
-    Readings(Vec<oneshot::Receiver<Committed>>),
-    DeadLetter(oneshot::Receiver<()>),
-}
-
-/// A message handed over, waiting for its commit.
-struct Pending {
-    publish: Publish,
-    wait: Wait,
-    failed: bool,
-}
-
-impl Pending {
-    /// Resolves once everything of the message is committed (or failed). Cancel-safe: a
-    /// receiver is removed as soon as it has resolved.
-    async fn committed(&mut self) {
-        match &mut self.wait {
-            Wait::Readings(rxs) => {
-                while let Some(rx) = rxs.first_mut() {
-                    let ok = rx.await.is_ok();
-                    rxs.remove(0);
-                    self.failed |= !ok;
-                }
-            }
-            Wait::DeadLetter(rx) => {
-                let ok = rx.await.is_ok();
-                self.failed |= !ok;
-                self.wait = Wait::Readings(Vec::new());
-            }
-        }
-    }
-}
-
-/// The PUBACK side: messages waiting for their commit, oldest first, and PUBACKs ready
-/// but not yet taken by rumqttc (its request queue is drained only while the event loop
-/// is polled, so the loop never waits on it: it hands PUBACKs over without waiting).
-#[derive(Default)]
-struct Acks {
-    pending: VecDeque<Pending>,
-    ready: VecDeque<Publish>,
-    warned: bool,
-}
-
-impl Acks {
-    /// Hands ready PUBACKs to rumqttc, in order, as far as its queue takes them.
-    fn flush(&mut self, client: &AsyncClient) {
-        while let Some(p) = self.ready.front() {
-            match client.try_ack(p) {
-                Ok(()) => {
-                    self.ready.pop_front();
-                }
-                Err(_) => break,
-            }
-        }
-    }
-
-    /// Waits for the oldest message's commit and moves its PUBACK to `ready`.
-    async fn next_committed(&mut self) {
-        let Some(front) = self.pending.front_mut() else {
-            return std::future::pending().await;
-        };
-        front.committed().await;
-        if let Some(p) = self.pending.pop_front() {
-            if p.failed {
-                tracing::error!(
-                    "an MQTT message could not be stored; it is not acknowledged and the broker delivers it again after the next reconnect"
-                );
-            } else {
-                self.ready.push_back(p.publish);
-            }
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.pending.is_empty() && self.ready.is_empty()
-    }
-}
-
 fn options(config: &MqttConfig) -> MqttOptions {
     let mut o = MqttOptions::new(&config.client_id, &config.host, config.port);
     o.set_clean_session(false)
@@ -469,7 +401,7 @@ async fn run(config: MqttConfig, tx: ReadingSender, cancel: CancellationToken) -
         devices: HashMap::new(),
         stats: MqttStats::default(),
     };
-    let mut acks = Acks::default();
+    let mut acks = Acks::new(config.reconnect_initial, config.reconnect_max);
     // The size of a message too large to read, once logged.
     let mut unreadable: Option<usize> = None;
     let broker = format!("{}:{}", config.host, config.port);
@@ -479,6 +411,20 @@ async fn run(config: MqttConfig, tx: ReadingSender, cancel: CancellationToken) -
         if acks.pending.len() > capacity && !acks.warned {
             acks.warned = true;
             tracing::warn!(broker = %broker, waiting = acks.pending.len(), max_in_flight = capacity, "the broker sends more unacknowledged messages than mqtt.max_in_flight; lower its in-flight window (mosquitto: max_inflight_messages)");
+        }
+        if let Some(delay) = acks.resync_due() {
+            // A commit failed: the broker holds those messages as in flight and sends
+            // them again only to a new connection. Events rumqttc still holds from this
+            // connection (messages read, not taken) would come after the reconnect and
+            // be taken twice: they go too, the broker sends them again.
+            eventloop.clean();
+            eventloop.state.events.clear();
+            acks.disconnected();
+            connected = false;
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(delay) => continue,
+            }
         }
         let event = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -509,12 +455,18 @@ async fn run(config: MqttConfig, tx: ReadingSender, cancel: CancellationToken) -
                     tracing::error!(broker = %broker, "the MQTT broker refused a subscription (check its ACL for the profiles' topic filters)");
                 }
             }
+            Ok(Event::Incoming(Packet::Publish(p))) if acks.resyncing() => {
+                // Not acknowledged: the broker delivers it again after the reconnect.
+                tracing::debug!(topic = %p.topic, "MQTT message left for the next connection (a commit failed)");
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::PubAck(_))) => acks.written(),
             Ok(Event::Incoming(Packet::Publish(p))) => match session.handle(p).await {
                 Some(pending) => acks.pending.push_back(pending),
                 None => break,
             },
             Ok(_) => {}
             Err(e) => {
+                acks.disconnected();
                 if let rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
                     rumqttc::Error::PayloadSizeLimitExceeded(size),
                 )) = &e
