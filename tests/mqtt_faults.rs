@@ -4,9 +4,9 @@
 //!
 //! - A message far larger than the driver's packet limit is kept in the dead letters and
 //!   acknowledged; what follows it is read.
-//! - Commits that fail (the outbox's write lock held by the test, as a full disk makes
-//!   every transaction fail) leave messages unacknowledged; once the outbox can commit
-//!   again, intake resumes by itself and every message arrives exactly once.
+//! - Commits that fail (the outbox's write lock held by the test, or the outbox on a small
+//!   tmpfs the test mounts and fills) leave messages unacknowledged; once the outbox can
+//!   commit again, intake resumes by itself and every message arrives exactly once.
 
 mod common;
 
@@ -208,4 +208,94 @@ fn after_commits_failed_intake_resumes_by_itself_and_every_message_arrives_once(
         "{text}"
     );
     assert!(text.contains("intake resumed"), "{text}");
+}
+
+/// A small tmpfs the test mounts (it runs as root), unmounted when dropped.
+struct SmallFs {
+    path: PathBuf,
+}
+
+impl SmallFs {
+    fn mount(path: PathBuf, size: &str) -> Self {
+        std::fs::create_dir_all(&path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs (the test runs as root)"
+        );
+        SmallFs { path }
+    }
+
+    /// Writes a file until the file system is full; returns its path.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        filler
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// Issue #14, item 2 with a really full disk: the outbox on a small tmpfs filled by the
+/// test; once space is freed, MQTT intake resumes by itself within 60 s.
+#[test]
+fn after_the_outbox_disk_was_full_mqtt_intake_resumes_once_space_is_freed() {
+    let mut kit = MqttKit::new();
+    let small = SmallFs::mount(kit.kit.path("small"), "4m");
+    let config = kit.config(65536);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &kit.kit.path("outbox.db").display().to_string(),
+        &small.path.join("outbox.db").display().to_string(),
+    );
+    std::fs::write(&config, text).unwrap();
+    let (mut child, log) = kit.kit.start(&config);
+    wait_connected(&mut child, &log);
+    kit.publish(vitals("scale-1", 0, 5));
+    wait_until(
+        Duration::from_secs(60),
+        "5 rows delivered and deleted",
+        || {
+            kit.kit
+                .try_outbox_status()
+                .is_ok_and(|s| s["rows"] == 0 && kit.server_identifiers().0 == 5)
+        },
+    );
+    let filler = small.fill();
+    kit.publish(vitals("scale-1", 5, 40));
+    wait_until(
+        Duration::from_secs(60),
+        "commits to fail on the full disk and the session to be reconnected twice",
+        || {
+            let text = read(&log);
+            text.contains("MQTT message could not be stored")
+                && text.matches("connected to the MQTT broker").count() >= 3
+        },
+    );
+    assert!(read(&log).contains("disk is full"), "{}", read(&log));
+    std::fs::remove_file(filler).unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "all 45 Observations at the sink after space was freed",
+        || kit.server_identifiers().0 >= 45,
+    );
+    sigterm_and_wait(child, &log);
+    assert_eq!(
+        kit.server_identifiers(),
+        (45, 0),
+        "each message exactly once"
+    );
 }
