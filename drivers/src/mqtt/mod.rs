@@ -30,8 +30,9 @@
 //! every message handed over is settled and every PUBACK written, drops the connection and
 //! reconnects after a delay growing with each consecutive failure ([`Backoff`] between the
 //! reconnect settings), logging a warning once per episode and an info line when messages
-//! are stored again. Intake resumes by itself once the outbox can commit; each message is
-//! stored once (none acknowledged is taken again, none taken is acknowledged twice).
+//! are stored again. Intake resumes by itself once the outbox can commit, and such a
+//! reconnect stores no message twice: every PUBACK due is written before it, and the
+//! messages rumqttc read but the driver did not take are dropped with the connection.
 //!
 //! **Size limits.** A payload over the limit (the smaller of `[mqtt] max_payload_bytes`
 //! and the profile's `max_payload`) is refused into the dead letters, keeping its first
