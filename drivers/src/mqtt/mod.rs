@@ -23,11 +23,26 @@
 //! If the gateway dies between receiving a message and committing it, the message was not
 //! acknowledged and the broker delivers it again to the next session.
 //!
+//! **Failed commits.** A message whose commit failed (the outbox cannot write: a full
+//! disk, a damaged database) gets no PUBACK; the broker holds it in its in-flight window
+//! and sends it again only to a new connection. So after a failed commit the driver takes
+//! no new message (those it receives meanwhile are not acknowledged either), waits until
+//! every message handed over is settled and every PUBACK written, drops the connection and
+//! reconnects after a delay growing with each consecutive failure ([`Backoff`] between the
+//! reconnect settings), logging a warning once per episode and an info line when messages
+//! are stored again. Intake resumes by itself once the outbox can commit, and such a
+//! reconnect stores no message twice: every PUBACK due is written before it, and the
+//! messages rumqttc read but the driver did not take are dropped with the connection.
+//!
 //! **Size limits.** A payload over the limit (the smaller of `[mqtt] max_payload_bytes`
 //! and the profile's `max_payload`) is refused into the dead letters, keeping its first
-//! bytes up to the limit. MQTT packets larger than [`protocol_limit`] cannot be read at
-//! all (rumqttc drops the connection); the broker must refuse them
-//! (`message_size_limit` in mosquitto.conf).
+//! bytes up to the limit and its size, and is acknowledged once that is committed. This
+//! holds for messages far larger than the limit too: the driver reads packets up to
+//! [`read_limit`] (at least [`OVERSIZED_READ_LIMIT`], 64 MiB; one such message in memory at
+//! a time, its payload dropped once the cut copy is handed over). Only larger packets
+//! cannot be read (rumqttc drops the connection and the broker sends the message again on
+//! every reconnect, an error logged with its size): the broker must refuse them
+//! (`message_size_limit` in mosquitto.conf, which has no limit by default).
 //!
 //! **Reconnect.** A lost connection is logged (warn, once per outage) and retried with
 //! capped exponential [`Backoff`]; a reconnection is an info line.
@@ -36,7 +51,7 @@
 //! topic filter and reason; its full topic (which may name a device) is logged at debug
 //! only and stored sealed in the dead letter.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,16 +59,17 @@ use chrono::Utc;
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, Publish, QoS, SubscribeFilter,
 };
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::decode::json::JsonDecoder;
 use crate::decode::DecodeError;
-use crate::driver::{
-    Committed, Driver, DriverError, DriverFuture, ReadingSender, RejectSender, Rejected,
-};
+use crate::driver::{Driver, DriverError, DriverFuture, ReadingSender, RejectSender, Rejected};
 use crate::reading::{DeviceIdentity, Transport};
+
+use acks::{Acks, Pending, Wait};
+
+mod acks;
 
 /// One MQTT profile's subscription: its topic filter and how its payloads decode.
 #[derive(Debug, Clone)]
@@ -130,10 +146,23 @@ pub struct MqttConfig {
     pub rejects: RejectSender,
 }
 
-/// The largest MQTT packet the driver can read for a payload limit: packets above it drop
-/// the connection (configure the broker's `message_size_limit` below it).
+/// The packet size an MQTT message with a payload within the limit `max_payload` stays
+/// under, with room for its topic: max(8 × `max_payload`, 1 MiB).
 pub fn protocol_limit(max_payload: usize) -> usize {
     max_payload.saturating_mul(8).max(1 << 20)
+}
+
+/// How large a packet the driver reads at least, whatever its payload limit: an
+/// oversized message is read once, in full, only to keep its first bytes in the dead
+/// letters and acknowledge it. The most memory one message takes.
+pub const OVERSIZED_READ_LIMIT: usize = 64 << 20;
+
+/// The largest MQTT packet the driver reads for a payload limit: the larger of
+/// [`protocol_limit`] and [`OVERSIZED_READ_LIMIT`]. A larger packet cannot be read: it
+/// drops the connection, and the broker, delivering it again on every reconnect, must be
+/// told to refuse it (`message_size_limit` in mosquitto.conf, below this limit).
+pub fn read_limit(max_payload: usize) -> usize {
+    protocol_limit(max_payload).max(OVERSIZED_READ_LIMIT)
 }
 
 /// Whether `topic` matches the MQTT topic `filter` (`+` one level, `#` the rest).
@@ -210,92 +239,15 @@ impl Driver for MqttDriver {
     }
 }
 
-/// What a message waits for before its PUBACK.
-enum Wait {
-    Readings(Vec<oneshot::Receiver<Committed>>),
-    DeadLetter(oneshot::Receiver<()>),
-}
-
-/// A message handed over, waiting for its commit.
-struct Pending {
-    publish: Publish,
-    wait: Wait,
-    failed: bool,
-}
-
-impl Pending {
-    /// Resolves once everything of the message is committed (or failed). Cancel-safe: a
-    /// receiver is removed as soon as it has resolved.
-    async fn committed(&mut self) {
-        match &mut self.wait {
-            Wait::Readings(rxs) => {
-                while let Some(rx) = rxs.first_mut() {
-                    let ok = rx.await.is_ok();
-                    rxs.remove(0);
-                    self.failed |= !ok;
-                }
-            }
-            Wait::DeadLetter(rx) => {
-                let ok = rx.await.is_ok();
-                self.failed |= !ok;
-                self.wait = Wait::Readings(Vec::new());
-            }
-        }
-    }
-}
-
-/// The PUBACK side: messages waiting for their commit, oldest first, and PUBACKs ready
-/// but not yet taken by rumqttc (its request queue is drained only while the event loop
-/// is polled, so the loop never waits on it: it hands PUBACKs over without waiting).
-#[derive(Default)]
-struct Acks {
-    pending: VecDeque<Pending>,
-    ready: VecDeque<Publish>,
-    warned: bool,
-}
-
-impl Acks {
-    /// Hands ready PUBACKs to rumqttc, in order, as far as its queue takes them.
-    fn flush(&mut self, client: &AsyncClient) {
-        while let Some(p) = self.ready.front() {
-            match client.try_ack(p) {
-                Ok(()) => {
-                    self.ready.pop_front();
-                }
-                Err(_) => break,
-            }
-        }
-    }
-
-    /// Waits for the oldest message's commit and moves its PUBACK to `ready`.
-    async fn next_committed(&mut self) {
-        let Some(front) = self.pending.front_mut() else {
-            return std::future::pending().await;
-        };
-        front.committed().await;
-        if let Some(p) = self.pending.pop_front() {
-            if p.failed {
-                tracing::error!(
-                    "an MQTT message could not be stored; it is not acknowledged and the broker delivers it again after the next reconnect"
-                );
-            } else {
-                self.ready.push_back(p.publish);
-            }
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.pending.is_empty() && self.ready.is_empty()
-    }
-}
-
 fn options(config: &MqttConfig) -> MqttOptions {
     let mut o = MqttOptions::new(&config.client_id, &config.host, config.port);
     o.set_clean_session(false)
         .set_manual_acks(true)
         .set_keep_alive(config.keep_alive.max(Duration::from_secs(5)));
-    let limit = protocol_limit(config.max_payload);
-    o.set_max_packet_size(limit, limit);
+    o.set_max_packet_size(
+        read_limit(config.max_payload),
+        protocol_limit(config.max_payload),
+    );
     if let Some(c) = &config.credentials {
         o.set_credentials(c.username.clone(), c.password.clone());
     }
@@ -378,6 +330,9 @@ impl Session<'_> {
                 }
             }
         };
+        // Only what the PUBACK needs is kept while the commit is awaited.
+        let mut publish = publish;
+        publish.payload = Default::default();
         Some(Pending {
             publish,
             wait,
@@ -453,7 +408,9 @@ async fn run(config: MqttConfig, tx: ReadingSender, cancel: CancellationToken) -
         devices: HashMap::new(),
         stats: MqttStats::default(),
     };
-    let mut acks = Acks::default();
+    let mut acks = Acks::new(config.reconnect_initial, config.reconnect_max);
+    // The size of a message too large to read, once logged.
+    let mut unreadable: Option<usize> = None;
     let broker = format!("{}:{}", config.host, config.port);
     let mut connected = false;
     loop {
@@ -461,6 +418,20 @@ async fn run(config: MqttConfig, tx: ReadingSender, cancel: CancellationToken) -
         if acks.pending.len() > capacity && !acks.warned {
             acks.warned = true;
             tracing::warn!(broker = %broker, waiting = acks.pending.len(), max_in_flight = capacity, "the broker sends more unacknowledged messages than mqtt.max_in_flight; lower its in-flight window (mosquitto: max_inflight_messages)");
+        }
+        if let Some(delay) = acks.resync_due() {
+            // A commit failed: the broker holds those messages as in flight and sends
+            // them again only to a new connection. Events rumqttc still holds from this
+            // connection (messages read, not taken) would come after the reconnect and
+            // be taken twice: they go too, the broker sends them again.
+            eventloop.clean();
+            eventloop.state.events.clear();
+            acks.disconnected();
+            connected = false;
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(delay) => continue,
+            }
         }
         let event = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -491,12 +462,27 @@ async fn run(config: MqttConfig, tx: ReadingSender, cancel: CancellationToken) -
                     tracing::error!(broker = %broker, "the MQTT broker refused a subscription (check its ACL for the profiles' topic filters)");
                 }
             }
+            Ok(Event::Incoming(Packet::Publish(p))) if acks.resyncing() => {
+                // Not acknowledged: the broker delivers it again after the reconnect.
+                tracing::debug!(topic = %p.topic, "MQTT message left for the next connection (a commit failed)");
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::PubAck(_))) => acks.written(),
             Ok(Event::Incoming(Packet::Publish(p))) => match session.handle(p).await {
                 Some(pending) => acks.pending.push_back(pending),
                 None => break,
             },
             Ok(_) => {}
             Err(e) => {
+                acks.disconnected();
+                if let rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+                    rumqttc::Error::PayloadSizeLimitExceeded(size),
+                )) = &e
+                {
+                    if unreadable != Some(*size) {
+                        unreadable = Some(*size);
+                        tracing::error!(broker = %broker, size = *size, limit = read_limit(config.max_payload), "an MQTT message is larger than the gateway can read; the broker delivers it again on every reconnect and nothing behind it is read: set mosquitto's message_size_limit below the limit and restart the broker");
+                    }
+                }
                 let delay = backoff.fail();
                 let error = crate::net::describe_mqtt_error(&e);
                 if connected || backoff.failures() == 1 {

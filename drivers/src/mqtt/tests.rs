@@ -57,3 +57,58 @@ fn a_driver_without_subscriptions_is_refused() {
         Err(DriverError::Config { .. })
     ));
 }
+
+/// A message that waits for one reading's commit; `ok`: it commits.
+fn pending(pkid: u16, ok: bool) -> acks::Pending {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if ok {
+        let _ = tx.send(crate::driver::Committed::default());
+    }
+    let mut publish = Publish::new("iomt/a/vitals", QoS::AtLeastOnce, Vec::new());
+    publish.pkid = pkid;
+    acks::Pending {
+        publish,
+        wait: acks::Wait::Readings(vec![rx]),
+        failed: false,
+    }
+}
+
+#[tokio::test]
+async fn after_a_failed_commit_the_reconnect_waits_until_every_puback_is_written() {
+    let (client, _eventloop) = AsyncClient::new(MqttOptions::new("t", "127.0.0.1", 1883), 8);
+    let mut acks = acks::Acks::new(Duration::from_millis(100), Duration::from_secs(1));
+    acks.pending.push_back(pending(1, false));
+    acks.pending.push_back(pending(2, true));
+    acks.next_committed().await;
+    assert!(acks.resyncing(), "new messages are no longer taken");
+    assert_eq!(acks.resync_due(), None, "message 2 is not settled yet");
+    acks.next_committed().await;
+    assert_eq!(
+        acks.resync_due(),
+        None,
+        "the PUBACK of 2 is not handed over"
+    );
+    acks.flush(&client);
+    assert_eq!(acks.resync_due(), None, "the PUBACK of 2 is not written");
+    acks.written();
+    assert_eq!(acks.resync_due(), Some(Duration::from_millis(100)));
+    assert!(!acks.resyncing());
+    // Failing again waits longer; a commit ends the episode.
+    acks.pending.push_back(pending(1, false));
+    acks.next_committed().await;
+    assert_eq!(acks.resync_due(), Some(Duration::from_millis(200)));
+    acks.pending.push_back(pending(1, true));
+    acks.next_committed().await;
+    acks.pending.push_back(pending(3, false));
+    acks.next_committed().await;
+    acks.flush(&client);
+    acks.disconnected();
+    assert_eq!(acks.resync_due(), Some(Duration::from_millis(100)));
+}
+
+#[test]
+fn an_oversized_message_up_to_64_mib_is_read_to_be_dead_lettered() {
+    assert_eq!(read_limit(65536), 64 << 20);
+    assert_eq!(read_limit(16 << 20), 128 << 20);
+    assert!(read_limit(usize::MAX) >= OVERSIZED_READ_LIMIT);
+}

@@ -1,0 +1,176 @@
+//! The PUBACK side of the MQTT driver: the messages waiting for their commit, oldest
+//! first; the PUBACKs ready but not yet taken by rumqttc; and what follows a failed
+//! commit (a resynchronization: once everything handed over is settled and every PUBACK
+//! written, the session is reconnected so that the broker delivers the unacknowledged
+//! messages again).
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Publish};
+use tokio::sync::oneshot;
+
+use crate::backoff::Backoff;
+use crate::driver::Committed;
+
+/// What a message waits for before its PUBACK.
+pub(super) enum Wait {
+    /// The commit of each of its readings.
+    Readings(Vec<oneshot::Receiver<Committed>>),
+    /// The commit of its dead letter.
+    DeadLetter(oneshot::Receiver<()>),
+}
+
+/// A message handed over, waiting for its commit. Its payload is no longer held (only
+/// what its PUBACK needs).
+pub(super) struct Pending {
+    /// The message, its payload emptied.
+    pub(super) publish: Publish,
+    /// What its PUBACK waits for.
+    pub(super) wait: Wait,
+    /// Whether something of it could not be stored.
+    pub(super) failed: bool,
+}
+
+impl Pending {
+    /// Resolves once everything of the message is committed (or failed). Cancel-safe: a
+    /// receiver is removed as soon as it has resolved.
+    async fn committed(&mut self) {
+        match &mut self.wait {
+            Wait::Readings(rxs) => {
+                while let Some(rx) = rxs.first_mut() {
+                    let ok = rx.await.is_ok();
+                    rxs.remove(0);
+                    self.failed |= !ok;
+                }
+            }
+            Wait::DeadLetter(rx) => {
+                let ok = rx.await.is_ok();
+                self.failed |= !ok;
+                self.wait = Wait::Readings(Vec::new());
+            }
+        }
+    }
+}
+
+/// The PUBACK side: messages waiting for their commit, oldest first, and PUBACKs ready
+/// but not yet taken by rumqttc (its request queue is drained only while the event loop
+/// is polled, so the loop never waits on it: it hands PUBACKs over without waiting).
+pub(super) struct Acks {
+    /// Messages handed over, oldest first.
+    pub(super) pending: VecDeque<Pending>,
+    ready: VecDeque<Publish>,
+    /// PUBACKs handed to rumqttc and not yet written to the connection.
+    unwritten: usize,
+    /// Whether the broker's excess in-flight window was warned about.
+    pub(super) warned: bool,
+    /// A commit failed: the session is to be reconnected once everything is settled.
+    resync: bool,
+    /// Messages not stored in this episode of failed commits.
+    failed: u64,
+    /// Delays between reconnects after failed commits.
+    backoff: Backoff,
+}
+
+impl Acks {
+    /// No message waiting; reconnects after failed commits wait from `initial` up to
+    /// `max`.
+    pub(super) fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            pending: VecDeque::new(),
+            ready: VecDeque::new(),
+            unwritten: 0,
+            warned: false,
+            resync: false,
+            failed: 0,
+            backoff: Backoff::new(initial, max),
+        }
+    }
+
+    /// Hands ready PUBACKs to rumqttc, in order, as far as its queue takes them.
+    pub(super) fn flush(&mut self, client: &AsyncClient) {
+        while let Some(p) = self.ready.front() {
+            match client.try_ack(p) {
+                Ok(()) => {
+                    self.ready.pop_front();
+                    self.unwritten += 1;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// A PUBACK was written to the connection.
+    pub(super) fn written(&mut self) {
+        self.unwritten = self.unwritten.saturating_sub(1);
+    }
+
+    /// The connection is gone: PUBACKs not yet written are lost with it (the broker
+    /// delivers those messages again).
+    pub(super) fn disconnected(&mut self) {
+        self.unwritten = 0;
+    }
+
+    /// Waits for the oldest message's commit and moves its PUBACK to `ready`; a message
+    /// that could not be stored gets none and calls for a resynchronization.
+    pub(super) async fn next_committed(&mut self) {
+        let Some(front) = self.pending.front_mut() else {
+            return std::future::pending().await;
+        };
+        front.committed().await;
+        let Some(p) = self.pending.pop_front() else {
+            return;
+        };
+        if p.failed {
+            self.failed = self.failed.saturating_add(1);
+            self.resync = true;
+        } else {
+            if self.failed > 0 || self.backoff.failures() > 0 {
+                tracing::info!(
+                    not_stored = self.failed,
+                    "MQTT messages are stored again; intake resumed"
+                );
+                self.failed = 0;
+                self.backoff.succeed();
+            }
+            self.ready.push_back(p.publish);
+        }
+    }
+
+    /// Whether a commit failed, so that new messages are not taken (the broker delivers
+    /// them again after the reconnect).
+    pub(super) fn resyncing(&self) -> bool {
+        self.resync
+    }
+
+    /// When a commit failed and everything handed over is settled, with every PUBACK
+    /// written: the delay before reconnecting (logged at warn once per episode of failed
+    /// commits). The caller drops the connection and waits that long.
+    pub(super) fn resync_due(&mut self) -> Option<Duration> {
+        if !self.resync || !self.is_empty() || self.unwritten > 0 {
+            return None;
+        }
+        self.resync = false;
+        let first = self.backoff.failures() == 0;
+        let delay = self.backoff.fail();
+        if first {
+            tracing::warn!(
+                not_stored = self.failed,
+                delay_ms = delay.as_millis() as u64,
+                "MQTT message could not be stored (the outbox could not commit; its error names the cause); not acknowledged: reconnecting so that the broker delivers them again"
+            );
+        } else {
+            tracing::debug!(
+                not_stored = self.failed,
+                delay_ms = delay.as_millis() as u64,
+                "MQTT messages still not stored; reconnecting again"
+            );
+        }
+        Some(delay)
+    }
+
+    /// Whether no message waits for its commit or for its PUBACK to be handed over.
+    pub(super) fn is_empty(&self) -> bool {
+        self.pending.is_empty() && self.ready.is_empty()
+    }
+}
