@@ -81,9 +81,11 @@ fn a_full_disk_stops_intake_names_the_cause_and_everything_resumes_when_space_re
 
     let (mut child, log) = kit.start(&config);
     wait_running(&mut child, &log);
-    wait_until(Duration::from_secs(30), "deliveries before the disk fills", || {
-        kit.server_ids().len() >= 40
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "deliveries before the disk fills",
+        || kit.server_ids().len() >= 40,
+    );
 
     // Something else fills the file system.
     let filler = fill(&disk.0);
@@ -100,7 +102,9 @@ fn a_full_disk_stops_intake_names_the_cause_and_everything_resumes_when_space_re
         "the rows committed before the disk filled to reach the server",
         || {
             let have: HashSet<String> = kit.server_ids().into_iter().collect();
-            committed_ids(&read(&log)).iter().all(|id| have.contains(id))
+            committed_ids(&read(&log))
+                .iter()
+                .all(|id| have.contains(id))
         },
     );
     // Delivered rows still leave the outbox: their deletions do not wait for appends
@@ -151,7 +155,12 @@ fn a_full_disk_stops_intake_names_the_cause_and_everything_resumes_when_space_re
         repeated.len() <= 1,
         "{} outbox errors or warnings while the disk stayed full:\n{}",
         repeated.len(),
-        repeated.iter().take(5).copied().collect::<Vec<_>>().join("\n")
+        repeated
+            .iter()
+            .take(5)
+            .copied()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 
     // Space returns: intake and delivery resume without a restart.
@@ -189,7 +198,14 @@ fn a_full_disk_stops_intake_names_the_cause_and_everything_resumes_when_space_re
         "{}",
         summary(&text)
     );
-    assert!(!text.contains("the transaction failed"), "{}", summary(&text));
+    assert!(
+        !text.contains("the transaction failed"),
+        "{}",
+        summary(&text)
+    );
+    if std::env::var_os("KEEP_TEST_LOGS").is_some() {
+        eprintln!("{}", summary(&text));
+    }
     sigterm_and_wait(child, &log);
 
     let ids = kit.server_ids();

@@ -76,6 +76,7 @@
 //! channels, the drivers.
 
 pub mod config;
+pub mod disk;
 mod ingest;
 mod payload;
 pub mod seal;
@@ -164,6 +165,14 @@ pub enum OutboxError {
         /// SQLite's message.
         reason: String,
     },
+    /// The file system holding the database is full (SQLite's own words in `reason`).
+    #[error("outbox database {path}: {reason} (the file system is full: free space there)")]
+    DiskFull {
+        /// The file.
+        path: PathBuf,
+        /// SQLite's message.
+        reason: String,
+    },
     /// A file operation failed.
     #[error("outbox {path}: {source}")]
     Io {
@@ -187,9 +196,41 @@ pub enum OutboxError {
 }
 
 impl OutboxError {
+    /// The same failure again, for every caller of a transaction that failed (the error
+    /// itself cannot be cloned): SQLite's reason is kept, never replaced by a summary.
+    fn again(&self) -> OutboxError {
+        match self {
+            OutboxError::DiskFull { path, reason } => OutboxError::DiskFull {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+            OutboxError::Sqlite { path, reason } | OutboxError::Damaged { path, reason } => {
+                OutboxError::Sqlite {
+                    path: path.clone(),
+                    reason: reason.clone(),
+                }
+            }
+            other => OutboxError::Sqlite {
+                path: PathBuf::from("outbox"),
+                reason: other.to_string(),
+            },
+        }
+    }
+
+    /// Whether the file system holding the database is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, OutboxError::DiskFull { .. })
+    }
+
     fn from_sqlite(path: &Path, e: rusqlite::Error) -> Self {
         use rusqlite::ErrorCode;
         if let rusqlite::Error::SqliteFailure(f, _) = &e {
+            if f.code == ErrorCode::DiskFull {
+                return OutboxError::DiskFull {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                };
+            }
             if matches!(f.code, ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) {
                 return OutboxError::Damaged {
                     path: path.to_path_buf(),
@@ -285,12 +326,14 @@ impl Outbox {
     ) -> Result<(Outbox, JoinHandle<()>), OutboxError> {
         let path = settings.path.clone();
         let ring = keyring.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&path, &ring, &uplinks))
-            .await
-            .map_err(|e| OutboxError::Sqlite {
-                path: settings.path.clone(),
-                reason: format!("the opening task failed: {e}"),
-            })??;
+        let (store, space) = tokio::task::spawn_blocking(move || {
+            Store::open(&path, &ring, &uplinks).map(|store| (store, disk::Space::open(&path)))
+        })
+        .await
+        .map_err(|e| OutboxError::Sqlite {
+            path: settings.path.clone(),
+            reason: format!("the opening task failed: {e}"),
+        })??;
         let (append_tx, append_rx) = mpsc::channel(settings.max_batch_rows.max(16));
         let (control_tx, control_rx) = mpsc::channel(64);
         let (committed_tx, committed_rx) = watch::channel(store.next_seq() - 1);
@@ -311,6 +354,8 @@ impl Outbox {
             deletions: Default::default(),
             pings: Vec::new(),
             transactions: transactions.clone(),
+            space,
+            held: Vec::new(),
         };
         let known_devices = writer.known_devices.clone();
         let next_seq = Arc::new(AtomicI64::new(

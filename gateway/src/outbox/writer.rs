@@ -2,7 +2,6 @@
 //! group commits, applies each group in one transaction on a blocking thread, and replies.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +9,7 @@ use std::time::Duration;
 use iomt_drivers::Committed;
 use tokio::sync::{mpsc, watch};
 
+use super::disk::{Space, RECHECK};
 use super::seal::Keyring;
 use super::store::Store;
 use super::transaction::{apply, reply, Applied, Batch, Control, Reply};
@@ -38,6 +38,10 @@ pub(super) struct Writer {
     pub(super) pings: Vec<Reply<()>>,
     /// Transactions run so far (read or write), for [`super::Outbox::transactions`].
     pub(super) transactions: Arc<AtomicU64>,
+    /// The file system's free space and the reserve (see [`super::disk`]).
+    pub(super) space: Space,
+    /// Appends waiting, unacknowledged, for disk space (oldest first).
+    pub(super) held: Vec<SealedAppend>,
 }
 
 /// How long a delivered row may wait for its deletion to share a commit with other
@@ -97,6 +101,8 @@ enum Took {
     Something,
     /// The deletions are due.
     DeletionsDue,
+    /// The disk had no room, and now has: the held appends are in the batch.
+    SpaceBack,
     /// Nothing can arrive any more.
     Closed,
 }
@@ -104,6 +110,27 @@ enum Took {
 impl Writer {
     fn full(&self) -> bool {
         self.settings.when_full == WhenFull::Block && self.payload_bytes >= self.settings.max_bytes
+    }
+
+    /// Whether no appends are taken: the outbox is full and blocking, or the disk is full.
+    fn intake_stopped(&self) -> bool {
+        self.full() || self.space.is_full()
+    }
+
+    /// While the disk is full: looks again; once there is room, puts the held appends at
+    /// the head of `batch`.
+    fn recheck_space(&mut self, batch: &mut Batch) -> bool {
+        if !self.space.recheck() {
+            return false;
+        }
+        let mut held = std::mem::take(&mut self.held);
+        let later = std::mem::take(&mut batch.appends);
+        batch.rows = 0;
+        held.extend(later);
+        for a in held {
+            batch.push_append(a);
+        }
+        true
     }
 
     /// Whether the waiting deletions must be committed now, even on their own: they are
@@ -147,11 +174,12 @@ impl Writer {
     /// Takes one operation, waiting if none is there yet (and at most until the waiting
     /// deletions are due).
     async fn take(&mut self, batch: &mut Batch) -> Took {
-        let take_appends = self.appends_open && !self.full();
+        let take_appends = self.appends_open && !self.intake_stopped();
         if !take_appends && !self.control_open {
             return Took::Closed;
         }
         let due = self.deletions.due;
+        let disk_full = self.space.is_full();
         tokio::select! {
             a = self.appends.recv(), if take_appends => match a {
                 Some(a) => batch.push_append(a),
@@ -162,6 +190,11 @@ impl Writer {
                 None => self.control_open = false,
             },
             _ = sleep_until_some(due), if due.is_some() => return Took::DeletionsDue,
+            _ = tokio::time::sleep(RECHECK), if disk_full => {
+                if self.recheck_space(batch) {
+                    return Took::SpaceBack;
+                }
+            }
         }
         Took::Something
     }
@@ -171,7 +204,10 @@ impl Writer {
         while let Ok(c) = self.control.try_recv() {
             self.accept(c, batch, false);
         }
-        while batch.rows < self.settings.max_batch_rows && self.appends_open && !self.full() {
+        while batch.rows < self.settings.max_batch_rows
+            && self.appends_open
+            && !self.intake_stopped()
+        {
             match self.appends.try_recv() {
                 Ok(a) => batch.push_append(a),
                 Err(mpsc::error::TryRecvError::Empty) => break,
@@ -191,7 +227,7 @@ impl Writer {
             if let Some(task) = in_flight.as_mut() {
                 // Gather while the previous transaction is applied.
                 let more = batch.rows < self.settings.max_batch_rows;
-                let take_appends = more && self.appends_open && !self.full();
+                let take_appends = more && self.appends_open && !self.intake_stopped();
                 tokio::select! {
                     done = task => {
                         in_flight = None;
@@ -231,7 +267,7 @@ impl Writer {
                     {
                         break;
                     }
-                    if !self.appends_open || self.full() {
+                    if !self.appends_open || self.intake_stopped() {
                         break;
                     }
                     match tokio::time::timeout_at(deadline, self.appends.recv()).await {
@@ -258,7 +294,7 @@ impl Writer {
                 self.finish(applied);
             }
         }
-        if !batch.is_empty() {
+        if !batch.is_empty() || !self.held.is_empty() {
             tracing::warn!(
                 "outbox full at shutdown: waiting readings were not stored and not acknowledged"
             );
@@ -274,6 +310,12 @@ impl Writer {
         batch: &mut Batch,
         flush: bool,
     ) -> Option<tokio::task::JoinHandle<Applied>> {
+        // Readings are stored only when the file system has room for them; else they wait,
+        // unacknowledged, and the rest of the batch (deletions above all) goes on.
+        if !batch.appends.is_empty() && !self.space.room_for_appends() {
+            self.held.append(&mut batch.appends);
+            batch.rows = 0;
+        }
         let carry = flush || batch.writes() || self.deletions_due();
         let flushing = carry && !self.deletions.is_empty();
         if batch.is_empty() && !flushing {
@@ -299,11 +341,23 @@ impl Writer {
         self.payload_bytes = applied.store.payload_bytes();
         self.store = Some(applied.store);
         if let Some(e) = &applied.error {
-            tracing::error!(error = %e, "outbox transaction failed; its readings are not acknowledged");
             if let Ok(mut known) = self.known_devices.lock() {
                 known.clear();
             }
             self.deletions.restore(applied.deletions);
+            if e.is_disk_full() {
+                // Logged once per episode; the readings wait for space, unacknowledged.
+                let first = !self.space.is_full();
+                self.space.sqlite_full(&e.to_string());
+                if !first {
+                    tracing::debug!(error = %e, "outbox transaction failed: the disk is still full");
+                }
+                let mut unstored = applied.unstored;
+                unstored.append(&mut self.held);
+                self.held = unstored;
+            } else {
+                tracing::error!(error = %e, "outbox transaction failed; its readings are not acknowledged");
+            }
         }
         if applied.evicted > 0 {
             tracing::warn!(
@@ -315,15 +369,12 @@ impl Writer {
             let _ = ack.send(Committed { observations: ids });
         }
         for (control, result) in applied.controls {
-            reply(control, result);
+            reply(control, result, applied.error.as_ref());
         }
         for ping in self.pings.drain(..) {
             let _ = ping.send(match &applied.error {
                 None => Ok(()),
-                Some(_) => Err(OutboxError::Sqlite {
-                    path: PathBuf::from("outbox"),
-                    reason: "the transaction failed".into(),
-                }),
+                Some(e) => Err(e.again()),
             });
         }
         if applied.error.is_none() {

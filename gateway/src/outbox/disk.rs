@@ -1,0 +1,171 @@
+//! Disk space: the free-space floor below which the writer takes no appends, and the
+//! reserve file that lets deletions commit on a file system something else has filled.
+//!
+//! SQLite needs free space to delete too: a deletion appends the pages it changes to the
+//! write-ahead log, which grows unless a checkpoint has just let it start over. So the
+//! outbox keeps `<database>-reserve`, [`RESERVE_BYTES`] allocated next to the database.
+//! Before each transaction that stores readings the writer asks the file system how much
+//! is free (one `statvfs`, no SQLite work; never at rest). Below [`FLOOR_BYTES`], or when
+//! SQLite itself answers "database or disk is full", the disk-full episode starts: the
+//! reserve is released, appends wait in memory unacknowledged (and, through the bounded
+//! channels, the drivers wait), deliveries and the deletions of delivered rows go on. The
+//! writer then looks again every [`RECHECK`]; once [`FLOOR_BYTES`] + [`RESERVE_BYTES`]
+//! are free it allocates the reserve again and takes appends, the waiting ones first.
+//! Each episode is logged once when it starts (with the cause) and once when it ends.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Free bytes below which the outbox stores no new readings.
+pub const FLOOR_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Bytes kept allocated next to the database and released when the disk fills, so the
+/// deletions of delivered rows (a batch of `max_batch_rows` of them, with the WAL frames
+/// they write) can still commit.
+pub const RESERVE_BYTES: u64 = 2 * 1024 * 1024;
+
+/// How often the writer looks at the free space again while the disk is full.
+pub const RECHECK: Duration = Duration::from_secs(2);
+
+/// The free space of the database's file system and the reserve file next to it.
+pub(super) struct Space {
+    /// The directory holding the database.
+    dir: PathBuf,
+    /// The reserve file.
+    reserve: PathBuf,
+    /// Whether intake is stopped because the disk is full.
+    full: bool,
+}
+
+/// The reserve file of the database at `db`.
+pub fn reserve_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push("-reserve");
+    PathBuf::from(p)
+}
+
+/// Bytes free for an unprivileged user on the file system holding `dir`, if it can be
+/// asked.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs(dir).ok()?;
+    u64::from(s.blocks_available()).checked_mul(u64::from(s.fragment_size()))
+}
+
+impl Space {
+    /// The space of the database at `db`. Allocates the reserve when it is missing and
+    /// there is room for it; starts in the disk-full state when there is not.
+    pub(super) fn open(db: &Path) -> Self {
+        let dir = match db.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut space = Space {
+            dir,
+            reserve: reserve_path(db),
+            full: false,
+        };
+        if !space.reserve_held() {
+            let enough = space
+                .free()
+                .is_none_or(|f| f >= FLOOR_BYTES.saturating_add(RESERVE_BYTES));
+            if enough {
+                if let Err(e) = space.allocate_reserve() {
+                    tracing::warn!(path = %space.reserve.display(), error = %e, "outbox: cannot allocate the disk-space reserve");
+                }
+            } else {
+                space.start_episode(&format!(
+                    "{} bytes free at start, less than the floor of {FLOOR_BYTES} plus the reserve of {RESERVE_BYTES}",
+                    space.free().unwrap_or(0)
+                ));
+            }
+        }
+        space
+    }
+
+    fn free(&self) -> Option<u64> {
+        free_bytes(&self.dir)
+    }
+
+    fn reserve_held(&self) -> bool {
+        std::fs::metadata(&self.reserve).is_ok_and(|m| m.len() >= RESERVE_BYTES)
+    }
+
+    fn allocate_reserve(&self) -> std::io::Result<()> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.reserve)?;
+        let len = libc_len(RESERVE_BYTES);
+        nix::fcntl::posix_fallocate(&f, 0, len).map_err(std::io::Error::from)?;
+        f.sync_all()
+    }
+
+    /// Whether intake is stopped because the disk is full.
+    pub(super) fn is_full(&self) -> bool {
+        self.full
+    }
+
+    /// Before a transaction that stores readings: whether there is room for them. Below
+    /// the floor, the episode starts (logged, reserve released) and `false` is returned.
+    pub(super) fn room_for_appends(&mut self) -> bool {
+        if self.full {
+            return false;
+        }
+        match self.free() {
+            Some(free) if free < FLOOR_BYTES => {
+                self.start_episode(&format!(
+                    "{free} bytes free, below the floor of {FLOOR_BYTES}"
+                ));
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// SQLite answered that the disk is full (`reason`, its own words).
+    pub(super) fn sqlite_full(&mut self, reason: &str) {
+        if !self.full {
+            self.start_episode(reason);
+        }
+    }
+
+    fn start_episode(&mut self, cause: &str) {
+        self.full = true;
+        let released = std::fs::remove_file(&self.reserve).is_ok();
+        tracing::error!(
+            dir = %self.dir.display(),
+            cause,
+            reserve_released = released,
+            "outbox: the disk is full; no new readings are stored or acknowledged until space is freed (delivered rows are still sent and deleted). Free space on this file system"
+        );
+    }
+
+    /// While the disk is full: looks at the free space again. Once there is room for the
+    /// floor and the reserve, allocates the reserve, logs the end of the episode and
+    /// returns `true`.
+    pub(super) fn recheck(&mut self) -> bool {
+        if !self.full {
+            return true;
+        }
+        let free = self.free().unwrap_or(0);
+        if free < FLOOR_BYTES.saturating_add(RESERVE_BYTES) {
+            return false;
+        }
+        if let Err(e) = self.allocate_reserve() {
+            tracing::debug!(error = %e, "outbox: the disk-space reserve cannot be allocated yet");
+            return false;
+        }
+        self.full = false;
+        tracing::info!(
+            dir = %self.dir.display(),
+            free,
+            "outbox: disk space is back; storing and acknowledging readings again"
+        );
+        true
+    }
+}
+
+fn libc_len(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
