@@ -215,3 +215,65 @@ fn a_full_disk_stops_intake_names_the_cause_and_everything_resumes_when_space_re
         .with_store(|s| assert_eq!(s.duplicate_creates, 0));
     drop(disk);
 }
+
+#[test]
+fn evict_oldest_warns_once_per_episode_and_then_at_most_once_a_minute() {
+    let mut kit = Kit::new();
+    kit.rt.block_on(kit.server.stop());
+    let config = kit.config(0.002, &["sim-pulse-oximeter"], 0);
+    let text = read(&config).replace(
+        "commit_window_ms = 5",
+        "commit_window_ms = 5\nmax_size_mb = 1",
+    );
+    std::fs::write(&config, text).unwrap();
+    let (mut child, log) = kit.start(&config);
+    wait_running(&mut child, &log);
+    wait_until(Duration::from_secs(60), "the first eviction", || {
+        read(&log).contains("oldest undelivered rows evicted")
+    });
+    let evicted_first = kit.outbox_status()["evicted"].as_u64().unwrap();
+    // Ten more seconds of readings into a full outbox.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        assert!(child.try_wait().unwrap().is_none(), "{}", summary(&read(&log)));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = kit.outbox_status();
+    let evicted = status["evicted"].as_u64().unwrap();
+    assert!(
+        evicted > evicted_first + 100,
+        "the outbox kept evicting: {evicted_first} then {evicted}"
+    );
+    let text = read(&log);
+    let warnings = text
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("evicted"))
+        .count();
+    assert!(
+        warnings <= 2,
+        "{warnings} eviction warnings in 10 s:\n{}",
+        summary(&text)
+            .lines()
+            .filter(|l| l.contains("evicted"))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // What a 1 MiB cap really occupies on disk.
+    eprintln!(
+        "max_size_mb = 1: payload {} bytes, on disk {} bytes",
+        status["payload_bytes"], status["disk_bytes"]
+    );
+    sigterm_and_wait(child, &log);
+    let text = read(&log);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("evicted") && l.contains("total=")),
+        "no eviction summary at the end:\n{}",
+        summary(&text)
+            .lines()
+            .filter(|l| l.contains("evicted"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
