@@ -356,6 +356,7 @@ impl Outbox {
             transactions: transactions.clone(),
             space,
             held: Vec::new(),
+            evictions: Default::default(),
         };
         let known_devices = writer.known_devices.clone();
         let next_seq = Arc::new(AtomicI64::new(

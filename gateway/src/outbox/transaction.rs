@@ -220,6 +220,12 @@ pub(super) fn apply(
         for (uplink, rows) in &deletions {
             store.delivered(uplink, rows)?;
         }
+        if !deletions.is_empty() {
+            let pages = store.shrink()?;
+            if pages > 0 {
+                tracing::debug!(pages, "outbox: free pages given back after a drain");
+            }
+        }
         for a in &appends {
             if let Some(device) = a.device.as_ref().filter(|d| !store.has_device(&d.id)) {
                 store.put_device(device)?;

@@ -42,6 +42,77 @@ pub(super) struct Writer {
     pub(super) space: Space,
     /// Appends waiting, unacknowledged, for disk space (oldest first).
     pub(super) held: Vec<SealedAppend>,
+    /// The eviction episode under way, for its aggregated warnings.
+    pub(super) evictions: Evictions,
+}
+
+/// How long an eviction episode's counts are gathered before the next warning, and how
+/// long without an eviction ends an episode.
+pub const EVICTION_REPORT: Duration = Duration::from_secs(60);
+
+/// Evictions by the size or age cap, logged by episode: one warning when an episode
+/// starts, then at most one summary per [`EVICTION_REPORT`], and a last summary when the
+/// writer stops (or when a new episode starts after a quiet [`EVICTION_REPORT`]).
+#[derive(Default)]
+pub(super) struct Evictions {
+    /// Rows evicted in this episode.
+    total: u64,
+    /// Rows evicted since the last warning.
+    unreported: u64,
+    started: Option<tokio::time::Instant>,
+    reported: Option<tokio::time::Instant>,
+    last: Option<tokio::time::Instant>,
+}
+
+impl Evictions {
+    /// Counts `n` rows evicted by a transaction that just committed.
+    fn add(&mut self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) >= EVICTION_REPORT)
+        {
+            self.end();
+        }
+        self.last = Some(now);
+        self.total = self.total.saturating_add(n);
+        let Some(reported) = self.reported else {
+            self.started = Some(now);
+            self.reported = Some(now);
+            tracing::warn!(
+                evicted = n,
+                "outbox over its size or age limit: oldest undelivered rows evicted (further evictions are summed up at most once a minute)"
+            );
+            return;
+        };
+        self.unreported = self.unreported.saturating_add(n);
+        if now.duration_since(reported) >= EVICTION_REPORT {
+            tracing::warn!(
+                evicted = self.unreported,
+                total = self.total,
+                since_secs = self.started.map_or(0, |s| now.duration_since(s).as_secs()),
+                "outbox still over its size or age limit: oldest undelivered rows evicted in the last minute"
+            );
+            self.unreported = 0;
+            self.reported = Some(now);
+        }
+    }
+
+    /// Ends the episode with its summary, if there is one.
+    fn end(&mut self) {
+        if let (Some(started), Some(last)) = (self.started, self.last) {
+            tracing::warn!(
+                evicted = self.unreported,
+                total = self.total,
+                during_secs = last.duration_since(started).as_secs(),
+                "outbox eviction episode summary: oldest undelivered rows evicted"
+            );
+        }
+        *self = Evictions::default();
+    }
 }
 
 /// How long a delivered row may wait for its deletion to share a commit with other
@@ -294,6 +365,7 @@ impl Writer {
                 self.finish(applied);
             }
         }
+        self.evictions.end();
         if !batch.is_empty() || !self.held.is_empty() {
             tracing::warn!(
                 "outbox full at shutdown: waiting readings were not stored and not acknowledged"
@@ -359,12 +431,7 @@ impl Writer {
                 tracing::error!(error = %e, "outbox transaction failed; its readings are not acknowledged");
             }
         }
-        if applied.evicted > 0 {
-            tracing::warn!(
-                evicted = applied.evicted,
-                "outbox over its size or age limit: oldest undelivered rows evicted"
-            );
-        }
+        self.evictions.add(applied.evicted);
         for (ack, ids) in applied.acks {
             let _ = ack.send(Committed { observations: ids });
         }
