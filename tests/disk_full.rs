@@ -235,7 +235,11 @@ fn evict_oldest_warns_once_per_episode_and_then_at_most_once_a_minute() {
     // Ten more seconds of readings into a full outbox.
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(10) {
-        assert!(child.try_wait().unwrap().is_none(), "{}", summary(&read(&log)));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{}",
+            summary(&read(&log))
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let status = kit.outbox_status();
@@ -260,9 +264,16 @@ fn evict_oldest_warns_once_per_episode_and_then_at_most_once_a_minute() {
             .join("\n")
     );
     // What a 1 MiB cap really occupies on disk.
+    let size = |suffix: &str| {
+        std::fs::metadata(kit.path(&format!("outbox.db{suffix}"))).map_or(0, |m| m.len())
+    };
     eprintln!(
-        "max_size_mb = 1: payload {} bytes, on disk {} bytes",
-        status["payload_bytes"], status["disk_bytes"]
+        "max_size_mb = 1: payload {} bytes, on disk {} bytes (database {}, WAL {}, reserve {})",
+        status["payload_bytes"],
+        status["disk_bytes"],
+        size(""),
+        size("-wal"),
+        size("-reserve")
     );
     sigterm_and_wait(child, &log);
     let text = read(&log);
@@ -276,4 +287,33 @@ fn evict_oldest_warns_once_per_episode_and_then_at_most_once_a_minute() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+#[test]
+fn a_cap_the_file_system_cannot_hold_is_named_at_start() {
+    let mut kit = Kit::new();
+    let disk = Tmpfs::mount(kit.path("disk"), "16m");
+    let config = kit.config(1.0, &["sim-thermometer"], 1);
+    let db = disk.0.join("outbox.db");
+    let text = read(&config)
+        .replace(
+            &format!("path = \"{}\"", kit.path("outbox.db").display()),
+            &format!("path = \"{}\"", db.display()),
+        )
+        .replace("commit_window_ms = 5", "commit_window_ms = 5\nmax_size_mb = 64");
+    std::fs::write(&config, text).unwrap();
+    let (mut child, log) = kit.start(&config);
+    wait_running(&mut child, &log);
+    sigterm_and_wait(child, &log);
+    let text = read(&log);
+    let line = text
+        .lines()
+        .find(|l| l.contains("max_size_mb"))
+        .unwrap_or_else(|| panic!("no word about the cap:\n{}", summary(&text)));
+    assert!(line.contains("WARN"), "{line}");
+    // It says what the cap needs, what is free, and what would fit.
+    for word in ["needs", "free", "at most"] {
+        assert!(line.contains(word), "{word} missing: {line}");
+    }
+    drop(disk);
 }
