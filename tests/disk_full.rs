@@ -300,7 +300,10 @@ fn a_cap_the_file_system_cannot_hold_is_named_at_start() {
             &format!("path = \"{}\"", kit.path("outbox.db").display()),
             &format!("path = \"{}\"", db.display()),
         )
-        .replace("commit_window_ms = 5", "commit_window_ms = 5\nmax_size_mb = 64");
+        .replace(
+            "commit_window_ms = 5",
+            "commit_window_ms = 5\nmax_size_mb = 64",
+        );
     std::fs::write(&config, text).unwrap();
     let (mut child, log) = kit.start(&config);
     wait_running(&mut child, &log);

@@ -326,8 +326,12 @@ impl Outbox {
     ) -> Result<(Outbox, JoinHandle<()>), OutboxError> {
         let path = settings.path.clone();
         let ring = keyring.clone();
+        let max_bytes = settings.max_bytes;
         let (store, space) = tokio::task::spawn_blocking(move || {
-            Store::open(&path, &ring, &uplinks).map(|store| (store, disk::Space::open(&path)))
+            let store = Store::open(&path, &ring, &uplinks)?;
+            let space = disk::Space::open(&path);
+            disk::check_cap(&path, max_bytes);
+            Ok::<_, OutboxError>((store, space))
         })
         .await
         .map_err(|e| OutboxError::Sqlite {
