@@ -71,9 +71,21 @@
 //!
 //! **Limits.** `max_bytes` caps the sealed payload bytes, `max_age` the age of a row.
 //! When full, `when_full = "evict-oldest"` (the default) deletes the oldest rows, counts
-//! them in `outbox status` and logs a warning; `when_full = "block"` stops taking appends
-//! until deliveries make room, which blocks the pipeline and, through the bounded
-//! channels, the drivers.
+//! them in `outbox status` and logs one warning per episode, then a count at most once a
+//! minute; `when_full = "block"` stops taking appends until deliveries make room, which
+//! blocks the pipeline and, through the bounded channels, the drivers. The files take
+//! more than the payload: about 1.5 × for the database, up to [`store::WAL_LIMIT_BYTES`]
+//! of WAL, the reserve and the floor ([`disk::needed_bytes`]; checked at start).
+//!
+//! **Disk full** (`disk.rs`). Below a free-space floor (one `statvfs` per transaction
+//! that stores readings), or when SQLite answers "database or disk is full", appends
+//! wait unacknowledged, a reserve file is released so deletions commit, and the writer
+//! looks again every few seconds until space returns; one log line each way.
+//!
+//! **Shrinking.** New databases use `auto_vacuum = INCREMENTAL`; a commit that deleted
+//! rows and left more than half of the file free gives the free pages back
+//! ([`store::Store::shrink`]), so a drained backlog does not keep its disk for ever and
+//! an idle gateway never wakes for it. Older files keep their size (`VACUUM` by hand).
 
 pub mod config;
 pub mod disk;
