@@ -320,3 +320,53 @@ fn a_cap_the_file_system_cannot_hold_is_named_at_start() {
     }
     drop(disk);
 }
+
+#[test]
+fn a_gateway_started_on_a_full_disk_comes_up_says_so_and_resumes_when_space_returns() {
+    let mut kit = Kit::new();
+    let disk = Tmpfs::mount(kit.path("disk"), "16m");
+    let config = kit.config(0.05, &["sim-thermometer"], 0);
+    let db = disk.0.join("outbox.db");
+    let text = read(&config).replace(
+        &format!("path = \"{}\"", kit.path("outbox.db").display()),
+        &format!("path = \"{}\"", db.display()),
+    );
+    std::fs::write(&config, text).unwrap();
+    let (mut child, log) = kit.start(&config);
+    wait_running(&mut child, &log);
+    wait_until(Duration::from_secs(30), "first deliveries", || {
+        kit.server_ids().len() >= 10
+    });
+    sigterm_and_wait(child, &log);
+
+    let filler = fill(&disk.0);
+    let (mut child, log) = kit.start(&config);
+    wait_running(&mut child, &log);
+    wait_until(Duration::from_secs(30), "the full disk named", || {
+        read(&log).contains("outbox: the disk is full")
+    });
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(4) {
+        assert!(
+            committed_ids(&read(&log)).is_empty(),
+            "acknowledged on a full disk:\n{}",
+            summary(&read(&log))
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::remove_file(&filler).unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "readings committed and delivered",
+        || {
+            let committed = committed_ids(&read(&log));
+            let have: HashSet<String> = kit.server_ids().into_iter().collect();
+            committed.len() >= 10 && committed.iter().all(|id| have.contains(id))
+        },
+    );
+    assert!(read(&log).contains("outbox: disk space is back"));
+    sigterm_and_wait(child, &log);
+    kit.server
+        .with_store(|s| assert_eq!(s.duplicate_creates, 0));
+    drop(disk);
+}

@@ -89,6 +89,9 @@ pub(super) struct Space {
     reserve: PathBuf,
     /// Whether intake is stopped because the disk is full.
     full: bool,
+    /// While full: when to look at the free space again (a deadline, not a delay, so
+    /// other work of the writer never postpones it).
+    next_check: Option<tokio::time::Instant>,
 }
 
 /// The reserve file of the database at `db`.
@@ -106,8 +109,10 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
 }
 
 impl Space {
-    /// The space of the database at `db`. Allocates the reserve when it is missing and
-    /// there is room for it; starts in the disk-full state when there is not.
+    /// The space of the database at `db`, before it is opened: below the floor the
+    /// episode starts at once and the reserve is released, so SQLite finds room for its
+    /// write-ahead log and shared-memory index and the gateway starts on a full disk
+    /// (then [`Space::ensure_reserve`], once the database is open).
     pub(super) fn open(db: &Path) -> Self {
         let dir = match db.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -117,23 +122,33 @@ impl Space {
             dir,
             reserve: reserve_path(db),
             full: false,
+            next_check: None,
         };
-        if !space.reserve_held() {
-            let enough = space
-                .free()
-                .is_none_or(|f| f >= FLOOR_BYTES.saturating_add(RESERVE_BYTES));
-            if enough {
-                if let Err(e) = space.allocate_reserve() {
-                    tracing::warn!(path = %space.reserve.display(), error = %e, "outbox: cannot allocate the disk-space reserve");
-                }
-            } else {
-                space.start_episode(&format!(
-                    "{} bytes free at start, less than the floor of {FLOOR_BYTES} plus the reserve of {RESERVE_BYTES}",
-                    space.free().unwrap_or(0)
-                ));
-            }
+        if let Some(free) = space.free().filter(|f| *f < FLOOR_BYTES) {
+            space.start_episode(&format!(
+                "{free} bytes free at start, below the floor of {FLOOR_BYTES}"
+            ));
         }
         space
+    }
+
+    /// Once the database is open: allocates the reserve when it is missing and there is
+    /// room for it; starts the episode when there is not.
+    pub(super) fn ensure_reserve(&mut self) {
+        if self.full || self.reserve_held() {
+            return;
+        }
+        let free = self.free();
+        if free.is_none_or(|f| f >= FLOOR_BYTES.saturating_add(RESERVE_BYTES)) {
+            if let Err(e) = self.allocate_reserve() {
+                tracing::warn!(path = %self.reserve.display(), error = %e, "outbox: cannot allocate the disk-space reserve");
+            }
+        } else {
+            self.start_episode(&format!(
+                "{} bytes free at start, less than the floor of {FLOOR_BYTES} plus the reserve of {RESERVE_BYTES}",
+                free.unwrap_or(0)
+            ));
+        }
     }
 
     fn free(&self) -> Option<u64> {
@@ -158,6 +173,11 @@ impl Space {
     /// Whether intake is stopped because the disk is full.
     pub(super) fn is_full(&self) -> bool {
         self.full
+    }
+
+    /// While the disk is full: when the writer must look at the free space again.
+    pub(super) fn next_check(&self) -> Option<tokio::time::Instant> {
+        self.next_check.filter(|_| self.full)
     }
 
     /// Before a transaction that stores readings: whether there is room for them. Below
@@ -186,6 +206,7 @@ impl Space {
 
     fn start_episode(&mut self, cause: &str) {
         self.full = true;
+        self.next_check = Some(tokio::time::Instant::now() + RECHECK);
         let released = std::fs::remove_file(&self.reserve).is_ok();
         tracing::error!(
             dir = %self.dir.display(),
@@ -202,6 +223,7 @@ impl Space {
         if !self.full {
             return true;
         }
+        self.next_check = Some(tokio::time::Instant::now() + RECHECK);
         let free = self.free().unwrap_or(0);
         if free < FLOOR_BYTES.saturating_add(RESERVE_BYTES) {
             return false;

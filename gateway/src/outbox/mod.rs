@@ -340,8 +340,9 @@ impl Outbox {
         let ring = keyring.clone();
         let max_bytes = settings.max_bytes;
         let (store, space) = tokio::task::spawn_blocking(move || {
+            let mut space = disk::Space::open(&path);
             let store = Store::open(&path, &ring, &uplinks)?;
-            let space = disk::Space::open(&path);
+            space.ensure_reserve();
             disk::check_cap(&path, max_bytes);
             Ok::<_, OutboxError>((store, space))
         })

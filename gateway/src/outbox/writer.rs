@@ -9,7 +9,7 @@ use std::time::Duration;
 use iomt_drivers::Committed;
 use tokio::sync::{mpsc, watch};
 
-use super::disk::{Space, RECHECK};
+use super::disk::Space;
 use super::seal::Keyring;
 use super::store::Store;
 use super::transaction::{apply, reply, Applied, Batch, Control, Reply};
@@ -250,7 +250,7 @@ impl Writer {
             return Took::Closed;
         }
         let due = self.deletions.due;
-        let disk_full = self.space.is_full();
+        let recheck = self.space.next_check();
         tokio::select! {
             a = self.appends.recv(), if take_appends => match a {
                 Some(a) => batch.push_append(a),
@@ -261,7 +261,7 @@ impl Writer {
                 None => self.control_open = false,
             },
             _ = sleep_until_some(due), if due.is_some() => return Took::DeletionsDue,
-            _ = tokio::time::sleep(RECHECK), if disk_full => {
+            _ = sleep_until_some(recheck), if recheck.is_some() => {
                 if self.recheck_space(batch) {
                     return Took::SpaceBack;
                 }
@@ -431,7 +431,9 @@ impl Writer {
                 tracing::error!(error = %e, "outbox transaction failed; its readings are not acknowledged");
             }
         }
-        self.evictions.add(applied.evicted);
+        if applied.error.is_none() {
+            self.evictions.add(applied.evicted);
+        }
         for (ack, ids) in applied.acks {
             let _ = ack.send(Committed { observations: ids });
         }
