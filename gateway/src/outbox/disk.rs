@@ -105,6 +105,8 @@ pub fn reserve_path(db: &Path) -> PathBuf {
 /// asked.
 pub fn free_bytes(dir: &Path) -> Option<u64> {
     let s = nix::sys::statvfs::statvfs(dir).ok()?;
+    // 32 bits on armv7, 64 on aarch64 and x86_64.
+    #[allow(clippy::useless_conversion)]
     u64::from(s.blocks_available()).checked_mul(u64::from(s.fragment_size()))
 }
 
