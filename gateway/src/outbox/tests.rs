@@ -451,3 +451,21 @@ async fn after_a_backlog_drains_the_database_gives_its_free_pages_back() {
     drop(outbox);
     writer.await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn evictions_warn_once_per_episode_then_at_most_once_a_minute() {
+    let mut e = writer::Evictions::default();
+    let mut warnings = e.add(3);
+    assert_eq!(warnings, 1, "the episode's first eviction warns");
+    // Ten minutes of evictions every 100 ms: one summary a minute.
+    for _ in 0..6000 {
+        tokio::time::advance(Duration::from_millis(100)).await;
+        warnings += e.add(2);
+    }
+    assert_eq!(warnings, 11);
+    // A quiet minute ends the episode: its summary, then a new episode's warning.
+    tokio::time::advance(writer::EVICTION_REPORT).await;
+    assert_eq!(e.add(1), 2);
+    assert_eq!(e.end(), 1);
+    assert_eq!(e.end(), 0, "nothing to sum up");
+}

@@ -65,17 +65,19 @@ pub(super) struct Evictions {
 }
 
 impl Evictions {
-    /// Counts `n` rows evicted by a transaction that just committed.
-    fn add(&mut self, n: u64) {
+    /// Counts `n` rows evicted by a transaction that just committed. Returns how many
+    /// warnings it logged (for tests).
+    pub(super) fn add(&mut self, n: u64) -> usize {
         if n == 0 {
-            return;
+            return 0;
         }
+        let mut logged = 0;
         let now = tokio::time::Instant::now();
         if self
             .last
             .is_some_and(|last| now.duration_since(last) >= EVICTION_REPORT)
         {
-            self.end();
+            logged += self.end();
         }
         self.last = Some(now);
         self.total = self.total.saturating_add(n);
@@ -86,7 +88,7 @@ impl Evictions {
                 evicted = n,
                 "outbox over its size or age limit: oldest undelivered rows evicted (further evictions are summed up at most once a minute)"
             );
-            return;
+            return logged + 1;
         };
         self.unreported = self.unreported.saturating_add(n);
         if now.duration_since(reported) >= EVICTION_REPORT {
@@ -98,12 +100,17 @@ impl Evictions {
             );
             self.unreported = 0;
             self.reported = Some(now);
+            logged += 1;
         }
+        logged
     }
 
-    /// Ends the episode with its summary, if there is one.
-    fn end(&mut self) {
+    /// Ends the episode with its summary, if there is one. Returns how many warnings it
+    /// logged (for tests).
+    pub(super) fn end(&mut self) -> usize {
+        let mut logged = 0;
         if let (Some(started), Some(last)) = (self.started, self.last) {
+            logged = 1;
             tracing::warn!(
                 evicted = self.unreported,
                 total = self.total,
@@ -112,6 +119,7 @@ impl Evictions {
             );
         }
         *self = Evictions::default();
+        logged
     }
 }
 
