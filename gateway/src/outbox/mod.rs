@@ -91,14 +91,30 @@
 //!
 //! **Limits.** `max_bytes` caps the sealed payload bytes, `max_age` the age of a row.
 //! When full, `when_full = "evict-oldest"` (the default) deletes the oldest rows, counts
-//! them in `outbox status` and logs a warning; `when_full = "block"` stops taking appends
-//! until deliveries make room, which blocks the pipeline and, through the bounded
-//! channels, the drivers. Per device, memory holds at most [`store::KNOWN_DEVICES`] ids
-//! (a least-recently-used cache; a forgotten device's resource is simply written again),
-//! and the `devices` table the Devices that queued rows and dead letters reference, plus
-//! at most a minute of traffic's while rows are queued.
+//! them in `outbox status` and logs one warning per episode, then a count at most once a
+//! minute; `when_full = "block"` stops taking appends until deliveries make room, which
+//! blocks the pipeline and, through the bounded channels, the drivers. The files take
+//! more than the payload: about 1.5 × for the database, up to [`store::WAL_LIMIT_BYTES`]
+//! of WAL, the reserve and the floor ([`disk::needed_bytes`]; checked at start).
+//!
+//! **Disk full** (`disk.rs`). Below a free-space floor (one `statvfs` per transaction
+//! that stores readings), or when SQLite answers "database or disk is full", appends
+//! wait unacknowledged, a reserve file is released so deletions commit, and the writer
+//! looks again every few seconds until space returns; one log line each way.
+//!
+//! **Shrinking.** New databases use `auto_vacuum = INCREMENTAL`; a commit that deleted
+//! rows and left more than half of the file free gives the free pages back
+//! ([`store::Store::shrink`]), so a drained backlog does not keep its disk for ever and
+//! an idle gateway never wakes for it. Older files keep their size (`VACUUM` by hand).
+//!
+//! **Per device**, memory holds at most [`store::KNOWN_DEVICES`] ids (a
+//! least-recently-used cache; a forgotten device's resource is simply written again), and
+//! the `devices` table the Devices that queued rows and dead letters reference, plus at
+//! most a minute of traffic's while rows are queued.
 
 pub mod config;
+pub mod disk;
+mod error;
 mod ingest;
 mod payload;
 pub mod seal;
@@ -106,6 +122,7 @@ pub mod store;
 mod transaction;
 mod writer;
 
+pub use error::OutboxError;
 pub use ingest::{read_ingest_dead_letters, IngestDeadLetter};
 pub use payload::{device_aad, pack, reason_aad, row_aad, unpack};
 pub use writer::DELETE_DELAY;
@@ -121,7 +138,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use payload::observation_from;
-use seal::{Keyring, SealError};
+use seal::Keyring;
 use store::{Status, Store, StoredDevice, StoredRow};
 use transaction::{Control, Reply};
 use writer::Writer;
@@ -157,79 +174,6 @@ pub struct OutboxSettings {
     pub quiet_commit_window: Duration,
     /// Most rows in one transaction.
     pub max_batch_rows: usize,
-}
-
-/// Why the outbox cannot work.
-#[derive(Debug, thiserror::Error)]
-pub enum OutboxError {
-    /// The database file is damaged or not an outbox.
-    #[error("the outbox database {path} is damaged: {reason}. The gateway will not modify it. Move it aside (keep it: `sqlite3 FILE .recover` may save its rows) and start again with an empty outbox")]
-    Damaged {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The key file does not belong to this database.
-    #[error("the outbox database {path} was sealed with a different storage key: check [outbox] key_file (after a rotation, keep the `.retired` file next to it). The gateway will not modify the database")]
-    WrongKey {
-        /// The file.
-        path: PathBuf,
-    },
-    /// A key still needed is missing.
-    #[error("the outbox database {path} holds rows sealed with key id {key_id:08x}, which is neither the current nor a retired key: restore the `.retired` key file. The gateway will not modify the database")]
-    MissingKey {
-        /// The file.
-        path: PathBuf,
-        /// The missing key id.
-        key_id: u32,
-    },
-    /// SQLite failed.
-    #[error("outbox database {path}: {reason}")]
-    Sqlite {
-        /// The file.
-        path: PathBuf,
-        /// SQLite's message.
-        reason: String,
-    },
-    /// A file operation failed.
-    #[error("outbox {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// Sealing failed.
-    #[error(transparent)]
-    Seal(#[from] SealError),
-    /// More than 62 uplinks were ever configured.
-    #[error("the outbox supports at most 62 uplink names")]
-    TooManyUplinks,
-    /// An uplink name the outbox does not know.
-    #[error("unknown uplink `{0}`")]
-    UnknownUplink(String),
-    /// The outbox has shut down.
-    #[error("the outbox is closed")]
-    Closed,
-}
-
-impl OutboxError {
-    fn from_sqlite(path: &Path, e: rusqlite::Error) -> Self {
-        use rusqlite::ErrorCode;
-        if let rusqlite::Error::SqliteFailure(f, _) = &e {
-            if matches!(f.code, ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) {
-                return OutboxError::Damaged {
-                    path: path.to_path_buf(),
-                    reason: e.to_string(),
-                };
-            }
-        }
-        OutboxError::Sqlite {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        }
-    }
 }
 
 /// Observations of one reading to store, with the Device resource they reference.
@@ -315,12 +259,19 @@ impl Outbox {
     ) -> Result<(Outbox, JoinHandle<()>), OutboxError> {
         let path = settings.path.clone();
         let ring = keyring.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&path, &ring, &uplinks))
-            .await
-            .map_err(|e| OutboxError::Sqlite {
-                path: settings.path.clone(),
-                reason: format!("the opening task failed: {e}"),
-            })??;
+        let max_bytes = settings.max_bytes;
+        let (store, space) = tokio::task::spawn_blocking(move || {
+            let mut space = disk::Space::open(&path);
+            let store = Store::open(&path, &ring, &uplinks)?;
+            space.ensure_reserve();
+            disk::check_cap(&path, max_bytes);
+            Ok::<_, OutboxError>((store, space))
+        })
+        .await
+        .map_err(|e| OutboxError::Sqlite {
+            path: settings.path.clone(),
+            reason: format!("the opening task failed: {e}"),
+        })??;
         let (append_tx, append_rx) = mpsc::channel(settings.max_batch_rows.max(16));
         let (control_tx, control_rx) = mpsc::channel(64);
         let (committed_tx, committed_rx) = watch::channel(store.next_seq() - 1);
@@ -340,6 +291,9 @@ impl Outbox {
             deletions: Default::default(),
             pings: Vec::new(),
             transactions: transactions.clone(),
+            space,
+            held: Vec::new(),
+            evictions: Default::default(),
         };
         let next_seq = Arc::new(AtomicI64::new(
             writer.store.as_ref().map(|s| s.next_seq()).unwrap_or(1),
@@ -560,3 +514,5 @@ pub fn read_dead_letters(path: &Path, keyring: &Keyring) -> Result<Vec<DeadLette
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_space;

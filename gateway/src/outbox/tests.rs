@@ -14,7 +14,7 @@ fn uplinks() -> Vec<String> {
 
 /// An outbox in `dir` with room to spare: evicting the oldest when full, 1 ms commit
 /// window, batches of 100.
-fn settings_in(dir: &std::path::Path) -> OutboxSettings {
+pub(super) fn settings_in(dir: &std::path::Path) -> OutboxSettings {
     OutboxSettings {
         path: dir.join("outbox.db"),
         max_bytes: 1 << 30,

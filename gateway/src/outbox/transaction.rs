@@ -60,6 +60,9 @@ pub(super) enum Control {
 pub(super) struct Applied {
     pub(super) store: Store,
     pub(super) acks: Vec<(oneshot::Sender<Committed>, Vec<String>)>,
+    /// The appends of a failed transaction, their acknowledgements not sent: the writer
+    /// keeps them when the disk is full, else drops them (not acknowledged).
+    pub(super) unstored: Vec<SealedAppend>,
     pub(super) controls: Vec<(Control, Option<Result<ControlResult, String>>)>,
     /// The deletions it carried (put back when it failed).
     pub(super) deletions: Vec<(String, Vec<(i64, usize)>)>,
@@ -118,10 +121,20 @@ impl Batch {
     }
 }
 
-pub(super) fn reply(control: Control, result: Option<Result<ControlResult, String>>) {
-    let fail = |path: &str| OutboxError::Sqlite {
-        path: PathBuf::from(path),
-        reason: "the transaction failed".into(),
+/// Sends the reply `control` is owed: its result, or `failure` (the transaction's own
+/// error, SQLite's words kept) when the transaction failed.
+pub(super) fn reply(
+    control: Control,
+    result: Option<Result<ControlResult, String>>,
+    failure: Option<&OutboxError>,
+) {
+    let fail = || {
+        failure
+            .map(OutboxError::again)
+            .unwrap_or_else(|| OutboxError::Sqlite {
+                path: PathBuf::from("outbox"),
+                reason: "the operation was not applied".into(),
+            })
     };
     match (control, result) {
         (Control::Fetch { reply, .. }, Some(Ok(ControlResult::Fetched(f)))) => {
@@ -147,10 +160,16 @@ pub(super) fn reply(control: Control, result: Option<Result<ControlResult, Strin
                     path: PathBuf::new(),
                     reason: m,
                 })
-                .unwrap_or_else(|| fail("outbox"))));
+                .unwrap_or_else(fail)));
         }
-        (Control::Status { reply, .. }, _) => {
-            let _ = reply.send(Err(fail("outbox")));
+        (Control::Status { reply, .. }, r) => {
+            let _ = reply.send(Err(r
+                .and_then(|r| r.err())
+                .map(|m| OutboxError::Sqlite {
+                    path: PathBuf::new(),
+                    reason: m,
+                })
+                .unwrap_or_else(fail)));
         }
         (
             Control::Delivered { reply, .. }
@@ -158,9 +177,15 @@ pub(super) fn reply(control: Control, result: Option<Result<ControlResult, Strin
             | Control::Ping { reply }
             | Control::Flush { reply }
             | Control::IngestDeadLetter { reply, .. },
-            _,
+            r,
         ) => {
-            let _ = reply.send(Err(fail("outbox")));
+            let _ = reply.send(Err(r
+                .and_then(|r| r.err())
+                .map(|m| OutboxError::Sqlite {
+                    path: PathBuf::new(),
+                    reason: m,
+                })
+                .unwrap_or_else(fail)));
         }
     }
 }
@@ -212,17 +237,18 @@ pub(super) fn apply(
         for (uplink, rows) in &deletions {
             store.delivered(uplink, rows)?;
         }
-        for a in appends {
-            if let Some(device) = a.device.filter(|d| !store.has_device(&d.id)) {
-                store.put_device(&device)?;
+        if !deletions.is_empty() {
+            let pages = store.shrink()?;
+            if pages > 0 {
+                tracing::debug!(pages, "outbox: free pages given back after a drain");
             }
-            let mut ids = Vec::with_capacity(a.rows.len());
-            for (id, row) in a.rows {
-                store.insert(&row)?;
-                ids.push(id);
+        }
+        for a in &appends {
+            if let Some(device) = a.device.as_ref().filter(|d| !store.has_device(&d.id)) {
+                store.put_device(device)?;
             }
-            if let Some(ack) = a.ack {
-                acks.push((ack, ids));
+            for (_, row) in &a.rows {
+                store.insert(row)?;
             }
         }
         for c in controls {
@@ -289,6 +315,16 @@ pub(super) fn apply(
     })();
     let last_seq = store.next_seq() - 1;
     let error = result.err();
+    let mut unstored = Vec::new();
+    if error.is_none() {
+        for a in appends {
+            if let Some(ack) = a.ack {
+                acks.push((ack, a.rows.into_iter().map(|(id, _)| id).collect()));
+            }
+        }
+    } else {
+        unstored = appends;
+    }
     if error.is_none() && ingest_evicted > 0 {
         tracing::warn!(
             evicted = ingest_evicted,
@@ -305,6 +341,7 @@ pub(super) fn apply(
     Applied {
         store,
         acks,
+        unstored,
         controls: applied_controls,
         deletions,
         error,

@@ -2,7 +2,6 @@
 //! group commits, applies each group in one transaction on a blocking thread, and replies.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +9,7 @@ use std::time::Duration;
 use iomt_drivers::Committed;
 use tokio::sync::{mpsc, watch};
 
+use super::disk::Space;
 use super::seal::Keyring;
 use super::store::Store;
 use super::transaction::{apply, reply, Applied, Batch, Control, Reply};
@@ -37,6 +37,89 @@ pub(super) struct Writer {
     pub(super) pings: Vec<Reply<()>>,
     /// Transactions run so far (read or write), for [`super::Outbox::transactions`].
     pub(super) transactions: Arc<AtomicU64>,
+    /// The file system's free space and the reserve (see [`super::disk`]).
+    pub(super) space: Space,
+    /// Appends waiting, unacknowledged, for disk space (oldest first).
+    pub(super) held: Vec<SealedAppend>,
+    /// The eviction episode under way, for its aggregated warnings.
+    pub(super) evictions: Evictions,
+}
+
+/// How long an eviction episode's counts are gathered before the next warning, and how
+/// long without an eviction ends an episode.
+pub const EVICTION_REPORT: Duration = Duration::from_secs(60);
+
+/// Evictions by the size or age cap, logged by episode: one warning when an episode
+/// starts, then at most one summary per [`EVICTION_REPORT`], and a last summary when the
+/// writer stops (or when a new episode starts after a quiet [`EVICTION_REPORT`]).
+#[derive(Default)]
+pub(super) struct Evictions {
+    /// Rows evicted in this episode.
+    total: u64,
+    /// Rows evicted since the last warning.
+    unreported: u64,
+    started: Option<tokio::time::Instant>,
+    reported: Option<tokio::time::Instant>,
+    last: Option<tokio::time::Instant>,
+}
+
+impl Evictions {
+    /// Counts `n` rows evicted by a transaction that just committed. Returns how many
+    /// warnings it logged (for tests).
+    pub(super) fn add(&mut self, n: u64) -> usize {
+        if n == 0 {
+            return 0;
+        }
+        let mut logged = 0;
+        let now = tokio::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) >= EVICTION_REPORT)
+        {
+            logged += self.end();
+        }
+        self.last = Some(now);
+        self.total = self.total.saturating_add(n);
+        let Some(reported) = self.reported else {
+            self.started = Some(now);
+            self.reported = Some(now);
+            tracing::warn!(
+                evicted = n,
+                "outbox over its size or age limit: oldest undelivered rows evicted (further evictions are summed up at most once a minute)"
+            );
+            return logged + 1;
+        };
+        self.unreported = self.unreported.saturating_add(n);
+        if now.duration_since(reported) >= EVICTION_REPORT {
+            tracing::warn!(
+                evicted = self.unreported,
+                total = self.total,
+                since_secs = self.started.map_or(0, |s| now.duration_since(s).as_secs()),
+                "outbox still over its size or age limit: oldest undelivered rows evicted in the last minute"
+            );
+            self.unreported = 0;
+            self.reported = Some(now);
+            logged += 1;
+        }
+        logged
+    }
+
+    /// Ends the episode with its summary, if there is one. Returns how many warnings it
+    /// logged (for tests).
+    pub(super) fn end(&mut self) -> usize {
+        let mut logged = 0;
+        if let (Some(started), Some(last)) = (self.started, self.last) {
+            logged = 1;
+            tracing::warn!(
+                evicted = self.unreported,
+                total = self.total,
+                during_secs = last.duration_since(started).as_secs(),
+                "outbox eviction episode summary: oldest undelivered rows evicted"
+            );
+        }
+        *self = Evictions::default();
+        logged
+    }
 }
 
 /// How long a delivered row may wait for its deletion to share a commit with other
@@ -96,6 +179,8 @@ enum Took {
     Something,
     /// The deletions are due.
     DeletionsDue,
+    /// The disk had no room, and now has: the held appends are in the batch.
+    SpaceBack,
     /// Nothing can arrive any more.
     Closed,
 }
@@ -103,6 +188,27 @@ enum Took {
 impl Writer {
     fn full(&self) -> bool {
         self.settings.when_full == WhenFull::Block && self.payload_bytes >= self.settings.max_bytes
+    }
+
+    /// Whether no appends are taken: the outbox is full and blocking, or the disk is full.
+    fn intake_stopped(&self) -> bool {
+        self.full() || self.space.is_full()
+    }
+
+    /// While the disk is full: looks again; once there is room, puts the held appends at
+    /// the head of `batch`.
+    fn recheck_space(&mut self, batch: &mut Batch) -> bool {
+        if !self.space.recheck() {
+            return false;
+        }
+        let mut held = std::mem::take(&mut self.held);
+        let later = std::mem::take(&mut batch.appends);
+        batch.rows = 0;
+        held.extend(later);
+        for a in held {
+            batch.push_append(a);
+        }
+        true
     }
 
     /// Whether the waiting deletions must be committed now, even on their own: they are
@@ -146,11 +252,12 @@ impl Writer {
     /// Takes one operation, waiting if none is there yet (and at most until the waiting
     /// deletions are due).
     async fn take(&mut self, batch: &mut Batch) -> Took {
-        let take_appends = self.appends_open && !self.full();
+        let take_appends = self.appends_open && !self.intake_stopped();
         if !take_appends && !self.control_open {
             return Took::Closed;
         }
         let due = self.deletions.due;
+        let recheck = self.space.next_check();
         tokio::select! {
             a = self.appends.recv(), if take_appends => match a {
                 Some(a) => batch.push_append(a),
@@ -161,6 +268,11 @@ impl Writer {
                 None => self.control_open = false,
             },
             _ = sleep_until_some(due), if due.is_some() => return Took::DeletionsDue,
+            _ = sleep_until_some(recheck), if recheck.is_some() => {
+                if self.recheck_space(batch) {
+                    return Took::SpaceBack;
+                }
+            }
         }
         Took::Something
     }
@@ -170,7 +282,10 @@ impl Writer {
         while let Ok(c) = self.control.try_recv() {
             self.accept(c, batch, false);
         }
-        while batch.rows < self.settings.max_batch_rows && self.appends_open && !self.full() {
+        while batch.rows < self.settings.max_batch_rows
+            && self.appends_open
+            && !self.intake_stopped()
+        {
             match self.appends.try_recv() {
                 Ok(a) => batch.push_append(a),
                 Err(mpsc::error::TryRecvError::Empty) => break,
@@ -190,7 +305,7 @@ impl Writer {
             if let Some(task) = in_flight.as_mut() {
                 // Gather while the previous transaction is applied.
                 let more = batch.rows < self.settings.max_batch_rows;
-                let take_appends = more && self.appends_open && !self.full();
+                let take_appends = more && self.appends_open && !self.intake_stopped();
                 tokio::select! {
                     done = task => {
                         in_flight = None;
@@ -238,7 +353,7 @@ impl Writer {
                     {
                         break;
                     }
-                    if !self.appends_open || self.full() {
+                    if !self.appends_open || self.intake_stopped() {
                         break;
                     }
                     match tokio::time::timeout_at(deadline, self.appends.recv()).await {
@@ -265,7 +380,8 @@ impl Writer {
                 self.finish(applied);
             }
         }
-        if !batch.is_empty() {
+        self.evictions.end();
+        if !batch.is_empty() || !self.held.is_empty() {
             tracing::warn!(
                 "outbox full at shutdown: waiting readings were not stored and not acknowledged"
             );
@@ -281,6 +397,12 @@ impl Writer {
         batch: &mut Batch,
         flush: bool,
     ) -> Option<tokio::task::JoinHandle<Applied>> {
+        // Readings are stored only when the file system has room for them; else they wait,
+        // unacknowledged, and the rest of the batch (deletions above all) goes on.
+        if !batch.appends.is_empty() && !self.space.room_for_appends() {
+            self.held.append(&mut batch.appends);
+            batch.rows = 0;
+        }
         let carry = flush || batch.writes() || self.deletions_due();
         let flushing = carry && !self.deletions.is_empty();
         if batch.is_empty() && !flushing {
@@ -306,28 +428,34 @@ impl Writer {
         self.payload_bytes = applied.store.payload_bytes();
         self.store = Some(applied.store);
         if let Some(e) = &applied.error {
-            tracing::error!(error = %e, "outbox transaction failed; its readings are not acknowledged");
             self.deletions.restore(applied.deletions);
+            if e.is_disk_full() {
+                // Logged once per episode; the readings wait for space, unacknowledged.
+                let first = !self.space.is_full();
+                self.space.sqlite_full(&e.to_string());
+                if !first {
+                    tracing::debug!(error = %e, "outbox transaction failed: the disk is still full");
+                }
+                let mut unstored = applied.unstored;
+                unstored.append(&mut self.held);
+                self.held = unstored;
+            } else {
+                tracing::error!(error = %e, "outbox transaction failed; its readings are not acknowledged");
+            }
         }
-        if applied.evicted > 0 {
-            tracing::warn!(
-                evicted = applied.evicted,
-                "outbox over its size or age limit: oldest undelivered rows evicted"
-            );
+        if applied.error.is_none() {
+            self.evictions.add(applied.evicted);
         }
         for (ack, ids) in applied.acks {
             let _ = ack.send(Committed { observations: ids });
         }
         for (control, result) in applied.controls {
-            reply(control, result);
+            reply(control, result, applied.error.as_ref());
         }
         for ping in self.pings.drain(..) {
             let _ = ping.send(match &applied.error {
                 None => Ok(()),
-                Some(_) => Err(OutboxError::Sqlite {
-                    path: PathBuf::from("outbox"),
-                    reason: "the transaction failed".into(),
-                }),
+                Some(e) => Err(e.again()),
             });
         }
         if applied.error.is_none() {

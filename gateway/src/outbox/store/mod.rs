@@ -10,7 +10,11 @@ mod reseal;
 
 pub use devices::{KNOWN_DEVICES, PRUNE_INTERVAL};
 
-pub use open::SCHEMA_VERSION;
+pub use open::{SCHEMA_VERSION, WAL_LIMIT_BYTES};
+
+/// Free pages from which, once they are more than half of the file, a commit that
+/// deleted rows gives them back to the file system (`Store::shrink`): 4 MiB of 4 KiB pages.
+pub const SHRINK_MIN_FREE_PAGES: i64 = 1024;
 pub use read::{
     disk_bytes, read_only_dead_letters, read_only_ingest_dead_letters, read_only_status, Status,
     StoredDeadLetter, StoredIngestDeadLetter, UplinkStatus,
@@ -299,6 +303,40 @@ impl Store {
             .and_then(|mut s| s.execute(params![done, uplink]))
             .map_err(sql(&p))?;
         Ok(())
+    }
+
+    /// After deletions (inside their transaction): when at least
+    /// [`SHRINK_MIN_FREE_PAGES`] pages are free and they are more than half of the file (a
+    /// backlog drained), gives them back to the file system (`incremental_vacuum`: the
+    /// few live pages at the end move down, the file is cut at the next checkpoint).
+    /// Never on its own: it rides on the commit of the deletions that freed the pages. A
+    /// database created before `auto_vacuum` was set ignores it. Returns the pages freed.
+    pub fn shrink(&mut self) -> Result<i64, OutboxError> {
+        let p = self.path.clone();
+        let free: i64 = self
+            .conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+            .map_err(sql(&p))?;
+        let total: i64 = self
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .map_err(sql(&p))?;
+        if free < SHRINK_MIN_FREE_PAGES || free.saturating_mul(2) < total {
+            return Ok(0);
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("PRAGMA incremental_vacuum")
+            .map_err(sql(&p))?;
+        let mut rows = stmt.query([]).map_err(sql(&p))?;
+        while rows.next().map_err(sql(&p))?.is_some() {}
+        drop(rows);
+        drop(stmt);
+        let after: i64 = self
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .map_err(sql(&p))?;
+        Ok(total.saturating_sub(after))
     }
 
     /// Keeps a message a driver refused, sealed (`plain` is its packed description), and

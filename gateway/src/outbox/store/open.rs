@@ -11,6 +11,10 @@ use super::{now_ms, sql, Store};
 use crate::outbox::seal::{Keyring, CHECK_LEN};
 use crate::outbox::OutboxError;
 
+/// The size the write-ahead log is cut back to after a checkpoint (about SQLite's
+/// automatic checkpoint of 1,000 pages).
+pub const WAL_LIMIT_BYTES: i64 = 4 * 1024 * 1024;
+
 /// The schema version this code writes.
 pub const SCHEMA_VERSION: i64 = 1;
 
@@ -93,6 +97,10 @@ impl Store {
         // source survives a power cut. Group commit keeps the cost per reading low.
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sql(path))?;
+        // The write-ahead log goes back to at most this size after a checkpoint, so one
+        // large transaction (a drain, a vacuum) does not keep its disk space for ever.
+        conn.pragma_update(None, "journal_size_limit", WAL_LIMIT_BYTES)
+            .map_err(sql(path))?;
         let mut store = Store {
             conn,
             path: path.to_path_buf(),
@@ -142,6 +150,11 @@ impl Store {
         let _ = std::fs::remove_file(&tmp);
         {
             let conn = Connection::open(&tmp).map_err(sql(&tmp))?;
+            // Before any table: free pages can then be given back to the file system
+            // after a backlog drains (`Store::shrink`). A database created before this
+            // keeps its size; `VACUUM` with the daemon stopped converts it.
+            conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+                .map_err(sql(&tmp))?;
             conn.execute_batch(SCHEMA).map_err(sql(&tmp))?;
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",

@@ -37,7 +37,8 @@ pub struct Status {
     pub rows: u64,
     /// Bytes of sealed payloads.
     pub payload_bytes: u64,
-    /// Bytes of the database files on disk (main file and write-ahead log).
+    /// Bytes of the outbox's files on disk (main file, write-ahead log, shared memory
+    /// index and the disk-space reserve).
     pub disk_bytes: u64,
     /// Rows evicted by the size or age cap since the database was created.
     pub evicted: u64,
@@ -263,9 +264,9 @@ pub fn read_only_ingest_dead_letters(
     Ok(rows)
 }
 
-/// Bytes of a database's files (main, `-wal`, `-shm`).
+/// Bytes of a database's files (main, `-wal`, `-shm`, and the disk-space `-reserve`).
 pub fn disk_bytes(path: &Path) -> u64 {
-    ["", "-wal", "-shm"]
+    ["", "-wal", "-shm", "-reserve"]
         .iter()
         .filter_map(|suffix| {
             let mut p = path.as_os_str().to_owned();
