@@ -222,8 +222,8 @@ fn evict_oldest_warns_once_per_episode_and_then_at_most_once_a_minute() {
     kit.rt.block_on(kit.server.stop());
     let config = kit.config(0.002, &["sim-pulse-oximeter"], 0);
     let text = read(&config).replace(
-        "commit_window_ms = 5",
-        "commit_window_ms = 5\nmax_size_mb = 1",
+        "\ncommit_window_ms = 5",
+        "\ncommit_window_ms = 5\nmax_size_mb = 1",
     );
     std::fs::write(&config, text).unwrap();
     let (mut child, log) = kit.start(&config);
@@ -301,8 +301,8 @@ fn a_cap_the_file_system_cannot_hold_is_named_at_start() {
             &format!("path = \"{}\"", db.display()),
         )
         .replace(
-            "commit_window_ms = 5",
-            "commit_window_ms = 5\nmax_size_mb = 64",
+            "\ncommit_window_ms = 5",
+            "\ncommit_window_ms = 5\nmax_size_mb = 64",
         );
     std::fs::write(&config, text).unwrap();
     let (mut child, log) = kit.start(&config);

@@ -255,7 +255,8 @@ impl Drop for SmallFs {
 #[test]
 fn after_the_outbox_disk_was_full_mqtt_intake_resumes_once_space_is_freed() {
     let mut kit = MqttKit::new();
-    let small = SmallFs::mount(kit.kit.path("small"), "4m");
+    // Room for the outbox's free-space floor and reserve, and a little more.
+    let small = SmallFs::mount(kit.kit.path("small"), "16m");
     let config = kit.config(65536);
     let text = std::fs::read_to_string(&config).unwrap().replace(
         &kit.kit.path("outbox.db").display().to_string(),
@@ -276,16 +277,14 @@ fn after_the_outbox_disk_was_full_mqtt_intake_resumes_once_space_is_freed() {
     );
     let filler = small.fill();
     kit.publish(vitals("scale-1", 5, 40));
+    // The outbox stops storing below its free-space floor: the messages wait at the
+    // broker, unacknowledged.
     wait_until(
         Duration::from_secs(60),
-        "commits to fail on the full disk and the session to be reconnected twice",
-        || {
-            let text = read(&log);
-            text.contains("MQTT message could not be stored")
-                && text.matches("connected to the MQTT broker").count() >= 3
-        },
+        "the outbox to say the disk is full",
+        || read(&log).contains("disk is full"),
     );
-    assert!(read(&log).contains("disk is full"), "{}", read(&log));
+    assert!(kit.server_identifiers().0 < 45, "{}", read(&log));
     std::fs::remove_file(filler).unwrap();
     wait_until(
         Duration::from_secs(60),

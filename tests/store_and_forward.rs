@@ -17,12 +17,12 @@ use nix::unistd::Pid;
 use rand::Rng;
 
 #[test]
-fn crash_safety_twenty_sigkills_lose_nothing_and_duplicate_nothing() {
+fn crash_safety_a_hundred_sigkills_lose_nothing_and_duplicate_nothing() {
     let mut kit = Kit::new();
     let config = kit.config(0.002, &[], 0);
     let mut committed: Vec<String> = Vec::new();
     let mut rng = rand::thread_rng();
-    for round in 0..20 {
+    for round in 0..100 {
         let (mut child, log) = kit.start(&config);
         wait_running(&mut child, &log);
         // Kill at a random moment: after a random number of committed readings.

@@ -94,13 +94,6 @@ impl Batch {
         self.appends.push(a);
     }
 
-    /// Whether a caller asked to commit now.
-    pub(super) fn flush_asked(&self) -> bool {
-        self.controls
-            .iter()
-            .any(|c| matches!(c, Control::Flush { .. }))
-    }
-
     pub(super) fn is_empty(&self) -> bool {
         self.appends.is_empty() && self.controls.is_empty()
     }

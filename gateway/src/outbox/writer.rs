@@ -336,10 +336,15 @@ impl Writer {
                     continue;
                 }
                 // Alone so far: wait for company, up to the commit window when a source
-                // waits for this commit, else up to the quiet commit window.
+                // waits for this commit, else up to the quiet commit window. Reads (a
+                // delivery loop's fetch) do not wait for it: they are answered apart; a
+                // write that cannot wait (a dead letter, a flush) ends the window.
                 let opened = tokio::time::Instant::now();
                 loop {
                     self.take_ready(&mut batch);
+                    if batch.rows > 0 {
+                        self.answer_reads_now(&mut batch).await;
+                    }
                     let deadline = opened
                         + if batch.source_waits {
                             self.settings.commit_window
@@ -348,7 +353,7 @@ impl Writer {
                         };
                     if batch.rows >= self.settings.max_batch_rows
                         || batch.rows == 0
-                        || batch.flush_asked()
+                        || !batch.controls.is_empty()
                         || tokio::time::Instant::now() >= deadline
                     {
                         break;
@@ -356,10 +361,16 @@ impl Writer {
                     if !self.appends_open || self.intake_stopped() {
                         break;
                     }
-                    match tokio::time::timeout_at(deadline, self.appends.recv()).await {
-                        Ok(Some(a)) => batch.push_append(a),
-                        Ok(None) => self.appends_open = false,
-                        Err(_) => break,
+                    tokio::select! {
+                        a = self.appends.recv() => match a {
+                            Some(a) => batch.push_append(a),
+                            None => self.appends_open = false,
+                        },
+                        c = self.control.recv(), if self.control_open => match c {
+                            Some(c) => self.accept(c, &mut batch, false),
+                            None => self.control_open = false,
+                        },
+                        _ = tokio::time::sleep_until(deadline) => break,
                     }
                 }
             } else {
@@ -387,6 +398,28 @@ impl Writer {
             );
         }
         tracing::debug!("outbox writer stopped");
+    }
+
+    /// Takes the reads (fetches, status) out of `batch` and answers them now, in a
+    /// transaction of their own, while the batch's readings go on waiting for company.
+    async fn answer_reads_now(&mut self, batch: &mut Batch) {
+        let (reads, rest): (Vec<Control>, Vec<Control>) = std::mem::take(&mut batch.controls)
+            .into_iter()
+            .partition(|c| matches!(c, Control::Fetch { .. } | Control::Status { .. }));
+        batch.controls = rest;
+        if reads.is_empty() {
+            return;
+        }
+        let mut alone = Batch {
+            controls: reads,
+            ..Batch::default()
+        };
+        if let Some(task) = self.start(&mut alone, false) {
+            match task.await {
+                Ok(applied) => self.finish(applied),
+                Err(e) => tracing::error!(error = %e, "outbox writer thread failed"),
+            }
+        }
     }
 
     /// Starts the transaction of `batch` on a blocking thread, carrying the waiting
