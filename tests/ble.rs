@@ -272,9 +272,11 @@ fn after_bluetoothd_restarts_the_next_measurement_of_a_connected_cuff_arrives_wi
     assert!(sim.is_connected(CUFF));
 
     // `systemctl restart bluetooth`: org.bluez leaves the bus with its objects, the
-    // gateway's discovery and notification sessions die with it, and a fresh bluetoothd
-    // takes the name. The cuff measures again and advertises.
+    // gateway's discovery and notification sessions die with it; the gateway says so
+    // while BlueZ is away. Then a fresh bluetoothd takes the name, and the cuff measures
+    // again and advertises.
     sim.stop_daemon();
+    gw.wait_log("BlueZ left the system bus", 1);
     sim.start_daemon().unwrap();
     sim.queue(CUFF, 0x2A35, &bytes(BP_122));
     sim.advertise(CUFF);
@@ -292,6 +294,7 @@ fn after_bluetoothd_restarts_the_next_measurement_of_a_connected_cuff_arrives_wi
             .any(|l| l.contains("INFO") && l.contains("BLE scanning resumed")),
         "{log}"
     );
+    assert_eq!(sim.connects(CUFF), 2);
     assert_eq!(world.count(SYSTOLIC, "128"), 1);
     assert_eq!(world.count(SYSTOLIC, "122"), 1);
 }

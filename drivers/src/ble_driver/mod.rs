@@ -11,7 +11,7 @@
 //! **One task per device.** The scanner hands "seen" and "disconnected" events to each
 //! configured device's task over a small bounded channel (`try_send`: a full channel
 //! drops a redundant "seen"), so a device that hangs in a connect never stalls the
-//! others. A task keeps one btleplug `Peripheral` for its device for the whole run, and in
+//! others. A task keeps one btleplug `Peripheral` for its device for the whole scan, and in
 //! each session: opens the notification stream **before** `connect()` (BlueZ re-enables
 //! a client's notifications on reconnect, so a device may indicate its measurement before
 //! `subscribe()` returns), connects, discovers services, reads Device Information
@@ -23,6 +23,19 @@
 //! **Reconnect.** Health devices hang up after sending; the task then waits until the
 //! device advertises again. A failed connect (BlueZ replays remembered devices that are
 //! asleep) is retried with capped exponential [`Backoff`].
+//!
+//! **Bluetooth restarts and power cycles.** BlueZ drops this client's discovery and
+//! notification sessions (and its connections) when bluetoothd restarts or the adapter is
+//! powered off; btleplug's event stream then just goes quiet. The scanner ends its scan
+//! (and every device task) when the adapter reports `Powered` false (btleplug's
+//! `StateUpdate`) or when a small watch of its own on the system bus (`watch.rs`:
+//! `NameOwnerChanged` of `org.bluez`, InterfacesRemoved of the adapter) sees BlueZ go,
+//! with a warning naming the cause. It starts again, with new device tasks, as soon as
+//! BlueZ and the adapter are back (InterfacesAdded or `NameOwnerChanged` end the wait;
+//! only while they are missing does a bounded [`Backoff`] retry), with an info line
+//! `BLE scanning resumed`. After a power-off it waits for `Powered` true without
+//! touching the adapter: starting discovery would power it on again, against whoever
+//! switched it off. Nothing is polled: an idle driver sleeps on D-Bus signals.
 //!
 //! **Glucose meters** are asked through the Record Access Control Point for the records
 //! after the last sequence number fetched (`01 03 01 <seq+1>`, or `01 01` the first
