@@ -314,7 +314,10 @@ fn after_the_adapter_is_powered_off_and_on_the_next_measurement_of_a_connected_o
     // discovery and notification sessions. The gateway must not power it on again itself.
     sim.power(false);
     gw.wait_log("BLE device session ended", 1);
-    assert!(!sim.powered(), "the gateway leaves an adapter someone switched off");
+    assert!(
+        !sim.powered(),
+        "the gateway leaves an adapter someone switched off"
+    );
     sim.power(true);
     sim.queue(OXIMETER, 0x2A5E, &bytes(SPO2_95));
     sim.advertise(OXIMETER);

@@ -56,10 +56,16 @@ impl Lost {
 /// Logs what the watch saw while scanning was not running.
 pub(super) fn log_change(change: &BluezChange) {
     match change {
-        BluezChange::Gone => tracing::warn!("BlueZ left the system bus (bluetoothd stopped or restarted); waiting for it to return"),
+        BluezChange::Gone => tracing::warn!(
+            "BlueZ left the system bus (bluetoothd stopped or restarted); waiting for it to return"
+        ),
         BluezChange::Back => tracing::info!("BlueZ is on the system bus again"),
-        BluezChange::AdapterAdded(name) => tracing::info!(adapter = %name, "a Bluetooth adapter appeared"),
-        BluezChange::AdapterRemoved(name) => tracing::warn!(adapter = %name, "a Bluetooth adapter was removed"),
+        BluezChange::AdapterAdded(name) => {
+            tracing::info!(adapter = %name, "a Bluetooth adapter appeared")
+        }
+        BluezChange::AdapterRemoved(name) => {
+            tracing::warn!(adapter = %name, "a Bluetooth adapter was removed")
+        }
     }
 }
 
@@ -227,4 +233,3 @@ pub(super) async fn scan(
     }
     result
 }
-

@@ -22,12 +22,7 @@ impl SimBluez {
     /// bluetoothd stops: its objects are removed and it leaves the bus, dropping every
     /// client's discovery and notification sessions. Nothing happens if it is stopped.
     pub fn stop_daemon(&self) {
-        let Some(conn) = self
-            .conn
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        else {
+        let Some(conn) = self.conn.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
         };
         let state = self.state.clone();
