@@ -230,7 +230,11 @@ async fn run(
                         w.drain().iter().for_each(log_change);
                     }
                     let sequences = &driver.sequences;
-                    match scan(&config, &adapter, &tx, &cancel, sequences, &mut watch, lost).await {
+                    match scan(
+                        &config, &adapter, &tx, &cancel, sequences, &mut watch, &mut lost,
+                    )
+                    .await
+                    {
                         Ok(None) => return Ok(()),
                         Ok(Some(why)) => {
                             why.warn();

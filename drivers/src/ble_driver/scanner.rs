@@ -102,7 +102,8 @@ pub(super) async fn wait_powered_on(
 }
 
 /// Scans until cancelled (`None`) or until BlueZ drops this client's sessions (why),
-/// running one task per configured device. `resumed`: why the previous scan stopped.
+/// running one task per configured device. `resumed`: why the previous scan stopped
+/// (taken once this one runs).
 pub(super) async fn scan(
     config: &BleConfig,
     adapter: &Adapter,
@@ -110,7 +111,7 @@ pub(super) async fn scan(
     cancel: &CancellationToken,
     sequences: &Arc<Mutex<SequenceStore>>,
     watch: &mut Option<BluezWatch>,
-    resumed: Option<Lost>,
+    resumed: &mut Option<Lost>,
 ) -> Result<Option<Lost>, btleplug::Error> {
     let info = adapter.adapter_info().await.unwrap_or_default();
     let id = info.split_whitespace().next().unwrap_or_default();
@@ -129,7 +130,7 @@ pub(super) async fn scan(
         services.clear();
     }
     adapter.start_scan(ScanFilter { services }).await?;
-    match resumed {
+    match resumed.take() {
         None => tracing::info!(devices = config.devices.len(), "BLE scanning"),
         Some(why) => tracing::info!(
             devices = config.devices.len(),
