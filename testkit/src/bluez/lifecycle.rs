@@ -5,9 +5,9 @@
 //! **Stop.** bluetoothd removes its objects (InterfacesRemoved for every device, its GATT
 //! objects and the adapter, from `/`) and leaves the bus (`NameOwnerChanged` for
 //! `org.bluez` with no new owner). Every client's discovery and notification sessions
-//! die with it; connections drop. **Start.** A fresh instance takes the name with its
-//! adapter, powered on; devices reappear only when they advertise while a client
-//! discovers (they are new to it: InterfacesAdded).
+//! die with it; connections drop. **Start.** A fresh instance takes the name, then
+//! registers its adapter, powered on (InterfacesAdded); devices reappear only when they
+//! advertise while a client discovers (they are new to it: InterfacesAdded).
 //!
 //! **Power off.** Connected devices disconnect (`Connected` false), every client's
 //! notification sessions end (`Notifying` false), discovery stops for every client
@@ -16,7 +16,7 @@
 //! true; nothing a client had is restored.
 
 use super::objects::{Adapter, Characteristic};
-use super::{events, lock, serve, unexport_device, SetupError, SimBluez, ADAPTER_PATH};
+use super::{events, lock, unexport_device, SetupError, SimBluez, ADAPTER_PATH};
 
 impl SimBluez {
     /// bluetoothd stops: its objects are removed and it leaves the bus, dropping every
@@ -43,14 +43,27 @@ impl SimBluez {
         });
     }
 
-    /// A fresh bluetoothd takes `org.bluez` with its adapter, powered on.
+    /// A fresh bluetoothd takes `org.bluez`, then registers its adapter, powered on
+    /// (InterfacesAdded), as the real one does once the kernel has listed the controllers.
     pub fn start_daemon(&self) -> Result<(), SetupError> {
         let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_some() {
             return Ok(());
         }
         lock(&self.state).off = false;
-        *slot = Some(self.rt.block_on(serve(&self.address, &self.state))?);
+        let state = self.state.clone();
+        let conn = self.rt.block_on(async {
+            let conn = zbus::connection::Builder::address(self.address.as_str())?
+                .serve_at("/", zbus::fdo::ObjectManager)?
+                .name("org.bluez")?
+                .build()
+                .await?;
+            conn.object_server()
+                .at(ADAPTER_PATH, Adapter { state })
+                .await?;
+            Ok::<_, zbus::Error>(conn)
+        });
+        *slot = Some(conn.map_err(|e| SetupError(format!("simulated BlueZ: {e}")))?);
         Ok(())
     }
 
