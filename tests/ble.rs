@@ -137,9 +137,14 @@ impl World {
 
     /// Waits for an Observation; on timeout, the failure shows the gateway's log.
     fn wait_for(&self, gw: &Running, code: &str, value: &str) {
-        let what = format!("an Observation {code} = {value}");
+        self.wait_within(DEADLINE, gw, code, value);
+    }
+
+    /// [`World::wait_for`] with its own deadline.
+    fn wait_within(&self, deadline: Duration, gw: &Running, code: &str, value: &str) {
+        let what = format!("an Observation {code} = {value} within {deadline:?}");
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            wait_until(DEADLINE, &what, || self.count(code, value) >= 1)
+            wait_until(deadline, &what, || self.count(code, value) >= 1)
         }));
         assert!(result.is_ok(), "no {what}; gateway log:\n{}", gw.log());
     }
@@ -251,6 +256,88 @@ fn an_unpaired_cuff_that_bluez_forgot_while_away_is_read_again_when_it_returns()
     assert_eq!(sim.connects(CUFF), 2);
     assert_eq!(world.count(SYSTOLIC, "128"), 1);
     assert_eq!(world.count(SYSTOLIC, "122"), 1);
+}
+
+/// How soon after a Bluetooth restart the next measurement must arrive (issue #14).
+const AFTER_RESTART: Duration = Duration::from_secs(30);
+
+#[test]
+fn after_bluetoothd_restarts_the_next_measurement_of_a_connected_cuff_arrives_within_30_s() {
+    let world = World::new(&[(CUFF, "A&D_UA-651", DeviceKind::BloodPressure)]);
+    let sim = &world.bluez;
+    sim.queue(CUFF, 0x2A35, &bytes(BP_128));
+    sim.advertise(CUFF);
+    let gw = world.start(&world.config(&[(CUFF, "and-ua-651ble")]));
+    world.wait_for(&gw, SYSTOLIC, "128");
+    assert!(sim.is_connected(CUFF));
+
+    // `systemctl restart bluetooth`: org.bluez leaves the bus with its objects, the
+    // gateway's discovery and notification sessions die with it; the gateway says so
+    // while BlueZ is away. Then a fresh bluetoothd takes the name, and the cuff measures
+    // again and advertises.
+    sim.stop_daemon();
+    gw.wait_log("BlueZ left the system bus", 1);
+    sim.start_daemon().unwrap();
+    sim.queue(CUFF, 0x2A35, &bytes(BP_122));
+    sim.advertise(CUFF);
+    world.wait_within(AFTER_RESTART, &gw, SYSTOLIC, "122");
+    assert!(sim.discovering(), "the gateway scans again");
+    assert!(sim.is_notifying(CUFF, 0x2A35), "and subscribed again");
+    let log = gw.stop();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("BlueZ left the system bus")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("INFO") && l.contains("BLE scanning resumed")),
+        "{log}"
+    );
+    assert_eq!(sim.connects(CUFF), 2);
+    assert_eq!(world.count(SYSTOLIC, "128"), 1);
+    assert_eq!(world.count(SYSTOLIC, "122"), 1);
+}
+
+#[test]
+fn after_the_adapter_is_powered_off_and_on_the_next_measurement_of_a_connected_oximeter_arrives_within_30_s(
+) {
+    let world = World::new(&[(OXIMETER, "Nonin3230_1", DeviceKind::PulseOximeter)]);
+    let sim = &world.bluez;
+    sim.queue(OXIMETER, 0x2A5E, &bytes(SPO2_97));
+    sim.advertise(OXIMETER);
+    let gw = world.start(&world.config(&[(OXIMETER, "nonin-3230")]));
+    world.wait_for(&gw, SPO2, "97");
+    assert!(sim.is_connected(OXIMETER));
+
+    // `bluetoothctl power off`: the oximeter disconnects, BlueZ drops the gateway's
+    // discovery and notification sessions. The gateway must not power it on again itself.
+    sim.power(false);
+    gw.wait_log("BLE device session ended", 1);
+    assert!(
+        !sim.powered(),
+        "the gateway leaves an adapter someone switched off"
+    );
+    sim.power(true);
+    sim.queue(OXIMETER, 0x2A5E, &bytes(SPO2_95));
+    sim.advertise(OXIMETER);
+    world.wait_within(AFTER_RESTART, &gw, SPO2, "95");
+    assert!(sim.discovering(), "the gateway scans again");
+    assert!(sim.is_notifying(OXIMETER, 0x2A5E), "and subscribed again");
+    let log = gw.stop();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("Bluetooth adapter was powered off")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("INFO") && l.contains("BLE scanning resumed")),
+        "{log}"
+    );
+    assert_eq!(sim.client_power_ons(), 0);
+    assert_eq!(world.count(SPO2, "97"), 1);
+    assert_eq!(world.count(SPO2, "95"), 1);
 }
 
 #[test]

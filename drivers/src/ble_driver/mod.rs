@@ -11,7 +11,7 @@
 //! **One task per device.** The scanner hands "seen" and "disconnected" events to each
 //! configured device's task over a small bounded channel (`try_send`: a full channel
 //! drops a redundant "seen"), so a device that hangs in a connect never stalls the
-//! others. A task keeps one btleplug `Peripheral` for its device for the whole run, and in
+//! others. A task keeps one btleplug `Peripheral` for its device for the whole scan, and in
 //! each session: opens the notification stream **before** `connect()` (BlueZ re-enables
 //! a client's notifications on reconnect, so a device may indicate its measurement before
 //! `subscribe()` returns), connects, discovers services, reads Device Information
@@ -23,6 +23,19 @@
 //! **Reconnect.** Health devices hang up after sending; the task then waits until the
 //! device advertises again. A failed connect (BlueZ replays remembered devices that are
 //! asleep) is retried with capped exponential [`Backoff`].
+//!
+//! **Bluetooth restarts and power cycles.** BlueZ drops this client's discovery and
+//! notification sessions (and its connections) when bluetoothd restarts or the adapter is
+//! powered off; btleplug's event stream then just goes quiet. The scanner ends its scan
+//! (and every device task) when the adapter reports `Powered` false (btleplug's
+//! `StateUpdate`) or when a small watch of its own on the system bus (`watch.rs`:
+//! `NameOwnerChanged` of `org.bluez`, InterfacesRemoved of the adapter) sees BlueZ go,
+//! with a warning naming the cause. It starts again, with new device tasks, as soon as
+//! BlueZ and the adapter are back (InterfacesAdded or `NameOwnerChanged` end the wait;
+//! only while they are missing does a bounded [`Backoff`] retry), with an info line
+//! `BLE scanning resumed`. After a power-off it waits for `Powered` true without
+//! touching the adapter: starting discovery would power it on again, against whoever
+//! switched it off. Nothing is polled: an idle driver sleeps on D-Bus signals.
 //!
 //! **Glucose meters** are asked through the Record Access Control Point for the records
 //! after the last sequence number fetched (`01 03 01 <seq+1>`, or `01 01` the first
@@ -36,18 +49,16 @@
 //! number of readings and rejected packets.
 
 mod device;
+mod scanner;
 pub mod sequence;
+mod watch;
 
-use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use btleplug::api::{Central, CentralEvent, Manager as _, Peripheral as _, ScanFilter};
-use btleplug::platform::{Adapter, Manager, Peripheral, PeripheralId};
-use futures::StreamExt;
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use btleplug::api::{Central, Manager as _, Peripheral as _, ScanFilter};
+use btleplug::platform::{Adapter, Manager, Peripheral};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -55,8 +66,9 @@ use crate::backoff::Backoff;
 use crate::driver::{Driver, DriverError, DriverFuture, ReadingSender};
 use crate::reading::DeviceIdentity;
 
-use device::DeviceTask;
+use scanner::{log_change, scan, wait_powered_on, Lost};
 pub use sequence::{SequenceError, SequenceStore};
+use watch::BluezWatch;
 
 /// The Bluetooth SIG base UUID's tail: `0000xxxx-0000-1000-8000-00805f9b34fb`.
 const BASE_TAIL: u128 = 0x0000_0000_0000_1000_8000_0080_5f9b_34fb;
@@ -190,11 +202,20 @@ async fn run(
     let mut backoff = Backoff::new(config.reconnect_initial, config.reconnect_max);
     // One D-Bus connection for the whole run (each Manager opens one).
     let mut manager: Option<Manager> = None;
+    let mut watch: Option<BluezWatch> = None;
+    // Why scanning last stopped, for the line that says it resumed.
+    let mut lost: Option<Lost> = None;
     loop {
         if manager.is_none() {
             match Manager::new().await {
                 Ok(m) => manager = Some(m),
                 Err(e) => tracing::warn!(error = %e, "cannot reach the system D-Bus"),
+            }
+        }
+        if watch.is_none() && manager.is_some() {
+            match BluezWatch::start().await {
+                Ok(w) => watch = Some(w),
+                Err(e) => tracing::warn!(error = %e, "bluetoothd restarts will not be noticed"),
             }
         }
         if let Some(m) = &manager {
@@ -203,14 +224,35 @@ async fn run(
                 a = find_adapter(m, config.adapter.as_deref()) => a,
             };
             match adapter {
-                Ok(adapter) => match scan(&config, &adapter, &tx, &cancel, &driver.sequences).await
-                {
-                    Ok(()) => return Ok(()),
-                    Err(e) if backoff.failures() == 0 => {
-                        tracing::warn!(error = %e, "BLE scanning failed; retrying");
+                Ok(adapter) => {
+                    // What happened while BlueZ was away, in order.
+                    if let Some(w) = &mut watch {
+                        w.drain().iter().for_each(log_change);
                     }
-                    Err(e) => tracing::debug!(error = %e, "BLE scanning failed again"),
-                },
+                    let sequences = &driver.sequences;
+                    match scan(
+                        &config, &adapter, &tx, &cancel, sequences, &mut watch, &mut lost,
+                    )
+                    .await
+                    {
+                        Ok(None) => return Ok(()),
+                        Ok(Some(why)) => {
+                            why.warn();
+                            backoff.succeed();
+                            lost = Some(why);
+                            if why == Lost::PoweredOff
+                                && !wait_powered_on(&adapter, &cancel, &mut watch).await
+                            {
+                                return Ok(());
+                            }
+                            continue;
+                        }
+                        Err(e) if backoff.failures() == 0 => {
+                            tracing::warn!(error = %e, "BLE scanning failed; retrying");
+                        }
+                        Err(e) => tracing::debug!(error = %e, "BLE scanning failed again"),
+                    }
+                }
                 Err(e) => {
                     if backoff.failures() == 0 {
                         tracing::warn!(error = %e, "no Bluetooth adapter (is bluetoothd running?); retrying");
@@ -220,10 +262,13 @@ async fn run(
                 }
             }
         }
+        // A bounded backoff while BlueZ or its adapter is missing; BlueZ coming back (or
+        // an adapter appearing) ends the wait at once.
         let delay = backoff.fail();
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
             () = tokio::time::sleep(delay) => {}
+            c = watch::next(&mut watch) => log_change(&c),
         }
     }
 }
@@ -268,104 +313,6 @@ pub async fn scan_nearby(
     }
     found.sort_by(|a, b| a.address.cmp(&b.address));
     Ok(found)
-}
-
-/// Scans until cancelled, running one task per configured device.
-async fn scan(
-    config: &BleConfig,
-    adapter: &Adapter,
-    tx: &ReadingSender,
-    cancel: &CancellationToken,
-    sequences: &Arc<Mutex<SequenceStore>>,
-) -> Result<(), btleplug::Error> {
-    let mut events = adapter.events().await?;
-    let mut services: Vec<Uuid> = Vec::new();
-    for d in &config.devices {
-        for s in &d.services {
-            if !services.contains(s) {
-                services.push(*s);
-            }
-        }
-    }
-    // A profile recognized by name alone needs an unfiltered scan.
-    if config.devices.iter().any(|d| d.services.is_empty()) {
-        services.clear();
-    }
-    adapter.start_scan(ScanFilter { services }).await?;
-    tracing::info!(devices = config.devices.len(), "BLE scanning");
-
-    let tasks_cancel = cancel.child_token();
-    let mut tasks = JoinSet::new();
-    let mut senders: HashMap<String, mpsc::Sender<DevEvent>> = HashMap::new();
-    for d in &config.devices {
-        let (etx, erx) = mpsc::channel(4);
-        senders.insert(d.address.clone(), etx);
-        let task = DeviceTask {
-            cfg: d.clone(),
-            tx: tx.clone(),
-            cancel: tasks_cancel.clone(),
-            events: erx,
-            backoff: Backoff::new(config.reconnect_initial, config.reconnect_max),
-            sequences: sequences.clone(),
-        };
-        tasks.spawn(task.run());
-    }
-    let mut known: HashMap<PeripheralId, String> = HashMap::new();
-    let mut ignored: HashSet<PeripheralId> = HashSet::new();
-    let result = loop {
-        let event = tokio::select! {
-            () = cancel.cancelled() => break Ok(()),
-            e = events.next() => e,
-        };
-        let Some(event) = event else {
-            break Err(btleplug::Error::Other(
-                "the adapter's event stream ended".into(),
-            ));
-        };
-        let id = match event {
-            CentralEvent::DeviceDiscovered(id)
-            | CentralEvent::DeviceUpdated(id)
-            | CentralEvent::ServicesAdvertisement { id, .. } => id,
-            CentralEvent::DeviceDisconnected(id) => {
-                if let Some(s) = known.get(&id).and_then(|a| senders.get(a)) {
-                    let _ = s.try_send(DevEvent::Disconnected);
-                }
-                continue;
-            }
-            _ => continue,
-        };
-        let Ok(p) = adapter.peripheral(&id).await else {
-            continue;
-        };
-        let Ok(Some(props)) = p.properties().await else {
-            continue;
-        };
-        let address = props.address.to_string().to_uppercase();
-        let Some(cfg) = config.devices.iter().find(|d| d.address == address) else {
-            if ignored.insert(id) {
-                tracing::debug!(device = %address, "ignoring a device outside the allow-list");
-            }
-            continue;
-        };
-        let name = props.local_name.as_deref();
-        if !cfg.profile_matches(name, &props.services) {
-            if ignored.insert(id) {
-                tracing::debug!(device = %address, profile = %cfg.identity.profile, "an allow-listed address does not advertise its profile's services or name; ignored");
-            }
-            continue;
-        }
-        ignored.remove(&id);
-        known.insert(id, address.clone());
-        if let Some(s) = senders.get(&address) {
-            let _ = s.try_send(DevEvent::Seen(Box::new(p)));
-        }
-    };
-    tasks_cancel.cancel();
-    while tasks.join_next().await.is_some() {}
-    if let Err(e) = adapter.stop_scan().await {
-        tracing::debug!(error = %e, "stopping discovery");
-    }
-    result
 }
 
 #[cfg(test)]

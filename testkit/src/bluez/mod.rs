@@ -15,13 +15,17 @@
 //! `UUIDs`, sets `ServicesResolved`, then returns; notification sessions survive
 //! disconnects; every `ReadValue` emits `PropertiesChanged(Value)`; errors carry BlueZ's
 //! names. A glucose meter answers the Record Access Control Point only once indications
-//! on 0x2A52 and notifications on 0x2A18 are enabled.
+//! on 0x2A52 and notifications on 0x2A18 are enabled. bluetoothd can be stopped and
+//! started again ([`SimBluez::stop_daemon`], [`SimBluez::start_daemon`]) and the adapter
+//! powered off and on ([`SimBluez::power`]); both drop every client's discovery and
+//! notification sessions (see `lifecycle.rs`).
 //!
 //! [`PrivateBus`] starts the `dbus-daemon`; [`SimBluez`] serves `org.bluez` on it and is
 //! driven by the test (advertise, queue a measurement, hang up).
 
 mod bus;
 mod events;
+mod lifecycle;
 mod objects;
 
 use std::collections::BTreeMap;
@@ -219,6 +223,10 @@ pub(crate) struct State {
     /// Each client's discovery filter (service UUIDs; empty: all).
     pub filters: BTreeMap<String, Vec<String>>,
     pub devices: BTreeMap<String, DevState>,
+    /// The adapter is powered off.
+    pub off: bool,
+    /// How many times a D-Bus client powered the adapter on while it was off.
+    pub client_power_ons: u32,
 }
 
 impl State {
@@ -239,7 +247,10 @@ pub(crate) fn lock(s: &Shared) -> MutexGuard<'_, State> {
 /// The simulated BlueZ: serves `org.bluez` on a bus until dropped.
 pub struct SimBluez {
     rt: tokio::runtime::Runtime,
-    conn: Connection,
+    /// The connection owning `org.bluez`; `None` while bluetoothd is stopped.
+    conn: Mutex<Option<Connection>>,
+    /// The bus address, to come back after a stop.
+    address: String,
     state: Shared,
 }
 
@@ -253,23 +264,18 @@ impl SimBluez {
             .build()
             .map_err(|e| SetupError(format!("runtime: {e}")))?;
         let state: Shared = Arc::default();
-        let conn = rt
-            .block_on(async {
-                let conn = zbus::connection::Builder::address(address)?
-                    .serve_at("/", zbus::fdo::ObjectManager)?
-                    .serve_at(
-                        ADAPTER_PATH,
-                        Adapter {
-                            state: state.clone(),
-                        },
-                    )?
-                    .name("org.bluez")?
-                    .build()
-                    .await?;
-                Ok::<_, zbus::Error>(conn)
-            })
-            .map_err(|e| SetupError(format!("simulated BlueZ: {e}")))?;
-        Ok(Self { rt, conn, state })
+        let conn = rt.block_on(serve(address, &state))?;
+        Ok(Self {
+            rt,
+            conn: Mutex::new(Some(conn)),
+            address: address.to_string(),
+            state,
+        })
+    }
+
+    /// The connection owning `org.bluez`, if bluetoothd runs.
+    fn conn(&self) -> Option<Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Adds a device (not advertising yet: call [`SimBluez::advertise`]).
@@ -297,7 +303,7 @@ impl SimBluez {
                 d.queued.push((uuid, bytes.to_vec()));
             }
         }
-        let conn = self.conn.clone();
+        let Some(conn) = self.conn() else { return };
         let state = self.state.clone();
         let address = address.to_string();
         self.rt
@@ -307,19 +313,17 @@ impl SimBluez {
     /// The device starts advertising: it appears to discovering clients (InterfacesAdded
     /// the first time, an RSSI change afterwards) and accepts connections.
     pub fn advertise(&self, address: &str) {
-        let conn = self.conn.clone();
-        let state = self.state.clone();
-        let address = address.to_string();
-        self.rt.block_on(async move {
-            {
-                let mut st = lock(&state);
-                if let Some(d) = st.devices.get_mut(&address) {
-                    d.advertising = true;
-                    d.rssi = if d.rssi == -60 { -61 } else { -60 };
-                }
+        {
+            let mut st = lock(&self.state);
+            if let Some(d) = st.devices.get_mut(address) {
+                d.advertising = true;
+                d.rssi = if d.rssi == -60 { -61 } else { -60 };
             }
-            events::report_advertising(&conn, &state).await;
-        });
+        }
+        let Some(conn) = self.conn() else { return };
+        let state = self.state.clone();
+        self.rt
+            .block_on(async move { events::report_advertising(&conn, &state).await });
     }
 
     /// Marks the device paired (the default) or not. BlueZ keeps paired devices; an
@@ -339,8 +343,8 @@ impl SimBluez {
             .devices
             .get(address)
             .is_some_and(|d| d.exported && !d.paired && !d.connected && !d.advertising);
-        if removable {
-            let server = self.conn.object_server().clone();
+        if let Some(conn) = self.conn().filter(|_| removable) {
+            let server = conn.object_server().clone();
             let state = self.state.clone();
             let address = address.to_string();
             self.rt
@@ -351,18 +355,14 @@ impl SimBluez {
 
     /// The device hangs up by itself and stops advertising.
     pub fn hang_up(&self, address: &str) {
-        let conn = self.conn.clone();
+        if let Some(d) = lock(&self.state).devices.get_mut(address) {
+            d.advertising = false;
+        }
+        let Some(conn) = self.conn() else { return };
         let state = self.state.clone();
         let address = address.to_string();
-        self.rt.block_on(async move {
-            {
-                let mut st = lock(&state);
-                if let Some(d) = st.devices.get_mut(&address) {
-                    d.advertising = false;
-                }
-            }
-            events::set_connected(&conn, &state, &address, false).await;
-        });
+        self.rt
+            .block_on(async move { events::set_connected(&conn, &state, &address, false).await });
     }
 
     /// Whether the device is connected now.
@@ -411,6 +411,27 @@ impl SimBluez {
     pub fn discovering(&self) -> bool {
         !lock(&self.state).discovering.is_empty()
     }
+}
+
+/// Connects to the bus at `address`, exports the object manager and the adapter, then
+/// takes the name `org.bluez` (as bluetoothd does when it starts).
+async fn serve(address: &str, state: &Shared) -> Result<Connection, SetupError> {
+    let build = async {
+        zbus::connection::Builder::address(address)?
+            .serve_at("/", zbus::fdo::ObjectManager)?
+            .serve_at(
+                ADAPTER_PATH,
+                Adapter {
+                    state: state.clone(),
+                },
+            )?
+            .name("org.bluez")?
+            .build()
+            .await
+    };
+    build
+        .await
+        .map_err(|e| SetupError(format!("simulated BlueZ: {e}")))
 }
 
 pub(crate) async fn export_device(server: &ObjectServer, state: &Shared, address: &str) {

@@ -26,6 +26,8 @@ pub enum BluezError {
     NotPermitted(String),
     /// `org.bluez.Error.DoesNotExist`.
     DoesNotExist(String),
+    /// `org.bluez.Error.NotReady` (the adapter is powered off).
+    NotReady(String),
 }
 
 type Result<T> = std::result::Result<T, BluezError>;
@@ -45,6 +47,9 @@ impl Adapter {
         let sender = hdr.sender().map(|s| s.to_string()).unwrap_or_default();
         {
             let mut st = lock(&self.state);
+            if st.off {
+                return Err(BluezError::NotReady("Resource Not Ready".into()));
+            }
             let filter = st.filters.get(&sender).cloned().unwrap_or_default();
             st.discovering.insert(sender, filter);
         }
@@ -125,11 +130,18 @@ impl Adapter {
     }
     #[zbus(property)]
     fn powered(&self) -> bool {
-        true
+        !lock(&self.state).off
     }
-    /// bluez-async powers the adapter on before discovery; it is always on here.
+    /// bluez-async powers the adapter on before each discovery: a client may power on an
+    /// adapter that is off (counted). Powering off goes through [`super::SimBluez::power`].
     #[zbus(property)]
-    fn set_powered(&mut self, _on: bool) {}
+    fn set_powered(&mut self, on: bool) {
+        let mut st = lock(&self.state);
+        if on && st.off {
+            st.off = false;
+            st.client_power_ons += 1;
+        }
+    }
     #[zbus(property)]
     fn discovering(&self) -> bool {
         !lock(&self.state).discovering.is_empty()
@@ -169,6 +181,9 @@ impl Device {
         #[zbus(connection)] conn: &Connection,
         #[zbus(object_server)] server: &ObjectServer,
     ) -> Result<()> {
+        if lock(&self.state).off {
+            return Err(BluezError::NotReady("Resource Not Ready".into()));
+        }
         if !self.get(|d| d.advertising, false) {
             return Err(BluezError::Failed(
                 "Software caused connection abort".into(),
