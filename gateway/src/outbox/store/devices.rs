@@ -6,12 +6,14 @@
 //! cache holds at most [`KNOWN_DEVICES`] ids, the least recently used forgotten.
 //!
 //! A Device row is needed while a row or a dead letter references it (ingest dead
-//! letters reference none). A transaction that deleted rows removes the Device rows no
-//! longer needed when it leaves `rows` empty, and otherwise at most once per
-//! [`PRUNE_INTERVAL`] (the statement reads `rows` once), then forgets the cache, so the
-//! next append of each device stores its resource again. Hence the `devices` table holds
-//! the Devices of queued rows and dead letters, plus those of at most
-//! [`PRUNE_INTERVAL`] of traffic, and none beyond that once the queue is empty.
+//! letters reference none). Once more than [`KEPT_DEVICES`] Device rows are stored, a
+//! transaction that deleted rows removes those no longer needed when it leaves `rows`
+//! empty, and otherwise at most once per [`PRUNE_INTERVAL`] (the statement reads `rows`
+//! once), then forgets the cache, so the next append of each device stores its resource
+//! again. Hence the `devices` table holds the Devices of queued rows and dead letters,
+//! plus at most [`KEPT_DEVICES`] others, or those of at most [`PRUNE_INTERVAL`] of
+//! traffic. A home kit's few devices stay stored: a reading a minute does not write and
+//! delete its Device each time (that cost two page writes per reading on the SD card).
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +25,10 @@ pub const KNOWN_DEVICES: usize = 4096;
 
 /// The longest time between two removals of unneeded Device rows while rows are queued.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How many Device rows may stay stored without a row or dead letter needing them: a
+/// home kit's devices, but not a flood of ever-new MQTT device ids.
+pub const KEPT_DEVICES: usize = 64;
 
 /// Device ids written by this process, and when unneeded ones were last removed.
 #[derive(Debug)]
@@ -58,10 +64,23 @@ impl KnownDevices {
 
 impl Store {
     /// Inside a transaction that deleted rows: removes the Device rows no row and no dead
-    /// letter references, when `rows` is empty or [`PRUNE_INTERVAL`] has passed since the
-    /// last removal. Returns how many were removed.
+    /// letter references, when more than [`KEPT_DEVICES`] are stored and `rows` is empty
+    /// or [`PRUNE_INTERVAL`] has passed since the last removal. Returns how many were
+    /// removed.
     pub fn prune_devices(&mut self) -> Result<usize, OutboxError> {
+        self.prune_devices_beyond(KEPT_DEVICES)
+    }
+
+    /// [`Store::prune_devices`] with `kept` in place of [`KEPT_DEVICES`].
+    fn prune_devices_beyond(&mut self, kept: usize) -> Result<usize, OutboxError> {
         let p = self.path.clone();
+        let stored: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM devices", [], |r| r.get(0))
+            .map_err(sql(&p))?;
+        if usize::try_from(stored).unwrap_or(usize::MAX) <= kept {
+            return Ok(0);
+        }
         let due = self
             .known_devices
             .pruned_at
@@ -133,6 +152,21 @@ mod tests {
     }
 
     #[test]
+    fn a_home_kits_few_devices_stay_stored_between_readings() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = Keyring::new(&[3; 32]);
+        let mut store = Store::open(&dir.path().join("o.db"), &ring, &["u".into()]).unwrap();
+        store.begin().unwrap();
+        let a = append(&mut store, &ring, "dev-a");
+        store.commit().unwrap();
+        store.begin().unwrap();
+        store.delivered("u", &[a]).unwrap();
+        assert_eq!(store.prune_devices().unwrap(), 0);
+        store.commit().unwrap();
+        assert_eq!(device_rows(&store), ["dev-a"]);
+    }
+
+    #[test]
     fn devices_no_row_or_dead_letter_needs_are_removed_and_stored_again_when_they_return() {
         let dir = tempfile::tempdir().unwrap();
         let ring = Keyring::new(&[3; 32]);
@@ -151,7 +185,7 @@ mod tests {
             .seal(b"rejected", &crate::outbox::reason_aad("u", b.0))
             .unwrap();
         store.dead_letter(&ring, "u", b.0, b.1, &reason).unwrap();
-        assert_eq!(store.prune_devices().unwrap(), 1);
+        assert_eq!(store.prune_devices_beyond(0).unwrap(), 1);
         store.commit().unwrap();
         assert_eq!(device_rows(&store), ["dev-b", "dev-c"]);
 
@@ -164,13 +198,13 @@ mod tests {
         // Delivered again while dev-c is queued, within the interval: kept for now.
         store.begin().unwrap();
         store.delivered("u", &[a2]).unwrap();
-        assert_eq!(store.prune_devices().unwrap(), 0);
+        assert_eq!(store.prune_devices_beyond(0).unwrap(), 0);
         store.commit().unwrap();
 
         // The queue empties: every Device but the dead letter's goes at once.
         store.begin().unwrap();
         store.delivered("u", &[c]).unwrap();
-        assert_eq!(store.prune_devices().unwrap(), 2);
+        assert_eq!(store.prune_devices_beyond(0).unwrap(), 2);
         store.commit().unwrap();
         assert_eq!(device_rows(&store), ["dev-b"]);
     }
