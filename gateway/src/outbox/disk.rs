@@ -244,6 +244,7 @@ impl Space {
     }
 }
 
-fn libc_len(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
+/// `n` as the platform's file offset type (32 bits on armv7), saturating.
+fn libc_len(n: u64) -> nix::libc::off_t {
+    nix::libc::off_t::try_from(n).unwrap_or(nix::libc::off_t::MAX)
 }
