@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -42,12 +41,22 @@ impl Drop for Tmpfs {
 
 /// Fills the file system of `dir` with one file until it refuses more; returns its path.
 fn fill(dir: &Path) -> PathBuf {
+    // One allocation of what is free now, not a loop of writes until ENOSPC: a loop
+    // would also take the reserve the gateway releases once it sees the disk full, which
+    // is not what a full disk does to a kit (the reserve is the gateway's own room).
     let path = dir.join("filler");
-    let mut f = std::fs::File::create(&path).unwrap();
-    let chunk = vec![0xa5u8; 16 * 1024];
-    while f.write_all(&chunk).is_ok() {}
-    // The last pages, smaller than a chunk.
-    while f.write_all(&chunk[..512]).is_ok() {}
+    let f = std::fs::File::create(&path).unwrap();
+    let st = nix::sys::statvfs::statvfs(dir).unwrap();
+    let free = st.blocks_available() * st.fragment_size();
+    let mut len = free;
+    while nix::fcntl::posix_fallocate(&f, 0, len as nix::libc::off_t).is_err() {
+        assert!(
+            len > 1 << 20,
+            "cannot allocate the free space of {}",
+            dir.display()
+        );
+        len -= 64 * 1024;
+    }
     let _ = f.sync_all();
     path
 }
