@@ -308,6 +308,7 @@ async fn run(n: usize, dir: &Path) {
         ca_file: None,
         client_identity: None,
         insecure: false,
+        allow_insecure: false,
     })
     .unwrap();
     let gateway =

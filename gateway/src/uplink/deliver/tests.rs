@@ -426,6 +426,7 @@ async fn the_same_observation_stored_twice_is_sent_once_and_both_rows_leave_the_
         ca_file: None,
         client_identity: None,
         insecure: false,
+        allow_insecure: false,
     })
     .unwrap();
     let cancel = CancellationToken::new();
