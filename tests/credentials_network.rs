@@ -269,3 +269,45 @@ fn a_redirect_is_not_followed_and_the_rows_stay_queued() {
         assert_eq!(queued(&kit), 3);
     }
 }
+
+#[test]
+fn plain_mqtt_ingest_with_credentials_beyond_loopback_is_refused_unless_allowed() {
+    let mut kit = Kit::new();
+    let credentials = kit.path("mqtt.credentials");
+    write_private(&credentials, "kit-store-1\nnever-in-clear\n");
+    let mqtt = |extra: &str| {
+        format!(
+            "\n[mqtt]\nenabled = true\nhost = \"broker.iomt.invalid\"\nprofiles = [\"mqtt-generic-json-vitals\"]\n{extra}\n"
+        )
+    };
+    let with_credentials = format!("credentials_file = \"{}\"", credentials.display());
+    let config = kit.config_with(0.01, &["sim-scale"], 1, &mqtt(&with_credentials));
+    refused_at_start(
+        &mut kit,
+        &config,
+        &[
+            "mqtt.credentials_file",
+            "plain MQTT",
+            "mqtt.tls = true",
+            "mqtt.allow_insecure",
+        ],
+    );
+
+    // The explicit allow_insecure, TLS, or no credentials are accepted.
+    kit.config_with(
+        0.01,
+        &["sim-scale"],
+        1,
+        &mqtt(&format!("{with_credentials}\nallow_insecure = true")),
+    );
+    accepted(&kit);
+    kit.config_with(
+        0.01,
+        &["sim-scale"],
+        1,
+        &mqtt(&format!("{with_credentials}\ntls = true")),
+    );
+    accepted(&kit);
+    kit.config_with(0.01, &["sim-scale"], 1, &mqtt(""));
+    accepted(&kit);
+}
