@@ -126,6 +126,7 @@ pub use error::OutboxError;
 pub use ingest::{read_ingest_dead_letters, IngestDeadLetter};
 pub use payload::{device_aad, pack, reason_aad, row_aad, unpack};
 pub use writer::DELETE_DELAY;
+pub use store::accept_pseudonym_key;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -174,6 +175,10 @@ pub struct OutboxSettings {
     pub quiet_commit_window: Duration,
     /// Most rows in one transaction.
     pub max_batch_rows: usize,
+    /// The fingerprint of the pseudonymization key
+    /// ([`crate::pseudonym::Pseudonymizer::fingerprint`]): recorded at the first open,
+    /// and a different one refused later (`store/pseudonym_key.rs`). `None`: not checked.
+    pub pseudonym_key: Option<String>,
 }
 
 /// Observations of one reading to store, with the Device resource they reference.
@@ -260,9 +265,13 @@ impl Outbox {
         let path = settings.path.clone();
         let ring = keyring.clone();
         let max_bytes = settings.max_bytes;
+        let pseudonym_key = settings.pseudonym_key.clone();
         let (store, space) = tokio::task::spawn_blocking(move || {
             let mut space = disk::Space::open(&path);
-            let store = Store::open(&path, &ring, &uplinks)?;
+            let mut store = Store::open(&path, &ring, &uplinks)?;
+            if let Some(fingerprint) = &pseudonym_key {
+                store.check_pseudonym_key(fingerprint)?;
+            }
             space.ensure_reserve();
             disk::check_cap(&path, max_bytes);
             Ok::<_, OutboxError>((store, space))
