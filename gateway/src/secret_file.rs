@@ -7,7 +7,8 @@
 //! A secret file is opened once, without blocking (a FIFO would block an `open` for ever)
 //! and without becoming a controlling terminal; the checks then look at the open file, not
 //! at the path again, so nothing can be swapped in between: a regular file (not a FIFO, a
-//! device, a directory), owned by the service user or root, readable by its owner only,
+//! device, a directory), owned by the service user or root (when root runs a command, a
+//! system account's too, never a login user's), readable by its owner only,
 //! and exactly as long as expected (a key) or at most [`MAX_SECRET_BYTES`] (a PEM file, a
 //! token). The bytes are read from that same handle, at most the size checked. Reading
 //! follows a symbolic link (systemd credentials and provisioning tools use them); writing
@@ -56,7 +57,7 @@ pub enum KeyError {
         kind: &'static str,
     },
     /// Another user owns the file.
-    #[error("secret file {path} is owned by uid {owner}, not by the service user (uid {user}) or root; run `chown {user} {path}`")]
+    #[error("secret file {path} is owned by uid {owner}, not by the user the gateway runs as (uid {user}) or root; give it to the service user (`chown iomt-gateway: {path}`, or the uid the gateway runs as)")]
     Owner {
         /// The secret file.
         path: String,
@@ -123,6 +124,17 @@ fn kind_of(ft: std::fs::FileType) -> &'static str {
     }
 }
 
+/// The first uid of a login user (Debian's `SYS_UID_MAX` is 999): below it, system
+/// accounts such as the service user.
+const FIRST_LOGIN_UID: u32 = 1000;
+
+/// Whether a secret file owned by `owner` may be read by `user`: its own files and
+/// root's; root (an administrator's `sudo iomt-gateway keygen --rotate`) also reads a
+/// system account's, such as the service user's, never a login user's.
+fn owner_trusted(owner: u32, user: u32) -> bool {
+    owner == user || owner == 0 || (user == 0 && owner < FIRST_LOGIN_UID)
+}
+
 /// Checks an open secret file: regular, owned by the service user or root, private, of
 /// the expected size. Returns its size.
 fn check_open(f: &File, path: &Path, size: Size) -> Result<u64, KeyError> {
@@ -138,7 +150,7 @@ fn check_open(f: &File, path: &Path, size: Size) -> Result<u64, KeyError> {
         });
     }
     let user = nix::unistd::geteuid().as_raw();
-    if meta.uid() != user && meta.uid() != 0 {
+    if !owner_trusted(meta.uid(), user) {
         return Err(KeyError::Owner {
             path: shown(),
             owner: meta.uid(),
@@ -370,6 +382,9 @@ mod tests {
             Err(KeyError::Owner { owner: 65534, .. })
         ));
         nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(0)), None).unwrap();
+        assert!(owner_trusted(0, 0) && owner_trusted(999, 999) && owner_trusted(0, 999));
+        assert!(owner_trusted(998, 0), "root reads the service user's keys");
+        assert!(!owner_trusted(1000, 0) && !owner_trusted(998, 999));
         std::fs::write(&path, [1u8; KEY_LEN + 1]).unwrap();
         assert!(matches!(
             read_key_file(&path),
