@@ -76,9 +76,11 @@ fn refused(mut command: Command, what: &str) -> String {
         .spawn()
         .unwrap();
     let _guard = common::DaemonGuard(child.id());
-    wait_until(Duration::from_secs(30), &format!("the gateway to refuse {what}"), || {
-        child.try_wait().unwrap().is_some()
-    });
+    wait_until(
+        Duration::from_secs(30),
+        &format!("the gateway to refuse {what}"),
+        || child.try_wait().unwrap().is_some(),
+    );
     let output = child.wait_with_output().unwrap();
     let (_, stderr) = texts(&output);
     assert!(!output.status.success(), "{what} accepted:\n{stderr}");
@@ -118,14 +120,20 @@ fn configuration_errors_name_key_and_line_but_never_the_patient_id() {
     for (text, named) in cases {
         std::fs::write(&config, &text).unwrap();
         let stderr = fails(&mut run_config(&config));
-        assert!(!stderr.contains("MRN-SECRET"), "the value was shown:\n{stderr}");
+        assert!(
+            !stderr.contains("MRN-SECRET"),
+            "the value was shown:\n{stderr}"
+        );
         assert!(stderr.contains(&named), "`{named}` not named:\n{stderr}");
         assert!(stderr.contains("line "), "no line:\n{stderr}");
     }
     // A mistyped value from the environment: the key, never the value.
     std::fs::write(&config, &good).unwrap();
     let stderr = fails(run_config(&config).env("IOMT_GATEWAY__PATIENT", PATIENT));
-    assert!(!stderr.contains("MRN-SECRET"), "the value was shown:\n{stderr}");
+    assert!(
+        !stderr.contains("MRN-SECRET"),
+        "the value was shown:\n{stderr}"
+    );
     assert!(stderr.contains("patient"), "{stderr}");
 }
 

@@ -229,8 +229,7 @@ pub async fn run_with_hooks(
         pseudonym_key: Some(pseudonymizer.fingerprint()),
         ..config.outbox.clone()
     };
-    let (outbox, writer) =
-        Outbox::open(outbox_settings, keyring, config.uplink_names()).await?;
+    let (outbox, writer) = Outbox::open(outbox_settings, keyring, config.uplink_names()).await?;
     let dead_letter_task =
         rejects.map(|(rx, limit)| tokio::spawn(keep_dead_letters(rx, outbox.clone(), limit)));
     let gateway_device: crate::fhir::Device = normalize::gateway_resource(&gateway_pseudonym);

@@ -83,7 +83,10 @@ mod tests {
         assert_ne!(p, b.pseudonym(Domain::Patient, "MRN-0042"));
         assert_ne!(p, a.pseudonym(Domain::Device, "MRN-0042"));
         assert!(!p.contains("0042"));
-        assert_eq!(a.fingerprint(), Pseudonymizer::new(&[1; KEY_LEN]).fingerprint());
+        assert_eq!(
+            a.fingerprint(),
+            Pseudonymizer::new(&[1; KEY_LEN]).fingerprint()
+        );
         assert_ne!(a.fingerprint(), b.fingerprint());
     }
 }

@@ -362,7 +362,13 @@ mod tests {
             "{result:?}"
         );
         let zero = dir.path().join("zero");
-        mknod(&zero, SFlag::S_IFCHR, Mode::from_bits_truncate(0o600), makedev(1, 5)).unwrap();
+        mknod(
+            &zero,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o600),
+            makedev(1, 5),
+        )
+        .unwrap();
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&zero, &link).unwrap();
         for path in [&zero, &link] {
@@ -426,7 +432,10 @@ mod tests {
         std::fs::set_permissions(retired_path(&key), std::fs::Permissions::from_mode(0o600))
             .unwrap();
         rotate_key_file(&key, &[2; KEY_LEN]).unwrap();
-        assert_eq!(read_key_list(&retired_path(&key)).unwrap(), [[9; KEY_LEN], [1; KEY_LEN]]);
+        assert_eq!(
+            read_key_list(&retired_path(&key)).unwrap(),
+            [[9; KEY_LEN], [1; KEY_LEN]]
+        );
         assert_eq!(read_key_file(&key).unwrap(), [2; KEY_LEN]);
     }
 }

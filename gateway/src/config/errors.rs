@@ -14,7 +14,13 @@ pub(super) fn syntax_problem(text: &str) -> Option<String> {
     let e = DeTable::parse(text).err()?;
     let at = e
         .span()
-        .map(|s| format!("line {}, column {}: ", line_of(text, s.start), column_of(text, s.start)))
+        .map(|s| {
+            format!(
+                "line {}, column {}: ",
+                line_of(text, s.start),
+                column_of(text, s.start)
+            )
+        })
         .unwrap_or_default();
     // The message alone: the error's display quotes the offending line.
     let message = e.message().trim().replace('\n', "; ");
@@ -124,7 +130,11 @@ fn key_span(text: &str, key: &str) -> Option<Range<usize>> {
 /// The 1-based line of a byte offset.
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// The 1-based column (in characters) of a byte offset.

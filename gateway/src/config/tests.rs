@@ -190,10 +190,18 @@ fn environment_variables_override_the_file() {
 fn a_mistyped_patient_id_is_reported_by_key_and_line_never_by_value() {
     for (text, needle) in [
         (MINIMAL.replace("\"MRN-1\"", "\"MRN-1"), "line "),
-        (MINIMAL.replace("\"MRN-1\"", "[\"MRN-1\"]"), "patient.id (line "),
-        (MINIMAL.replace("\"MRN-1\"", "{ mrn = \"MRN-1\" }"), "patient.id (line "),
+        (
+            MINIMAL.replace("\"MRN-1\"", "[\"MRN-1\"]"),
+            "patient.id (line ",
+        ),
+        (
+            MINIMAL.replace("\"MRN-1\"", "{ mrn = \"MRN-1\" }"),
+            "patient.id (line ",
+        ),
     ] {
-        let err = Config::from_toml_str(&text, "test").unwrap_err().to_string();
+        let err = Config::from_toml_str(&text, "test")
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("MRN-1"), "{err}");
         assert!(err.contains(needle), "{err}");
     }

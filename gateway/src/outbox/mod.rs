@@ -148,8 +148,8 @@ mod writer;
 pub use error::OutboxError;
 pub use ingest::{read_ingest_dead_letters, IngestDeadLetter};
 pub use payload::{device_aad, pack, reason_aad, row_aad, unpack};
-pub use writer::DELETE_DELAY;
 pub use store::accept_pseudonym_key;
+pub use writer::DELETE_DELAY;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
