@@ -185,6 +185,7 @@ async fn run(n: usize, in_flight: usize, dir: &Path) {
             commit_window: Duration::from_millis(20),
             quiet_commit_window: Duration::from_millis(20),
             max_batch_rows: 1000,
+            pseudonym_key: None,
         },
         keyring,
         vec!["fhir".into()],

@@ -56,6 +56,7 @@ fn settings(path: PathBuf) -> OutboxSettings {
         commit_window: Duration::from_millis(20),
         quiet_commit_window: Duration::from_millis(20),
         max_batch_rows: 1000,
+        pseudonym_key: None,
     }
 }
 

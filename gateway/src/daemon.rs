@@ -223,8 +223,13 @@ pub async fn run_with_hooks(
         uplinks.push((u.build(&gateway_pseudonym)?, u.clone()));
     }
 
-    let (outbox, writer) =
-        Outbox::open(config.outbox.clone(), keyring, config.uplink_names()).await?;
+    // A swapped pseudonymization key would silently change every pseudonym: the outbox
+    // records the key's fingerprint and refuses another.
+    let outbox_settings = crate::outbox::OutboxSettings {
+        pseudonym_key: Some(pseudonymizer.fingerprint()),
+        ..config.outbox.clone()
+    };
+    let (outbox, writer) = Outbox::open(outbox_settings, keyring, config.uplink_names()).await?;
     let dead_letter_task =
         rejects.map(|(rx, limit)| tokio::spawn(keep_dead_letters(rx, outbox.clone(), limit)));
     let gateway_device: crate::fhir::Device = normalize::gateway_resource(&gateway_pseudonym);
@@ -405,6 +410,7 @@ mod tests {
                 commit_window: Duration::from_millis(1),
                 quiet_commit_window: Duration::from_millis(1),
                 max_batch_rows: 16,
+                pseudonym_key: None,
             },
             Arc::new(Keyring::new(&[7; 32])),
             vec!["fhir".into()],

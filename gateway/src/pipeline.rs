@@ -261,6 +261,7 @@ mod tests {
             commit_window: Duration::from_millis(1),
             quiet_commit_window: Duration::from_millis(1),
             max_batch_rows: 100,
+            pseudonym_key: None,
         };
         let keyring = Arc::new(Keyring::new(&[7; 32]));
         let (outbox, writer) = Outbox::open(settings, keyring, vec!["fhir".into()])

@@ -105,6 +105,7 @@ async fn an_idle_gateway_runs_no_outbox_transaction_and_no_fetch_for_ten_minutes
         commit_window: Duration::from_millis(20),
         quiet_commit_window: Duration::from_millis(20),
         max_batch_rows: 1000,
+        pseudonym_key: None,
     };
     let keyring = Arc::new(Keyring::new(&[7; 32]));
     let (outbox, writer) = Outbox::open(settings, keyring, vec!["fhir".into()])

@@ -143,6 +143,7 @@ impl Bed {
             commit_window: Duration::from_millis(1),
             quiet_commit_window: Duration::from_millis(1),
             max_batch_rows: 100,
+            pseudonym_key: None,
         };
         let ring = Arc::new(Keyring::new(&KEY));
         let (outbox, writer) = Outbox::open(settings, ring, vec![UPLINK.into()])
