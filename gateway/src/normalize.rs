@@ -50,8 +50,8 @@ mod time;
 
 use device::uuid_text;
 pub use device::{
-    device_resource, device_resource_id, gateway_resource, DEVICE_PSEUDONYM_SYSTEM,
-    GATEWAY_PSEUDONYM_SYSTEM, PATIENT_PSEUDONYM_SYSTEM,
+    device_resource, device_resource_id, gateway_resource, set_clock_synchronized,
+    DEVICE_PSEUDONYM_SYSTEM, GATEWAY_PSEUDONYM_SYSTEM, PATIENT_PSEUDONYM_SYSTEM,
 };
 use time::effective_time;
 pub use time::{fhir_instant, resolve_local, TimeSource, Zone, MAX_FUTURE};

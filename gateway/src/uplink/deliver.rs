@@ -29,6 +29,7 @@
 //! service manager's stop timeout (systemd's, 5 s and more) is met without breaking
 //! *delete after delivery*.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -38,7 +39,9 @@ use super::{bundle, DeliveryError, Uplink};
 use iomt_drivers::backoff::Backoff;
 use serde_json::value::RawValue;
 
+use crate::clock::{hold, Clock, ClockSettings, ClockSource, Release};
 use crate::fhir::Device;
+use crate::normalize::set_clock_synchronized;
 use crate::outbox::{Fetched, Outbox, PendingRow};
 
 pub mod plan;
@@ -60,6 +63,10 @@ pub struct DeliverySettings {
     /// pass together. Past it, a request still waiting for the server is abandoned (its
     /// rows stay queued); an acknowledged Bundle is still marked delivered.
     pub drain_deadline: Duration,
+    /// The gateway's clock: rows received while it was not synchronized are held back,
+    /// corrected or marked (`clock::hold`), and its transitions wake the loop. `None`:
+    /// the clock is assumed synchronized.
+    pub clock: Option<Arc<Clock>>,
 }
 
 /// Counters of one uplink's loop.
@@ -78,7 +85,9 @@ pub struct DeliveryStats {
 struct Loop<'a> {
     outbox: &'a Outbox,
     uplink: &'a mut dyn Uplink,
-    gateway: &'a (String, Box<RawValue>),
+    /// The gateway's Device, as reported with the clock synchronized and not.
+    gateway: &'a [(String, Box<RawValue>); 2],
+    clock: &'a Clock,
     stats: DeliveryStats,
     /// Fires when the shutdown deadline has passed: requests still waiting are abandoned.
     abandon: CancellationToken,
@@ -97,11 +106,13 @@ impl Loop<'_> {
     /// opened to the dead letters, the rest sent, split and sent again until each row is
     /// delivered or dead-lettered. A transient failure ends the pass (`Err`).
     async fn pass(&mut self, batch: usize) -> Result<Pass, DeliveryError> {
-        let fetched = self
+        let mut fetched = self
             .outbox
             .fetch(self.uplink.name(), batch)
             .await
             .map_err(outbox_failed)?;
+        let fetched_rows = fetched.rows.len();
+        let held_back = self.release_held(&mut fetched.rows);
         if fetched.rows.is_empty() {
             return Ok(Pass::Idle);
         }
@@ -153,9 +164,65 @@ impl Loop<'_> {
                 Step::Retry(e) => return Err(e),
             }
         }
+        // Rows held for the clock wait for its next change, not for another fetch.
         Ok(Pass::Progress {
-            drained: fetched.rows.len() < batch,
+            drained: held_back > 0 || fetched_rows < batch,
         })
+    }
+
+    /// Rows received while the clock was not synchronized: held back (removed from
+    /// `rows`; returns how many), corrected, or marked uncertain, as `clock::hold` decides.
+    fn release_held(&mut self, rows: &mut Vec<PendingRow>) -> usize {
+        if !rows
+            .iter()
+            .any(|r| matches!(&r.observation, Ok(o) if o.hold.is_some()))
+        {
+            return 0;
+        }
+        let now = self.clock.now();
+        let wait_ms = i64::try_from(self.clock.wait().as_millis()).unwrap_or(i64::MAX);
+        let (mut held, mut corrected, mut uncertain) = (0usize, 0usize, 0usize);
+        rows.retain_mut(|r| {
+            let seq = r.seq;
+            let Ok(o) = &mut r.observation else {
+                return true;
+            };
+            let Some(h) = o.hold.take() else {
+                return true;
+            };
+            let release = hold::decide(&h, &now, wait_ms);
+            if release == Release::Hold {
+                held += 1;
+                return false;
+            }
+            match hold::release(&o.json, release) {
+                Ok(json) => {
+                    o.json = json;
+                    if release == Release::Uncertain {
+                        uncertain += 1;
+                    } else {
+                        corrected += 1;
+                    }
+                }
+                Err(e) => r.observation = Err(format!("row {seq} cannot be released: {e}")),
+            }
+            true
+        });
+        let uplink = self.uplink.name();
+        if corrected > 0 {
+            tracing::info!(uplink, corrected, "readings received while the clock was not synchronized go out with their receipt time corrected");
+        }
+        if uncertain > 0 {
+            tracing::warn!(uplink, uncertain, "readings received while the clock was not synchronized go out marked uncertain (the wait is over, or they come from an earlier boot)");
+        }
+        if held > 0 {
+            tracing::debug!(
+                uplink,
+                held,
+                "readings held back until the clock is synchronized"
+            );
+        }
+        held
     }
 
     fn log_rejected(&self, batch: usize, named: usize) {
@@ -191,11 +258,8 @@ impl Loop<'_> {
                 })
             })
             .collect();
-        let built = bundle::build(
-            (self.gateway.0.as_str(), &self.gateway.1),
-            &fetched.devices,
-            &items,
-        );
+        let gateway = &self.gateway[usize::from(!self.clock.synchronized())];
+        let built = bundle::build((gateway.0.as_str(), &gateway.1), &fetched.devices, &items);
         // Only the wait for the server is abandoned at the shutdown deadline; once it has
         // answered, what follows (marking rows delivered) always runs to the end.
         let answer = tokio::select! {
@@ -226,13 +290,25 @@ pub async fn run(
     gateway: Device,
     cancel: CancellationToken,
 ) -> DeliveryStats {
-    let gateway: (String, Box<RawValue>) = match serde_json::value::to_raw_value(&gateway) {
-        Ok(raw) => (gateway.id.clone(), raw),
-        Err(e) => {
+    let raw = |synchronized: bool| {
+        let mut device = gateway.clone();
+        set_clock_synchronized(&mut device, synchronized);
+        serde_json::value::to_raw_value(&device).map(|raw| (device.id.clone(), raw))
+    };
+    let gateway: [(String, Box<RawValue>); 2] = match (raw(true), raw(false)) {
+        (Ok(synced), Ok(unsynced)) => [synced, unsynced],
+        (Err(e), _) | (_, Err(e)) => {
             tracing::error!(error = %e, "the gateway's Device resource cannot be serialized; uplink not started");
             return DeliveryStats::default();
         }
     };
+    let clock = settings.clock.clone().unwrap_or_else(|| {
+        Clock::new(ClockSettings {
+            source: ClockSource::AssumeSynchronized,
+            ..ClockSettings::default()
+        })
+    });
+    let mut clock_changes = clock.subscribe();
     let mut committed = outbox.committed();
     let mut backoff = Backoff::new(settings.backoff_base, settings.backoff_max);
     let name = uplink.name().to_string();
@@ -251,12 +327,14 @@ pub async fn run(
         outbox: &outbox,
         uplink: uplink.as_mut(),
         gateway: &gateway,
+        clock: &clock,
         stats: DeliveryStats::default(),
         abandon: abandon.clone(),
     };
     let batch = settings.batch_size.max(1);
     while !cancel.is_cancelled() {
         committed.borrow_and_update();
+        clock_changes.borrow_and_update();
         // A pass is never abandoned half-way: a Bundle the server acknowledged must be
         // marked delivered. Each request is bounded by the uplink's timeout.
         let outcome = l.pass(batch).await;
@@ -274,6 +352,7 @@ pub async fn run(
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = committed.changed() => {}
+                    _ = clock_changes.changed() => {}
                 }
             }
             Next::RetryIn(delay) => {

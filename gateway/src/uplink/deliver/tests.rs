@@ -193,6 +193,7 @@ impl Bed {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             drain_deadline: Duration::from_secs(2),
+            clock: None,
         };
         let uplink = Box::new(Scripted {
             answer,
@@ -437,6 +438,7 @@ async fn the_same_observation_stored_twice_is_sent_once_and_both_rows_leave_the_
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_millis(200),
             drain_deadline: Duration::from_secs(5),
+            clock: None,
         },
         crate::normalize::gateway_resource("gateway-pseudonym"),
         cancel.clone(),
