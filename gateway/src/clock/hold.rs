@@ -83,42 +83,108 @@ pub fn decide(hold: &TimeHold, now: &ClockNow, wait_ms: i64) -> Release {
 /// receipt time) set to the corrected receipt time; for [`Release::Uncertain`], the
 /// times kept and the Observation marked (a `meta.tag` a backend can search for and a
 /// `note` a clinician reads). `Release::Hold` returns it unchanged but for the member.
+/// The members keep their order (`resourceType` first).
 pub fn release(json: &RawValue, release: Release) -> Result<Box<RawValue>, String> {
-    let mut obs: serde_json::Map<String, Value> =
-        serde_json::from_str(json.get()).map_err(|e| format!("stored JSON is invalid: {e}"))?;
-    obs.remove(HOLD_MEMBER);
+    let invalid = |e: serde_json::Error| format!("stored JSON is invalid: {e}");
+    let Ordered(mut members) = serde_json::from_str(json.get()).map_err(invalid)?;
+    members.retain(|(k, _)| k != HOLD_MEMBER);
+    let raw = |v: &Value| serde_json::value::to_raw_value(v).map_err(|e| e.to_string());
     match release {
         Release::Hold => {}
         Release::Correct { receipt_ms } => {
             let receipt = DateTime::<Utc>::from_timestamp_millis(receipt_ms)
                 .ok_or_else(|| format!("corrected receipt time {receipt_ms} ms is out of range"))?;
-            let text = Value::String(fhir_instant(receipt));
-            let issued = obs.insert("issued".into(), text.clone());
-            if issued.is_some() && obs.get("effectiveDateTime") == issued.as_ref() {
-                obs.insert("effectiveDateTime".into(), text);
+            let text = raw(&Value::String(fhir_instant(receipt)))?;
+            let issued = members
+                .iter()
+                .find(|(k, _)| k == "issued")
+                .map(|(_, v)| v.get().to_string());
+            for (k, v) in members.iter_mut() {
+                let from_receipt = k == "effectiveDateTime" && Some(v.get()) == issued.as_deref();
+                if k == "issued" || from_receipt {
+                    *v = text.clone();
+                }
             }
         }
         Release::Uncertain => {
-            let meta = obs.entry("meta").or_insert_with(|| json!({}));
-            if let Some(meta) = meta.as_object_mut() {
-                let tags = meta.entry("tag").or_insert_with(|| json!([]));
-                if let Some(tags) = tags.as_array_mut() {
-                    tags.push(json!({
-                        "system": TIME_QUALITY_SYSTEM,
-                        "code": UNSYNCHRONIZED_CODE,
-                        "display": "Time uncertain: the gateway's clock was not synchronized"
-                    }));
+            let tag = json!({
+                "system": TIME_QUALITY_SYSTEM,
+                "code": UNSYNCHRONIZED_CODE,
+                "display": "Time uncertain: the gateway's clock was not synchronized"
+            });
+            let note = json!({
+                "text": "Time uncertain: the gateway's clock was not synchronized when this reading was received and could not be corrected afterwards; effectiveDateTime and issued may be wrong."
+            });
+            match members.iter_mut().find(|(k, _)| k == "meta") {
+                Some((_, meta)) => {
+                    let mut m: Value = serde_json::from_str(meta.get()).map_err(invalid)?;
+                    if let Some(tags) = m
+                        .as_object_mut()
+                        .map(|m| m.entry("tag").or_insert_with(|| json!([])))
+                        .and_then(Value::as_array_mut)
+                    {
+                        tags.push(tag);
+                    }
+                    *meta = raw(&m)?;
+                }
+                None => {
+                    let at = members
+                        .iter()
+                        .position(|(k, _)| k == "id")
+                        .map_or(0, |i| i + 1);
+                    members.insert(at, ("meta".into(), raw(&json!({ "tag": [tag] }))?));
                 }
             }
-            let notes = obs.entry("note").or_insert_with(|| json!([]));
-            if let Some(notes) = notes.as_array_mut() {
-                notes.push(json!({
-                    "text": "Time uncertain: the gateway's clock was not synchronized when this reading was received and could not be corrected afterwards; effectiveDateTime and issued may be wrong."
-                }));
+            match members.iter_mut().find(|(k, _)| k == "note") {
+                Some((_, notes)) => {
+                    let mut n: Value = serde_json::from_str(notes.get()).map_err(invalid)?;
+                    if let Some(n) = n.as_array_mut() {
+                        n.push(note);
+                    }
+                    *notes = raw(&n)?;
+                }
+                None => members.push(("note".into(), raw(&json!([note]))?)),
             }
         }
     }
-    serde_json::value::to_raw_value(&obs).map_err(|e| e.to_string())
+    let mut out = String::with_capacity(json.get().len() + 512);
+    out.push('{');
+    for (i, (k, v)) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(k).map_err(|e| e.to_string())?);
+        out.push(':');
+        out.push_str(v.get());
+    }
+    out.push('}');
+    RawValue::from_string(out).map_err(|e| e.to_string())
+}
+
+/// A JSON object's members in their order, each value kept as written.
+struct Ordered(Vec<(String, Box<RawValue>)>);
+
+impl<'de> Deserialize<'de> for Ordered {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Ordered;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Ordered, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, Box<RawValue>>()? {
+                    members.push(member);
+                }
+                Ok(Ordered(members))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
 }
 
 #[cfg(test)]
@@ -177,13 +243,11 @@ mod tests {
     }
 
     fn stored(effective: &str) -> Box<RawValue> {
-        serde_json::value::to_raw_value(&json!({
-            "resourceType": "Observation",
-            "id": "x",
-            "effectiveDateTime": effective,
-            "issued": "1970-01-01T00:00:01Z",
-            HOLD_MEMBER: hold(),
-        }))
+        // As the pipeline stores it: the Observation's members in order, the hold last.
+        RawValue::from_string(format!(
+            r#"{{"resourceType":"Observation","id":"x","effectiveDateTime":"{effective}","issued":"1970-01-01T00:00:01Z","{HOLD_MEMBER}":{}}}"#,
+            serde_json::to_string(&hold()).unwrap()
+        ))
         .unwrap()
     }
 
@@ -210,6 +274,9 @@ mod tests {
         let v: Value = serde_json::from_str(out.get()).unwrap();
         assert_eq!(v["effectiveDateTime"], device);
         let out = release(&stored(device), Release::Uncertain).unwrap();
+        assert!(out
+            .get()
+            .starts_with(r#"{"resourceType":"Observation","id":"x","meta""#));
         let v: Value = serde_json::from_str(out.get()).unwrap();
         assert_eq!(v["meta"]["tag"][0]["code"], UNSYNCHRONIZED_CODE);
         assert!(v["note"][0]["text"].as_str().unwrap().contains("uncertain"));
