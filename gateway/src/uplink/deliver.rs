@@ -88,6 +88,10 @@ struct Loop<'a> {
     /// The gateway's Device, as reported with the clock synchronized and not.
     gateway: &'a [(String, Box<RawValue>); 2],
     clock: &'a Clock,
+    /// When the last pass held rows back for the clock: how long until the first of them
+    /// has waited `[clock] unsynchronized_wait_secs`. Until then only the clock's next
+    /// change can free them (every row committed meanwhile is held too).
+    held_back: Option<Duration>,
     stats: DeliveryStats,
     /// Fires when the shutdown deadline has passed: requests still waiting are abandoned.
     abandon: CancellationToken,
@@ -166,22 +170,25 @@ impl Loop<'_> {
         }
         // Rows held for the clock wait for its next change, not for another fetch.
         Ok(Pass::Progress {
-            drained: held_back > 0 || fetched_rows < batch,
+            drained: held_back || fetched_rows < batch,
         })
     }
 
     /// Rows received while the clock was not synchronized: held back (removed from
-    /// `rows`; returns how many), corrected, or marked uncertain, as `clock::hold` decides.
-    fn release_held(&mut self, rows: &mut Vec<PendingRow>) -> usize {
+    /// `rows`), corrected, or marked uncertain, as `clock::hold` decides. Returns whether
+    /// any was held back, and sets [`Loop::held_back`].
+    fn release_held(&mut self, rows: &mut Vec<PendingRow>) -> bool {
+        self.held_back = None;
         if !rows
             .iter()
             .any(|r| matches!(&r.observation, Ok(o) if o.hold.is_some()))
         {
-            return 0;
+            return false;
         }
         let now = self.clock.now();
         let wait_ms = i64::try_from(self.clock.wait().as_millis()).unwrap_or(i64::MAX);
         let (mut held, mut corrected, mut uncertain) = (0usize, 0usize, 0usize);
+        let mut first_due = i64::MAX;
         rows.retain_mut(|r| {
             let seq = r.seq;
             let Ok(o) = &mut r.observation else {
@@ -193,6 +200,8 @@ impl Loop<'_> {
             let release = hold::decide(&h, &now, wait_ms);
             if release == Release::Hold {
                 held += 1;
+                let waited = now.boottime_ms.saturating_sub(h.boottime_ms);
+                first_due = first_due.min(wait_ms.saturating_sub(waited));
                 return false;
             }
             match hold::release(&o.json, release) {
@@ -221,8 +230,11 @@ impl Loop<'_> {
                 held,
                 "readings held back until the clock is synchronized"
             );
+            let due = u64::try_from(first_due.max(0)).unwrap_or(0);
+            // A millisecond late, so the first row's wait is over when the loop looks.
+            self.held_back = Some(Duration::from_millis(due.saturating_add(1)));
         }
-        held
+        held > 0
     }
 
     fn log_rejected(&self, batch: usize, named: usize) {
@@ -328,6 +340,7 @@ pub async fn run(
         uplink: uplink.as_mut(),
         gateway: &gateway,
         clock: &clock,
+        held_back: None,
         stats: DeliveryStats::default(),
         abandon: abandon.clone(),
     };
@@ -349,10 +362,15 @@ pub async fn run(
                 if after_failures > 0 {
                     tracing::info!(uplink = %name, after_failures, "uplink delivering again");
                 }
+                // Rows held for the clock: what is committed meanwhile is held too, so only
+                // the clock's next change (a transition, or its once-a-minute look while
+                // unsynchronized) or the end of the first held row's wait frees anything.
+                let held_back = l.held_back;
                 tokio::select! {
                     _ = cancel.cancelled() => break,
-                    _ = committed.changed() => {}
+                    _ = committed.changed(), if held_back.is_none() => {}
                     _ = clock_changes.changed() => {}
+                    _ = tokio::time::sleep(held_back.unwrap_or_default()), if held_back.is_some() => {}
                 }
             }
             Next::RetryIn(delay) => {
