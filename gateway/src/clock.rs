@@ -8,7 +8,10 @@
 //! when nobody disciplines the clock any more, so one system call answers for all of them,
 //! without systemd, without D-Bus, and in a few microseconds. systemd-timesyncd's D-Bus
 //! properties would answer only for timesyncd, need a bus connection the daemon otherwise
-//! does not have, and are missing where chrony runs. `[clock] source` can instead
+//! does not have, and are missing where chrony runs. (systemd's `ProtectClock=yes` filters
+//! `adjtimex` even for reading: the shipped unit allows that one call instead, and the
+//! clock stays unsettable without `CAP_SYS_TIME`. Should the call be refused anyway, the
+//! clock is trusted as before, with one error in the log.) `[clock] source` can instead
 //! `assume-synchronized` (a virtual machine whose clock the host keeps, with no time daemon
 //! to tell the kernel), or, for tests only, read a status file (see [`ClockSource`]).
 //!
@@ -73,11 +76,18 @@ pub struct ClockReading {
 }
 
 impl ClockSource {
-    /// Reads the status. An error of the source reads as unsynchronized.
+    /// Reads the status. When the kernel refuses to tell (a sandbox filtering
+    /// `adjtimex`, such as systemd's `ProtectClock=yes`), the clock is trusted as before
+    /// this check existed, with one error logged saying so.
     pub fn read(&self) -> ClockReading {
         match self {
             ClockSource::Kernel => ClockReading {
-                synchronized: kernel_synchronized().unwrap_or(false),
+                synchronized: kernel_synchronized().unwrap_or_else(|e| {
+                    if !KERNEL_REFUSED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::error!(error = %e, "cannot read the kernel's clock status (adjtimex); the clock is trusted as it is. Under systemd, ProtectClock=yes blocks it: the shipped unit allows adjtimex instead (SystemCallFilter=adjtimex)");
+                    }
+                    true
+                }),
                 offset_ms: 0,
             },
             ClockSource::AssumeSynchronized => ClockReading {
@@ -97,6 +107,9 @@ impl ClockSource {
         }
     }
 }
+
+/// Set once the kernel has refused `adjtimex` (logged once).
+static KERNEL_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The kernel's view: `adjtimex` with no modes set only reads.
 fn kernel_synchronized() -> std::io::Result<bool> {

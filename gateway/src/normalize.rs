@@ -28,6 +28,20 @@
 //!   receive time is used instead when the device gives no time, says its clock is not
 //!   set, or gives a time more than [`MAX_FUTURE`] ahead of the receive time. `issued` is
 //!   the receive time.
+//! - **The gateway's clock**: the receive time is only as right as the gateway's clock. The
+//!   normalizer takes it as given (no clock, no IO here); the pipeline looks at the
+//!   clock's synchronization on every reading (`clock.rs`) and stores a reading received
+//!   while it is not synchronized with a hold (boot id, `CLOCK_BOOTTIME` at receipt, the
+//!   receive time written). Such rows are not sent while the clock is not synchronized.
+//!   Once it is, `issued`, and `effectiveDateTime` where it is the receive time, become
+//!   `now - (boottime now - boottime at receipt)`; a device's own time is kept; `id` and
+//!   `identifier` stay as derived here. Past `[clock] unsynchronized_wait_secs` without a
+//!   synchronized clock, or for a row of an earlier boot, the times stay as they were and
+//!   the Observation is marked uncertain: `meta.tag`
+//!   `urn:iomt-gateway:time-quality|gateway-clock-unsynchronized` and a `note`
+//!   (`clock/hold.rs`; not a `dataAbsentReason`: the value is present, its time is in
+//!   doubt). While the clock is behind, a correct device time may look more than
+//!   [`MAX_FUTURE`] ahead: the receive time is then used and corrected like any other.
 //! - **Identity**: `identifier` (and `id`) is a UUID derived from the device pseudonym,
 //!   the field names, the effective time and the device's sequence number.
 //! - **Test data** (control solution, calibration) is never emitted as a patient

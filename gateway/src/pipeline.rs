@@ -5,6 +5,11 @@
 //! A driver's commit acknowledgement travels with the reading into the outbox and fires
 //! only after the commit.
 //!
+//! **The clock.** On every reading the pipeline asks the gateway's clock whether it is
+//! synchronized (`clock.rs`); a reading received while it is not is stored with a
+//! `clock::TimeHold` inside each Observation's stored JSON (the delivery loops hold it
+//! back, correct it or mark it; the member never goes out).
+//!
 //! **Bounded.** Device ids come from outside (an MQTT topic level or payload field), so
 //! what is kept per device is bounded: a reading whose device id is longer than
 //! [`MAX_DEVICE_ID_BYTES`] is refused (counted in [`Stats::device_id_too_long`], logged

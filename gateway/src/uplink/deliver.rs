@@ -15,6 +15,13 @@
 //!   goes out: it goes to the dead letters with the reason, logged with its seq.
 //! - Rows holding the same Observation (stored twice) share one Bundle entry, and its
 //!   fate: all delivered, or all dead-lettered with its reason.
+//! - A row received while the gateway's clock was not synchronized (`clock::hold`) is held
+//!   back while the clock is still not synchronized and its wait is not over, and the
+//!   passes after it stop there (oldest first; every row committed meanwhile is held too,
+//!   so the loop then waits for the clock's next change or the end of the first held
+//!   row's wait, not for commits). Once the clock is synchronized it goes out with its
+//!   receipt time corrected; past the wait, or from an earlier boot, marked uncertain.
+//!   The gateway's Device in the Bundle says whether the clock is synchronized.
 //!
 //! These decisions are pure functions in [`plan`], unit-tested rule by rule; this module
 //! carries them out (the outbox, the uplink, the timers, the logs).
