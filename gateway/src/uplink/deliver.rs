@@ -370,8 +370,9 @@ pub async fn run(
                     tracing::info!(uplink = %name, after_failures, "uplink delivering again");
                 }
                 // Rows held for the clock: what is committed meanwhile is held too, so only
-                // the clock's next change (a transition, or its once-a-minute look while
-                // unsynchronized) or the end of the first held row's wait frees anything.
+                // the clock's next transition (noticed by a reading or by its
+                // once-a-minute look while unsynchronized) or the end of the first held
+                // row's wait frees anything.
                 let held_back = l.held_back;
                 tokio::select! {
                     _ = cancel.cancelled() => break,
