@@ -27,12 +27,17 @@
 //! never jumps) and the wall time written into its Observations. The delivery loops hold
 //! such rows back; once the clock is synchronized the receipt time is computed again as
 //! `now - (boottime now - boottime at receipt)` and written into `issued` (and into
-//! `effectiveDateTime` where that came from the receipt time); past
-//! `[clock] unsynchronized_wait_secs`, or when the row comes from an earlier boot (whose
-//! boottime cannot be compared), the row goes out with its times as they were, marked
-//! uncertain (a `meta.tag` and a `note`). The rule book in `normalize.rs` says it for
-//! clinical engineers.
+//! `effectiveDateTime` where that came from the receipt time). The first synchronized look
+//! of each boot also records that boot's anchor (wall clock minus boottime,
+//! `anchors.rs`), so a row of an earlier boot whose clock was synchronized later (a
+//! restart between the sync and the delivery) is corrected too, as `boottime at receipt
+//! + anchor`. Past `[clock] unsynchronized_wait_secs`, or when the row comes from an
+//! earlier boot that has no anchor (its clock was never seen synchronized: its boottime
+//! cannot be compared with anything), the row goes out with its times as they were,
+//! marked uncertain (a `meta.tag` and a `note`). The rule book in `normalize.rs` says it
+//! for clinical engineers.
 
+pub mod anchors;
 pub mod hold;
 
 use std::path::{Path, PathBuf};
@@ -48,6 +53,9 @@ pub use hold::{ClockNow, Release, TimeHold, HOLD_MEMBER};
 
 /// How often the status is looked at again while the clock is not synchronized.
 pub const RECHECK: Duration = Duration::from_secs(60);
+
+/// The file of the boots' anchors, in the outbox's directory (`anchors.rs`).
+pub const ANCHORS_FILE: &str = "clock-anchors.json";
 
 /// The default of `[clock] unsynchronized_wait_secs`: a day.
 pub const DEFAULT_WAIT_SECS: u64 = 86_400;
@@ -254,16 +262,35 @@ pub struct Clock {
     boot: Arc<str>,
     last: Mutex<Option<bool>>,
     changes: watch::Sender<u64>,
+    /// The anchors file (`anchors.rs`), when the clock keeps one.
+    anchors_path: Option<PathBuf>,
+    anchors: Mutex<Arc<Vec<anchors::Anchor>>>,
 }
 
 impl Clock {
     /// A clock reading `settings.source`, for this boot.
     pub fn new(settings: ClockSettings) -> Arc<Self> {
+        Self::build(settings, None)
+    }
+
+    /// A clock that keeps each boot's anchor (`anchors.rs`) in `state_dir`, the directory
+    /// of the outbox.
+    pub fn with_state(settings: ClockSettings, state_dir: &Path) -> Arc<Self> {
+        Self::build(settings, Some(state_dir.join(ANCHORS_FILE)))
+    }
+
+    fn build(settings: ClockSettings, anchors_path: Option<PathBuf>) -> Arc<Self> {
+        let anchors = anchors_path
+            .as_deref()
+            .map(anchors::load)
+            .unwrap_or_default();
         Arc::new(Clock {
             settings,
             boot: boot_id().into(),
             last: Mutex::new(None),
             changes: watch::channel(0).0,
+            anchors_path,
+            anchors: Mutex::new(Arc::new(anchors)),
         })
     }
 
@@ -280,6 +307,9 @@ impl Clock {
             last.replace(reading.synchronized)
         };
         if before != Some(reading.synchronized) {
+            if reading.synchronized {
+                self.anchor(reading);
+            }
             let wait_secs = self.settings.wait.as_secs();
             if reading.synchronized {
                 tracing::info!(source = self.settings.source.name(), "the system clock is synchronized; readings held for it are corrected and delivered");
@@ -289,6 +319,22 @@ impl Clock {
             self.changes.send_modify(|n| *n = n.wrapping_add(1));
         }
         reading
+    }
+
+    /// Records this boot's anchor, unless it has one.
+    fn anchor(&self, reading: ClockReading) {
+        let wall_ms = chrono::Utc::now()
+            .timestamp_millis()
+            .saturating_add(reading.offset_ms);
+        let anchor = anchors::Anchor {
+            boot: self.boot.to_string(),
+            offset_ms: wall_ms.saturating_sub(boottime_ms()),
+        };
+        let mut all = self.anchors.lock().unwrap_or_else(|e| e.into_inner());
+        let mut updated = (**all).clone();
+        if anchors::record(self.anchors_path.as_deref(), &mut updated, anchor) {
+            *all = Arc::new(updated);
+        }
     }
 
     /// The clock as the delivery loop needs it, read now.
@@ -301,6 +347,11 @@ impl Clock {
             wall_ms: chrono::Utc::now()
                 .timestamp_millis()
                 .saturating_add(reading.offset_ms),
+            anchors: self
+                .anchors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 
@@ -407,6 +458,25 @@ mod tests {
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].contains("clock.unsynchronized_wait_secs"));
         assert!(problems[1].contains("clock.status_file"));
+    }
+
+    #[test]
+    fn the_first_synchronized_look_of_a_boot_anchors_it_in_the_state_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("clock");
+        let file = dir.path().join(ANCHORS_FILE);
+        std::fs::write(&f, "unsynchronized").unwrap();
+        let clock = Clock::with_state(settings(&f), dir.path());
+        clock.check();
+        assert!(!file.exists(), "no anchor while unsynchronized");
+        std::fs::write(&f, "synchronized").unwrap();
+        clock.check();
+        let kept = anchors::load(&file);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].boot, boot_id());
+        let expected = chrono::Utc::now().timestamp_millis() - boottime_ms();
+        assert!((kept[0].offset_ms - expected).abs() < 1000, "{kept:?}");
+        assert_eq!(clock.now().anchors.len(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -231,7 +231,7 @@ pub async fn run_with_hooks(
     let gateway_device: crate::fhir::Device = normalize::gateway_resource(&gateway_pseudonym);
     // The gateway's own clock: looked at on each reading, and once a minute only while
     // it is not synchronized (`clock.rs`).
-    let clock = Clock::new(config.clock.clone());
+    let clock = Clock::with_state(config.clock.clone(), &state_dir);
     let clock_stop = CancellationToken::new();
     let clock_task = tokio::spawn(clock.clone().watch(clock_stop.clone()));
 

@@ -35,8 +35,11 @@
 //!   receive time written). Such rows are not sent while the clock is not synchronized.
 //!   Once it is, `issued`, and `effectiveDateTime` where it is the receive time, become
 //!   `now - (boottime now - boottime at receipt)`; a device's own time is kept; `id` and
-//!   `identifier` stay as derived here. Past `[clock] unsynchronized_wait_secs` without a
-//!   synchronized clock, or for a row of an earlier boot, the times stay as they were and
+//!   `identifier` stay as derived here (a row of an earlier boot whose clock was
+//!   synchronized later is placed by that boot's anchor: boottime at receipt + wall minus
+//!   boottime at the sync). Past `[clock] unsynchronized_wait_secs` without a
+//!   synchronized clock, or for a row of an earlier boot whose clock was never seen
+//!   synchronized, the times stay as they were and
 //!   the Observation is marked uncertain: `meta.tag`
 //!   `urn:iomt-gateway:time-quality|gateway-clock-unsynchronized` and a `note`
 //!   (`clock/hold.rs`; not a `dataAbsentReason`: the value is present, its time is in

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use super::anchors::{offset_of, Anchor};
 use crate::normalize::fhir_instant;
 
 /// The member of a stored Observation that carries its [`TimeHold`]; never sent.
@@ -48,6 +49,8 @@ pub struct ClockNow {
     pub boottime_ms: i64,
     /// The wall clock now, ms since the Unix epoch.
     pub wall_ms: i64,
+    /// The anchors of boots whose clock was synchronized (`anchors.rs`).
+    pub anchors: Arc<Vec<Anchor>>,
 }
 
 /// What becomes of a held row now.
@@ -61,7 +64,8 @@ pub enum Release {
         receipt_ms: i64,
     },
     /// Send it with its times as they are, marked uncertain: the wait is over while the
-    /// clock is still not synchronized, or the row comes from an earlier boot.
+    /// clock is still not synchronized, or the row comes from an earlier boot whose clock
+    /// was never seen synchronized.
     Uncertain,
 }
 
@@ -69,11 +73,16 @@ pub enum Release {
 pub fn decide(hold: &TimeHold, now: &ClockNow, wait_ms: i64) -> Release {
     let same_boot = !hold.boot.is_empty() && *hold.boot == *now.boot;
     let waited = now.boottime_ms.saturating_sub(hold.boottime_ms);
-    match (now.synchronized, same_boot) {
-        (true, true) => Release::Correct {
+    let anchored = offset_of(&now.anchors, &hold.boot).filter(|_| !same_boot);
+    match (now.synchronized, same_boot, anchored) {
+        (true, true, _) => Release::Correct {
             receipt_ms: now.wall_ms.saturating_sub(waited.max(0)),
         },
-        (false, true) if waited < wait_ms => Release::Hold,
+        // An earlier boot whose clock was synchronized later: its anchor places the row.
+        (_, false, Some(offset_ms)) => Release::Correct {
+            receipt_ms: hold.boottime_ms.saturating_add(offset_ms),
+        },
+        (false, true, _) if waited < wait_ms => Release::Hold,
         _ => Release::Uncertain,
     }
 }
@@ -205,6 +214,10 @@ mod tests {
             boot: boot.into(),
             boottime_ms,
             wall_ms: 1_700_000_000_000,
+            anchors: Arc::new(vec![Anchor {
+                boot: "boot-c".into(),
+                offset_ms: 1_600_000_000_000,
+            }]),
         }
     }
 
@@ -228,6 +241,20 @@ mod tests {
                 receipt_ms: 1_700_000_000_000 - 5_000
             }
         );
+    }
+
+    #[test]
+    fn a_row_from_an_earlier_boot_whose_clock_was_synchronized_later_is_placed_by_its_anchor() {
+        let mut h = hold();
+        h.boot = "boot-c".into();
+        for synchronized in [true, false] {
+            assert_eq!(
+                decide(&h, &now(synchronized, "boot-b", 15_000), 60_000),
+                Release::Correct {
+                    receipt_ms: 1_600_000_000_000 + 10_000
+                }
+            );
+        }
     }
 
     #[test]

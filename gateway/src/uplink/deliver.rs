@@ -20,7 +20,8 @@
 //!   passes after it stop there (oldest first; every row committed meanwhile is held too,
 //!   so the loop then waits for the clock's next change or the end of the first held
 //!   row's wait, not for commits). Once the clock is synchronized it goes out with its
-//!   receipt time corrected; past the wait, or from an earlier boot, marked uncertain.
+//!   receipt time corrected (also one of an earlier boot that has an anchor); past the
+//!   wait, or from an earlier boot never synchronized, marked uncertain.
 //!   The gateway's Device in the Bundle says whether the clock is synchronized.
 //!
 //! These decisions are pure functions in [`plan`], unit-tested rule by rule; this module
@@ -229,7 +230,7 @@ impl Loop<'_> {
             tracing::info!(uplink, corrected, "readings received while the clock was not synchronized go out with their receipt time corrected");
         }
         if uncertain > 0 {
-            tracing::warn!(uplink, uncertain, "readings received while the clock was not synchronized go out marked uncertain (the wait is over, or they come from an earlier boot)");
+            tracing::warn!(uplink, uncertain, "readings received while the clock was not synchronized go out marked uncertain (the wait is over, or they come from an earlier boot whose clock was never synchronized)");
         }
         if held > 0 {
             tracing::debug!(
