@@ -30,8 +30,8 @@
 //! `effectiveDateTime` where that came from the receipt time). The first synchronized look
 //! of each boot also records that boot's anchor (wall clock minus boottime,
 //! `anchors.rs`), so a row of an earlier boot whose clock was synchronized later (a
-//! restart between the sync and the delivery) is corrected too, as `boottime at receipt
-//! + anchor`. Past `[clock] unsynchronized_wait_secs`, or when the row comes from an
+//! restart between the sync and the delivery) is corrected too, as the boottime at
+//! receipt plus the anchor. Past `[clock] unsynchronized_wait_secs`, or when the row comes from an
 //! earlier boot that has no anchor (its clock was never seen synchronized: its boottime
 //! cannot be compared with anything), the row goes out with its times as they were,
 //! marked uncertain (a `meta.tag` and a `note`). The rule book in `normalize.rs` says it
@@ -149,6 +149,8 @@ fn read_status_file(path: &Path) -> ClockReading {
 }
 
 /// `CLOCK_BOOTTIME` in ms: monotonic, counts suspend, never set or stepped.
+// `i64::from` is a conversion on armv7 (32-bit `time_t` and `long`), none elsewhere.
+#[allow(clippy::useless_conversion)]
 pub fn boottime_ms() -> i64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -160,9 +162,9 @@ pub fn boottime_ms() -> i64 {
     if rc != 0 {
         return 0;
     }
-    (ts.tv_sec as i64)
+    i64::from(ts.tv_sec)
         .saturating_mul(1000)
-        .saturating_add(ts.tv_nsec as i64 / 1_000_000)
+        .saturating_add(i64::from(ts.tv_nsec) / 1_000_000)
 }
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`): boottimes compare only within one
