@@ -17,10 +17,12 @@
 //!
 //! **When it is looked at** (no polling at rest): on every reading the pipeline takes,
 //! and, only while the clock is not synchronized, once every [`RECHECK`] by a timer (so a
-//! kit with no readings still notices the sync, and held rows past their wait are
-//! released). While the clock is synchronized no timer runs. Each transition is logged
-//! once (`warn` when the clock is lost, `info` when it is back) and wakes the delivery
-//! loops.
+//! kit with no readings still notices the sync). While the clock is synchronized no timer
+//! runs. Each transition is logged once (`warn` when the clock is lost, `info` when it is
+//! back) and wakes the delivery loops; a loop holding rows back also wakes when the first
+//! of them has waited `[clock] unsynchronized_wait_secs`, and not for commits (what is
+//! committed meanwhile is held too). A clock lost while the kit is idle is noticed at the
+//! next reading, the first moment it matters.
 //!
 //! **Held readings** (`hold.rs`). A reading received while the clock is not synchronized
 //! is stored with a [`TimeHold`]: the boot id, `CLOCK_BOOTTIME` at receipt (a clock that
@@ -31,11 +33,11 @@
 //! of each boot also records that boot's anchor (wall clock minus boottime,
 //! `anchors.rs`), so a row of an earlier boot whose clock was synchronized later (a
 //! restart between the sync and the delivery) is corrected too, as the boottime at
-//! receipt plus the anchor. Past `[clock] unsynchronized_wait_secs`, or when the row comes from an
-//! earlier boot that has no anchor (its clock was never seen synchronized: its boottime
-//! cannot be compared with anything), the row goes out with its times as they were,
-//! marked uncertain (a `meta.tag` and a `note`). The rule book in `normalize.rs` says it
-//! for clinical engineers.
+//! receipt plus the anchor. Past `[clock] unsynchronized_wait_secs`, or when the row
+//! comes from an earlier boot that has no anchor (its clock was never seen synchronized:
+//! its boottime cannot be compared with anything), the row goes out with its times as
+//! they were, marked uncertain (a `meta.tag` and a `note`). The rule book in
+//! `normalize.rs` says it for clinical engineers.
 
 pub mod anchors;
 pub mod hold;

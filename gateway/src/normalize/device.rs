@@ -80,7 +80,7 @@ pub fn gateway_resource(gateway_pseudonym: &str) -> fhir::Device {
 /// time synchronization property (MDC_TIME_SYNC_PROTOCOL, 68220) says NTPv4 while the
 /// system clock is synchronized (the kernel's status, set by the kit's time daemon) and
 /// MDC_TIME_SYNC_NONE while it is not, and the clock bit `mds-time-state-abs-time-synced`
-/// (ASN1ToHL7 68219.8) says Y or N. Replaces what was there.
+/// (ASN1ToHL7 68219.8) says Y or N. Replaces those two properties; others stay.
 pub fn set_clock_synchronized(device: &mut fhir::Device, synchronized: bool) {
     let concept = |system: &str, code: &str, display: &str, text: &str| fhir::CodeableConcept {
         coding: vec![fhir::Coding::new(system, code, display)],
@@ -100,7 +100,13 @@ pub fn set_clock_synchronized(device: &mut fhir::Device, synchronized: bool) {
     } else {
         ("N", "No")
     };
-    device.property = vec![
+    device.property.retain(|p| {
+        !p.kind.coding.iter().any(|c| {
+            (c.system == fhir::MDC && c.code == "68220")
+                || (c.system == ASN1_TO_HL7 && c.code == "68219.8")
+        })
+    });
+    device.property.extend([
         fhir::DeviceProperty {
             kind: concept(
                 fhir::MDC,
@@ -119,7 +125,7 @@ pub fn set_clock_synchronized(device: &mut fhir::Device, synchronized: bool) {
             ),
             value_code: vec![concept(V2_YES_NO, yes_no, yes_no_display, yes_no_display)],
         },
-    ];
+    ]);
 }
 
 /// The PHD IG's code system of IEEE 11073 bit fields.
