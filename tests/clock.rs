@@ -285,3 +285,45 @@ fn past_the_wait_held_readings_go_out_marked_uncertain_with_the_time_they_were_g
     );
     validate(&k.out);
 }
+
+#[test]
+fn readings_held_when_the_gateway_stops_are_corrected_after_its_restart() {
+    let mut k = ClockKit::new();
+    k.set_clock(&format!("unsynchronized offset_secs=-{THREE_DAYS_SECS}"));
+    let config = k.config(3600);
+    let (mut child, log) = k.kit.start(&config);
+    wait_logged(
+        &mut child,
+        &log,
+        "the gateway to connect",
+        "connected to the MQTT broker",
+    );
+    let published = k.publish("scale-3", 55);
+    wait_until(Duration::from_secs(20), "the reading queued", || {
+        k.queued("fhir") == 1
+    });
+    // Stopped while the clock is still wrong: the held row stays in the outbox, unsent.
+    sigterm_and_wait(child, &log);
+    assert!(k.at_server().is_empty());
+    assert_eq!(k.queued("fhir"), 1);
+
+    // Started again (same boot) once the clock is synchronized.
+    k.set_clock("synchronized");
+    let (mut child, log) = k.kit.start(&config);
+    wait_logged(
+        &mut child,
+        &log,
+        "the gateway to connect",
+        "connected to the MQTT broker",
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "the held reading delivered",
+        || k.at_server().len() == 1,
+    );
+    sigterm_and_wait(child, &log);
+    let o = with_rate(&k.at_server(), 55).clone();
+    let early = (instant(&o, "effectiveDateTime") - published).num_milliseconds();
+    assert!((0..1000).contains(&early), "{o:#}");
+    assert!(o["meta"].get("tag").is_none(), "{o:#}");
+}
