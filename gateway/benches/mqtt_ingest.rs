@@ -204,6 +204,7 @@ async fn run(n: usize, in_flight: usize, dir: &Path) {
         out_of_range: OutOfRange::Flag,
         outbox: outbox.clone(),
         observer: None,
+        clock: None,
     };
     let (rejects, mut reject_rx) = reject_channel(16);
     let driver = Box::new(

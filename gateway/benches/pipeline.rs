@@ -242,6 +242,7 @@ async fn run(n: usize, dir: &Path) {
         out_of_range: OutOfRange::Flag,
         outbox: outbox.clone(),
         observer: None,
+        clock: None,
     };
 
     // 0. The CPU cost of normalizing and serializing alone (no outbox), for reference.
@@ -326,6 +327,7 @@ async fn run(n: usize, dir: &Path) {
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(1),
             drain_deadline: Duration::from_secs(5),
+            clock: None,
         },
         gateway,
         cancel.clone(),

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::clock::{ClockSettings, RawClock};
 use crate::ingest::ble::{BleSettings, RawBle};
 use crate::ingest::mqtt::{MqttSettings, RawMqtt};
 use crate::ingest::serial::{RawSerial, SerialSettings};
@@ -86,6 +87,9 @@ pub struct RawConfig {
     /// `[log]`
     #[serde(default)]
     pub log: RawLog,
+    /// `[clock]`
+    #[serde(default)]
+    pub clock: RawClock,
 }
 
 /// The validated configuration.
@@ -125,6 +129,8 @@ pub struct Config {
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// The gateway's own clock.
+    pub clock: ClockSettings,
 }
 
 impl Config {
@@ -216,6 +222,7 @@ impl Config {
         let ble = raw.ble.validate(&mut problems);
         let mqtt = raw.mqtt.validate(&mut problems);
         let outbox = raw.outbox.validate(&mut problems);
+        let clock = raw.clock.validate(&mut problems);
         if raw.uplinks.is_empty() {
             problems.push("no uplink configured: add an [[uplinks]] table (kind = \"fhir\" for a FHIR server, kind = \"file\" for a directory)".into());
         }
@@ -258,6 +265,7 @@ impl Config {
             uplinks,
             log_level: raw.log.level,
             log_format: raw.log.format,
+            clock,
         })
     }
 

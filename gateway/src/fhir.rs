@@ -236,6 +236,21 @@ pub struct Device {
     /// Software versions.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub version: Vec<DeviceVersion>,
+    /// Properties (the gateway's time synchronization, as the PHD IG's PhgDevice has it).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub property: Vec<DeviceProperty>,
+}
+
+/// A Device property: a coded type and coded values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceProperty {
+    /// What the property is.
+    #[serde(rename = "type")]
+    pub kind: CodeableConcept,
+    /// Its coded values.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub value_code: Vec<CodeableConcept>,
 }
 
 /// A transaction request in a Bundle entry.

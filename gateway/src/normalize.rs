@@ -28,6 +28,23 @@
 //!   receive time is used instead when the device gives no time, says its clock is not
 //!   set, or gives a time more than [`MAX_FUTURE`] ahead of the receive time. `issued` is
 //!   the receive time.
+//! - **The gateway's clock**: the receive time is only as right as the gateway's clock. The
+//!   normalizer takes it as given (no clock, no IO here); the pipeline looks at the
+//!   clock's synchronization on every reading (`clock.rs`) and stores a reading received
+//!   while it is not synchronized with a hold (boot id, `CLOCK_BOOTTIME` at receipt, the
+//!   receive time written). Such rows are not sent while the clock is not synchronized.
+//!   Once it is, `issued`, and `effectiveDateTime` where it is the receive time, become
+//!   `now - (boottime now - boottime at receipt)`; a device's own time is kept; `id` and
+//!   `identifier` stay as derived here (a row of an earlier boot whose clock was
+//!   synchronized later is placed by that boot's anchor: boottime at receipt + wall minus
+//!   boottime at the sync). Past `[clock] unsynchronized_wait_secs` without a
+//!   synchronized clock, or for a row of an earlier boot whose clock was never seen
+//!   synchronized, the times stay as they were and
+//!   the Observation is marked uncertain: `meta.tag`
+//!   `urn:iomt-gateway:time-quality|gateway-clock-unsynchronized` and a `note`
+//!   (`clock/hold.rs`; not a `dataAbsentReason`: the value is present, its time is in
+//!   doubt). While the clock is behind, a correct device time may look more than
+//!   [`MAX_FUTURE`] ahead: the receive time is then used and corrected like any other.
 //! - **Identity**: `identifier` (and `id`) is a UUID derived from the device pseudonym,
 //!   the field names, the effective time and the device's sequence number.
 //! - **Test data** (control solution, calibration) is never emitted as a patient
@@ -50,8 +67,8 @@ mod time;
 
 use device::uuid_text;
 pub use device::{
-    device_resource, device_resource_id, gateway_resource, DEVICE_PSEUDONYM_SYSTEM,
-    GATEWAY_PSEUDONYM_SYSTEM, PATIENT_PSEUDONYM_SYSTEM,
+    device_resource, device_resource_id, gateway_resource, set_clock_synchronized,
+    DEVICE_PSEUDONYM_SYSTEM, GATEWAY_PSEUDONYM_SYSTEM, PATIENT_PSEUDONYM_SYSTEM,
 };
 use time::effective_time;
 pub use time::{fhir_instant, resolve_local, TimeSource, Zone, MAX_FUTURE};

@@ -125,6 +125,7 @@ async fn an_idle_gateway_runs_no_outbox_transaction_and_no_fetch_for_ten_minutes
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             drain_deadline: Duration::from_secs(2),
+            clock: None,
         },
         gateway_device,
         cancel.clone(),
@@ -143,6 +144,7 @@ async fn an_idle_gateway_runs_no_outbox_transaction_and_no_fetch_for_ten_minutes
         out_of_range: OutOfRange::default(),
         outbox: outbox.clone(),
         observer: None,
+        clock: None,
     };
     let (tx, rx) = reading_channel(16);
     let pipeline = tokio::spawn(pipeline.run(rx));

@@ -13,8 +13,8 @@ use iomt_gateway::outbox::{self, seal::Keyring};
 /// The subcommands of `outbox`.
 #[derive(Subcommand)]
 pub(crate) enum OutboxCommand {
-    /// Queued, oldest, delivered, dead-lettered and evicted rows per uplink, and bytes on
-    /// disk. Reads the database without a key and without writing; safe while the daemon
+    /// Queued, oldest, delivered, dead-lettered and evicted rows per uplink, bytes on
+    /// disk, and whether the system clock is synchronized. Reads the database without a key and without writing; safe while the daemon
     /// runs. Prints no patient data.
     Status {
         /// The configuration file naming the outbox.
@@ -127,8 +127,21 @@ fn dead_letters(config_path: &Path, payloads: bool, json: bool) -> Result<ExitCo
 fn outbox_status(config_path: &Path, json: bool) -> Result<ExitCode> {
     let config = Config::load(config_path)?;
     let status = outbox::read_status(&config.outbox.path, &config.uplink_names())?;
+    // The same source the daemon reads (the kernel is the same machine's).
+    let clock = config.clock.source.read();
     if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        let mut out = serde_json::to_value(&status)?;
+        if let Some(map) = out.as_object_mut() {
+            map.insert(
+                "clock".into(),
+                serde_json::json!({
+                    "synchronized": clock.synchronized,
+                    "source": config.clock.source.name(),
+                    "unsynchronized_wait_secs": config.clock.wait.as_secs(),
+                }),
+            );
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
     let now = chrono::Utc::now().timestamp_millis();
@@ -137,6 +150,15 @@ fn outbox_status(config_path: &Path, json: bool) -> Result<ExitCode> {
     println!("payload     {} bytes", status.payload_bytes);
     println!("on disk     {} bytes", status.disk_bytes);
     println!("evicted     {}", status.evicted);
+    if clock.synchronized {
+        println!("clock       synchronized ({})", config.clock.source.name());
+    } else {
+        println!(
+            "clock       NOT synchronized ({}): readings are held back until it is, at most {} s, then sent marked uncertain",
+            config.clock.source.name(),
+            config.clock.wait.as_secs()
+        );
+    }
     println!();
     println!(
         "{:<16} {:>10} {:>14} {:>12} {:>14}",

@@ -47,12 +47,14 @@ pub fn device_resource(profile: &Profile, device_pseudonym: &str) -> fhir::Devic
         }],
         model_number: Some(profile.model.clone()),
         version: Vec::new(),
+        property: Vec::new(),
     }
 }
 
-/// The FHIR Device for the gateway itself (the PHD IG's PHG).
+/// The FHIR Device for the gateway itself (the PHD IG's PHG), with its clock reported
+/// synchronized (see [`set_clock_synchronized`]).
 pub fn gateway_resource(gateway_pseudonym: &str) -> fhir::Device {
-    fhir::Device {
+    let mut device = fhir::Device {
         resource_type: "Device".into(),
         id: device_resource_id(gateway_pseudonym),
         identifier: vec![Identifier {
@@ -68,8 +70,68 @@ pub fn gateway_resource(gateway_pseudonym: &str) -> fhir::Device {
         version: vec![fhir::DeviceVersion {
             value: env!("CARGO_PKG_VERSION").into(),
         }],
-    }
+        property: Vec::new(),
+    };
+    set_clock_synchronized(&mut device, true);
+    device
 }
+
+/// Reports the gateway's clock in its Device as the PHD IG's PhgDevice profile does: the
+/// time synchronization property (MDC_TIME_SYNC_PROTOCOL, 68220) says NTPv4 while the
+/// system clock is synchronized (the kernel's status, set by the kit's time daemon) and
+/// MDC_TIME_SYNC_NONE while it is not, and the clock bit `mds-time-state-abs-time-synced`
+/// (ASN1ToHL7 68219.8) says Y or N. Replaces those two properties; others stay.
+pub fn set_clock_synchronized(device: &mut fhir::Device, synchronized: bool) {
+    let concept = |system: &str, code: &str, display: &str, text: &str| fhir::CodeableConcept {
+        coding: vec![fhir::Coding::new(system, code, display)],
+        text: Some(text.into()),
+    };
+    let (method, method_display, method_text) = if synchronized {
+        (
+            "532226",
+            "MDC_TIME_SYNC_NTPV4",
+            "NTP (the system clock, set by the kit's time daemon)",
+        )
+    } else {
+        ("532224", "MDC_TIME_SYNC_NONE", "not synchronized")
+    };
+    let (yes_no, yes_no_display) = if synchronized {
+        ("Y", "Yes")
+    } else {
+        ("N", "No")
+    };
+    device.property.retain(|p| {
+        !p.kind.coding.iter().any(|c| {
+            (c.system == fhir::MDC && c.code == "68220")
+                || (c.system == ASN1_TO_HL7 && c.code == "68219.8")
+        })
+    });
+    device.property.extend([
+        fhir::DeviceProperty {
+            kind: concept(
+                fhir::MDC,
+                "68220",
+                "MDC_TIME_SYNC_PROTOCOL",
+                "Time synchronization protocol",
+            ),
+            value_code: vec![concept(fhir::MDC, method, method_display, method_text)],
+        },
+        fhir::DeviceProperty {
+            kind: concept(
+                ASN1_TO_HL7,
+                "68219.8",
+                "mds-time-state-abs-time-synced",
+                "The absolute time has been synchronized",
+            ),
+            value_code: vec![concept(V2_YES_NO, yes_no, yes_no_display, yes_no_display)],
+        },
+    ]);
+}
+
+/// The PHD IG's code system of IEEE 11073 bit fields.
+pub const ASN1_TO_HL7: &str = "http://terminology.hl7.org/CodeSystem/ASN1ToHL7";
+/// HL7 v2 table 0136 (yes/no).
+pub const V2_YES_NO: &str = "http://terminology.hl7.org/CodeSystem/v2-0136";
 
 /// Identifier system of device pseudonyms.
 pub const DEVICE_PSEUDONYM_SYSTEM: &str = "urn:iomt-gateway:device-pseudonym";

@@ -239,6 +239,9 @@ pub struct StoredObservation {
     pub id: String,
     /// Its first identifier as `system|value`.
     pub identifier: Option<String>,
+    /// Set when it was received while the clock was not synchronized: the delivery loop
+    /// holds it back, corrects it or marks it (`clock::hold`).
+    pub hold: Option<crate::clock::TimeHold>,
     /// The JSON text, as stored.
     pub json: Box<serde_json::value::RawValue>,
 }
