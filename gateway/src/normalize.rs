@@ -45,9 +45,11 @@ use crate::fhir::{
 use crate::profile::{FieldMapping, Profile};
 use crate::ucum;
 
+mod clock;
 mod device;
 mod time;
 
+pub use clock::{offset as clock_offset, CORRECTION_THRESHOLD};
 use device::uuid_text;
 pub use device::{
     device_resource, device_resource_id, gateway_resource, DEVICE_PSEUDONYM_SYSTEM,
@@ -134,6 +136,9 @@ pub struct Normalized {
     pub flagged: usize,
     /// Where the effective time came from.
     pub time_source: TimeSource,
+    /// The Coincident Time Stamp Observation the Observations reference, when the reading
+    /// carries a comparison of the device's clock with the gateway's.
+    pub coincident: Option<Observation>,
 }
 
 /// A UUID (version 8, RFC 9562) from the SHA-256 of `parts`, each length-prefixed.
@@ -292,6 +297,7 @@ pub fn normalize(reading: &Reading, profile: &Profile, ctx: &Context) -> Normali
         rejections: Vec::new(),
         flagged: 0,
         time_source,
+        coincident: None,
     };
     if reading.flags.contains(&ReadingFlag::TestData) {
         out.rejections.push(Rejection::TestData);
@@ -390,7 +396,32 @@ pub fn normalize(reading: &Reading, profile: &Profile, ctx: &Context) -> Normali
             out.observations.push(obs);
         }
     }
+    reference_clock(reading, ctx, demo, &mut out);
     out
+}
+
+/// The Coincident Time Stamp Observation of the reading's clock comparison, referenced by
+/// every Observation whose time came from the device.
+fn reference_clock(reading: &Reading, ctx: &Context, demo: bool, out: &mut Normalized) {
+    let from_device = matches!(
+        out.time_source,
+        TimeSource::DeviceZoned | TimeSource::DeviceLocal | TimeSource::DeviceCorrected
+    );
+    let Some(clock) = reading.clock.as_ref().filter(|_| from_device) else {
+        return;
+    };
+    if out.observations.is_empty() {
+        return;
+    }
+    let Some(cts) = clock::coincident_time_stamp(clock, reading, ctx, demo) else {
+        return;
+    };
+    if let Some(ext) = clock::reference_to(&cts) {
+        for obs in &mut out.observations {
+            obs.extension.push(ext.clone());
+        }
+    }
+    out.coincident = Some(cts);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -450,6 +481,7 @@ fn skeleton(
         effective_date_time: effective.into(),
         issued: fhir_instant(reading.received_at),
         value_quantity: None,
+        value_date_time: None,
         data_absent_reason: None,
         interpretation: Vec::new(),
         body_site: None,

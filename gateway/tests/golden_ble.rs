@@ -38,6 +38,7 @@ fn hex(s: &str) -> Vec<u8> {
 fn observations(profile: &Profile, uuid: u16, payload: &str) -> Vec<Observation> {
     let value = ble::decode(uuid, &hex(payload)).unwrap();
     let device = Arc::new(DeviceIdentity {
+        revisions: Default::default(),
         profile: profile.id.clone(),
         transport: Transport::Ble,
         address: "AA:BB:CC:DD:EE:FF".into(),

@@ -24,6 +24,9 @@ pub enum TimeSource {
     DeviceZoned,
     /// The device's wall-clock time, read in the configured zone.
     DeviceLocal,
+    /// The device's time, placed on the gateway's timeline by the offset of the device's
+    /// clock (a coincident time stamp showed it off by more than the threshold).
+    DeviceCorrected,
     /// The gateway's receive time, because the device gave none.
     Received,
     /// The gateway's receive time, because the device time was not trustworthy.
@@ -72,11 +75,26 @@ pub(super) fn effective_time(reading: &Reading, zone: Zone) -> (DateTime<Utc>, T
     }
     let device = match reading.device_time {
         None => return (received, TimeSource::Received),
-        Some(DeviceTime::Zoned(t)) => Some((t.with_timezone(&Utc), TimeSource::DeviceZoned)),
-        Some(DeviceTime::Local(n)) => resolve_local(n, zone).map(|t| (t, TimeSource::DeviceLocal)),
+        Some(t) if reading.clock.is_some() => match reading
+            .clock
+            .as_ref()
+            .and_then(|c| super::clock::corrected(t, c, zone))
+        {
+            Some(c) => Some((c, TimeSource::DeviceCorrected)),
+            None => device_instant(t, zone),
+        },
+        Some(t) => device_instant(t, zone),
     };
     match device {
         Some((t, src)) if t <= received + MAX_FUTURE => (t, src),
         _ => (received, TimeSource::ReceivedDistrusted),
+    }
+}
+
+/// A device time as it is, read in `zone` when it has none.
+fn device_instant(t: DeviceTime, zone: Zone) -> Option<(DateTime<Utc>, TimeSource)> {
+    match t {
+        DeviceTime::Zoned(t) => Some((t.with_timezone(&Utc), TimeSource::DeviceZoned)),
+        DeviceTime::Local(n) => resolve_local(n, zone).map(|t| (t, TimeSource::DeviceLocal)),
     }
 }
