@@ -662,3 +662,53 @@ fn with_set_clock_the_cuffs_clock_is_written_once_per_connection_and_the_next_re
     let (ok, report) = validate_fhir(&paths);
     assert!(ok, "{report}");
 }
+
+#[test]
+fn the_cuffs_device_resource_names_what_its_device_information_says_and_no_serial_number() {
+    let world = World::new(&[(CUFF, "A&D_UA-651", DeviceKind::BloodPressure)]);
+    let sim = &world.bluez;
+    sim.queue(CUFF, 0x2A35, &bytes(BP_128));
+    sim.advertise(CUFF);
+    let gw = world.start(&world.config(&[(CUFF, "and-ua-651ble")]));
+    world.wait_for(&gw, SYSTOLIC, "128");
+    gw.stop();
+    let mut devices = Vec::new();
+    for f in common::json_files(&world.out()) {
+        let bundle: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+        for e in bundle["entry"].as_array().unwrap() {
+            let r = &e["resource"];
+            if r["resourceType"] == "Device"
+                && r["identifier"][0]["system"] == "urn:iomt-gateway:device-pseudonym"
+            {
+                devices.push(r.clone());
+            }
+        }
+    }
+    let device = devices.first().expect("the cuff's Device resource");
+    // The simulated cuff's Device Information, not the profile's "A&D Medical"/"UA-651BLE".
+    assert_eq!(device["manufacturer"], "Simulated Medical", "{device}");
+    assert_eq!(device["modelNumber"], "BloodPressure", "{device}");
+    let versions: Vec<(String, String)> = device["version"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no version: {device}"))
+        .iter()
+        .map(|v| {
+            (
+                v["type"]["coding"][0]["code"].as_str().unwrap().to_string(),
+                v["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        versions,
+        vec![
+            ("531975".to_string(), "SW 2.0".to_string()),
+            ("531976".to_string(), "FW 1.4.2".to_string())
+        ]
+    );
+    let text = device.to_string();
+    for secret in ["SN-", "A0:00", "A00000"] {
+        assert!(!text.contains(secret), "`{secret}` in {text}");
+    }
+}

@@ -15,7 +15,7 @@
 //!   `CoincidentTimeStampReference` extension), corrected or not, so that the device's
 //!   own time stamp can always be recovered.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use iomt_drivers::{ClockComparison, DeviceTime};
 
 use super::time::{fhir_instant, resolve_local, Zone};
@@ -37,6 +37,27 @@ fn instant(t: DeviceTime, zone: Zone) -> Option<DateTime<Utc>> {
         DeviceTime::Zoned(t) => Some(t.with_timezone(&Utc)),
         DeviceTime::Local(n) => resolve_local(n, zone),
     }
+}
+
+/// The device's time as its clock showed it: a wall-clock time with the offset of its
+/// zone at that moment (`2024-03-15T13:10:00+01:00`), a zoned time as it came.
+fn device_text(t: DeviceTime, zone: Zone) -> Option<String> {
+    let shown = match t {
+        DeviceTime::Zoned(t) => t,
+        DeviceTime::Local(n) => {
+            let utc = resolve_local(n, zone)?;
+            match zone {
+                Zone::GatewayLocal => utc.with_timezone(&chrono::Local).fixed_offset(),
+                Zone::Named(tz) => utc.with_timezone(&tz).fixed_offset(),
+            }
+        }
+    };
+    let format = if shown.timestamp_subsec_millis() == 0 {
+        SecondsFormat::Secs
+    } else {
+        SecondsFormat::Millis
+    };
+    Some(shown.to_rfc3339_opts(format, true))
 }
 
 /// How far the device's clock is ahead of the gateway's (negative: behind), to the
@@ -90,7 +111,7 @@ pub(super) fn coincident_time_stamp(
     ctx: &Context,
     demo: bool,
 ) -> Option<Observation> {
-    let device = fhir_instant(instant(clock.device_now, ctx.zone)?);
+    let device = device_text(clock.device_now, ctx.zone)?;
     let gateway = fhir_instant(clock.gateway_now);
     let uuid = derived_uuid(&[
         &ctx.device_pseudonym,
@@ -128,4 +149,83 @@ pub(super) fn reference_to(coincident: &Observation) -> Option<Extension> {
             identifier: Some(id.clone()),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{FixedOffset, NaiveDate, NaiveDateTime, TimeZone};
+
+    use super::*;
+
+    const BERLIN: Zone = Zone::Named(chrono_tz::Europe::Berlin);
+
+    fn wall(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> NaiveDateTime {
+        NaiveDate::from_ymd_opt(y, mo, d)
+            .unwrap()
+            .and_hms_opt(h, mi, s)
+            .unwrap()
+    }
+
+    /// The gateway read the device's clock at 2026-12-07 10:00:00 UTC (11:00 in Berlin).
+    fn clock(device_now: NaiveDateTime) -> ClockComparison {
+        ClockComparison {
+            device_now: DeviceTime::Local(device_now),
+            gateway_now: Utc.with_ymd_and_hms(2026, 12, 7, 10, 0, 0).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_clock_within_a_minute_is_not_corrected_and_one_beyond_it_is() {
+        let right = clock(wall(2026, 12, 7, 11, 0, 59));
+        assert_eq!(offset(&right, BERLIN), Some(Duration::seconds(59)));
+        assert_eq!(
+            corrected(
+                DeviceTime::Local(wall(2026, 12, 7, 10, 55, 0)),
+                &right,
+                BERLIN
+            ),
+            None
+        );
+        let off = clock(wall(2026, 12, 7, 11, 1, 1));
+        assert_eq!(
+            corrected(
+                DeviceTime::Local(wall(2026, 12, 7, 10, 56, 1)),
+                &off,
+                BERLIN
+            ),
+            Some(Utc.with_ymd_and_hms(2026, 12, 7, 9, 55, 0).unwrap())
+        );
+    }
+
+    #[test]
+    fn a_clock_reset_to_2000_places_its_stamps_by_the_time_elapsed_on_it() {
+        let reset = clock(wall(2000, 1, 1, 0, 7, 0));
+        assert!(offset(&reset, BERLIN).unwrap() < -Duration::days(9000));
+        // Measured 5 minutes before the connection by the cuff's clock.
+        assert_eq!(
+            corrected(DeviceTime::Local(wall(2000, 1, 1, 0, 2, 0)), &reset, BERLIN),
+            Some(Utc.with_ymd_and_hms(2026, 12, 7, 9, 55, 0).unwrap())
+        );
+    }
+
+    #[test]
+    fn a_zoned_stamp_is_corrected_by_the_offset_of_the_clock() {
+        let ahead = clock(wall(2026, 12, 7, 14, 10, 0)); // 3 h 10 min ahead
+        let stamp = FixedOffset::east_opt(3600)
+            .unwrap()
+            .with_ymd_and_hms(2026, 12, 7, 14, 5, 0)
+            .unwrap();
+        assert_eq!(
+            corrected(DeviceTime::Zoned(stamp), &ahead, BERLIN),
+            Some(Utc.with_ymd_and_hms(2026, 12, 7, 9, 55, 0).unwrap())
+        );
+    }
+
+    #[test]
+    fn the_device_time_keeps_the_offset_of_its_zone() {
+        assert_eq!(
+            device_text(DeviceTime::Local(wall(2026, 7, 1, 12, 0, 0)), BERLIN).as_deref(),
+            Some("2026-07-01T12:00:00+02:00")
+        );
+    }
 }
