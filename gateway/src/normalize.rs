@@ -28,8 +28,21 @@
 //!   receive time is used instead when the device gives no time, says its clock is not
 //!   set, or gives a time more than [`MAX_FUTURE`] ahead of the receive time. `issued` is
 //!   the receive time.
+//! - **Device clocks** (`normalize/clock.rs`): a reading that carries a comparison of the
+//!   device's clock with the gateway's (a BLE device's Current Time read at the
+//!   connection) gets a Coincident Time Stamp Observation (PHD IG; MDC 67975, the
+//!   gateway's time as `effectiveDateTime`, the device's as `valueDateTime`) in
+//!   [`Normalized::coincident`]; when the clocks differ by more than
+//!   [`CORRECTION_THRESHOLD`] (60 s, a reset to 2000-01-01 included) the device's time
+//!   stamp is placed on the gateway's timeline (time elapsed on the device's clock since
+//!   the measurement, counted back from the gateway's time); every Observation whose time
+//!   came from the device references it (`CoincidentTimeStampReference`). The rules above
+//!   (clock not set, more than a day ahead) still apply, after the correction. Without a
+//!   comparison (no Current Time, serial, MQTT), time stamps are used as they are.
 //! - **Identity**: `identifier` (and `id`) is a UUID derived from the device pseudonym,
-//!   the field names, the effective time and the device's sequence number.
+//!   the field names, the effective time and the device's sequence number. The Device
+//!   resource names what the device reports about itself (manufacturer, model, revisions),
+//!   else the profile's manufacturer and model; identifying values only as pseudonyms.
 //! - **Test data** (control solution, calibration) is never emitted as a patient
 //!   observation; demo data is emitted with the `HTEST` security label.
 
@@ -396,32 +409,8 @@ pub fn normalize(reading: &Reading, profile: &Profile, ctx: &Context) -> Normali
             out.observations.push(obs);
         }
     }
-    reference_clock(reading, ctx, demo, &mut out);
+    clock::reference_clock(reading, ctx, demo, &mut out);
     out
-}
-
-/// The Coincident Time Stamp Observation of the reading's clock comparison, referenced by
-/// every Observation whose time came from the device.
-fn reference_clock(reading: &Reading, ctx: &Context, demo: bool, out: &mut Normalized) {
-    let from_device = matches!(
-        out.time_source,
-        TimeSource::DeviceZoned | TimeSource::DeviceLocal | TimeSource::DeviceCorrected
-    );
-    let Some(clock) = reading.clock.as_ref().filter(|_| from_device) else {
-        return;
-    };
-    if out.observations.is_empty() {
-        return;
-    }
-    let Some(cts) = clock::coincident_time_stamp(clock, reading, ctx, demo) else {
-        return;
-    };
-    if let Some(ext) = clock::reference_to(&cts) {
-        for obs in &mut out.observations {
-            obs.extension.push(ext.clone());
-        }
-    }
-    out.coincident = Some(cts);
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -274,5 +274,21 @@ mod tests {
         assert_eq!(ble.adapter.as_deref(), Some("hci1"));
         assert_eq!(ble.devices[0].address, "AA:BB:CC:DD:EE:FF");
         assert_eq!(ble.devices[0].zone, Some(Zone::Named(chrono_tz::UTC)));
+        assert!(!ble.devices[0].set_clock, "clock setting is opt-in");
+    }
+
+    #[test]
+    fn set_clock_is_a_boolean_per_device() {
+        let c = minimal_with(
+            "[ble]\n[[ble.devices]]\naddress = \"aa:bb:cc:dd:ee:ff\"\nprofile = \"cuff\"\nset_clock = true\n",
+        )
+        .unwrap();
+        assert!(c.ble.unwrap().devices[0].set_clock);
+        let err = minimal_with(
+            "[ble]\n[[ble.devices]]\naddress = \"aa:bb:cc:dd:ee:ff\"\nprofile = \"cuff\"\nset_clock = \"sometimes\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("set_clock"), "{err}");
     }
 }

@@ -16,10 +16,10 @@
 //!   own time stamp can always be recovered.
 
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
-use iomt_drivers::{ClockComparison, DeviceTime};
+use iomt_drivers::{ClockComparison, DeviceTime, Reading};
 
 use super::time::{fhir_instant, resolve_local, Zone};
-use super::{derived_uuid, skeleton, Context};
+use super::{derived_uuid, skeleton, Context, Normalized, TimeSource};
 use crate::catalog::Category;
 use crate::fhir::{self, CodeableConcept, Coding, Extension, Identifier, Observation, Reference};
 
@@ -107,7 +107,7 @@ fn whole_seconds(t: DateTime<Utc>) -> DateTime<Utc> {
 /// be read in its zone.
 pub(super) fn coincident_time_stamp(
     clock: &ClockComparison,
-    reading: &iomt_drivers::Reading,
+    reading: &Reading,
     ctx: &Context,
     demo: bool,
 ) -> Option<Observation> {
@@ -149,6 +149,30 @@ pub(super) fn reference_to(coincident: &Observation) -> Option<Extension> {
             identifier: Some(id.clone()),
         },
     })
+}
+
+/// The Coincident Time Stamp Observation of the reading's clock comparison, referenced by
+/// every Observation whose time came from the device.
+pub(super) fn reference_clock(reading: &Reading, ctx: &Context, demo: bool, out: &mut Normalized) {
+    let from_device = matches!(
+        out.time_source,
+        TimeSource::DeviceZoned | TimeSource::DeviceLocal | TimeSource::DeviceCorrected
+    );
+    let Some(clock) = reading.clock.as_ref().filter(|_| from_device) else {
+        return;
+    };
+    if out.observations.is_empty() {
+        return;
+    }
+    let Some(cts) = coincident_time_stamp(clock, reading, ctx, demo) else {
+        return;
+    };
+    if let Some(ext) = reference_to(&cts) {
+        for obs in &mut out.observations {
+            obs.extension.push(ext.clone());
+        }
+    }
+    out.coincident = Some(cts);
 }
 
 #[cfg(test)]

@@ -15,7 +15,9 @@
 //! `UUIDs`, sets `ServicesResolved`, then returns; notification sessions survive
 //! disconnects; every `ReadValue` emits `PropertiesChanged(Value)`; errors carry BlueZ's
 //! names. A glucose meter answers the Record Access Control Point only once indications
-//! on 0x2A52 and notifications on 0x2A18 are enabled. bluetoothd can be stopped and
+//! on 0x2A52 and notifications on 0x2A18 are enabled. A device may keep a clock behind a
+//! Current Time Service ([`SimBluez::add_current_time`], `clock.rs`): reads give its time
+//! now, writes (when allowed) set it. bluetoothd can be stopped and
 //! started again ([`SimBluez::stop_daemon`], [`SimBluez::start_daemon`]) and the adapter
 //! powered off and on ([`SimBluez::power`]); both drop every client's discovery and
 //! notification sessions (see `lifecycle.rs`).
