@@ -493,7 +493,7 @@ fn panel(out: &Path, systolic: &str) -> serde_json::Value {
         .into_iter()
         .find(|o| {
             o["component"][0]["code"]["coding"][0]["code"] == SYSTOLIC
-                && o["component"][0]["valueQuantity"]["value"].to_string() == systolic
+                && o["component"][0]["valueQuantity"]["value"] == systolic.parse::<u64>().unwrap()
         })
         .unwrap_or_else(|| panic!("no panel with systolic {systolic}"))
 }

@@ -62,14 +62,16 @@ mod clock;
 mod device;
 mod time;
 
-pub use clock::{offset as clock_offset, CORRECTION_THRESHOLD};
 use device::uuid_text;
 pub use device::{
     device_resource, device_resource_id, gateway_resource, DEVICE_PSEUDONYM_SYSTEM,
     GATEWAY_PSEUDONYM_SYSTEM, PATIENT_PSEUDONYM_SYSTEM,
 };
 use time::effective_time;
-pub use time::{fhir_instant, resolve_local, TimeSource, Zone, MAX_FUTURE};
+pub use time::{
+    fhir_instant, offset as clock_offset, resolve_local, TimeSource, Zone, CORRECTION_THRESHOLD,
+    MAX_FUTURE,
+};
 
 /// What to do with a value outside its plausible range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
