@@ -558,13 +558,19 @@ fn cuffs_with_a_clock_3_h_10_min_ahead_reset_to_2000_or_right_are_placed_on_the_
         sim.queue(address, 0x2A35, &bp_at(systolic, clock - five));
         sim.advertise(address);
     }
+    // A second stored measurement of the cuff that is ahead, a minute later on its clock.
+    sim.queue(
+        CUFF_AHEAD,
+        0x2A35,
+        &bp_at(135, ahead - five + chrono::Duration::minutes(1)),
+    );
     let config = world.config(&[
         (CUFF_AHEAD, "and-ua-651ble"),
         (CUFF_RESET, "and-ua-651ble"),
         (CUFF_RIGHT, "and-ua-651ble"),
     ]);
     let gw = world.start(&config);
-    for systolic in ["131", "132", "133"] {
+    for systolic in ["131", "132", "133", "135"] {
         world.wait_for(&gw, SYSTOLIC, systolic);
     }
     let log = gw.stop();
@@ -593,6 +599,22 @@ fn cuffs_with_a_clock_3_h_10_min_ahead_reset_to_2000_or_right_are_placed_on_the_
             &format!("cuff {systolic}: device time"),
         );
     }
+    let second = panel(&out, "135");
+    assert_near(
+        instant(second["effectiveDateTime"].as_str().unwrap()),
+        measured + chrono::Duration::minutes(1),
+        "the second reading of the cuff that is ahead",
+    );
+    assert_eq!(
+        coincident_of(&out, &second),
+        coincident_of(&out, &panel(&out, "131"))
+    );
+    // One Coincident Time Stamp Observation per connection, however many readings.
+    let coincident = observations_in(&out)
+        .iter()
+        .filter(|o| o["code"]["coding"][0]["code"] == "67975")
+        .count();
+    assert_eq!(coincident, 3);
     assert!(log.contains("a device's clock is off"), "{log}");
     assert_eq!(
         sim.clock_writes(CUFF_AHEAD),
