@@ -204,6 +204,7 @@ async fn run(n: usize, dir: &Path) {
         .filter_map(|p| match &p.transport {
             TransportSpec::Sim(spec) => Some(SimDevice {
                 identity: Arc::new(DeviceIdentity {
+                    revisions: Default::default(),
                     profile: p.id.clone(),
                     transport: Transport::Sim,
                     address: format!("{}-bench", p.id),

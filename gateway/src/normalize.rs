@@ -45,8 +45,21 @@
 //!   (`clock/hold.rs`; not a `dataAbsentReason`: the value is present, its time is in
 //!   doubt). While the clock is behind, a correct device time may look more than
 //!   [`MAX_FUTURE`] ahead: the receive time is then used and corrected like any other.
+//! - **Device clocks** (`normalize/clock.rs`): a reading that carries a comparison of the
+//!   device's clock with the gateway's (a BLE device's Current Time read at the
+//!   connection) gets a Coincident Time Stamp Observation (PHD IG; MDC 67975, the
+//!   gateway's time as `effectiveDateTime`, the device's as `valueDateTime`) in
+//!   [`Normalized::coincident`]; when the clocks differ by more than
+//!   [`CORRECTION_THRESHOLD`] (60 s, a reset to 2000-01-01 included) the device's time
+//!   stamp is placed on the gateway's timeline (time elapsed on the device's clock since
+//!   the measurement, counted back from the gateway's time); every Observation whose time
+//!   came from the device references it (`CoincidentTimeStampReference`). The rules above
+//!   (clock not set, more than a day ahead) still apply, after the correction. Without a
+//!   comparison (no Current Time, serial, MQTT), time stamps are used as they are.
 //! - **Identity**: `identifier` (and `id`) is a UUID derived from the device pseudonym,
-//!   the field names, the effective time and the device's sequence number.
+//!   the field names, the effective time and the device's sequence number. The Device
+//!   resource names what the device reports about itself (manufacturer, model, revisions),
+//!   else the profile's manufacturer and model; identifying values only as pseudonyms.
 //! - **Test data** (control solution, calibration) is never emitted as a patient
 //!   observation; demo data is emitted with the `HTEST` security label.
 
@@ -62,6 +75,7 @@ use crate::fhir::{
 use crate::profile::{FieldMapping, Profile};
 use crate::ucum;
 
+mod clock;
 mod device;
 mod time;
 
@@ -71,7 +85,10 @@ pub use device::{
     DEVICE_PSEUDONYM_SYSTEM, GATEWAY_PSEUDONYM_SYSTEM, PATIENT_PSEUDONYM_SYSTEM,
 };
 use time::effective_time;
-pub use time::{fhir_instant, resolve_local, TimeSource, Zone, MAX_FUTURE};
+pub use time::{
+    fhir_instant, offset as clock_offset, resolve_local, TimeSource, Zone, CORRECTION_THRESHOLD,
+    MAX_FUTURE,
+};
 
 /// What to do with a value outside its plausible range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
@@ -151,6 +168,9 @@ pub struct Normalized {
     pub flagged: usize,
     /// Where the effective time came from.
     pub time_source: TimeSource,
+    /// The Coincident Time Stamp Observation the Observations reference, when the reading
+    /// carries a comparison of the device's clock with the gateway's.
+    pub coincident: Option<Observation>,
 }
 
 /// A UUID (version 8, RFC 9562) from the SHA-256 of `parts`, each length-prefixed.
@@ -309,6 +329,7 @@ pub fn normalize(reading: &Reading, profile: &Profile, ctx: &Context) -> Normali
         rejections: Vec::new(),
         flagged: 0,
         time_source,
+        coincident: None,
     };
     if reading.flags.contains(&ReadingFlag::TestData) {
         out.rejections.push(Rejection::TestData);
@@ -407,6 +428,7 @@ pub fn normalize(reading: &Reading, profile: &Profile, ctx: &Context) -> Normali
             out.observations.push(obs);
         }
     }
+    clock::reference_clock(reading, ctx, demo, &mut out);
     out
 }
 
@@ -467,6 +489,7 @@ fn skeleton(
         effective_date_time: effective.into(),
         issued: fhir_instant(reading.received_at),
         value_quantity: None,
+        value_date_time: None,
         data_absent_reason: None,
         interpretation: Vec::new(),
         body_site: None,

@@ -98,6 +98,9 @@ impl Pipeline {
         let mut stats = Stats::default();
         let mut devices: LruCache<(Arc<DeviceIdentity>, String), KnownDevice> =
             LruCache::new(DEVICE_CACHE);
+        // The last Coincident Time Stamp Observation stored per device pseudonym: a
+        // connection's readings share one, stored with the first of them.
+        let mut coincident: LruCache<String, String> = LruCache::new(DEVICE_CACHE);
         while let Some(mut envelope) = rx.recv().await {
             stats.readings += 1;
             let clock = self.clock.as_ref().map(|c| (c, c.check()));
@@ -126,7 +129,7 @@ impl Pipeline {
             let key = (identity.clone(), profile.id.clone());
             let device = devices.get_or_insert_with(key, || {
                 let pseudonym = self.pseudonymizer.pseudonym(Domain::Device, &address);
-                let resource = normalize::device_resource(&profile, &pseudonym);
+                let resource = normalize::device_resource(&profile, &identity, &pseudonym);
                 KnownDevice {
                     resource_id: resource.id.clone(),
                     json: serde_json::to_vec(&resource).unwrap_or_default(),
@@ -160,7 +163,25 @@ impl Pipeline {
                 }
                 continue;
             }
-            let mut observations = Vec::with_capacity(out.observations.len());
+            let mut observations = Vec::with_capacity(out.observations.len() + 1);
+            let new_clock = out.coincident.as_ref().filter(|c| {
+                coincident
+                    .get(device.pseudonym.as_str())
+                    .map(String::as_str)
+                    != Some(c.id.as_str())
+            });
+            if let Some(cts) = new_clock {
+                log_clock(&profile, &reading.clock, &ctx);
+                match serde_json::to_vec(cts) {
+                    Ok(json) => {
+                        coincident.insert(device.pseudonym.clone(), cts.id.clone());
+                        observations.push((cts.id.clone(), json));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "a Coincident Time Stamp Observation could not be serialized; dropped")
+                    }
+                }
+            }
             for obs in &out.observations {
                 if let Some(observer) = self.observer.as_mut() {
                     observer(&profile, &identity, obs);
@@ -214,6 +235,23 @@ impl Pipeline {
     }
 }
 
+/// Logs, once per connection, how far a device's clock is off (seconds only: no value,
+/// no address), and whether its time stamps are corrected.
+fn log_clock(profile: &Profile, clock: &Option<iomt_drivers::ClockComparison>, ctx: &Context) {
+    let Some(offset) = clock
+        .as_ref()
+        .and_then(|c| normalize::clock_offset(c, ctx.zone))
+    else {
+        return;
+    };
+    let seconds = offset.num_seconds();
+    if offset.abs() > normalize::CORRECTION_THRESHOLD {
+        tracing::warn!(profile = %profile.id, offset_seconds = seconds, "a device's clock is off; its time stamps are placed on the gateway's timeline");
+    } else {
+        tracing::debug!(profile = %profile.id, offset_seconds = seconds, "device clock within the threshold");
+    }
+}
+
 fn log_outcome(profile: &Profile, out: &normalize::Normalized, stats: &mut Stats) {
     for r in &out.rejections {
         stats.rejected += 1;
@@ -255,7 +293,9 @@ mod tests {
 
     fn reading(address: String) -> Reading {
         Reading {
+            clock: None,
             device: Arc::new(DeviceIdentity {
+                revisions: Default::default(),
                 profile: "sim-thermometer".into(),
                 transport: Transport::Sim,
                 address,

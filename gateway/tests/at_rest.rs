@@ -40,7 +40,9 @@ impl Uplink for Counting {
 
 fn thermometer_reading(n: u32) -> Reading {
     Reading {
+        clock: None,
         device: Arc::new(DeviceIdentity {
+            revisions: Default::default(),
             profile: "sim-thermometer".into(),
             transport: Transport::Sim,
             address: "thermometer-1".into(),

@@ -50,12 +50,14 @@ fn an_observation_whose_time_could_not_be_corrected_is_marked_uncertain() {
             serial_number: None,
             manufacturer: None,
             model: None,
+            revisions: Default::default(),
         }),
         device_time: None,
         received_at: Utc.with_ymd_and_hms(1970, 1, 1, 0, 3, 12).unwrap(),
         sequence: None,
         quantities: vec![Quantity::new("heart_rate", Decimal::from(72), "/min")],
         flags: Vec::new(),
+        clock: None,
     };
     let out = normalize::normalize(
         &reading,

@@ -380,6 +380,7 @@ impl Session<'_> {
             .entry((index, id.clone()))
             .or_insert_with(|| {
                 Arc::new(DeviceIdentity {
+                    revisions: Default::default(),
                     profile: sub.profile.clone(),
                     transport: Transport::Mqtt,
                     address: id,

@@ -2,6 +2,8 @@
 //! their pseudonyms, and the identifier systems of the pseudonyms.
 
 use crate::fhir::{self, Identifier};
+use iomt_drivers::DeviceIdentity;
+
 use crate::profile::Profile;
 
 /// The FHIR Device id for a pseudonym: a UUID made from the pseudonym's 128 bits, so the
@@ -30,9 +32,36 @@ pub(super) fn uuid_text(mut b: [u8; 16]) -> String {
     )
 }
 
-/// The FHIR Device for a measuring device. It carries only the pseudonym, the
-/// manufacturer and the model: never the serial number or the transport address.
-pub fn device_resource(profile: &Profile, device_pseudonym: &str) -> fhir::Device {
+/// The FHIR Device for a measuring device. It carries only the pseudonym and what names
+/// the product: the manufacturer, model and firmware/software/hardware revisions the device
+/// reported about itself (BLE Device Information), else the profile's manufacturer and
+/// model; never the serial number, system id or transport address.
+pub fn device_resource(
+    profile: &Profile,
+    identity: &DeviceIdentity,
+    device_pseudonym: &str,
+) -> fhir::Device {
+    let model = identity
+        .model
+        .clone()
+        .unwrap_or_else(|| profile.model.clone());
+    let revisions = [
+        (
+            &identity.revisions.hardware,
+            "531974",
+            "MDC_ID_PROD_SPEC_HW",
+        ),
+        (
+            &identity.revisions.software,
+            "531975",
+            "MDC_ID_PROD_SPEC_SW",
+        ),
+        (
+            &identity.revisions.firmware,
+            "531976",
+            "MDC_ID_PROD_SPEC_FW",
+        ),
+    ];
     fhir::Device {
         resource_type: "Device".into(),
         id: device_resource_id(device_pseudonym),
@@ -40,13 +69,32 @@ pub fn device_resource(profile: &Profile, device_pseudonym: &str) -> fhir::Devic
             system: DEVICE_PSEUDONYM_SYSTEM.into(),
             value: device_pseudonym.into(),
         }],
-        manufacturer: Some(profile.manufacturer.clone()),
+        manufacturer: Some(
+            identity
+                .manufacturer
+                .clone()
+                .unwrap_or_else(|| profile.manufacturer.clone()),
+        ),
         device_name: vec![fhir::DeviceName {
-            name: profile.name.clone(),
+            name: identity
+                .model
+                .clone()
+                .unwrap_or_else(|| profile.name.clone()),
             kind: "model-name".into(),
         }],
-        model_number: Some(profile.model.clone()),
-        version: Vec::new(),
+        model_number: Some(model),
+        version: revisions
+            .into_iter()
+            .filter_map(|(value, code, refid)| {
+                Some(fhir::DeviceVersion {
+                    kind: Some(fhir::CodeableConcept {
+                        coding: vec![fhir::Coding::new(fhir::MDC, code, refid)],
+                        text: None,
+                    }),
+                    value: value.clone()?,
+                })
+            })
+            .collect(),
         property: Vec::new(),
     }
 }
@@ -68,6 +116,7 @@ pub fn gateway_resource(gateway_pseudonym: &str) -> fhir::Device {
         }],
         model_number: None,
         version: vec![fhir::DeviceVersion {
+            kind: None,
             value: env!("CARGO_PKG_VERSION").into(),
         }],
         property: Vec::new(),
