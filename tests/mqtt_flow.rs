@@ -5,17 +5,20 @@
 //!
 //! - A publisher faster than the gateway, with mosquitto's window smaller than the
 //!   gateway's `max_in_flight`: every reading arrives, exactly once, without a stall.
+//! - The cloud broker of the MQTT uplink away for 30 s: delivery resumes within seconds
+//!   of its return, every Observation once.
 
 mod common;
 #[path = "common/mqtt_proxy.rs"]
 mod mqtt_proxy;
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use common::kit::{read, sigterm_and_wait, wait_logged, Kit};
 use iomt_testkit::mosquitto::publish_acked;
-use iomt_testkit::Mosquitto;
+use iomt_testkit::{Collector, Mosquitto};
 
 const PATIENT: &str = "MRN-MQTT-FLOW-1";
 const GATEWAY_ID: &str = "kit-mqtt-flow-1";
@@ -80,7 +83,7 @@ fn sink(kit: &Kit) -> (usize, u64) {
 /// smaller than the gateway's `max_in_flight` (64).
 #[test]
 fn a_publisher_faster_than_the_gateway_never_stalls_ingest() {
-    const N: u32 = 2000;
+    const N: u32 = 20000;
     let mut kit = Kit::new();
     let broker = Mosquitto::start(
         &kit.path("broker"),
@@ -121,4 +124,123 @@ fn a_publisher_faster_than_the_gateway_never_stalls_ingest() {
     // driver's `max_in_flight`, which stops reading from the socket.
     let broker_log = read(&kit.path("broker/mosquitto.log"));
     assert!(!broker_log.contains("dropped"), "{broker_log}");
+}
+
+/// Distinct Observation identifiers and messages received by `collector`.
+fn received(collector: &Collector) -> (usize, usize) {
+    let all = collector.received();
+    let ids: HashSet<String> = all
+        .iter()
+        .filter_map(|(_, p)| {
+            let v: serde_json::Value = serde_json::from_slice(p).ok()?;
+            v["identifier"][0]["value"].as_str().map(str::to_string)
+        })
+        .collect();
+    (ids.len(), all.len())
+}
+
+/// The cloud broker away for over 30 s, with the uplink's default `max_backoff_secs`
+/// (300): delivery resumes within a few seconds of the broker being back (not at the
+/// delivery loop's next backoff step), and every Observation arrives once.
+#[test]
+fn the_mqtt_uplink_delivers_again_within_seconds_of_the_cloud_broker_coming_back() {
+    let mut kit = Kit::new();
+    let broker = Mosquitto::start(&kit.path("broker"), "").unwrap();
+    let mut cloud = Mosquitto::start(&kit.path("cloud"), "").unwrap();
+    let collector = kit
+        .rt
+        .block_on(Collector::start(cloud.port(), "cloud-subscriber", "fhir/#"));
+    let (proxy, window) = kit.rt.block_on(mqtt_proxy::start(broker.port()));
+    let uplink = format!(
+        "\n[[uplinks]]\nkind = \"mqtt\"\nname = \"cloud\"\nurl = \"mqtt://127.0.0.1:{}\"\ntopic = \"fhir/{{gateway}}/observations\"\nmode = \"observation\"\nbatch_size = 20\ntimeout_secs = 2\n",
+        cloud.port()
+    );
+    let config = config(&kit, proxy, 64, &uplink);
+    let (mut child, log) = kit.start(&config);
+    wait_logged(
+        &mut child,
+        &log,
+        "the gateway to connect",
+        "connected to the MQTT broker",
+    );
+    common::wait_until(Duration::from_secs(30), "the subscription", || {
+        window.subscribed()
+    });
+    let publish = |from: u32| {
+        kit.rt
+            .block_on(publish_acked(
+                broker.port(),
+                "outage-publisher",
+                vitals("outage-1", from, 100),
+                Duration::from_secs(30),
+            ))
+            .unwrap()
+    };
+    publish(0);
+    // Stopped once the gateway has the PUBACKs (stopped between a message and its PUBACK,
+    // the broker would get that message again: QoS 1 is at least once).
+    common::wait_until(
+        Duration::from_secs(60),
+        "100 delivered to the cloud",
+        || {
+            kit.try_outbox_status()
+                .ok()
+                .and_then(|s| common::uplink_named(&s, "cloud").map(|u| u["delivered"] == 100))
+                .unwrap_or(false)
+        },
+    );
+    cloud.stop().unwrap();
+    publish(100);
+    common::wait_until(Duration::from_secs(30), "the uplink to notice", || {
+        read(&log).contains("delivery failed; rows kept, will retry")
+    });
+    // The outage: at least 30 s, ended just as the delivery loop starts a backoff step of
+    // 8 s or more, so that a retry timed by that backoff alone would come too late.
+    let down = std::time::Instant::now();
+    let mut retries = 0;
+    common::wait_until(
+        Duration::from_secs(180),
+        "a long backoff step after 30 s",
+        || {
+            let text = read(&log);
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains("delivery failed; rows kept, will retry"))
+                .collect();
+            let new = lines.len() > retries;
+            retries = lines.len();
+            new && down.elapsed() >= Duration::from_secs(30)
+                && lines
+                    .last()
+                    .and_then(|l| l.split("retry_in_ms=").nth(1))
+                    .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .is_some_and(|ms| ms >= 8000)
+        },
+    );
+    cloud.restart().unwrap();
+    let back = std::time::Instant::now();
+    common::wait_until(Duration::from_secs(60), "200 at the cloud", || {
+        received(&collector).0 >= 200
+    });
+    let resumed = back.elapsed();
+    sigterm_and_wait(child, &log);
+    assert!(
+        resumed < Duration::from_secs(6),
+        "delivery resumed {resumed:?} after the broker was back"
+    );
+    let all = collector.received();
+    let mut seen = HashSet::new();
+    let twice: Vec<usize> = all
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, p))| !seen.insert(p.clone()))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        received(&collector),
+        (200, 200),
+        "each Observation once; received again at positions {twice:?}"
+    );
+    assert_eq!(sink(&kit), (200, 0));
 }
