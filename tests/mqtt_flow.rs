@@ -83,7 +83,7 @@ fn sink(kit: &Kit) -> (usize, u64) {
 /// smaller than the gateway's `max_in_flight` (64).
 #[test]
 fn a_publisher_faster_than_the_gateway_never_stalls_ingest() {
-    const N: u32 = 20000;
+    const N: u32 = 10000;
     let mut kit = Kit::new();
     let broker = Mosquitto::start(
         &kit.path("broker"),
