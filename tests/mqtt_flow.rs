@@ -5,6 +5,8 @@
 //!
 //! - A publisher faster than the gateway, with mosquitto's window smaller than the
 //!   gateway's `max_in_flight`: every reading arrives, exactly once, without a stall.
+//! - A broker that sends everything at once and an outbox that cannot commit: the driver
+//!   takes at most `max_in_flight` messages.
 //! - The cloud broker of the MQTT uplink away for 30 s: delivery resumes within seconds
 //!   of its return, every Observation once.
 
@@ -46,13 +48,18 @@ fn vitals(dev: &str, from: u32, n: u32) -> Vec<(String, Vec<u8>)> {
 /// The gateway's configuration: the MQTT driver on `port` with `max_in_flight`, the FHIR
 /// uplink, and `uplinks` appended.
 fn config(kit: &Kit, port: u16, max_in_flight: usize, uplinks: &str) -> PathBuf {
+    config_logging(kit, port, max_in_flight, uplinks, "info")
+}
+
+/// [`config`] with the log level `log`.
+fn config_logging(kit: &Kit, port: u16, max_in_flight: usize, uplinks: &str, log: &str) -> PathBuf {
     kit.config_for(GATEWAY_ID, PATIENT)
         .driver(&format!(
             "[mqtt]\nenabled = true\nport = {port}\nclient_id = \"iomt-gateway-flow\"\nmax_in_flight = {max_in_flight}\nreconnect_initial_ms = 50\nreconnect_max_ms = 500\nprofiles = [\"{PROFILE}\"]"
         ))
         .outbox("commit_window_ms = 20")
         .uplink(&format!("{}\n{uplinks}", kit.fhir_uplink(1)))
-        .log("info")
+        .log(log)
         .write()
 }
 
@@ -124,6 +131,64 @@ fn a_publisher_faster_than_the_gateway_never_stalls_ingest() {
     // driver's `max_in_flight`, which stops reading from the socket.
     let broker_log = read(&kit.path("broker/mosquitto.log"));
     assert!(!broker_log.contains("dropped"), "{broker_log}");
+}
+
+/// A broker with no window of its own (it sends every message at once) and an outbox
+/// that cannot commit: the driver takes no more than `max_in_flight` messages (8) before
+/// it stops reading; once the outbox commits again every message arrives once.
+#[test]
+fn the_driver_takes_at_most_max_in_flight_messages_while_none_is_committed() {
+    let mut kit = Kit::new();
+    let broker = Mosquitto::start(
+        &kit.path("broker"),
+        "max_inflight_messages 0\nmax_queued_messages 1000000\n",
+    )
+    .unwrap();
+    let (proxy, window) = kit.rt.block_on(mqtt_proxy::start(broker.port()));
+    let config = config_logging(&kit, proxy, 8, "", "info,iomt_drivers=debug");
+    let (mut child, log) = kit.start(&config);
+    wait_logged(
+        &mut child,
+        &log,
+        "the gateway to connect",
+        "connected to the MQTT broker",
+    );
+    common::wait_until(Duration::from_secs(30), "the subscription", || {
+        window.subscribed()
+    });
+    // The outbox's write lock held: no commit until it goes (then they fail, busy).
+    let lock = rusqlite::Connection::open(kit.path("outbox.db")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    kit.rt
+        .block_on(publish_acked(
+            broker.port(),
+            "bound-publisher",
+            vitals("bound-1", 0, 100),
+            Duration::from_secs(30),
+        ))
+        .unwrap();
+    wait_logged(
+        &mut child,
+        &log,
+        "the commits to fail",
+        "MQTT message could not be stored",
+    );
+    let text = read(&log);
+    let before = &text[..text.find("MQTT message could not be stored").unwrap_or(0)];
+    let taken = before
+        .matches("MQTT message handed to the pipeline")
+        .count();
+    assert!(
+        (1..=8).contains(&taken),
+        "{taken} messages taken with none committed (max_in_flight 8); the broker sent {}",
+        window.published()
+    );
+    drop(lock);
+    common::wait_until(Duration::from_secs(120), "100 at the sink", || {
+        sink(&kit).0 >= 100
+    });
+    sigterm_and_wait(child, &log);
+    assert_eq!(sink(&kit), (100, 0), "each reading exactly once");
 }
 
 /// Distinct Observation identifiers and messages received by `collector`.
