@@ -390,6 +390,9 @@ pub async fn run(
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(delay) => {}
+                    _ = l.uplink.reachable() => {
+                        tracing::info!(uplink = %name, "destination reachable again; retrying before the backoff is over");
+                    }
                 }
             }
             Next::Stop => break,
