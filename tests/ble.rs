@@ -734,3 +734,92 @@ fn the_cuffs_device_resource_names_what_its_device_information_says_and_no_seria
         assert!(!text.contains(secret), "`{secret}` in {text}");
     }
 }
+
+/// A vendor service UUID (A&D's), the only service some cuffs advertise until paired.
+const VENDOR_SERVICE: &str = "233bf000-5a34-1b6d-975c-000d5690abe4";
+const KETTLE: &str = "B0:00:00:00:00:0B";
+const PLAIN_CUFF: &str = "A0:00:00:00:00:04";
+/// 130/82 mmHg, pulse 72.
+const BP_130: &str = "1E 82 00 52 00 61 00 DD 07 08 1A 09 0A 14 48 00 01 00 00";
+
+/// The profiles `iomt-gateway scan` lists for `address` (the text after `profiles: `).
+fn scanned_profiles(world: &World, address: &str) -> String {
+    let profiles = common::root().join("device-profiles");
+    let out = gateway()
+        .args([
+            "scan",
+            "--for",
+            "1",
+            "--profiles",
+            profiles.to_str().unwrap(),
+        ])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", world.bus.address())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = common::texts(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(address))
+        .unwrap_or_else(|| panic!("{address} not listed:\n{stdout}"));
+    line.split_once("profiles: ")
+        .map(|(_, p)| p.to_string())
+        .unwrap_or_else(|| panic!("no profiles in {line}"))
+}
+
+#[test]
+fn a_cuff_advertising_only_its_name_and_a_vendor_service_is_read_and_scan_agrees_with_run() {
+    let world = World::new(&[
+        (CUFF, "A&D_UA-651BLE_1", DeviceKind::BloodPressure),
+        (OXIMETER, "Nonin3230_1", DeviceKind::PulseOximeter),
+        (KETTLE, "Kettle", DeviceKind::BloodPressure),
+        (PLAIN_CUFF, "BP Cuff", DeviceKind::BloodPressure),
+    ]);
+    let sim = &world.bluez;
+    sim.advertise_services(CUFF, &[VENDOR_SERVICE]);
+    sim.advertise_services(KETTLE, &[VENDOR_SERVICE]);
+    sim.queue(CUFF, 0x2A35, &bytes(BP_128));
+    sim.queue(OXIMETER, 0x2A5E, &bytes(SPO2_97));
+    sim.queue(KETTLE, 0x2A35, &bytes(BP_122));
+    sim.queue(PLAIN_CUFF, 0x2A35, &bytes(BP_130));
+    for a in [CUFF, OXIMETER, KETTLE, PLAIN_CUFF] {
+        sim.advertise(a);
+    }
+    // The kettle is allow-listed under the cuff's profile but matches it neither by
+    // service nor by name: never connected.
+    let config = world.config(&[
+        (CUFF, "and-ua-651ble"),
+        (OXIMETER, "nonin-3230"),
+        (KETTLE, "and-ua-651ble"),
+        (PLAIN_CUFF, "omron-x4-smart"),
+    ]);
+    let gw = world.start(&config);
+    world.wait_for(&gw, SYSTOLIC, "128");
+    world.wait_for(&gw, SPO2, "97");
+    world.wait_for(&gw, SYSTOLIC, "130");
+    let log = gw.stop();
+    assert_eq!(sim.connects(KETTLE), 0, "{log}");
+    assert_eq!(world.count(SYSTOLIC, "122"), 0);
+
+    // `scan` names the same profile for each device `run` took, and none for the kettle.
+    let cuff = scanned_profiles(&world, CUFF);
+    assert!(
+        cuff.starts_with("and-ua-651ble (best match: name prefix"),
+        "{cuff}"
+    );
+    let oximeter = scanned_profiles(&world, OXIMETER);
+    assert!(oximeter.contains("nonin-3230"), "{oximeter}");
+    let kettle = scanned_profiles(&world, KETTLE);
+    assert!(kettle.starts_with("none"), "{kettle}");
+    // A cuff that advertises only the Blood Pressure service matches every cuff profile
+    // equally: scan says so rather than pick one.
+    let plain = scanned_profiles(&world, PLAIN_CUFF);
+    for p in [
+        "and-ua-651ble (service 1810)",
+        "omron-x4-smart (service 1810)",
+    ] {
+        assert!(plain.contains(p), "{plain}");
+    }
+    assert!(plain.contains("no single best match"), "{plain}");
+    assert!(!plain.contains("(best match"), "{plain}");
+}

@@ -2,7 +2,8 @@
 //! over D-Bus on Linux; libdbus honours `DBUS_SYSTEM_BUS_ADDRESS`).
 //!
 //! **Finding devices.** One scanner task starts discovery (filtered by the profiles'
-//! advertised services) and watches the adapter's events. A device is taken only when its
+//! advertised services, or unfiltered when a profile may recognize its device by name:
+//! see `matching.rs`) and watches the adapter's events. A device is taken only when its
 //! address is on the configured allow-list (`[[ble.devices]]`) **and** it matches that
 //! entry's profile (an advertised service UUID, or the advertised name prefix): a home kit
 //! must never pick up the neighbour's scale. Everything else is ignored (logged once at
@@ -50,6 +51,7 @@
 
 mod clock;
 mod device;
+pub mod matching;
 mod scanner;
 pub mod sequence;
 mod watch;
@@ -109,13 +111,18 @@ pub struct BleDeviceConfig {
 }
 
 impl BleDeviceConfig {
-    /// Whether an advertisement (name, service UUIDs) matches this entry's profile.
+    /// This entry's profile's recognition rule.
+    pub fn recognition(&self) -> matching::Recognition<'_> {
+        matching::Recognition {
+            services: &self.services,
+            name_prefix: self.name_prefix.as_deref(),
+        }
+    }
+
+    /// Whether an advertisement (name, service UUIDs) matches this entry's profile
+    /// ([`matching::Recognition::matches`]).
     pub fn profile_matches(&self, name: Option<&str>, services: &[Uuid]) -> bool {
-        services.iter().any(|s| self.services.contains(s))
-            || self
-                .name_prefix
-                .as_deref()
-                .is_some_and(|p| name.is_some_and(|n| n.starts_with(p)))
+        self.recognition().matches(name, services).is_some()
     }
 
     fn is_glucose(&self) -> bool {

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
+use iomt_gateway::ingest::ble::ProfileMatch;
 use iomt_gateway::profile;
 
 use super::default_profiles_dir;
@@ -71,12 +72,31 @@ fn scan(duration: f64, profiles: Option<PathBuf>, adapter: Option<&str>) -> Resu
             d.name.as_deref().unwrap_or(""),
             d.rssi.map_or_else(|| "-".to_string(), |r| r.to_string()),
             services.join(", "),
-            if matching.is_empty() {
-                "none".to_string()
-            } else {
-                matching.join(", ")
-            }
+            describe(&matching)
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The matching profiles, best first, each with why it matched; the first is marked
+/// `best` when it ranks above the others, else the tie is said.
+fn describe(matching: &[ProfileMatch]) -> String {
+    let Some(first) = matching.first() else {
+        return "none".to_string();
+    };
+    let tied = matching
+        .get(1)
+        .is_some_and(|m| m.how.rank() == first.how.rank());
+    let mut parts = Vec::new();
+    for (i, m) in matching.iter().enumerate() {
+        let best = if i == 0 && !tied { "best match: " } else { "" };
+        parts.push(format!("{} ({best}{})", m.id, m.how.reason()));
+    }
+    let mut text = parts.join(", ");
+    if tied {
+        text.push_str(
+            "; no single best match: the advertisement does not tell these apart (check the device's model, then pick one in [[ble.devices]])",
+        );
+    }
+    text
 }

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use iomt_drivers::ble_driver::matching::{Match, Recognition};
 use iomt_drivers::ble_driver::{uuid_from_u16, BleConfig, BleDeviceConfig, BleDriver, WallClock};
 use iomt_drivers::Transport;
 use serde::Deserialize;
@@ -195,29 +196,44 @@ pub fn ble_devices(
     Ok(devices)
 }
 
-/// The ids of the loaded BLE profiles an advertisement (name, service UUIDs) matches: a
-/// service in common, or the profile's name prefix.
+/// A loaded BLE profile an advertisement matches, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileMatch {
+    /// The profile id.
+    pub id: String,
+    /// How it matched (name prefix, service).
+    pub how: Match,
+}
+
+/// The loaded BLE profiles an advertisement (name, service UUIDs) matches, by the
+/// driver's own rule ([`Recognition::matches`]: a service in common, or the profile's
+/// name prefix), best first ([`Match::rank`]; ties by id).
 pub fn matching_ble_profiles(
     profiles: &[Profile],
     name: Option<&str>,
     services: &[uuid::Uuid],
-) -> Vec<String> {
-    profiles
+) -> Vec<ProfileMatch> {
+    let mut found: Vec<ProfileMatch> = profiles
         .iter()
-        .filter(|p| {
-            p.transport.as_ble().is_some_and(|spec| {
-                spec.services
-                    .iter()
-                    .filter_map(|s| service_uuid(&p.id, s).ok())
-                    .any(|u| services.contains(&u))
-                    || spec
-                        .name_prefix
-                        .as_deref()
-                        .is_some_and(|pre| name.is_some_and(|n| n.starts_with(pre)))
+        .filter_map(|p| {
+            let spec = p.transport.as_ble()?;
+            let own: Vec<uuid::Uuid> = spec
+                .services
+                .iter()
+                .filter_map(|s| service_uuid(&p.id, s).ok())
+                .collect();
+            let rule = Recognition {
+                services: &own,
+                name_prefix: spec.name_prefix.as_deref(),
+            };
+            Some(ProfileMatch {
+                id: p.id.clone(),
+                how: rule.matches(name, services)?,
             })
         })
-        .map(|p| p.id.clone())
-        .collect()
+        .collect();
+    found.sort_by(|a, b| b.how.rank().cmp(&a.how.rank()).then(a.id.cmp(&b.id)));
+    found
 }
 
 impl Source for BleSettings {

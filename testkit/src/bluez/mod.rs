@@ -10,7 +10,9 @@
 //! device that has not advertised for ~30 s is removed ([`SimBluez::forget`] stands for
 //! that time passing): InterfacesRemoved for it and its GATT objects, its notification
 //! sessions gone; advertising again makes it new (InterfacesAdded).
-//! Discovery is per D-Bus client; devices appear once discovery runs and they advertise;
+//! Discovery is per D-Bus client; devices appear once discovery runs and they advertise,
+//! and only when the client's `SetDiscoveryFilter` UUIDs (if any) include one they
+//! advertise ([`SimBluez::advertise_services`]);
 //! `Connect` sets `Connected`, exports the GATT objects (once; they stay cached), grows
 //! `UUIDs`, sets `ServicesResolved`, then returns; notification sessions survive
 //! disconnects; every `ReadValue` emits `PropertiesChanged(Value)`; errors carry BlueZ's
@@ -137,6 +139,8 @@ pub(crate) struct DevState {
     pub paired: bool,
     pub rssi: i16,
     pub uuids: Vec<String>,
+    /// The service UUIDs it advertises (its `UUIDs` before a connect).
+    pub advertised: Vec<String>,
     pub services: Vec<u16>,
     pub chars: Vec<CharState>,
     pub queued: Vec<(u16, Vec<u8>)>,
@@ -174,6 +178,7 @@ impl DevState {
         }
         Self {
             uuids: vec![uuid16(spec.kind.service())],
+            advertised: vec![uuid16(spec.kind.service())],
             spec,
             exported: false,
             gatt_exported: false,
@@ -341,6 +346,20 @@ impl SimBluez {
         let state = self.state.clone();
         self.rt
             .block_on(async move { events::report_advertising(&conn, &state).await });
+    }
+
+    /// Sets the service UUIDs the device advertises (by default its kind's primary
+    /// service), lower-case 128-bit: many cuffs advertise only a vendor service until
+    /// paired. A discovery filtered by service UUIDs (`SetDiscoveryFilter`) reports the
+    /// device only when one of these is in the filter, as BlueZ does. Call before the
+    /// device is first reported.
+    pub fn advertise_services(&self, address: &str, uuids: &[&str]) {
+        if let Some(d) = lock(&self.state).devices.get_mut(address) {
+            d.advertised = uuids.iter().map(|u| u.to_lowercase()).collect();
+            if !d.connected {
+                d.uuids.clone_from(&d.advertised);
+            }
+        }
     }
 
     /// Marks the device paired (the default) or not. BlueZ keeps paired devices; an
@@ -552,7 +571,7 @@ pub(crate) async fn unexport_device(server: &ObjectServer, state: &Shared, addre
         d.gatt_exported = false;
         d.connected = false;
         d.services_resolved = false;
-        d.uuids = vec![uuid16(d.spec.kind.service())];
+        d.uuids.clone_from(&d.advertised);
         for c in &mut d.chars {
             c.notifying = false;
         }
