@@ -823,3 +823,77 @@ fn a_cuff_advertising_only_its_name_and_a_vendor_service_is_read_and_scan_agrees
     assert!(plain.contains("no single best match"), "{plain}");
     assert!(!plain.contains("(best match"), "{plain}");
 }
+
+/// PLX Continuous Measurement: SpO2 96 %, pulse 70.
+const SPO2_96_CONTINUOUS: &str = "00 60 00 46 00";
+const OXIMETER_SPOT_ONLY: &str = "A0:00:00:00:00:05";
+/// What the driver says about characteristics a profile leaves out.
+const UNMAPPED: &str = "the device offers health characteristics its profile does not map";
+
+#[test]
+fn a_nonin_3230_delivers_spot_check_and_continuous_readings_in_one_session() {
+    let world = World::new(&[
+        (OXIMETER, "Nonin3230_1", DeviceKind::PulseOximeter),
+        (OXIMETER_SPOT_ONLY, "Nonin3230_2", DeviceKind::PulseOximeter),
+    ]);
+    let sim = &world.bluez;
+    for a in [OXIMETER, OXIMETER_SPOT_ONLY] {
+        sim.queue(a, 0x2A5E, &bytes(SPO2_97));
+        sim.queue(a, 0x2A5F, &bytes(SPO2_96_CONTINUOUS));
+    }
+    // A copy of the shipped profiles plus one that maps the spot check only.
+    let profiles = world.tmp.path().join("profiles");
+    std::fs::create_dir_all(&profiles).unwrap();
+    let shipped = common::root().join("device-profiles");
+    for e in std::fs::read_dir(&shipped).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), profiles.join(e.file_name())).unwrap();
+    }
+    let nonin = std::fs::read_to_string(shipped.join("nonin-3230.toml")).unwrap();
+    let spot_only: String = nonin
+        .lines()
+        .map(|l| match l {
+            l if l.starts_with("id = ") => "id = \"nonin-spot-only\"".to_string(),
+            l if l.starts_with("decoder") => "decoder = \"plx_spot_check_measurement\"".to_string(),
+            l => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(profiles.join("nonin-spot-only.toml"), spot_only).unwrap();
+    let config = world.config(&[
+        (OXIMETER, "nonin-3230"),
+        (OXIMETER_SPOT_ONLY, "nonin-spot-only"),
+    ]);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("{}", shipped.display()),
+        &format!("{}", profiles.display()),
+    );
+    std::fs::write(&config, text).unwrap();
+    for a in [OXIMETER, OXIMETER_SPOT_ONLY] {
+        sim.advertise(a);
+    }
+    let gw = world.start(&config);
+    world.wait_for(&gw, SPO2, "96");
+    wait_until(DEADLINE, "both spot checks", || {
+        world.count(SPO2, "97") == 2
+    });
+    gw.wait_log(UNMAPPED, 1);
+    let log = gw.stop();
+    assert_eq!(sim.connects(OXIMETER), 1, "{log}");
+    assert_eq!(
+        world.count(SPO2, "96"),
+        1,
+        "only the profile mapping 0x2A5F reads it"
+    );
+    assert!(!sim.is_notifying(OXIMETER_SPOT_ONLY, 0x2A5F), "{log}");
+    let unmapped: Vec<&str> = log.lines().filter(|l| l.contains(UNMAPPED)).collect();
+    assert_eq!(unmapped.len(), 1, "{log}");
+    assert!(
+        unmapped[0].contains("nonin-spot-only") && unmapped[0].contains("0x2A5F"),
+        "{log}"
+    );
+    let files = common::json_files(&world.out());
+    let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    let (ok, report) = validate_fhir(&paths);
+    assert!(ok, "{report}");
+}

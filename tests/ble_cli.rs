@@ -270,6 +270,16 @@ fn a_characteristic_the_profile_does_not_decode_is_a_usage_error() {
         "--payload",
         "00 61 00 48 00",
     ]);
+    // And so is its second one: the Nonin 3230 profile also maps PLX Continuous.
+    run_ok(&[
+        "profile",
+        "test",
+        "nonin-3230",
+        "--characteristic",
+        "2A5F",
+        "--payload",
+        "00 60 00 46 00",
+    ]);
 }
 
 #[test]

@@ -113,7 +113,7 @@ impl DeviceTask {
         }
         let chars = p.characteristics();
         let find = |u: u16| chars.iter().find(|c| c.uuid == uuid_from_u16(u)).cloned();
-        let mut wanted = vec![self.cfg.measurement];
+        let mut wanted = self.cfg.measurements.clone();
         if self.cfg.is_glucose() {
             wanted.extend([0x2A34, 0x2A52]);
         }
@@ -124,9 +124,13 @@ impl DeviceTask {
                 {
                     p.subscribe(&c).await?;
                 }
-            } else if u == self.cfg.measurement {
+            } else if self.cfg.measurements.contains(&u) {
                 tracing::warn!(profile = %self.cfg.identity.profile, characteristic = format!("0x{u:04X}"), "the device lacks its profile's measurement characteristic");
             }
+        }
+        let unmapped = unmapped_health_characteristics(&chars, &self.cfg.measurements);
+        if !unmapped.is_empty() {
+            tracing::info!(profile = %self.cfg.identity.profile, characteristics = %unmapped.join(", "), "the device offers health characteristics its profile does not map; their values are ignored");
         }
         let mut glucose = GlucoseJoiner::new(16);
         if self.cfg.is_glucose() {
@@ -250,7 +254,7 @@ impl DeviceTask {
         let Some(u) = uuid_to_u16(uuid) else {
             return true;
         };
-        let is_measurement = u == self.cfg.measurement
+        let is_measurement = self.cfg.measurements.contains(&u)
             || (self.cfg.is_glucose() && u == 0x2A34)
             || matches!(u, 0x2A36 | 0x2A1E);
         if self.cfg.is_glucose() && u == 0x2A52 {
@@ -353,4 +357,33 @@ impl DeviceTask {
         }
         true
     }
+}
+
+/// The health measurement characteristics (those a profile decoder exists for) among
+/// `chars` that notify or indicate and are not in `mapped`, as `0x2A5F (PLX Continuous
+/// Measurement)`, in the device's order.
+fn unmapped_health_characteristics(
+    chars: &std::collections::BTreeSet<BleChar>,
+    mapped: &[u16],
+) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for c in chars {
+        let Some(u) = uuid_to_u16(c.uuid) else {
+            continue;
+        };
+        if mapped.contains(&u)
+            || !c
+                .properties
+                .intersects(CharPropFlags::NOTIFY | CharPropFlags::INDICATE)
+        {
+            continue;
+        }
+        if let Some((_, e)) = ble::registry::profile_decoders().find(|(_, e)| e.uuid16 == u) {
+            let text = format!("0x{u:04X} ({})", e.name);
+            if !out.contains(&text) {
+                out.push(text);
+            }
+        }
+    }
+    out
 }

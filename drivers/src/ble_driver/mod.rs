@@ -16,9 +16,10 @@
 //! each session: opens the notification stream **before** `connect()` (BlueZ re-enables
 //! a client's notifications on reconnect, so a device may indicate its measurement before
 //! `subscribe()` returns), connects, discovers services, reads Device Information
-//! (manufacturer, model, serial number) and Battery Level, subscribes to the profile's
-//! measurement characteristic, decodes with [`crate::ble::decode`] and sends
-//! [`crate::Reading`]s. Values that arrive through the stream for other characteristics
+//! (manufacturer, model, serial number) and Battery Level, subscribes to every
+//! measurement characteristic the profile maps (and names, once per connection at info,
+//! the health characteristics the device offers that the profile does not map), decodes
+//! with [`crate::ble::decode`] and sends [`crate::Reading`]s. Values that arrive through the stream for other characteristics
 //! (BlueZ announces every read as a value change) are told apart by UUID and ignored.
 //!
 //! **Reconnect.** Health devices hang up after sending; the task then waits until the
@@ -100,8 +101,10 @@ pub struct BleDeviceConfig {
     pub services: Vec<Uuid>,
     /// The profile's advertised name prefix.
     pub name_prefix: Option<String>,
-    /// The measurement characteristic of the profile's decoder (16-bit UUID).
-    pub measurement: u16,
+    /// The measurement characteristics the profile's decoders map (16-bit UUIDs): each
+    /// is subscribed; other health characteristics the device offers are named once per
+    /// connection at info and their values ignored.
+    pub measurements: Vec<u16>,
     /// Report the Battery Level read at each connection as a reading (its profile maps
     /// the `battery_level` field).
     pub battery: bool,
@@ -126,7 +129,7 @@ impl BleDeviceConfig {
     }
 
     fn is_glucose(&self) -> bool {
-        self.measurement == 0x2A18
+        self.measurements.contains(&0x2A18)
     }
 }
 
@@ -346,7 +349,7 @@ mod tests {
             }),
             services: vec![uuid_from_u16(0x1810)],
             name_prefix: Some("A&D_UA-651".into()),
-            measurement: 0x2A35,
+            measurements: vec![0x2A35],
             battery: false,
             set_clock: None,
         }

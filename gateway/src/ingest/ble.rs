@@ -159,7 +159,7 @@ fn service_uuid(profile: &str, s: &str) -> Result<uuid::Uuid, IngestError> {
 }
 
 /// Builds the BLE driver's allow-list: each configured address with its profile's
-/// advertised services, name prefix and measurement characteristic.
+/// advertised services, name prefix and measurement characteristics.
 pub fn ble_devices(
     ctx: &Context<'_>,
     settings: &BleSettings,
@@ -183,7 +183,7 @@ pub fn ble_devices(
             identity: identity(profile, Transport::Ble, d.address.clone(), None),
             services,
             name_prefix: spec.name_prefix.clone(),
-            measurement: spec.decoder.characteristic,
+            measurements: spec.characteristics().collect(),
             battery: profile.field(iomt_drivers::ble::BATTERY_FIELD).is_some(),
             set_clock: d.set_clock.then(|| {
                 match d.zone.unwrap_or_else(|| ctx.zone_for(&profile.id)) {
