@@ -402,6 +402,13 @@ fn a_device_sending_garbage_is_counted_and_does_not_disturb_the_others() {
             .any(|l| l.contains("and-ua-651ble") && l.contains("rejected=0")),
         "{log}"
     );
+    // Why, counted at info (the bytes themselves stay at debug).
+    assert!(
+        log.lines().any(|l| l.contains("nonin-3230")
+            && l.contains("rejected=2")
+            && l.contains("truncated: 2")),
+        "{log}"
+    );
 }
 
 #[test]

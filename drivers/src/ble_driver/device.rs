@@ -42,6 +42,29 @@ pub(super) struct DeviceTask {
 struct Counts {
     readings: u64,
     rejected: u64,
+    /// Rejections by kind ([`ble::GattError::kind`], `glucose context`).
+    reasons: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl Counts {
+    fn reject(&mut self, kind: &'static str) {
+        self.rejected = self.rejected.saturating_add(1);
+        let n = self.reasons.entry(kind).or_default();
+        *n = n.saturating_add(1);
+    }
+
+    /// `truncated: 2, invalid: 1`, or `none`.
+    fn reasons(&self) -> String {
+        if self.reasons.is_empty() {
+            return "none".to_string();
+        }
+        let parts: Vec<String> = self
+            .reasons
+            .iter()
+            .map(|(k, n)| format!("{k}: {n}"))
+            .collect();
+        parts.join(", ")
+    }
 }
 
 impl DeviceTask {
@@ -174,6 +197,7 @@ impl DeviceTask {
             profile = %self.cfg.identity.profile,
             readings = counts.readings,
             rejected = counts.rejected,
+            reasons = %counts.reasons(),
             "BLE device session ended"
         );
         Ok(end)
@@ -277,7 +301,7 @@ impl DeviceTask {
         let decoded = match ble::decode(u, value) {
             Ok(v) => v,
             Err(e) => {
-                counts.rejected += 1;
+                counts.reject(e.kind());
                 tracing::debug!(device = %self.cfg.address, error = %e, bytes = %hex::encode(value), "BLE packet rejected");
                 return true;
             }
@@ -294,7 +318,7 @@ impl DeviceTask {
             GattValue::GlucoseContext(c) => match glucose.context(c) {
                 Ok(r) => self.send_glucose(r, identity, counts).await,
                 Err(e) => {
-                    counts.rejected += 1;
+                    counts.reject("glucose context");
                     tracing::debug!(device = %self.cfg.address, error = %e, "glucose context rejected");
                     true
                 }

@@ -48,7 +48,7 @@
 //! **Logs.** Connections are info lines naming the profile only; addresses, serial
 //! numbers and values appear at debug at most. A packet that does not decode is counted
 //! and logged at debug (hex bytes); each session ends with an info line giving the
-//! number of readings and rejected packets.
+//! number of readings and rejected packets, and the rejections by kind (`truncated: 2`).
 
 mod clock;
 mod device;
