@@ -751,6 +751,11 @@ const BP_130: &str = "1E 82 00 52 00 61 00 DD 07 08 1A 09 0A 14 48 00 01 00 00";
 
 /// The profiles `iomt-gateway scan` lists for `address` (the text after `profiles: `).
 fn scanned_profiles(world: &World, address: &str) -> String {
+    scanned_profiles_with(world, address, &[])
+}
+
+/// [`scanned_profiles`] with more arguments for `scan`.
+fn scanned_profiles_with(world: &World, address: &str, more: &[&str]) -> String {
     let profiles = common::root().join("device-profiles");
     let out = gateway()
         .args([
@@ -760,6 +765,7 @@ fn scanned_profiles(world: &World, address: &str) -> String {
             "--profiles",
             profiles.to_str().unwrap(),
         ])
+        .args(more)
         .env("DBUS_SYSTEM_BUS_ADDRESS", world.bus.address())
         .output()
         .unwrap();
@@ -903,4 +909,33 @@ fn a_nonin_3230_delivers_spot_check_and_continuous_readings_in_one_session() {
     let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
     let (ok, report) = validate_fhir(&paths);
     assert!(ok, "{report}");
+}
+
+#[test]
+fn scan_with_identify_ranks_the_profiles_of_a_plain_cuff_by_its_device_information() {
+    let world = World::new(&[(PLAIN_CUFF, "BP", DeviceKind::BloodPressure)]);
+    let sim = &world.bluez;
+    sim.set_device_information(PLAIN_CUFF, "OMRON HEALTHCARE", "HEM-7155T");
+    sim.advertise(PLAIN_CUFF);
+    // Without a connection nothing tells the cuff profiles apart.
+    let plain = scanned_profiles(&world, PLAIN_CUFF);
+    assert!(plain.contains("no single best match"), "{plain}");
+    assert_eq!(
+        sim.connects(PLAIN_CUFF),
+        0,
+        "scan does not connect unless asked"
+    );
+    let identified = scanned_profiles_with(&world, PLAIN_CUFF, &["--identify"]);
+    assert!(
+        identified.starts_with(
+            "omron-x4-smart (best match: Device Information manufacturer and model, service 1810)"
+        ),
+        "{identified}"
+    );
+    assert!(
+        identified.contains("and-ua-651ble (service 1810)"),
+        "{identified}"
+    );
+    assert_eq!(sim.connects(PLAIN_CUFF), 1);
+    assert!(!sim.is_connected(PLAIN_CUFF), "scan hangs up after reading");
 }

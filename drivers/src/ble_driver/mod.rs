@@ -53,6 +53,7 @@
 mod clock;
 mod device;
 pub mod matching;
+mod nearby;
 mod scanner;
 pub mod sequence;
 mod watch;
@@ -61,7 +62,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use btleplug::api::{Central, Manager as _, Peripheral as _, ScanFilter};
+use btleplug::api::{Central, Manager as _};
 use btleplug::platform::{Adapter, Manager, Peripheral};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -71,6 +72,7 @@ use crate::driver::{Driver, DriverError, DriverFuture, ReadingSender};
 use crate::reading::DeviceIdentity;
 
 pub use clock::WallClock;
+pub use nearby::{scan_nearby, Nearby};
 use scanner::{log_change, scan, wait_powered_on, Lost};
 pub use sequence::{SequenceError, SequenceStore};
 use watch::BluezWatch;
@@ -286,48 +288,6 @@ async fn run(
             c = watch::next(&mut watch) => log_change(&c),
         }
     }
-}
-
-/// A device seen advertising during [`scan_nearby`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Nearby {
-    /// Its Bluetooth address, upper case.
-    pub address: String,
-    /// Its advertised local name.
-    pub name: Option<String>,
-    /// Last signal strength, dBm.
-    pub rssi: Option<i16>,
-    /// Advertised (or, for a known device, resolved) service UUIDs.
-    pub services: Vec<Uuid>,
-}
-
-/// Scans for `duration` on the adapter named `adapter` (or the first) and returns every
-/// device BlueZ reported, sorted by address.
-pub async fn scan_nearby(
-    adapter: Option<&str>,
-    duration: Duration,
-) -> Result<Vec<Nearby>, btleplug::Error> {
-    let manager = Manager::new().await?;
-    let adapter = find_adapter(&manager, adapter).await?;
-    adapter.start_scan(ScanFilter::default()).await?;
-    tokio::time::sleep(duration).await;
-    let peripherals = adapter.peripherals().await;
-    if let Err(e) = adapter.stop_scan().await {
-        tracing::debug!(error = %e, "stopping discovery");
-    }
-    let mut found = Vec::new();
-    for p in peripherals? {
-        if let Ok(Some(props)) = p.properties().await {
-            found.push(Nearby {
-                address: props.address.to_string().to_uppercase(),
-                name: props.local_name,
-                rssi: props.rssi,
-                services: props.services,
-            });
-        }
-    }
-    found.sort_by(|a, b| a.address.cmp(&b.address));
-    Ok(found)
 }
 
 #[cfg(test)]

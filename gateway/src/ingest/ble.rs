@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
-use iomt_drivers::ble_driver::matching::{Match, Recognition};
-use iomt_drivers::ble_driver::{uuid_from_u16, BleConfig, BleDeviceConfig, BleDriver, WallClock};
+use iomt_drivers::ble_driver::matching::{DeviceInfoAgreement, Match, Recognition};
+use iomt_drivers::ble_driver::{
+    uuid_from_u16, BleConfig, BleDeviceConfig, BleDriver, Nearby, WallClock,
+};
 use iomt_drivers::Transport;
 use serde::Deserialize;
 
@@ -205,14 +207,11 @@ pub struct ProfileMatch {
     pub how: Match,
 }
 
-/// The loaded BLE profiles an advertisement (name, service UUIDs) matches, by the
-/// driver's own rule ([`Recognition::matches`]: a service in common, or the profile's
-/// name prefix), best first ([`Match::rank`]; ties by id).
-pub fn matching_ble_profiles(
-    profiles: &[Profile],
-    name: Option<&str>,
-    services: &[uuid::Uuid],
-) -> Vec<ProfileMatch> {
+/// The loaded BLE profiles a device seen nearby matches, by the driver's own rule
+/// ([`Recognition::matches`]: an advertised service in common, or the profile's name
+/// prefix), best first ([`Match::rank`]: its Device Information, when read, agreeing
+/// with the profile's manufacturer and model, then name prefix, then service; ties by id).
+pub fn matching_ble_profiles(profiles: &[Profile], device: &Nearby) -> Vec<ProfileMatch> {
     let mut found: Vec<ProfileMatch> = profiles
         .iter()
         .filter_map(|p| {
@@ -226,9 +225,16 @@ pub fn matching_ble_profiles(
                 services: &own,
                 name_prefix: spec.name_prefix.as_deref(),
             };
+            let mut how = rule.matches(device.name.as_deref(), &device.services)?;
+            how.device_info = DeviceInfoAgreement::of(
+                &p.manufacturer,
+                &p.model,
+                device.manufacturer.as_deref(),
+                device.model.as_deref(),
+            );
             Some(ProfileMatch {
                 id: p.id.clone(),
-                how: rule.matches(name, services)?,
+                how,
             })
         })
         .collect();

@@ -27,6 +27,7 @@
 //! [`PrivateBus`] starts the `dbus-daemon`; [`SimBluez`] serves `org.bluez` on it and is
 //! driven by the test (advertise, queue a measurement, hang up).
 
+mod advertising;
 mod bus;
 mod clock;
 mod events;
@@ -346,20 +347,6 @@ impl SimBluez {
         let state = self.state.clone();
         self.rt
             .block_on(async move { events::report_advertising(&conn, &state).await });
-    }
-
-    /// Sets the service UUIDs the device advertises (by default its kind's primary
-    /// service), lower-case 128-bit: many cuffs advertise only a vendor service until
-    /// paired. A discovery filtered by service UUIDs (`SetDiscoveryFilter`) reports the
-    /// device only when one of these is in the filter, as BlueZ does. Call before the
-    /// device is first reported.
-    pub fn advertise_services(&self, address: &str, uuids: &[&str]) {
-        if let Some(d) = lock(&self.state).devices.get_mut(address) {
-            d.advertised = uuids.iter().map(|u| u.to_lowercase()).collect();
-            if !d.connected {
-                d.uuids.clone_from(&d.advertised);
-            }
-        }
     }
 
     /// Marks the device paired (the default) or not. BlueZ keeps paired devices; an
