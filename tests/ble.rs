@@ -939,3 +939,47 @@ fn scan_with_identify_ranks_the_profiles_of_a_plain_cuff_by_its_device_informati
     assert_eq!(sim.connects(PLAIN_CUFF), 1);
     assert!(!sim.is_connected(PLAIN_CUFF), "scan hangs up after reading");
 }
+
+const STRAP: &str = "A0:00:00:00:00:06";
+const HEART_RATE: &str = "8867-4";
+
+/// Heart Rate Measurement: sensor contact detected, `bpm` (uint8), one RR interval of
+/// 1024/1024 s.
+fn hr(bpm: u8) -> Vec<u8> {
+    vec![0x16, bpm, 0x00, 0x04]
+}
+
+#[test]
+fn a_polar_h10_sending_every_second_is_thinned_to_one_heart_rate_per_min_interval() {
+    let world = World::new(&[(STRAP, "Polar H10 1A2B3C4D", DeviceKind::HeartRate)]);
+    let sim = &world.bluez;
+    for bpm in 72..77 {
+        sim.queue(STRAP, 0x2A37, &hr(bpm));
+    }
+    sim.advertise(STRAP);
+    let config = world.config_with(&[(STRAP, "polar-h10", "min_interval_ms = 60000")]);
+    let gw = world.start(&config);
+    world.wait_for(&gw, HEART_RATE, "72");
+    wait_until(DEADLINE, "every beat sent", || sim.pending(STRAP) == 0);
+    sim.hang_up(STRAP);
+    gw.wait_log("BLE device session ended", 1);
+    let log = gw.stop();
+    assert!(
+        log.lines().any(|l| l.contains("BLE device session ended")
+            && l.contains("polar-h10")
+            && l.contains("readings=1")
+            && l.contains("thinned=4")),
+        "{log}"
+    );
+    let rates: Vec<String> = world
+        .values()
+        .into_iter()
+        .filter(|(c, _)| c == HEART_RATE)
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(rates, ["72"], "{log}");
+    let files = common::json_files(&world.out());
+    let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    let (ok, report) = validate_fhir(&paths);
+    assert!(ok, "{report}");
+}

@@ -44,6 +44,10 @@ struct Counts {
     rejected: u64,
     /// Rejections by kind ([`ble::GattError::kind`], `glucose context`).
     reasons: std::collections::BTreeMap<&'static str, u64>,
+    /// Measurements dropped by the device's `min_interval`.
+    thinned: u64,
+    /// When the last measurement was forwarded.
+    last_sent: Option<tokio::time::Instant>,
 }
 
 impl Counts {
@@ -198,6 +202,7 @@ impl DeviceTask {
             readings = counts.readings,
             rejected = counts.rejected,
             reasons = %counts.reasons(),
+            thinned = counts.thinned,
             "BLE device session ended"
         );
         Ok(end)
@@ -331,6 +336,14 @@ impl DeviceTask {
                 for a in m.anomalies() {
                     tracing::warn!(profile = %self.cfg.identity.profile, anomaly = ?a, "BLE measurement anomaly");
                 }
+                let now = tokio::time::Instant::now();
+                if let (Some(min), Some(last)) = (self.cfg.min_interval, counts.last_sent) {
+                    if now.duration_since(last) < min {
+                        counts.thinned = counts.thinned.saturating_add(1);
+                        return true;
+                    }
+                }
+                counts.last_sent = Some(now);
                 counts.readings += 1;
                 self.tx
                     .send(self.with_clock(m.to_reading(identity.clone(), Utc::now())))

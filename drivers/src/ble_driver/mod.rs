@@ -107,6 +107,10 @@ pub struct BleDeviceConfig {
     /// is subscribed; other health characteristics the device offers are named once per
     /// connection at info and their values ignored.
     pub measurements: Vec<u16>,
+    /// Forward at most one measurement per this interval within a connection (the others
+    /// are dropped and counted); `None`: every one. Glucose records and the battery level
+    /// are never dropped.
+    pub min_interval: Option<Duration>,
     /// Report the Battery Level read at each connection as a reading (its profile maps
     /// the `battery_level` field).
     pub battery: bool,
@@ -310,6 +314,7 @@ mod tests {
             services: vec![uuid_from_u16(0x1810)],
             name_prefix: Some("A&D_UA-651".into()),
             measurements: vec![0x2A35],
+            min_interval: None,
             battery: false,
             set_clock: None,
         }

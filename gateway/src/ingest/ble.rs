@@ -63,6 +63,12 @@ pub struct RawBleDevice {
     /// (0x2A2B). Off by default: the clock is only read and compared.
     #[serde(default)]
     pub set_clock: bool,
+    /// Forward at most one measurement per this many milliseconds within a connection;
+    /// the ones in between are dropped and counted (a heart-rate strap notifies about
+    /// once a second). 0 (default): forward every one. Glucose records and the battery
+    /// level are never dropped.
+    #[serde(default)]
+    pub min_interval_ms: u64,
 }
 
 /// One allow-listed BLE device, validated.
@@ -76,6 +82,8 @@ pub struct BleDevice {
     pub zone: Option<Zone>,
     /// Set the device's clock at each connection.
     pub set_clock: bool,
+    /// At most one measurement per this interval; `None`: every one.
+    pub min_interval: Option<Duration>,
 }
 
 /// BLE driver settings, validated.
@@ -123,11 +131,19 @@ impl RawBle {
                 ));
             }
             let zone = optional_zone(&key, &d.time_zone, problems);
+            crate::limits::check(
+                &format!("{key}.min_interval_ms"),
+                d.min_interval_ms,
+                &crate::limits::MIN_INTERVAL_MS,
+                problems,
+            );
             devices.push(BleDevice {
                 address,
                 profile: d.profile.clone(),
                 zone,
                 set_clock: d.set_clock,
+                min_interval: (d.min_interval_ms > 0)
+                    .then(|| Duration::from_millis(d.min_interval_ms)),
             });
         }
         check_reconnect(
@@ -186,6 +202,7 @@ pub fn ble_devices(
             services,
             name_prefix: spec.name_prefix.clone(),
             measurements: spec.characteristics().collect(),
+            min_interval: d.min_interval,
             battery: profile.field(iomt_drivers::ble::BATTERY_FIELD).is_some(),
             set_clock: d.set_clock.then(|| {
                 match d.zone.unwrap_or_else(|| ctx.zone_for(&profile.id)) {
@@ -306,6 +323,10 @@ mod tests {
         )
         .unwrap();
         assert!(c.ble.unwrap().devices[0].set_clock);
+        assert_problems(
+            &format!("{MINIMAL}\n[[ble.devices]]\naddress = \"aa:bb:cc:dd:ee:ff\"\nprofile = \"cuff\"\nmin_interval_ms = 86400001\n"),
+            &["ble.devices[0].min_interval_ms"],
+        );
         let err = minimal_with(
             "[ble]\n[[ble.devices]]\naddress = \"aa:bb:cc:dd:ee:ff\"\nprofile = \"cuff\"\nset_clock = \"sometimes\"\n",
         )

@@ -57,6 +57,9 @@ pub enum DeviceKind {
     Glucose,
     /// Weight Scale service 0x181D (Weight Measurement 0x2A9D, indicate).
     WeightScale,
+    /// Heart Rate service 0x180D (Heart Rate Measurement 0x2A37, notify; Body Sensor
+    /// Location 0x2A38, read: chest).
+    HeartRate,
 }
 
 impl DeviceKind {
@@ -67,6 +70,7 @@ impl DeviceKind {
             DeviceKind::PulseOximeter => 0x1822,
             DeviceKind::Glucose => 0x1808,
             DeviceKind::WeightScale => 0x181D,
+            DeviceKind::HeartRate => 0x180D,
         }
     }
 
@@ -83,6 +87,7 @@ impl DeviceKind {
                 (0x2A52, &["write", "indicate"][..]),
             ],
             DeviceKind::WeightScale => vec![(0x2A9D, IND)],
+            DeviceKind::HeartRate => vec![(0x2A37, NOT), (0x2A38, READ)],
         };
         vec![
             (
@@ -166,6 +171,7 @@ impl DevState {
                     0x2A26 => b"FW 1.4.2".to_vec(),
                     0x2A28 => b"SW 2.0".to_vec(),
                     0x2A19 => vec![spec.battery],
+                    0x2A38 => vec![0x01],
                     _ => Vec::new(),
                 };
                 chars.push(CharState {
