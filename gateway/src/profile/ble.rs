@@ -65,7 +65,7 @@ pub(super) fn ble_spec(
     if names.is_empty() {
         c.at(
             span.clone(),
-            "a BLE profile needs `decoder` (or `decoders`, one per measurement characteristic)",
+            "missing key `decoder`: a BLE profile needs `decoder` (or `decoders`, one per measurement characteristic)",
         );
         return None;
     }
