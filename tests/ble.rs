@@ -402,6 +402,13 @@ fn a_device_sending_garbage_is_counted_and_does_not_disturb_the_others() {
             .any(|l| l.contains("and-ua-651ble") && l.contains("rejected=0")),
         "{log}"
     );
+    // Why, counted at info (the bytes themselves stay at debug).
+    assert!(
+        log.lines().any(|l| l.contains("nonin-3230")
+            && l.contains("rejected=2")
+            && l.contains("truncated: 2")),
+        "{log}"
+    );
 }
 
 #[test]
@@ -733,4 +740,246 @@ fn the_cuffs_device_resource_names_what_its_device_information_says_and_no_seria
     for secret in ["SN-", "A0:00", "A00000"] {
         assert!(!text.contains(secret), "`{secret}` in {text}");
     }
+}
+
+/// A vendor service UUID (A&D's), the only service some cuffs advertise until paired.
+const VENDOR_SERVICE: &str = "233bf000-5a34-1b6d-975c-000d5690abe4";
+const KETTLE: &str = "B0:00:00:00:00:0B";
+const PLAIN_CUFF: &str = "A0:00:00:00:00:04";
+/// 130/82 mmHg, pulse 72.
+const BP_130: &str = "1E 82 00 52 00 61 00 DD 07 08 1A 09 0A 14 48 00 01 00 00";
+
+/// The profiles `iomt-gateway scan` lists for `address` (the text after `profiles: `).
+fn scanned_profiles(world: &World, address: &str) -> String {
+    scanned_profiles_with(world, address, &[])
+}
+
+/// [`scanned_profiles`] with more arguments for `scan`.
+fn scanned_profiles_with(world: &World, address: &str, more: &[&str]) -> String {
+    let profiles = common::root().join("device-profiles");
+    let out = gateway()
+        .args([
+            "scan",
+            "--for",
+            "1",
+            "--profiles",
+            profiles.to_str().unwrap(),
+        ])
+        .args(more)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", world.bus.address())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = common::texts(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(address))
+        .unwrap_or_else(|| panic!("{address} not listed:\n{stdout}"));
+    line.split_once("profiles: ")
+        .map(|(_, p)| p.to_string())
+        .unwrap_or_else(|| panic!("no profiles in {line}"))
+}
+
+#[test]
+fn a_cuff_advertising_only_its_name_and_a_vendor_service_is_read_and_scan_agrees_with_run() {
+    let world = World::new(&[
+        (CUFF, "A&D_UA-651BLE_1", DeviceKind::BloodPressure),
+        (OXIMETER, "Nonin3230_1", DeviceKind::PulseOximeter),
+        (KETTLE, "Kettle", DeviceKind::BloodPressure),
+        (PLAIN_CUFF, "BP Cuff", DeviceKind::BloodPressure),
+    ]);
+    let sim = &world.bluez;
+    sim.advertise_services(CUFF, &[VENDOR_SERVICE]);
+    sim.advertise_services(KETTLE, &[VENDOR_SERVICE]);
+    sim.queue(CUFF, 0x2A35, &bytes(BP_128));
+    sim.queue(OXIMETER, 0x2A5E, &bytes(SPO2_97));
+    sim.queue(KETTLE, 0x2A35, &bytes(BP_122));
+    sim.queue(PLAIN_CUFF, 0x2A35, &bytes(BP_130));
+    for a in [CUFF, OXIMETER, KETTLE, PLAIN_CUFF] {
+        sim.advertise(a);
+    }
+    // The kettle is allow-listed under the cuff's profile but matches it neither by
+    // service nor by name: never connected.
+    let config = world.config(&[
+        (CUFF, "and-ua-651ble"),
+        (OXIMETER, "nonin-3230"),
+        (KETTLE, "and-ua-651ble"),
+        (PLAIN_CUFF, "omron-x4-smart"),
+    ]);
+    let gw = world.start(&config);
+    world.wait_for(&gw, SYSTOLIC, "128");
+    world.wait_for(&gw, SPO2, "97");
+    world.wait_for(&gw, SYSTOLIC, "130");
+    let log = gw.stop();
+    assert_eq!(sim.connects(KETTLE), 0, "{log}");
+    assert_eq!(world.count(SYSTOLIC, "122"), 0);
+
+    // `scan` names the same profile for each device `run` took, and none for the kettle.
+    let cuff = scanned_profiles(&world, CUFF);
+    assert!(
+        cuff.starts_with("and-ua-651ble (best match: name prefix"),
+        "{cuff}"
+    );
+    let oximeter = scanned_profiles(&world, OXIMETER);
+    assert!(oximeter.contains("nonin-3230"), "{oximeter}");
+    let kettle = scanned_profiles(&world, KETTLE);
+    assert!(kettle.starts_with("none"), "{kettle}");
+    // A cuff that advertises only the Blood Pressure service matches every cuff profile
+    // equally: scan says so rather than pick one.
+    let plain = scanned_profiles(&world, PLAIN_CUFF);
+    for p in [
+        "and-ua-651ble (service 1810)",
+        "omron-x4-smart (service 1810)",
+    ] {
+        assert!(plain.contains(p), "{plain}");
+    }
+    assert!(plain.contains("no single best match"), "{plain}");
+    assert!(!plain.contains("(best match"), "{plain}");
+}
+
+/// PLX Continuous Measurement: SpO2 96 %, pulse 70.
+const SPO2_96_CONTINUOUS: &str = "00 60 00 46 00";
+const OXIMETER_SPOT_ONLY: &str = "A0:00:00:00:00:05";
+/// What the driver says about characteristics a profile leaves out.
+const UNMAPPED: &str = "the device offers health characteristics its profile does not map";
+
+#[test]
+fn a_nonin_3230_delivers_spot_check_and_continuous_readings_in_one_session() {
+    let world = World::new(&[
+        (OXIMETER, "Nonin3230_1", DeviceKind::PulseOximeter),
+        (OXIMETER_SPOT_ONLY, "Nonin3230_2", DeviceKind::PulseOximeter),
+    ]);
+    let sim = &world.bluez;
+    for a in [OXIMETER, OXIMETER_SPOT_ONLY] {
+        sim.queue(a, 0x2A5E, &bytes(SPO2_97));
+        sim.queue(a, 0x2A5F, &bytes(SPO2_96_CONTINUOUS));
+    }
+    // A copy of the shipped profiles plus one that maps the spot check only.
+    let profiles = world.tmp.path().join("profiles");
+    std::fs::create_dir_all(&profiles).unwrap();
+    let shipped = common::root().join("device-profiles");
+    for e in std::fs::read_dir(&shipped).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), profiles.join(e.file_name())).unwrap();
+    }
+    let nonin = std::fs::read_to_string(shipped.join("nonin-3230.toml")).unwrap();
+    let spot_only: String = nonin
+        .lines()
+        .map(|l| match l {
+            l if l.starts_with("id = ") => "id = \"nonin-spot-only\"".to_string(),
+            l if l.starts_with("decoder") => "decoder = \"plx_spot_check_measurement\"".to_string(),
+            l => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(profiles.join("nonin-spot-only.toml"), spot_only).unwrap();
+    let config = world.config(&[
+        (OXIMETER, "nonin-3230"),
+        (OXIMETER_SPOT_ONLY, "nonin-spot-only"),
+    ]);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("{}", shipped.display()),
+        &format!("{}", profiles.display()),
+    );
+    std::fs::write(&config, text).unwrap();
+    for a in [OXIMETER, OXIMETER_SPOT_ONLY] {
+        sim.advertise(a);
+    }
+    let gw = world.start(&config);
+    world.wait_for(&gw, SPO2, "96");
+    wait_until(DEADLINE, "both spot checks", || {
+        world.count(SPO2, "97") == 2
+    });
+    gw.wait_log(UNMAPPED, 1);
+    let log = gw.stop();
+    assert_eq!(sim.connects(OXIMETER), 1, "{log}");
+    assert_eq!(
+        world.count(SPO2, "96"),
+        1,
+        "only the profile mapping 0x2A5F reads it"
+    );
+    assert!(!sim.is_notifying(OXIMETER_SPOT_ONLY, 0x2A5F), "{log}");
+    let unmapped: Vec<&str> = log.lines().filter(|l| l.contains(UNMAPPED)).collect();
+    assert_eq!(unmapped.len(), 1, "{log}");
+    assert!(
+        unmapped[0].contains("nonin-spot-only") && unmapped[0].contains("0x2A5F"),
+        "{log}"
+    );
+    let files = common::json_files(&world.out());
+    let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    let (ok, report) = validate_fhir(&paths);
+    assert!(ok, "{report}");
+}
+
+#[test]
+fn scan_with_identify_ranks_the_profiles_of_a_plain_cuff_by_its_device_information() {
+    let world = World::new(&[(PLAIN_CUFF, "BP", DeviceKind::BloodPressure)]);
+    let sim = &world.bluez;
+    sim.set_device_information(PLAIN_CUFF, "OMRON HEALTHCARE", "HEM-7155T");
+    sim.advertise(PLAIN_CUFF);
+    // Without a connection nothing tells the cuff profiles apart.
+    let plain = scanned_profiles(&world, PLAIN_CUFF);
+    assert!(plain.contains("no single best match"), "{plain}");
+    assert_eq!(
+        sim.connects(PLAIN_CUFF),
+        0,
+        "scan does not connect unless asked"
+    );
+    let identified = scanned_profiles_with(&world, PLAIN_CUFF, &["--identify"]);
+    assert!(
+        identified.starts_with(
+            "omron-x4-smart (best match: Device Information manufacturer and model, service 1810)"
+        ),
+        "{identified}"
+    );
+    assert!(
+        identified.contains("and-ua-651ble (service 1810)"),
+        "{identified}"
+    );
+    assert_eq!(sim.connects(PLAIN_CUFF), 1);
+    assert!(!sim.is_connected(PLAIN_CUFF), "scan hangs up after reading");
+}
+
+const STRAP: &str = "A0:00:00:00:00:06";
+const HEART_RATE: &str = "8867-4";
+
+/// Heart Rate Measurement: sensor contact detected, `bpm` (uint8), one RR interval of
+/// 1024/1024 s.
+fn hr(bpm: u8) -> Vec<u8> {
+    vec![0x16, bpm, 0x00, 0x04]
+}
+
+#[test]
+fn a_polar_h10_sending_every_second_is_thinned_to_one_heart_rate_per_min_interval() {
+    let world = World::new(&[(STRAP, "Polar H10 1A2B3C4D", DeviceKind::HeartRate)]);
+    let sim = &world.bluez;
+    for bpm in 72..77 {
+        sim.queue(STRAP, 0x2A37, &hr(bpm));
+    }
+    sim.advertise(STRAP);
+    let config = world.config_with(&[(STRAP, "polar-h10", "min_interval_ms = 60000")]);
+    let gw = world.start(&config);
+    world.wait_for(&gw, HEART_RATE, "72");
+    wait_until(DEADLINE, "every beat sent", || sim.pending(STRAP) == 0);
+    sim.hang_up(STRAP);
+    gw.wait_log("BLE device session ended", 1);
+    let log = gw.stop();
+    assert!(
+        log.lines().any(|l| l.contains("BLE device session ended")
+            && l.contains("polar-h10")
+            && l.contains("readings=1")
+            && l.contains("thinned=4")),
+        "{log}"
+    );
+    let rates: Vec<String> = world
+        .values()
+        .into_iter()
+        .filter(|(c, _)| c == HEART_RATE)
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(rates, ["72"], "{log}");
+    let files = common::json_files(&world.out());
+    let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    let (ok, report) = validate_fhir(&paths);
+    assert!(ok, "{report}");
 }

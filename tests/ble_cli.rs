@@ -270,6 +270,16 @@ fn a_characteristic_the_profile_does_not_decode_is_a_usage_error() {
         "--payload",
         "00 61 00 48 00",
     ]);
+    // And so is its second one: the Nonin 3230 profile also maps PLX Continuous.
+    run_ok(&[
+        "profile",
+        "test",
+        "nonin-3230",
+        "--characteristic",
+        "2A5F",
+        "--payload",
+        "00 60 00 46 00",
+    ]);
 }
 
 #[test]
@@ -299,6 +309,8 @@ fn the_battery_level_becomes_a_device_observation_coded_with_mdc_only() {
         "standard-glucose-meter",
         "standard-thermometer",
         "standard-weight-scale",
+        "standard-heart-rate",
+        "polar-h10",
     ] {
         let obs = decoded(profile, "55", &["--characteristic", "2A19"]);
         assert_eq!(obs.len(), 1, "{profile}");
@@ -339,4 +351,16 @@ fn a_reserved_battery_level_is_refused_naming_the_characteristic() {
         stderr.contains("Battery Level (0x2A19)") && stderr.contains("reserved"),
         "{stderr}"
     );
+}
+
+#[test]
+fn the_heart_rate_profiles_turn_a_strap_notification_into_one_heart_rate() {
+    // The profiles' example: 72 /min, sensor contact, one RR interval.
+    for profile in ["polar-h10", "standard-heart-rate"] {
+        let obs = observations(profile, "16 48 00 04");
+        assert_eq!(obs.len(), 1, "{profile}: RR intervals are not sent");
+        assert_eq!(obs[0]["code"]["coding"][0]["code"], "8867-4");
+        assert_eq!(number(&obs[0]["valueQuantity"]["value"]), "72");
+        assert_eq!(obs[0]["valueQuantity"]["code"], "/min");
+    }
 }

@@ -40,7 +40,7 @@ pub const RECONNECT_INITIAL_MS: RangeInclusive<u64> = 1..=3_600_000;
 /// `reconnect_max_ms` of `[serial]`, `[ble]` and `[mqtt]` (a day; also at least the
 /// section's `reconnect_initial_ms`).
 pub const RECONNECT_MAX_MS: u64 = 86_400_000;
-/// `[[serial.ports]] min_interval_ms` (a day).
+/// `min_interval_ms` of `[[serial.ports]]` and `[[ble.devices]]` (a day).
 pub const MIN_INTERVAL_MS: RangeInclusive<u64> = 0..=86_400_000;
 
 /// The problem text of `key = value` outside `range`, or `None` when it is inside.

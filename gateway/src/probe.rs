@@ -110,9 +110,10 @@ pub fn test_payload(
     });
     let reading = match &profile.transport {
         TransportSpec::Ble(spec) => {
-            let own = spec.decoder.characteristic;
+            let own: Vec<u16> = spec.characteristics().collect();
+            let first = own.first().copied().unwrap_or_default();
             let uuid = match characteristic {
-                None => own,
+                None => first,
                 Some(c) => {
                     let wanted = uuid16(c).ok_or_else(|| {
                         ProbeError::Usage(format!(
@@ -121,11 +122,19 @@ pub fn test_payload(
                     })?;
                     // Cuffs and thermometers also send in-progress values; the Battery
                     // Level counts where the profile maps it.
-                    let intermediate = matches!((own, wanted), (0x2A35, 0x2A36) | (0x2A1C, 0x2A1E));
+                    let intermediate = own
+                        .iter()
+                        .any(|o| matches!((o, wanted), (0x2A35, 0x2A36) | (0x2A1C, 0x2A1E)));
                     let battery = wanted == 0x2A19 && profile.field(ble::BATTERY_FIELD).is_some();
-                    if wanted != own && !intermediate && !battery {
+                    if !own.contains(&wanted) && !intermediate && !battery {
+                        let list: Vec<String> = own.iter().map(|o| format!("{o:04X}")).collect();
+                        let also = if list.len() > 1 {
+                            format!(" (all it decodes: {})", list.join(" and "))
+                        } else {
+                            String::new()
+                        };
                         return Err(ProbeError::Usage(format!(
-                            "profile `{}` decodes characteristic {own:04X}, not {c}",
+                            "profile `{}` decodes characteristic {first:04X}, not {c}{also}",
                             profile.id
                         )));
                     }

@@ -252,3 +252,18 @@ fn a_cuffs_device_resource_carries_its_device_information_and_only_its_pseudonym
     assert_eq!(device.manufacturer.as_deref(), Some("A&D Company"));
     golden_support::check_resource("devices/phd-device-ble", &device);
 }
+
+#[test]
+fn a_chest_strap_heart_rate_becomes_one_heart_rate_observation_without_rr_intervals() {
+    // 72 /min (uint8), sensor contact detected, energy expended 100 kJ, two RR intervals.
+    let obs = observations(&shipped("polar-h10"), 0x2A37, "1E 48 64 00 00 04 20 04");
+    assert_eq!(obs.len(), 1);
+    assert_eq!(obs[0].code.coding[0].code, "8867-4");
+    assert_eq!(
+        value_and_unit(&obs[0].value_quantity),
+        ("72".to_string(), "/min".to_string())
+    );
+    // No device time: the time it was received.
+    assert_eq!(obs[0].effective_date_time, "2024-03-15T09:00:00Z");
+    check("ble-heart-rate", &obs);
+}

@@ -104,6 +104,17 @@ pub enum GattError {
     Unknown(u16),
 }
 
+impl GattError {
+    /// The kind of rejection, for counts in logs: `truncated`, `invalid`, `no decoder`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GattError::Truncated { .. } => "truncated",
+            GattError::Invalid { .. } => "invalid",
+            GattError::Unknown(_) => "no decoder",
+        }
+    }
+}
+
 /// Something unusual the decoder noticed in a value it accepted. Anomalies never change
 /// a value; the driver logs them at `warn` (field names only, never values).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -42,6 +42,33 @@ pub(super) struct DeviceTask {
 struct Counts {
     readings: u64,
     rejected: u64,
+    /// Rejections by kind ([`ble::GattError::kind`], `glucose context`).
+    reasons: std::collections::BTreeMap<&'static str, u64>,
+    /// Measurements dropped by the device's `min_interval`.
+    thinned: u64,
+    /// When the last measurement was forwarded.
+    last_sent: Option<tokio::time::Instant>,
+}
+
+impl Counts {
+    fn reject(&mut self, kind: &'static str) {
+        self.rejected = self.rejected.saturating_add(1);
+        let n = self.reasons.entry(kind).or_default();
+        *n = n.saturating_add(1);
+    }
+
+    /// `truncated: 2, invalid: 1`, or `none`.
+    fn reasons(&self) -> String {
+        if self.reasons.is_empty() {
+            return "none".to_string();
+        }
+        let parts: Vec<String> = self
+            .reasons
+            .iter()
+            .map(|(k, n)| format!("{k}: {n}"))
+            .collect();
+        parts.join(", ")
+    }
 }
 
 impl DeviceTask {
@@ -113,7 +140,7 @@ impl DeviceTask {
         }
         let chars = p.characteristics();
         let find = |u: u16| chars.iter().find(|c| c.uuid == uuid_from_u16(u)).cloned();
-        let mut wanted = vec![self.cfg.measurement];
+        let mut wanted = self.cfg.measurements.clone();
         if self.cfg.is_glucose() {
             wanted.extend([0x2A34, 0x2A52]);
         }
@@ -124,9 +151,13 @@ impl DeviceTask {
                 {
                     p.subscribe(&c).await?;
                 }
-            } else if u == self.cfg.measurement {
+            } else if self.cfg.measurements.contains(&u) {
                 tracing::warn!(profile = %self.cfg.identity.profile, characteristic = format!("0x{u:04X}"), "the device lacks its profile's measurement characteristic");
             }
+        }
+        let unmapped = unmapped_health_characteristics(&chars, &self.cfg.measurements);
+        if !unmapped.is_empty() {
+            tracing::info!(profile = %self.cfg.identity.profile, characteristics = %unmapped.join(", "), "the device offers health characteristics its profile does not map; their values are ignored");
         }
         let mut glucose = GlucoseJoiner::new(16);
         if self.cfg.is_glucose() {
@@ -170,6 +201,8 @@ impl DeviceTask {
             profile = %self.cfg.identity.profile,
             readings = counts.readings,
             rejected = counts.rejected,
+            reasons = %counts.reasons(),
+            thinned = counts.thinned,
             "BLE device session ended"
         );
         Ok(end)
@@ -250,7 +283,7 @@ impl DeviceTask {
         let Some(u) = uuid_to_u16(uuid) else {
             return true;
         };
-        let is_measurement = u == self.cfg.measurement
+        let is_measurement = self.cfg.measurements.contains(&u)
             || (self.cfg.is_glucose() && u == 0x2A34)
             || matches!(u, 0x2A36 | 0x2A1E);
         if self.cfg.is_glucose() && u == 0x2A52 {
@@ -273,7 +306,7 @@ impl DeviceTask {
         let decoded = match ble::decode(u, value) {
             Ok(v) => v,
             Err(e) => {
-                counts.rejected += 1;
+                counts.reject(e.kind());
                 tracing::debug!(device = %self.cfg.address, error = %e, bytes = %hex::encode(value), "BLE packet rejected");
                 return true;
             }
@@ -290,7 +323,7 @@ impl DeviceTask {
             GattValue::GlucoseContext(c) => match glucose.context(c) {
                 Ok(r) => self.send_glucose(r, identity, counts).await,
                 Err(e) => {
-                    counts.rejected += 1;
+                    counts.reject("glucose context");
                     tracing::debug!(device = %self.cfg.address, error = %e, "glucose context rejected");
                     true
                 }
@@ -303,6 +336,14 @@ impl DeviceTask {
                 for a in m.anomalies() {
                     tracing::warn!(profile = %self.cfg.identity.profile, anomaly = ?a, "BLE measurement anomaly");
                 }
+                let now = tokio::time::Instant::now();
+                if let (Some(min), Some(last)) = (self.cfg.min_interval, counts.last_sent) {
+                    if now.duration_since(last) < min {
+                        counts.thinned = counts.thinned.saturating_add(1);
+                        return true;
+                    }
+                }
+                counts.last_sent = Some(now);
                 counts.readings += 1;
                 self.tx
                     .send(self.with_clock(m.to_reading(identity.clone(), Utc::now())))
@@ -353,4 +394,33 @@ impl DeviceTask {
         }
         true
     }
+}
+
+/// The health measurement characteristics (those a profile decoder exists for) among
+/// `chars` that notify or indicate and are not in `mapped`, as `0x2A5F (PLX Continuous
+/// Measurement)`, in the device's order.
+fn unmapped_health_characteristics(
+    chars: &std::collections::BTreeSet<BleChar>,
+    mapped: &[u16],
+) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for c in chars {
+        let Some(u) = uuid_to_u16(c.uuid) else {
+            continue;
+        };
+        if mapped.contains(&u)
+            || !c
+                .properties
+                .intersects(CharPropFlags::NOTIFY | CharPropFlags::INDICATE)
+        {
+            continue;
+        }
+        if let Some((_, e)) = ble::registry::profile_decoders().find(|(_, e)| e.uuid16 == u) {
+            let text = format!("0x{u:04X} ({})", e.name);
+            if !out.contains(&text) {
+                out.push(text);
+            }
+        }
+    }
+    out
 }

@@ -2,7 +2,8 @@
 //! over D-Bus on Linux; libdbus honours `DBUS_SYSTEM_BUS_ADDRESS`).
 //!
 //! **Finding devices.** One scanner task starts discovery (filtered by the profiles'
-//! advertised services) and watches the adapter's events. A device is taken only when its
+//! advertised services, or unfiltered when a profile may recognize its device by name:
+//! see `matching.rs`) and watches the adapter's events. A device is taken only when its
 //! address is on the configured allow-list (`[[ble.devices]]`) **and** it matches that
 //! entry's profile (an advertised service UUID, or the advertised name prefix): a home kit
 //! must never pick up the neighbour's scale. Everything else is ignored (logged once at
@@ -15,9 +16,10 @@
 //! each session: opens the notification stream **before** `connect()` (BlueZ re-enables
 //! a client's notifications on reconnect, so a device may indicate its measurement before
 //! `subscribe()` returns), connects, discovers services, reads Device Information
-//! (manufacturer, model, serial number) and Battery Level, subscribes to the profile's
-//! measurement characteristic, decodes with [`crate::ble::decode`] and sends
-//! [`crate::Reading`]s. Values that arrive through the stream for other characteristics
+//! (manufacturer, model, serial number) and Battery Level, subscribes to every
+//! measurement characteristic the profile maps (and names, once per connection at info,
+//! the health characteristics the device offers that the profile does not map), decodes
+//! with [`crate::ble::decode`] and sends [`crate::Reading`]s. Values that arrive through the stream for other characteristics
 //! (BlueZ announces every read as a value change) are told apart by UUID and ignored.
 //!
 //! **Reconnect.** Health devices hang up after sending; the task then waits until the
@@ -46,10 +48,12 @@
 //! **Logs.** Connections are info lines naming the profile only; addresses, serial
 //! numbers and values appear at debug at most. A packet that does not decode is counted
 //! and logged at debug (hex bytes); each session ends with an info line giving the
-//! number of readings and rejected packets.
+//! number of readings and rejected packets, and the rejections by kind (`truncated: 2`).
 
 mod clock;
 mod device;
+pub mod matching;
+mod nearby;
 mod scanner;
 pub mod sequence;
 mod watch;
@@ -58,7 +62,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use btleplug::api::{Central, Manager as _, Peripheral as _, ScanFilter};
+use btleplug::api::{Central, Manager as _};
 use btleplug::platform::{Adapter, Manager, Peripheral};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -68,6 +72,7 @@ use crate::driver::{Driver, DriverError, DriverFuture, ReadingSender};
 use crate::reading::DeviceIdentity;
 
 pub use clock::WallClock;
+pub use nearby::{scan_nearby, Nearby};
 use scanner::{log_change, scan, wait_powered_on, Lost};
 pub use sequence::{SequenceError, SequenceStore};
 use watch::BluezWatch;
@@ -98,8 +103,14 @@ pub struct BleDeviceConfig {
     pub services: Vec<Uuid>,
     /// The profile's advertised name prefix.
     pub name_prefix: Option<String>,
-    /// The measurement characteristic of the profile's decoder (16-bit UUID).
-    pub measurement: u16,
+    /// The measurement characteristics the profile's decoders map (16-bit UUIDs): each
+    /// is subscribed; other health characteristics the device offers are named once per
+    /// connection at info and their values ignored.
+    pub measurements: Vec<u16>,
+    /// Forward at most one measurement per this interval within a connection (the others
+    /// are dropped and counted); `None`: every one. Glucose records and the battery level
+    /// are never dropped.
+    pub min_interval: Option<Duration>,
     /// Report the Battery Level read at each connection as a reading (its profile maps
     /// the `battery_level` field).
     pub battery: bool,
@@ -109,17 +120,22 @@ pub struct BleDeviceConfig {
 }
 
 impl BleDeviceConfig {
-    /// Whether an advertisement (name, service UUIDs) matches this entry's profile.
+    /// This entry's profile's recognition rule.
+    pub fn recognition(&self) -> matching::Recognition<'_> {
+        matching::Recognition {
+            services: &self.services,
+            name_prefix: self.name_prefix.as_deref(),
+        }
+    }
+
+    /// Whether an advertisement (name, service UUIDs) matches this entry's profile
+    /// ([`matching::Recognition::matches`]).
     pub fn profile_matches(&self, name: Option<&str>, services: &[Uuid]) -> bool {
-        services.iter().any(|s| self.services.contains(s))
-            || self
-                .name_prefix
-                .as_deref()
-                .is_some_and(|p| name.is_some_and(|n| n.starts_with(p)))
+        self.recognition().matches(name, services).is_some()
     }
 
     fn is_glucose(&self) -> bool {
-        self.measurement == 0x2A18
+        self.measurements.contains(&0x2A18)
     }
 }
 
@@ -278,48 +294,6 @@ async fn run(
     }
 }
 
-/// A device seen advertising during [`scan_nearby`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Nearby {
-    /// Its Bluetooth address, upper case.
-    pub address: String,
-    /// Its advertised local name.
-    pub name: Option<String>,
-    /// Last signal strength, dBm.
-    pub rssi: Option<i16>,
-    /// Advertised (or, for a known device, resolved) service UUIDs.
-    pub services: Vec<Uuid>,
-}
-
-/// Scans for `duration` on the adapter named `adapter` (or the first) and returns every
-/// device BlueZ reported, sorted by address.
-pub async fn scan_nearby(
-    adapter: Option<&str>,
-    duration: Duration,
-) -> Result<Vec<Nearby>, btleplug::Error> {
-    let manager = Manager::new().await?;
-    let adapter = find_adapter(&manager, adapter).await?;
-    adapter.start_scan(ScanFilter::default()).await?;
-    tokio::time::sleep(duration).await;
-    let peripherals = adapter.peripherals().await;
-    if let Err(e) = adapter.stop_scan().await {
-        tracing::debug!(error = %e, "stopping discovery");
-    }
-    let mut found = Vec::new();
-    for p in peripherals? {
-        if let Ok(Some(props)) = p.properties().await {
-            found.push(Nearby {
-                address: props.address.to_string().to_uppercase(),
-                name: props.local_name,
-                rssi: props.rssi,
-                services: props.services,
-            });
-        }
-    }
-    found.sort_by(|a, b| a.address.cmp(&b.address));
-    Ok(found)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,7 +313,8 @@ mod tests {
             }),
             services: vec![uuid_from_u16(0x1810)],
             name_prefix: Some("A&D_UA-651".into()),
-            measurement: 0x2A35,
+            measurements: vec![0x2A35],
+            min_interval: None,
             battery: false,
             set_clock: None,
         }

@@ -12,11 +12,10 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use super::device::DeviceTask;
 use super::watch::{self, BluezChange, BluezWatch};
-use super::{BleConfig, DevEvent, SequenceStore};
+use super::{BleConfig, BleDeviceConfig, DevEvent, SequenceStore};
 use crate::backoff::Backoff;
 use crate::driver::ReadingSender;
 
@@ -117,18 +116,11 @@ pub(super) async fn scan(
     let id = info.split_whitespace().next().unwrap_or_default();
     let name = id.rsplit('/').next().unwrap_or_default().to_string();
     let mut events = adapter.events().await?;
-    let mut services: Vec<Uuid> = Vec::new();
-    for d in &config.devices {
-        for s in &d.services {
-            if !services.contains(s) {
-                services.push(*s);
-            }
-        }
-    }
-    // A profile recognized by name alone needs an unfiltered scan.
-    if config.devices.iter().any(|d| d.services.is_empty()) {
-        services.clear();
-    }
+    // BlueZ reports only devices advertising one of a filter's UUIDs: a device known by
+    // its name prefix alone needs an unfiltered discovery (the allow-list still rules).
+    let services = super::matching::discovery_services(
+        config.devices.iter().map(BleDeviceConfig::recognition),
+    );
     adapter.start_scan(ScanFilter { services }).await?;
     match resumed.take() {
         None => tracing::info!(devices = config.devices.len(), "BLE scanning"),

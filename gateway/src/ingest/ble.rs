@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use iomt_drivers::ble_driver::{uuid_from_u16, BleConfig, BleDeviceConfig, BleDriver, WallClock};
+use iomt_drivers::ble_driver::matching::{DeviceInfoAgreement, Match, Recognition};
+use iomt_drivers::ble_driver::{
+    uuid_from_u16, BleConfig, BleDeviceConfig, BleDriver, Nearby, WallClock,
+};
 use iomt_drivers::Transport;
 use serde::Deserialize;
 
@@ -60,6 +63,12 @@ pub struct RawBleDevice {
     /// (0x2A2B). Off by default: the clock is only read and compared.
     #[serde(default)]
     pub set_clock: bool,
+    /// Forward at most one measurement per this many milliseconds within a connection;
+    /// the ones in between are dropped and counted (a heart-rate strap notifies about
+    /// once a second). 0 (default): forward every one. Glucose records and the battery
+    /// level are never dropped.
+    #[serde(default)]
+    pub min_interval_ms: u64,
 }
 
 /// One allow-listed BLE device, validated.
@@ -73,6 +82,8 @@ pub struct BleDevice {
     pub zone: Option<Zone>,
     /// Set the device's clock at each connection.
     pub set_clock: bool,
+    /// At most one measurement per this interval; `None`: every one.
+    pub min_interval: Option<Duration>,
 }
 
 /// BLE driver settings, validated.
@@ -120,11 +131,19 @@ impl RawBle {
                 ));
             }
             let zone = optional_zone(&key, &d.time_zone, problems);
+            crate::limits::check(
+                &format!("{key}.min_interval_ms"),
+                d.min_interval_ms,
+                &crate::limits::MIN_INTERVAL_MS,
+                problems,
+            );
             devices.push(BleDevice {
                 address,
                 profile: d.profile.clone(),
                 zone,
                 set_clock: d.set_clock,
+                min_interval: (d.min_interval_ms > 0)
+                    .then(|| Duration::from_millis(d.min_interval_ms)),
             });
         }
         check_reconnect(
@@ -158,7 +177,7 @@ fn service_uuid(profile: &str, s: &str) -> Result<uuid::Uuid, IngestError> {
 }
 
 /// Builds the BLE driver's allow-list: each configured address with its profile's
-/// advertised services, name prefix and measurement characteristic.
+/// advertised services, name prefix and measurement characteristics.
 pub fn ble_devices(
     ctx: &Context<'_>,
     settings: &BleSettings,
@@ -182,7 +201,8 @@ pub fn ble_devices(
             identity: identity(profile, Transport::Ble, d.address.clone(), None),
             services,
             name_prefix: spec.name_prefix.clone(),
-            measurement: spec.decoder.characteristic,
+            measurements: spec.characteristics().collect(),
+            min_interval: d.min_interval,
             battery: profile.field(iomt_drivers::ble::BATTERY_FIELD).is_some(),
             set_clock: d.set_clock.then(|| {
                 match d.zone.unwrap_or_else(|| ctx.zone_for(&profile.id)) {
@@ -195,29 +215,48 @@ pub fn ble_devices(
     Ok(devices)
 }
 
-/// The ids of the loaded BLE profiles an advertisement (name, service UUIDs) matches: a
-/// service in common, or the profile's name prefix.
-pub fn matching_ble_profiles(
-    profiles: &[Profile],
-    name: Option<&str>,
-    services: &[uuid::Uuid],
-) -> Vec<String> {
-    profiles
+/// A loaded BLE profile an advertisement matches, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileMatch {
+    /// The profile id.
+    pub id: String,
+    /// How it matched (name prefix, service).
+    pub how: Match,
+}
+
+/// The loaded BLE profiles a device seen nearby matches, by the driver's own rule
+/// ([`Recognition::matches`]: an advertised service in common, or the profile's name
+/// prefix), best first ([`Match::rank`]: its Device Information, when read, agreeing
+/// with the profile's manufacturer and model, then name prefix, then service; ties by id).
+pub fn matching_ble_profiles(profiles: &[Profile], device: &Nearby) -> Vec<ProfileMatch> {
+    let mut found: Vec<ProfileMatch> = profiles
         .iter()
-        .filter(|p| {
-            p.transport.as_ble().is_some_and(|spec| {
-                spec.services
-                    .iter()
-                    .filter_map(|s| service_uuid(&p.id, s).ok())
-                    .any(|u| services.contains(&u))
-                    || spec
-                        .name_prefix
-                        .as_deref()
-                        .is_some_and(|pre| name.is_some_and(|n| n.starts_with(pre)))
+        .filter_map(|p| {
+            let spec = p.transport.as_ble()?;
+            let own: Vec<uuid::Uuid> = spec
+                .services
+                .iter()
+                .filter_map(|s| service_uuid(&p.id, s).ok())
+                .collect();
+            let rule = Recognition {
+                services: &own,
+                name_prefix: spec.name_prefix.as_deref(),
+            };
+            let mut how = rule.matches(device.name.as_deref(), &device.services)?;
+            how.device_info = DeviceInfoAgreement::of(
+                &p.manufacturer,
+                &p.model,
+                device.manufacturer.as_deref(),
+                device.model.as_deref(),
+            );
+            Some(ProfileMatch {
+                id: p.id.clone(),
+                how,
             })
         })
-        .map(|p| p.id.clone())
-        .collect()
+        .collect();
+    found.sort_by(|a, b| b.how.rank().cmp(&a.how.rank()).then(a.id.cmp(&b.id)));
+    found
 }
 
 impl Source for BleSettings {
@@ -284,6 +323,10 @@ mod tests {
         )
         .unwrap();
         assert!(c.ble.unwrap().devices[0].set_clock);
+        assert_problems(
+            &format!("{MINIMAL}\n[[ble.devices]]\naddress = \"aa:bb:cc:dd:ee:ff\"\nprofile = \"cuff\"\nmin_interval_ms = 86400001\n"),
+            &["ble.devices[0].min_interval_ms"],
+        );
         let err = minimal_with(
             "[ble]\n[[ble.devices]]\naddress = \"aa:bb:cc:dd:ee:ff\"\nprofile = \"cuff\"\nset_clock = \"sometimes\"\n",
         )

@@ -59,19 +59,47 @@ pub(super) fn ble_spec(
     fields: &[Spanned<raw::RawField>],
     c: &mut Check<'_>,
 ) -> Option<BleSpec> {
+    let span = b.span();
     let b = b.get_ref();
-    let name = b.decoder.get_ref();
-    let Some(decoder) = gatt_decoders().find(|d| d.name == name) else {
-        let known: Vec<_> = gatt_decoders().map(|d| d.name).collect();
+    let names: Vec<&Spanned<String>> = b.decoder.iter().chain(&b.decoders).collect();
+    if names.is_empty() {
         c.at(
-            b.decoder.span(),
-            format!(
-                "unknown GATT decoder `{name}`; built-in decoders: {}",
-                known.join(", ")
-            ),
+            span.clone(),
+            "missing key `decoder`: a BLE profile needs `decoder` (or `decoders`, one per measurement characteristic)",
         );
         return None;
-    };
+    }
+    if b.decoder.is_some() && !b.decoders.is_empty() {
+        c.at(
+            span.clone(),
+            "give `decoder` or `decoders`, not both (`decoders` lists every measurement characteristic)",
+        );
+    }
+    let mut decoders: Vec<GattDecoder> = Vec::new();
+    for n in &names {
+        let name = n.get_ref();
+        let Some(decoder) = gatt_decoders().find(|d| d.name == name) else {
+            let known: Vec<_> = gatt_decoders().map(|d| d.name).collect();
+            c.at(
+                n.span(),
+                format!(
+                    "unknown GATT decoder `{name}`; built-in decoders: {}",
+                    known.join(", ")
+                ),
+            );
+            return None;
+        };
+        if decoders.contains(&decoder) {
+            c.at(n.span(), format!("decoder `{name}` is listed twice"));
+            continue;
+        }
+        decoders.push(decoder);
+    }
+    let decoder_names = decoders
+        .iter()
+        .map(|d| d.name)
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut services = Vec::new();
     for s in &b.services {
         match normalize_uuid(s.get_ref()) {
@@ -87,24 +115,32 @@ pub(super) fn ble_spec(
     }
     if b.services.is_empty() && b.name_prefix.is_none() {
         c.at(
-            b.decoder.span(),
+            span.clone(),
             "a BLE profile needs a recognition rule: `services` or `name_prefix`",
         );
     }
     use iomt_drivers::ble::{Characteristic as Gatt, BATTERY_FIELD};
-    let mut produced = decoder.fields.to_vec();
+    let mut produced: Vec<FieldUnits> = decoders
+        .iter()
+        .flat_map(|d| d.fields.iter().copied())
+        .collect();
     // Every BLE device may report its Battery Level (0x2A19), read at each connection.
     produced.extend(iomt_drivers::ble::fields(Gatt::BatteryLevel));
     for f in fields {
         let f = f.get_ref();
         let n = f.name.get_ref();
-        if !decoder.field_names().any(|d| d == n) && n != BATTERY_FIELD {
+        if !produced.iter().any(|d| d.name == n.as_str()) {
+            let mut names: Vec<&str> = Vec::new();
+            for d in decoders.iter().flat_map(|d| d.field_names()) {
+                if !names.contains(&d) {
+                    names.push(d);
+                }
+            }
             c.at(
                 f.name.span(),
                 format!(
-                    "decoder `{}` produces no field `{n}`; it produces: {}, and {BATTERY_FIELD} (the Battery Level read at each connection)",
-                    decoder.name,
-                    decoder.field_names().collect::<Vec<_>>().join(", ")
+                    "decoder `{decoder_names}` produces no field `{n}`; it produces: {}, and {BATTERY_FIELD} (the Battery Level read at each connection)",
+                    names.join(", ")
                 ),
             );
             continue;
@@ -113,8 +149,7 @@ pub(super) fn ble_spec(
             c.at(
                 unit.span(),
                 format!(
-                    "`unit` does not apply to BLE fields: decoder `{}` takes the unit from each packet's flags",
-                    decoder.name
+                    "`unit` does not apply to BLE fields: decoder `{decoder_names}` takes the unit from each packet's flags"
                 ),
             );
         }
@@ -131,8 +166,7 @@ pub(super) fn ble_spec(
                 c.at(
                     f.vital.span(),
                     format!(
-                        "field `{n}` of decoder `{}` comes in {}, which vital `{}` (in `{}`) cannot express",
-                        decoder.name,
+                        "field `{n}` of decoder `{decoder_names}` comes in {}, which vital `{}` (in `{}`) cannot express",
                         units.join(" or "),
                         kind.key,
                         kind.unit
@@ -144,6 +178,6 @@ pub(super) fn ble_spec(
     Some(BleSpec {
         services,
         name_prefix: b.name_prefix.clone(),
-        decoder,
+        decoders,
     })
 }

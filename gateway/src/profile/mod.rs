@@ -71,8 +71,23 @@ pub struct BleSpec {
     pub services: Vec<String>,
     /// Advertised local-name prefix.
     pub name_prefix: Option<String>,
-    /// The built-in decoder.
-    pub decoder: GattDecoder,
+    /// The built-in decoders, one per measurement characteristic (at least one; the
+    /// first is `decoder`, or the first of `decoders`).
+    pub decoders: Vec<GattDecoder>,
+}
+
+impl BleSpec {
+    /// The measurement characteristics the profile maps (16-bit UUIDs).
+    pub fn characteristics(&self) -> impl Iterator<Item = u16> + '_ {
+        self.decoders.iter().map(|d| d.characteristic)
+    }
+
+    /// Whether some decoder of the profile produces field `name`.
+    pub fn produces(&self, name: &str) -> bool {
+        self.decoders
+            .iter()
+            .any(|d| d.field_names().any(|f| f == name))
+    }
 }
 
 /// MQTT subscription and JSON layout.

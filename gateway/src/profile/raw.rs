@@ -43,8 +43,13 @@ pub(crate) struct RawBle {
     pub services: Vec<Spanned<String>>,
     /// A prefix of the advertised local name.
     pub name_prefix: Option<String>,
-    /// The built-in GATT decoder.
-    pub decoder: Spanned<String>,
+    /// The built-in GATT decoder, for a device with one measurement characteristic.
+    #[serde(default)]
+    pub decoder: Option<Spanned<String>>,
+    /// The built-in GATT decoders, one per measurement characteristic, for a device with
+    /// several (a pulse oximeter's spot-check and continuous); instead of `decoder`.
+    #[serde(default)]
+    pub decoders: Vec<Spanned<String>>,
 }
 
 /// `[serial]`

@@ -295,3 +295,26 @@ fn a_poll_request_is_text_or_hex_but_not_both() {
         "{bad}"
     );
 }
+
+#[test]
+fn a_ble_profile_may_map_several_measurement_characteristics() {
+    let both = format!("{HEAD}[ble]\nservices = [\"1822\"]\ndecoders = [\"plx_spot_check_measurement\", \"plx_continuous_measurement\"]\n[[field]]\nname = \"spo2\"\nvital = \"spo2\"\n");
+    let p = parse_str(&both).unwrap();
+    let TransportSpec::Ble(spec) = &p.transport else {
+        panic!("not BLE: {p:?}");
+    };
+    assert_eq!(spec.characteristics().collect::<Vec<_>>(), [0x2A5E, 0x2A5F]);
+    assert!(spec.produces("spo2"));
+
+    let neither = format!("{HEAD}[ble]\nservices = [\"1822\"]\n");
+    let errs = parse_str(&neither).unwrap_err().to_string();
+    assert!(errs.contains("needs `decoder` (or `decoders`"), "{errs}");
+
+    let twice = format!("{HEAD}[ble]\nservices = [\"1822\"]\ndecoder = \"plx_spot_check_measurement\"\ndecoders = [\"plx_continuous_measurement\"]\n");
+    let errs = parse_str(&twice).unwrap_err().to_string();
+    assert!(errs.contains("not both"), "{errs}");
+
+    let repeated = format!("{HEAD}[ble]\nservices = [\"1822\"]\ndecoders = [\"plx_spot_check_measurement\", \"plx_spot_check_measurement\"]\n");
+    let errs = parse_str(&repeated).unwrap_err().to_string();
+    assert!(errs.contains("listed twice"), "{errs}");
+}

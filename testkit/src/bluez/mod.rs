@@ -10,7 +10,9 @@
 //! device that has not advertised for ~30 s is removed ([`SimBluez::forget`] stands for
 //! that time passing): InterfacesRemoved for it and its GATT objects, its notification
 //! sessions gone; advertising again makes it new (InterfacesAdded).
-//! Discovery is per D-Bus client; devices appear once discovery runs and they advertise;
+//! Discovery is per D-Bus client; devices appear once discovery runs and they advertise,
+//! and only when the client's `SetDiscoveryFilter` UUIDs (if any) include one they
+//! advertise ([`SimBluez::advertise_services`]);
 //! `Connect` sets `Connected`, exports the GATT objects (once; they stay cached), grows
 //! `UUIDs`, sets `ServicesResolved`, then returns; notification sessions survive
 //! disconnects; every `ReadValue` emits `PropertiesChanged(Value)`; errors carry BlueZ's
@@ -25,6 +27,7 @@
 //! [`PrivateBus`] starts the `dbus-daemon`; [`SimBluez`] serves `org.bluez` on it and is
 //! driven by the test (advertise, queue a measurement, hang up).
 
+mod advertising;
 mod bus;
 mod clock;
 mod events;
@@ -54,6 +57,9 @@ pub enum DeviceKind {
     Glucose,
     /// Weight Scale service 0x181D (Weight Measurement 0x2A9D, indicate).
     WeightScale,
+    /// Heart Rate service 0x180D (Heart Rate Measurement 0x2A37, notify; Body Sensor
+    /// Location 0x2A38, read: chest).
+    HeartRate,
 }
 
 impl DeviceKind {
@@ -64,6 +70,7 @@ impl DeviceKind {
             DeviceKind::PulseOximeter => 0x1822,
             DeviceKind::Glucose => 0x1808,
             DeviceKind::WeightScale => 0x181D,
+            DeviceKind::HeartRate => 0x180D,
         }
     }
 
@@ -80,6 +87,7 @@ impl DeviceKind {
                 (0x2A52, &["write", "indicate"][..]),
             ],
             DeviceKind::WeightScale => vec![(0x2A9D, IND)],
+            DeviceKind::HeartRate => vec![(0x2A37, NOT), (0x2A38, READ)],
         };
         vec![
             (
@@ -137,6 +145,8 @@ pub(crate) struct DevState {
     pub paired: bool,
     pub rssi: i16,
     pub uuids: Vec<String>,
+    /// The service UUIDs it advertises (its `UUIDs` before a connect).
+    pub advertised: Vec<String>,
     pub services: Vec<u16>,
     pub chars: Vec<CharState>,
     pub queued: Vec<(u16, Vec<u8>)>,
@@ -161,6 +171,7 @@ impl DevState {
                     0x2A26 => b"FW 1.4.2".to_vec(),
                     0x2A28 => b"SW 2.0".to_vec(),
                     0x2A19 => vec![spec.battery],
+                    0x2A38 => vec![0x01],
                     _ => Vec::new(),
                 };
                 chars.push(CharState {
@@ -174,6 +185,7 @@ impl DevState {
         }
         Self {
             uuids: vec![uuid16(spec.kind.service())],
+            advertised: vec![uuid16(spec.kind.service())],
             spec,
             exported: false,
             gatt_exported: false,
@@ -552,7 +564,7 @@ pub(crate) async fn unexport_device(server: &ObjectServer, state: &Shared, addre
         d.gatt_exported = false;
         d.connected = false;
         d.services_resolved = false;
-        d.uuids = vec![uuid16(d.spec.kind.service())];
+        d.uuids.clone_from(&d.advertised);
         for c in &mut d.chars {
             c.notifying = false;
         }
