@@ -234,7 +234,9 @@ async fn a_live_clock_is_compared_once_per_session_and_again_after_a_reopen() {
         "97",
     )
     .await;
-    let compared = first.clock.expect("the session's first line compares the clock");
+    let compared = first
+        .clock
+        .expect("the session's first line compares the clock");
     assert_eq!(Some(compared.device_now), first.device_time);
     assert_eq!(compared.gateway_now, first.received_at);
     pty.write(b"12/07/26 06:50:01 SPO2=096% BPM=072\r\n")
