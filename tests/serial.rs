@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use common::config::Config;
 use common::running::Running;
 use common::{observations_in, run_config, validate_fhir, wait_until};
@@ -18,13 +18,13 @@ const DEADLINE: Duration = Duration::from_secs(30);
 const PATIENT: &str = "MRN-SERIAL-0815";
 
 /// Writes the keys and a configuration with a `[[serial.ports]]` table for each
-/// `(profile, path, time zone)`, writing Bundles to `dir/out`.
-fn write_config(dir: &Path, ports: &[(&str, PathBuf, &str)]) -> PathBuf {
+/// `(profile, path, time zone, further keys of the port)`, writing Bundles to `dir/out`.
+fn write_config(dir: &Path, ports: &[(&str, PathBuf, &str, &str)]) -> PathBuf {
     common::write_keys(dir);
     let mut serial = "[serial]\nreconnect_initial_ms = 20\nreconnect_max_ms = 200\n".to_string();
-    for (profile, path, zone) in ports {
+    for (profile, path, zone, more) in ports {
         serial.push_str(&format!(
-            "\n[[serial.ports]]\npath = \"{}\"\nprofile = \"{profile}\"\ntime_zone = \"{zone}\"\n",
+            "\n[[serial.ports]]\npath = \"{}\"\nprofile = \"{profile}\"\ntime_zone = \"{zone}\"\n{more}\n",
             path.display()
         ));
     }
@@ -94,11 +94,23 @@ fn bytes_on_real_ptys_become_fhir_observations_for_every_shipped_serial_profile(
     let config = write_config(
         tmp.path(),
         &[
-            ("masimo-rad8-ascii1", masimo.slave_path().clone(), "UTC"),
-            ("nonin-oem3-format2", oem3.slave_path().clone(), "UTC"),
-            ("nonin-9560-format13", by_id.clone(), "Europe/Berlin"),
-            ("contec-cms50", cms50.slave_path().clone(), "UTC"),
-            ("tanita-bc418", tanita.slave_path().clone(), "Europe/Berlin"),
+            // Lines stamped in 2024 are a recording played back, not the device's clock
+            // now: the port says so.
+            (
+                "masimo-rad8-ascii1",
+                masimo.slave_path().clone(),
+                "UTC",
+                "live_clock = false",
+            ),
+            ("nonin-oem3-format2", oem3.slave_path().clone(), "UTC", ""),
+            ("nonin-9560-format13", by_id.clone(), "Europe/Berlin", ""),
+            ("contec-cms50", cms50.slave_path().clone(), "UTC", ""),
+            (
+                "tanita-bc418",
+                tanita.slave_path().clone(),
+                "Europe/Berlin",
+                "",
+            ),
         ],
     );
     let gw = Running::start(&config, &[], DEADLINE);
@@ -248,12 +260,31 @@ fn run_names_the_loaded_serial_profiles_when_a_port_names_an_unknown_one() {
     let tmp = tempfile::tempdir().unwrap();
     let config = write_config(
         tmp.path(),
-        &[("sim-bp-cuff", PathBuf::from("/dev/ttyUSB9"), "UTC")],
+        &[("sim-bp-cuff", PathBuf::from("/dev/ttyUSB9"), "UTC", "")],
     );
     let stderr = common::fails(&mut run_config(&config));
     assert!(
         stderr.contains("profile `sim-bp-cuff` is not a loaded serial profile")
             && stderr.contains("masimo-rad8-ascii1"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn run_refuses_live_clock_on_a_port_whose_profile_reads_no_device_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(
+        tmp.path(),
+        &[(
+            "contec-cms50",
+            PathBuf::from("/dev/ttyUSB9"),
+            "UTC",
+            "live_clock = true",
+        )],
+    );
+    let stderr = common::fails(&mut run_config(&config));
+    assert!(
+        stderr.contains("serial port `/dev/ttyUSB9`: live_clock = true, but profile `contec-cms50` reads no time stamp"),
         "{stderr}"
     );
 }
@@ -335,4 +366,166 @@ fn run_without_any_driver_says_how_to_add_a_serial_port() {
         stderr.contains("no driver is enabled") && stderr.contains("[[serial.ports]]"),
         "{stderr}"
     );
+}
+
+const COINCIDENT_REFERENCE: &str =
+    "http://hl7.org/fhir/uv/phd/StructureDefinition/CoincidentTimeStampReference";
+
+fn instant(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("{text}: {e}"))
+        .with_timezone(&Utc)
+}
+
+fn effective(obs: &serde_json::Value) -> DateTime<Utc> {
+    instant(obs["effectiveDateTime"].as_str().unwrap())
+}
+
+/// The SpO2 Observation of value `spo2`.
+fn spo2_of(dir: &Path, spo2: u64) -> serde_json::Value {
+    observations_in(dir)
+        .into_iter()
+        .find(|o| o["code"]["coding"][0]["code"] == SPO2 && o["valueQuantity"]["value"] == spo2)
+        .unwrap_or_else(|| panic!("no SpO2 Observation of {spo2}"))
+}
+
+/// The Coincident Time Stamp Observation `obs` references: (gateway time, device time).
+fn coincident_of(dir: &Path, obs: &serde_json::Value) -> (String, String) {
+    let reference = obs["extension"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["url"] == COINCIDENT_REFERENCE)
+        .unwrap_or_else(|| panic!("no coincident time stamp reference: {obs}"));
+    let wanted = &reference["valueReference"]["identifier"]["value"];
+    let cts = observations_in(dir)
+        .into_iter()
+        .find(|o| o["identifier"][0]["value"] == *wanted)
+        .unwrap_or_else(|| panic!("the coincident time stamp {wanted} was not delivered"));
+    assert_eq!(cts["code"]["coding"][0]["code"], "67975", "{cts}");
+    (
+        cts["effectiveDateTime"].as_str().unwrap().to_string(),
+        cts["valueDateTime"].as_str().unwrap().to_string(),
+    )
+}
+
+fn assert_near(actual: DateTime<Utc>, expected: DateTime<Utc>, what: &str) {
+    let off = (actual - expected).num_milliseconds().abs();
+    assert!(
+        off <= 3000,
+        "{what}: {actual} is not within 3 s of {expected}"
+    );
+}
+
+#[test]
+fn a_live_rad8_whose_clock_is_3_h_10_min_behind_is_corrected_and_one_within_a_minute_keeps_its_time_stamps(
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let mut behind = Pty::open().unwrap();
+    let mut right = Pty::open().unwrap();
+    let config = write_config(
+        tmp.path(),
+        &[
+            (
+                "masimo-rad8-ascii1",
+                behind.slave_path().clone(),
+                "Europe/Berlin",
+                "",
+            ),
+            ("masimo-rad8-ascii1", right.slave_path().clone(), "UTC", ""),
+        ],
+    );
+    let gw = Running::start(&config, &[], DEADLINE);
+    gw.wait_log("serial port opened", 2);
+
+    // Each device sends a line a second, stamped by its own clock as it sends it: one
+    // clock 3 h 10 min behind (in Berlin), one 20 s behind (in UTC). A line end first
+    // closes the partial line the gateway opens into.
+    let now = Utc::now();
+    let second = chrono::Duration::seconds(1);
+    let behind_clock = now.with_timezone(&chrono_tz::Europe::Berlin).naive_local()
+        - chrono::Duration::minutes(190);
+    let right_clock = DateTime::from_timestamp(now.timestamp() - 20, 0)
+        .unwrap()
+        .naive_utc();
+    let mut bytes = b"\r\n".to_vec();
+    for (k, spo2) in [91u8, 92, 93].into_iter().enumerate() {
+        bytes.extend(encode(
+            SimFormat::MasimoAscii1,
+            &values(spo2, 70),
+            behind_clock + second * k as i32,
+        ));
+    }
+    behind.write(&bytes).unwrap();
+    let mut bytes = b"\r\n".to_vec();
+    for (k, spo2) in [96u8, 97].into_iter().enumerate() {
+        bytes.extend(encode(
+            SimFormat::MasimoAscii1,
+            &values(spo2, 80),
+            right_clock + second * k as i32,
+        ));
+    }
+    right.write(&bytes).unwrap();
+    wait_until(DEADLINE, "the SpO2 of both devices", || {
+        ["91", "92", "93", "96", "97"]
+            .iter()
+            .all(|v| has(&out, SPO2, v))
+    });
+    let log = gw.stop();
+
+    // The clock that is behind: measurement times on the gateway's timeline, a second
+    // apart as on the device, all referencing one Coincident Time Stamp Observation
+    // with both clocks' times.
+    let first = spo2_of(&out, 91);
+    assert_near(effective(&first), now, "the first line of the clock behind");
+    assert_near(
+        effective(&first),
+        instant(first["issued"].as_str().unwrap()),
+        "the first line against its receive time",
+    );
+    let third = spo2_of(&out, 93);
+    assert_eq!(effective(&third) - effective(&first), second * 2);
+    let (gateway, device) = coincident_of(&out, &first);
+    assert_eq!(
+        coincident_of(&out, &third),
+        (gateway.clone(), device.clone())
+    );
+    assert_near(instant(&gateway), now, "the gateway's time");
+    assert_near(
+        instant(&device),
+        now - chrono::Duration::minutes(190),
+        "the device's time",
+    );
+    assert!(device.ends_with("+01:00"), "Berlin in December: {device}");
+
+    // The clock within a minute: its own time stamps, and the comparison referenced.
+    let own = spo2_of(&out, 96);
+    assert_eq!(
+        effective(&own),
+        right_clock.and_utc(),
+        "the device's own time stamp"
+    );
+    let (gateway, device) = coincident_of(&out, &own);
+    assert_near(instant(&gateway), now, "the gateway's time");
+    assert_near(
+        instant(&device),
+        now - chrono::Duration::seconds(20),
+        "the device's time within a minute",
+    );
+    assert_eq!(
+        effective(&spo2_of(&out, 97)),
+        right_clock.and_utc() + second
+    );
+
+    // One Coincident Time Stamp Observation per device and session.
+    let coincident = observations_in(&out)
+        .iter()
+        .filter(|o| o["code"]["coding"][0]["code"] == "67975")
+        .count();
+    assert_eq!(coincident, 2);
+    assert!(log.contains("a device's clock is off"), "{log}");
+    let (ok, report) = validate_fhir(&[&out]);
+    assert!(ok, "{report}");
+    assert!(report.contains(", 0 failed"), "{report}");
 }

@@ -86,7 +86,9 @@ pub struct Revisions {
 
 /// The device's clock read against the gateway's at one moment: the PHD IG's coincident
 /// time stamp. A BLE driver reads it from the Current Time characteristic at each
-/// connection; the gateway places the device's time stamps on its own timeline with it.
+/// connection; the serial driver takes it from a live stream's time stamp against its
+/// receive time (`serial/clock.rs`); the gateway places the device's time stamps on its
+/// own timeline with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClockComparison {
     /// The device's time, as its clock showed it.

@@ -130,6 +130,7 @@ pub fn use_serial_devices(config: &mut Config, devices: &[SerialDemoDevice]) {
                 profile: d.profile.id.clone(),
                 zone: None,
                 min_interval: None,
+                live_clock: None,
             })
             .collect(),
         reconnect_initial: std::time::Duration::from_millis(200),

@@ -47,7 +47,8 @@
 //!   [`MAX_FUTURE`] ahead: the receive time is then used and corrected like any other.
 //! - **Device clocks** (`normalize/clock.rs`): a reading that carries a comparison of the
 //!   device's clock with the gateway's (a BLE device's Current Time read at the
-//!   connection) gets a Coincident Time Stamp Observation (PHD IG; MDC 67975, the
+//!   connection; on a serial port marked `live_clock`, the first time stamp of the
+//!   session against its receive time) gets a Coincident Time Stamp Observation (PHD IG; MDC 67975, the
 //!   gateway's time as `effectiveDateTime`, the device's as `valueDateTime`) in
 //!   [`Normalized::coincident`]; when the clocks differ by more than
 //!   [`CORRECTION_THRESHOLD`] (60 s, a reset to 2000-01-01 included) the device's time
@@ -55,7 +56,8 @@
 //!   the measurement, counted back from the gateway's time); every Observation whose time
 //!   came from the device references it (`CoincidentTimeStampReference`). The rules above
 //!   (clock not set, more than a day ahead) still apply, after the correction. Without a
-//!   comparison (no Current Time, serial, MQTT), time stamps are used as they are.
+//!   comparison (no Current Time, serial without `live_clock`, MQTT), time stamps are
+//!   used as they are.
 //! - **Identity**: `identifier` (and `id`) is a UUID derived from the device pseudonym,
 //!   the field names, the effective time and the device's sequence number. The Device
 //!   resource names what the device reports about itself (manufacturer, model, revisions),

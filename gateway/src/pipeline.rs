@@ -235,7 +235,7 @@ impl Pipeline {
     }
 }
 
-/// Logs, once per connection, how far a device's clock is off (seconds only: no value,
+/// Logs, once per connection (serial: per session), how far a device's clock is off (seconds only: no value,
 /// no address), and whether its time stamps are corrected.
 fn log_clock(profile: &Profile, clock: &Option<iomt_drivers::ClockComparison>, ctx: &Context) {
     let Some(offset) = clock

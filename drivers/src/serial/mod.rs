@@ -11,6 +11,11 @@
 //! exponential [`Backoff`]; the first failure of a row is a warning, later ones are debug,
 //! and reopening is an info line. A port that delivers data resets the backoff.
 //!
+//! **Device clocks.** On a port marked `live_clock` (a device that sends each line as it
+//! measures, stamped by its clock), the first time stamp of each session against its
+//! receive time is the device clock's comparison with the gateway's, carried by the
+//! session's readings ([`clock`]).
+//!
 //! **Polling.** Devices that answer only when asked get the profile's request bytes
 //! written at its interval while the port is open.
 //!
@@ -19,6 +24,7 @@
 //!
 //! The task stops when its cancellation token fires or the channel's receiver is gone.
 
+pub mod clock;
 pub mod pty;
 pub mod sim;
 
@@ -98,6 +104,10 @@ pub struct PortConfig {
     /// Forward at most one reading per interval (streaming oximeters send dozens a
     /// second); readings in between are dropped and counted. `None`: forward all.
     pub min_interval: Option<Duration>,
+    /// The device sends each line or frame as it measures, stamped by its own clock: the
+    /// time stamp against the receive time compares the device's clock with the
+    /// gateway's ([`clock`]). `false`: time stamps are taken as they are.
+    pub live_clock: bool,
 }
 
 /// The serial driver's configuration.
@@ -284,6 +294,8 @@ async fn session(
     thinned: &mut u64,
 ) -> SessionEnd {
     let mut buf = [0u8; 1024];
+    // A new session, a new comparison of the device's clock.
+    let mut clock = port.live_clock.then(clock::LiveClock::default);
     let mut last_sent: Option<tokio::time::Instant> = None;
     let mut poll = port.poll.as_ref().map(|p| {
         let mut i = tokio::time::interval(p.interval);
@@ -320,7 +332,12 @@ async fn session(
                 backoff.succeed();
                 for item in decoder.feed(&buf[..n], &port.identity, Utc::now()) {
                     match item {
-                        Ok(reading) => {
+                        Ok(mut reading) => {
+                            if let Some(clock) = clock.as_mut() {
+                                if clock.stamp(&mut reading) {
+                                    tracing::debug!(port = %port.path, "device clock compared with the receive time");
+                                }
+                            }
                             let now = tokio::time::Instant::now();
                             if let (Some(min), Some(last)) = (port.min_interval, last_sent) {
                                 if now.duration_since(last) < min {

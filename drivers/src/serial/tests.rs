@@ -53,6 +53,7 @@ fn port(path: &str, poll: Option<Poll>) -> PortConfig {
         framing: masimo_framing(),
         poll,
         min_interval: None,
+        live_clock: false,
     }
 }
 
@@ -185,6 +186,105 @@ async fn a_polled_device_receives_its_request_and_its_answer_is_read() {
     assert_eq!(&request, b"G1\r\n");
     let r = first_reading(&mut pty, &mut rx, "SPO2=099% BPM=061\r\n", "99").await;
     assert_eq!(spo2(&r), "99");
+    cancel.cancel();
+    tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap();
+}
+
+/// A port whose lines carry the device's clock, `12/07/26 06:50:00 SPO2=097% BPM=072`.
+fn live_port(path: &str) -> PortConfig {
+    let field = |name: &str, unit: &str| FieldSpec {
+        name: name.into(),
+        source: name.into(),
+        unit: unit.into(),
+        scale: None,
+        no_reading: vec!["---".into()],
+    };
+    PortConfig {
+        framing: Arc::new(Framing::Line {
+            terminator: "\r\n".into(),
+            max_length: 256,
+            decoder: LineDecoder {
+                regex: Regex::new(
+                    r"^(?P<date>\S+) (?P<time>\S+) SPO2=(?P<spo2>[-\d]+)%? BPM=(?P<bpm>[-\d]+)",
+                )
+                .unwrap(),
+                fields: vec![field("spo2", "%"), field("bpm", "/min")],
+                timestamp: Some(crate::decode::line::LineTimestamp {
+                    captures: vec!["date".into(), "time".into()],
+                    format: "%m/%d/%y %H:%M:%S".into(),
+                }),
+            },
+        }),
+        live_clock: true,
+        ..port(path, None)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_clock_is_compared_once_per_session_and_again_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("usb-Masimo-if00");
+    let mut pty = Pty::open().unwrap();
+    std::os::unix::fs::symlink(pty.slave_path(), &link).unwrap();
+    let (mut rx, cancel, task) = start(live_port(&link.display().to_string()));
+    let first = first_reading(
+        &mut pty,
+        &mut rx,
+        "12/07/26 06:50:00 SPO2=097% BPM=072\r\n",
+        "97",
+    )
+    .await;
+    let compared = first
+        .clock
+        .expect("the session's first line compares the clock");
+    assert_eq!(Some(compared.device_now), first.device_time);
+    assert_eq!(compared.gateway_now, first.received_at);
+    pty.write(b"12/07/26 06:50:01 SPO2=096% BPM=072\r\n")
+        .unwrap();
+    let second = loop {
+        let r = next(&mut rx).await;
+        if spo2(&r) == "96" {
+            break r;
+        }
+    };
+    assert_eq!(second.clock, Some(compared), "one comparison per session");
+
+    // Unplugged and plugged back: a new session, a new comparison.
+    drop(pty);
+    std::fs::remove_file(&link).unwrap();
+    let mut pty = Pty::open().unwrap();
+    std::os::unix::fs::symlink(pty.slave_path(), &link).unwrap();
+    let after = first_reading(
+        &mut pty,
+        &mut rx,
+        "12/07/26 06:55:00 SPO2=091% BPM=072\r\n",
+        "91",
+    )
+    .await;
+    let again = after.clock.expect("the reopened port compares again");
+    assert_ne!(again, compared);
+    assert_eq!(again.gateway_now, after.received_at);
+    cancel.cancel();
+    tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_without_live_clock_compares_nothing() {
+    let mut pty = Pty::open().unwrap();
+    let path = pty.slave_path().display().to_string();
+    let (mut rx, cancel, task) = start(PortConfig {
+        live_clock: false,
+        ..live_port(&path)
+    });
+    let r = first_reading(
+        &mut pty,
+        &mut rx,
+        "12/07/26 06:50:00 SPO2=097% BPM=072\r\n",
+        "97",
+    )
+    .await;
+    assert!(r.device_time.is_some());
+    assert_eq!(r.clock, None);
     cancel.cancel();
     tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap();
 }

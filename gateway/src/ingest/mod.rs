@@ -46,6 +46,14 @@ pub enum IngestError {
         /// The loaded serial profiles, for the message.
         hint: String,
     },
+    /// A serial port says `live_clock = true`, but its profile reads no device time stamp.
+    #[error("serial port `{path}`: live_clock = true, but profile `{profile}` reads no time stamp from the device; remove live_clock or declare the time stamp in the profile")]
+    LiveClockWithoutTimeStamp {
+        /// The port path.
+        path: String,
+        /// The profile id it names.
+        profile: String,
+    },
     /// A BLE device names a profile that is not loaded or not a BLE profile.
     #[error("ble device `{address}`: profile `{profile}` is not a loaded BLE profile{hint}")]
     UnknownBleProfile {

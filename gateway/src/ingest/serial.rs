@@ -54,6 +54,11 @@ pub struct RawSerialPort {
     /// Forward at most one reading per this many milliseconds (0, default: all).
     #[serde(default)]
     pub min_interval_ms: u64,
+    /// Whether the device on this port sends each line or frame as it measures, stamped
+    /// by its own clock, so that its clock is compared with the receive time; default: the
+    /// profile's `live_clock`. `false` for a recording or a data logger played back.
+    #[serde(default)]
+    pub live_clock: Option<bool>,
 }
 
 /// One serial port, validated.
@@ -67,6 +72,8 @@ pub struct SerialPort {
     pub zone: Option<Zone>,
     /// At most one reading per this interval, if set.
     pub min_interval: Option<Duration>,
+    /// `live_clock` for this port, when it overrides the profile's.
+    pub live_clock: Option<bool>,
 }
 
 /// Serial driver settings, validated.
@@ -112,6 +119,7 @@ impl RawSerial {
                 zone,
                 min_interval: (p.min_interval_ms > 0)
                     .then(|| Duration::from_millis(p.min_interval_ms)),
+                live_clock: p.live_clock,
             });
         }
         check_reconnect(
@@ -144,6 +152,13 @@ pub fn serial_ports(
                 hint,
             }
         })?;
+        let live_clock = port.live_clock.unwrap_or(spec.live_clock);
+        if live_clock && !spec.has_timestamp() {
+            return Err(IngestError::LiveClockWithoutTimeStamp {
+                path: port.path.clone(),
+                profile: port.profile.clone(),
+            });
+        }
         ports.push(PortConfig {
             path: port.path.clone(),
             identity: identity(profile, Transport::Serial, port.path.clone(), None),
@@ -151,6 +166,7 @@ pub fn serial_ports(
             framing: spec.framing.clone(),
             poll: spec.poll.clone(),
             min_interval: port.min_interval,
+            live_clock,
         });
     }
     Ok(ports)
@@ -207,6 +223,15 @@ mod tests {
         let serial = c.serial.unwrap();
         assert_eq!(serial.ports[0].profile, "masimo");
         assert_eq!(serial.ports[0].zone, Some(Zone::Named(chrono_tz::UTC)));
+        assert_eq!(
+            serial.ports[0].live_clock, None,
+            "the profile's, by default"
+        );
         assert_eq!(serial.reconnect_max, Duration::from_secs(30));
+        let c = minimal_with(
+            "[[serial.ports]]\npath = \"/dev/ttyUSB0\"\nprofile = \"masimo\"\nlive_clock = false\n",
+        )
+        .unwrap();
+        assert_eq!(c.serial.unwrap().ports[0].live_clock, Some(false));
     }
 }

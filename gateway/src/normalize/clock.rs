@@ -2,8 +2,9 @@
 //! **Device clocks** rule of the rule book, `normalize`'s module doc).
 //!
 //! A driver that can read the device's current time (BLE: the Current Time
-//! characteristic, at each connection) attaches a [`ClockComparison`] to the readings of
-//! that connection. From it the normalizer
+//! characteristic, at each connection; serial: a live stream's first time stamp of the
+//! session against its receive time) attaches a [`ClockComparison`] to the readings of
+//! that connection or session. From it the normalizer
 //! - makes one Coincident Time Stamp Observation (PHD IG profile
 //!   `PhdCoincidentTimeStampObservation`: MDC 67975 `MDC_ATTR_TIME_ABS`,
 //!   `effectiveDateTime` the gateway's time, `valueDateTime` the device's time at that

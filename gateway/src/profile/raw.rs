@@ -72,6 +72,11 @@ pub(crate) struct RawSerial {
     pub frame: Option<Spanned<RawFrame>>,
     /// Requests written at an interval, for devices that answer only when asked.
     pub poll: Option<Spanned<RawPoll>>,
+    /// The device sends each line or frame as it measures, stamped by its own clock (a
+    /// live stream, not stored records): the time stamp against the receive time is the
+    /// device clock's comparison with the gateway's. Needs a time stamp in the framing;
+    /// default `false` (time stamps taken as they are).
+    pub live_clock: Option<Spanned<bool>>,
 }
 
 /// `[serial.poll]`

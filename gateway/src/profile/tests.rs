@@ -318,3 +318,29 @@ fn a_ble_profile_may_map_several_measurement_characteristics() {
     let errs = parse_str(&repeated).unwrap_err().to_string();
     assert!(errs.contains("listed twice"), "{errs}");
 }
+
+#[test]
+fn live_clock_is_off_by_default_and_needs_a_time_stamp() {
+    let line = "[serial.line]\nregex = '^(?P<t>\\S+ \\S+) SPO2=(?P<spo2>\\d+)'\n";
+    let field = "[[field]]\nname = \"spo2\"\nvital = \"spo2\"\n";
+    let serial_of = |p: &Profile| match &p.transport {
+        TransportSpec::Serial(s) => s.live_clock,
+        _ => panic!("serial expected"),
+    };
+    let p = parse_str(&format!("{HEAD}[serial]\nbaud = 9600\n{line}{field}")).unwrap();
+    assert!(!serial_of(&p));
+    let p = parse_str(&format!(
+        "{HEAD}[serial]\nbaud = 9600\nlive_clock = true\n{line}timestamp_captures = [\"t\"]\ntimestamp_format = \"%m/%d/%y %H:%M:%S\"\n{field}"
+    ))
+    .unwrap();
+    assert!(serial_of(&p));
+    let errs = parse_str(&format!(
+        "{HEAD}[serial]\nbaud = 9600\nlive_clock = true\n{line}{field}"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        errs.contains("p.toml:7:") && errs.contains("live_clock needs the device's time stamp"),
+        "{errs}"
+    );
+}

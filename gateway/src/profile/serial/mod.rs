@@ -25,6 +25,8 @@ pub struct SerialSpec {
     pub framing: Arc<Framing>,
     /// Requests written at an interval, if the device needs them.
     pub poll: Option<Poll>,
+    /// `live_clock`: the device stamps each line or frame by its clock as it sends it.
+    pub live_clock: bool,
 }
 
 impl SerialSpec {
@@ -34,6 +36,11 @@ impl SerialSpec {
             Framing::Line { decoder, .. } => Some(decoder),
             Framing::Frame(_) => None,
         }
+    }
+
+    /// Whether the device's time stamp is read from each line or frame.
+    pub fn has_timestamp(&self) -> bool {
+        has_timestamp(&self.framing)
     }
 
     /// The frame decoder, for a binary profile.
@@ -103,6 +110,15 @@ pub(super) fn serial_spec(
         (Some(line), None) => line::line_framing(line, fields, c)?,
         (None, Some(frame)) => Framing::Frame(Box::new(frame::frame_decoder(frame, fields, c)?)),
     };
+    let live_clock = s.live_clock.as_ref().is_some_and(|l| *l.get_ref());
+    if let Some(l) = s.live_clock.as_ref().filter(|_| live_clock) {
+        if !has_timestamp(&framing) {
+            c.at(
+                l.span(),
+                "live_clock needs the device's time stamp: declare timestamp_captures in [serial.line] or [serial.frame.timestamp]",
+            );
+        }
+    }
     Some(SerialSpec {
         link: LinkSettings {
             baud: *s.baud.get_ref(),
@@ -121,7 +137,16 @@ pub(super) fn serial_spec(
         },
         framing: Arc::new(framing),
         poll,
+        live_clock,
     })
+}
+
+/// Whether the framing reads a device time stamp.
+fn has_timestamp(framing: &Framing) -> bool {
+    match framing {
+        Framing::Line { decoder, .. } => decoder.timestamp.is_some(),
+        Framing::Frame(d) => d.timestamp.is_some(),
+    }
 }
 
 /// Parses hex bytes, spaces allowed (`"F5 F5"`, `"7d81a1"`).
