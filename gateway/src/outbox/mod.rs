@@ -102,7 +102,7 @@
 //! wait unacknowledged, a reserve file is released so deletions commit, and the writer
 //! looks again every few seconds until space returns; one log line each way.
 //!
-//! **Shrinking.** A commit that deleted rows and left seven eighths of the file free
+//! **Shrinking.** A commit that deleted rows and left fifteen sixteenths of the file free
 //! (at least 4 MiB) is followed by a `VACUUM` ([`store::Store::shrink`]): the few live
 //! pages are copied into a smaller file, so a drained backlog does not keep its disk for
 //! ever and an idle gateway never wakes for it. Not `auto_vacuum`: its pointer-map pages
