@@ -7,6 +7,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use chrono::Timelike;
+
 use common::config::Config;
 use common::running::Running;
 use common::{gateway, observations_in, validate_fhir, wait_until};
@@ -84,14 +86,20 @@ impl World {
     /// Writes the keys and the gateway's configuration with these `(address, profile)`
     /// allowed.
     fn config(&self, allowed: &[(&str, &str)]) -> PathBuf {
+        let with: Vec<(&str, &str, &str)> = allowed.iter().map(|(a, p)| (*a, *p, "")).collect();
+        self.config_with(&with)
+    }
+
+    /// [`World::config`] with extra keys (`set_clock = true`) for some devices.
+    fn config_with(&self, allowed: &[(&str, &str, &str)]) -> PathBuf {
         let dir = self.tmp.path();
         common::write_keys(dir);
         let mut ble =
             "[ble]\nadapter = \"hci0\"\nreconnect_initial_ms = 50\nreconnect_max_ms = 500\n"
                 .to_string();
-        for (address, profile) in allowed {
+        for (address, profile, extra) in allowed {
             ble.push_str(&format!(
-                "\n[[ble.devices]]\naddress = \"{address}\"\nprofile = \"{profile}\"\ntime_zone = \"Europe/Berlin\"\n"
+                "\n[[ble.devices]]\naddress = \"{address}\"\nprofile = \"{profile}\"\ntime_zone = \"Europe/Berlin\"\n{extra}\n"
             ));
         }
         Config::new(dir, "kit-ble-1", "MRN-BLE-0042")
@@ -436,4 +444,293 @@ fn scan_lists_nearby_devices_with_their_services_and_matching_profiles() {
         "{scale}"
     );
     assert!(!world.bluez.discovering(), "scan stops discovery when done");
+}
+
+/// The device clocks' zone in [`World::config`].
+const BERLIN: chrono_tz::Tz = chrono_tz::Europe::Berlin;
+const CUFF_AHEAD: &str = "A0:00:00:00:00:11";
+const CUFF_RESET: &str = "A0:00:00:00:00:12";
+const CUFF_RIGHT: &str = "A0:00:00:00:00:13";
+const COINCIDENT_REFERENCE: &str =
+    "http://hl7.org/fhir/uv/phd/StructureDefinition/CoincidentTimeStampReference";
+
+/// A Blood Pressure Measurement of `systolic`/80 mmHg, pulse 70, stamped `t` by the cuff.
+fn bp_at(systolic: u8, t: chrono::NaiveDateTime) -> Vec<u8> {
+    use chrono::{Datelike, Timelike};
+    let [y0, y1] = (t.year() as u16).to_le_bytes();
+    vec![
+        0x1E,
+        systolic,
+        0x00,
+        0x50,
+        0x00,
+        0x5F,
+        0x00,
+        y0,
+        y1,
+        t.month() as u8,
+        t.day() as u8,
+        t.hour() as u8,
+        t.minute() as u8,
+        t.second() as u8,
+        0x46,
+        0x00,
+        0x01,
+        0x00,
+        0x00,
+    ]
+}
+
+fn instant(text: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("{text}: {e}"))
+        .with_timezone(&chrono::Utc)
+}
+
+/// The blood-pressure panel whose systolic is `systolic`.
+fn panel(out: &Path, systolic: &str) -> serde_json::Value {
+    observations_in(out)
+        .into_iter()
+        .find(|o| {
+            o["component"][0]["code"]["coding"][0]["code"] == SYSTOLIC
+                && o["component"][0]["valueQuantity"]["value"] == systolic.parse::<u64>().unwrap()
+        })
+        .unwrap_or_else(|| panic!("no panel with systolic {systolic}"))
+}
+
+/// The Coincident Time Stamp Observation `obs` references: (gateway time, device time).
+fn coincident_of(out: &Path, obs: &serde_json::Value) -> (String, String) {
+    let reference = obs["extension"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["url"] == COINCIDENT_REFERENCE)
+        .unwrap_or_else(|| panic!("no coincident time stamp reference: {obs}"));
+    let wanted = &reference["valueReference"]["identifier"]["value"];
+    let cts = observations_in(out)
+        .into_iter()
+        .find(|o| o["identifier"][0]["value"] == *wanted)
+        .unwrap_or_else(|| panic!("the coincident time stamp {wanted} was not delivered"));
+    assert_eq!(cts["code"]["coding"][0]["code"], "67975", "{cts}");
+    (
+        cts["effectiveDateTime"].as_str().unwrap().to_string(),
+        cts["valueDateTime"].as_str().unwrap().to_string(),
+    )
+}
+
+fn assert_near(
+    actual: chrono::DateTime<chrono::Utc>,
+    expected: chrono::DateTime<chrono::Utc>,
+    what: &str,
+) {
+    let off = (actual - expected).num_milliseconds().abs();
+    assert!(
+        off <= 3000,
+        "{what}: {actual} is not within 3 s of {expected}"
+    );
+}
+
+#[test]
+fn cuffs_with_a_clock_3_h_10_min_ahead_reset_to_2000_or_right_are_placed_on_the_gateways_timeline()
+{
+    let world = World::new(&[
+        (CUFF_AHEAD, "A&D_UA-651", DeviceKind::BloodPressure),
+        (CUFF_RESET, "A&D_UA-651", DeviceKind::BloodPressure),
+        (CUFF_RIGHT, "A&D_UA-651", DeviceKind::BloodPressure),
+    ]);
+    let sim = &world.bluez;
+    let now = chrono::Utc::now();
+    let local = now.with_timezone(&BERLIN).naive_local();
+    let ahead = local + chrono::Duration::minutes(190);
+    let reset = chrono::NaiveDate::from_ymd_opt(2000, 1, 1)
+        .unwrap()
+        .and_hms_opt(0, 7, 0)
+        .unwrap();
+    // Each cuff measured 5 minutes ago, stamped by its own clock.
+    let measured = now - chrono::Duration::minutes(5);
+    let five = chrono::Duration::minutes(5);
+    for (address, clock, systolic) in [
+        (CUFF_AHEAD, ahead, 131),
+        (CUFF_RESET, reset, 132),
+        (CUFF_RIGHT, local, 133),
+    ] {
+        sim.add_current_time(address, clock, false);
+        sim.queue(address, 0x2A35, &bp_at(systolic, clock - five));
+        sim.advertise(address);
+    }
+    // A second stored measurement of the cuff that is ahead, a minute later on its clock.
+    sim.queue(
+        CUFF_AHEAD,
+        0x2A35,
+        &bp_at(135, ahead - five + chrono::Duration::minutes(1)),
+    );
+    let config = world.config(&[
+        (CUFF_AHEAD, "and-ua-651ble"),
+        (CUFF_RESET, "and-ua-651ble"),
+        (CUFF_RIGHT, "and-ua-651ble"),
+    ]);
+    let gw = world.start(&config);
+    for systolic in ["131", "132", "133", "135"] {
+        world.wait_for(&gw, SYSTOLIC, systolic);
+    }
+    let log = gw.stop();
+    let out = world.out();
+    for (systolic, device_now) in [("131", ahead), ("132", reset), ("133", local)] {
+        let obs = panel(&out, systolic);
+        let effective = instant(obs["effectiveDateTime"].as_str().unwrap());
+        assert_near(
+            effective,
+            measured,
+            &format!("cuff {systolic}: effective time"),
+        );
+        let (gateway, device) = coincident_of(&out, &obs);
+        assert_near(
+            instant(&gateway),
+            now,
+            &format!("cuff {systolic}: gateway time"),
+        );
+        let device_utc = device_now
+            .and_local_timezone(BERLIN)
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_near(
+            instant(&device),
+            device_utc,
+            &format!("cuff {systolic}: device time"),
+        );
+    }
+    let second = panel(&out, "135");
+    assert_near(
+        instant(second["effectiveDateTime"].as_str().unwrap()),
+        measured + chrono::Duration::minutes(1),
+        "the second reading of the cuff that is ahead",
+    );
+    assert_eq!(
+        coincident_of(&out, &second),
+        coincident_of(&out, &panel(&out, "131"))
+    );
+    // One Coincident Time Stamp Observation per connection, however many readings.
+    let coincident = observations_in(&out)
+        .iter()
+        .filter(|o| o["code"]["coding"][0]["code"] == "67975")
+        .count();
+    assert_eq!(coincident, 3);
+    assert!(log.contains("a device's clock is off"), "{log}");
+    assert_eq!(
+        sim.clock_writes(CUFF_AHEAD),
+        0,
+        "the clock is only read by default"
+    );
+    let files = common::json_files(&out);
+    let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    let (ok, report) = validate_fhir(&paths);
+    assert!(ok, "{report}");
+}
+
+#[test]
+fn with_set_clock_the_cuffs_clock_is_written_once_per_connection_and_the_next_reading_needs_no_correction(
+) {
+    let world = World::new(&[(CUFF_AHEAD, "A&D_UA-651", DeviceKind::BloodPressure)]);
+    let sim = &world.bluez;
+    let now = chrono::Utc::now();
+    let ahead = now.with_timezone(&BERLIN).naive_local() + chrono::Duration::minutes(190);
+    sim.add_current_time(CUFF_AHEAD, ahead, true);
+    sim.queue(
+        CUFF_AHEAD,
+        0x2A35,
+        &bp_at(141, ahead - chrono::Duration::minutes(5)),
+    );
+    sim.advertise(CUFF_AHEAD);
+    let config = world.config_with(&[(CUFF_AHEAD, "and-ua-651ble", "set_clock = true")]);
+    let gw = world.start(&config);
+    world.wait_for(&gw, SYSTOLIC, "141");
+    let first = panel(&world.out(), "141");
+    assert_near(
+        instant(first["effectiveDateTime"].as_str().unwrap()),
+        now - chrono::Duration::minutes(5),
+        "the reading stamped before the clock was set is corrected",
+    );
+    assert_eq!(sim.clock_writes(CUFF_AHEAD), 1);
+    let true_local = chrono::Utc::now().with_timezone(&BERLIN).naive_local();
+    let shown = sim.device_clock(CUFF_AHEAD).unwrap();
+    assert!(
+        (shown - true_local).num_seconds().abs() <= 2,
+        "{shown} vs {true_local}"
+    );
+
+    sim.hang_up(CUFF_AHEAD);
+    gw.wait_log("BLE device session ended", 1);
+    let stamp = sim.device_clock(CUFF_AHEAD).unwrap() - chrono::Duration::minutes(1);
+    sim.queue(CUFF_AHEAD, 0x2A35, &bp_at(142, stamp));
+    sim.advertise(CUFF_AHEAD);
+    world.wait_for(&gw, SYSTOLIC, "142");
+    gw.stop();
+    assert_eq!(sim.connects(CUFF_AHEAD), 2);
+    assert_eq!(sim.clock_writes(CUFF_AHEAD), 2, "once per connection");
+    let second = panel(&world.out(), "142");
+    // The device's own stamp, read in its zone, unchanged: no correction was needed.
+    let stamp_utc = stamp
+        .and_local_timezone(BERLIN)
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    assert_eq!(
+        instant(second["effectiveDateTime"].as_str().unwrap()),
+        stamp_utc.with_nanosecond(0).unwrap()
+    );
+    let (gateway, device) = coincident_of(&world.out(), &second);
+    assert_near(instant(&device), instant(&gateway), "the clocks agree");
+    let files = common::json_files(&world.out());
+    let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    let (ok, report) = validate_fhir(&paths);
+    assert!(ok, "{report}");
+}
+
+#[test]
+fn the_cuffs_device_resource_names_what_its_device_information_says_and_no_serial_number() {
+    let world = World::new(&[(CUFF, "A&D_UA-651", DeviceKind::BloodPressure)]);
+    let sim = &world.bluez;
+    sim.queue(CUFF, 0x2A35, &bytes(BP_128));
+    sim.advertise(CUFF);
+    let gw = world.start(&world.config(&[(CUFF, "and-ua-651ble")]));
+    world.wait_for(&gw, SYSTOLIC, "128");
+    gw.stop();
+    let mut devices = Vec::new();
+    for f in common::json_files(&world.out()) {
+        let bundle: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+        for e in bundle["entry"].as_array().unwrap() {
+            let r = &e["resource"];
+            if r["resourceType"] == "Device"
+                && r["identifier"][0]["system"] == "urn:iomt-gateway:device-pseudonym"
+            {
+                devices.push(r.clone());
+            }
+        }
+    }
+    let device = devices.first().expect("the cuff's Device resource");
+    // The simulated cuff's Device Information, not the profile's "A&D Medical"/"UA-651BLE".
+    assert_eq!(device["manufacturer"], "Simulated Medical", "{device}");
+    assert_eq!(device["modelNumber"], "BloodPressure", "{device}");
+    let versions: Vec<(String, String)> = device["version"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no version: {device}"))
+        .iter()
+        .map(|v| {
+            (
+                v["type"]["coding"][0]["code"].as_str().unwrap().to_string(),
+                v["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        versions,
+        vec![
+            ("531975".to_string(), "SW 2.0".to_string()),
+            ("531976".to_string(), "FW 1.4.2".to_string())
+        ]
+    );
+    let text = device.to_string();
+    for secret in ["SN-", "A0:00", "A00000"] {
+        assert!(!text.contains(secret), "`{secret}` in {text}");
+    }
 }

@@ -138,6 +138,14 @@ ISO_11073 = "urn:iso:std:iso:11073:10101"
 # Device measurements LOINC has no code for, identified by their MDC code alone (PHD IG),
 # with the unit each must carry: the battery charge MDC_ATTR_VAL_BATT_CHARGE in %.
 DEVICE_MDC_UNITS = {"67996": "%"}
+# The PHD IG's Coincident Time Stamp Observation (PhdCoincidentTimeStampObservation): MDC
+# 67975 MDC_ATTR_TIME_ABS, the PHD's time in valueDateTime (with a timezone), the PHG's
+# time in effectiveDateTime, the observation-gatewayDevice extension; measurements refer
+# to it with the CoincidentTimeStampReference extension.
+CTS_PROFILE = "http://hl7.org/fhir/uv/phd/StructureDefinition/PhdCoincidentTimeStampObservation"
+CTS_CODES = {"67975"}
+CTS_REFERENCE = "http://hl7.org/fhir/uv/phd/StructureDefinition/CoincidentTimeStampReference"
+GATEWAY_DEVICE = "http://hl7.org/fhir/StructureDefinition/observation-gatewayDevice"
 OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 DATA_ABSENT_REASON = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 
@@ -593,8 +601,19 @@ class Validator:
         code = obs.get("code")
         loincs = codes_of(code, LOINC)
         device_mdc = sorted(set(codes_of(code, ISO_11073)) & set(DEVICE_MDC_UNITS))
+        is_cts = CTS_PROFILE in as_list(as_dict(obs.get("meta")).get("profile"))
+        if is_cts:
+            self.check_coincident_time_stamp(obs, item)
+        for ext in as_list(obs.get("extension")):
+            ext = as_dict(ext)
+            if ext.get("url") == CTS_REFERENCE:
+                ref = as_dict(ext.get("valueReference"))
+                if not (is_set(ref.get("reference")) or is_set(ref.get("identifier"))):
+                    item.fail("CoincidentTimeStampReference without a reference or identifier")
         if not codings(code):
             item.fail("code.coding missing")
+        elif is_cts:
+            pass
         elif not loincs and not device_mdc:
             item.fail(f"code.coding has no LOINC ({LOINC}) coding")
         for mdc in device_mdc:
@@ -666,6 +685,21 @@ class Validator:
             match = RELATIVE_REF_RE.match(ref)
             if match and match.group("type") not in ("Device", "DeviceMetric"):
                 item.fail(f"device.reference {ref!r} must point at a Device (or DeviceMetric)")
+
+    def check_coincident_time_stamp(self, obs: Dict[str, Any], item: Item) -> None:
+        """PhdCoincidentTimeStampObservation: code MDC 67975, the PHD's time as a
+        valueDateTime with a timezone (or a dataAbsentReason), and the PHG extension."""
+        if not set(codes_of(obs.get("code"), ISO_11073)) & CTS_CODES:
+            item.fail(f"a Coincident Time Stamp Observation is coded MDC {sorted(CTS_CODES)}")
+        value = obs.get("valueDateTime")
+        if is_set(value):
+            match = DATETIME_WITH_TIME_RE.match(str(value))
+            if not match or not match.group("tz"):
+                item.fail(f"valueDateTime {value!r} is not a dateTime with a time and a timezone")
+        elif not is_set(obs.get("dataAbsentReason")):
+            item.fail("a Coincident Time Stamp Observation needs valueDateTime or dataAbsentReason")
+        if not any(as_dict(e).get("url") == GATEWAY_DEVICE for e in as_list(obs.get("extension"))):
+            item.fail("a Coincident Time Stamp Observation names its gateway (observation-gatewayDevice)")
 
     def check_effective(self, obs: Dict[str, Any], item: Item) -> None:
         value = obs.get("effectiveDateTime")

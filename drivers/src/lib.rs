@@ -24,6 +24,6 @@ pub use driver::{
     Rejected,
 };
 pub use reading::{
-    AbsentReason, BodySite, DeviceIdentity, DeviceTime, Measurement, Quantity, Reading,
-    ReadingFlag, Transport,
+    AbsentReason, BodySite, ClockComparison, DeviceIdentity, DeviceTime, Measurement, Quantity,
+    Reading, ReadingFlag, Revisions, Transport,
 };

@@ -67,6 +67,32 @@ pub struct DeviceIdentity {
     pub manufacturer: Option<String>,
     /// The model name or number, when the device reports one (else the profile's).
     pub model: Option<String>,
+    /// The firmware, software and hardware revisions the device reports (BLE Device
+    /// Information); empty for devices that report none.
+    pub revisions: Revisions,
+}
+
+/// The revisions a device reports about itself (BLE Device Information 0x2A26, 0x2A28,
+/// 0x2A27). Not identifying: they name a product version, not one device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Revisions {
+    /// Firmware Revision String.
+    pub firmware: Option<String>,
+    /// Software Revision String.
+    pub software: Option<String>,
+    /// Hardware Revision String.
+    pub hardware: Option<String>,
+}
+
+/// The device's clock read against the gateway's at one moment: the PHD IG's coincident
+/// time stamp. A BLE driver reads it from the Current Time characteristic at each
+/// connection; the gateway places the device's time stamps on its own timeline with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClockComparison {
+    /// The device's time, as its clock showed it.
+    pub device_now: DeviceTime,
+    /// The gateway's time at that moment.
+    pub gateway_now: DateTime<Utc>,
 }
 
 /// The device's own measurement time, as the device gave it.
@@ -215,4 +241,7 @@ pub struct Reading {
     pub quantities: Vec<Quantity>,
     /// Status facts about the whole reading.
     pub flags: Vec<ReadingFlag>,
+    /// The device's clock compared with the gateway's at this connection, when the device
+    /// offers its current time.
+    pub clock: Option<ClockComparison>,
 }

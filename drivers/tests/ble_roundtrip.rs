@@ -12,8 +12,8 @@ use iomt_drivers::ble::plx::{PlxDeviceStatus, PlxMeasurementStatus};
 use iomt_drivers::ble::temperature::{TemperatureType, TemperatureUnit};
 use iomt_drivers::ble::weight::UnitSystem;
 use iomt_drivers::ble::{
-    self, Anomaly, BloodPressureMeasurement, FinalMeasurement, GattDateTime, GattError,
-    GlucoseContext, GlucoseMeasurement, HeartRateMeasurement, IntermediateCuffPressure,
+    self, Anomaly, BloodPressureMeasurement, CurrentTime, FinalMeasurement, GattDateTime,
+    GattError, GlucoseContext, GlucoseMeasurement, HeartRateMeasurement, IntermediateCuffPressure,
     PlxContinuousMeasurement, PlxSpotCheckMeasurement, TemperatureMeasurement, UserId,
     WeightMeasurement,
 };
@@ -421,5 +421,26 @@ proptest! {
     #[test]
     fn a_valid_date_time_round_trips(ts in date_time()) {
         prop_assert_eq!(GattDateTime::decode(&ts.to_bytes()).unwrap(), ts);
+    }
+
+    #[test]
+    fn current_time_round_trips_with_its_fractions_and_adjust_reason(
+        ts in date_time(), dow in 0u8..=7, fractions in any::<u8>(), adjust in 0u8..=15,
+    ) {
+        let mut b = ts.to_bytes().to_vec();
+        b.extend([dow, fractions, adjust]);
+        let t = CurrentTime::decode(&b).unwrap();
+        prop_assert_eq!(t.date_time, ts);
+        prop_assert_eq!((t.day_of_week, t.fractions256, t.adjust_reason), (dow, fractions, adjust));
+        prop_assert!(t.anomalies.is_empty());
+        let now = t.device_now().unwrap();
+        // Independently: whole seconds from the Date Time, plus fractions/256 s.
+        let expected = ts.to_naive().unwrap()
+            + chrono::Duration::nanoseconds(i64::from(fractions) * 1_000_000_000 / 256);
+        prop_assert_eq!(now, expected);
+        // What the gateway writes decodes to the same instant.
+        let written = CurrentTime::encode(now).unwrap();
+        prop_assert_eq!(CurrentTime::decode(&written).unwrap().device_now().unwrap(), now);
+        every_prefix_is_truncated(&b, CurrentTime::decode);
     }
 }

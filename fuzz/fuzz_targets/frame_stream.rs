@@ -187,6 +187,7 @@ fuzz_target!(|data: &[u8]| {
     let d = decoder(control);
     let chunk = usize::from(control[23]).max(1);
     let device = Arc::new(DeviceIdentity {
+        revisions: Default::default(),
         profile: "fuzz".into(),
         transport: Transport::Serial,
         address: "/dev/fuzz".into(),

@@ -62,6 +62,7 @@ fuzz_target!(|data: &[u8]| {
     let framing = DECODERS.get_or_init(decoders)[usize::from(control & 1)].clone();
     let chunk = usize::from(control >> 1).max(1);
     let device = Arc::new(DeviceIdentity {
+        revisions: Default::default(),
         profile: "fuzz".into(),
         transport: Transport::Serial,
         address: "/dev/fuzz".into(),

@@ -32,6 +32,7 @@ pub fn check(uuid: u16, data: &[u8]) {
 pub fn check_final(m: &dyn FinalMeasurement) {
     let listed = ble::fields(m.characteristic());
     let device = Arc::new(DeviceIdentity {
+        revisions: Default::default(),
         profile: "fuzz".into(),
         transport: Transport::Ble,
         address: "fuzz".into(),

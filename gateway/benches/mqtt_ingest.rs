@@ -185,6 +185,7 @@ async fn run(n: usize, in_flight: usize, dir: &Path) {
             commit_window: Duration::from_millis(20),
             quiet_commit_window: Duration::from_millis(20),
             max_batch_rows: 1000,
+            pseudonym_key: None,
         },
         keyring,
         vec!["fhir".into()],
@@ -203,6 +204,7 @@ async fn run(n: usize, in_flight: usize, dir: &Path) {
         out_of_range: OutOfRange::Flag,
         outbox: outbox.clone(),
         observer: None,
+        clock: None,
     };
     let (rejects, mut reject_rx) = reject_channel(16);
     let driver = Box::new(

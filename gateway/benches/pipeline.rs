@@ -56,6 +56,7 @@ fn settings(path: PathBuf) -> OutboxSettings {
         commit_window: Duration::from_millis(20),
         quiet_commit_window: Duration::from_millis(20),
         max_batch_rows: 1000,
+        pseudonym_key: None,
     }
 }
 
@@ -203,6 +204,7 @@ async fn run(n: usize, dir: &Path) {
         .filter_map(|p| match &p.transport {
             TransportSpec::Sim(spec) => Some(SimDevice {
                 identity: Arc::new(DeviceIdentity {
+                    revisions: Default::default(),
                     profile: p.id.clone(),
                     transport: Transport::Sim,
                     address: format!("{}-bench", p.id),
@@ -241,6 +243,7 @@ async fn run(n: usize, dir: &Path) {
         out_of_range: OutOfRange::Flag,
         outbox: outbox.clone(),
         observer: None,
+        clock: None,
     };
 
     // 0. The CPU cost of normalizing and serializing alone (no outbox), for reference.
@@ -308,6 +311,7 @@ async fn run(n: usize, dir: &Path) {
         ca_file: None,
         client_identity: None,
         insecure: false,
+        allow_insecure: false,
     })
     .unwrap();
     let gateway =
@@ -324,6 +328,7 @@ async fn run(n: usize, dir: &Path) {
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(1),
             drain_deadline: Duration::from_secs(5),
+            clock: None,
         },
         gateway,
         cancel.clone(),

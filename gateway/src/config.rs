@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::clock::{ClockSettings, RawClock};
 use crate::ingest::ble::{BleSettings, RawBle};
 use crate::ingest::mqtt::{MqttSettings, RawMqtt};
 use crate::ingest::serial::{RawSerial, SerialSettings};
@@ -27,6 +28,7 @@ use crate::outbox::OutboxSettings;
 use crate::uplink::config::RawUplink;
 pub use crate::uplink::config::{UplinkKind, UplinkSettings};
 
+mod errors;
 mod general;
 pub use general::{
     LogFormat, RawDevice, RawGateway, RawLog, RawNormalize, RawPatient, RawPseudonymization,
@@ -85,6 +87,9 @@ pub struct RawConfig {
     /// `[log]`
     #[serde(default)]
     pub log: RawLog,
+    /// `[clock]`
+    #[serde(default)]
+    pub clock: RawClock,
 }
 
 /// The validated configuration.
@@ -124,6 +129,8 @@ pub struct Config {
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// The gateway's own clock.
+    pub clock: ClockSettings,
 }
 
 impl Config {
@@ -138,25 +145,31 @@ impl Config {
                 )],
             });
         }
-        let source = config::File::from(path).format(config::FileFormat::Toml);
-        Self::build(source, Some(path.display().to_string()))
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source_name: Some(path.display().to_string()),
+            problems: vec![format!("cannot read the file: {e}")],
+        })?;
+        Self::build(&text, Some(path.display().to_string()))
     }
 
     /// Loads a TOML text (the demo's embedded default) with environment overrides.
     pub fn from_toml_str(text: &str, name: &str) -> Result<Self, ConfigError> {
-        Self::build(
-            config::File::from_str(text, config::FileFormat::Toml),
-            Some(name.into()),
-        )
+        Self::build(text, Some(name.into()))
     }
 
-    fn build<S>(source: S, name: Option<String>) -> Result<Self, ConfigError>
-    where
-        S: config::Source + Send + Sync + 'static,
-    {
+    /// Layers the TOML `text` and the environment. Errors never quote a value
+    /// (`errors.rs`): a mistyped patient id must not reach the journal.
+    fn build(text: &str, name: Option<String>) -> Result<Self, ConfigError> {
+        if let Some(problem) = errors::syntax_problem(text) {
+            return Err(ConfigError {
+                source_name: name,
+                problems: vec![problem],
+            });
+        }
+        let source = config::File::from_str(text, config::FileFormat::Toml);
         let fail = |e: config::ConfigError| ConfigError {
             source_name: name.clone(),
-            problems: vec![e.to_string()],
+            problems: vec![errors::describe(&e, Some(text))],
         };
         let raw: RawConfig = config::Config::builder()
             .add_source(source)
@@ -209,6 +222,7 @@ impl Config {
         let ble = raw.ble.validate(&mut problems);
         let mqtt = raw.mqtt.validate(&mut problems);
         let outbox = raw.outbox.validate(&mut problems);
+        let clock = raw.clock.validate(&mut problems);
         if raw.uplinks.is_empty() {
             problems.push("no uplink configured: add an [[uplinks]] table (kind = \"fhir\" for a FHIR server, kind = \"file\" for a directory)".into());
         }
@@ -251,6 +265,7 @@ impl Config {
             uplinks,
             log_level: raw.log.level,
             log_format: raw.log.format,
+            clock,
         })
     }
 

@@ -23,6 +23,7 @@ use std::time::Duration;
 use iomt_drivers::{reading_channel, Driver, RejectReceiver};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::ingest::{self, IngestError};
 use crate::normalize;
@@ -223,11 +224,21 @@ pub async fn run_with_hooks(
         uplinks.push((u.build(&gateway_pseudonym)?, u.clone()));
     }
 
-    let (outbox, writer) =
-        Outbox::open(config.outbox.clone(), keyring, config.uplink_names()).await?;
+    // A swapped pseudonymization key would silently change every pseudonym: the outbox
+    // records the key's fingerprint and refuses another.
+    let outbox_settings = crate::outbox::OutboxSettings {
+        pseudonym_key: Some(pseudonymizer.fingerprint()),
+        ..config.outbox.clone()
+    };
+    let (outbox, writer) = Outbox::open(outbox_settings, keyring, config.uplink_names()).await?;
     let dead_letter_task =
         rejects.map(|(rx, limit)| tokio::spawn(keep_dead_letters(rx, outbox.clone(), limit)));
     let gateway_device: crate::fhir::Device = normalize::gateway_resource(&gateway_pseudonym);
+    // The gateway's own clock: looked at on each reading, and once a minute only while
+    // it is not synchronized (`clock.rs`).
+    let clock = Clock::with_state(config.clock.clone(), &state_dir);
+    let clock_stop = CancellationToken::new();
+    let clock_task = tokio::spawn(clock.clone().watch(clock_stop.clone()));
 
     let uplink_cancel = CancellationToken::new();
     let mut uplink_tasks = Vec::new();
@@ -237,6 +248,7 @@ pub async fn run_with_hooks(
             backoff_base: Duration::from_millis(500),
             backoff_max: u.backoff_max,
             drain_deadline: SHUTDOWN_DRAIN,
+            clock: Some(clock.clone()),
         };
         let task = tokio::spawn(deliver::run(
             outbox.clone(),
@@ -261,6 +273,7 @@ pub async fn run_with_hooks(
         out_of_range: config.out_of_range,
         outbox: outbox.clone(),
         observer,
+        clock: Some(clock.clone()),
     };
 
     let (tx, rx) = reading_channel(config.channel_capacity);
@@ -380,6 +393,8 @@ pub async fn run_with_hooks(
             Err(e) => tracing::error!(uplink = %name, error = %e, "uplink task panicked"),
         }
     }
+    clock_stop.cancel();
+    let _ = clock_task.await;
     drop(outbox);
     if let Err(e) = writer.await {
         tracing::error!(error = %e, "outbox writer panicked");
@@ -405,6 +420,7 @@ mod tests {
                 commit_window: Duration::from_millis(1),
                 quiet_commit_window: Duration::from_millis(1),
                 max_batch_rows: 16,
+                pseudonym_key: None,
             },
             Arc::new(Keyring::new(&[7; 32])),
             vec!["fhir".into()],

@@ -198,6 +198,10 @@ key_file = "<an ephemeral key made by demo>"
 commit_window_ms = 50
 quiet_commit_window_ms = 50
 
+# Simulated data: the demo takes the machine's clock as it is, time daemon or not.
+[clock]
+source = "assume-synchronized"
+
 [[uplinks]]
 kind = "file"
 dir = "<set by demo>"

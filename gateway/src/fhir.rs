@@ -25,6 +25,13 @@ pub const GATEWAY_DEVICE_EXTENSION: &str =
     "http://hl7.org/fhir/StructureDefinition/observation-gatewayDevice";
 /// v3 ActReason, for the `HTEST` security label on demo and test data.
 pub const ACT_REASON: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
+/// The PHD IG extension by which a measurement references its Coincident Time Stamp
+/// Observation.
+pub const COINCIDENT_TIME_STAMP_REFERENCE: &str =
+    "http://hl7.org/fhir/uv/phd/StructureDefinition/CoincidentTimeStampReference";
+/// The PHD IG profile of the Coincident Time Stamp Observation.
+pub const COINCIDENT_TIME_STAMP_PROFILE: &str =
+    "http://hl7.org/fhir/uv/phd/StructureDefinition/PhdCoincidentTimeStampObservation";
 /// The identifier system of URNs (`urn:uuid:...`).
 pub const URN_SYSTEM: &str = "urn:ietf:rfc:3986";
 
@@ -181,6 +188,9 @@ pub struct Observation {
     /// The value.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value_quantity: Option<Quantity>,
+    /// The value when it is a time (the Coincident Time Stamp Observation's device time).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub value_date_time: Option<String>,
     /// Why there is no value.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_absent_reason: Option<CodeableConcept>,
@@ -210,6 +220,9 @@ pub struct DeviceName {
 /// A Device version entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceVersion {
+    /// What kind of version (an MDC code: firmware, software, hardware revision).
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none", default)]
+    pub kind: Option<CodeableConcept>,
     /// The version text.
     pub value: String,
 }
@@ -236,6 +249,21 @@ pub struct Device {
     /// Software versions.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub version: Vec<DeviceVersion>,
+    /// Properties (the gateway's time synchronization, as the PHD IG's PhgDevice has it).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub property: Vec<DeviceProperty>,
+}
+
+/// A Device property: a coded type and coded values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceProperty {
+    /// What the property is.
+    #[serde(rename = "type")]
+    pub kind: CodeableConcept,
+    /// Its coded values.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub value_code: Vec<CodeableConcept>,
 }
 
 /// A transaction request in a Bundle entry.

@@ -8,6 +8,7 @@
 
 pub mod cache;
 pub mod catalog;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;

@@ -33,6 +33,8 @@ pub const MAX_PAYLOAD_BYTES: RangeInclusive<usize> = 1..=16 * 1024 * 1024;
 pub const MAX_IN_FLIGHT: RangeInclusive<usize> = 1..=65_535;
 /// `[mqtt] dead_letter_limit`.
 pub const DEAD_LETTER_LIMIT: RangeInclusive<usize> = 1..=1_000_000;
+/// `[clock] unsynchronized_wait_secs`: a second to thirty days.
+pub const UNSYNCHRONIZED_WAIT_SECS: RangeInclusive<u64> = 1..=2_592_000;
 /// `reconnect_initial_ms` of `[serial]`, `[ble]` and `[mqtt]` (an hour).
 pub const RECONNECT_INITIAL_MS: RangeInclusive<u64> = 1..=3_600_000;
 /// `reconnect_max_ms` of `[serial]`, `[ble]` and `[mqtt]` (a day; also at least the

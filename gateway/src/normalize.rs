@@ -28,8 +28,38 @@
 //!   receive time is used instead when the device gives no time, says its clock is not
 //!   set, or gives a time more than [`MAX_FUTURE`] ahead of the receive time. `issued` is
 //!   the receive time.
+//! - **The gateway's clock**: the receive time is only as right as the gateway's clock. The
+//!   normalizer takes it as given (no clock, no IO here); the pipeline looks at the
+//!   clock's synchronization on every reading (`clock.rs`) and stores a reading received
+//!   while it is not synchronized with a hold (boot id, `CLOCK_BOOTTIME` at receipt, the
+//!   receive time written). Such rows are not sent while the clock is not synchronized.
+//!   Once it is, `issued`, and `effectiveDateTime` where it is the receive time, become
+//!   `now - (boottime now - boottime at receipt)`; a device's own time is kept; `id` and
+//!   `identifier` stay as derived here (a row of an earlier boot whose clock was
+//!   synchronized later is placed by that boot's anchor: boottime at receipt + wall minus
+//!   boottime at the sync). Past `[clock] unsynchronized_wait_secs` without a
+//!   synchronized clock, or for a row of an earlier boot whose clock was never seen
+//!   synchronized, the times stay as they were and
+//!   the Observation is marked uncertain: `meta.tag`
+//!   `urn:iomt-gateway:time-quality|gateway-clock-unsynchronized` and a `note`
+//!   (`clock/hold.rs`; not a `dataAbsentReason`: the value is present, its time is in
+//!   doubt). While the clock is behind, a correct device time may look more than
+//!   [`MAX_FUTURE`] ahead: the receive time is then used and corrected like any other.
+//! - **Device clocks** (`normalize/clock.rs`): a reading that carries a comparison of the
+//!   device's clock with the gateway's (a BLE device's Current Time read at the
+//!   connection) gets a Coincident Time Stamp Observation (PHD IG; MDC 67975, the
+//!   gateway's time as `effectiveDateTime`, the device's as `valueDateTime`) in
+//!   [`Normalized::coincident`]; when the clocks differ by more than
+//!   [`CORRECTION_THRESHOLD`] (60 s, a reset to 2000-01-01 included) the device's time
+//!   stamp is placed on the gateway's timeline (time elapsed on the device's clock since
+//!   the measurement, counted back from the gateway's time); every Observation whose time
+//!   came from the device references it (`CoincidentTimeStampReference`). The rules above
+//!   (clock not set, more than a day ahead) still apply, after the correction. Without a
+//!   comparison (no Current Time, serial, MQTT), time stamps are used as they are.
 //! - **Identity**: `identifier` (and `id`) is a UUID derived from the device pseudonym,
-//!   the field names, the effective time and the device's sequence number.
+//!   the field names, the effective time and the device's sequence number. The Device
+//!   resource names what the device reports about itself (manufacturer, model, revisions),
+//!   else the profile's manufacturer and model; identifying values only as pseudonyms.
 //! - **Test data** (control solution, calibration) is never emitted as a patient
 //!   observation; demo data is emitted with the `HTEST` security label.
 
@@ -45,16 +75,21 @@ use crate::fhir::{
 use crate::profile::{FieldMapping, Profile};
 use crate::ucum;
 
+mod blood_pressure;
+mod clock;
 mod device;
 mod time;
 
 use device::uuid_text;
 pub use device::{
-    device_resource, device_resource_id, gateway_resource, DEVICE_PSEUDONYM_SYSTEM,
-    GATEWAY_PSEUDONYM_SYSTEM, PATIENT_PSEUDONYM_SYSTEM,
+    device_resource, device_resource_id, gateway_resource, set_clock_synchronized,
+    DEVICE_PSEUDONYM_SYSTEM, GATEWAY_PSEUDONYM_SYSTEM, PATIENT_PSEUDONYM_SYSTEM,
 };
 use time::effective_time;
-pub use time::{fhir_instant, resolve_local, TimeSource, Zone, MAX_FUTURE};
+pub use time::{
+    fhir_instant, offset as clock_offset, resolve_local, TimeSource, Zone, CORRECTION_THRESHOLD,
+    MAX_FUTURE,
+};
 
 /// What to do with a value outside its plausible range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
@@ -134,6 +169,9 @@ pub struct Normalized {
     pub flagged: usize,
     /// Where the effective time came from.
     pub time_source: TimeSource,
+    /// The Coincident Time Stamp Observation the Observations reference, when the reading
+    /// carries a comparison of the device's clock with the gateway's.
+    pub coincident: Option<Observation>,
 }
 
 /// A UUID (version 8, RFC 9562) from the SHA-256 of `parts`, each length-prefixed.
@@ -292,6 +330,7 @@ pub fn normalize(reading: &Reading, profile: &Profile, ctx: &Context) -> Normali
         rejections: Vec::new(),
         flagged: 0,
         time_source,
+        coincident: None,
     };
     if reading.flags.contains(&ReadingFlag::TestData) {
         out.rejections.push(Rejection::TestData);
@@ -378,7 +417,7 @@ pub fn normalize(reading: &Reading, profile: &Profile, ctx: &Context) -> Normali
     }
 
     if !panel.is_empty() {
-        if let Some(obs) = blood_pressure(
+        if let Some(obs) = blood_pressure::observation(
             &panel,
             &effective_text,
             &sequence,
@@ -390,6 +429,7 @@ pub fn normalize(reading: &Reading, profile: &Profile, ctx: &Context) -> Normali
             out.observations.push(obs);
         }
     }
+    clock::reference_clock(reading, ctx, demo, &mut out);
     out
 }
 
@@ -450,6 +490,7 @@ fn skeleton(
         effective_date_time: effective.into(),
         issued: fhir_instant(reading.received_at),
         value_quantity: None,
+        value_date_time: None,
         data_absent_reason: None,
         interpretation: Vec::new(),
         body_site: None,
@@ -459,106 +500,6 @@ fn skeleton(
         )),
         component: Vec::new(),
     }
-}
-
-fn blood_pressure(
-    members: &[(&Quantity, &FieldMapping)],
-    effective: &str,
-    sequence: &str,
-    reading: &Reading,
-    ctx: &Context,
-    demo: bool,
-    out: &mut Normalized,
-) -> Option<Observation> {
-    let mut components = Vec::new();
-    let mut rejected_here = false;
-    for key in ["systolic", "diastolic", "mean_arterial"] {
-        let Some((q, m)) = members.iter().find(|(_, m)| m.kind.key == key) else {
-            if key != "mean_arterial" {
-                // The panel needs both; say the device did not report this one.
-                let kind = catalog::kind(key)?;
-                let m = FieldMapping {
-                    name: key.into(),
-                    kind,
-                    loinc: kind.loinc.map(Into::into),
-                    mdc: kind.mdc.map(Into::into),
-                    plausible: kind.plausible,
-                };
-                components.push(Component {
-                    code: code_of(&m),
-                    value_quantity: None,
-                    data_absent_reason: Some(CodeableConcept {
-                        coding: vec![Coding::new(fhir::DATA_ABSENT_REASON, "unknown", "Unknown")],
-                        text: None,
-                    }),
-                    interpretation: Vec::new(),
-                });
-            }
-            continue;
-        };
-        let mut c = Component {
-            code: code_of(m),
-            value_quantity: None,
-            data_absent_reason: None,
-            interpretation: Vec::new(),
-        };
-        match value_of(q, m, ctx.out_of_range) {
-            Err(r) => {
-                out.rejections.push(r);
-                rejected_here = true;
-                c.data_absent_reason = Some(CodeableConcept {
-                    coding: vec![Coding::new(fhir::DATA_ABSENT_REASON, "error", "Error")],
-                    text: None,
-                });
-            }
-            Ok(Value::Present {
-                quantity,
-                questionable: qq,
-            }) => {
-                c.value_quantity = Some(quantity);
-                if qq {
-                    c.interpretation.push(questionable());
-                    out.flagged += 1;
-                }
-            }
-            Ok(Value::Absent(reason)) => c.data_absent_reason = Some(reason),
-        }
-        components.push(c);
-    }
-    // With `reject`, a panel left with no value at all because its values were rejected
-    // is dropped (each rejection is counted); one whose values were simply absent stays.
-    if rejected_here && components.iter().all(|c| c.value_quantity.is_none()) {
-        return None;
-    }
-    let names: Vec<&str> = members.iter().map(|(q, _)| q.name.as_str()).collect();
-    let uuid = derived_uuid(&[&ctx.device_pseudonym, &names.join("+"), effective, sequence]);
-    let code = CodeableConcept {
-        coding: vec![
-            Coding::new(
-                fhir::LOINC,
-                catalog::BP_PANEL.code,
-                catalog::BP_PANEL.display,
-            ),
-            Coding {
-                system: fhir::MDC.into(),
-                code: catalog::BP_PANEL_MDC.code.to_string(),
-                display: Some(catalog::BP_PANEL_MDC.refid.into()),
-            },
-        ],
-        text: Some("Blood pressure".into()),
-    };
-    let mut obs = skeleton(
-        &uuid,
-        Category::VitalSigns,
-        Some(catalog::BP_PROFILE),
-        code,
-        effective,
-        reading,
-        ctx,
-        demo,
-    );
-    obs.component = components;
-    Some(obs)
 }
 
 #[cfg(test)]

@@ -5,6 +5,11 @@
 //! A driver's commit acknowledgement travels with the reading into the outbox and fires
 //! only after the commit.
 //!
+//! **The clock.** On every reading the pipeline asks the gateway's clock whether it is
+//! synchronized (`clock.rs`); a reading received while it is not is stored with a
+//! `clock::TimeHold` inside each Observation's stored JSON (the delivery loops hold it
+//! back, correct it or mark it; the member never goes out).
+//!
 //! **Bounded.** Device ids come from outside (an MQTT topic level or payload field), so
 //! what is kept per device is bounded: a reading whose device id is longer than
 //! [`MAX_DEVICE_ID_BYTES`] is refused (counted in [`Stats::device_id_too_long`], logged
@@ -19,6 +24,7 @@ use iomt_drivers::reading::MAX_DEVICE_ID_BYTES;
 use iomt_drivers::{Committed, DeviceIdentity, ReadingReceiver};
 
 use crate::cache::LruCache;
+use crate::clock::{Clock, HOLD_MEMBER};
 
 use crate::fhir::{self, Observation, Reference};
 use crate::normalize::{self, Context, OutOfRange, Rejection, Zone};
@@ -74,6 +80,9 @@ pub struct Pipeline {
     pub outbox: Outbox,
     /// Optional per-Observation callback.
     pub observer: Option<Observer>,
+    /// The gateway's clock: looked at on every reading; a reading received while it is
+    /// not synchronized is stored with a `clock::TimeHold`. `None`: the clock is trusted.
+    pub clock: Option<Arc<Clock>>,
 }
 
 /// A measuring device's pseudonym and its Device resource (JSON), computed once.
@@ -89,9 +98,19 @@ impl Pipeline {
         let mut stats = Stats::default();
         let mut devices: LruCache<(Arc<DeviceIdentity>, String), KnownDevice> =
             LruCache::new(DEVICE_CACHE);
-        while let Some(envelope) = rx.recv().await {
+        // The last Coincident Time Stamp Observation stored per device pseudonym: a
+        // connection's readings share one, stored with the first of them.
+        let mut coincident: LruCache<String, String> = LruCache::new(DEVICE_CACHE);
+        while let Some(mut envelope) = rx.recv().await {
             stats.readings += 1;
+            let clock = self.clock.as_ref().map(|c| (c, c.check()));
+            if let Some((_, status)) = clock.filter(|(_, s)| s.offset_ms != 0) {
+                // The test seam's simulated clock error (`[clock] source = "status-file"`).
+                envelope.reading.received_at += chrono::Duration::milliseconds(status.offset_ms);
+            }
             let reading = &envelope.reading;
+            let hold = clock
+                .and_then(|(c, status)| c.hold(status, reading.received_at.timestamp_millis()));
             if reading.device.address.len() > MAX_DEVICE_ID_BYTES {
                 stats.device_id_too_long += 1;
                 tracing::warn!(profile = %reading.device.profile, transport = %reading.device.transport, bytes = reading.device.address.len(), limit = MAX_DEVICE_ID_BYTES, "reading refused: its device id is too long");
@@ -110,7 +129,7 @@ impl Pipeline {
             let key = (identity.clone(), profile.id.clone());
             let device = devices.get_or_insert_with(key, || {
                 let pseudonym = self.pseudonymizer.pseudonym(Domain::Device, &address);
-                let resource = normalize::device_resource(&profile, &pseudonym);
+                let resource = normalize::device_resource(&profile, &identity, &pseudonym);
                 KnownDevice {
                     resource_id: resource.id.clone(),
                     json: serde_json::to_vec(&resource).unwrap_or_default(),
@@ -144,7 +163,25 @@ impl Pipeline {
                 }
                 continue;
             }
-            let mut observations = Vec::with_capacity(out.observations.len());
+            let mut observations = Vec::with_capacity(out.observations.len() + 1);
+            let new_clock = out.coincident.as_ref().filter(|c| {
+                coincident
+                    .get(device.pseudonym.as_str())
+                    .map(String::as_str)
+                    != Some(c.id.as_str())
+            });
+            if let Some(cts) = new_clock {
+                log_clock(&profile, &reading.clock, &ctx);
+                match serde_json::to_vec(cts) {
+                    Ok(json) => {
+                        coincident.insert(device.pseudonym.clone(), cts.id.clone());
+                        observations.push((cts.id.clone(), json));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "a Coincident Time Stamp Observation could not be serialized; dropped")
+                    }
+                }
+            }
             for obs in &out.observations {
                 if let Some(observer) = self.observer.as_mut() {
                     observer(&profile, &identity, obs);
@@ -154,7 +191,16 @@ impl Pipeline {
                 {
                     stats.absent += 1;
                 }
-                match serde_json::to_vec(obs) {
+                let json = match &hold {
+                    None => serde_json::to_vec(obs),
+                    Some(hold) => serde_json::to_value(obs).and_then(|mut v| {
+                        if let Some(map) = v.as_object_mut() {
+                            map.insert(HOLD_MEMBER.into(), serde_json::to_value(hold)?);
+                        }
+                        serde_json::to_vec(&v)
+                    }),
+                };
+                match json {
                     Ok(json) => observations.push((obs.id.clone(), json)),
                     Err(e) => {
                         tracing::error!(error = %e, "an Observation could not be serialized; dropped")
@@ -186,6 +232,23 @@ impl Pipeline {
             "pipeline drained"
         );
         stats
+    }
+}
+
+/// Logs, once per connection, how far a device's clock is off (seconds only: no value,
+/// no address), and whether its time stamps are corrected.
+fn log_clock(profile: &Profile, clock: &Option<iomt_drivers::ClockComparison>, ctx: &Context) {
+    let Some(offset) = clock
+        .as_ref()
+        .and_then(|c| normalize::clock_offset(c, ctx.zone))
+    else {
+        return;
+    };
+    let seconds = offset.num_seconds();
+    if offset.abs() > normalize::CORRECTION_THRESHOLD {
+        tracing::warn!(profile = %profile.id, offset_seconds = seconds, "a device's clock is off; its time stamps are placed on the gateway's timeline");
+    } else {
+        tracing::debug!(profile = %profile.id, offset_seconds = seconds, "device clock within the threshold");
     }
 }
 
@@ -230,7 +293,9 @@ mod tests {
 
     fn reading(address: String) -> Reading {
         Reading {
+            clock: None,
             device: Arc::new(DeviceIdentity {
+                revisions: Default::default(),
                 profile: "sim-thermometer".into(),
                 transport: Transport::Sim,
                 address,
@@ -261,6 +326,7 @@ mod tests {
             commit_window: Duration::from_millis(1),
             quiet_commit_window: Duration::from_millis(1),
             max_batch_rows: 100,
+            pseudonym_key: None,
         };
         let keyring = Arc::new(Keyring::new(&[7; 32]));
         let (outbox, writer) = Outbox::open(settings, keyring, vec!["fhir".into()])
@@ -280,6 +346,7 @@ mod tests {
             out_of_range: OutOfRange::default(),
             outbox,
             observer: None,
+            clock: None,
         };
         let (tx, rx) = reading_channel(4);
         let run = tokio::spawn(pipeline.run(rx));

@@ -100,6 +100,7 @@ pub fn test_payload(
         }
     }
     let device = Arc::new(DeviceIdentity {
+        revisions: Default::default(),
         profile: profile.id.clone(),
         transport: profile.transport.transport(),
         address: "profile-test".into(),
@@ -232,6 +233,7 @@ pub fn test_payload(
                 return Err(decode_err(format!("the profile has no field `{unknown}`")));
             }
             Reading {
+                clock: None,
                 device,
                 device_time: None,
                 received_at,

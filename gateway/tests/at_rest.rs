@@ -40,7 +40,9 @@ impl Uplink for Counting {
 
 fn thermometer_reading(n: u32) -> Reading {
     Reading {
+        clock: None,
         device: Arc::new(DeviceIdentity {
+            revisions: Default::default(),
             profile: "sim-thermometer".into(),
             transport: Transport::Sim,
             address: "thermometer-1".into(),
@@ -105,6 +107,7 @@ async fn an_idle_gateway_runs_no_outbox_transaction_and_no_fetch_for_ten_minutes
         commit_window: Duration::from_millis(20),
         quiet_commit_window: Duration::from_millis(20),
         max_batch_rows: 1000,
+        pseudonym_key: None,
     };
     let keyring = Arc::new(Keyring::new(&[7; 32]));
     let (outbox, writer) = Outbox::open(settings, keyring, vec!["fhir".into()])
@@ -124,6 +127,7 @@ async fn an_idle_gateway_runs_no_outbox_transaction_and_no_fetch_for_ten_minutes
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             drain_deadline: Duration::from_secs(2),
+            clock: None,
         },
         gateway_device,
         cancel.clone(),
@@ -142,6 +146,7 @@ async fn an_idle_gateway_runs_no_outbox_transaction_and_no_fetch_for_ten_minutes
         out_of_range: OutOfRange::default(),
         outbox: outbox.clone(),
         observer: None,
+        clock: None,
     };
     let (tx, rx) = reading_channel(16);
     let pipeline = tokio::spawn(pipeline.run(rx));

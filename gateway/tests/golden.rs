@@ -43,7 +43,9 @@ fn received() -> DateTime<Utc> {
 
 fn reading(quantities: Vec<Quantity>, device_time: Option<DeviceTime>) -> Reading {
     Reading {
+        clock: None,
         device: Arc::new(DeviceIdentity {
+            revisions: Default::default(),
             profile: "golden".into(),
             transport: Transport::Mqtt,
             address: "golden-device".into(),

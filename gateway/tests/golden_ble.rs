@@ -38,6 +38,7 @@ fn hex(s: &str) -> Vec<u8> {
 fn observations(profile: &Profile, uuid: u16, payload: &str) -> Vec<Observation> {
     let value = ble::decode(uuid, &hex(payload)).unwrap();
     let device = Arc::new(DeviceIdentity {
+        revisions: Default::default(),
         profile: profile.id.clone(),
         transport: Transport::Ble,
         address: "AA:BB:CC:DD:EE:FF".into(),
@@ -167,4 +168,87 @@ fn a_final_measurement_and_its_intermediate_share_nothing() {
     let v = ble::decode(0x2A36, &hex("00 D7 F0 00 00 00 00")).unwrap();
     assert!(matches!(v, GattValue::IntermediateCuffPressure(_)));
     assert!(v.as_final().is_none());
+}
+
+/// The cuff's clock was 3 h 10 min ahead when the gateway read it (a Current Time read at
+/// the connection): its measurement is placed on the gateway's timeline, and references
+/// the Coincident Time Stamp Observation that holds both clocks (last in the file).
+#[test]
+fn a_cuff_whose_clock_is_3_h_10_min_ahead_is_corrected_and_references_its_coincident_time_stamp() {
+    let profile = shipped("and-ua-651ble");
+    // 122/80 mmHg, MAP 95, pulse 70, stamped 2024-03-15 13:05:00 by the cuff (Berlin wall
+    // clock, 3 h 10 min ahead): really 09:55 in Berlin, 08:55 UTC.
+    let value = ble::decode(
+        0x2A35,
+        &hex("1E 7A 00 50 00 5F 00 E8 07 03 0F 0D 05 00 46 00 01 00 00"),
+    )
+    .unwrap();
+    let device = Arc::new(DeviceIdentity {
+        revisions: Default::default(),
+        profile: profile.id.clone(),
+        transport: Transport::Ble,
+        address: "AA:BB:CC:DD:EE:FF".into(),
+        serial_number: Some("SN-SECRET-BLE".into()),
+        manufacturer: None,
+        model: None,
+    });
+    let mut reading = value.as_final().unwrap().to_reading(device, received());
+    // Read at 09:00:00.4 UTC, the cuff showed 13:10:00 (Berlin), i.e. 12:10:00 UTC.
+    reading.clock = Some(iomt_drivers::ClockComparison {
+        device_now: iomt_drivers::DeviceTime::Local(
+            chrono::NaiveDate::from_ymd_opt(2024, 3, 15)
+                .unwrap()
+                .and_hms_opt(13, 10, 0)
+                .unwrap(),
+        ),
+        gateway_now: received() + chrono::Duration::milliseconds(400),
+    });
+    let berlin = Zone::Named(chrono_tz::Europe::Berlin);
+    let out = normalize::normalize(&reading, &profile, &ctx(berlin, OutOfRange::Flag));
+    assert_eq!(out.time_source, normalize::TimeSource::DeviceCorrected);
+    let cts = out.coincident.clone().unwrap();
+    assert_eq!(cts.effective_date_time, "2024-03-15T09:00:00.400Z");
+    assert_eq!(
+        cts.value_date_time.as_deref(),
+        Some("2024-03-15T13:10:00+01:00")
+    );
+    for o in &out.observations {
+        assert_eq!(o.effective_date_time, "2024-03-15T08:55:00Z");
+        let ext = o.extension.last().unwrap();
+        assert_eq!(ext.url, iomt_gateway::fhir::COINCIDENT_TIME_STAMP_REFERENCE);
+        assert_eq!(
+            ext.value_reference.identifier,
+            cts.identifier.first().cloned()
+        );
+    }
+    let mut all = out.observations.clone();
+    all.push(cts);
+    check("ble-bp-coincident-time-stamp", &all);
+}
+
+/// A cuff's Device resource (PhdDevice): manufacturer, model and revisions as its Device
+/// Information reported them, only the keyed pseudonym as identifier (no serial number,
+/// no address).
+#[test]
+fn a_cuffs_device_resource_carries_its_device_information_and_only_its_pseudonym() {
+    let profile = shipped("and-ua-651ble");
+    let identity = DeviceIdentity {
+        revisions: iomt_drivers::Revisions {
+            firmware: Some("1.4.2".into()),
+            software: Some("2.0".into()),
+            hardware: Some("B".into()),
+        },
+        profile: profile.id.clone(),
+        transport: Transport::Ble,
+        address: "AA:BB:CC:DD:EE:FF".into(),
+        serial_number: Some("SN-SECRET-BLE".into()),
+        manufacturer: Some("A&D Company".into()),
+        model: Some("UA-651BLE-PLUS".into()),
+    };
+    let device =
+        normalize::device_resource(&profile, &identity, "0123456789abcdef0123456789abcdef");
+    let text = serde_json::to_string(&device).unwrap();
+    assert!(!text.contains("SN-SECRET-BLE") && !text.contains("AA:BB:CC"));
+    assert_eq!(device.manufacturer.as_deref(), Some("A&D Company"));
+    golden_support::check_resource("devices/phd-device-ble", &device);
 }

@@ -114,9 +114,15 @@ impl Kit {
 
     /// Starts the daemon with its stderr in a log file of its own.
     pub fn start(&mut self, config: &Path) -> (Child, PathBuf) {
+        self.start_with_env(config, &[])
+    }
+
+    /// Like `start`, with `env` added to the daemon's environment.
+    pub fn start_with_env(&mut self, config: &Path, env: &[(&str, &str)]) -> (Child, PathBuf) {
         self.runs += 1;
         let log = self.path(&format!("run-{}.log", self.runs));
         let child = run_config(config)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::from(File::create(&log).unwrap()))
             .spawn()

@@ -46,6 +46,7 @@
 //!   they never change a value.
 
 pub mod blood_pressure;
+pub mod current_time;
 pub mod datetime;
 pub mod device_info;
 pub mod float;
@@ -64,6 +65,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 pub use blood_pressure::{BloodPressureMeasurement, IntermediateCuffPressure};
+pub use current_time::CurrentTime;
 pub use datetime::GattDateTime;
 pub use device_info::{BatteryLevel, DeviceString, BATTERY_FIELD};
 pub use glucose::{GlucoseContext, GlucoseJoiner, GlucoseMeasurement, GlucoseRecord};
@@ -163,6 +165,7 @@ pub trait FinalMeasurement {
     /// The reading for the gateway.
     fn to_reading(&self, device: Arc<DeviceIdentity>, received_at: DateTime<Utc>) -> Reading {
         Reading {
+            clock: None,
             device,
             device_time: self.device_time(),
             received_at,

@@ -15,10 +15,10 @@ use std::fmt;
 
 use super::FinalMeasurement;
 use super::{
-    BatteryLevel, BloodPressureMeasurement, DeviceString, GattDateTime, GattError, GlucoseContext,
-    GlucoseMeasurement, HeartRateMeasurement, IntermediateCuffPressure, IntermediateTemperature,
-    PlxContinuousMeasurement, PlxSpotCheckMeasurement, TemperatureMeasurement, WeightMeasurement,
-    BATTERY_FIELD,
+    BatteryLevel, BloodPressureMeasurement, CurrentTime, DeviceString, GattDateTime, GattError,
+    GlucoseContext, GlucoseMeasurement, HeartRateMeasurement, IntermediateCuffPressure,
+    IntermediateTemperature, PlxContinuousMeasurement, PlxSpotCheckMeasurement,
+    TemperatureMeasurement, WeightMeasurement, BATTERY_FIELD,
 };
 
 /// One field a decoder produces and the UCUM units it may carry (depending on flags).
@@ -262,6 +262,17 @@ registry! {
         profile_decoder: None,
         fuzz_target: "ble_date_time",
     }
+    /// Current Time, 0x2A2B (Current Time Service 0x1805): the device's clock, read at
+    /// each connection to compare it with the gateway's.
+    CurrentTime {
+        uuid16: 0x2A2B,
+        name: "Current Time",
+        decode: |b| Ok(GattValue::CurrentTime(CurrentTime::decode(b)?)),
+        fields: &[],
+        final_measurement: false,
+        profile_decoder: None,
+        fuzz_target: "ble_current_time",
+    }
     /// Manufacturer Name String, 0x2A29.
     ManufacturerNameString {
         uuid16: 0x2A29,
@@ -419,6 +430,8 @@ pub enum GattValue {
     Battery(BatteryLevel),
     /// 0x2A08.
     DateTime(GattDateTime),
+    /// 0x2A2B: the device's clock now.
+    CurrentTime(CurrentTime),
     /// A Device Information string (0x2A24..=0x2A29).
     DeviceString(Characteristic, DeviceString),
 }
@@ -439,6 +452,7 @@ impl GattValue {
             | GattValue::IntermediateTemperature(_)
             | GattValue::GlucoseContext(_)
             | GattValue::DateTime(_)
+            | GattValue::CurrentTime(_)
             | GattValue::DeviceString(..) => None,
         }
     }
@@ -504,6 +518,7 @@ mod tests {
             Characteristic::GlucoseMeasurementContext => &[0x00, 0x05, 0x00],
             Characteristic::BatteryLevel => &[0x55],
             Characteristic::DateTime => &[0xE8, 0x07, 0x03, 0x0F, 0x08, 0x1E, 0x00],
+            Characteristic::CurrentTime => &[0xE8, 0x07, 0x03, 0x0F, 0x08, 0x1E, 0x00, 5, 0, 0],
             _ => b"ACME",
         }
     }

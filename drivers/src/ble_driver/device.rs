@@ -16,7 +16,7 @@ use super::{sequence, uuid_from_u16, uuid_to_u16, BleDeviceConfig, DevEvent, Seq
 use crate::backoff::Backoff;
 use crate::ble::{self, BatteryLevel, GattValue, GlucoseJoiner, GlucoseRecord};
 use crate::driver::ReadingSender;
-use crate::reading::DeviceIdentity;
+use crate::reading::{ClockComparison, DeviceIdentity, Reading};
 
 /// How a session ended.
 enum SessionEnd {
@@ -33,6 +33,8 @@ pub(super) struct DeviceTask {
     pub(super) events: mpsc::Receiver<DevEvent>,
     pub(super) backoff: Backoff,
     pub(super) sequences: Arc<Mutex<SequenceStore>>,
+    /// The device's clock compared with the gateway's at this session's connection.
+    pub(super) clock: Option<ClockComparison>,
 }
 
 /// Per-session counters.
@@ -96,7 +98,8 @@ impl DeviceTask {
         p.connect().await?;
         p.discover_services().await?;
         let (identity, battery) = self.read_identity(p).await;
-        tracing::info!(profile = %self.cfg.identity.profile, "BLE device connected");
+        self.clock = super::clock::compare_and_set(p, &self.cfg).await;
+        tracing::info!(profile = %self.cfg.identity.profile, clock = self.clock.is_some(), "BLE device connected");
         if let Some(b) = battery.filter(|_| self.cfg.battery) {
             use crate::ble::FinalMeasurement;
             if self
@@ -194,8 +197,7 @@ impl DeviceTask {
             let Some(u) = uuid_to_u16(c.uuid) else {
                 continue;
             };
-            if !matches!(u, 0x2A19 | 0x2A24 | 0x2A25 | 0x2A29)
-                || !c.properties.contains(CharPropFlags::READ)
+            if !matches!(u, 0x2A19 | 0x2A24..=0x2A29) || !c.properties.contains(CharPropFlags::READ)
             {
                 continue;
             }
@@ -211,6 +213,9 @@ impl DeviceTask {
                     let slot = match u {
                         0x2A29 => &mut identity.manufacturer,
                         0x2A24 => &mut identity.model,
+                        0x2A26 => &mut identity.revisions.firmware,
+                        0x2A27 => &mut identity.revisions.hardware,
+                        0x2A28 => &mut identity.revisions.software,
                         _ => &mut identity.serial_number,
                     };
                     if s.value.is_some() {
@@ -300,11 +305,20 @@ impl DeviceTask {
                 }
                 counts.readings += 1;
                 self.tx
-                    .send(m.to_reading(identity.clone(), Utc::now()))
+                    .send(self.with_clock(m.to_reading(identity.clone(), Utc::now())))
                     .await
                     .is_ok()
             }
         }
+    }
+
+    /// The reading with this connection's clock comparison, when it carries a device time
+    /// stamp to place on the gateway's timeline.
+    fn with_clock(&self, mut reading: Reading) -> Reading {
+        if reading.device_time.is_some() {
+            reading.clock = self.clock;
+        }
+        reading
     }
 
     /// Sends a glucose record and records its sequence number once it is committed;
@@ -317,7 +331,7 @@ impl DeviceTask {
     ) -> bool {
         use crate::ble::FinalMeasurement;
         let seq = r.measurement.sequence;
-        let reading = r.measurement.to_reading(identity.clone(), Utc::now());
+        let reading = self.with_clock(r.measurement.to_reading(identity.clone(), Utc::now()));
         let Ok(ack) = self.tx.send_acked(reading).await else {
             return false;
         };

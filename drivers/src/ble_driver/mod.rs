@@ -48,6 +48,7 @@
 //! and logged at debug (hex bytes); each session ends with an info line giving the
 //! number of readings and rejected packets.
 
+mod clock;
 mod device;
 mod scanner;
 pub mod sequence;
@@ -66,6 +67,7 @@ use crate::backoff::Backoff;
 use crate::driver::{Driver, DriverError, DriverFuture, ReadingSender};
 use crate::reading::DeviceIdentity;
 
+pub use clock::WallClock;
 use scanner::{log_change, scan, wait_powered_on, Lost};
 pub use sequence::{SequenceError, SequenceStore};
 use watch::BluezWatch;
@@ -101,6 +103,9 @@ pub struct BleDeviceConfig {
     /// Report the Battery Level read at each connection as a reading (its profile maps
     /// the `battery_level` field).
     pub battery: bool,
+    /// Set the device's clock (its Current Time, when writable) to the gateway's time in
+    /// this zone at each connection, after reading it; `None`: never write it.
+    pub set_clock: Option<WallClock>,
 }
 
 impl BleDeviceConfig {
@@ -324,6 +329,7 @@ mod tests {
         BleDeviceConfig {
             address: "AA:BB:CC:DD:EE:01".into(),
             identity: Arc::new(DeviceIdentity {
+                revisions: Default::default(),
                 profile: "cuff".into(),
                 transport: Transport::Ble,
                 address: "AA:BB:CC:DD:EE:01".into(),
@@ -335,6 +341,7 @@ mod tests {
             name_prefix: Some("A&D_UA-651".into()),
             measurement: 0x2A35,
             battery: false,
+            set_clock: None,
         }
     }
 

@@ -152,6 +152,7 @@ pub(super) async fn scan(
             events: erx,
             backoff: Backoff::new(config.reconnect_initial, config.reconnect_max),
             sequences: sequences.clone(),
+            clock: None,
         };
         tasks.spawn(task.run());
     }

@@ -3,10 +3,12 @@
 //!
 //! A sequence number is recorded only after its reading is committed to the outbox
 //! (acknowledge after commit). The file is rewritten atomically: written to a temporary
-//! file in the same directory, synced, then renamed over the old one.
+//! file in the same directory, synced, then renamed over the old one. It is created 0600
+//! whatever the umask: it names meters by their Bluetooth address.
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Why the sequence file could not be read or written.
@@ -101,7 +103,15 @@ fn tempfile_in(dir: &Path, target: &Path) -> std::io::Result<(PathBuf, std::fs::
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "sequence".into());
     let path = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let file = std::fs::File::create(&path)?;
+    // 0600 whatever the umask: the file names meters by their Bluetooth address.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
+    // A leftover from a crash keeps its old mode when opened again.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     Ok((path, file))
 }
 
@@ -154,6 +164,11 @@ mod tests {
         s.record("AA", 3).unwrap();
         let s = SequenceStore::open(&path).unwrap();
         assert_eq!(s.last("AA"), Some(5));
+        // It names meters by their Bluetooth address: never readable by others, whatever
+        // the umask (before, 0644 under the usual umask 022).
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "mode {mode:o}");
     }
 
     #[test]

@@ -159,6 +159,7 @@ impl JsonDecoder {
             },
         };
         Ok(Reading {
+            clock: None,
             device,
             device_time,
             received_at,
@@ -251,6 +252,7 @@ mod tests {
 
     fn device() -> Arc<DeviceIdentity> {
         Arc::new(DeviceIdentity {
+            revisions: Default::default(),
             profile: "esp32".into(),
             transport: Transport::Mqtt,
             address: "x".into(),

@@ -77,6 +77,7 @@ impl LineDecoder {
             }
         };
         Ok(Reading {
+            clock: None,
             device,
             device_time,
             received_at,
@@ -179,6 +180,7 @@ mod tests {
 
     fn device() -> Arc<DeviceIdentity> {
         Arc::new(DeviceIdentity {
+            revisions: Default::default(),
             profile: "masimo".into(),
             transport: Transport::Serial,
             address: "/dev/ttyUSB0".into(),

@@ -273,6 +273,7 @@ mod tests {
             timestamp: None,
         })));
         let device = Arc::new(DeviceIdentity {
+            revisions: Default::default(),
             profile: "t".into(),
             transport: Transport::Serial,
             address: "/dev/ttyUSB0".into(),

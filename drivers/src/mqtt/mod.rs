@@ -16,10 +16,13 @@
 //! PUBACKs are sent in the order the messages arrived (MQTT 3.1.1, 4.6): the driver's loop
 //! keeps the messages waiting for their commit, oldest first, and hands each PUBACK to
 //! rumqttc without waiting (rumqttc takes requests only while its event loop is polled, so
-//! a loop that waited on it would deadlock). How many messages wait is bounded by the
-//! broker's in-flight window (mosquitto's `max_inflight_messages`, 20 by default), which
-//! must not exceed `max_in_flight` (a warning says so); the broker sends no more until
-//! PUBACKs come back, so a slow outbox slows the broker's deliveries (backpressure).
+//! a loop that waited on it would deadlock). At most `max_in_flight` messages wait: with
+//! that many, the driver stops polling rumqttc's event loop, so nothing more is read from
+//! the socket until a commit frees room, and TCP holds the broker back (backpressure: a
+//! slow outbox slows the broker's deliveries). The broker's own in-flight window
+//! (mosquitto's `max_inflight_messages`) is not relied on: mosquitto 2.0.11 lets more
+//! unacknowledged messages out than it once PUBACKs flow. When rumqttc already holds a
+//! message read beyond the bound, a warning says the broker's window is the larger.
 //! If the gateway dies between receiving a message and committing it, the message was not
 //! acknowledged and the broker delivers it again to the next session.
 //!
@@ -380,6 +383,7 @@ impl Session<'_> {
             .entry((index, id.clone()))
             .or_insert_with(|| {
                 Arc::new(DeviceIdentity {
+                    revisions: Default::default(),
                     profile: sub.profile.clone(),
                     transport: Transport::Mqtt,
                     address: id,
@@ -391,6 +395,16 @@ impl Session<'_> {
             .clone();
         sub.decoder.decode_all(&value, device, received_at)
     }
+}
+
+/// Whether rumqttc holds a message it read beyond those the driver took: with the driver
+/// at `max_in_flight`, the broker has more unacknowledged messages out than that.
+fn broker_sent_more(eventloop: &rumqttc::EventLoop) -> bool {
+    eventloop
+        .state
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Incoming(Packet::Publish(_))))
 }
 
 async fn run(config: MqttConfig, tx: ReadingSender, cancel: CancellationToken) -> MqttStats {
@@ -415,9 +429,14 @@ async fn run(config: MqttConfig, tx: ReadingSender, cancel: CancellationToken) -
     let mut connected = false;
     loop {
         acks.flush(&client);
-        if acks.pending.len() > capacity && !acks.warned {
+        // The bound: with `max_in_flight` messages waiting for their commit, the event
+        // loop is not polled, so nothing more is read from the socket until a commit
+        // frees room (TCP holds the broker back). Each poll yields at most one message
+        // (rumqttc returns what it has buffered before reading again).
+        let full = acks.pending.len() >= capacity;
+        if full && !acks.warned && broker_sent_more(&eventloop) {
             acks.warned = true;
-            tracing::warn!(broker = %broker, waiting = acks.pending.len(), max_in_flight = capacity, "the broker sends more unacknowledged messages than mqtt.max_in_flight; lower its in-flight window (mosquitto: max_inflight_messages)");
+            tracing::warn!(broker = %broker, waiting = acks.pending.len(), max_in_flight = capacity, "the broker sends more unacknowledged messages than mqtt.max_in_flight; the gateway stops reading until commits free room (lower the broker's in-flight window to max_in_flight; mosquitto: max_inflight_messages)");
         }
         if let Some(delay) = acks.resync_due() {
             // A commit failed: the broker holds those messages as in flight and sends
@@ -436,7 +455,7 @@ async fn run(config: MqttConfig, tx: ReadingSender, cancel: CancellationToken) -
         let event = tokio::select! {
             _ = cancel.cancelled() => break,
             _ = acks.next_committed() => continue,
-            e = eventloop.poll() => e,
+            e = eventloop.poll(), if !full => e,
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {

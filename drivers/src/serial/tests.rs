@@ -35,6 +35,7 @@ fn port(path: &str, poll: Option<Poll>) -> PortConfig {
     PortConfig {
         path: path.into(),
         identity: Arc::new(DeviceIdentity {
+            revisions: Default::default(),
             profile: "masimo".into(),
             transport: Transport::Serial,
             address: path.into(),

@@ -158,6 +158,7 @@ impl DeviceState {
         };
         self.sequence += 1;
         Reading {
+            clock: None,
             device: self.device.identity.clone(),
             device_time,
             received_at: now,
@@ -355,6 +356,7 @@ mod tests {
     fn device(signals: &[Signal], clock: SimClock) -> SimDevice {
         SimDevice {
             identity: Arc::new(DeviceIdentity {
+                revisions: Default::default(),
                 profile: "sim-test".into(),
                 transport: Transport::Sim,
                 address: "sim-test-1".into(),

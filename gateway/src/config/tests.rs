@@ -183,3 +183,26 @@ fn environment_variables_override_the_file() {
     std::env::remove_var("IOMT_GATEWAY__LOG__LEVEL");
     assert_eq!(c.unwrap().log_level, "iomt_gateway=trace");
 }
+
+/// Errors about the patient id name its key and line, never its value (before, a TOML
+/// syntax error quoted the line and a type error the value).
+#[test]
+fn a_mistyped_patient_id_is_reported_by_key_and_line_never_by_value() {
+    for (text, needle) in [
+        (MINIMAL.replace("\"MRN-1\"", "\"MRN-1"), "line "),
+        (
+            MINIMAL.replace("\"MRN-1\"", "[\"MRN-1\"]"),
+            "patient.id (line ",
+        ),
+        (
+            MINIMAL.replace("\"MRN-1\"", "{ mrn = \"MRN-1\" }"),
+            "patient.id (line ",
+        ),
+    ] {
+        let err = Config::from_toml_str(&text, "test")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("MRN-1"), "{err}");
+        assert!(err.contains(needle), "{err}");
+    }
+}

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use iomt_drivers::ble_driver::{uuid_from_u16, BleConfig, BleDeviceConfig, BleDriver};
+use iomt_drivers::ble_driver::{uuid_from_u16, BleConfig, BleDeviceConfig, BleDriver, WallClock};
 use iomt_drivers::Transport;
 use serde::Deserialize;
 
@@ -55,6 +55,11 @@ pub struct RawBleDevice {
     /// IANA zone of this device's clock; default: `[devices.<profile>]`, then `[gateway]`.
     #[serde(default)]
     pub time_zone: Option<String>,
+    /// Set the device's clock to the gateway's time (in the device's zone) at each
+    /// connection, after reading it, when the device offers a writable Current Time
+    /// (0x2A2B). Off by default: the clock is only read and compared.
+    #[serde(default)]
+    pub set_clock: bool,
 }
 
 /// One allow-listed BLE device, validated.
@@ -66,6 +71,8 @@ pub struct BleDevice {
     pub profile: String,
     /// The zone of the device's clock, when set for this device.
     pub zone: Option<Zone>,
+    /// Set the device's clock at each connection.
+    pub set_clock: bool,
 }
 
 /// BLE driver settings, validated.
@@ -117,6 +124,7 @@ impl RawBle {
                 address,
                 profile: d.profile.clone(),
                 zone,
+                set_clock: d.set_clock,
             });
         }
         check_reconnect(
@@ -176,6 +184,12 @@ pub fn ble_devices(
             name_prefix: spec.name_prefix.clone(),
             measurement: spec.decoder.characteristic,
             battery: profile.field(iomt_drivers::ble::BATTERY_FIELD).is_some(),
+            set_clock: d.set_clock.then(|| {
+                match d.zone.unwrap_or_else(|| ctx.zone_for(&profile.id)) {
+                    Zone::GatewayLocal => WallClock::GatewayLocal,
+                    Zone::Named(tz) => WallClock::Named(tz),
+                }
+            }),
         });
     }
     Ok(devices)
@@ -260,5 +274,21 @@ mod tests {
         assert_eq!(ble.adapter.as_deref(), Some("hci1"));
         assert_eq!(ble.devices[0].address, "AA:BB:CC:DD:EE:FF");
         assert_eq!(ble.devices[0].zone, Some(Zone::Named(chrono_tz::UTC)));
+        assert!(!ble.devices[0].set_clock, "clock setting is opt-in");
+    }
+
+    #[test]
+    fn set_clock_is_a_boolean_per_device() {
+        let c = minimal_with(
+            "[ble]\n[[ble.devices]]\naddress = \"aa:bb:cc:dd:ee:ff\"\nprofile = \"cuff\"\nset_clock = true\n",
+        )
+        .unwrap();
+        assert!(c.ble.unwrap().devices[0].set_clock);
+        let err = minimal_with(
+            "[ble]\n[[ble.devices]]\naddress = \"aa:bb:cc:dd:ee:ff\"\nprofile = \"cuff\"\nset_clock = \"sometimes\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("set_clock"), "{err}");
     }
 }

@@ -179,6 +179,7 @@ fn identity(
     serial_number: Option<String>,
 ) -> Arc<DeviceIdentity> {
     Arc::new(DeviceIdentity {
+        revisions: Default::default(),
         profile: profile.id.clone(),
         transport,
         address,

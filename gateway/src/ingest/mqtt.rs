@@ -47,8 +47,14 @@ pub struct RawMqtt {
     #[serde(default = "default_mqtt_client_id")]
     pub client_id: String,
     /// File with the user name (first line) and password (second line), mode 0600.
+    /// Without `tls`, refused for a broker that is not loopback unless `allow_insecure`.
     #[serde(default)]
     pub credentials_file: Option<PathBuf>,
+    /// Allow `credentials_file` over plain MQTT (no `tls`) to a broker that is not
+    /// loopback (default false): the password then crosses the network in clear. A
+    /// warning is logged at every start when used.
+    #[serde(default)]
+    pub allow_insecure: bool,
     /// MQTT keep-alive in seconds (default 30; 5 to 65535).
     #[serde(default = "default_keep_alive")]
     pub keep_alive_secs: u64,
@@ -87,6 +93,7 @@ impl Default for RawMqtt {
             client_key_file: None,
             client_id: default_mqtt_client_id(),
             credentials_file: None,
+            allow_insecure: false,
             keep_alive_secs: default_keep_alive(),
             max_payload_bytes: default_mqtt_max_payload(),
             max_in_flight: default_max_in_flight(),
@@ -171,6 +178,16 @@ impl RawMqtt {
                 "mqtt.ca_file, mqtt.client_cert_file and mqtt.client_key_file need mqtt.tls = true"
                     .into(),
             );
+        }
+        if !m.tls
+            && m.credentials_file.is_some()
+            && !is_loopback_host(m.host.trim())
+            && !m.allow_insecure
+        {
+            problems.push(format!(
+                "mqtt.credentials_file over plain MQTT to the broker `{}`, which is not loopback: the password would cross the network unencrypted. Set mqtt.tls = true, or mqtt.allow_insecure = true if this link is protected otherwise",
+                m.host
+            ));
         }
         if m.client_id.trim().is_empty() {
             problems.push("mqtt.client_id must not be empty (the broker keeps the gateway's session under it)".into());
@@ -265,6 +282,10 @@ impl Source for MqttSettings {
             None => {
                 if !is_loopback_host(&self.host) {
                     tracing::warn!(broker = %self.host, "mqtt.tls is off: readings travel unencrypted to a broker that is not on this machine");
+                    if credentials.is_some() {
+                        // Only with mqtt.allow_insecure (validate refuses it otherwise).
+                        tracing::warn!(broker = %self.host, "mqtt.allow_insecure: the broker's user name and password go over plain MQTT to a host that is not loopback");
+                    }
                 }
                 None
             }
@@ -313,6 +334,25 @@ mod tests {
                 "uplinks[2]: topic `iomt/#`",
             ],
         );
+    }
+
+    #[test]
+    fn credentials_over_plain_mqtt_beyond_loopback_need_allow_insecure() {
+        let mqtt = |extra: &str| {
+            format!("[mqtt]\nenabled = true\ncredentials_file = \"/etc/c\"\n{extra}\n")
+        };
+        assert_problems(
+            &format!("{MINIMAL}\n{}", mqtt("host = \"broker.ward.example\"")),
+            &["mqtt.credentials_file over plain MQTT to the broker `broker.ward.example`"],
+        );
+        for extra in [
+            "host = \"broker.ward.example\"\nallow_insecure = true",
+            "host = \"broker.ward.example\"\ntls = true",
+            "host = \"::1\"",
+            "",
+        ] {
+            assert!(minimal_with(&mqtt(extra)).is_ok(), "{extra}");
+        }
     }
 
     #[test]

@@ -127,6 +127,7 @@ impl RawOutbox {
                     .max(self.commit_window_ms.min(*limits::COMMIT_WINDOW_MS.end())),
             ),
             max_batch_rows: self.max_batch_rows,
+            pseudonym_key: None,
         }
     }
 }

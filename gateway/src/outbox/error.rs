@@ -29,6 +29,16 @@ pub enum OutboxError {
         /// The missing key id.
         key_id: u32,
     },
+    /// The pseudonymization key is not the one the outbox was used with.
+    #[error("the pseudonymization key ([pseudonymization] key_file) is not the one the outbox {path} was used with (its fingerprint is {current}, the outbox recorded {recorded}): every patient and device pseudonym would change and the backend would file new readings under unknown patients. If the key file was replaced by mistake (a rebuilt SD card, a wrong file), put the original back. If the key was changed on purpose and the backend has the new key, run `iomt-gateway outbox accept-pseudonym-key --config FILE` and start again")]
+    PseudonymKeyChanged {
+        /// The outbox database.
+        path: PathBuf,
+        /// The fingerprint recorded.
+        recorded: String,
+        /// The fingerprint of the key given now.
+        current: String,
+    },
     /// SQLite failed.
     #[error("outbox database {path}: {reason}")]
     Sqlite {

@@ -27,6 +27,29 @@
 //! seq), so a ciphertext moved to another row does not open. Keys never live in the
 //! database: only their ids and check values do.
 //!
+//! **Threat model of the file** (docs/security.md). Who can write the database can also
+//! read the storage key: under systemd both belong to the service user (the state
+//! directory is 0700, the key 0600, and the database, its -wal and -shm are created 0600
+//! whatever the umask), and root, or whoever holds the SD card, reads both. Sealing
+//! therefore promises two things, and no more: a copy of the database alone (a backup
+//! without the keys, a file sent for support) reveals no reading and no identifier; and a
+//! ciphertext damaged, or moved to another row, Device or dead letter, never opens, so it
+//! is never sent as another device's or patient's reading. What is bound is what does not
+//! change: the row's seq and its device id (`payload.rs`). The queue's metadata (a row's
+//! `pending` bits, its `created_ms`, the counters, which rows exist) is not authenticated,
+//! by decision: `pending` changes at every delivery, so binding it would mean sealing the
+//! row again at each one (the SD card writes group commit saves), and no associated data
+//! can prove a deleted row existed. A writer of the file could as well delete rows, and
+//! can read the key; authenticating the rest would add cost and no protection against any
+//! writer there is. Against someone who holds the card, keep the keys off it (see
+//! docs/security.md).
+//!
+//! **Pseudonymization key** (`store/pseudonym_key.rs`). The `meta` table records a
+//! fingerprint of the pseudonymization key at the first start (an HMAC of a fixed label,
+//! never the key); a later start with another key is refused, since every pseudonym would
+//! change, until `iomt-gateway outbox accept-pseudonym-key` accepts it (recorded, and
+//! warned once at the next start).
+//!
 //! **Key rotation.** `iomt-gateway keygen --rotate` moves the current key to
 //! `<key file>.retired` and writes a new one. New rows use the new key; rows sealed with a
 //! retired key stay readable until delivered. What is kept for good (Device resources,
@@ -128,6 +151,7 @@ mod writer;
 pub use error::OutboxError;
 pub use ingest::{read_ingest_dead_letters, IngestDeadLetter};
 pub use payload::{device_aad, pack, reason_aad, row_aad, unpack};
+pub use store::accept_pseudonym_key;
 pub use writer::DELETE_DELAY;
 
 use std::collections::HashMap;
@@ -177,6 +201,10 @@ pub struct OutboxSettings {
     pub quiet_commit_window: Duration,
     /// Most rows in one transaction.
     pub max_batch_rows: usize,
+    /// The fingerprint of the pseudonymization key
+    /// ([`crate::pseudonym::Pseudonymizer::fingerprint`]): recorded at the first open,
+    /// and a different one refused later (`store/pseudonym_key.rs`). `None`: not checked.
+    pub pseudonym_key: Option<String>,
 }
 
 /// Observations of one reading to store, with the Device resource they reference.
@@ -214,6 +242,9 @@ pub struct StoredObservation {
     pub id: String,
     /// Its first identifier as `system|value`.
     pub identifier: Option<String>,
+    /// Set when it was received while the clock was not synchronized: the delivery loop
+    /// holds it back, corrects it or marks it (`clock::hold`).
+    pub hold: Option<crate::clock::TimeHold>,
     /// The JSON text, as stored.
     pub json: Box<serde_json::value::RawValue>,
 }
@@ -263,9 +294,13 @@ impl Outbox {
         let path = settings.path.clone();
         let ring = keyring.clone();
         let max_bytes = settings.max_bytes;
+        let pseudonym_key = settings.pseudonym_key.clone();
         let (store, space) = tokio::task::spawn_blocking(move || {
             let mut space = disk::Space::open(&path);
-            let store = Store::open(&path, &ring, &uplinks)?;
+            let mut store = Store::open(&path, &ring, &uplinks)?;
+            if let Some(fingerprint) = &pseudonym_key {
+                store.check_pseudonym_key(fingerprint)?;
+            }
             space.ensure_reserve();
             disk::check_cap(&path, max_bytes);
             Ok::<_, OutboxError>((store, space))

@@ -56,6 +56,9 @@ struct Head {
     id: String,
     #[serde(default)]
     identifier: Vec<crate::fhir::Identifier>,
+    /// Set on readings received while the clock was not synchronized (`clock::hold`).
+    #[serde(default, rename = "iomtGatewayTimeHold")]
+    hold: Option<crate::clock::TimeHold>,
 }
 
 pub(super) fn observation_from(json: Vec<u8>) -> Result<StoredObservation, String> {
@@ -70,6 +73,7 @@ pub(super) fn observation_from(json: Vec<u8>) -> Result<StoredObservation, Strin
             .identifier
             .first()
             .map(|i| format!("{}|{}", i.system, i.value)),
+        hold: head.hold,
         json,
     })
 }

@@ -23,6 +23,7 @@ pub(super) fn settings_in(dir: &std::path::Path) -> OutboxSettings {
         commit_window: Duration::from_millis(1),
         quiet_commit_window: Duration::from_millis(1),
         max_batch_rows: 100,
+        pseudonym_key: None,
     }
 }
 

@@ -15,6 +15,14 @@
 //!   goes out: it goes to the dead letters with the reason, logged with its seq.
 //! - Rows holding the same Observation (stored twice) share one Bundle entry, and its
 //!   fate: all delivered, or all dead-lettered with its reason.
+//! - A row received while the gateway's clock was not synchronized (`clock::hold`) is held
+//!   back while the clock is still not synchronized and its wait is not over, and the
+//!   passes after it stop there (oldest first; every row committed meanwhile is held too,
+//!   so the loop then waits for the clock's next change or the end of the first held
+//!   row's wait, not for commits). Once the clock is synchronized it goes out with its
+//!   receipt time corrected (also one of an earlier boot that has an anchor); past the
+//!   wait, or from an earlier boot never synchronized, marked uncertain.
+//!   The gateway's Device in the Bundle says whether the clock is synchronized.
 //!
 //! These decisions are pure functions in [`plan`], unit-tested rule by rule; this module
 //! carries them out (the outbox, the uplink, the timers, the logs).
@@ -29,6 +37,7 @@
 //! service manager's stop timeout (systemd's, 5 s and more) is met without breaking
 //! *delete after delivery*.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -38,7 +47,9 @@ use super::{bundle, DeliveryError, Uplink};
 use iomt_drivers::backoff::Backoff;
 use serde_json::value::RawValue;
 
+use crate::clock::{hold, Clock, ClockSettings, ClockSource, Release};
 use crate::fhir::Device;
+use crate::normalize::set_clock_synchronized;
 use crate::outbox::{Fetched, Outbox, PendingRow};
 
 pub mod plan;
@@ -60,6 +71,10 @@ pub struct DeliverySettings {
     /// pass together. Past it, a request still waiting for the server is abandoned (its
     /// rows stay queued); an acknowledged Bundle is still marked delivered.
     pub drain_deadline: Duration,
+    /// The gateway's clock: rows received while it was not synchronized are held back,
+    /// corrected or marked (`clock::hold`), and its transitions wake the loop. `None`:
+    /// the clock is assumed synchronized.
+    pub clock: Option<Arc<Clock>>,
 }
 
 /// Counters of one uplink's loop.
@@ -78,7 +93,13 @@ pub struct DeliveryStats {
 struct Loop<'a> {
     outbox: &'a Outbox,
     uplink: &'a mut dyn Uplink,
-    gateway: &'a (String, Box<RawValue>),
+    /// The gateway's Device, as reported with the clock synchronized and not.
+    gateway: &'a [(String, Box<RawValue>); 2],
+    clock: &'a Clock,
+    /// When the last pass held rows back for the clock: how long until the first of them
+    /// has waited `[clock] unsynchronized_wait_secs`. Until then only the clock's next
+    /// change can free them (every row committed meanwhile is held too).
+    held_back: Option<Duration>,
     stats: DeliveryStats,
     /// Fires when the shutdown deadline has passed: requests still waiting are abandoned.
     abandon: CancellationToken,
@@ -97,11 +118,13 @@ impl Loop<'_> {
     /// opened to the dead letters, the rest sent, split and sent again until each row is
     /// delivered or dead-lettered. A transient failure ends the pass (`Err`).
     async fn pass(&mut self, batch: usize) -> Result<Pass, DeliveryError> {
-        let fetched = self
+        let mut fetched = self
             .outbox
             .fetch(self.uplink.name(), batch)
             .await
             .map_err(outbox_failed)?;
+        let fetched_rows = fetched.rows.len();
+        let held_back = self.release_held(&mut fetched.rows);
         if fetched.rows.is_empty() {
             return Ok(Pass::Idle);
         }
@@ -153,9 +176,73 @@ impl Loop<'_> {
                 Step::Retry(e) => return Err(e),
             }
         }
+        // Rows held for the clock wait for its next change, not for another fetch.
         Ok(Pass::Progress {
-            drained: fetched.rows.len() < batch,
+            drained: held_back || fetched_rows < batch,
         })
+    }
+
+    /// Rows received while the clock was not synchronized: held back (removed from
+    /// `rows`), corrected, or marked uncertain, as `clock::hold` decides. Returns whether
+    /// any was held back, and sets [`Loop::held_back`].
+    fn release_held(&mut self, rows: &mut Vec<PendingRow>) -> bool {
+        self.held_back = None;
+        if !rows
+            .iter()
+            .any(|r| matches!(&r.observation, Ok(o) if o.hold.is_some()))
+        {
+            return false;
+        }
+        let now = self.clock.now();
+        let wait_ms = i64::try_from(self.clock.wait().as_millis()).unwrap_or(i64::MAX);
+        let (mut held, mut corrected, mut uncertain) = (0usize, 0usize, 0usize);
+        let mut first_due = i64::MAX;
+        rows.retain_mut(|r| {
+            let seq = r.seq;
+            let Ok(o) = &mut r.observation else {
+                return true;
+            };
+            let Some(h) = o.hold.take() else {
+                return true;
+            };
+            let release = hold::decide(&h, &now, wait_ms);
+            if release == Release::Hold {
+                held += 1;
+                let waited = now.boottime_ms.saturating_sub(h.boottime_ms);
+                first_due = first_due.min(wait_ms.saturating_sub(waited));
+                return false;
+            }
+            match hold::release(&o.json, release) {
+                Ok(json) => {
+                    o.json = json;
+                    if release == Release::Uncertain {
+                        uncertain += 1;
+                    } else {
+                        corrected += 1;
+                    }
+                }
+                Err(e) => r.observation = Err(format!("row {seq} cannot be released: {e}")),
+            }
+            true
+        });
+        let uplink = self.uplink.name();
+        if corrected > 0 {
+            tracing::info!(uplink, corrected, "readings received while the clock was not synchronized go out with their receipt time corrected");
+        }
+        if uncertain > 0 {
+            tracing::warn!(uplink, uncertain, "readings received while the clock was not synchronized go out marked uncertain (the wait is over, or they come from an earlier boot whose clock was never synchronized)");
+        }
+        if held > 0 {
+            tracing::debug!(
+                uplink,
+                held,
+                "readings held back until the clock is synchronized"
+            );
+            let due = u64::try_from(first_due.max(0)).unwrap_or(0);
+            // A millisecond late, so the first row's wait is over when the loop looks.
+            self.held_back = Some(Duration::from_millis(due.saturating_add(1)));
+        }
+        held > 0
     }
 
     fn log_rejected(&self, batch: usize, named: usize) {
@@ -191,11 +278,8 @@ impl Loop<'_> {
                 })
             })
             .collect();
-        let built = bundle::build(
-            (self.gateway.0.as_str(), &self.gateway.1),
-            &fetched.devices,
-            &items,
-        );
+        let gateway = &self.gateway[usize::from(!self.clock.synchronized())];
+        let built = bundle::build((gateway.0.as_str(), &gateway.1), &fetched.devices, &items);
         // Only the wait for the server is abandoned at the shutdown deadline; once it has
         // answered, what follows (marking rows delivered) always runs to the end.
         let answer = tokio::select! {
@@ -226,13 +310,25 @@ pub async fn run(
     gateway: Device,
     cancel: CancellationToken,
 ) -> DeliveryStats {
-    let gateway: (String, Box<RawValue>) = match serde_json::value::to_raw_value(&gateway) {
-        Ok(raw) => (gateway.id.clone(), raw),
-        Err(e) => {
+    let raw = |synchronized: bool| {
+        let mut device = gateway.clone();
+        set_clock_synchronized(&mut device, synchronized);
+        serde_json::value::to_raw_value(&device).map(|raw| (device.id.clone(), raw))
+    };
+    let gateway: [(String, Box<RawValue>); 2] = match (raw(true), raw(false)) {
+        (Ok(synced), Ok(unsynced)) => [synced, unsynced],
+        (Err(e), _) | (_, Err(e)) => {
             tracing::error!(error = %e, "the gateway's Device resource cannot be serialized; uplink not started");
             return DeliveryStats::default();
         }
     };
+    let clock = settings.clock.clone().unwrap_or_else(|| {
+        Clock::new(ClockSettings {
+            source: ClockSource::AssumeSynchronized,
+            ..ClockSettings::default()
+        })
+    });
+    let mut clock_changes = clock.subscribe();
     let mut committed = outbox.committed();
     let mut backoff = Backoff::new(settings.backoff_base, settings.backoff_max);
     let name = uplink.name().to_string();
@@ -251,12 +347,15 @@ pub async fn run(
         outbox: &outbox,
         uplink: uplink.as_mut(),
         gateway: &gateway,
+        clock: &clock,
+        held_back: None,
         stats: DeliveryStats::default(),
         abandon: abandon.clone(),
     };
     let batch = settings.batch_size.max(1);
     while !cancel.is_cancelled() {
         committed.borrow_and_update();
+        clock_changes.borrow_and_update();
         // A pass is never abandoned half-way: a Bundle the server acknowledged must be
         // marked delivered. Each request is bounded by the uplink's timeout.
         let outcome = l.pass(batch).await;
@@ -271,9 +370,16 @@ pub async fn run(
                 if after_failures > 0 {
                     tracing::info!(uplink = %name, after_failures, "uplink delivering again");
                 }
+                // Rows held for the clock: what is committed meanwhile is held too, so only
+                // the clock's next transition (noticed by a reading or by its
+                // once-a-minute look while unsynchronized) or the end of the first held
+                // row's wait frees anything.
+                let held_back = l.held_back;
                 tokio::select! {
                     _ = cancel.cancelled() => break,
-                    _ = committed.changed() => {}
+                    _ = committed.changed(), if held_back.is_none() => {}
+                    _ = clock_changes.changed() => {}
+                    _ = tokio::time::sleep(held_back.unwrap_or_default()), if held_back.is_some() => {}
                 }
             }
             Next::RetryIn(delay) => {
@@ -284,6 +390,9 @@ pub async fn run(
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(delay) => {}
+                    _ = l.uplink.reachable() => {
+                        tracing::info!(uplink = %name, "destination reachable again; retrying before the backoff is over");
+                    }
                 }
             }
             Next::Stop => break,

@@ -2,9 +2,11 @@
 //!
 //! Used by `demo` and for air-gapped kits whose data is collected by hand. A file is
 //! written under a temporary name, synced, and renamed into place, so a reader (or a crash)
-//! never sees half a Bundle.
+//! never sees half a Bundle. Bundles are created mode 0640 whatever the umask (pseudonymized,
+//! but health data): the service user and its group, never others.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -70,7 +72,15 @@ impl FileUplink {
         let name = format!("bundle-{stamp}-{:06}.json", self.written + 1);
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let path = self.dir.join(&name);
-        let mut f = std::fs::File::create(&tmp)?;
+        // 0640 whatever the umask: the service user writes, its group (a collector) may
+        // read, others may not.
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(&tmp)?;
         serde_json::to_writer_pretty(&mut f, bundle)?;
         f.write_all(b"\n")?;
         f.sync_all()?;

@@ -114,4 +114,15 @@ pub trait Uplink: Send {
 
     /// Delivers one Bundle. `Ok` means the destination acknowledged every entry.
     fn deliver<'a>(&'a mut self, bundle: &'a Bundle) -> DeliveryFuture<'a>;
+
+    /// After a failed delivery: resolves once the destination is reachable again, so that
+    /// the retry need not wait out the rest of its backoff (the MQTT uplink: its background
+    /// connection is back). By default it never resolves: the backoff alone times the
+    /// retry.
+    fn reachable(&mut self) -> ReachableFuture<'_> {
+        Box::pin(std::future::pending())
+    }
 }
+
+/// A boxed future of [`Uplink::reachable`].
+pub type ReachableFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;

@@ -35,10 +35,35 @@ pub fn golden_dir() -> PathBuf {
 /// Compares `observations`, as pretty JSON, with `tests/golden/<case>.json`; with
 /// `UPDATE_GOLDEN` set, writes that file instead.
 pub fn check(case: &str, observations: &[Observation]) {
-    let actual = serde_json::to_string_pretty(observations).unwrap() + "\n";
+    check_json(case, observations)
+}
+
+/// [`check`] for any resource (`case` may name a subfolder: `devices/<name>`).
+pub fn check_json<T: serde::Serialize + ?Sized>(case: &str, value: &T) {
+    let actual = serde_json::to_string_pretty(value).unwrap() + "\n";
     let path = golden_dir().join(format!("{case}.json"));
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(golden_dir()).unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run with UPDATE_GOLDEN=1 to create it",
+            path.display()
+        )
+    });
+    assert_eq!(actual, expected, "golden file {} differs", path.display());
+}
+
+/// Compares any resource, as pretty JSON, with `tests/golden/<path>.json` (a Device
+/// resource lives in `tests/golden/devices/`, apart from the Observation arrays); with
+/// `UPDATE_GOLDEN` set, writes that file instead.
+pub fn check_resource<T: serde::Serialize>(path: &str, resource: &T) {
+    let actual = serde_json::to_string_pretty(resource).unwrap() + "\n";
+    let path = golden_dir().join(format!("{path}.json"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &actual).unwrap();
         return;
     }

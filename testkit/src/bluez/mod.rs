@@ -15,7 +15,9 @@
 //! `UUIDs`, sets `ServicesResolved`, then returns; notification sessions survive
 //! disconnects; every `ReadValue` emits `PropertiesChanged(Value)`; errors carry BlueZ's
 //! names. A glucose meter answers the Record Access Control Point only once indications
-//! on 0x2A52 and notifications on 0x2A18 are enabled. bluetoothd can be stopped and
+//! on 0x2A52 and notifications on 0x2A18 are enabled. A device may keep a clock behind a
+//! Current Time Service ([`SimBluez::add_current_time`], `clock.rs`): reads give its time
+//! now, writes (when allowed) set it. bluetoothd can be stopped and
 //! started again ([`SimBluez::stop_daemon`], [`SimBluez::start_daemon`]) and the adapter
 //! powered off and on ([`SimBluez::power`]); both drop every client's discovery and
 //! notification sessions (see `lifecycle.rs`).
@@ -24,6 +26,7 @@
 //! driven by the test (advertise, queue a measurement, hang up).
 
 mod bus;
+mod clock;
 mod events;
 mod lifecycle;
 mod objects;
@@ -79,7 +82,16 @@ impl DeviceKind {
             DeviceKind::WeightScale => vec![(0x2A9D, IND)],
         };
         vec![
-            (0x180A, vec![(0x2A29, READ), (0x2A24, READ), (0x2A25, READ)]),
+            (
+                0x180A,
+                vec![
+                    (0x2A29, READ),
+                    (0x2A24, READ),
+                    (0x2A25, READ),
+                    (0x2A26, READ),
+                    (0x2A28, READ),
+                ],
+            ),
             (0x180F, vec![(0x2A19, &["read", "notify"][..])]),
             (self.service(), own),
         ]
@@ -131,6 +143,8 @@ pub(crate) struct DevState {
     pub records: BTreeMap<u16, Vec<u8>>,
     pub racp_requests: Vec<Vec<u8>>,
     pub connects: u32,
+    /// Its clock, when it offers a Current Time Service.
+    pub clock: Option<clock::DevClock>,
 }
 
 impl DevState {
@@ -144,6 +158,8 @@ impl DevState {
                     0x2A29 => b"Simulated Medical".to_vec(),
                     0x2A24 => format!("{:?}", spec.kind).into_bytes(),
                     0x2A25 => format!("SN-{}", spec.address.replace(':', "")).into_bytes(),
+                    0x2A26 => b"FW 1.4.2".to_vec(),
+                    0x2A28 => b"SW 2.0".to_vec(),
                     0x2A19 => vec![spec.battery],
                     _ => Vec::new(),
                 };
@@ -172,6 +188,7 @@ impl DevState {
             records: BTreeMap::new(),
             racp_requests: Vec::new(),
             connects: 0,
+            clock: None,
         }
     }
 

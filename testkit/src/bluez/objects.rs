@@ -338,6 +338,12 @@ impl Characteristic {
         _options: HashMap<String, OwnedValue>,
         #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
     ) -> Result<Vec<u8>> {
+        {
+            let mut st = lock(&self.state);
+            if let Some(d) = st.devices.get_mut(&self.address) {
+                super::clock::refresh(d.clock.as_ref(), &mut d.chars[self.index]);
+            }
+        }
         let (connected, readable, value) = self.get(
             |c, conn| (conn, c.flags.contains(&"read"), c.value.clone()),
             (false, false, Vec::new()),
@@ -368,6 +374,20 @@ impl Characteristic {
         }
         if !writable {
             return Err(BluezError::NotPermitted("Write not permitted".into()));
+        }
+        if uuid == 0x2A2B {
+            let mut st = lock(&self.state);
+            let set = st
+                .devices
+                .get_mut(&self.address)
+                .and_then(|d| d.clock.as_mut())
+                .is_some_and(|c| c.set(&value));
+            if !set {
+                return Err(BluezError::Failed(
+                    "Operation failed with ATT error: 0x80".into(),
+                ));
+            }
+            return Ok(());
         }
         if uuid == 0x2A52 {
             let ready = {

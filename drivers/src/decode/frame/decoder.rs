@@ -158,6 +158,7 @@ impl FrameDecoder {
             },
         };
         Ok(Reading {
+            clock: None,
             device,
             device_time,
             received_at,

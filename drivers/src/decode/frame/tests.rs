@@ -9,6 +9,7 @@ use crate::reading::{DeviceIdentity, DeviceTime, Measurement, Reading, ReadingFl
 
 fn device() -> Arc<DeviceIdentity> {
     Arc::new(DeviceIdentity {
+        revisions: Default::default(),
         profile: "t".into(),
         transport: Transport::Serial,
         address: "/dev/ttyUSB0".into(),

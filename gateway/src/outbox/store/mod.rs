@@ -5,8 +5,11 @@
 
 mod devices;
 mod open;
+mod pseudonym_key;
 mod read;
 mod reseal;
+
+pub use pseudonym_key::accept_pseudonym_key;
 
 pub use devices::{KNOWN_DEVICES, PRUNE_INTERVAL};
 

@@ -66,6 +66,47 @@ pub(super) fn check_header(path: &Path) -> Result<(), OutboxError> {
     Ok(())
 }
 
+/// Creates an empty file readable and writable by its owner only (whatever the umask),
+/// never through a symbolic link.
+fn create_private(path: &Path) -> Result<(), OutboxError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+        .map(drop)
+        .map_err(|e| OutboxError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })
+}
+
+/// Takes the permissions of group and others away from a database (and its -wal and -shm)
+/// an older gateway created readable by them; logs what it changed.
+fn make_private(path: &Path) -> Result<(), OutboxError> {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = PathBuf::from(name);
+        let Ok(meta) = std::fs::symlink_metadata(&file) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.file_type().is_file() && mode & 0o077 != 0 {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode & 0o700))
+                .map_err(|e| OutboxError::Io {
+                    path: file.clone(),
+                    source: e,
+                })?;
+            tracing::info!(file = %file.display(), was = format!("{mode:o}"), now = format!("{:o}", mode & 0o700), "outbox file made private to the service user");
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (or creates) the database at `path` for the configured `uplinks`.
     ///
@@ -74,6 +115,7 @@ impl Store {
     pub fn open(path: &Path, keyring: &Keyring, uplinks: &[String]) -> Result<Self, OutboxError> {
         let conn = if path.exists() {
             check_header(path)?;
+            make_private(path)?;
             let conn = Connection::open_with_flags(
                 path,
                 OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -148,6 +190,9 @@ impl Store {
         tmp.push(".creating");
         let tmp = PathBuf::from(tmp);
         let _ = std::fs::remove_file(&tmp);
+        // SQLite would create the file 0644 less the umask; created 0600 first, it keeps
+        // that mode, and gives it to the -wal and -shm files it makes next to it.
+        create_private(&tmp)?;
         {
             let conn = Connection::open(&tmp).map_err(sql(&tmp))?;
             // No `auto_vacuum`: its pointer-map pages made every deletion commit write

@@ -504,6 +504,7 @@ mod tests {
                 Ok(StoredObservation {
                     id: format!("obs-{seq}"),
                     identifier: None,
+                    hold: None,
                     json: serde_json::value::RawValue::from_string("{}".into())
                         .unwrap_or_else(|_| unreachable!()),
                 })

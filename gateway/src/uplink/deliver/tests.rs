@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{run, DeliverySettings, DeliveryStats};
+use crate::clock::{Clock, ClockSettings, ClockSource};
 use crate::fhir::Bundle;
 use crate::outbox::seal::Keyring;
 use crate::outbox::{read_dead_letters, read_status, Append, Outbox, OutboxSettings, WhenFull};
@@ -143,6 +144,7 @@ impl Bed {
             commit_window: Duration::from_millis(1),
             quiet_commit_window: Duration::from_millis(1),
             max_batch_rows: 100,
+            pseudonym_key: None,
         };
         let ring = Arc::new(Keyring::new(&KEY));
         let (outbox, writer) = Outbox::open(settings, ring, vec![UPLINK.into()])
@@ -186,6 +188,11 @@ impl Bed {
     /// Starts the delivery loop over the outbox with `answer` as the uplink: batches of
     /// 100, backoff from 1 s to 60 s, a 2 s drain deadline.
     fn start(&self, answer: Responder) -> Running {
+        self.start_with_clock(answer, None)
+    }
+
+    /// [`Bed::start`] with the gateway's clock.
+    fn start_with_clock(&self, answer: Responder, clock: Option<Arc<Clock>>) -> Running {
         let (tx, requests) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let settings = DeliverySettings {
@@ -193,6 +200,7 @@ impl Bed {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             drain_deadline: Duration::from_secs(2),
+            clock,
         };
         let uplink = Box::new(Scripted {
             answer,
@@ -426,6 +434,7 @@ async fn the_same_observation_stored_twice_is_sent_once_and_both_rows_leave_the_
         ca_file: None,
         client_identity: None,
         insecure: false,
+        allow_insecure: false,
     })
     .unwrap();
     let cancel = CancellationToken::new();
@@ -437,6 +446,7 @@ async fn the_same_observation_stored_twice_is_sent_once_and_both_rows_leave_the_
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_millis(200),
             drain_deadline: Duration::from_secs(5),
+            clock: None,
         },
         crate::normalize::gateway_resource("gateway-pseudonym"),
         cancel.clone(),
@@ -461,4 +471,60 @@ async fn the_same_observation_stored_twice_is_sent_once_and_both_rows_leave_the_
         assert_eq!(ids, ["obs-00", "obs-01", "obs-02"]);
         assert_eq!((s.requests, s.rejected, s.duplicate_creates), (1, 0, 0));
     });
+}
+
+/// Appends Observation `obs-{i}` as received while the clock was not synchronized now.
+async fn append_held(bed: &Bed, i: usize, clock: &Clock) {
+    let hold = clock.hold(clock.check(), 0).expect("unsynchronized");
+    let json = format!(
+        r#"{{"resourceType":"Observation","id":"{0}","identifier":[{{"system":"urn:ietf:rfc:3986","value":"urn:uuid:{0}"}}],"effectiveDateTime":"1970-01-01T00:00:00Z","issued":"1970-01-01T00:00:00Z","iomtGatewayTimeHold":{1}}}"#,
+        id(i),
+        serde_json::to_string(&hold).unwrap()
+    );
+    let (tx, rx) = oneshot::channel();
+    bed.outbox
+        .append(Append {
+            device_id: "dev-1".into(),
+            device_json: br#"{"resourceType":"Device","id":"dev-1"}"#.to_vec(),
+            observations: vec![(id(i), json.into_bytes())],
+            ack: Some(tx),
+            source_waits: true,
+        })
+        .await
+        .unwrap();
+    rx.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn rows_held_for_the_clock_wait_without_a_fetch_per_commit_and_go_out_once_it_is_synchronized(
+) {
+    let bed = Bed::with_rows(2).await;
+    let status = bed.dir.path().join("clock");
+    std::fs::write(&status, "unsynchronized").unwrap();
+    let clock = Clock::new(ClockSettings {
+        source: ClockSource::StatusFile(status.clone()),
+        wait: Duration::from_secs(3600),
+    });
+    append_held(&bed, 2, &clock).await;
+    let mut running = bed.start_with_clock(script(vec![]), Some(clock.clone()));
+    // The rows from before go out; the held one waits.
+    assert_eq!(running.requests(1).await[0].observations, ids(0..2));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = bed.outbox.transactions();
+    for i in 3..6 {
+        append_held(&bed, i, &clock).await;
+    }
+    // Ten minutes with rows held: no request, and no fetch for the commits (each append
+    // is one transaction of its own here).
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert!(running.requests.try_recv().is_err());
+    assert_eq!(bed.outbox.transactions() - before, 3);
+    // The clock is synchronized (a reading noticed it): the held rows go out.
+    std::fs::write(&status, "synchronized").unwrap();
+    clock.check();
+    assert_eq!(running.requests(1).await[0].observations, ids(2..6));
+    let (stats_, _) = running.stop().await;
+    assert_eq!(stats_, stats(2, 6, 0, 0));
+    let (counts, _) = bed.close().await;
+    assert_eq!(counts, (0, 6, 0));
 }

@@ -3,12 +3,15 @@
 //! gateway's key). Access tokens are cached until shortly before they expire; after a 401
 //! the uplink asks for a new one once.
 //!
+//! Every token endpoint, configured or discovered, is held to the base URL's rule (no
+//! plain http beyond loopback unless `allow_insecure`): a refused one gets no request.
 //! Secrets, assertions and tokens never appear in logs or error messages.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::describe;
+use crate::net::https;
 use crate::smart::{Alg, SigningKey};
 use crate::uplink::DeliveryError;
 
@@ -67,6 +70,8 @@ pub(super) struct Auth {
     static_token: Option<String>,
     key: Option<SigningKey>,
     token_url: Option<String>,
+    /// `allow_insecure`: a discovered plain-http token endpoint beyond loopback is used.
+    allow_insecure: bool,
     cached: Option<Cached>,
 }
 
@@ -101,12 +106,17 @@ fn keep_for(expires_in: Duration) -> Duration {
 impl Auth {
     /// Loads what the settings need (token file, private key) so that mistakes show at
     /// start.
-    pub(super) fn new(uplink: &str, settings: AuthSettings) -> Result<Self, String> {
+    pub(super) fn new(
+        uplink: &str,
+        settings: AuthSettings,
+        allow_insecure: bool,
+    ) -> Result<Self, String> {
         let mut auth = Self {
             uplink: uplink.into(),
             static_token: None,
             key: None,
             token_url: None,
+            allow_insecure,
             cached: None,
             settings: settings.clone(),
         };
@@ -165,7 +175,7 @@ impl Auth {
         let token_url = match &self.token_url {
             Some(u) => u.clone(),
             None => {
-                let u = discover(client, base_url).await?;
+                let u = discover(client, base_url, self.allow_insecure).await?;
                 self.token_url = Some(u.clone());
                 u
             }
@@ -212,6 +222,11 @@ impl Auth {
             .send()
             .await
             .map_err(|e| transient(format!("token endpoint: {}", describe(&e))))?;
+        if let Some(note) = https::redirect_not_followed(&response) {
+            return Err(transient(format!(
+                "token endpoint: {note}; if the new address is right, set token_url to it"
+            )));
+        }
         let status = response.status();
         let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
         if !status.is_success() {
@@ -238,8 +253,13 @@ impl Auth {
     }
 }
 
-/// Reads `token_endpoint` from `{base}/.well-known/smart-configuration`.
-async fn discover(client: &reqwest::Client, base_url: &str) -> Result<String, DeliveryError> {
+/// Reads `token_endpoint` from `{base}/.well-known/smart-configuration`, and holds it to
+/// the rule of the base URL: the signed assertion goes to it.
+async fn discover(
+    client: &reqwest::Client,
+    base_url: &str,
+    allow_insecure: bool,
+) -> Result<String, DeliveryError> {
     let url = format!(
         "{}/.well-known/smart-configuration",
         base_url.trim_end_matches('/')
@@ -250,13 +270,25 @@ async fn discover(client: &reqwest::Client, base_url: &str) -> Result<String, De
         .send()
         .await
         .map_err(|e| transient(format!("SMART discovery at {url}: {}", describe(&e))))?;
+    if let Some(note) = https::redirect_not_followed(&response) {
+        return Err(transient(format!(
+            "SMART discovery at {url}: {note}; check base_url, or set token_url in [uplinks.smart]"
+        )));
+    }
     let status = response.status();
     let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
-    body["token_endpoint"]
+    let endpoint = body["token_endpoint"]
         .as_str()
         .filter(|_| status.is_success())
         .map(str::to_string)
-        .ok_or_else(|| transient(format!("SMART discovery at {url}: HTTP {status} without token_endpoint; set token_url in [uplinks.smart]")))
+        .ok_or_else(|| transient(format!("SMART discovery at {url}: HTTP {status} without token_endpoint; set token_url in [uplinks.smart]")))?;
+    https::check_credentials_url("the discovered token_endpoint", &endpoint, allow_insecure)
+        .map_err(|e| {
+            transient(format!(
+                "SMART discovery at {url}: {e}. No token was requested; set token_url in [uplinks.smart] to an https:// endpoint"
+            ))
+        })?;
+    Ok(endpoint)
 }
 
 /// An actionable description of a token endpoint's refusal (RFC 6749 error response).

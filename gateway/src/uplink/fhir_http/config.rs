@@ -33,8 +33,9 @@ pub struct RawFhirUplink {
     pub client_cert_file: Option<PathBuf>,
     /// Client private key (PEM, mode 0600) for mutual TLS.
     pub client_key_file: Option<PathBuf>,
-    /// Allow plain `http://` to a host that is not loopback (default false; a warning
-    /// is logged at every start when used).
+    /// Allow plain `http://` to a host that is not loopback, for the base URL and the
+    /// token endpoint (configured or discovered) alike (default false; a warning is
+    /// logged at every start when used).
     #[serde(default)]
     pub allow_insecure: bool,
     /// OAuth2 client credentials.
@@ -47,7 +48,8 @@ pub struct RawFhirUplink {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawOAuth2 {
-    /// The token endpoint.
+    /// The token endpoint (https://, or plain http only to loopback unless
+    /// `allow_insecure`: the client secret goes to it).
     pub token_url: String,
     /// The client id.
     pub client_id: String,
@@ -71,7 +73,8 @@ pub struct RawSmart {
     /// Requested scopes (default `system/Observation.write system/Device.write`).
     #[serde(default = "default_smart_scope")]
     pub scope: String,
-    /// The token endpoint (default: discovered from `{base_url}/.well-known/smart-configuration`).
+    /// The token endpoint (default: discovered from `{base_url}/.well-known/smart-configuration`);
+    /// configured or discovered, held to the rule of `base_url`.
     pub token_url: Option<String>,
 }
 
@@ -99,13 +102,31 @@ pub struct FhirSettings {
     pub client_identity: Option<(PathBuf, PathBuf)>,
     /// Plain http to a host that is not loopback, allowed by `allow_insecure`.
     pub insecure: bool,
+    /// `allow_insecure` as configured: also admits a plain-http token endpoint beyond
+    /// loopback that SMART discovery names.
+    pub allow_insecure: bool,
 }
 
 impl RawFhirUplink {
-    /// Validates the table: the URL rule of [`https::check_url`], the mutual-TLS pair,
-    /// at most one way to authenticate.
+    /// Validates the table: the URL rule of [`https::check_url`] for the base URL and any
+    /// configured token endpoint, the mutual-TLS pair, at most one way to authenticate.
     pub fn validate(&self) -> Result<Settings<FhirSettings>, String> {
         let insecure = https::check_url("base_url", &self.base_url, self.allow_insecure)?;
+        let token_urls = [
+            (
+                "oauth2.token_url",
+                self.oauth2.as_ref().map(|o| &o.token_url),
+            ),
+            (
+                "smart.token_url",
+                self.smart.as_ref().and_then(|s| s.token_url.as_ref()),
+            ),
+        ];
+        for (key, url) in token_urls {
+            if let Some(url) = url {
+                https::check_credentials_url(key, url, self.allow_insecure)?;
+            }
+        }
         let client_identity = client_identity(&self.client_cert_file, &self.client_key_file)?;
         let auth = match (&self.bearer_token_file, &self.oauth2, &self.smart) {
             (None, None, None) => AuthSettings::None,
@@ -137,6 +158,7 @@ impl RawFhirUplink {
                 ca_file: self.ca_file.clone(),
                 client_identity,
                 insecure,
+                allow_insecure: self.allow_insecure,
             },
             name,
         })

@@ -5,7 +5,8 @@
 //! 2xx whose every entry response is 2xx.
 //!
 //! The HTTP client comes from [`crate::net::https`] (system roots plus `ca_file`, mutual
-//! TLS, plain http refused beyond loopback unless `allow_insecure`). Authentication
+//! TLS, plain http refused beyond loopback unless `allow_insecure`, no redirect followed:
+//! a 3xx is a transient failure that keeps the rows queued and says where it pointed). Authentication
 //! (`auth.rs`) is one of: none, a bearer token read from a file (mode 0600, re-read after
 //! a 401 so a rotated token is picked up), OAuth2 client credentials, or SMART Backend
 //! Services (a signed JWT client assertion); access tokens are cached in memory and
@@ -51,11 +52,14 @@ impl std::fmt::Debug for FhirUplink {
 impl FhirUplink {
     /// Creates the uplink (reads the token file, builds the HTTP client).
     pub fn new(settings: FhirSettings) -> Result<Self, UplinkError> {
-        let auth = Auth::new(&settings.name, settings.auth.clone()).map_err(|reason| {
-            UplinkError::Setup {
-                uplink: settings.name.clone(),
-                reason,
-            }
+        let auth = Auth::new(
+            &settings.name,
+            settings.auth.clone(),
+            settings.allow_insecure,
+        )
+        .map_err(|reason| UplinkError::Setup {
+            uplink: settings.name.clone(),
+            reason,
         })?;
         let setup = |reason: String| UplinkError::Setup {
             uplink: settings.name.clone(),
@@ -119,6 +123,16 @@ impl FhirUplink {
             reason: describe(&e),
             retry_after: None,
         })?;
+        if let Some(note) = https::redirect_not_followed(&response) {
+            // Transient: the rows stay queued until the configuration or the server is
+            // put right.
+            return Err(DeliveryError::Transient {
+                reason: format!(
+                    "the FHIR server answered {note}; if the new address is right, set base_url to it"
+                ),
+                retry_after: None,
+            });
+        }
         let status = response.status();
         let retry_after = response
             .headers()

@@ -194,12 +194,17 @@ impl RawMqttUplink {
                 keep_alive: Duration::from_secs(30),
                 batch_size,
                 reconnect_initial: Duration::from_millis(500),
-                reconnect_max: backoff_max,
+                reconnect_max: backoff_max.min(MAX_RECONNECT_DELAY),
             },
             name,
         })
     }
 }
+
+/// The longest delay between the background connection's attempts (before jitter, which
+/// takes up to half of it off): the broker is found again within this long of coming back,
+/// however long it was away.
+pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(4);
 
 #[cfg(test)]
 mod tests {
@@ -239,6 +244,24 @@ mod tests {
             UplinkKind::Mqtt(u) => Ok((**u).clone()),
             _ => Err("not an MQTT uplink".into()),
         }
+    }
+
+    /// A broker back after a 5 minute outage (or any other) is found again within the
+    /// capped delay, whatever `max_backoff_secs` is: the delays the background connection
+    /// waits over 5 minutes of failed attempts never exceed it.
+    #[test]
+    fn the_background_connection_retries_at_least_every_few_seconds() {
+        let u = mqtt_uplink("url = \"mqtt://127.0.0.1\"\nmax_backoff_secs = 3600").unwrap();
+        assert_eq!(u.reconnect_max, MAX_RECONNECT_DELAY);
+        let mut b = iomt_drivers::backoff::Backoff::new(u.reconnect_initial, u.reconnect_max);
+        let (mut waited, mut longest) = (Duration::ZERO, Duration::ZERO);
+        while waited < Duration::from_secs(300) {
+            let d = b.fail_with(None, 1.0);
+            longest = longest.max(d);
+            waited += d;
+        }
+        assert!(longest <= Duration::from_secs(4), "{longest:?}");
+        assert!(b.fail_with(None, 0.0) >= Duration::from_secs(2));
     }
 
     #[test]

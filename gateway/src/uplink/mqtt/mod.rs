@@ -16,8 +16,13 @@
 //!
 //! **Connection.** A clean session (the outbox, not the broker, holds what is not yet
 //! delivered), a client id derived from the gateway's pseudonym unless configured, and a
-//! background task driving rumqttc's event loop that reconnects with capped backoff and
-//! keeps the connection alive between deliveries.
+//! background task driving rumqttc's event loop that keeps the connection alive between
+//! deliveries and reconnects with backoff (from 0.5 s, with jitter, capped at
+//! [`config::MAX_RECONNECT_DELAY`] whatever `max_backoff_secs` is). A delivery that finds
+//! the broker unreachable keeps that connection trying; after a connection lost during a
+//! delivery a fresh one starts trying. Either way [`Uplink::reachable`] tells the delivery
+//! loop when it is up, and the retry comes then, not at the end of the delivery loop's
+//! (longer) backoff: delivery resumes within a few seconds of the broker being back.
 //!
 //! **Security.** `mqtts://` uses TLS (`crate::net::mqtt`, the one place an MQTT connection's
 //! TLS and credentials are set up, for ingest and uplink alike): the broker's
@@ -35,7 +40,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::{DeliveryError, DeliveryFuture, Uplink, UplinkError};
+use super::{DeliveryError, DeliveryFuture, ReachableFuture, Uplink, UplinkError};
 use crate::fhir::Bundle;
 use crate::net;
 pub use config::{check_topic, parse_url, MqttUplinkSettings, PublishMode};
@@ -119,7 +124,10 @@ impl MqttUplink {
         &self.topic
     }
 
-    fn connect(&self) -> Connection {
+    /// A new connection whose background task makes its first attempt after
+    /// `first_delay` (after a lost connection: not at once, so that a broker that drops
+    /// every connection is not hammered).
+    fn connect(&self, first_delay: Duration) -> Connection {
         let s = &self.settings;
         let mut o = MqttOptions::new(&self.client_id, &s.host, s.port);
         o.set_clean_session(true)
@@ -139,6 +147,7 @@ impl MqttUplink {
         let broker = format!("{}:{}", s.host, s.port);
         let mut backoff = iomt_drivers::backoff::Backoff::new(s.reconnect_initial, s.reconnect_max);
         let task = tokio::spawn(async move {
+            tokio::time::sleep(first_delay).await;
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -159,7 +168,7 @@ impl MqttUplink {
                     Ok(_) => {}
                     Err(e) => {
                         let was = connected_tx.send_replace(false);
-                        let delay = backoff.fail();
+                        let delay = backoff.fail_with(None, rand::random::<f64>());
                         let error = net::mqtt::describe_mqtt_error(&e);
                         if was || backoff.failures() == 1 {
                             tracing::warn!(uplink = %name, broker = %broker, error = %error, "MQTT uplink: broker unreachable or connection lost; reconnecting with backoff");
@@ -196,14 +205,14 @@ impl MqttUplink {
         })
     }
 
-    async fn publish_all(&mut self, messages: Vec<Vec<u8>>) -> Result<(), String> {
+    async fn publish_all(&mut self, messages: Vec<Vec<u8>>) -> Result<(), Failure> {
         let deadline = tokio::time::Instant::now() + self.settings.ack_timeout;
         if self.connection.is_none() {
-            self.connection = Some(self.connect());
+            self.connection = Some(self.connect(Duration::ZERO));
         }
         let topic = self.topic.clone();
         let Some(conn) = self.connection.as_mut() else {
-            return Err("no connection".into());
+            return Err(Failure::Unreachable("no connection".into()));
         };
         // Reports of an idle period (a connection loss since recovered) are stale.
         let mut last_down = None;
@@ -223,10 +232,10 @@ impl MqttUplink {
                     last_down = Some(e);
                 }
             }
-            return Err(format!(
+            return Err(Failure::Unreachable(format!(
                 "cannot connect to the broker{}",
                 last_down.map(|e| format!(": {e}")).unwrap_or_default()
-            ));
+            )));
         }
         let total = messages.len();
         let mut outstanding: HashSet<u16> = HashSet::new();
@@ -258,20 +267,20 @@ impl MqttUplink {
                             acked += 1;
                         }
                     }
-                    Some(Report::Down(e)) => return Err(format!("connection lost: {e}")),
-                    None => return Err("the connection task stopped".into()),
+                    Some(Report::Down(e)) => return Err(Failure::Lost(format!("connection lost: {e}"))),
+                    None => return Err(Failure::Other("the connection task stopped".into())),
                 },
                 sent = publish => {
                     if let Some(Err(e)) = sent {
-                        return Err(format!("cannot publish: {e}"));
+                        return Err(Failure::Other(format!("cannot publish: {e}")));
                     }
                     next = to_send.next();
                 }
                 _ = tokio::time::sleep_until(deadline) => {
-                    return Err(format!(
+                    return Err(Failure::Other(format!(
                         "{acked} of {total} messages acknowledged ({published} sent) within {:?}",
                         self.settings.ack_timeout
-                    ));
+                    )));
                 }
             }
         }
@@ -296,9 +305,24 @@ impl Uplink for MqttUplink {
                     tracing::debug!(uplink = %self.settings.name, messages = count, "published and acknowledged");
                     Ok(())
                 }
-                Err(reason) => {
-                    // A fresh connection for the retry: nothing of this attempt lingers.
-                    self.connection = None;
+                Err(failure) => {
+                    let reason = match failure {
+                        // The connection keeps trying (capped backoff with jitter); the
+                        // retry comes once it is up (`reachable`).
+                        Failure::Unreachable(reason) => reason,
+                        // A fresh connection for the retry, so that nothing of this
+                        // attempt lingers, trying from now on.
+                        Failure::Lost(reason) => {
+                            self.connection = Some(self.connect(self.settings.reconnect_initial));
+                            reason
+                        }
+                        // Connected but not acknowledged: a fresh connection at the
+                        // delivery loop's next attempt, timed by its backoff.
+                        Failure::Other(reason) => {
+                            self.connection = None;
+                            reason
+                        }
+                    };
                     Err(DeliveryError::Transient {
                         reason,
                         retry_after: None,
@@ -307,6 +331,30 @@ impl Uplink for MqttUplink {
             }
         })
     }
+
+    fn reachable(&mut self) -> ReachableFuture<'_> {
+        let connected = self.connection.as_ref().map(|c| c.connected.clone());
+        Box::pin(async move {
+            // Only a connection that is down now can come back.
+            if let Some(mut c) = connected.filter(|c| !*c.borrow()) {
+                if c.wait_for(|up| *up).await.is_ok() {
+                    return;
+                }
+            }
+            std::future::pending().await
+        })
+    }
+}
+
+/// Why publishing failed, for what to do with the connection.
+#[derive(Debug)]
+enum Failure {
+    /// The broker could not be reached: the connection keeps trying.
+    Unreachable(String),
+    /// The connection was lost during the delivery.
+    Lost(String),
+    /// Anything else (no acknowledgement in time, the client closed).
+    Other(String),
 }
 
 #[cfg(test)]
