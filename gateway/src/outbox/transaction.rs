@@ -209,6 +209,7 @@ pub(super) fn apply(
     let mut acks = Vec::new();
     let mut evicted = 0;
     let mut ingest_evicted = 0;
+    let mut shrink = false;
     let result = (|| -> Result<(), OutboxError> {
         if read_only {
             for c in controls {
@@ -231,10 +232,7 @@ pub(super) fn apply(
             store.delivered(uplink, rows)?;
         }
         if !deletions.is_empty() {
-            let pages = store.shrink()?;
-            if pages > 0 {
-                tracing::debug!(pages, "outbox: free pages given back after a drain");
-            }
+            shrink = store.shrink_due()?;
         }
         for a in &appends {
             if let Some(device) = a.device.as_ref().filter(|d| !store.has_device(&d.id)) {
@@ -306,6 +304,14 @@ pub(super) fn apply(
         }
         store.commit()
     })();
+    if shrink && result.is_ok() {
+        // After the commit (VACUUM runs outside a transaction); a failure (no room for the
+        // copy) costs nothing but the disk the file keeps until the next drain.
+        match store.shrink() {
+            Ok(pages) => tracing::debug!(pages, "outbox: free pages given back after a drain"),
+            Err(e) => tracing::warn!(error = %e, "outbox: could not give the free pages of a drained backlog back to the file system; the file keeps its size"),
+        }
+    }
     let last_seq = store.next_seq() - 1;
     let error = result.err();
     let mut unstored = Vec::new();
