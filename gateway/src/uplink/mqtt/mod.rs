@@ -32,6 +32,7 @@
 //! every start). A handshake failure is reported with what to configure.
 
 pub mod config;
+mod stream;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -40,10 +41,11 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::{DeliveryError, DeliveryFuture, ReachableFuture, Uplink, UplinkError};
+use super::{AckedFuture, DeliveryError, DeliveryFuture, ReachableFuture, Uplink, UplinkError};
 use crate::fhir::Bundle;
 use crate::net;
 pub use config::{check_topic, parse_url, MqttUplinkSettings, PublishMode};
+use stream::Stream;
 
 /// What the background connection task reports to a delivery.
 #[derive(Debug)]
@@ -77,6 +79,8 @@ pub struct MqttUplink {
     credentials: Option<(String, String)>,
     transport: rumqttc::Transport,
     connection: Option<Connection>,
+    /// Observation mode: the messages sent and not yet acknowledged.
+    stream: Stream,
 }
 
 impl std::fmt::Debug for MqttUplink {
@@ -115,6 +119,7 @@ impl MqttUplink {
             credentials,
             transport,
             connection: None,
+            stream: Stream::default(),
             settings,
         })
     }
@@ -137,10 +142,12 @@ impl MqttUplink {
         if let Some((u, p)) = &self.credentials {
             o.set_credentials(u.clone(), p.clone());
         }
-        let n = s.batch_size.max(1);
+        let n = self.unacknowledged();
+        o.set_inflight(u16::try_from(n).unwrap_or(u16::MAX).max(1));
         let (client, mut eventloop) = AsyncClient::new(o, n + 8);
-        // Each message of one delivery yields at most two reports; a delivery reads them
-        // all before it returns, so the task never waits on a full queue.
+        // Each message waiting for its acknowledgement yields at most two reports; they
+        // are all read before a delivery returns (observation mode: while the window is
+        // full), so the task never waits long on a full queue.
         let (report_tx, reports) = mpsc::channel(2 * n + 16);
         let (connected_tx, connected) = watch::channel(false);
         let name = s.name.clone();
@@ -205,38 +212,23 @@ impl MqttUplink {
         })
     }
 
+    /// Most messages waiting for their acknowledgement at once: a Bundle's in bundle
+    /// mode (one), the window in observation mode (two batches, so that one is fetched
+    /// and sent while the other is acknowledged).
+    fn unacknowledged(&self) -> usize {
+        match self.settings.mode {
+            PublishMode::Bundle => self.settings.batch_size.max(1),
+            PublishMode::Observation => self.settings.batch_size.max(1).saturating_mul(2),
+        }
+    }
+
     async fn publish_all(&mut self, messages: Vec<Vec<u8>>) -> Result<(), Failure> {
         let deadline = tokio::time::Instant::now() + self.settings.ack_timeout;
-        if self.connection.is_none() {
-            self.connection = Some(self.connect(Duration::ZERO));
-        }
+        self.ready(deadline).await?;
         let topic = self.topic.clone();
         let Some(conn) = self.connection.as_mut() else {
             return Err(Failure::Unreachable("no connection".into()));
         };
-        // Reports of an idle period (a connection loss since recovered) are stale.
-        let mut last_down = None;
-        while let Ok(r) = conn.reports.try_recv() {
-            if let Report::Down(e) = r {
-                last_down = Some(e);
-            }
-        }
-        let mut connected = conn.connected.clone();
-        let up = tokio::time::timeout_at(deadline, connected.wait_for(|c| *c))
-            .await
-            .is_ok_and(|r| r.is_ok());
-        if !up {
-            // The attempts made while waiting say why.
-            while let Ok(r) = conn.reports.try_recv() {
-                if let Report::Down(e) = r {
-                    last_down = Some(e);
-                }
-            }
-            return Err(Failure::Unreachable(format!(
-                "cannot connect to the broker{}",
-                last_down.map(|e| format!(": {e}")).unwrap_or_default()
-            )));
-        }
         let total = messages.len();
         let mut outstanding: HashSet<u16> = HashSet::new();
         let (mut published, mut acked) = (0usize, 0usize);
@@ -286,6 +278,68 @@ impl MqttUplink {
         }
         Ok(())
     }
+
+    /// What a failure means for the connection, and for the delivery loop. Whatever
+    /// waited for its acknowledgement is lost.
+    fn fail(&mut self, failure: Failure) -> DeliveryError {
+        self.stream = Stream::default();
+        let reason = match failure {
+            // The connection keeps trying (capped backoff with jitter); the retry comes
+            // once it is up (`reachable`).
+            Failure::Unreachable(reason) => reason,
+            // A fresh connection for the retry, so that nothing of this attempt lingers,
+            // trying from now on.
+            Failure::Lost(reason) => {
+                self.connection = Some(self.connect(self.settings.reconnect_initial));
+                reason
+            }
+            // Connected but not acknowledged: a fresh connection at the delivery loop's
+            // next attempt, timed by its backoff.
+            Failure::Other(reason) => {
+                self.connection = None;
+                reason
+            }
+        };
+        DeliveryError::Transient {
+            reason,
+            retry_after: None,
+        }
+    }
+
+    /// Publishing with nothing waiting for its acknowledgement, or from a failure:
+    /// connects if there is no connection, waits for it until `deadline`.
+    async fn ready(&mut self, deadline: tokio::time::Instant) -> Result<(), Failure> {
+        if self.connection.is_none() {
+            self.connection = Some(self.connect(Duration::ZERO));
+        }
+        let Some(conn) = self.connection.as_mut() else {
+            return Err(Failure::Unreachable("no connection".into()));
+        };
+        // Reports of an idle period (a connection loss since recovered) are stale.
+        let mut last_down = None;
+        while let Ok(r) = conn.reports.try_recv() {
+            if let Report::Down(e) = r {
+                last_down = Some(e);
+            }
+        }
+        let mut connected = conn.connected.clone();
+        let up = tokio::time::timeout_at(deadline, connected.wait_for(|c| *c))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !up {
+            // The attempts made while waiting say why.
+            while let Ok(r) = conn.reports.try_recv() {
+                if let Report::Down(e) = r {
+                    last_down = Some(e);
+                }
+            }
+            return Err(Failure::Unreachable(format!(
+                "cannot connect to the broker{}",
+                last_down.map(|e| format!(": {e}")).unwrap_or_default()
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Uplink for MqttUplink {
@@ -305,31 +359,24 @@ impl Uplink for MqttUplink {
                     tracing::debug!(uplink = %self.settings.name, messages = count, "published and acknowledged");
                     Ok(())
                 }
-                Err(failure) => {
-                    let reason = match failure {
-                        // The connection keeps trying (capped backoff with jitter); the
-                        // retry comes once it is up (`reachable`).
-                        Failure::Unreachable(reason) => reason,
-                        // A fresh connection for the retry, so that nothing of this
-                        // attempt lingers, trying from now on.
-                        Failure::Lost(reason) => {
-                            self.connection = Some(self.connect(self.settings.reconnect_initial));
-                            reason
-                        }
-                        // Connected but not acknowledged: a fresh connection at the
-                        // delivery loop's next attempt, timed by its backoff.
-                        Failure::Other(reason) => {
-                            self.connection = None;
-                            reason
-                        }
-                    };
-                    Err(DeliveryError::Transient {
-                        reason,
-                        retry_after: None,
-                    })
-                }
+                Err(failure) => Err(self.fail(failure)),
             }
         })
+    }
+
+    fn window(&self) -> Option<usize> {
+        (self.settings.mode == PublishMode::Observation).then(|| self.unacknowledged())
+    }
+
+    fn send<'a>(&'a mut self, bundle: &'a Bundle) -> DeliveryFuture<'a> {
+        Box::pin(async move {
+            let messages = self.messages(bundle)?;
+            self.send_window(messages).await.map_err(|f| self.fail(f))
+        })
+    }
+
+    fn acked(&mut self) -> AckedFuture<'_> {
+        Box::pin(async move { self.acked_window().await.map_err(|f| self.fail(f)) })
     }
 
     fn reachable(&mut self) -> ReachableFuture<'_> {

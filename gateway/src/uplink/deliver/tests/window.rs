@@ -106,7 +106,11 @@ impl Uplink for Windowed {
     }
 }
 
-fn windowed(bed: &Bed, window: usize, fail_at: Option<usize>) -> (super::Running, Arc<Mutex<Seen>>) {
+fn windowed(
+    bed: &Bed,
+    window: usize,
+    fail_at: Option<usize>,
+) -> (super::Running, Arc<Mutex<Seen>>) {
     let (tx, requests) = mpsc::unbounded_channel();
     let seen = Arc::new(Mutex::new(Seen {
         fail_at,
