@@ -212,12 +212,13 @@ impl MqttUplink {
         })
     }
 
-    /// Most messages waiting for their acknowledgement at once: a Bundle's in bundle
-    /// mode (one), the window in observation mode (two batches, so that one is fetched
-    /// and sent while the other is acknowledged).
+    /// Most messages waiting for their acknowledgement at once, which sizes rumqttc's
+    /// in-flight state and request queue and the report queue: one in bundle mode (one
+    /// message per delivery), the window in observation mode (two batches, so that one
+    /// is fetched and sent while the other is acknowledged).
     fn unacknowledged(&self) -> usize {
         match self.settings.mode {
-            PublishMode::Bundle => self.settings.batch_size.max(1),
+            PublishMode::Bundle => 1,
             PublishMode::Observation => self.settings.batch_size.max(1).saturating_mul(2),
         }
     }
