@@ -8,6 +8,10 @@
 //!
 //! **Delete after delivery.** [`Uplink::deliver`] returns `Ok` only once the broker has
 //! PUBACKed every message of the Bundle; the delivery loop then marks the rows delivered.
+//! In observation mode the uplink has a window ([`Uplink::window`], two batches): the
+//! delivery loop hands it rows while the window has room and marks each row delivered as
+//! its PUBACK arrives (`stream.rs`), so a batch does not wait for the last PUBACK of the
+//! one before.
 //! A lost connection or a missing PUBACK within `ack_timeout` is a transient failure:
 //! the connection is dropped (so no acknowledgement of an earlier attempt can be mistaken
 //! for one of the retry) and the delivery loop retries with its capped backoff, on a new
@@ -202,7 +206,13 @@ impl MqttUplink {
             retry_after: None,
         };
         Ok(match self.settings.mode {
-            PublishMode::Bundle => vec![serde_json::to_vec(bundle).map_err(encode)?],
+            PublishMode::Bundle => {
+                // Sized once: grown by doubling, the buffer of a large Bundle would take
+                // up to twice its size, and copies on the way.
+                let mut json = Vec::with_capacity(encoded_len(bundle));
+                serde_json::to_writer(&mut json, bundle).map_err(encode)?;
+                vec![json]
+            }
             PublishMode::Observation => bundle
                 .entry
                 .iter()
@@ -394,6 +404,18 @@ impl Uplink for MqttUplink {
     }
 }
 
+/// About the length of `bundle` as JSON: its resources and request fields, and the keys
+/// around them.
+fn encoded_len(bundle: &Bundle) -> usize {
+    bundle.entry.iter().fold(64, |n, e| {
+        n.saturating_add(e.resource.get().len())
+            .saturating_add(e.full_url.len())
+            .saturating_add(e.request.url.len())
+            .saturating_add(e.request.if_none_exist.as_ref().map_or(0, String::len))
+            .saturating_add(96)
+    })
+}
+
 /// Why publishing failed, for what to do with the connection.
 #[derive(Debug)]
 enum Failure {
@@ -427,6 +449,45 @@ mod tests {
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(1),
         }
+    }
+
+    #[test]
+    fn a_bundle_is_encoded_into_a_buffer_sized_once() {
+        let raw = |t: &str| serde_json::value::RawValue::from_string(t.into()).unwrap();
+        let devices = std::collections::HashMap::from([(
+            "dev-1".to_string(),
+            raw(r#"{"resourceType":"Device","id":"dev-1"}"#),
+        )]);
+        let json: Vec<Box<serde_json::value::RawValue>> = (0..50)
+            .map(|i| {
+                raw(&format!(
+                    r#"{{"resourceType":"Observation","id":"obs-{i}"}}"#
+                ))
+            })
+            .collect();
+        let ids: Vec<String> = (0..50).map(|i| format!("obs-{i}")).collect();
+        let identifiers: Vec<String> = (0..50)
+            .map(|i| format!("urn:ietf:rfc:3986|urn:uuid:obs-{i}"))
+            .collect();
+        let items: Vec<crate::uplink::bundle::Item<'_>> = (0..50)
+            .map(|i| crate::uplink::bundle::Item {
+                row: i,
+                id: &ids[i],
+                identifier: Some(&identifiers[i]),
+                device_id: "dev-1",
+                json: &json[i],
+            })
+            .collect();
+        let gateway = raw(r#"{"resourceType":"Device","id":"gw"}"#);
+        let built = crate::uplink::bundle::build(("gw", &gateway), &devices, &items);
+        let u = MqttUplink::new(settings(false), "0123456789abcdef0123").unwrap();
+        let message = u.messages(&built.bundle).unwrap().remove(0);
+        assert_eq!(message, serde_json::to_vec(&built.bundle).unwrap());
+        assert!(message.len() <= encoded_len(&built.bundle));
+        assert!(
+            message.capacity() == encoded_len(&built.bundle),
+            "the buffer grew"
+        );
     }
 
     #[test]
