@@ -9,6 +9,8 @@
 //!   takes at most `max_in_flight` messages.
 //! - The cloud broker of the MQTT uplink away for 30 s: delivery resumes within seconds
 //!   of its return, every Observation once.
+//! - Observation mode under load (a window of unacknowledged messages): every reading at
+//!   the cloud broker once.
 
 mod common;
 #[path = "common/mqtt_proxy.rs"]
@@ -308,4 +310,44 @@ fn the_mqtt_uplink_delivers_again_within_seconds_of_the_cloud_broker_coming_back
         "each Observation once; received again at positions {twice:?}"
     );
     assert_eq!(sink(&kit), (200, 0));
+}
+
+/// Observation mode under load: the uplink keeps a window of unacknowledged messages
+/// (each row marked delivered on its PUBACK, more rows fetched while others wait), and
+/// every reading reaches the cloud broker exactly once.
+#[test]
+fn observation_mode_under_load_delivers_every_reading_once() {
+    const N: u32 = 5000;
+    let mut kit = Kit::new();
+    let broker = Mosquitto::start(&kit.path("broker"), "max_queued_messages 1000000\n").unwrap();
+    let cloud = Mosquitto::start(&kit.path("cloud"), "max_queued_messages 1000000\n").unwrap();
+    let collector = kit
+        .rt
+        .block_on(Collector::start(cloud.port(), "cloud-subscriber", "fhir/#"));
+    let uplink = format!(
+        "\n[[uplinks]]\nkind = \"mqtt\"\nname = \"cloud\"\nurl = \"mqtt://127.0.0.1:{}\"\ntopic = \"fhir/{{gateway}}/observations\"\nmode = \"observation\"\nbatch_size = 100\ntimeout_secs = 10\n",
+        cloud.port()
+    );
+    let config = config(&kit, broker.port(), 64, &uplink);
+    let (mut child, log) = kit.start(&config);
+    wait_logged(
+        &mut child,
+        &log,
+        "the gateway to connect",
+        "connected to the MQTT broker",
+    );
+    publish_in_background(broker.port(), N).join().unwrap();
+    common::wait_until(
+        Duration::from_secs(120),
+        "every reading at the cloud",
+        || received(&collector).0 >= N as usize,
+    );
+    common::wait_until(Duration::from_secs(30), "the outbox empty", || {
+        kit.try_outbox_status().ok().is_some_and(|s| {
+            s["rows"] == 0 && common::uplink_named(&s, "cloud").is_some_and(|u| u["delivered"] == N)
+        })
+    });
+    sigterm_and_wait(child, &log);
+    assert_eq!(received(&collector), (N as usize, N as usize));
+    assert_eq!(sink(&kit), (N as usize, 0));
 }

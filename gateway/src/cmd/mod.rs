@@ -32,11 +32,28 @@ fn default_profiles_dir() -> PathBuf {
 
 /// The daemon's and the demo's runtime: two worker threads.
 fn runtime() -> Result<tokio::runtime::Runtime> {
+    limit_malloc_arenas();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")
+}
+
+/// glibc's allocator gives each thread that allocates its own arena (up to 8 per core),
+/// and each arena keeps what it freed: under load, the daemon's few threads held about
+/// twice the memory in use (the MQTT round-trip benchmark: 23 MB resident in arenas for
+/// 5 MB allocated). One arena, set before the runtime's threads start, unless
+/// `MALLOC_ARENA_MAX` says otherwise.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: `mallopt` only sets a tunable of the allocator; called before the
+        // runtime's threads exist.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -414,9 +414,22 @@ impl Outbox {
 
     /// Up to `limit` rows waiting for `uplink`, oldest first, opened.
     pub async fn fetch(&self, uplink: &str, limit: usize) -> Result<Fetched, OutboxError> {
+        self.fetch_after(uplink, 0, limit).await
+    }
+
+    /// Up to `limit` rows waiting for `uplink` with a seq above `after` (rows sent and
+    /// still waiting for their acknowledgement are not fetched again), oldest first,
+    /// opened.
+    pub async fn fetch_after(
+        &self,
+        uplink: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Fetched, OutboxError> {
         let (rows, damaged, devices) = self
             .call(|reply| Control::Fetch {
                 uplink: uplink.into(),
+                after,
                 limit,
                 reply,
             })

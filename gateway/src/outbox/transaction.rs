@@ -20,6 +20,7 @@ pub(super) type Reply<T> = oneshot::Sender<Result<T, OutboxError>>;
 pub(super) enum Control {
     Fetch {
         uplink: String,
+        after: i64,
         limit: usize,
         reply: Reply<FetchedRows>,
     },
@@ -214,8 +215,13 @@ pub(super) fn apply(
         if read_only {
             for c in controls {
                 let r = match &c {
-                    Control::Fetch { uplink, limit, .. } => store
-                        .fetch(uplink, 0, *limit, skip.get(uplink))
+                    Control::Fetch {
+                        uplink,
+                        after,
+                        limit,
+                        ..
+                    } => store
+                        .fetch(uplink, *after, *limit, skip.get(uplink))
                         .map(ControlResult::Fetched),
                     Control::Status { configured, .. } => store
                         .status(configured)
@@ -244,8 +250,13 @@ pub(super) fn apply(
         }
         for c in controls {
             let r = match &c {
-                Control::Fetch { uplink, limit, .. } => store
-                    .fetch(uplink, 0, *limit, skip.get(uplink))
+                Control::Fetch {
+                    uplink,
+                    after,
+                    limit,
+                    ..
+                } => store
+                    .fetch(uplink, *after, *limit, skip.get(uplink))
                     .map(ControlResult::Fetched),
                 Control::Delivered { uplink, rows, .. } => {
                     store.delivered(uplink, rows).map(|_| ControlResult::Done)

@@ -55,6 +55,7 @@ use crate::outbox::{Fetched, Outbox, PendingRow};
 pub mod plan;
 #[cfg(test)]
 mod tests;
+mod window;
 
 use plan::{Next, Pass, Phase, Step};
 
@@ -265,21 +266,7 @@ impl Loop<'_> {
 
     /// Sends `rows` as one Bundle and decides, from the answer, what follows.
     async fn send(&mut self, fetched: &Fetched, rows: &[&PendingRow]) -> Step {
-        let items: Vec<bundle::Item<'_>> = rows
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| {
-                r.observation.as_ref().ok().map(|o| bundle::Item {
-                    row: i,
-                    id: &o.id,
-                    identifier: o.identifier.as_deref(),
-                    device_id: &r.device_id,
-                    json: &o.json,
-                })
-            })
-            .collect();
-        let gateway = &self.gateway[usize::from(!self.clock.synchronized())];
-        let built = bundle::build((gateway.0.as_str(), &gateway.1), &fetched.devices, &items);
+        let built = self.build(fetched, rows);
         // Only the wait for the server is abandoned at the shutdown deadline; once it has
         // answered, what follows (marking rows delivered) always runs to the end.
         let answer = tokio::select! {
@@ -294,6 +281,25 @@ impl Loop<'_> {
             plan::after_answer(rows.len(), &built.rows_of_entries, answer),
             &built.duplicates,
         )
+    }
+
+    /// The Bundle of `rows` (indexes into `rows` in [`bundle::Built`]).
+    fn build(&self, fetched: &Fetched, rows: &[&PendingRow]) -> bundle::Built {
+        let items: Vec<bundle::Item<'_>> = rows
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                r.observation.as_ref().ok().map(|o| bundle::Item {
+                    row: i,
+                    id: &o.id,
+                    identifier: o.identifier.as_deref(),
+                    device_id: &r.device_id,
+                    json: &o.json,
+                })
+            })
+            .collect();
+        let gateway = &self.gateway[usize::from(!self.clock.synchronized())];
+        bundle::build((gateway.0.as_str(), &gateway.1), &fetched.devices, &items)
     }
 }
 
@@ -353,12 +359,16 @@ pub async fn run(
         abandon: abandon.clone(),
     };
     let batch = settings.batch_size.max(1);
+    let window = l.uplink.window();
     while !cancel.is_cancelled() {
         committed.borrow_and_update();
         clock_changes.borrow_and_update();
         // A pass is never abandoned half-way: a Bundle the server acknowledged must be
         // marked delivered. Each request is bounded by the uplink's timeout.
-        let outcome = l.pass(batch).await;
+        let outcome = match window {
+            Some(window) => l.stream(batch, window, &cancel).await,
+            None => l.pass(batch).await,
+        };
         let jitter = rand::thread_rng().gen::<f64>();
         match plan::next(&outcome, Phase::Running, &mut backoff, jitter) {
             Next::FetchAgain { after_failures } => {
@@ -399,8 +409,12 @@ pub async fn run(
         }
     }
     // Last pass: deliver what is committed, within what is left of the deadline.
+    let never = CancellationToken::new();
     while !abandon.is_cancelled() {
-        let outcome = l.pass(batch).await;
+        let outcome = match window {
+            Some(window) => l.stream(batch, window, &never).await,
+            None => l.pass(batch).await,
+        };
         match plan::next(&outcome, Phase::Draining, &mut backoff, 0.0) {
             Next::FetchAgain { .. } => continue,
             _ => {

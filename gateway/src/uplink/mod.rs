@@ -122,7 +122,39 @@ pub trait Uplink: Send {
     fn reachable(&mut self) -> ReachableFuture<'_> {
         Box::pin(std::future::pending())
     }
+
+    /// For an uplink whose destination acknowledges each Observation on its own (the MQTT
+    /// uplink in observation mode): how many Observations may wait for their
+    /// acknowledgement at once. The delivery loop then keeps that window full through
+    /// [`Uplink::send`] and [`Uplink::acked`], marking rows delivered as their
+    /// acknowledgements arrive, instead of waiting for whole Bundles through
+    /// [`Uplink::deliver`]. `None` (the default): whole Bundles.
+    fn window(&self) -> Option<usize> {
+        None
+    }
+
+    /// With a [`Uplink::window`]: hands the Observations of `bundle` (its `Observation`
+    /// entries, in order) to the destination without waiting for their acknowledgements.
+    /// `Err`: none of the Observations still waiting will be acknowledged; they are sent
+    /// again. By default it fails: an uplink with a window implements it.
+    fn send<'a>(&'a mut self, _bundle: &'a Bundle) -> DeliveryFuture<'a> {
+        Box::pin(std::future::ready(Err(DeliveryError::Transient {
+            reason: "this uplink sends whole Bundles only".into(),
+            retry_after: None,
+        })))
+    }
+
+    /// With a [`Uplink::window`]: resolves with how many more of the Observations sent,
+    /// oldest first, the destination has acknowledged (at least one). `Err`: the
+    /// connection was lost or an acknowledgement did not come in time; none of the
+    /// Observations still waiting will be acknowledged. By default it never resolves.
+    fn acked(&mut self) -> AckedFuture<'_> {
+        Box::pin(std::future::pending())
+    }
 }
+
+/// A boxed future of [`Uplink::acked`].
+pub type AckedFuture<'a> = Pin<Box<dyn Future<Output = Result<usize, DeliveryError>> + Send + 'a>>;
 
 /// A boxed future of [`Uplink::reachable`].
 pub type ReachableFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;

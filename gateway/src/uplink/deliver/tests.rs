@@ -17,6 +17,8 @@ use crate::outbox::seal::Keyring;
 use crate::outbox::{read_dead_letters, read_status, Append, Outbox, OutboxSettings, WhenFull};
 use crate::uplink::{DeliveryError, DeliveryFuture, Uplink};
 
+mod window;
+
 const KEY: [u8; 32] = [7; 32];
 const UPLINK: &str = "fhir";
 
@@ -194,6 +196,21 @@ impl Bed {
     /// [`Bed::start`] with the gateway's clock.
     fn start_with_clock(&self, answer: Responder, clock: Option<Arc<Clock>>) -> Running {
         let (tx, requests) = mpsc::unbounded_channel();
+        let uplink = Box::new(Scripted {
+            answer,
+            requests: tx,
+        });
+        self.start_uplink(uplink, requests, clock)
+    }
+
+    /// Starts the delivery loop over the outbox with `uplink`, which reports its requests
+    /// to `requests`.
+    fn start_uplink(
+        &self,
+        uplink: Box<dyn Uplink>,
+        requests: mpsc::UnboundedReceiver<Request>,
+        clock: Option<Arc<Clock>>,
+    ) -> Running {
         let cancel = CancellationToken::new();
         let settings = DeliverySettings {
             batch_size: 100,
@@ -202,10 +219,6 @@ impl Bed {
             drain_deadline: Duration::from_secs(2),
             clock,
         };
-        let uplink = Box::new(Scripted {
-            answer,
-            requests: tx,
-        });
         let task = tokio::spawn(run(
             self.outbox.clone(),
             uplink,

@@ -8,6 +8,10 @@
 //!
 //! **Delete after delivery.** [`Uplink::deliver`] returns `Ok` only once the broker has
 //! PUBACKed every message of the Bundle; the delivery loop then marks the rows delivered.
+//! In observation mode the uplink has a window ([`Uplink::window`], two batches): the
+//! delivery loop hands it rows while the window has room and marks each row delivered as
+//! its PUBACK arrives (`stream.rs`), so a batch does not wait for the last PUBACK of the
+//! one before.
 //! A lost connection or a missing PUBACK within `ack_timeout` is a transient failure:
 //! the connection is dropped (so no acknowledgement of an earlier attempt can be mistaken
 //! for one of the retry) and the delivery loop retries with its capped backoff, on a new
@@ -32,6 +36,7 @@
 //! every start). A handshake failure is reported with what to configure.
 
 pub mod config;
+mod stream;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -40,10 +45,11 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::{DeliveryError, DeliveryFuture, ReachableFuture, Uplink, UplinkError};
+use super::{AckedFuture, DeliveryError, DeliveryFuture, ReachableFuture, Uplink, UplinkError};
 use crate::fhir::Bundle;
 use crate::net;
 pub use config::{check_topic, parse_url, MqttUplinkSettings, PublishMode};
+use stream::Stream;
 
 /// What the background connection task reports to a delivery.
 #[derive(Debug)]
@@ -77,6 +83,8 @@ pub struct MqttUplink {
     credentials: Option<(String, String)>,
     transport: rumqttc::Transport,
     connection: Option<Connection>,
+    /// Observation mode: the messages sent and not yet acknowledged.
+    stream: Stream,
 }
 
 impl std::fmt::Debug for MqttUplink {
@@ -115,6 +123,7 @@ impl MqttUplink {
             credentials,
             transport,
             connection: None,
+            stream: Stream::default(),
             settings,
         })
     }
@@ -137,10 +146,12 @@ impl MqttUplink {
         if let Some((u, p)) = &self.credentials {
             o.set_credentials(u.clone(), p.clone());
         }
-        let n = s.batch_size.max(1);
+        let n = self.unacknowledged();
+        o.set_inflight(u16::try_from(n).unwrap_or(u16::MAX).max(1));
         let (client, mut eventloop) = AsyncClient::new(o, n + 8);
-        // Each message of one delivery yields at most two reports; a delivery reads them
-        // all before it returns, so the task never waits on a full queue.
+        // Each message waiting for its acknowledgement yields at most two reports; they
+        // are all read before a delivery returns (observation mode: while the window is
+        // full), so the task never waits long on a full queue.
         let (report_tx, reports) = mpsc::channel(2 * n + 16);
         let (connected_tx, connected) = watch::channel(false);
         let name = s.name.clone();
@@ -195,7 +206,13 @@ impl MqttUplink {
             retry_after: None,
         };
         Ok(match self.settings.mode {
-            PublishMode::Bundle => vec![serde_json::to_vec(bundle).map_err(encode)?],
+            PublishMode::Bundle => {
+                // Sized once: grown by doubling, the buffer of a large Bundle would take
+                // up to twice its size, and copies on the way.
+                let mut json = Vec::with_capacity(encoded_len(bundle));
+                serde_json::to_writer(&mut json, bundle).map_err(encode)?;
+                vec![json]
+            }
             PublishMode::Observation => bundle
                 .entry
                 .iter()
@@ -205,38 +222,24 @@ impl MqttUplink {
         })
     }
 
+    /// Most messages waiting for their acknowledgement at once, which sizes rumqttc's
+    /// in-flight state and request queue and the report queue: one in bundle mode (one
+    /// message per delivery), the window in observation mode (two batches, so that one
+    /// is fetched and sent while the other is acknowledged).
+    fn unacknowledged(&self) -> usize {
+        match self.settings.mode {
+            PublishMode::Bundle => 1,
+            PublishMode::Observation => self.settings.batch_size.max(1).saturating_mul(2),
+        }
+    }
+
     async fn publish_all(&mut self, messages: Vec<Vec<u8>>) -> Result<(), Failure> {
         let deadline = tokio::time::Instant::now() + self.settings.ack_timeout;
-        if self.connection.is_none() {
-            self.connection = Some(self.connect(Duration::ZERO));
-        }
+        self.ready(deadline).await?;
         let topic = self.topic.clone();
         let Some(conn) = self.connection.as_mut() else {
             return Err(Failure::Unreachable("no connection".into()));
         };
-        // Reports of an idle period (a connection loss since recovered) are stale.
-        let mut last_down = None;
-        while let Ok(r) = conn.reports.try_recv() {
-            if let Report::Down(e) = r {
-                last_down = Some(e);
-            }
-        }
-        let mut connected = conn.connected.clone();
-        let up = tokio::time::timeout_at(deadline, connected.wait_for(|c| *c))
-            .await
-            .is_ok_and(|r| r.is_ok());
-        if !up {
-            // The attempts made while waiting say why.
-            while let Ok(r) = conn.reports.try_recv() {
-                if let Report::Down(e) = r {
-                    last_down = Some(e);
-                }
-            }
-            return Err(Failure::Unreachable(format!(
-                "cannot connect to the broker{}",
-                last_down.map(|e| format!(": {e}")).unwrap_or_default()
-            )));
-        }
         let total = messages.len();
         let mut outstanding: HashSet<u16> = HashSet::new();
         let (mut published, mut acked) = (0usize, 0usize);
@@ -286,6 +289,68 @@ impl MqttUplink {
         }
         Ok(())
     }
+
+    /// What a failure means for the connection, and for the delivery loop. Whatever
+    /// waited for its acknowledgement is lost.
+    fn fail(&mut self, failure: Failure) -> DeliveryError {
+        self.stream = Stream::default();
+        let reason = match failure {
+            // The connection keeps trying (capped backoff with jitter); the retry comes
+            // once it is up (`reachable`).
+            Failure::Unreachable(reason) => reason,
+            // A fresh connection for the retry, so that nothing of this attempt lingers,
+            // trying from now on.
+            Failure::Lost(reason) => {
+                self.connection = Some(self.connect(self.settings.reconnect_initial));
+                reason
+            }
+            // Connected but not acknowledged: a fresh connection at the delivery loop's
+            // next attempt, timed by its backoff.
+            Failure::Other(reason) => {
+                self.connection = None;
+                reason
+            }
+        };
+        DeliveryError::Transient {
+            reason,
+            retry_after: None,
+        }
+    }
+
+    /// Publishing with nothing waiting for its acknowledgement, or from a failure:
+    /// connects if there is no connection, waits for it until `deadline`.
+    async fn ready(&mut self, deadline: tokio::time::Instant) -> Result<(), Failure> {
+        if self.connection.is_none() {
+            self.connection = Some(self.connect(Duration::ZERO));
+        }
+        let Some(conn) = self.connection.as_mut() else {
+            return Err(Failure::Unreachable("no connection".into()));
+        };
+        // Reports of an idle period (a connection loss since recovered) are stale.
+        let mut last_down = None;
+        while let Ok(r) = conn.reports.try_recv() {
+            if let Report::Down(e) = r {
+                last_down = Some(e);
+            }
+        }
+        let mut connected = conn.connected.clone();
+        let up = tokio::time::timeout_at(deadline, connected.wait_for(|c| *c))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !up {
+            // The attempts made while waiting say why.
+            while let Ok(r) = conn.reports.try_recv() {
+                if let Report::Down(e) = r {
+                    last_down = Some(e);
+                }
+            }
+            return Err(Failure::Unreachable(format!(
+                "cannot connect to the broker{}",
+                last_down.map(|e| format!(": {e}")).unwrap_or_default()
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Uplink for MqttUplink {
@@ -305,31 +370,24 @@ impl Uplink for MqttUplink {
                     tracing::debug!(uplink = %self.settings.name, messages = count, "published and acknowledged");
                     Ok(())
                 }
-                Err(failure) => {
-                    let reason = match failure {
-                        // The connection keeps trying (capped backoff with jitter); the
-                        // retry comes once it is up (`reachable`).
-                        Failure::Unreachable(reason) => reason,
-                        // A fresh connection for the retry, so that nothing of this
-                        // attempt lingers, trying from now on.
-                        Failure::Lost(reason) => {
-                            self.connection = Some(self.connect(self.settings.reconnect_initial));
-                            reason
-                        }
-                        // Connected but not acknowledged: a fresh connection at the
-                        // delivery loop's next attempt, timed by its backoff.
-                        Failure::Other(reason) => {
-                            self.connection = None;
-                            reason
-                        }
-                    };
-                    Err(DeliveryError::Transient {
-                        reason,
-                        retry_after: None,
-                    })
-                }
+                Err(failure) => Err(self.fail(failure)),
             }
         })
+    }
+
+    fn window(&self) -> Option<usize> {
+        (self.settings.mode == PublishMode::Observation).then(|| self.unacknowledged())
+    }
+
+    fn send<'a>(&'a mut self, bundle: &'a Bundle) -> DeliveryFuture<'a> {
+        Box::pin(async move {
+            let messages = self.messages(bundle)?;
+            self.send_window(messages).await.map_err(|f| self.fail(f))
+        })
+    }
+
+    fn acked(&mut self) -> AckedFuture<'_> {
+        Box::pin(async move { self.acked_window().await.map_err(|f| self.fail(f)) })
     }
 
     fn reachable(&mut self) -> ReachableFuture<'_> {
@@ -344,6 +402,18 @@ impl Uplink for MqttUplink {
             std::future::pending().await
         })
     }
+}
+
+/// About the length of `bundle` as JSON: its resources and request fields, and the keys
+/// around them.
+fn encoded_len(bundle: &Bundle) -> usize {
+    bundle.entry.iter().fold(64, |n, e| {
+        n.saturating_add(e.resource.get().len())
+            .saturating_add(e.full_url.len())
+            .saturating_add(e.request.url.len())
+            .saturating_add(e.request.if_none_exist.as_ref().map_or(0, String::len))
+            .saturating_add(96)
+    })
 }
 
 /// Why publishing failed, for what to do with the connection.
@@ -379,6 +449,45 @@ mod tests {
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(1),
         }
+    }
+
+    #[test]
+    fn a_bundle_is_encoded_into_a_buffer_sized_once() {
+        let raw = |t: &str| serde_json::value::RawValue::from_string(t.into()).unwrap();
+        let devices = std::collections::HashMap::from([(
+            "dev-1".to_string(),
+            raw(r#"{"resourceType":"Device","id":"dev-1"}"#),
+        )]);
+        let json: Vec<Box<serde_json::value::RawValue>> = (0..50)
+            .map(|i| {
+                raw(&format!(
+                    r#"{{"resourceType":"Observation","id":"obs-{i}"}}"#
+                ))
+            })
+            .collect();
+        let ids: Vec<String> = (0..50).map(|i| format!("obs-{i}")).collect();
+        let identifiers: Vec<String> = (0..50)
+            .map(|i| format!("urn:ietf:rfc:3986|urn:uuid:obs-{i}"))
+            .collect();
+        let items: Vec<crate::uplink::bundle::Item<'_>> = (0..50)
+            .map(|i| crate::uplink::bundle::Item {
+                row: i,
+                id: &ids[i],
+                identifier: Some(&identifiers[i]),
+                device_id: "dev-1",
+                json: &json[i],
+            })
+            .collect();
+        let gateway = raw(r#"{"resourceType":"Device","id":"gw"}"#);
+        let built = crate::uplink::bundle::build(("gw", &gateway), &devices, &items);
+        let u = MqttUplink::new(settings(false), "0123456789abcdef0123").unwrap();
+        let message = u.messages(&built.bundle).unwrap().remove(0);
+        assert_eq!(message, serde_json::to_vec(&built.bundle).unwrap());
+        assert!(message.len() <= encoded_len(&built.bundle));
+        assert!(
+            message.capacity() == encoded_len(&built.bundle),
+            "the buffer grew"
+        );
     }
 
     #[test]
