@@ -49,5 +49,9 @@ pub(crate) fn systemd_hooks() -> daemon::Hooks {
             ])
         })),
         alive,
+        // systemctl status shows the health model's one-line summary.
+        status: Some(Box::new(|line: &str| {
+            notify_systemd(&[sd_notify::NotifyState::Status(line)])
+        })),
     }
 }

@@ -49,6 +49,7 @@ use serde_json::value::RawValue;
 
 use crate::clock::{hold, Clock, ClockSettings, ClockSource, Release};
 use crate::fhir::Device;
+use crate::health::Health;
 use crate::normalize::set_clock_synchronized;
 use crate::outbox::{Fetched, Outbox, PendingRow};
 
@@ -75,6 +76,9 @@ pub struct DeliverySettings {
     /// corrected or marked (`clock::hold`), and its transitions wake the loop. `None`:
     /// the clock is assumed synchronized.
     pub clock: Option<Arc<Clock>>,
+    /// The kit's health model, told of deliveries, failures and dead letters (`None`:
+    /// not reported).
+    pub health: Option<Health>,
 }
 
 /// Counters of one uplink's loop.
@@ -103,6 +107,7 @@ struct Loop<'a> {
     stats: DeliveryStats,
     /// Fires when the shutdown deadline has passed: requests still waiting are abandoned.
     abandon: CancellationToken,
+    health: Option<&'a Health>,
 }
 
 /// An outbox failure, for the loop: retried like a transient delivery failure.
@@ -156,6 +161,9 @@ impl Loop<'_> {
                         .map_err(outbox_failed)?;
                     self.stats.bundles += 1;
                     self.stats.delivered += sent.len() as u64;
+                    if let Some(h) = self.health {
+                        h.delivered(self.uplink.name(), sent.len() as u64);
+                    }
                 }
                 Step::DeadLetter { rows: named, rest } => {
                     self.log_rejected(sent.len(), named.len());
@@ -260,6 +268,9 @@ impl Loop<'_> {
             .await
             .map_err(outbox_failed)?;
         self.stats.dead_lettered += 1;
+        if let Some(h) = self.health {
+            h.dead_lettered(self.uplink.name(), 1);
+        }
         Ok(())
     }
 
@@ -351,6 +362,7 @@ pub async fn run(
         held_back: None,
         stats: DeliveryStats::default(),
         abandon: abandon.clone(),
+        health: settings.health.as_ref(),
     };
     let batch = settings.batch_size.max(1);
     while !cancel.is_cancelled() {
@@ -384,6 +396,9 @@ pub async fn run(
             }
             Next::RetryIn(delay) => {
                 l.stats.failures += 1;
+                if let Some(h) = &settings.health {
+                    h.delivery_failed(&name);
+                }
                 if let Err(e) = &outcome {
                     tracing::warn!(uplink = %name, error = %e, attempt = backoff.failures(), retry_in_ms = delay.as_millis() as u64, "delivery failed; rows kept, will retry");
                 }
