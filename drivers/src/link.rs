@@ -18,9 +18,12 @@ pub enum LinkEvent {
     Failed,
 }
 
+/// The function a [`LinkReporter`] calls.
+type ReportFn = dyn Fn(&DeviceIdentity, LinkEvent) + Send + Sync;
+
 /// Where a driver reports its devices' link changes; the default reports nowhere.
 #[derive(Clone, Default)]
-pub struct LinkReporter(Option<Arc<dyn Fn(&DeviceIdentity, LinkEvent) + Send + Sync>>);
+pub struct LinkReporter(Option<Arc<ReportFn>>);
 
 impl LinkReporter {
     /// A reporter calling `f` on each change. `f` must return at once (no IO, no wait).

@@ -80,8 +80,11 @@ pub struct Hooks {
     pub alive: Option<(Duration, Box<dyn FnMut() + Send>)>,
     /// Called with the health model's one-line summary at start and each time it changes
     /// (a device connects or goes, an uplink starts or stops failing), never on a timer.
-    pub status: Option<Box<dyn FnMut(&str) + Send>>,
+    pub status: Option<StatusHook>,
 }
+
+/// The callback of [`Hooks::status`].
+pub type StatusHook = Box<dyn FnMut(&str) + Send>;
 
 impl std::fmt::Debug for Hooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
