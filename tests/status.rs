@@ -1,7 +1,8 @@
 //! End-to-end tests of the kit's health view: the real daemon's local status endpoint
-//! (`/status`, `/metrics`), `iomt-gateway status` against it, the LAN binding's bearer
-//! token, and what none of them may show (patient id, device addresses and serials,
-//! measured values). `/metrics` is read by an independent parser, the
+//! (`/status`, `/metrics`, the technician page `/` in headless Chromium, its screenshot
+//! kept in `target/test-artifacts/`), `iomt-gateway status` against it, the LAN
+//! binding's bearer token, and what none of them may show (patient id, device addresses
+//! and serials, measured values). `/metrics` is read by an independent parser, the
 //! `prometheus_client` Python package (tests/requirements.txt).
 
 mod common;
@@ -298,6 +299,10 @@ fn the_lan_binding_needs_a_token_file_and_refuses_requests_without_the_token() {
             "{path}"
         );
     }
+    // The page holds no data: served without the token, it asks for it.
+    let (code, page) = http_get(port, "/", None);
+    assert_eq!(code, 200);
+    assert!(!page.contains("sim-thermometer"), "{page}");
     let (code, table, err) = status_cli(&config, &[]);
     assert_eq!(code, 0, "status reads the token file: {err}");
     assert!(table.contains("sim-thermometer"), "{table}");
@@ -390,4 +395,131 @@ fn a_ble_cuff_that_went_away_shows_not_seen_with_its_last_seen_time_and_its_batt
     ] {
         assert_free_of(what, text, &secrets);
     }
+}
+
+/// Loads `url` in headless Chromium (Debian's `chromium`, installed by `.ci/run`) and
+/// returns the DOM once its script ran; keeps a screenshot at `screenshot`.
+fn chromium(url: &str, screenshot: &Path) -> String {
+    let base = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--window-size=1200,900",
+        "--virtual-time-budget=5000",
+    ];
+    let run = |extra: &[String]| {
+        let out = Command::new("chromium")
+            .args(base)
+            .args(extra)
+            .arg(url)
+            .output()
+            .expect("chromium runs (Debian package `chromium`, installed by .ci/run)");
+        let (o, e) = texts(&out);
+        assert!(out.status.success(), "chromium failed: {e}");
+        o
+    };
+    run(&[format!("--screenshot={}", screenshot.display())]);
+    assert!(
+        screenshot.exists(),
+        "no screenshot at {}",
+        screenshot.display()
+    );
+    run(&["--dump-dom".to_string()])
+}
+
+#[test]
+fn the_technician_page_in_headless_chromium_shows_the_devices_the_uplink_and_the_kit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bus = PrivateBus::start(tmp.path()).unwrap();
+    let sim = SimBluez::start(bus.address()).unwrap();
+    sim.add_device(DeviceSpec {
+        address: CUFF.into(),
+        name: "A&D_UA-651".into(),
+        kind: DeviceKind::BloodPressure,
+        battery: 80,
+    });
+    let bytes: Vec<u8> = BP_128
+        .split_whitespace()
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    sim.queue(CUFF, 0x2A35, &bytes);
+    sim.advertise(CUFF);
+    common::write_keys(tmp.path());
+    let port = free_port();
+    let out = tmp.path().join("out");
+    let config = Config::new(tmp.path(), "kit-status-page", PATIENT)
+        .driver(&format!(
+            "[sim]\nenabled = true\nprofiles = [\"sim-thermometer\"]\ninterval_secs = 0.05\nmax_readings = 10\n\n[ble]\nadapter = \"hci0\"\nreconnect_initial_ms = 50\nreconnect_max_ms = 500\n\n[[ble.devices]]\naddress = \"{CUFF}\"\nprofile = \"and-ua-651ble\"\n"
+        ))
+        .file_uplink(&out)
+        .append(&format!("\n[status]\nlisten = \"127.0.0.1:{port}\""))
+        .write();
+    let gw = Running::start(
+        &config,
+        &[("DBUS_SYSTEM_BUS_ADDRESS", bus.address())],
+        DEADLINE,
+    );
+    wait_until(
+        DEADLINE,
+        "the cuff connected and its reading delivered",
+        || {
+            if !listening(port) {
+                return false;
+            }
+            let s = status_json(&config);
+            s["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["profile"] == "and-ua-651ble" && d["battery_percent"] == 80)
+                && s["uplinks"][0]["backlog_rows"] == 0
+                && s["uplinks"][0]["delivered"].as_u64() > Some(0)
+        },
+    );
+
+    let (code, html) = http_get(port, "/", None);
+    assert_eq!(code, 200);
+    for external in ["src=\"http", "href=\"http", "<link", "@import", "url("] {
+        assert!(
+            !html.contains(external),
+            "the page loads nothing from outside: {external}"
+        );
+    }
+    let artifacts = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| common::root().join("target"))
+        .join("test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let screenshot = artifacts.join("technician-page.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let dom = chromium(&format!("http://127.0.0.1:{port}/"), &screenshot);
+    for shown in [
+        "sim-thermometer",
+        "and-ua-651ble",
+        "80 %",
+        "file",
+        "0 rows",
+        "clock synchronized",
+        env!("CARGO_PKG_VERSION"),
+    ] {
+        assert!(dom.contains(shown), "the page shows `{shown}`:\n{dom}");
+    }
+    assert!(
+        dom.contains(">connected<") || dom.contains(">seen<"),
+        "the cuff's state: {dom}"
+    );
+    assert!(
+        dom.contains("<div id=\"error\"></div>"),
+        "no error shown: {dom}"
+    );
+    gw.stop();
+    let mut secrets = vec![
+        PATIENT.to_string(),
+        CUFF.to_string(),
+        "sim-thermometer-1".into(),
+        "SIM-SIM-THERMOMETER-0001".into(),
+    ];
+    secrets.extend(measured_decimals(&out));
+    assert_free_of("the page", &dom, &secrets);
 }

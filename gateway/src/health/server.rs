@@ -1,11 +1,15 @@
-//! The local status endpoint (axum): `GET /status` (the [`StatusView`] as JSON) and
-//! `GET /metrics` (the Prometheus text format). Read-only; nothing else is served.
+//! The local status endpoint (axum): `GET /status` (the [`StatusView`] as JSON),
+//! `GET /metrics` (the Prometheus text format) and `GET /` (the technician page: one
+//! self-contained HTML page, `page.html`, that reads `/status` and refreshes itself).
+//! Read-only; nothing else is served.
 //!
 //! Each request makes the view then: the outbox's counts (a read through its writer),
 //! the free disk and the clock. Between requests nothing runs.
 //!
 //! With `[status] token_file`, every request must carry `Authorization: Bearer <token>`
-//! (compared in constant time); without it, 401. The token file is read once at start
+//! (compared in constant time); without it, 401. The page itself holds no data and is served
+//! without it; it asks for the token when `/status` answers 401 (kept in the browser
+//! tab's session storage). The token file is read once at start
 //! with the checks of every secret file (regular, private, 0600), and a bad one refuses
 //! the start.
 
@@ -104,6 +108,7 @@ impl Endpoint {
         let app = Router::new()
             .route("/status", get(status))
             .route("/metrics", get(metrics_text))
+            .route("/", get(page))
             .with_state(self.shared);
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())
@@ -181,6 +186,24 @@ async fn metrics_text(State(shared): State<Shared>, headers: HeaderMap) -> Respo
     (
         [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
         metrics::render(&view),
+    )
+        .into_response()
+}
+
+/// The technician page (no external asset: it works offline on a phone at the kit).
+const PAGE: &str = include_str!("page.html");
+
+/// Only the page's own inline script and style, and requests back to the gateway.
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; form-action 'none'; frame-ancestors 'none'";
+
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, PAGE_POLICY),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        PAGE,
     )
         .into_response()
 }
