@@ -523,3 +523,52 @@ fn the_technician_page_in_headless_chromium_shows_the_devices_the_uplink_and_the
     secrets.extend(measured_decimals(&out));
     assert_free_of("the page", &dom, &secrets);
 }
+
+#[test]
+fn a_quiet_kit_sends_heartbeats_to_the_fhir_server_that_name_nobody() {
+    let kit = common::kit::Kit::new();
+    let port = free_port();
+    let config = kit
+        .config_for("kit-status-beat", PATIENT)
+        .driver("[sim]\nenabled = true\nprofiles = [\"sim-thermometer\"]\ninterval_secs = 0.01\nmax_readings = 3")
+        .outbox("commit_window_ms = 5\nquiet_commit_window_ms = 5")
+        .uplink(&kit.fhir_uplink(1))
+        .append(&format!(
+            "\n[status]\nlisten = \"127.0.0.1:{port}\"\nheartbeat_interval_secs = 1"
+        ))
+        .write();
+    let gw = Running::start(&config, &[], DEADLINE);
+    wait_until(DEADLINE, "the 3 readings stored on the server", || {
+        kit.server.with_store(|s| s.observations.len()) == 3
+    });
+    gw.wait_log("simulator reached its reading limit", 1);
+    let after_readings = kit.server.with_store(|s| s.requests);
+    // Nothing more is measured: only heartbeats reach the server now.
+    wait_until(DEADLINE, "two heartbeats", || {
+        kit.server.with_store(|s| s.requests) >= after_readings + 2
+    });
+    let status = status_json(&config);
+    assert!(
+        status["uplinks"][0]["last_heartbeat"].is_string(),
+        "{status}"
+    );
+    let (observations, devices) = kit.server.with_store(|s| {
+        (
+            s.observations.len(),
+            serde_json::to_string(&s.devices).unwrap(),
+        )
+    });
+    assert_eq!(observations, 3, "heartbeats carry no Observation");
+    assert!(devices.contains("gateway"), "{devices}");
+    gw.stop();
+    assert_free_of(
+        "the heartbeats",
+        &devices,
+        &[
+            PATIENT.to_string(),
+            "kit-status-beat".into(),
+            "sim-thermometer-1".into(),
+            "SIM-SIM-THERMOMETER-0001".into(),
+        ],
+    );
+}

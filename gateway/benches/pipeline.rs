@@ -331,6 +331,7 @@ async fn run(n: usize, dir: &Path) {
             drain_deadline: Duration::from_secs(5),
             clock: None,
             health: None,
+            heartbeat: None,
         },
         gateway,
         cancel.clone(),

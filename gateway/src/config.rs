@@ -137,6 +137,8 @@ pub struct Config {
     pub clock: ClockSettings,
     /// The local status endpoint (`None`: disabled).
     pub status: Option<StatusSettings>,
+    /// How long without a delivery before a FHIR uplink sends a heartbeat.
+    pub heartbeat: Option<std::time::Duration>,
 }
 
 impl Config {
@@ -230,6 +232,7 @@ impl Config {
         let outbox = raw.outbox.validate(&mut problems);
         let clock = raw.clock.validate(&mut problems);
         let status = raw.status.validate(&mut problems);
+        let heartbeat = raw.status.heartbeat(&mut problems);
         if raw.uplinks.is_empty() {
             problems.push("no uplink configured: add an [[uplinks]] table (kind = \"fhir\" for a FHIR server, kind = \"file\" for a directory)".into());
         }
@@ -274,6 +277,7 @@ impl Config {
             log_format: raw.log.format,
             clock,
             status,
+            heartbeat,
         })
     }
 

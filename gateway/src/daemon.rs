@@ -261,6 +261,7 @@ pub async fn run_with_hooks(
         health.uplink_configured(&u.name);
         let settings = DeliverySettings {
             health: Some(health.clone()),
+            heartbeat: config.heartbeat,
             batch_size: u.batch_size,
             backoff_base: Duration::from_millis(500),
             backoff_max: u.backoff_max,

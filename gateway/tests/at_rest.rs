@@ -129,6 +129,7 @@ async fn an_idle_gateway_runs_no_outbox_transaction_and_no_fetch_for_ten_minutes
             drain_deadline: Duration::from_secs(2),
             clock: None,
             health: None,
+            heartbeat: None,
         },
         gateway_device,
         cancel.clone(),

@@ -31,6 +31,14 @@ pub struct RawStatus {
     /// A device heard from within this many seconds is "seen" (default 600).
     #[serde(default = "default_seen_within")]
     pub seen_within_secs: u64,
+    /// After this many seconds without a delivery, a FHIR uplink sends the gateway's
+    /// Device alone (a heartbeat); 0: never (default 900). Independent of `enabled`.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_interval_secs: u64,
+}
+
+fn default_heartbeat() -> u64 {
+    900
 }
 
 fn default_enabled() -> bool {
@@ -52,6 +60,7 @@ impl Default for RawStatus {
             listen: default_listen(),
             token_file: None,
             seen_within_secs: default_seen_within(),
+            heartbeat_interval_secs: default_heartbeat(),
         }
     }
 }
@@ -71,6 +80,17 @@ pub struct StatusSettings {
 const MAX_SEEN_WITHIN: u64 = 30 * 24 * 3600;
 
 impl RawStatus {
+    /// The heartbeat interval (`None`: never), checked.
+    pub fn heartbeat(&self, problems: &mut Vec<String>) -> Option<Duration> {
+        if self.heartbeat_interval_secs > MAX_SEEN_WITHIN {
+            problems.push(format!(
+                "status.heartbeat_interval_secs must be between 0 (never) and {MAX_SEEN_WITHIN}"
+            ));
+        }
+        (self.heartbeat_interval_secs > 0)
+            .then(|| Duration::from_secs(self.heartbeat_interval_secs))
+    }
+
     /// Validates; `None` when disabled or invalid (the problems are pushed).
     pub fn validate(&self, problems: &mut Vec<String>) -> Option<StatusSettings> {
         if !(1..=MAX_SEEN_WITHIN).contains(&self.seen_within_secs) {

@@ -69,6 +69,7 @@ struct DeviceState {
 #[derive(Debug, Clone, Default)]
 struct UplinkState {
     last_delivery: Option<DateTime<Utc>>,
+    last_heartbeat: Option<DateTime<Utc>>,
     consecutive_failures: u64,
     last_failure: Option<DateTime<Utc>>,
     delivered: u64,
@@ -275,6 +276,13 @@ impl Health {
         if recovered {
             self.changed(&state);
         }
+    }
+
+    /// An uplink's destination acknowledged a heartbeat (the gateway's Device alone).
+    pub fn heartbeat(&self, uplink: &str) {
+        let mut state = self.lock();
+        let u = state.uplinks.entry(uplink.to_string()).or_default();
+        u.last_heartbeat = Some(Utc::now());
     }
 
     /// A delivery attempt of an uplink failed (it will be retried).

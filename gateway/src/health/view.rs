@@ -108,6 +108,9 @@ pub struct UplinkView {
     pub state: UplinkState,
     /// When it last delivered (since the start).
     pub last_delivery: Option<DateTime<Utc>>,
+    /// When its destination last acknowledged a heartbeat (since the start; `null` for
+    /// an uplink that sends none: only FHIR uplinks do).
+    pub last_heartbeat: Option<DateTime<Utc>>,
     /// When its last attempt failed (since the start).
     pub last_failure: Option<DateTime<Utc>>,
     /// Failed attempts since its last delivery.
@@ -206,6 +209,7 @@ impl Health {
                         UplinkState::Ok
                     },
                     last_delivery: u.last_delivery,
+                    last_heartbeat: u.last_heartbeat,
                     last_failure: u.last_failure,
                     consecutive_failures: u.consecutive_failures,
                     backlog_rows: q.map(|q| q.queued),

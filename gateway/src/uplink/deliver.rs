@@ -79,6 +79,9 @@ pub struct DeliverySettings {
     /// The kit's health model, told of deliveries, failures and dead letters (`None`:
     /// not reported).
     pub health: Option<Health>,
+    /// With an uplink that [`Uplink::heartbeats`], how long without a delivery before
+    /// the gateway's Device is sent alone (a heartbeat); `None`: never.
+    pub heartbeat: Option<Duration>,
 }
 
 /// Counters of one uplink's loop.
@@ -108,6 +111,8 @@ struct Loop<'a> {
     /// Fires when the shutdown deadline has passed: requests still waiting are abandoned.
     abandon: CancellationToken,
     health: Option<&'a Health>,
+    /// The last delivery or heartbeat.
+    last_contact: tokio::time::Instant,
 }
 
 /// An outbox failure, for the loop: retried like a transient delivery failure.
@@ -161,6 +166,7 @@ impl Loop<'_> {
                         .map_err(outbox_failed)?;
                     self.stats.bundles += 1;
                     self.stats.delivered += sent.len() as u64;
+                    self.last_contact = tokio::time::Instant::now();
                     if let Some(h) = self.health {
                         h.delivered(self.uplink.name(), sent.len() as u64);
                     }
@@ -274,6 +280,30 @@ impl Loop<'_> {
         Ok(())
     }
 
+    /// Sends the gateway's Device alone (a PUT to its id), so the server knows the kit is
+    /// alive though nothing was measured. A failure is logged and waits for the next one.
+    async fn heartbeat(&mut self) {
+        self.last_contact = tokio::time::Instant::now();
+        let gateway = &self.gateway[usize::from(!self.clock.synchronized())];
+        let built = bundle::build((gateway.0.as_str(), &gateway.1), &Default::default(), &[]);
+        let answer = tokio::select! {
+            biased;
+            answer = self.uplink.deliver(&built.bundle) => answer,
+            _ = self.abandon.cancelled() => return,
+        };
+        match answer {
+            Ok(()) => {
+                tracing::debug!(uplink = self.uplink.name(), "heartbeat sent");
+                if let Some(h) = self.health {
+                    h.heartbeat(self.uplink.name());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(uplink = self.uplink.name(), error = %e, "heartbeat failed; sent again after the next interval")
+            }
+        }
+    }
+
     /// Sends `rows` as one Bundle and decides, from the answer, what follows.
     async fn send(&mut self, fetched: &Fetched, rows: &[&PendingRow]) -> Step {
         let items: Vec<bundle::Item<'_>> = rows
@@ -363,7 +393,9 @@ pub async fn run(
         stats: DeliveryStats::default(),
         abandon: abandon.clone(),
         health: settings.health.as_ref(),
+        last_contact: tokio::time::Instant::now(),
     };
+    let heartbeat = settings.heartbeat.filter(|_| l.uplink.heartbeats());
     let batch = settings.batch_size.max(1);
     while !cancel.is_cancelled() {
         committed.borrow_and_update();
@@ -387,11 +419,13 @@ pub async fn run(
                 // once-a-minute look while unsynchronized) or the end of the first held
                 // row's wait frees anything.
                 let held_back = l.held_back;
+                let beat = l.last_contact + heartbeat.unwrap_or_default();
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = committed.changed(), if held_back.is_none() => {}
                     _ = clock_changes.changed() => {}
                     _ = tokio::time::sleep(held_back.unwrap_or_default()), if held_back.is_some() => {}
+                    _ = tokio::time::sleep_until(beat), if heartbeat.is_some() => l.heartbeat().await,
                 }
             }
             Next::RetryIn(delay) => {

@@ -114,4 +114,11 @@ pub trait Uplink: Send {
 
     /// Delivers one Bundle. `Ok` means the destination acknowledged every entry.
     fn deliver<'a>(&'a mut self, bundle: &'a Bundle) -> DeliveryFuture<'a>;
+
+    /// Whether a Bundle holding only the gateway's Device is worth sending when nothing
+    /// was delivered for a while (a heartbeat): true for a FHIR server, where the PUT
+    /// keeps the Device's `meta.lastUpdated` as the kit's last contact. Default false.
+    fn heartbeats(&self) -> bool {
+        false
+    }
 }

@@ -202,6 +202,7 @@ impl Bed {
             drain_deadline: Duration::from_secs(2),
             clock,
             health: None,
+            heartbeat: None,
         };
         let uplink = Box::new(Scripted {
             answer,
@@ -449,6 +450,7 @@ async fn the_same_observation_stored_twice_is_sent_once_and_both_rows_leave_the_
             drain_deadline: Duration::from_secs(5),
             clock: None,
             health: None,
+            heartbeat: None,
         },
         crate::normalize::gateway_resource("gateway-pseudonym"),
         cancel.clone(),
