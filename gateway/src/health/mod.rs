@@ -15,7 +15,8 @@
 //! sentences chosen here, never a driver's or server's text (which may name a device).
 //!
 //! **Bounded.** Devices come from outside (an MQTT topic may name any device), so at
-//! most [`MAX_DEVICES`] are kept; a new one beyond them replaces the one seen longest ago.
+//! most [`MAX_DEVICES`] are kept besides the configured ones; a new one beyond them
+//! replaces the unconfigured one seen longest ago.
 //! Counters by transport and profile are bounded by the loaded profiles.
 
 use std::collections::BTreeMap;
@@ -54,6 +55,8 @@ enum Link {
 /// What the model keeps of one device.
 #[derive(Debug, Clone)]
 struct DeviceState {
+    /// Configured (a BLE allow-list entry, a simulator device): never evicted.
+    configured: bool,
     profile: String,
     transport: Transport,
     link: Link,
@@ -159,6 +162,7 @@ impl Health {
             let oldest = state
                 .devices
                 .iter()
+                .filter(|(_, d)| !d.configured)
                 .min_by_key(|(_, d)| d.last_seen)
                 .map(|(k, _)| k.clone());
             if let Some(oldest) = oldest {
@@ -166,6 +170,7 @@ impl Health {
             }
         }
         state.devices.entry(key).or_insert_with(|| DeviceState {
+            configured: false,
             profile: id.profile.clone(),
             transport: id.transport,
             link: match id.transport {
@@ -184,7 +189,7 @@ impl Health {
     /// until it shows up.
     pub fn device_configured(&self, id: &DeviceIdentity) {
         let mut state = self.lock();
-        self.device(&mut state, id);
+        self.device(&mut state, id).configured = true;
         self.changed(&state);
     }
 

@@ -119,8 +119,10 @@ fn the_summary_changes_only_with_the_state() {
 }
 
 #[test]
-fn devices_beyond_the_limit_replace_the_one_seen_longest_ago() {
+fn devices_beyond_the_limit_replace_the_unconfigured_one_seen_longest_ago() {
     let h = health();
+    let cuff = identity(Transport::Ble, "AA:BB:CC:DD:EE:02");
+    h.device_configured(&cuff);
     let start = Utc::now();
     for i in 0..=MAX_DEVICES {
         let id = identity(Transport::Mqtt, &format!("dev-{i}"));
@@ -129,4 +131,8 @@ fn devices_beyond_the_limit_replace_the_one_seen_longest_ago() {
     }
     let view = h.view(Utc::now(), Duration::from_secs(600), &Asked::default());
     assert_eq!(view.devices.len(), MAX_DEVICES);
+    assert!(
+        view.devices.iter().any(|d| d.transport == "ble"),
+        "the configured cuff, never seen, is kept"
+    );
 }
