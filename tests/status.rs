@@ -219,6 +219,13 @@ fn after_the_simulator_ran_status_and_metrics_count_what_it_sent_and_name_nobody
     assert_eq!(m["iomt_gateway_delivery_failures_total{uplink=file}"], 0.0);
     assert_eq!(m["iomt_gateway_backlog_rows{uplink=file}"], 0.0);
     assert_eq!(m["iomt_gateway_clock_synchronized{}"], 1.0);
+    // Every commit is counted in the histogram, within its +Inf bucket.
+    let commits = m["iomt_gateway_outbox_commit_seconds_count{}"];
+    assert!(commits >= 1.0, "{metrics}");
+    assert_eq!(
+        m["iomt_gateway_outbox_commit_seconds_bucket{le=+Inf}"],
+        commits
+    );
 
     let (code, table, err) = status_cli(&config, &[]);
     assert_eq!(code, 0, "{err}");

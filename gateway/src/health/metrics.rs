@@ -81,6 +81,20 @@ pub fn render(view: &StatusView) -> String {
         );
         f.sample("iomt_gateway_disk_free_bytes", &[], b);
     }
+    if let Some(h) = &g.commit_seconds {
+        let name = "iomt_gateway_outbox_commit_seconds";
+        f.head(
+            name,
+            "histogram",
+            "How long the outbox's write transactions took, to the commit on disk.",
+        );
+        for (bound, n) in &h.buckets {
+            f.sample(&format!("{name}_bucket"), &[("le", &bound.to_string())], n);
+        }
+        f.sample(&format!("{name}_bucket"), &[("le", "+Inf")], h.count);
+        f.sample(&format!("{name}_sum"), &[], h.sum_seconds);
+        f.sample(&format!("{name}_count"), &[], h.count);
+    }
     type Ingest = fn(&super::view::IngestView) -> u64;
     let ingest: [(&str, &str, Ingest); 3] = [
         (

@@ -165,6 +165,7 @@ async fn make_view(shared: &Shared) -> StatusView {
         outbox,
         clock_synchronized: shared.clock.as_ref().map(|c| c.check().synchronized),
         disk_free_bytes: disk::free_bytes(&shared.outbox_dir),
+        commit_seconds: Some(shared.outbox.commit_latency()),
     };
     shared
         .health

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{Health, Link};
+use crate::outbox::latency::LatencySnapshot;
 use crate::outbox::store::Status as OutboxStatus;
 
 /// The whole view.
@@ -45,6 +46,8 @@ pub struct GatewayView {
     pub disk_free_bytes: Option<u64>,
     /// Rows in the dead letters, all uplinks together (`null`: the outbox did not answer).
     pub dead_letters: Option<u64>,
+    /// How long the outbox's write transactions took since the start (`null`: not asked).
+    pub commit_seconds: Option<LatencySnapshot>,
 }
 
 /// A device's state: `connected`, `seen` or `not seen`.
@@ -154,6 +157,8 @@ pub struct Asked {
     pub clock_synchronized: Option<bool>,
     /// Free bytes on the outbox's file system.
     pub disk_free_bytes: Option<u64>,
+    /// The outbox's commit latency.
+    pub commit_seconds: Option<LatencySnapshot>,
 }
 
 impl Health {
@@ -247,6 +252,7 @@ impl Health {
                     .outbox
                     .as_ref()
                     .map(|o| o.uplinks.iter().map(|u| u.dead_lettered).sum()),
+                commit_seconds: asked.commit_seconds.clone(),
             },
             devices,
             uplinks,
