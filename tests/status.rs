@@ -579,3 +579,51 @@ fn a_quiet_kit_sends_heartbeats_to_the_fhir_server_that_name_nobody() {
         ],
     );
 }
+
+#[test]
+fn a_serial_port_shows_connected_while_open_and_not_seen_once_unplugged() {
+    let tmp = tempfile::tempdir().unwrap();
+    common::write_keys(tmp.path());
+    let pty = iomt_drivers::serial::pty::Pty::open().unwrap();
+    // A stable name, as /dev/serial/by-id gives: the node vanishes when unplugged.
+    let by_id = tmp.path().join("usb-Nonin_9560-if00");
+    std::os::unix::fs::symlink(pty.slave_path(), &by_id).unwrap();
+    let port = free_port();
+    let config = Config::new(tmp.path(), "kit-status-serial", PATIENT)
+        .driver(&format!(
+            "[serial]\nreconnect_initial_ms = 20\nreconnect_max_ms = 200\n\n[[serial.ports]]\npath = \"{}\"\nprofile = \"nonin-9560-format13\"\n",
+            by_id.display()
+        ))
+        .file_uplink(&tmp.path().join("out"))
+        .append(&format!(
+            "\n[status]\nlisten = \"127.0.0.1:{port}\"\nseen_within_secs = 1"
+        ))
+        .write();
+    let gw = Running::start(&config, &[], DEADLINE);
+    wait_until(DEADLINE, "the endpoint", || listening(port));
+    let device = || status_json(&config)["devices"][0].clone();
+    wait_until(DEADLINE, "the port open", || {
+        device()["state"] == "connected"
+    });
+    assert_eq!(device()["transport"], "serial");
+
+    drop(pty);
+    std::fs::remove_file(&by_id).unwrap();
+    gw.wait_log("serial port lost", 1);
+    wait_until(DEADLINE, "the port not seen", || {
+        device()["state"] == "not seen"
+    });
+    let gone = device();
+    assert!(gone["last_seen"].is_string(), "{gone}");
+    let (_, raw_status) = http_get(port, "/status", None);
+    gw.stop();
+    assert_free_of(
+        "/status",
+        &raw_status,
+        &[
+            PATIENT.to_string(),
+            by_id.display().to_string(),
+            "usb-Nonin".into(),
+        ],
+    );
+}

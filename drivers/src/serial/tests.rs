@@ -64,6 +64,7 @@ fn start(
     tokio::task::JoinHandle<()>,
 ) {
     let driver = SerialDriver::new(SerialConfig {
+        links: Default::default(),
         ports: vec![port],
         reconnect_initial: Duration::from_millis(20),
         reconnect_max: Duration::from_millis(100),
@@ -192,6 +193,7 @@ async fn a_polled_device_receives_its_request_and_its_answer_is_read() {
 #[test]
 fn a_port_configured_twice_is_refused() {
     let err = SerialDriver::new(SerialConfig {
+        links: Default::default(),
         ports: vec![port("/dev/ttyUSB0", None), port("/dev/ttyUSB0", None)],
         reconnect_initial: Duration::from_millis(20),
         reconnect_max: Duration::from_millis(100),

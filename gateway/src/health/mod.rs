@@ -2,6 +2,10 @@
 //! things happen, and read by the local status endpoint (`/status`, `/metrics`), the
 //! `status` command and systemd's `STATUS=` line.
 //!
+//! Links are reported by the BLE driver (connected, hung up, failed) and the serial
+//! driver (port open, lost, cannot be opened); a simulator or MQTT device is seen through
+//! its readings only.
+//!
 //! **Cheap, event-driven.** Components report with plain calls that take a mutex for a
 //! few field updates (a reading, a link change, a delivery, a failure); nothing polls.
 //! What is asked of other components (the outbox's backlog, the disk, the clock) is
@@ -44,7 +48,7 @@ const BATTERY_FIELD: &str = "battery_level";
 /// A device's link as its driver last reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Link {
-    /// The driver reports no link for this transport (simulator, serial, MQTT).
+    /// The driver reports no link for this transport (simulator, MQTT).
     Unreported,
     /// A session is open.
     Connected,
@@ -174,7 +178,7 @@ impl Health {
             profile: id.profile.clone(),
             transport: id.transport,
             link: match id.transport {
-                Transport::Ble => Link::Down,
+                Transport::Ble | Transport::Serial => Link::Down,
                 _ => Link::Unreported,
             },
             last_seen: None,

@@ -53,7 +53,7 @@ pub struct GatewayView {
 /// A device's state: `connected`, `seen` or `not seen`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeviceState {
-    /// A session with it is open (BLE).
+    /// A session with it is open (BLE), or its serial port is open.
     #[serde(rename = "connected")]
     Connected,
     /// Heard from (a reading, a connection or a hang-up) within `[status] seen_within_secs`.
