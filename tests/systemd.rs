@@ -313,3 +313,60 @@ fn sigterm_with_a_full_blocking_outbox_and_a_silent_server_still_exits_0_within_
         "rows lost: before {before:?}, after {after:?}"
     );
 }
+
+#[test]
+fn under_systemd_the_status_line_summarizes_the_kit_and_changes_with_its_state_not_on_a_timer() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Nothing listens there: every delivery attempt fails at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = write_config_with(
+        tmp.path(),
+        &format!("{}\nmax_backoff_secs = 1", cloud_uplink(closed)),
+        "interval_secs = 0.05\nprofiles = [\"sim-thermometer\", \"sim-scale\"]",
+        "",
+    );
+    let mut notify = Notify::bind(tmp.path());
+    let (mut child, _guard) = spawn_under_systemd(&config, &notify, 200_000);
+    notify.wait_ready();
+    notify.wait_for(
+        Duration::from_secs(20),
+        "a STATUS= line saying the uplink fails",
+        |seen| {
+            seen.iter().any(|l| {
+                l.starts_with("STATUS=running: 2 device(s), 2 seen")
+                    && l.ends_with("uplink(s) failing: cloud")
+            })
+        },
+    );
+    let statuses = |seen: &[String]| seen.iter().filter(|l| l.starts_with("STATUS=")).count();
+    let last = |seen: &[String]| {
+        seen.iter()
+            .rev()
+            .find(|l| l.starts_with("STATUS="))
+            .cloned()
+    };
+    assert!(
+        last(&notify.seen).is_some_and(|l| l.ends_with("failing: cloud")),
+        "the summary is what systemctl status shows last: {:?}",
+        notify.seen
+    );
+    let before = statuses(&notify.seen);
+    let watchdogs = notify.count("WATCHDOG=1");
+    notify.wait_for(
+        Duration::from_secs(10),
+        "ten more WATCHDOG=1 keep-alives",
+        |seen| seen.iter().filter(|l| *l == "WATCHDOG=1").count() >= watchdogs + 10,
+    );
+    assert_eq!(
+        statuses(&notify.seen),
+        before,
+        "STATUS= is sent on changes only: {:?}",
+        notify.seen
+    );
+    assert!(before <= 6, "a handful of changes: {:?}", notify.seen);
+    stop_in_time(&mut child);
+}

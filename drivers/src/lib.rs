@@ -12,6 +12,7 @@ pub mod ble;
 pub mod ble_driver;
 pub mod decode;
 pub mod driver;
+pub mod link;
 pub mod mqtt;
 pub mod net;
 pub mod reading;

@@ -205,6 +205,7 @@ async fn run(n: usize, in_flight: usize, dir: &Path) {
         outbox: outbox.clone(),
         observer: None,
         clock: None,
+        health: None,
     };
     let (rejects, mut reject_rx) = reject_channel(16);
     let driver = Box::new(

@@ -248,6 +248,7 @@ async fn run(n: usize, dir: &Path) {
         outbox: outbox.clone(),
         observer: None,
         clock: None,
+        health: None,
     };
 
     // 0. The CPU cost of normalizing and serializing alone (no outbox), for reference.
@@ -333,6 +334,8 @@ async fn run(n: usize, dir: &Path) {
             backoff_max: Duration::from_secs(1),
             drain_deadline: Duration::from_secs(5),
             clock: None,
+            health: None,
+            heartbeat: None,
         },
         gateway,
         cancel.clone(),

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::clock::{ClockSettings, RawClock};
+use crate::health::config::{RawStatus, StatusSettings};
 use crate::ingest::ble::{BleSettings, RawBle};
 use crate::ingest::mqtt::{MqttSettings, RawMqtt};
 use crate::ingest::serial::{RawSerial, SerialSettings};
@@ -90,6 +91,9 @@ pub struct RawConfig {
     /// `[clock]`
     #[serde(default)]
     pub clock: RawClock,
+    /// `[status]`: the local status endpoint.
+    #[serde(default)]
+    pub status: RawStatus,
 }
 
 /// The validated configuration.
@@ -131,6 +135,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The gateway's own clock.
     pub clock: ClockSettings,
+    /// The local status endpoint (`None`: disabled).
+    pub status: Option<StatusSettings>,
+    /// How long without a delivery before a FHIR uplink sends a heartbeat.
+    pub heartbeat: Option<std::time::Duration>,
 }
 
 impl Config {
@@ -223,6 +231,8 @@ impl Config {
         let mqtt = raw.mqtt.validate(&mut problems);
         let outbox = raw.outbox.validate(&mut problems);
         let clock = raw.clock.validate(&mut problems);
+        let status = raw.status.validate(&mut problems);
+        let heartbeat = raw.status.heartbeat(&mut problems);
         if raw.uplinks.is_empty() {
             problems.push("no uplink configured: add an [[uplinks]] table (kind = \"fhir\" for a FHIR server, kind = \"file\" for a directory)".into());
         }
@@ -266,6 +276,8 @@ impl Config {
             log_level: raw.log.level,
             log_format: raw.log.format,
             clock,
+            status,
+            heartbeat,
         })
     }
 

@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::health::server::{Endpoint, StatusError};
+use crate::health::Health;
 use crate::ingest::{self, IngestError};
 use crate::normalize;
 use crate::outbox::seal::Keyring;
@@ -50,6 +52,9 @@ pub enum DaemonError {
     /// The outbox could not be opened.
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+    /// The status endpoint refuses to start (its token file).
+    #[error(transparent)]
+    Status(#[from] StatusError),
 }
 
 /// How long the drivers and the pipeline may take, once cancelled, to hand their last
@@ -73,13 +78,20 @@ pub struct Hooks {
     /// callback only if the check passed. A stuck gateway thus stops calling it, so a
     /// watchdog can restart it. Not called once shutdown has begun.
     pub alive: Option<(Duration, Box<dyn FnMut() + Send>)>,
+    /// Called with the health model's one-line summary at start and each time it changes
+    /// (a device connects or goes, an uplink starts or stops failing), never on a timer.
+    pub status: Option<StatusHook>,
 }
+
+/// The callback of [`Hooks::status`].
+pub type StatusHook = Box<dyn FnMut(&str) + Send>;
 
 impl std::fmt::Debug for Hooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hooks")
             .field("ready", &self.ready.is_some())
             .field("alive", &self.alive.as_ref().map(|(period, _)| period))
+            .field("status", &self.status.is_some())
             .finish()
     }
 }
@@ -200,7 +212,10 @@ pub async fn run_with_hooks(
         .parent()
         .map(|p| p.to_path_buf())
         .unwrap_or_default();
+    // The kit's health, reported into by every component (`health/`).
+    let health = Health::new(pseudonymizer.clone());
     let ctx = ingest::Context {
+        health: Some(&health),
         profiles: &profiles,
         zone: config.zone,
         device_zones: &config.device_zones,
@@ -243,7 +258,10 @@ pub async fn run_with_hooks(
     let uplink_cancel = CancellationToken::new();
     let mut uplink_tasks = Vec::new();
     for (uplink, u) in uplinks {
+        health.uplink_configured(&u.name);
         let settings = DeliverySettings {
+            health: Some(health.clone()),
+            heartbeat: config.heartbeat,
             batch_size: u.batch_size,
             backoff_base: Duration::from_millis(500),
             backoff_max: u.backoff_max,
@@ -274,7 +292,37 @@ pub async fn run_with_hooks(
         outbox: outbox.clone(),
         observer,
         clock: Some(clock.clone()),
+        health: Some(health.clone()),
     };
+    let status_stop = CancellationToken::new();
+    let status_task = match config.status.clone() {
+        Some(settings) => {
+            let endpoint = Endpoint::new(
+                settings,
+                health.clone(),
+                outbox.clone(),
+                config.uplink_names(),
+                Some(clock.clone()),
+                state_dir.clone(),
+            )?;
+            Some(tokio::spawn(endpoint.serve(status_stop.clone())))
+        }
+        None => None,
+    };
+    let summary_task = hooks.status.map(|mut report| {
+        let mut summary = health.summary();
+        let stop = status_stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let line = summary.borrow_and_update().clone();
+                report(&line);
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    changed = summary.changed() => if changed.is_err() { break },
+                }
+            }
+        })
+    });
 
     let (tx, rx) = reading_channel(config.channel_capacity);
     // Set if the pipeline task ends by panicking (the drop guard runs while unwinding).
@@ -395,6 +443,10 @@ pub async fn run_with_hooks(
     }
     clock_stop.cancel();
     let _ = clock_task.await;
+    status_stop.cancel();
+    for task in [status_task, summary_task].into_iter().flatten() {
+        let _ = task.await;
+    }
     drop(outbox);
     if let Err(e) = writer.await {
         tracing::error!(error = %e, "outbox writer panicked");

@@ -203,6 +203,10 @@ quiet_commit_window_ms = 50
 [clock]
 source = "assume-synchronized"
 
+# The demo may run beside a real gateway: it leaves the status port to it.
+[status]
+enabled = false
+
 [[uplinks]]
 kind = "file"
 dir = "<set by demo>"

@@ -13,6 +13,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod fhir;
+pub mod health;
 pub mod ingest;
 pub mod limits;
 pub mod net;

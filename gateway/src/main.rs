@@ -48,6 +48,9 @@ enum Command {
     /// Print the pseudonym a backend uses to enrol a patient (HMAC-SHA256 of the id
     /// under the pseudonymization key).
     Pseudonym(cmd::pseudonym::PseudonymArgs),
+    /// Show the running gateway's health: devices, uplinks, clock, disk (asks the
+    /// daemon's local status endpoint, [status] listen).
+    Status(cmd::status::StatusArgs),
     /// Inspect the outbox.
     #[command(subcommand)]
     Outbox(cmd::outbox::OutboxCommand),
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Command::Scan(args) => cmd::scan::execute(args),
         Command::Pseudonym(args) => cmd::pseudonym::execute(args),
         Command::Outbox(command) => cmd::outbox::execute(command),
+        Command::Status(args) => cmd::status::execute(args),
     };
     match result {
         Ok(code) => code,

@@ -27,6 +27,7 @@ use crate::cache::LruCache;
 use crate::clock::{Clock, HOLD_MEMBER};
 
 use crate::fhir::{self, Observation, Reference};
+use crate::health::ReadingOutcome;
 use crate::normalize::{self, Context, OutOfRange, Rejection, Zone};
 use crate::outbox::{Append, Outbox};
 use crate::profile::Profile;
@@ -83,6 +84,8 @@ pub struct Pipeline {
     /// The gateway's clock: looked at on every reading; a reading received while it is
     /// not synchronized is stored with a `clock::TimeHold`. `None`: the clock is trusted.
     pub clock: Option<Arc<Clock>>,
+    /// The kit's health model, told of every reading's outcome (`None`: not reported).
+    pub health: Option<crate::health::Health>,
 }
 
 /// A measuring device's pseudonym and its Device resource (JSON), computed once.
@@ -121,6 +124,15 @@ impl Pipeline {
             }
             let Some(profile) = self.profiles.get(&reading.device.profile).cloned() else {
                 stats.rejected += 1;
+                if let Some(h) = &self.health {
+                    h.reading(
+                        reading,
+                        ReadingOutcome {
+                            observations: 0,
+                            rejected: 1,
+                        },
+                    );
+                }
                 tracing::warn!(profile = %reading.device.profile, "reading from a device whose profile is not loaded; dropped");
                 continue;
             };
@@ -156,6 +168,13 @@ impl Pipeline {
             };
             let out = normalize::normalize(reading, &profile, &ctx);
             log_outcome(&profile, &out, &mut stats);
+            if let Some(h) = &self.health {
+                let outcome = ReadingOutcome {
+                    observations: out.observations.len() as u64,
+                    rejected: out.rejections.len() as u64,
+                };
+                h.reading(reading, outcome);
+            }
             if out.observations.is_empty() {
                 // Nothing to store: the reading is handled, so its source may let go of it.
                 if let Some(ack) = envelope.ack {
@@ -347,6 +366,7 @@ mod tests {
             outbox,
             observer: None,
             clock: None,
+            health: None,
         };
         let (tx, rx) = reading_channel(4);
         let run = tokio::spawn(pipeline.run(rx));

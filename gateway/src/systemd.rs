@@ -1,5 +1,5 @@
-//! systemd glue: sd_notify messages (READY=1, STOPPING=1, WATCHDOG=1) and the watchdog
-//! period. The library knows nothing of systemd; it offers `daemon::Hooks`.
+//! systemd glue: sd_notify messages (READY=1, STOPPING=1, WATCHDOG=1, and STATUS= with
+//! the health model's one-line summary, sent when it changes) and the watchdog period. The library knows nothing of systemd; it offers `daemon::Hooks`.
 
 use std::time::Duration;
 
@@ -43,11 +43,12 @@ pub(crate) fn systemd_hooks() -> daemon::Hooks {
     });
     daemon::Hooks {
         ready: Some(Box::new(|| {
-            notify_systemd(&[
-                sd_notify::NotifyState::Ready,
-                sd_notify::NotifyState::Status("running"),
-            ])
+            notify_systemd(&[sd_notify::NotifyState::Ready])
         })),
         alive,
+        // systemctl status shows the health model's one-line summary.
+        status: Some(Box::new(|line: &str| {
+            notify_systemd(&[sd_notify::NotifyState::Status(line)])
+        })),
     }
 }

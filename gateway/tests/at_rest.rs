@@ -128,6 +128,8 @@ async fn an_idle_gateway_runs_no_outbox_transaction_and_no_fetch_for_ten_minutes
             backoff_max: Duration::from_secs(60),
             drain_deadline: Duration::from_secs(2),
             clock: None,
+            health: None,
+            heartbeat: None,
         },
         gateway_device,
         cancel.clone(),
@@ -147,6 +149,7 @@ async fn an_idle_gateway_runs_no_outbox_transaction_and_no_fetch_for_ten_minutes
         outbox: outbox.clone(),
         observer: None,
         clock: None,
+        health: None,
     };
     let (tx, rx) = reading_channel(16);
     let pipeline = tokio::spawn(pipeline.run(rx));

@@ -16,6 +16,7 @@ use super::{sequence, uuid_from_u16, uuid_to_u16, BleDeviceConfig, DevEvent, Seq
 use crate::backoff::Backoff;
 use crate::ble::{self, BatteryLevel, GattValue, GlucoseJoiner, GlucoseRecord};
 use crate::driver::ReadingSender;
+use crate::link::LinkEvent;
 use crate::reading::{ClockComparison, DeviceIdentity, Reading};
 
 /// How a session ended.
@@ -35,6 +36,8 @@ pub(super) struct DeviceTask {
     pub(super) sequences: Arc<Mutex<SequenceStore>>,
     /// The device's clock compared with the gateway's at this session's connection.
     pub(super) clock: Option<ClockComparison>,
+    /// Where connections and hang-ups are reported (the gateway's health view).
+    pub(super) links: crate::link::LinkReporter,
 }
 
 /// Per-session counters.
@@ -96,6 +99,8 @@ impl DeviceTask {
             match self.session(&p).await {
                 Ok(SessionEnd::Stop) => return,
                 Ok(SessionEnd::Disconnected) => {
+                    self.links
+                        .report(&self.cfg.identity, LinkEvent::Disconnected);
                     self.backoff.succeed();
                     // Sightings from before the hang-up are stale.
                     while let Ok(e) = self.events.try_recv() {
@@ -103,6 +108,7 @@ impl DeviceTask {
                     }
                 }
                 Err(e) => {
+                    self.links.report(&self.cfg.identity, LinkEvent::Failed);
                     let delay = self.backoff.fail();
                     if self.backoff.failures() == 1 {
                         tracing::warn!(profile = %self.cfg.identity.profile, error = %e, "BLE device session failed; retrying when it advertises again");
@@ -127,6 +133,7 @@ impl DeviceTask {
         let (identity, battery) = self.read_identity(p).await;
         self.clock = super::clock::compare_and_set(p, &self.cfg).await;
         tracing::info!(profile = %self.cfg.identity.profile, clock = self.clock.is_some(), "BLE device connected");
+        self.links.report(&self.cfg.identity, LinkEvent::Connected);
         if let Some(b) = battery.filter(|_| self.cfg.battery) {
             use crate::ble::FinalMeasurement;
             if self

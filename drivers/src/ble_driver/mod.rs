@@ -152,6 +152,8 @@ pub struct BleConfig {
     pub reconnect_max: Duration,
     /// The file keeping the last glucose record fetched from each meter.
     pub sequence_file: PathBuf,
+    /// Where each device's connections and hang-ups are reported.
+    pub links: crate::link::LinkReporter,
 }
 
 /// The BLE driver.

@@ -145,6 +145,7 @@ pub(super) async fn scan(
             backoff: Backoff::new(config.reconnect_initial, config.reconnect_max),
             sequences: sequences.clone(),
             clock: None,
+            links: config.links.clone(),
         };
         tasks.spawn(task.run());
     }

@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::decode::stream::{Framing, StreamDecoder};
 use crate::driver::{Driver, DriverError, DriverFuture, ReadingSender};
+use crate::link::LinkEvent;
 use crate::reading::DeviceIdentity;
 
 /// Serial parity.
@@ -119,6 +120,8 @@ pub struct SerialConfig {
     pub reconnect_initial: Duration,
     /// Longest delay between two attempts.
     pub reconnect_max: Duration,
+    /// Where each port's opening and loss are reported (the gateway's health view).
+    pub links: crate::link::LinkReporter,
 }
 
 /// The serial driver.
@@ -154,10 +157,17 @@ impl Driver for SerialDriver {
     fn run(self: Box<Self>, tx: ReadingSender, cancel: CancellationToken) -> DriverFuture {
         Box::pin(async move {
             let mut tasks = JoinSet::new();
+            let links = self.config.links.clone();
             for port in self.config.ports {
                 let backoff =
                     Backoff::new(self.config.reconnect_initial, self.config.reconnect_max);
-                tasks.spawn(run_port(port, backoff, tx.clone(), cancel.clone()));
+                tasks.spawn(run_port(
+                    port,
+                    backoff,
+                    tx.clone(),
+                    cancel.clone(),
+                    links.clone(),
+                ));
             }
             drop(tx);
             while let Some(done) = tasks.join_next().await {
@@ -211,6 +221,7 @@ async fn run_port(
     mut backoff: Backoff,
     tx: ReadingSender,
     cancel: CancellationToken,
+    links: crate::link::LinkReporter,
 ) {
     let mut decoder = StreamDecoder::new(port.framing.clone());
     let mut thinned = 0u64;
@@ -221,6 +232,7 @@ async fn run_port(
         match open(&port) {
             Ok(stream) => {
                 tracing::info!(port = %port.path, profile = %port.identity.profile, "serial port opened");
+                links.report(&port.identity, LinkEvent::Connected);
                 decoder.reset();
                 match session(
                     &port,
@@ -235,6 +247,7 @@ async fn run_port(
                 {
                     SessionEnd::Cancelled | SessionEnd::ReceiverGone => break,
                     SessionEnd::Lost(error) => {
+                        links.report(&port.identity, LinkEvent::Disconnected);
                         let delay = backoff.fail();
                         tracing::warn!(
                             port = %port.path,
@@ -255,6 +268,7 @@ async fn run_port(
                 let first = backoff.failures() == 0;
                 let delay = backoff.fail();
                 if first {
+                    links.report(&port.identity, LinkEvent::Failed);
                     tracing::warn!(
                         port = %port.path,
                         error = %e,

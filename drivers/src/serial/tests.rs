@@ -65,6 +65,7 @@ fn start(
     tokio::task::JoinHandle<()>,
 ) {
     let driver = SerialDriver::new(SerialConfig {
+        links: Default::default(),
         ports: vec![port],
         reconnect_initial: Duration::from_millis(20),
         reconnect_max: Duration::from_millis(100),
@@ -292,6 +293,7 @@ async fn a_port_without_live_clock_compares_nothing() {
 #[test]
 fn a_port_configured_twice_is_refused() {
     let err = SerialDriver::new(SerialConfig {
+        links: Default::default(),
         ports: vec![port("/dev/ttyUSB0", None), port("/dev/ttyUSB0", None)],
         reconnect_initial: Duration::from_millis(20),
         reconnect_max: Duration::from_millis(100),

@@ -1,7 +1,7 @@
 //! One module per subcommand, each with its clap arguments and an `execute` function
 //! returning the process's exit code; `main.rs` parses and dispatches.
 //!
-//! One-shot commands (`profile`, `keygen`, `pseudonym`, `outbox`) start no async runtime
+//! One-shot commands (`profile`, `keygen`, `pseudonym`, `outbox`, `status`) start no async runtime
 //! and no thread: they also run under qemu-user, which hangs when a guest program starts
 //! a thread. `run` and `demo` use [`runtime`]; `scan` a current-thread runtime.
 
@@ -16,6 +16,7 @@ pub(crate) mod profile;
 pub(crate) mod pseudonym;
 pub(crate) mod run;
 pub(crate) mod scan;
+pub(crate) mod status;
 
 /// Where the Debian package installs the shipped profiles.
 const INSTALLED_PROFILES: &str = "/usr/share/iomt-gateway/device-profiles";

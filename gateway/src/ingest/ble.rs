@@ -262,6 +262,11 @@ pub fn matching_ble_profiles(profiles: &[Profile], device: &Nearby) -> Vec<Profi
 impl Source for BleSettings {
     fn build(&self, ctx: &Context<'_>) -> Result<Built, IngestError> {
         let devices = ble_devices(ctx, self)?;
+        if let Some(health) = ctx.health {
+            for d in &devices {
+                health.device_configured(&d.identity);
+            }
+        }
         let address_zones = self
             .devices
             .iter()
@@ -274,6 +279,7 @@ impl Source for BleSettings {
             reconnect_max: self.reconnect_max,
             // The glucose sequence file lives next to the outbox: both are the kit's state.
             sequence_file: ctx.state_dir.join("ble-glucose-sequences.json"),
+            links: ctx.health.map(|h| h.link_reporter()).unwrap_or_default(),
         })?;
         Ok(Built {
             driver: Box::new(driver),

@@ -86,6 +86,9 @@ pub enum IngestError {
 /// What a transport needs from the rest of the gateway to build its driver.
 #[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {
+    /// The kit's health model: drivers report their devices' links into it, and the
+    /// configured devices are listed in it (`None`: nothing is reported).
+    pub health: Option<&'a crate::health::Health>,
     /// The loaded profiles.
     pub profiles: &'a [Arc<Profile>],
     /// The gateway's zone for device times without zone.

@@ -175,6 +175,11 @@ pub fn serial_ports(
 impl Source for SerialSettings {
     fn build(&self, ctx: &Context<'_>) -> Result<Built, IngestError> {
         let ports = serial_ports(ctx, self)?;
+        if let Some(health) = ctx.health {
+            for p in &ports {
+                health.device_configured(&p.identity);
+            }
+        }
         let address_zones = self
             .ports
             .iter()
@@ -184,6 +189,7 @@ impl Source for SerialSettings {
             ports,
             reconnect_initial: self.reconnect_initial,
             reconnect_max: self.reconnect_max,
+            links: ctx.health.map(|h| h.link_reporter()).unwrap_or_default(),
         })?;
         Ok(Built {
             driver: Box::new(driver),

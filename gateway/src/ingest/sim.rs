@@ -156,6 +156,11 @@ pub fn sim_devices(
 impl Source for SimSettings {
     fn build(&self, ctx: &Context<'_>) -> Result<Built, IngestError> {
         let devices = sim_devices(ctx, self)?;
+        if let Some(health) = ctx.health {
+            for d in &devices {
+                health.device_configured(&d.identity);
+            }
+        }
         let driver = SimDriver::new(SimConfig {
             interval: self.interval,
             nan_probability: self.nan_probability,

@@ -142,6 +142,7 @@ pub mod config;
 pub mod disk;
 mod error;
 mod ingest;
+pub mod latency;
 mod payload;
 pub mod seal;
 pub mod store;
@@ -271,6 +272,8 @@ pub struct Outbox {
     next_seq: Arc<AtomicI64>,
     /// Transactions the writer has run.
     transactions: Arc<AtomicU64>,
+    /// How long its write transactions took.
+    latency: Arc<latency::CommitLatency>,
 }
 
 /// An append, compressed and sealed by the caller.
@@ -315,7 +318,9 @@ impl Outbox {
         let (committed_tx, committed_rx) = watch::channel(store.next_seq() - 1);
         let writer_uplinks = store.uplink_names();
         let transactions = Arc::new(AtomicU64::new(0));
+        let latency = Arc::new(latency::CommitLatency::default());
         let writer = Writer {
+            latency: latency.clone(),
             payload_bytes: store.payload_bytes(),
             appends_open: true,
             control_open: true,
@@ -345,6 +350,7 @@ impl Outbox {
                 committed: committed_rx,
                 next_seq,
                 transactions,
+                latency,
             },
             handle,
         ))
@@ -519,6 +525,11 @@ impl Outbox {
     /// commit window before the uplinks' last pass.
     pub async fn flush(&self) -> Result<(), OutboxError> {
         self.call(|reply| Control::Flush { reply }).await
+    }
+
+    /// How long the write transactions took since the outbox was opened.
+    pub fn commit_latency(&self) -> latency::LatencySnapshot {
+        self.latency.snapshot()
     }
 
     /// Counts for `outbox status`.

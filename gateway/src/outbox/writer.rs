@@ -37,6 +37,8 @@ pub(super) struct Writer {
     pub(super) pings: Vec<Reply<()>>,
     /// Transactions run so far (read or write), for [`super::Outbox::transactions`].
     pub(super) transactions: Arc<AtomicU64>,
+    /// How long write transactions take, for [`super::Outbox::commit_latency`].
+    pub(super) latency: Arc<super::latency::CommitLatency>,
     /// The file system's free space and the reserve (see [`super::disk`]).
     pub(super) space: Space,
     /// Appends waiting, unacknowledged, for disk space (oldest first).
@@ -451,8 +453,14 @@ impl Writer {
         let settings = self.settings.clone();
         let work = std::mem::take(batch);
         self.transactions.fetch_add(1, Ordering::Relaxed);
+        let latency = (work.writes() || !deletions.is_empty()).then(|| self.latency.clone());
         Some(tokio::task::spawn_blocking(move || {
-            apply(store, &keyring, &settings, work, deletions, &skip)
+            let started = std::time::Instant::now();
+            let applied = apply(store, &keyring, &settings, work, deletions, &skip);
+            if let Some(latency) = latency {
+                latency.record(started.elapsed());
+            }
+            applied
         }))
     }
 

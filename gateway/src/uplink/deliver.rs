@@ -49,6 +49,7 @@ use serde_json::value::RawValue;
 
 use crate::clock::{hold, Clock, ClockSettings, ClockSource, Release};
 use crate::fhir::Device;
+use crate::health::Health;
 use crate::normalize::set_clock_synchronized;
 use crate::outbox::{Fetched, Outbox, PendingRow};
 
@@ -76,6 +77,12 @@ pub struct DeliverySettings {
     /// corrected or marked (`clock::hold`), and its transitions wake the loop. `None`:
     /// the clock is assumed synchronized.
     pub clock: Option<Arc<Clock>>,
+    /// The kit's health model, told of deliveries, failures and dead letters (`None`:
+    /// not reported).
+    pub health: Option<Health>,
+    /// With an uplink that [`Uplink::heartbeats`], how long without a delivery before
+    /// the gateway's Device is sent alone (a heartbeat); `None`: never.
+    pub heartbeat: Option<Duration>,
 }
 
 /// Counters of one uplink's loop.
@@ -104,6 +111,9 @@ struct Loop<'a> {
     stats: DeliveryStats,
     /// Fires when the shutdown deadline has passed: requests still waiting are abandoned.
     abandon: CancellationToken,
+    health: Option<&'a Health>,
+    /// The last delivery or heartbeat.
+    last_contact: tokio::time::Instant,
 }
 
 /// An outbox failure, for the loop: retried like a transient delivery failure.
@@ -157,6 +167,10 @@ impl Loop<'_> {
                         .map_err(outbox_failed)?;
                     self.stats.bundles += 1;
                     self.stats.delivered += sent.len() as u64;
+                    self.last_contact = tokio::time::Instant::now();
+                    if let Some(h) = self.health {
+                        h.delivered(self.uplink.name(), sent.len() as u64);
+                    }
                 }
                 Step::DeadLetter { rows: named, rest } => {
                     self.log_rejected(sent.len(), named.len());
@@ -261,7 +275,34 @@ impl Loop<'_> {
             .await
             .map_err(outbox_failed)?;
         self.stats.dead_lettered += 1;
+        if let Some(h) = self.health {
+            h.dead_lettered(self.uplink.name(), 1);
+        }
         Ok(())
+    }
+
+    /// Sends the gateway's Device alone (a PUT to its id), so the server knows the kit is
+    /// alive though nothing was measured. A failure is logged and waits for the next one.
+    async fn heartbeat(&mut self) {
+        self.last_contact = tokio::time::Instant::now();
+        let gateway = &self.gateway[usize::from(!self.clock.synchronized())];
+        let built = bundle::build((gateway.0.as_str(), &gateway.1), &Default::default(), &[]);
+        let answer = tokio::select! {
+            biased;
+            answer = self.uplink.deliver(&built.bundle) => answer,
+            _ = self.abandon.cancelled() => return,
+        };
+        match answer {
+            Ok(()) => {
+                tracing::debug!(uplink = self.uplink.name(), "heartbeat sent");
+                if let Some(h) = self.health {
+                    h.heartbeat(self.uplink.name());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(uplink = self.uplink.name(), error = %e, "heartbeat failed; sent again after the next interval")
+            }
+        }
     }
 
     /// Sends `rows` as one Bundle and decides, from the answer, what follows.
@@ -357,7 +398,10 @@ pub async fn run(
         held_back: None,
         stats: DeliveryStats::default(),
         abandon: abandon.clone(),
+        health: settings.health.as_ref(),
+        last_contact: tokio::time::Instant::now(),
     };
+    let heartbeat = settings.heartbeat.filter(|_| l.uplink.heartbeats());
     let batch = settings.batch_size.max(1);
     let window = l.uplink.window();
     while !cancel.is_cancelled() {
@@ -385,15 +429,20 @@ pub async fn run(
                 // once-a-minute look while unsynchronized) or the end of the first held
                 // row's wait frees anything.
                 let held_back = l.held_back;
+                let beat = l.last_contact + heartbeat.unwrap_or_default();
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = committed.changed(), if held_back.is_none() => {}
                     _ = clock_changes.changed() => {}
                     _ = tokio::time::sleep(held_back.unwrap_or_default()), if held_back.is_some() => {}
+                    _ = tokio::time::sleep_until(beat), if heartbeat.is_some() => l.heartbeat().await,
                 }
             }
             Next::RetryIn(delay) => {
                 l.stats.failures += 1;
+                if let Some(h) = &settings.health {
+                    h.delivery_failed(&name);
+                }
                 if let Err(e) = &outcome {
                     tracing::warn!(uplink = %name, error = %e, attempt = backoff.failures(), retry_in_ms = delay.as_millis() as u64, "delivery failed; rows kept, will retry");
                 }

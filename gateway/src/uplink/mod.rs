@@ -151,6 +151,13 @@ pub trait Uplink: Send {
     fn acked(&mut self) -> AckedFuture<'_> {
         Box::pin(std::future::pending())
     }
+
+    /// Whether a Bundle holding only the gateway's Device is worth sending when nothing
+    /// was delivered for a while (a heartbeat): true for a FHIR server, where the PUT
+    /// keeps the Device's `meta.lastUpdated` as the kit's last contact. Default false.
+    fn heartbeats(&self) -> bool {
+        false
+    }
 }
 
 /// A boxed future of [`Uplink::acked`].

@@ -218,6 +218,8 @@ impl Bed {
             backoff_max: Duration::from_secs(60),
             drain_deadline: Duration::from_secs(2),
             clock,
+            health: None,
+            heartbeat: None,
         };
         let task = tokio::spawn(run(
             self.outbox.clone(),
@@ -460,6 +462,8 @@ async fn the_same_observation_stored_twice_is_sent_once_and_both_rows_leave_the_
             backoff_max: Duration::from_millis(200),
             drain_deadline: Duration::from_secs(5),
             clock: None,
+            health: None,
+            heartbeat: None,
         },
         crate::normalize::gateway_resource("gateway-pseudonym"),
         cancel.clone(),

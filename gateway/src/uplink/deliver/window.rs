@@ -97,6 +97,9 @@ impl Loop<'_> {
                         .await
                         .map_err(outbox_failed)?;
                     self.stats.delivered += count;
+                    if let Some(h) = self.health {
+                        h.delivered(self.uplink.name(), count);
+                    }
                 }
                 _ = committed.changed(), if !more && !held => more = true,
                 _ = self.abandon.cancelled() => return Err(abandoned()),

@@ -303,6 +303,10 @@ impl Uplink for FhirUplink {
         &self.settings.name
     }
 
+    fn heartbeats(&self) -> bool {
+        true
+    }
+
     fn deliver<'a>(&'a mut self, bundle: &'a Bundle) -> DeliveryFuture<'a> {
         Box::pin(self.post(bundle))
     }

@@ -1,0 +1,138 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use iomt_drivers::link::LinkEvent;
+use iomt_drivers::{DeviceIdentity, Measurement, Quantity, Reading, Transport};
+use rust_decimal::Decimal;
+
+use super::view::{Asked, DeviceState, UplinkState};
+use super::*;
+
+fn identity(transport: Transport, address: &str) -> DeviceIdentity {
+    DeviceIdentity {
+        profile: "test-cuff".into(),
+        transport,
+        address: address.into(),
+        serial_number: Some("SN-SECRET".into()),
+        manufacturer: None,
+        model: None,
+        revisions: Default::default(),
+    }
+}
+
+fn reading(id: &DeviceIdentity, at: chrono::DateTime<Utc>, battery: Option<i64>) -> Reading {
+    let mut quantities = vec![Quantity {
+        name: "systolic".into(),
+        value: Measurement::Value(Decimal::new(1234, 1)),
+        unit: "mm[Hg]".into(),
+        site: None,
+    }];
+    if let Some(b) = battery {
+        quantities.push(Quantity {
+            name: BATTERY_FIELD.into(),
+            value: Measurement::Value(Decimal::from(b)),
+            unit: "%".into(),
+            site: None,
+        });
+    }
+    Reading {
+        device: Arc::new(id.clone()),
+        device_time: None,
+        received_at: at,
+        sequence: None,
+        quantities,
+        flags: Vec::new(),
+        clock: None,
+    }
+}
+
+fn health() -> Health {
+    Health::new(Pseudonymizer::new(&[9; 32]))
+}
+
+#[test]
+fn a_device_is_named_by_its_pseudonym_and_counted_over_24_hours() {
+    let h = health();
+    let id = identity(Transport::Sim, "AA:BB:CC:DD:EE:FF");
+    let now = Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap();
+    let outcome = ReadingOutcome {
+        observations: 1,
+        rejected: 0,
+    };
+    h.reading(
+        &reading(&id, now - chrono::Duration::hours(30), None),
+        outcome,
+    );
+    h.reading(
+        &reading(&id, now - chrono::Duration::hours(2), Some(87)),
+        outcome,
+    );
+    h.reading(&reading(&id, now, None), outcome);
+    let view = h.view(now, Duration::from_secs(600), &Asked::default());
+    let d = &view.devices[0];
+    assert_eq!(d.readings_24h, 2);
+    assert_eq!(d.battery_percent, Some(87));
+    assert_eq!(d.state, DeviceState::Seen);
+    assert_eq!(d.last_reading, Some(now));
+    let json = serde_json::to_string(&view).unwrap();
+    for secret in ["AA:BB:CC:DD:EE:FF", "SN-SECRET", "123.4"] {
+        assert!(!json.contains(secret), "{secret} in {json}");
+    }
+    assert_eq!(view.ingest[0].readings, 3);
+}
+
+#[test]
+fn a_ble_device_that_hung_up_long_ago_is_not_seen() {
+    let h = health();
+    let id = identity(Transport::Ble, "AA:BB:CC:DD:EE:01");
+    h.device_configured(&id);
+    let view = h.view(Utc::now(), Duration::from_secs(600), &Asked::default());
+    assert_eq!(view.devices[0].state, DeviceState::NotSeen);
+    h.link(&id, LinkEvent::Connected);
+    let view = h.view(Utc::now(), Duration::from_secs(600), &Asked::default());
+    assert_eq!(view.devices[0].state, DeviceState::Connected);
+    h.link(&id, LinkEvent::Disconnected);
+    let later = Utc::now() + chrono::Duration::minutes(11);
+    let view = h.view(later, Duration::from_secs(600), &Asked::default());
+    assert_eq!(view.devices[0].state, DeviceState::NotSeen);
+    assert!(view.devices[0].last_seen.is_some());
+}
+
+#[test]
+fn the_summary_changes_only_with_the_state() {
+    let h = health();
+    let mut summary = h.summary();
+    summary.borrow_and_update();
+    h.uplink_configured("fhir");
+    assert!(summary.has_changed().unwrap());
+    summary.borrow_and_update();
+    h.delivered("fhir", 3);
+    assert!(!summary.has_changed().unwrap());
+    h.delivery_failed("fhir");
+    assert!(summary.borrow_and_update().contains("failing: fhir"));
+    h.delivery_failed("fhir");
+    assert!(!summary.has_changed().unwrap());
+    let view = h.view(Utc::now(), Duration::from_secs(600), &Asked::default());
+    assert_eq!(view.uplinks[0].state, UplinkState::Failing);
+    assert_eq!(view.uplinks[0].consecutive_failures, 2);
+}
+
+#[test]
+fn devices_beyond_the_limit_replace_the_unconfigured_one_seen_longest_ago() {
+    let h = health();
+    let cuff = identity(Transport::Ble, "AA:BB:CC:DD:EE:02");
+    h.device_configured(&cuff);
+    let start = Utc::now();
+    for i in 0..=MAX_DEVICES {
+        let id = identity(Transport::Mqtt, &format!("dev-{i}"));
+        let at = start + chrono::Duration::seconds(i as i64);
+        h.reading(&reading(&id, at, None), ReadingOutcome::default());
+    }
+    let view = h.view(Utc::now(), Duration::from_secs(600), &Asked::default());
+    assert_eq!(view.devices.len(), MAX_DEVICES);
+    assert!(
+        view.devices.iter().any(|d| d.transport == "ble"),
+        "the configured cuff, never seen, is kept"
+    );
+}

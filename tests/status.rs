@@ -1,0 +1,629 @@
+//! End-to-end tests of the kit's health view: the real daemon's local status endpoint
+//! (`/status`, `/metrics`, the technician page `/` in headless Chromium, its screenshot
+//! kept in `target/test-artifacts/`), `iomt-gateway status` against it, the LAN
+//! binding's bearer token, and what none of them may show (patient id, device addresses
+//! and serials, measured values). `/metrics` is read by an independent parser, the
+//! `prometheus_client` Python package (tests/requirements.txt).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::config::Config;
+use common::running::Running;
+use common::{gateway, observations_in, texts, validator_python, wait_until};
+use iomt_testkit::bluez::{DeviceKind, DeviceSpec, PrivateBus, SimBluez};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const PATIENT: &str = "MRN-STATUS-7781";
+
+/// A port free on loopback now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET `path` from 127.0.0.1:`port` over HTTP/1.0: (status code, body).
+fn http_get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n{auth}\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, body.to_string())
+}
+
+/// Whether something answers on the port.
+fn listening(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// `iomt-gateway status [extra] --config config`: (exit code, stdout, stderr).
+fn status_cli(config: &Path, extra: &[&str]) -> (i32, String, String) {
+    let out = gateway()
+        .arg("status")
+        .args(extra)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    let (o, e) = texts(&out);
+    (out.status.code().unwrap_or(-1), o, e)
+}
+
+fn status_json(config: &Path) -> serde_json::Value {
+    let (code, out, err) = status_cli(config, &["--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// `/metrics` parsed by `prometheus_client`: sample name{labels} → value.
+fn parsed_metrics(text: &str, dir: &Path) -> BTreeMap<String, f64> {
+    let file = dir.join("metrics.txt");
+    std::fs::write(&file, text).unwrap();
+    let script = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = {}
+for family in text_string_to_metric_families(open(sys.argv[1]).read()):
+    for s in family.samples:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+        out[f"{s.name}{{{labels}}}"] = s.value
+print(json.dumps(out))
+"#;
+    let out = Command::new(validator_python())
+        .arg("-c")
+        .arg(script)
+        .arg(&file)
+        .output()
+        .expect("python runs");
+    let (o, e) = texts(&out);
+    assert!(
+        out.status.success(),
+        "prometheus_client refused /metrics: {e}\n{text}"
+    );
+    serde_json::from_str(&o).unwrap()
+}
+
+/// Fails if any of `secrets` appears in `text`. A decimal value counts only as a whole
+/// number (not the `36.7` of a time stamp's `12:03:36.712`).
+fn assert_free_of(what: &str, text: &str, secrets: &[String]) {
+    for s in secrets {
+        let found = text.match_indices(s.as_str()).any(|(i, _)| {
+            let before = text[..i].chars().next_back();
+            let after = text[i + s.len()..].chars().next();
+            let digit = |c: Option<char>| c.is_some_and(|c| c.is_ascii_digit() || c == '.');
+            !s.chars().all(|c| c.is_ascii_digit() || c == '.') || !(digit(before) || digit(after))
+        });
+        assert!(!found, "{what} shows `{s}`:\n{text}");
+    }
+}
+
+/// The decimal values (with a decimal point) of the Observations in `out`.
+fn measured_decimals(out: &Path) -> Vec<String> {
+    let mut values = Vec::new();
+    for o in observations_in(out) {
+        let mut quantities = vec![o["valueQuantity"]["value"].clone()];
+        if let Some(c) = o["component"].as_array() {
+            quantities.extend(c.iter().map(|c| c["valueQuantity"]["value"].clone()));
+        }
+        for q in quantities {
+            if let Some(n) = q.as_number() {
+                let n = n.to_string();
+                if n.contains('.') && !values.contains(&n) {
+                    values.push(n);
+                }
+            }
+        }
+    }
+    values
+}
+
+fn sim_config(dir: &Path, port: u16, max_readings: u64) -> PathBuf {
+    common::write_keys(dir);
+    Config::new(dir, "kit-status-1", PATIENT)
+        .driver(&format!(
+            "[sim]\nenabled = true\nprofiles = [\"sim-thermometer\", \"sim-pulse-oximeter\"]\ninterval_secs = 0.01\nmax_readings = {max_readings}"
+        ))
+        .outbox("commit_window_ms = 5\nquiet_commit_window_ms = 5")
+        .file_uplink(&dir.join("out"))
+        .append(&format!("\n[status]\nlisten = \"127.0.0.1:{port}\""))
+        .write()
+}
+
+#[test]
+fn after_the_simulator_ran_status_and_metrics_count_what_it_sent_and_name_nobody() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // 40 readings in all, 20 per device.
+    let config = sim_config(tmp.path(), port, 40);
+    let gw = Running::start(&config, &[], DEADLINE);
+    let out = tmp.path().join("out");
+    gw.wait_log("simulator reached its reading limit", 1);
+    wait_until(DEADLINE, "every reading delivered", || {
+        if !listening(port) {
+            return false;
+        }
+        let s = status_json(&config);
+        let sum = |key: &str| -> u64 {
+            s["ingest"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i[key].as_u64().unwrap())
+                .sum()
+        };
+        sum("readings") == 40
+            && s["uplinks"][0]["backlog_rows"] == 0
+            && s["uplinks"][0]["delivered"].as_u64() == Some(sum("observations"))
+    });
+
+    let status = status_json(&config);
+    let g = &status["gateway"];
+    assert_eq!(g["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(g["clock_synchronized"], true);
+    assert!(g["disk_free_bytes"].as_u64().unwrap() > 0);
+    assert!(g["outbox_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(g["dead_letters"], 0);
+    let devices = status["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 2, "{status}");
+    for d in devices {
+        assert_eq!(d["transport"], "sim");
+        assert_eq!(d["state"], "seen");
+        assert_eq!(d["readings_24h"], 20);
+        assert!(d["last_reading"].is_string() && d["last_seen"].is_string());
+        assert!(d["signal_dbm"].is_null());
+        let pseudonym = d["device"].as_str().unwrap();
+        assert!(
+            pseudonym.len() >= 16 && pseudonym.chars().all(|c| c.is_ascii_hexdigit()),
+            "a pseudonym: {pseudonym}"
+        );
+    }
+    let u = &status["uplinks"][0];
+    assert_eq!(u["name"], "file");
+    assert_eq!(u["state"], "ok");
+    assert_eq!(u["backlog_rows"], 0);
+    assert_eq!(u["consecutive_failures"], 0);
+    assert!(u["last_delivery"].is_string());
+
+    let (code, metrics) = http_get(port, "/metrics", None);
+    assert_eq!(code, 200);
+    let m = parsed_metrics(&metrics, tmp.path());
+    for profile in ["sim-thermometer", "sim-pulse-oximeter"] {
+        let key = |name: &str| format!("{name}{{profile={profile},transport=sim}}");
+        assert_eq!(m[&key("iomt_gateway_readings_total")], 20.0, "{metrics}");
+        assert_eq!(m[&key("iomt_gateway_devices_connected")], 0.0);
+    }
+    // The oximeter makes two Observations a reading (SpO2 and pulse rate).
+    let observations: f64 = ["sim-thermometer", "sim-pulse-oximeter"]
+        .iter()
+        .map(|p| m[&format!("iomt_gateway_observations_total{{profile={p},transport=sim}}")])
+        .sum();
+    assert_eq!(observations, observations_in(&out).len() as f64);
+    assert_eq!(
+        m["iomt_gateway_delivered_observations_total{uplink=file}"],
+        observations
+    );
+    assert_eq!(m["iomt_gateway_delivery_failures_total{uplink=file}"], 0.0);
+    assert_eq!(m["iomt_gateway_backlog_rows{uplink=file}"], 0.0);
+    assert_eq!(m["iomt_gateway_clock_synchronized{}"], 1.0);
+    // Every commit is counted in the histogram, within its +Inf bucket.
+    let commits = m["iomt_gateway_outbox_commit_seconds_count{}"];
+    assert!(commits >= 1.0, "{metrics}");
+    assert_eq!(
+        m["iomt_gateway_outbox_commit_seconds_bucket{le=+Inf}"],
+        commits
+    );
+
+    let (code, table, err) = status_cli(&config, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        table.contains("sim-thermometer") && table.contains("just now"),
+        "ages in words: {table}"
+    );
+    assert!(table.contains("file") && table.contains("ok"), "{table}");
+
+    let (_, raw_status) = http_get(port, "/status", None);
+    let log = gw.stop();
+    let mut secrets = vec![
+        PATIENT.to_string(),
+        "kit-status-1".to_string(),
+        "sim-thermometer-1".into(),
+        "sim-pulse-oximeter-1".into(),
+        "SIM-SIM-THERMOMETER-0001".into(),
+        "SIM-SIM-PULSE-OXIMETER-0001".into(),
+    ];
+    secrets.extend(measured_decimals(&out));
+    assert!(secrets.len() > 6, "the test knows some measured values");
+    for (what, text) in [
+        ("/status", &raw_status),
+        ("/metrics", &metrics),
+        ("status", &table),
+    ] {
+        assert_free_of(what, text, &secrets);
+    }
+    assert!(log.contains("status endpoint listening"), "{log}");
+}
+
+#[test]
+fn status_says_the_gateway_is_not_running_when_nothing_answers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = sim_config(tmp.path(), port, 1);
+    let (code, out, err) = status_cli(&config, &[]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("the gateway is not running"), "{err}");
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+}
+
+#[test]
+fn the_lan_binding_needs_a_token_file_and_refuses_requests_without_the_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = sim_config(tmp.path(), port, 1000);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("127.0.0.1:", "0.0.0.0:");
+    std::fs::write(&config, &text).unwrap();
+    let out = common::run_config(&config).output().unwrap();
+    let (_, err) = texts(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("status.listen") && err.contains("status.token_file"),
+        "{err}"
+    );
+
+    let token_file = tmp.path().join("status.token");
+    common::write_with_mode(&token_file, "s3cret-token-for-the-lan\n", 0o644);
+    let with_token = format!("{text}token_file = \"{}\"\n", token_file.display());
+    std::fs::write(&config, &with_token).unwrap();
+    let out = common::run_config(&config).output().unwrap();
+    let (_, err) = texts(&out);
+    assert!(!out.status.success(), "a readable token file is refused");
+    assert!(err.contains("status.token"), "{err}");
+
+    common::write_private(&token_file, "s3cret-token-for-the-lan\n");
+    let gw = Running::start(&config, &[], DEADLINE);
+    wait_until(DEADLINE, "the endpoint", || listening(port));
+    for path in ["/status", "/metrics"] {
+        assert_eq!(http_get(port, path, None).0, 401, "{path} without a token");
+        assert_eq!(http_get(port, path, Some("wrong")).0, 401, "{path}");
+        assert_eq!(
+            http_get(port, path, Some("s3cret-token-for-the-lan")).0,
+            200,
+            "{path}"
+        );
+    }
+    // The page holds no data: served without the token, it asks for it.
+    let (code, page) = http_get(port, "/", None);
+    assert_eq!(code, 200);
+    assert!(!page.contains("sim-thermometer"), "{page}");
+    let (code, table, err) = status_cli(&config, &[]);
+    assert_eq!(code, 0, "status reads the token file: {err}");
+    assert!(table.contains("sim-thermometer"), "{table}");
+    gw.stop();
+}
+
+const CUFF: &str = "A0:00:00:00:00:01";
+/// 128/82 mmHg, MAP 97, pulse 72.
+const BP_128: &str = "1E 80 00 52 00 61 00 DD 07 08 1A 09 0A 14 48 00 01 00 00";
+
+#[test]
+fn a_ble_cuff_that_went_away_shows_not_seen_with_its_last_seen_time_and_its_battery() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bus = PrivateBus::start(tmp.path()).unwrap();
+    let sim = SimBluez::start(bus.address()).unwrap();
+    sim.add_device(DeviceSpec {
+        address: CUFF.into(),
+        name: "A&D_UA-651".into(),
+        kind: DeviceKind::BloodPressure,
+        battery: 80,
+    });
+    let bytes: Vec<u8> = BP_128
+        .split_whitespace()
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    sim.queue(CUFF, 0x2A35, &bytes);
+    sim.advertise(CUFF);
+    common::write_keys(tmp.path());
+    let port = free_port();
+    let out = tmp.path().join("out");
+    let config = Config::new(tmp.path(), "kit-status-ble", PATIENT)
+        .driver(&format!(
+            "[ble]\nadapter = \"hci0\"\nreconnect_initial_ms = 50\nreconnect_max_ms = 500\n\n[[ble.devices]]\naddress = \"{CUFF}\"\nprofile = \"and-ua-651ble\"\n"
+        ))
+        .file_uplink(&out)
+        .append(&format!(
+            "\n[status]\nlisten = \"127.0.0.1:{port}\"\nseen_within_secs = 2"
+        ))
+        .write();
+    let gw = Running::start(
+        &config,
+        &[("DBUS_SYSTEM_BUS_ADDRESS", bus.address())],
+        DEADLINE,
+    );
+    wait_until(DEADLINE, "the endpoint", || listening(port));
+    let device = |config: &Path| status_json(config)["devices"][0].clone();
+    assert_eq!(
+        status_json(&config)["devices"].as_array().unwrap().len(),
+        1,
+        "the allow-listed cuff is listed before it shows up"
+    );
+    wait_until(DEADLINE, "the cuff connected", || {
+        device(&config)["state"] == "connected"
+    });
+    wait_until(DEADLINE, "its reading", || {
+        device(&config)["readings_24h"].as_u64() >= Some(2)
+    });
+    let connected = device(&config);
+    assert_eq!(connected["battery_percent"], 80);
+    assert_eq!(connected["transport"], "ble");
+    assert_eq!(connected["profile"], "and-ua-651ble");
+
+    sim.hang_up(CUFF);
+    wait_until(DEADLINE, "the cuff not seen", || {
+        device(&config)["state"] == "not seen"
+    });
+    let gone = device(&config);
+    assert!(gone["last_seen"].is_string(), "{gone}");
+    let (code, metrics) = http_get(port, "/metrics", None);
+    assert_eq!(code, 200);
+    let m = parsed_metrics(&metrics, tmp.path());
+    assert_eq!(
+        m["iomt_gateway_devices_connected{profile=and-ua-651ble,transport=ble}"],
+        0.0
+    );
+    let (_, table, _) = status_cli(&config, &[]);
+    assert!(table.contains("not seen"), "{table}");
+    let (_, raw_status) = http_get(port, "/status", None);
+    gw.stop();
+    let mut secrets = vec![
+        PATIENT.to_string(),
+        CUFF.to_string(),
+        CUFF.replace(':', "_"),
+    ];
+    secrets.extend(measured_decimals(&out));
+    for (what, text) in [
+        ("/status", &raw_status),
+        ("/metrics", &metrics),
+        ("status", &table),
+    ] {
+        assert_free_of(what, text, &secrets);
+    }
+}
+
+/// Loads `url` in headless Chromium (Debian's `chromium`, installed by `.ci/run`) and
+/// returns the DOM once its script ran; keeps a screenshot at `screenshot`.
+fn chromium(url: &str, screenshot: &Path) -> String {
+    let base = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--window-size=1200,900",
+        "--virtual-time-budget=5000",
+    ];
+    let run = |extra: &[String]| {
+        let out = Command::new("chromium")
+            .args(base)
+            .args(extra)
+            .arg(url)
+            .output()
+            .expect("chromium runs (Debian package `chromium`, installed by .ci/run)");
+        let (o, e) = texts(&out);
+        assert!(out.status.success(), "chromium failed: {e}");
+        o
+    };
+    run(&[format!("--screenshot={}", screenshot.display())]);
+    assert!(
+        screenshot.exists(),
+        "no screenshot at {}",
+        screenshot.display()
+    );
+    run(&["--dump-dom".to_string()])
+}
+
+#[test]
+fn the_technician_page_in_headless_chromium_shows_the_devices_the_uplink_and_the_kit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bus = PrivateBus::start(tmp.path()).unwrap();
+    let sim = SimBluez::start(bus.address()).unwrap();
+    sim.add_device(DeviceSpec {
+        address: CUFF.into(),
+        name: "A&D_UA-651".into(),
+        kind: DeviceKind::BloodPressure,
+        battery: 80,
+    });
+    let bytes: Vec<u8> = BP_128
+        .split_whitespace()
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    sim.queue(CUFF, 0x2A35, &bytes);
+    sim.advertise(CUFF);
+    common::write_keys(tmp.path());
+    let port = free_port();
+    let out = tmp.path().join("out");
+    let config = Config::new(tmp.path(), "kit-status-page", PATIENT)
+        .driver(&format!(
+            "[sim]\nenabled = true\nprofiles = [\"sim-thermometer\"]\ninterval_secs = 0.05\nmax_readings = 10\n\n[ble]\nadapter = \"hci0\"\nreconnect_initial_ms = 50\nreconnect_max_ms = 500\n\n[[ble.devices]]\naddress = \"{CUFF}\"\nprofile = \"and-ua-651ble\"\n"
+        ))
+        .file_uplink(&out)
+        .append(&format!("\n[status]\nlisten = \"127.0.0.1:{port}\""))
+        .write();
+    let gw = Running::start(
+        &config,
+        &[("DBUS_SYSTEM_BUS_ADDRESS", bus.address())],
+        DEADLINE,
+    );
+    wait_until(
+        DEADLINE,
+        "the cuff connected and its reading delivered",
+        || {
+            if !listening(port) {
+                return false;
+            }
+            let s = status_json(&config);
+            s["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["profile"] == "and-ua-651ble" && d["battery_percent"] == 80)
+                && s["uplinks"][0]["backlog_rows"] == 0
+                && s["uplinks"][0]["delivered"].as_u64() > Some(0)
+        },
+    );
+
+    let (code, html) = http_get(port, "/", None);
+    assert_eq!(code, 200);
+    for external in ["src=\"http", "href=\"http", "<link", "@import", "url("] {
+        assert!(
+            !html.contains(external),
+            "the page loads nothing from outside: {external}"
+        );
+    }
+    let artifacts = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| common::root().join("target"))
+        .join("test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let screenshot = artifacts.join("technician-page.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let dom = chromium(&format!("http://127.0.0.1:{port}/"), &screenshot);
+    for shown in [
+        "sim-thermometer",
+        "and-ua-651ble",
+        "80 %",
+        "file",
+        "0 rows",
+        "clock synchronized",
+        env!("CARGO_PKG_VERSION"),
+    ] {
+        assert!(dom.contains(shown), "the page shows `{shown}`:\n{dom}");
+    }
+    assert!(
+        dom.contains(">connected<") || dom.contains(">seen<"),
+        "the cuff's state: {dom}"
+    );
+    assert!(
+        dom.contains("<div id=\"error\"></div>"),
+        "no error shown: {dom}"
+    );
+    gw.stop();
+    let mut secrets = vec![
+        PATIENT.to_string(),
+        CUFF.to_string(),
+        "sim-thermometer-1".into(),
+        "SIM-SIM-THERMOMETER-0001".into(),
+    ];
+    secrets.extend(measured_decimals(&out));
+    assert_free_of("the page", &dom, &secrets);
+}
+
+#[test]
+fn a_quiet_kit_sends_heartbeats_to_the_fhir_server_that_name_nobody() {
+    let kit = common::kit::Kit::new();
+    let port = free_port();
+    let config = kit
+        .config_for("kit-status-beat", PATIENT)
+        .driver("[sim]\nenabled = true\nprofiles = [\"sim-thermometer\"]\ninterval_secs = 0.01\nmax_readings = 3")
+        .outbox("commit_window_ms = 5\nquiet_commit_window_ms = 5")
+        .uplink(&kit.fhir_uplink(1))
+        .append(&format!(
+            "\n[status]\nlisten = \"127.0.0.1:{port}\"\nheartbeat_interval_secs = 1"
+        ))
+        .write();
+    let gw = Running::start(&config, &[], DEADLINE);
+    wait_until(DEADLINE, "the 3 readings stored on the server", || {
+        kit.server.with_store(|s| s.observations.len()) == 3
+    });
+    gw.wait_log("simulator reached its reading limit", 1);
+    let after_readings = kit.server.with_store(|s| s.requests);
+    // Nothing more is measured: only heartbeats reach the server now.
+    wait_until(DEADLINE, "two heartbeats", || {
+        kit.server.with_store(|s| s.requests) >= after_readings + 2
+    });
+    let status = status_json(&config);
+    assert!(
+        status["uplinks"][0]["last_heartbeat"].is_string(),
+        "{status}"
+    );
+    let (observations, devices) = kit.server.with_store(|s| {
+        (
+            s.observations.len(),
+            serde_json::to_string(&s.devices).unwrap(),
+        )
+    });
+    assert_eq!(observations, 3, "heartbeats carry no Observation");
+    assert!(devices.contains("gateway"), "{devices}");
+    gw.stop();
+    assert_free_of(
+        "the heartbeats",
+        &devices,
+        &[
+            PATIENT.to_string(),
+            "kit-status-beat".into(),
+            "sim-thermometer-1".into(),
+            "SIM-SIM-THERMOMETER-0001".into(),
+        ],
+    );
+}
+
+#[test]
+fn a_serial_port_shows_connected_while_open_and_not_seen_once_unplugged() {
+    let tmp = tempfile::tempdir().unwrap();
+    common::write_keys(tmp.path());
+    let pty = iomt_drivers::serial::pty::Pty::open().unwrap();
+    // A stable name, as /dev/serial/by-id gives: the node vanishes when unplugged.
+    let by_id = tmp.path().join("usb-Nonin_9560-if00");
+    std::os::unix::fs::symlink(pty.slave_path(), &by_id).unwrap();
+    let port = free_port();
+    let config = Config::new(tmp.path(), "kit-status-serial", PATIENT)
+        .driver(&format!(
+            "[serial]\nreconnect_initial_ms = 20\nreconnect_max_ms = 200\n\n[[serial.ports]]\npath = \"{}\"\nprofile = \"nonin-9560-format13\"\n",
+            by_id.display()
+        ))
+        .file_uplink(&tmp.path().join("out"))
+        .append(&format!(
+            "\n[status]\nlisten = \"127.0.0.1:{port}\"\nseen_within_secs = 1"
+        ))
+        .write();
+    let gw = Running::start(&config, &[], DEADLINE);
+    wait_until(DEADLINE, "the endpoint", || listening(port));
+    let device = || status_json(&config)["devices"][0].clone();
+    wait_until(DEADLINE, "the port open", || {
+        device()["state"] == "connected"
+    });
+    assert_eq!(device()["transport"], "serial");
+
+    drop(pty);
+    std::fs::remove_file(&by_id).unwrap();
+    gw.wait_log("serial port lost", 1);
+    wait_until(DEADLINE, "the port not seen", || {
+        device()["state"] == "not seen"
+    });
+    let gone = device();
+    assert!(gone["last_seen"].is_string(), "{gone}");
+    let (_, raw_status) = http_get(port, "/status", None);
+    gw.stop();
+    assert_free_of(
+        "/status",
+        &raw_status,
+        &[
+            PATIENT.to_string(),
+            by_id.display().to_string(),
+            "usb-Nonin".into(),
+        ],
+    );
+}
