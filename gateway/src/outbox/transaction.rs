@@ -320,7 +320,9 @@ pub(super) fn apply(
         // copy) costs nothing but the disk the file keeps until the next drain.
         match store.shrink() {
             Ok(pages) => tracing::debug!(pages, "outbox: free pages given back after a drain"),
-            Err(e) => tracing::warn!(error = %e, "outbox: could not give the free pages of a drained backlog back to the file system; the file keeps its size"),
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox: could not give the free pages of a drained backlog back to the file system; the file keeps its size")
+            }
         }
     }
     let last_seq = store.next_seq() - 1;
