@@ -28,6 +28,8 @@
 //!   receive time is used instead when the device gives no time, says its clock is not
 //!   set, or gives a time more than [`MAX_FUTURE`] ahead of the receive time. `issued` is
 //!   the receive time.
+//!   A CGM record's device time is made by the driver: session start + time offset
+//!   (`iomt_drivers::ble::cgm`), zoned when the session start gives its zone.
 //! - **The gateway's clock**: the receive time is only as right as the gateway's clock. The
 //!   normalizer takes it as given (no clock, no IO here); the pipeline looks at the
 //!   clock's synchronization on every reading (`clock.rs`) and stores a reading received
