@@ -1062,6 +1062,22 @@ fn cgm_records_live_and_stored_are_fetched_exactly_once_across_a_gateway_restart
     // Session start 2024-03-15 08:00 +01:00 (SESSION_START) + the time offset.
     assert_eq!(cgm_times(&world.out(), "100"), ["2024-03-15T07:05:00Z"]);
     assert_eq!(cgm_times(&world.out(), "115"), ["2024-03-15T07:20:00Z"]);
+    // The annunciation is a note on its record's Observation, never on the others.
+    let notes: Vec<(String, serde_json::Value)> = observations_in(&world.out())
+        .iter()
+        .filter(|o| o["code"]["coding"][0]["code"] == INTERSTITIAL_GLUCOSE)
+        .map(|o| (o["valueQuantity"]["value"].to_string(), o["note"].clone()))
+        .collect();
+    for (v, note) in &notes {
+        if v == "110" {
+            assert_eq!(
+                note[0]["text"], "device status: device battery low",
+                "{notes:?}"
+            );
+        } else {
+            assert!(note.is_null(), "{notes:?}");
+        }
+    }
     let files = common::json_files(&world.out());
     let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
     let (ok, report) = validate_fhir(&paths);

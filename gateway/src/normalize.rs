@@ -64,6 +64,9 @@
 //!   the field names, the effective time and the device's sequence number. The Device
 //!   resource names what the device reports about itself (manufacturer, model, revisions),
 //!   else the profile's manufacturer and model; identifying values only as pseudonyms.
+//! - **Device status** the device announces with a reading (a CGM's sensor status
+//!   annunciations, by name) becomes a `note` on each of its Observations; the value is
+//!   kept.
 //! - **Test data** (control solution, calibration) is never emitted as a patient
 //!   observation; demo data is emitted with the `HTEST` security label.
 
@@ -497,6 +500,16 @@ fn skeleton(
         value_date_time: None,
         data_absent_reason: None,
         interpretation: Vec::new(),
+        note: reading
+            .flags
+            .iter()
+            .filter_map(|f| match f {
+                ReadingFlag::DeviceStatus(status) => Some(fhir::Annotation {
+                    text: format!("device status: {status}"),
+                }),
+                _ => None,
+            })
+            .collect(),
         body_site: None,
         device: Reference::to(format!(
             "Device/{}",

@@ -15,8 +15,9 @@
 //! are all fetched; across gateway restarts within one session nothing is fetched twice.
 //!
 //! **Sensor status annunciations** are logged at warn, by name (never a value), when the
-//! set of annunciations changes; the record's values are sent as they are, except that
-//! "time synchronization required" marks the clock as not set.
+//! set of annunciations changes, and travel with the record as `ReadingFlag::DeviceStatus`
+//! (a `note` on its Observation); the values are sent as they are, except that "time
+//! synchronization required" marks the clock as not set.
 
 use btleplug::api::{CharPropFlags, Peripheral as _};
 use btleplug::platform::Peripheral;

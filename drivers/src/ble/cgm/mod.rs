@@ -24,8 +24,9 @@
 //! - **Sensor Status Annunciation**: up to three octets, on the wire in the order Warning,
 //!   Cal/Temp, Status (reference §2.9), kept in [`CgmStatus`] with the SIG's bit numbers
 //!   (Status bits 0–7, Cal/Temp 8–15, Warning 16–23). Cal/Temp bit 8 "time synchronization
-//!   between sensor and collector required" gives `ReadingFlag::ClockNotSet`; every other
-//!   bit is kept for the gateway to report (never a value change).
+//!   between sensor and collector required" gives `ReadingFlag::ClockNotSet`; every bit
+//!   with a meaning becomes a `ReadingFlag::DeviceStatus` naming it, which the gateway
+//!   notes on the Observations (never a value change).
 
 pub mod session;
 
@@ -303,11 +304,17 @@ impl FinalMeasurement for CgmMeasurement {
     }
 
     fn flags(&self) -> Vec<ReadingFlag> {
+        let mut flags = Vec::new();
         if self.status.time_sync_required() {
-            vec![ReadingFlag::ClockNotSet]
-        } else {
-            Vec::new()
+            flags.push(ReadingFlag::ClockNotSet);
         }
+        flags.extend(
+            self.status
+                .annunciations()
+                .into_iter()
+                .map(ReadingFlag::DeviceStatus),
+        );
+        flags
     }
 
     fn sequence(&self) -> Option<u64> {

@@ -135,7 +135,15 @@ fn annunciations_are_named_by_sig_bit_and_time_sync_is_clock_not_set() {
             "result higher than the device can process"
         ]
     );
-    assert_eq!(m.flags(), [ReadingFlag::ClockNotSet]);
+    assert_eq!(
+        m.flags(),
+        [
+            ReadingFlag::ClockNotSet,
+            ReadingFlag::DeviceStatus("device battery low"),
+            ReadingFlag::DeviceStatus("time synchronization between sensor and collector required"),
+            ReadingFlag::DeviceStatus("result higher than the device can process"),
+        ]
+    );
 }
 
 #[test]
