@@ -12,7 +12,7 @@ use chrono::Timelike;
 use common::config::Config;
 use common::running::Running;
 use common::{gateway, observations_in, validate_fhir, wait_until};
-use iomt_testkit::bluez::{DeviceKind, DeviceSpec, PrivateBus, SimBluez};
+use iomt_testkit::bluez::{cgm_record, DeviceKind, DeviceSpec, PrivateBus, SimBluez};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 /// MDC_ATTR_VAL_BATT_CHARGE: the battery charge has no LOINC code.
@@ -978,6 +978,106 @@ fn a_polar_h10_sending_every_second_is_thinned_to_one_heart_rate_per_min_interva
         .map(|(_, v)| v)
         .collect();
     assert_eq!(rates, ["72"], "{log}");
+    let files = common::json_files(&world.out());
+    let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    let (ok, report) = validate_fhir(&paths);
+    assert!(ok, "{report}");
+}
+
+const CGM: &str = "A0:00:00:00:00:21";
+/// LOINC Glucose [Mass/volume] in Interstitial fluid.
+const INTERSTITIAL_GLUCOSE: &str = "99504-3";
+
+/// The `effectiveDateTime` of the interstitial glucose Observations of value `v`.
+fn cgm_times(out: &Path, v: &str) -> Vec<String> {
+    observations_in(out)
+        .iter()
+        .filter(|o| o["code"]["coding"][0]["code"] == INTERSTITIAL_GLUCOSE)
+        .filter(|o| {
+            o["valueQuantity"]["value"]
+                .as_number()
+                .map(|n| n.to_string())
+                == Some(v.into())
+        })
+        .map(|o| {
+            o["effectiveDateTime"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn cgm_records_live_and_stored_are_fetched_exactly_once_across_a_gateway_restart() {
+    let world = World::new(&[(CGM, "CGM", DeviceKind::Cgm)]);
+    let sim = &world.bluez;
+    // Stored: 100 mg/dL at 5 min, 105 at 10 min into the session; live: 110 at 15 min with
+    // "device battery low", and one record whose E2E-CRC is wrong.
+    sim.store_records(
+        CGM,
+        &[(5, cgm_record(100, 5, 0)), (10, cgm_record(105, 10, 0))],
+    );
+    let mut bad = cgm_record(99, 12, 0);
+    let last = bad.len() - 1;
+    bad[last] ^= 0xFF;
+    sim.queue(CGM, 0x2AA7, &bad);
+    sim.queue(CGM, 0x2AA7, &cgm_record(110, 15, 0x02));
+    sim.advertise(CGM);
+    let config = world.config(&[(CGM, "standard-cgm")]);
+    let gw = world.start(&config);
+    for v in ["100", "105", "110"] {
+        world.wait_for(&gw, INTERSTITIAL_GLUCOSE, v);
+    }
+    let log = gw.stop();
+    assert!(
+        log.lines().any(|l| l.contains("BLE device session ended")
+            && l.contains("rejected=1")
+            && l.contains("invalid: 1")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("CGM sensor status annunciation")
+                && l.contains("device battery low")
+                && l.contains("WARN")),
+        "{log}"
+    );
+
+    sim.store_records(CGM, &[(20, cgm_record(115, 20, 0))]);
+    let gw = world.start(&config);
+    world.wait_for(&gw, INTERSTITIAL_GLUCOSE, "115");
+    gw.wait_log("BLE device connected", 1);
+    gw.stop();
+
+    // The second connection asks only for the records after the last one committed.
+    assert_eq!(
+        sim.racp_requests(CGM),
+        vec![vec![0x01, 0x01], vec![0x01, 0x03, 0x01, 16, 0x00]]
+    );
+    for v in ["100", "105", "110", "115"] {
+        assert_eq!(world.count(INTERSTITIAL_GLUCOSE, v), 1, "glucose {v}");
+    }
+    assert_eq!(world.count(INTERSTITIAL_GLUCOSE, "99"), 0);
+    // Session start 2024-03-15 08:00 +01:00 (SESSION_START) + the time offset.
+    assert_eq!(cgm_times(&world.out(), "100"), ["2024-03-15T07:05:00Z"]);
+    assert_eq!(cgm_times(&world.out(), "115"), ["2024-03-15T07:20:00Z"]);
+    // The annunciation is a note on its record's Observation, never on the others.
+    let notes: Vec<(String, serde_json::Value)> = observations_in(&world.out())
+        .iter()
+        .filter(|o| o["code"]["coding"][0]["code"] == INTERSTITIAL_GLUCOSE)
+        .map(|o| (o["valueQuantity"]["value"].to_string(), o["note"].clone()))
+        .collect();
+    for (v, note) in &notes {
+        if v == "110" {
+            assert_eq!(
+                note[0]["text"], "device status: device battery low",
+                "{notes:?}"
+            );
+        } else {
+            assert!(note.is_null(), "{notes:?}");
+        }
+    }
     let files = common::json_files(&world.out());
     let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
     let (ok, report) = validate_fhir(&paths);

@@ -226,6 +226,9 @@ pub enum ReadingFlag {
     DemoData,
     /// Test or calibration data (e.g. control solution): never a patient value.
     TestData,
+    /// A status the device announced with the reading, by name (a CGM's "calibration
+    /// required"): the gateway notes it on the Observations; the value is kept.
+    DeviceStatus(&'static str),
 }
 
 /// One measurement event from one device.

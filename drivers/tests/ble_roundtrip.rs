@@ -12,10 +12,10 @@ use iomt_drivers::ble::plx::{PlxDeviceStatus, PlxMeasurementStatus};
 use iomt_drivers::ble::temperature::{TemperatureType, TemperatureUnit};
 use iomt_drivers::ble::weight::UnitSystem;
 use iomt_drivers::ble::{
-    self, Anomaly, BloodPressureMeasurement, CurrentTime, FinalMeasurement, GattDateTime,
-    GattError, GlucoseContext, GlucoseMeasurement, HeartRateMeasurement, IntermediateCuffPressure,
-    PlxContinuousMeasurement, PlxSpotCheckMeasurement, TemperatureMeasurement, UserId,
-    WeightMeasurement,
+    self, Anomaly, BloodPressureMeasurement, CgmMeasurement, CurrentTime, FinalMeasurement,
+    GattDateTime, GattError, GlucoseContext, GlucoseMeasurement, HeartRateMeasurement,
+    IntermediateCuffPressure, PlxContinuousMeasurement, PlxSpotCheckMeasurement, SessionStartTime,
+    TemperatureMeasurement, UserId, WeightMeasurement,
 };
 use iomt_drivers::{AbsentReason, DeviceTime, Measurement, ReadingFlag};
 use proptest::prelude::*;
@@ -443,4 +443,86 @@ proptest! {
         prop_assert_eq!(CurrentTime::decode(&written).unwrap().device_now().unwrap(), now);
         every_prefix_is_truncated(&b, CurrentTime::decode);
     }
+
+    #[test]
+    fn cgm_round_trips_for_every_flag_byte_with_and_without_crc(
+        g in sfloat(), offset in any::<u16>(), oct in any::<[u8; 3]>(), trend in sfloat(), quality in sfloat(),
+        flip in 0usize..64,
+    ) {
+        for flags in all_flags() {
+            let mut body = vec![flags];
+            body.extend(g.sfloat());
+            body.extend(offset.to_le_bytes());
+            if flags & 0x20 != 0 { body.push(oct[0]); }
+            if flags & 0x40 != 0 { body.push(oct[1]); }
+            if flags & 0x80 != 0 { body.push(oct[2]); }
+            if flags & 0x01 != 0 { body.extend(trend.sfloat()); }
+            if flags & 0x02 != 0 { body.extend(quality.sfloat()); }
+            for crc in [false, true] {
+                let size = body.len() + 1 + if crc { 2 } else { 0 };
+                let mut b = vec![u8::try_from(size).unwrap()];
+                b.extend(&body);
+                if crc { let c = mcrf4xx(&b); b.extend(c.to_le_bytes()); }
+                let m = CgmMeasurement::decode_checked(&b, crc).unwrap();
+                assert_same(m.glucose, g.expected());
+                prop_assert_eq!(m.time_offset_minutes, offset);
+                prop_assert_eq!(m.sequence(), Some(u64::from(offset)));
+                prop_assert_eq!(m.status.warning, (flags & 0x20 != 0).then_some(oct[0]));
+                prop_assert_eq!(m.status.cal_temp, (flags & 0x40 != 0).then_some(oct[1]));
+                prop_assert_eq!(m.status.status, (flags & 0x80 != 0).then_some(oct[2]));
+                match m.trend { Some(t) => assert_same(t, trend.expected()), None => prop_assert!(flags & 0x01 == 0) }
+                match m.quality { Some(q) => assert_same(q, quality.expected()), None => prop_assert!(flags & 0x02 == 0) }
+                prop_assert_eq!(m.quantities().len(), 1 + usize::from(flags & 0x01) + usize::from(flags & 0x02 != 0));
+                prop_assert_eq!(m.e2e_crc.is_some(), crc);
+                prop_assert_eq!(&m.anomalies, &reserved(flags & 0x1C));
+                prop_assert_eq!(m.device_time(), None);
+                every_prefix_is_truncated(&b, CgmMeasurement::decode);
+                if crc {
+                                        let bit = flip % ((b.len() - 1) * 8);
+                    let mut bad = b.clone();
+                    bad[1 + bit / 8] ^= 1 << (bit % 8);
+                    // With CGM Feature saying E2E-CRC, a flipped bit never passes: a flipped flag
+                    // bit changes the layout, so the record is mis-sized or lacks its CRC.
+                    let err = CgmMeasurement::decode_checked(&bad, true).unwrap_err();
+                    if bit >= 8 {
+                        prop_assert!(err.to_string().contains("E2E-CRC mismatch"), "{}", err);
+                    }
+                } else {
+                    prop_assert!(CgmMeasurement::decode_checked(&b, true).is_err());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cgm_session_start_places_every_offset(
+        ts in date_time(), zone in -48i8..=56, dst in prop::sample::select(vec![0u8, 2, 4, 8]), offset in any::<u16>(),
+    ) {
+        let mut b = ts.to_bytes().to_vec();
+        b.push(zone.to_le_bytes()[0]);
+        b.push(dst);
+        let start = SessionStartTime::decode(&b).unwrap();
+        let dst_min = match dst { 0 => 0, 2 => 30, 4 => 60, _ => 120 };
+        let tz = chrono::FixedOffset::east_opt((i32::from(zone) * 15 + dst_min) * 60).unwrap();
+        let local = ts.to_naive().unwrap() + chrono::Duration::minutes(i64::from(offset));
+        prop_assert_eq!(start.time_at(offset), local.and_local_timezone(tz).single().map(DeviceTime::Zoned));
+        every_prefix_is_truncated(&b, SessionStartTime::decode);
+    }
+}
+
+/// CRC-16/MCRF4XX bit by bit (reflected 0x1021, seed 0xFFFF), written from the CGM
+/// specification's description, independent of the decoder's table.
+fn mcrf4xx(bytes: &[u8]) -> u16 {
+    let mut crc = 0xFFFFu16;
+    for &b in bytes {
+        crc ^= u16::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x8408
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc
 }

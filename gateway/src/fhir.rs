@@ -197,6 +197,9 @@ pub struct Observation {
     /// Flags such as an implausible value.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub interpretation: Vec<CodeableConcept>,
+    /// Notes for the clinician (the device's status annunciations).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub note: Vec<Annotation>,
     /// Where on the body it was measured, when the device said.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body_site: Option<CodeableConcept>,
@@ -205,6 +208,13 @@ pub struct Observation {
     /// Panel components.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub component: Vec<Component>,
+}
+
+/// An Annotation (text only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Annotation {
+    /// The note.
+    pub text: String,
 }
 
 /// A Device name.

@@ -28,6 +28,8 @@
 //!   receive time is used instead when the device gives no time, says its clock is not
 //!   set, or gives a time more than [`MAX_FUTURE`] ahead of the receive time. `issued` is
 //!   the receive time.
+//!   A CGM record's device time is made by the driver: session start + time offset
+//!   (`iomt_drivers::ble::cgm`), zoned when the session start gives its zone.
 //! - **The gateway's clock**: the receive time is only as right as the gateway's clock. The
 //!   normalizer takes it as given (no clock, no IO here); the pipeline looks at the
 //!   clock's synchronization on every reading (`clock.rs`) and stores a reading received
@@ -62,6 +64,9 @@
 //!   the field names, the effective time and the device's sequence number. The Device
 //!   resource names what the device reports about itself (manufacturer, model, revisions),
 //!   else the profile's manufacturer and model; identifying values only as pseudonyms.
+//! - **Device status** the device announces with a reading (a CGM's sensor status
+//!   annunciations, by name) becomes a `note` on each of its Observations; the value is
+//!   kept.
 //! - **Test data** (control solution, calibration) is never emitted as a patient
 //!   observation; demo data is emitted with the `HTEST` security label.
 
@@ -495,6 +500,16 @@ fn skeleton(
         value_date_time: None,
         data_absent_reason: None,
         interpretation: Vec::new(),
+        note: reading
+            .flags
+            .iter()
+            .filter_map(|f| match f {
+                ReadingFlag::DeviceStatus(status) => Some(fhir::Annotation {
+                    text: format!("device status: {status}"),
+                }),
+                _ => None,
+            })
+            .collect(),
         body_site: None,
         device: Reference::to(format!(
             "Device/{}",

@@ -29,6 +29,8 @@ pub enum Dimension {
     MassConcentration,
     /// Molar concentration (glucose in mmol/L).
     MolarConcentration,
+    /// Rate of change of a mass concentration (a CGM's glucose trend in mg/dL/min).
+    MassConcentrationRate,
 }
 
 /// How a unit converts to the base unit of its dimension: `base = value * factor + offset`.
@@ -78,6 +80,7 @@ const UNITS: &[Unit] = &[
     unit("mmol/L", Dimension::MolarConcentration, "1"),
     // GATT glucose in mol/L: 1 mol/L = 1000 mmol/L
     unit("mol/L", Dimension::MolarConcentration, "1000"),
+    unit("mg/dL/min", Dimension::MassConcentrationRate, "1"),
 ];
 
 /// Frequent non-UCUM spellings and the UCUM code meant.

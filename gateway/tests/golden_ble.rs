@@ -267,3 +267,41 @@ fn a_chest_strap_heart_rate_becomes_one_heart_rate_observation_without_rr_interv
     assert_eq!(obs[0].effective_date_time, "2024-03-15T09:00:00Z");
     check("ble-heart-rate", &obs);
 }
+
+#[test]
+fn a_cgm_record_is_interstitial_glucose_at_its_session_start_plus_its_time_offset() {
+    // Session start 2024-03-15 08:00:00, UTC+1 (zone 4 quarter hours), standard time.
+    let start = ble::SessionStartTime::decode(&hex("E8 07 03 0F 08 00 00 04 00")).unwrap();
+    // 120 mg/dL, 30 minutes into the session, trend +0.2 (mg/dL)/min, with its E2E-CRC.
+    let mut bytes = hex("0A 01 78 00 1E 00 02 F0");
+    let crc = ble::cgm::e2e_crc(&bytes);
+    bytes.extend(crc.to_le_bytes());
+    let record = ble::CgmMeasurement::decode_checked(&bytes, true)
+        .unwrap()
+        .in_session(&start);
+    let profile = shipped("standard-cgm");
+    let device = Arc::new(DeviceIdentity {
+        revisions: Default::default(),
+        profile: profile.id.clone(),
+        transport: Transport::Ble,
+        address: "AA:BB:CC:DD:EE:FF".into(),
+        serial_number: Some("SN-SECRET-BLE".into()),
+        manufacturer: None,
+        model: None,
+    });
+    use ble::FinalMeasurement;
+    let reading = record.to_reading(device, received());
+    let berlin = Zone::Named(chrono_tz::Europe::Berlin);
+    let obs = normalize::normalize(&reading, &profile, &ctx(berlin, OutOfRange::Flag)).observations;
+    // The trend is decoded but not mapped: one Observation.
+    assert_eq!(obs.len(), 1);
+    assert_eq!(obs[0].code.coding[0].code, "99504-3");
+    assert_eq!(
+        value_and_unit(&obs[0].value_quantity),
+        ("120".to_string(), "mg/dL".to_string())
+    );
+    // 08:00 +01:00 + 30 min, whatever the device's configured zone (the session start
+    // gives its own).
+    assert_eq!(obs[0].effective_date_time, "2024-03-15T07:30:00Z");
+    check("ble-cgm", &obs);
+}

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::cgm::{self, Cgm};
 use super::{sequence, uuid_from_u16, uuid_to_u16, BleDeviceConfig, DevEvent, SequenceStore};
 use crate::backoff::Backoff;
 use crate::ble::{self, BatteryLevel, GattValue, GlucoseJoiner, GlucoseRecord};
@@ -151,6 +152,9 @@ impl DeviceTask {
         if self.cfg.is_glucose() {
             wanted.extend([0x2A34, 0x2A52]);
         }
+        if self.cfg.is_cgm() {
+            wanted.push(0x2A52);
+        }
         for u in wanted {
             if let Some(c) = find(u) {
                 if c.properties
@@ -169,8 +173,16 @@ impl DeviceTask {
         let mut glucose = GlucoseJoiner::new(16);
         if self.cfg.is_glucose() {
             if let Some(racp) = find(0x2A52) {
-                self.request_records(p, &racp).await?;
+                self.request_records(p, &racp, &self.cfg.address).await?;
             }
+        }
+        let mut cgm = None;
+        if self.cfg.is_cgm() {
+            let state = Cgm::read(p, &self.cfg).await;
+            if let Some(racp) = find(0x2A52) {
+                self.request_records(p, &racp, &state.key).await?;
+            }
+            cgm = Some(state);
         }
         let mut counts = Counts::default();
         let end = loop {
@@ -192,7 +204,7 @@ impl DeviceTask {
                 },
                 n = notes.next() => {
                     let Some(n) = n else { break SessionEnd::Disconnected };
-                    if !self.handle(n.uuid, &n.value, &identity, &mut glucose, &mut counts).await {
+                    if !self.handle(n.uuid, &n.value, &identity, &mut glucose, &mut cgm, &mut counts).await {
                         break SessionEnd::Stop;
                     }
                 }
@@ -215,12 +227,18 @@ impl DeviceTask {
         Ok(end)
     }
 
-    async fn request_records(&self, p: &Peripheral, racp: &BleChar) -> Result<(), btleplug::Error> {
+    /// Asks for the records after the last one recorded under `key`.
+    async fn request_records(
+        &self,
+        p: &Peripheral,
+        racp: &BleChar,
+        key: &str,
+    ) -> Result<(), btleplug::Error> {
         let last = self
             .sequences
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .last(&self.cfg.address);
+            .last(key);
         if let Some(request) = sequence::racp_request(last) {
             tracing::debug!(device = %self.cfg.address, request = %hex::encode(&request), "RACP request");
             p.write(racp, &request, WriteType::WithResponse).await?;
@@ -285,15 +303,19 @@ impl DeviceTask {
         value: &[u8],
         identity: &Arc<DeviceIdentity>,
         glucose: &mut GlucoseJoiner,
+        cgm: &mut Option<Cgm>,
         counts: &mut Counts,
     ) -> bool {
         let Some(u) = uuid_to_u16(uuid) else {
             return true;
         };
+        if let (cgm::MEASUREMENT, Some(state)) = (u, cgm.as_mut()) {
+            return self.handle_cgm(value, state, identity, counts).await;
+        }
         let is_measurement = self.cfg.measurements.contains(&u)
             || (self.cfg.is_glucose() && u == 0x2A34)
             || matches!(u, 0x2A36 | 0x2A1E);
-        if self.cfg.is_glucose() && u == 0x2A52 {
+        if (self.cfg.is_glucose() || self.cfg.is_cgm()) && u == 0x2A52 {
             let response = sequence::racp_response(value);
             tracing::debug!(device = %self.cfg.address, response = ?response, "RACP response");
             if let sequence::RacpResponse::Failed(op, code) = response {
@@ -369,6 +391,40 @@ impl DeviceTask {
         reading
     }
 
+    /// Handles one CGM Measurement notification (one or more records); `false` when the
+    /// channel is closed.
+    async fn handle_cgm(
+        &self,
+        value: &[u8],
+        state: &mut Cgm,
+        identity: &Arc<DeviceIdentity>,
+        counts: &mut Counts,
+    ) -> bool {
+        use crate::ble::FinalMeasurement;
+        let records = match state.records(value) {
+            Ok(r) => r,
+            Err(e) => {
+                counts.reject(e.kind());
+                tracing::debug!(device = %self.cfg.address, error = %e, bytes = %hex::encode(value), "BLE packet rejected");
+                return true;
+            }
+        };
+        for m in records {
+            state.note_status(m.status, &self.cfg);
+            for a in m.anomalies() {
+                tracing::warn!(profile = %self.cfg.identity.profile, anomaly = ?a, "BLE measurement anomaly");
+            }
+            let reading = self.with_clock(m.to_reading(identity.clone(), Utc::now()));
+            if !self
+                .send_recorded(reading, &state.key, m.time_offset_minutes, counts)
+                .await
+            {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Sends a glucose record and records its sequence number once it is committed;
     /// `false` when the channel is closed.
     async fn send_glucose(
@@ -380,6 +436,19 @@ impl DeviceTask {
         use crate::ble::FinalMeasurement;
         let seq = r.measurement.sequence;
         let reading = self.with_clock(r.measurement.to_reading(identity.clone(), Utc::now()));
+        self.send_recorded(reading, &self.cfg.address, seq, counts)
+            .await
+    }
+
+    /// Sends a stored-record reading and records `seq` under `key` once it is committed;
+    /// `false` when the channel is closed.
+    async fn send_recorded(
+        &self,
+        reading: Reading,
+        key: &str,
+        seq: u16,
+        counts: &mut Counts,
+    ) -> bool {
         let Ok(ack) = self.tx.send_acked(reading).await else {
             return false;
         };
@@ -390,7 +459,7 @@ impl DeviceTask {
                     .sequences
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .record(&self.cfg.address, seq);
+                    .record(key, seq);
                 if let Err(e) = result {
                     tracing::error!(error = %e, "cannot record the glucose records fetched; they will be fetched again");
                 }

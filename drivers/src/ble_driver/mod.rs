@@ -43,13 +43,15 @@
 //! after the last sequence number fetched (`01 03 01 <seq+1>`, or `01 01` the first
 //! time). Each record is sent with [`ReadingSender::send_acked`] and its sequence number is
 //! recorded in the [`SequenceStore`] only once the reading is committed to the outbox, so
-//! across restarts nothing is fetched twice or skipped.
+//! across restarts nothing is fetched twice or skipped. **Continuous glucose monitors**
+//! get the same promise, keyed by their time offset within a sensor session (`cgm.rs`).
 //!
 //! **Logs.** Connections are info lines naming the profile only; addresses, serial
 //! numbers and values appear at debug at most. A packet that does not decode is counted
 //! and logged at debug (hex bytes); each session ends with an info line giving the
 //! number of readings and rejected packets, and the rejections by kind (`truncated: 2`).
 
+mod cgm;
 mod clock;
 mod device;
 pub mod matching;
@@ -136,6 +138,10 @@ impl BleDeviceConfig {
 
     fn is_glucose(&self) -> bool {
         self.measurements.contains(&0x2A18)
+    }
+
+    fn is_cgm(&self) -> bool {
+        self.measurements.contains(&cgm::MEASUREMENT)
     }
 }
 

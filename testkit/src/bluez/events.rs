@@ -5,7 +5,7 @@
 use zbus::Connection;
 
 use super::objects::{Characteristic, Device};
-use super::{export_device, lock, Shared};
+use super::{export_device, lock, DeviceKind, Shared};
 
 /// Sets a characteristic's value and announces it (a notification or indication).
 async fn emit_value(conn: &Connection, state: &Shared, address: &str, uuid: u16, bytes: Vec<u8>) {
@@ -124,6 +124,20 @@ pub(crate) async fn report_advertising(conn: &Connection, state: &Shared) {
 }
 
 /// The meter's side of the Record Access Control Point.
+/// The characteristic stored records are sent on: CGM Measurement on a CGM, Glucose
+/// Measurement otherwise.
+pub(crate) fn measurement_of(state: &Shared, address: &str) -> u16 {
+    let cgm = lock(state)
+        .devices
+        .get(address)
+        .is_some_and(|d| d.spec.kind == DeviceKind::Cgm);
+    if cgm {
+        0x2AA7
+    } else {
+        0x2A18
+    }
+}
+
 pub(crate) async fn racp(conn: &Connection, state: &Shared, address: &str, request: &[u8]) {
     let records: Option<Vec<Vec<u8>>> = {
         let st = lock(state);
@@ -155,8 +169,9 @@ pub(crate) async fn racp(conn: &Connection, state: &Shared, address: &str, reque
         None => vec![0x06, 0x00, request.first().copied().unwrap_or(0), 0x02],
         Some(rs) if rs.is_empty() => vec![0x06, 0x00, 0x01, 0x06],
         Some(rs) => {
+            let measurement = measurement_of(state, address);
             for r in rs {
-                emit_value(conn, state, address, 0x2A18, r).await;
+                emit_value(conn, state, address, measurement, r).await;
             }
             vec![0x06, 0x00, 0x01, 0x01]
         }

@@ -29,6 +29,7 @@
 
 mod advertising;
 mod bus;
+mod cgm;
 mod clock;
 mod events;
 mod lifecycle;
@@ -41,6 +42,7 @@ use zbus::object_server::ObjectServer;
 use zbus::Connection;
 
 pub use bus::{PrivateBus, SetupError};
+pub use cgm::{cgm_record, SESSION_START};
 use objects::{Adapter, Characteristic, Descriptor, Device, Service};
 
 /// The adapter's object path.
@@ -60,6 +62,9 @@ pub enum DeviceKind {
     /// Heart Rate service 0x180D (Heart Rate Measurement 0x2A37, notify; Body Sensor
     /// Location 0x2A38, read: chest).
     HeartRate,
+    /// Continuous Glucose Monitoring 0x181F (0x2AA7 notify; Feature 0x2AA8, Session Start
+    /// Time 0x2AAA, Run Time 0x2AAB, read, with E2E-CRC; RACP 0x2A52 write+indicate).
+    Cgm,
 }
 
 impl DeviceKind {
@@ -71,6 +76,7 @@ impl DeviceKind {
             DeviceKind::Glucose => 0x1808,
             DeviceKind::WeightScale => 0x181D,
             DeviceKind::HeartRate => 0x180D,
+            DeviceKind::Cgm => 0x181F,
         }
     }
 
@@ -88,6 +94,13 @@ impl DeviceKind {
             ],
             DeviceKind::WeightScale => vec![(0x2A9D, IND)],
             DeviceKind::HeartRate => vec![(0x2A37, NOT), (0x2A38, READ)],
+            DeviceKind::Cgm => vec![
+                (0x2AA7, NOT),
+                (0x2AA8, READ),
+                (0x2AAA, READ),
+                (0x2AAB, READ),
+                (0x2A52, &["write", "indicate"][..]),
+            ],
         };
         vec![
             (
@@ -172,7 +185,7 @@ impl DevState {
                     0x2A28 => b"SW 2.0".to_vec(),
                     0x2A19 => vec![spec.battery],
                     0x2A38 => vec![0x01],
-                    _ => Vec::new(),
+                    other => cgm::initial(other),
                 };
                 chars.push(CharState {
                     uuid,
@@ -313,7 +326,8 @@ impl SimBluez {
         st.devices.insert(spec.address.clone(), DevState::new(spec));
     }
 
-    /// Stores glucose records (sequence number → Glucose Measurement bytes) on a meter.
+    /// Stores glucose records (sequence number → Glucose Measurement bytes) on a meter, or
+    /// CGM records (time offset → CGM Measurement bytes) on a CGM.
     pub fn store_records(&self, address: &str, records: &[(u16, Vec<u8>)]) {
         let mut st = lock(&self.state);
         if let Some(d) = st.devices.get_mut(address) {

@@ -395,7 +395,7 @@ impl Characteristic {
                 st.devices.get(&self.address).is_some_and(|d| {
                     d.chars
                         .iter()
-                        .filter(|c| c.uuid == 0x2A52 || c.uuid == 0x2A18)
+                        .filter(|c| matches!(c.uuid, 0x2A52 | 0x2A18 | 0x2AA7))
                         .all(|c| c.notifying)
                 })
             };
