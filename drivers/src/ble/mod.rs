@@ -46,6 +46,7 @@
 //!   they never change a value.
 
 pub mod blood_pressure;
+pub mod body_composition;
 pub mod current_time;
 pub mod datetime;
 pub mod device_info;
@@ -65,6 +66,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 pub use blood_pressure::{BloodPressureMeasurement, IntermediateCuffPressure};
+pub use body_composition::BodyCompositionMeasurement;
 pub use current_time::CurrentTime;
 pub use datetime::GattDateTime;
 pub use device_info::{BatteryLevel, DeviceString, BATTERY_FIELD};

@@ -15,10 +15,10 @@ use std::fmt;
 
 use super::FinalMeasurement;
 use super::{
-    BatteryLevel, BloodPressureMeasurement, CurrentTime, DeviceString, GattDateTime, GattError,
-    GlucoseContext, GlucoseMeasurement, HeartRateMeasurement, IntermediateCuffPressure,
-    IntermediateTemperature, PlxContinuousMeasurement, PlxSpotCheckMeasurement,
-    TemperatureMeasurement, WeightMeasurement, BATTERY_FIELD,
+    BatteryLevel, BloodPressureMeasurement, BodyCompositionMeasurement, CurrentTime, DeviceString,
+    GattDateTime, GattError, GlucoseContext, GlucoseMeasurement, HeartRateMeasurement,
+    IntermediateCuffPressure, IntermediateTemperature, PlxContinuousMeasurement,
+    PlxSpotCheckMeasurement, TemperatureMeasurement, WeightMeasurement, BATTERY_FIELD,
 };
 
 /// One field a decoder produces and the UCUM units it may carry (depending on flags).
@@ -135,6 +135,18 @@ const WEIGHT: &[FieldUnits] = &[
     fu("bmi", &["kg/m2"]),
     fu("body_height", &["m", "[in_i]"]),
 ];
+const BODY_COMPOSITION: &[FieldUnits] = &[
+    fu("body_fat", &["%"]),
+    fu("basal_metabolism", &["kJ"]),
+    fu("muscle_percentage", &["%"]),
+    fu("muscle_mass", &["kg", "[lb_av]"]),
+    fu("fat_free_mass", &["kg", "[lb_av]"]),
+    fu("soft_lean_mass", &["kg", "[lb_av]"]),
+    fu("body_water_mass", &["kg", "[lb_av]"]),
+    fu("impedance", &["Ohm"]),
+    fu("body_weight", &["kg", "[lb_av]"]),
+    fu("body_height", &["m", "[in_i]"]),
+];
 const PLX: &[FieldUnits] = &[fu("spo2", &["%"]), fu("pulse_rate", &["/min"])];
 const GLUCOSE: &[FieldUnits] = &[fu("glucose", &["kg/L", "mol/L"])];
 const BATTERY: &[FieldUnits] = &[fu(BATTERY_FIELD, &["%"])];
@@ -201,6 +213,16 @@ registry! {
         final_measurement: true,
         profile_decoder: Some("weight_measurement"),
         fuzz_target: "ble_weight",
+    }
+    /// Body Composition Measurement, 0x2A9C.
+    BodyCompositionMeasurement {
+        uuid16: 0x2A9C,
+        name: "Body Composition Measurement",
+        decode: |b| Ok(GattValue::BodyComposition(BodyCompositionMeasurement::decode(b)?)),
+        fields: BODY_COMPOSITION,
+        final_measurement: true,
+        profile_decoder: Some("body_composition_measurement"),
+        fuzz_target: "ble_body_composition",
     }
     /// PLX Spot-Check Measurement, 0x2A5E.
     PlxSpotCheckMeasurement {
@@ -418,6 +440,8 @@ pub enum GattValue {
     IntermediateTemperature(IntermediateTemperature),
     /// 0x2A9D.
     Weight(WeightMeasurement),
+    /// 0x2A9C.
+    BodyComposition(BodyCompositionMeasurement),
     /// 0x2A5E.
     PlxSpotCheck(PlxSpotCheckMeasurement),
     /// 0x2A5F.
@@ -444,6 +468,7 @@ impl GattValue {
             GattValue::BloodPressure(m) => Some(m),
             GattValue::Temperature(m) => Some(m),
             GattValue::Weight(m) => Some(m),
+            GattValue::BodyComposition(m) => Some(m),
             GattValue::PlxSpotCheck(m) => Some(m),
             GattValue::PlxContinuous(m) => Some(m),
             GattValue::Glucose(m) => Some(m),
@@ -506,6 +531,11 @@ mod tests {
             ],
             Characteristic::IntermediateTemperature => &[0x00, 0xC4, 0x09, 0x00, 0xFE],
             Characteristic::WeightMeasurement => &[0x08, 0xB0, 0x36, 0xE5, 0x00, 0xD6, 0x06],
+            Characteristic::BodyCompositionMeasurement => &[
+                0xFE, 0x0F, 0xD6, 0x00, 0xE7, 0x07, 0x0C, 0x19, 0x0E, 0x1E, 0x2D, 0x02, 0x80, 0x1C,
+                0xB6, 0x01, 0x20, 0x1A, 0x40, 0x2B, 0x30, 0x27, 0x70, 0x1F, 0x88, 0x13, 0xB0, 0x36,
+                0xD6, 0x06,
+            ],
             Characteristic::PlxSpotCheckMeasurement => &[
                 0x0F, 0xAC, 0xF3, 0xBE, 0xF5, 0xE8, 0x07, 0x0B, 0x1D, 0x17, 0x08, 0x39, 0x20, 0x40,
                 0x22, 0x00, 0x00, 0x66, 0xE3,
