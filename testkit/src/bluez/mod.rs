@@ -60,6 +60,9 @@ pub enum DeviceKind {
     /// Heart Rate service 0x180D (Heart Rate Measurement 0x2A37, notify; Body Sensor
     /// Location 0x2A38, read: chest).
     HeartRate,
+    /// Body Composition service 0x181B (Body Composition Measurement 0x2A9C, indicate)
+    /// beside a Weight Scale service 0x181D (Weight Measurement 0x2A9D, indicate).
+    BodyComposition,
 }
 
 impl DeviceKind {
@@ -71,6 +74,7 @@ impl DeviceKind {
             DeviceKind::Glucose => 0x1808,
             DeviceKind::WeightScale => 0x181D,
             DeviceKind::HeartRate => 0x180D,
+            DeviceKind::BodyComposition => 0x181B,
         }
     }
 
@@ -88,8 +92,9 @@ impl DeviceKind {
             ],
             DeviceKind::WeightScale => vec![(0x2A9D, IND)],
             DeviceKind::HeartRate => vec![(0x2A37, NOT), (0x2A38, READ)],
+            DeviceKind::BodyComposition => vec![(0x2A9C, IND)],
         };
-        vec![
+        let mut services = vec![
             (
                 0x180A,
                 vec![
@@ -102,7 +107,11 @@ impl DeviceKind {
             ),
             (0x180F, vec![(0x2A19, &["read", "notify"][..])]),
             (self.service(), own),
-        ]
+        ];
+        if self == DeviceKind::BodyComposition {
+            services.push((0x181D, vec![(0x2A9D, IND)]));
+        }
+        services
     }
 }
 
