@@ -1083,3 +1083,58 @@ fn cgm_records_live_and_stored_are_fetched_exactly_once_across_a_gateway_restart
     let (ok, report) = validate_fhir(&paths);
     assert!(ok, "{report}");
 }
+
+const BODY_SCALE: &str = "A0:00:00:00:00:07";
+
+#[test]
+fn a_body_composition_scale_sends_body_fat_muscle_water_weight_height_and_bmi() {
+    let world = World::new(&[(BODY_SCALE, "BCS Scale", DeviceKind::BodyComposition)]);
+    let sim = &world.bluez;
+    // The profile's example: body fat 21.4 %, muscle 43.8 %, muscle mass 33.440 kg, body
+    // water 40.240 kg, weight 70.000 kg, height 1.750 m (and fields not mapped).
+    sim.queue(
+        BODY_SCALE,
+        0x2A9C,
+        &bytes("FE 0F D6 00 E7 07 0C 19 0E 1E 2D 02 80 1C B6 01 20 1A 40 2B 30 27 70 1F 88 13 B0 36 D6 06"),
+    );
+    // Beside it, the Weight Scale service: 70.000 kg, BMI 22.9, 1.750 m.
+    sim.queue(BODY_SCALE, 0x2A9D, &bytes("08 B0 36 E5 00 D6 06"));
+    sim.advertise(BODY_SCALE);
+    let config = world.config(&[(BODY_SCALE, "standard-body-composition")]);
+    let gw = world.start(&config);
+    world.wait_for(&gw, "41982-0", "21.4");
+    world.wait_for(&gw, "39156-5", "22.9");
+    let log = gw.stop();
+    let values = world.values();
+    for (code, value) in [
+        ("41982-0", "21.4"),
+        ("73965-6", "43.8"),
+        ("73964-9", "33.440"),
+        ("101683-1", "40.240"),
+        ("39156-5", "22.9"),
+    ] {
+        assert_eq!(
+            values
+                .iter()
+                .filter(|(c, v)| c == code && v == value)
+                .count(),
+            1,
+            "{code} = {value} in {values:?}\n{log}"
+        );
+    }
+    // Weight and height come from both characteristics: once each.
+    for (code, value) in [(BODY_WEIGHT, "70.000"), ("8302-2", "175.0")] {
+        assert_eq!(
+            values
+                .iter()
+                .filter(|(c, v)| c == code && v == value)
+                .count(),
+            2,
+            "{code} = {value} in {values:?}"
+        );
+    }
+    let files = common::json_files(&world.out());
+    let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    let (ok, report) = validate_fhir(&paths);
+    assert!(ok, "{report}");
+}

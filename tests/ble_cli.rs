@@ -311,6 +311,7 @@ fn the_battery_level_becomes_a_device_observation_coded_with_mdc_only() {
         "standard-weight-scale",
         "standard-heart-rate",
         "polar-h10",
+        "standard-body-composition",
     ] {
         let obs = decoded(profile, "55", &["--characteristic", "2A19"]);
         assert_eq!(obs.len(), 1, "{profile}");
@@ -363,4 +364,36 @@ fn the_heart_rate_profiles_turn_a_strap_notification_into_one_heart_rate() {
         assert_eq!(number(&obs[0]["valueQuantity"]["value"]), "72");
         assert_eq!(obs[0]["valueQuantity"]["code"], "/min");
     }
+}
+
+#[test]
+fn the_body_composition_profile_example_gives_one_observation_per_mapped_kind() {
+    // The profile's example: every field of the SIG layout, SI units.
+    let obs = decoded(
+        "standard-body-composition",
+        "FE 0F D6 00 E7 07 0C 19 0E 1E 2D 02 80 1C B6 01 20 1A 40 2B 30 27 70 1F 88 13 B0 36 D6 06",
+        &[],
+    );
+    let got: Vec<(String, String)> = obs
+        .iter()
+        .map(|o| {
+            (
+                o["code"]["coding"][0]["code"].as_str().unwrap().to_string(),
+                number(&o["valueQuantity"]["value"]),
+            )
+        })
+        .collect();
+    let want = [
+        ("41982-0", "21.4"),
+        ("73965-6", "43.8"),
+        ("73964-9", "33.440"),
+        ("101683-1", "40.240"),
+        ("29463-7", "70.000"),
+        ("8302-2", "175.0"),
+    ];
+    assert_eq!(
+        got,
+        want.map(|(c, v)| (c.to_string(), v.to_string())),
+        "basal metabolism, fat free and soft lean mass and impedance are not sent"
+    );
 }

@@ -31,6 +31,10 @@ pub enum Dimension {
     MolarConcentration,
     /// Rate of change of a mass concentration (a CGM's glucose trend in mg/dL/min).
     MassConcentrationRate,
+    /// Energy (a body composition scale's basal metabolism, in kJ).
+    Energy,
+    /// Electrical resistance (a body composition scale's impedance, in ohms).
+    Resistance,
 }
 
 /// How a unit converts to the base unit of its dimension: `base = value * factor + offset`.
@@ -81,6 +85,10 @@ const UNITS: &[Unit] = &[
     // GATT glucose in mol/L: 1 mol/L = 1000 mmol/L
     unit("mol/L", Dimension::MolarConcentration, "1000"),
     unit("mg/dL/min", Dimension::MassConcentrationRate, "1"),
+    unit("kJ", Dimension::Energy, "1"),
+    // The thermochemical kilocalorie: 4.184 kJ.
+    unit("kcal", Dimension::Energy, "4.184"),
+    unit("Ohm", Dimension::Resistance, "1"),
 ];
 
 /// Frequent non-UCUM spellings and the UCUM code meant.

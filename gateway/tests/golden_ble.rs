@@ -305,3 +305,57 @@ fn a_cgm_record_is_interstitial_glucose_at_its_session_start_plus_its_time_offse
     assert_eq!(obs[0].effective_date_time, "2024-03-15T07:30:00Z");
     check("ble-cgm", &obs);
 }
+
+#[test]
+fn a_body_composition_measurement_becomes_one_observation_per_mapped_kind() {
+    // Every field of the SIG layout: body fat 21.4 %, 2023-12-25 14:30:45, user 2, basal
+    // metabolism, muscle 43.8 %, muscle mass 33.440 kg, fat free mass, soft lean mass,
+    // body water 40.240 kg, impedance, weight 70.000 kg, height 1.750 m.
+    let obs = observations(
+        &shipped("standard-body-composition"),
+        0x2A9C,
+        "FE 0F D6 00 E7 07 0C 19 0E 1E 2D 02 80 1C B6 01 20 1A 40 2B 30 27 70 1F 88 13 B0 36 D6 06",
+    );
+    let got: Vec<(String, String, String)> = obs
+        .iter()
+        .map(|o| {
+            let (v, u) = value_and_unit(&o.value_quantity);
+            (o.code.coding[0].code.clone(), v, u)
+        })
+        .collect();
+    let want = [
+        ("41982-0", "21.4", "%"),
+        ("73965-6", "43.8", "%"),
+        ("73964-9", "33.440", "kg"),
+        ("101683-1", "40.240", "kg"),
+        ("29463-7", "70.000", "kg"),
+        ("8302-2", "175.0", "cm"),
+    ];
+    assert_eq!(
+        got,
+        want.map(|(c, v, u)| (c.to_string(), v.to_string(), u.to_string()))
+    );
+    // 14:30:45 in Berlin (CET, UTC+1).
+    assert!(obs
+        .iter()
+        .all(|o| o.effective_date_time == "2023-12-25T13:30:45Z"));
+    check("ble-body-composition", &obs);
+}
+
+#[test]
+fn an_imperial_body_composition_with_an_unavailable_body_fat_keeps_pounds_and_says_why() {
+    // Imperial; body fat FF FF (unavailable); muscle mass 75.00 lb, weight 157.00 lb.
+    let obs = observations(
+        &shipped("standard-body-composition"),
+        0x2A9C,
+        "21 04 FF FF 4C 1D 54 3D",
+    );
+    assert!(obs[0].value_quantity.is_none());
+    assert_eq!(
+        obs[0].data_absent_reason.as_ref().unwrap().coding[0].code,
+        "not-a-number"
+    );
+    assert_eq!(obs.len(), 3);
+    assert_eq!(value_and_unit(&obs[2].value_quantity).1, "[lb_av]");
+    check("ble-body-composition-imperial", &obs);
+}

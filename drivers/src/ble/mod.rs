@@ -46,6 +46,7 @@
 //!   they never change a value.
 
 pub mod blood_pressure;
+pub mod body_composition;
 pub mod cgm;
 pub mod current_time;
 pub mod datetime;
@@ -66,6 +67,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 pub use blood_pressure::{BloodPressureMeasurement, IntermediateCuffPressure};
+pub use body_composition::BodyCompositionMeasurement;
 pub use cgm::{CgmFeature, CgmMeasurement, SessionRunTime, SessionStartTime};
 pub use current_time::CurrentTime;
 pub use datetime::GattDateTime;

@@ -15,11 +15,11 @@ use std::fmt;
 
 use super::FinalMeasurement;
 use super::{
-    BatteryLevel, BloodPressureMeasurement, CgmFeature, CgmMeasurement, CurrentTime, DeviceString,
-    GattDateTime, GattError, GlucoseContext, GlucoseMeasurement, HeartRateMeasurement,
-    IntermediateCuffPressure, IntermediateTemperature, PlxContinuousMeasurement,
-    PlxSpotCheckMeasurement, SessionRunTime, SessionStartTime, TemperatureMeasurement,
-    WeightMeasurement, BATTERY_FIELD,
+    BatteryLevel, BloodPressureMeasurement, BodyCompositionMeasurement, CgmFeature, CgmMeasurement,
+    CurrentTime, DeviceString, GattDateTime, GattError, GlucoseContext, GlucoseMeasurement,
+    HeartRateMeasurement, IntermediateCuffPressure, IntermediateTemperature,
+    PlxContinuousMeasurement, PlxSpotCheckMeasurement, SessionRunTime, SessionStartTime,
+    TemperatureMeasurement, WeightMeasurement, BATTERY_FIELD,
 };
 
 /// One field a decoder produces and the UCUM units it may carry (depending on flags).
@@ -136,6 +136,18 @@ const WEIGHT: &[FieldUnits] = &[
     fu("bmi", &["kg/m2"]),
     fu("body_height", &["m", "[in_i]"]),
 ];
+const BODY_COMPOSITION: &[FieldUnits] = &[
+    fu("body_fat", &["%"]),
+    fu("basal_metabolism", &["kJ"]),
+    fu("muscle_percentage", &["%"]),
+    fu("muscle_mass", &["kg", "[lb_av]"]),
+    fu("fat_free_mass", &["kg", "[lb_av]"]),
+    fu("soft_lean_mass", &["kg", "[lb_av]"]),
+    fu("body_water_mass", &["kg", "[lb_av]"]),
+    fu("impedance", &["Ohm"]),
+    fu("body_weight", &["kg", "[lb_av]"]),
+    fu("body_height", &["m", "[in_i]"]),
+];
 const PLX: &[FieldUnits] = &[fu("spo2", &["%"]), fu("pulse_rate", &["/min"])];
 const GLUCOSE: &[FieldUnits] = &[fu("glucose", &["kg/L", "mol/L"])];
 const CGM: &[FieldUnits] = &[
@@ -207,6 +219,16 @@ registry! {
         final_measurement: true,
         profile_decoder: Some("weight_measurement"),
         fuzz_target: "ble_weight",
+    }
+    /// Body Composition Measurement, 0x2A9C.
+    BodyCompositionMeasurement {
+        uuid16: 0x2A9C,
+        name: "Body Composition Measurement",
+        decode: |b| Ok(GattValue::BodyComposition(BodyCompositionMeasurement::decode(b)?)),
+        fields: BODY_COMPOSITION,
+        final_measurement: true,
+        profile_decoder: Some("body_composition_measurement"),
+        fuzz_target: "ble_body_composition",
     }
     /// PLX Spot-Check Measurement, 0x2A5E.
     PlxSpotCheckMeasurement {
@@ -464,6 +486,8 @@ pub enum GattValue {
     IntermediateTemperature(IntermediateTemperature),
     /// 0x2A9D.
     Weight(WeightMeasurement),
+    /// 0x2A9C.
+    BodyComposition(BodyCompositionMeasurement),
     /// 0x2A5E.
     PlxSpotCheck(PlxSpotCheckMeasurement),
     /// 0x2A5F.
@@ -498,6 +522,7 @@ impl GattValue {
             GattValue::BloodPressure(m) => Some(m),
             GattValue::Temperature(m) => Some(m),
             GattValue::Weight(m) => Some(m),
+            GattValue::BodyComposition(m) => Some(m),
             GattValue::PlxSpotCheck(m) => Some(m),
             GattValue::PlxContinuous(m) => Some(m),
             GattValue::Glucose(m) => Some(m),
