@@ -11,7 +11,7 @@ use chrono::Timelike;
 
 use common::config::Config;
 use common::running::Running;
-use common::{gateway, observations_in, validate_fhir, wait_until};
+use common::{coincident_of, gateway, observations_in, validate_fhir, wait_until};
 use iomt_testkit::bluez::{cgm_record, DeviceKind, DeviceSpec, PrivateBus, SimBluez};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -458,8 +458,6 @@ const BERLIN: chrono_tz::Tz = chrono_tz::Europe::Berlin;
 const CUFF_AHEAD: &str = "A0:00:00:00:00:11";
 const CUFF_RESET: &str = "A0:00:00:00:00:12";
 const CUFF_RIGHT: &str = "A0:00:00:00:00:13";
-const COINCIDENT_REFERENCE: &str =
-    "http://hl7.org/fhir/uv/phd/StructureDefinition/CoincidentTimeStampReference";
 
 /// A Blood Pressure Measurement of `systolic`/80 mmHg, pulse 70, stamped `t` by the cuff.
 fn bp_at(systolic: u8, t: chrono::NaiveDateTime) -> Vec<u8> {
@@ -503,26 +501,6 @@ fn panel(out: &Path, systolic: &str) -> serde_json::Value {
                 && o["component"][0]["valueQuantity"]["value"] == systolic.parse::<u64>().unwrap()
         })
         .unwrap_or_else(|| panic!("no panel with systolic {systolic}"))
-}
-
-/// The Coincident Time Stamp Observation `obs` references: (gateway time, device time).
-fn coincident_of(out: &Path, obs: &serde_json::Value) -> (String, String) {
-    let reference = obs["extension"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["url"] == COINCIDENT_REFERENCE)
-        .unwrap_or_else(|| panic!("no coincident time stamp reference: {obs}"));
-    let wanted = &reference["valueReference"]["identifier"]["value"];
-    let cts = observations_in(out)
-        .into_iter()
-        .find(|o| o["identifier"][0]["value"] == *wanted)
-        .unwrap_or_else(|| panic!("the coincident time stamp {wanted} was not delivered"));
-    assert_eq!(cts["code"]["coding"][0]["code"], "67975", "{cts}");
-    (
-        cts["effectiveDateTime"].as_str().unwrap().to_string(),
-        cts["valueDateTime"].as_str().unwrap().to_string(),
-    )
 }
 
 fn assert_near(

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, Utc};
 use common::config::Config;
 use common::running::Running;
-use common::{observations_in, run_config, validate_fhir, wait_until};
+use common::{coincident_of, observations_in, run_config, validate_fhir, wait_until};
 use iomt_drivers::serial::pty::Pty;
 use iomt_drivers::serial::sim::{encode, nonin_packet, SimFormat, SimValues};
 
@@ -368,9 +368,6 @@ fn run_without_any_driver_says_how_to_add_a_serial_port() {
     );
 }
 
-const COINCIDENT_REFERENCE: &str =
-    "http://hl7.org/fhir/uv/phd/StructureDefinition/CoincidentTimeStampReference";
-
 fn instant(text: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text)
         .unwrap_or_else(|e| panic!("{text}: {e}"))
@@ -387,26 +384,6 @@ fn spo2_of(dir: &Path, spo2: u64) -> serde_json::Value {
         .into_iter()
         .find(|o| o["code"]["coding"][0]["code"] == SPO2 && o["valueQuantity"]["value"] == spo2)
         .unwrap_or_else(|| panic!("no SpO2 Observation of {spo2}"))
-}
-
-/// The Coincident Time Stamp Observation `obs` references: (gateway time, device time).
-fn coincident_of(dir: &Path, obs: &serde_json::Value) -> (String, String) {
-    let reference = obs["extension"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["url"] == COINCIDENT_REFERENCE)
-        .unwrap_or_else(|| panic!("no coincident time stamp reference: {obs}"));
-    let wanted = &reference["valueReference"]["identifier"]["value"];
-    let cts = observations_in(dir)
-        .into_iter()
-        .find(|o| o["identifier"][0]["value"] == *wanted)
-        .unwrap_or_else(|| panic!("the coincident time stamp {wanted} was not delivered"));
-    assert_eq!(cts["code"]["coding"][0]["code"], "67975", "{cts}");
-    (
-        cts["effectiveDateTime"].as_str().unwrap().to_string(),
-        cts["valueDateTime"].as_str().unwrap().to_string(),
-    )
 }
 
 fn assert_near(actual: DateTime<Utc>, expected: DateTime<Utc>, what: &str) {

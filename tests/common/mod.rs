@@ -211,6 +211,31 @@ pub fn observations_in(dir: &Path) -> Vec<serde_json::Value> {
     out
 }
 
+/// The PHD IG's extension by which an Observation references its Coincident Time Stamp.
+pub const COINCIDENT_REFERENCE: &str =
+    "http://hl7.org/fhir/uv/phd/StructureDefinition/CoincidentTimeStampReference";
+
+/// The Coincident Time Stamp Observation `obs` references, among the Observations of
+/// `dir`: (gateway time, device time).
+pub fn coincident_of(dir: &Path, obs: &serde_json::Value) -> (String, String) {
+    let reference = obs["extension"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["url"] == COINCIDENT_REFERENCE)
+        .unwrap_or_else(|| panic!("no coincident time stamp reference: {obs}"));
+    let wanted = &reference["valueReference"]["identifier"]["value"];
+    let cts = observations_in(dir)
+        .into_iter()
+        .find(|o| o["identifier"][0]["value"] == *wanted)
+        .unwrap_or_else(|| panic!("the coincident time stamp {wanted} was not delivered"));
+    assert_eq!(cts["code"]["coding"][0]["code"], "67975", "{cts}");
+    (
+        cts["effectiveDateTime"].as_str().unwrap().to_string(),
+        cts["valueDateTime"].as_str().unwrap().to_string(),
+    )
+}
+
 /// Kills process `pid` if it is still a running iomt-gateway (used by test guards so a
 /// failing test leaves no daemon behind).
 pub fn kill_if_gateway(pid: u32) {
