@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::Duration;
 
-use common::kit::{read, sigterm_and_wait, wait_logged, Kit};
+use common::kit::{read, sigterm_and_wait, vitals, wait_logged, Kit};
 use common::wait_until;
 use iomt_testkit::mosquitto::publish_acked;
 use iomt_testkit::Mosquitto;
@@ -78,25 +78,6 @@ fn wait_connected(child: &mut Child, log: &Path) {
         "the gateway to connect",
         "connected to the MQTT broker",
     );
-}
-
-/// `n` valid messages from device `dev`, each with a distinct time starting at second
-/// `from`.
-fn vitals(dev: &str, from: u32, n: u32) -> Vec<(String, Vec<u8>)> {
-    (from..from + n)
-        .map(|i| {
-            let t = format!(
-                "2026-01-01T{:02}:{:02}:{:02}Z",
-                i / 3600 % 24,
-                i / 60 % 60,
-                i % 60
-            );
-            (
-                format!("iomt/{dev}/vitals"),
-                format!(r#"{{"time":"{t}","heart_rate":{}}}"#, 60 + i % 40).into_bytes(),
-            )
-        })
-        .collect()
 }
 
 /// Issue #14, item 4: a QoS 1 message larger than the packet limit (max(8 × 64 KiB,

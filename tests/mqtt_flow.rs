@@ -20,32 +20,13 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::kit::{read, sigterm_and_wait, wait_logged, Kit};
+use common::kit::{read, sigterm_and_wait, vitals, wait_logged, Kit};
 use iomt_testkit::mosquitto::publish_acked;
 use iomt_testkit::{Collector, Mosquitto};
 
 const PATIENT: &str = "MRN-MQTT-FLOW-1";
 const GATEWAY_ID: &str = "kit-mqtt-flow-1";
 const PROFILE: &str = "mqtt-generic-json-vitals";
-
-/// `n` valid messages from device `dev`, each with a distinct time (so a distinct
-/// Observation identifier) starting at second `from`.
-fn vitals(dev: &str, from: u32, n: u32) -> Vec<(String, Vec<u8>)> {
-    (from..from + n)
-        .map(|i| {
-            let t = format!(
-                "2026-01-01T{:02}:{:02}:{:02}Z",
-                i / 3600 % 24,
-                i / 60 % 60,
-                i % 60
-            );
-            (
-                format!("iomt/{dev}/vitals"),
-                format!(r#"{{"time":"{t}","heart_rate":{}}}"#, 60 + i % 40).into_bytes(),
-            )
-        })
-        .collect()
-}
 
 /// The gateway's configuration: the MQTT driver on `port` with `max_in_flight`, the FHIR
 /// uplink, and `uplinks` appended.

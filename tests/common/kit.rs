@@ -222,3 +222,23 @@ pub fn wait_logged(child: &mut Child, log: &Path, what: &str, needle: &str) {
         read(log).contains(needle)
     });
 }
+
+/// `n` valid messages from device `dev` for the generic JSON vitals profile (topic
+/// `iomt/<dev>/vitals`), each with a distinct time starting at second `from` (so a
+/// distinct Observation identifier).
+pub fn vitals(dev: &str, from: u32, n: u32) -> Vec<(String, Vec<u8>)> {
+    (from..from + n)
+        .map(|i| {
+            let t = format!(
+                "2026-01-01T{:02}:{:02}:{:02}Z",
+                i / 3600 % 24,
+                i / 60 % 60,
+                i % 60
+            );
+            (
+                format!("iomt/{dev}/vitals"),
+                format!(r#"{{"time":"{t}","heart_rate":{}}}"#, 60 + i % 40).into_bytes(),
+            )
+        })
+        .collect()
+}
