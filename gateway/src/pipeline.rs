@@ -92,7 +92,7 @@ pub struct Pipeline {
 struct KnownDevice {
     pseudonym: String,
     resource_id: String,
-    json: Vec<u8>,
+    json: Arc<[u8]>,
 }
 
 impl Pipeline {
@@ -144,7 +144,7 @@ impl Pipeline {
                 let resource = normalize::device_resource(&profile, &identity, &pseudonym);
                 KnownDevice {
                     resource_id: resource.id.clone(),
-                    json: serde_json::to_vec(&resource).unwrap_or_default(),
+                    json: serde_json::to_vec(&resource).unwrap_or_default().into(),
                     pseudonym,
                 }
             });

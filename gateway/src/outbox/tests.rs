@@ -235,7 +235,7 @@ async fn an_append_is_acknowledged_only_after_its_commit_and_then_fetchable() {
     outbox
         .append(Append {
             device_id: "dev-1".into(),
-            device_json: br#"{"resourceType":"Device","id":"dev-1"}"#.to_vec(),
+            device_json: br#"{"resourceType":"Device","id":"dev-1"}"#.to_vec().into(),
             observations: vec![(
                 "obs-1".into(),
                 br#"{"resourceType":"Observation","id":"obs-1"}"#.to_vec(),
@@ -291,7 +291,7 @@ async fn when_full_and_blocking_appends_wait_until_deliveries_make_room() {
         (
             Append {
                 device_id: "dev-1".into(),
-                device_json: b"{}".to_vec(),
+                device_json: b"{}".to_vec().into(),
                 observations: vec![(id.into(), b"{}".to_vec())],
                 ack: Some(tx),
                 source_waits: true,
@@ -400,7 +400,7 @@ async fn readings_nobody_waits_for_share_a_commit_and_a_waiting_source_is_answer
         (
             Append {
                 device_id: "dev-1".into(),
-                device_json: b"{}".to_vec(),
+                device_json: b"{}".to_vec().into(),
                 observations: vec![(id.into(), b"{}".to_vec())],
                 ack: Some(tx),
                 source_waits,

@@ -39,7 +39,7 @@ async fn after_a_backlog_drains_the_database_gives_its_free_pages_back() {
         outbox
             .append(Append {
                 device_id: "dev-1".into(),
-                device_json: br#"{"resourceType":"Device","id":"dev-1"}"#.to_vec(),
+                device_json: br#"{"resourceType":"Device","id":"dev-1"}"#.to_vec().into(),
                 observations: vec![(
                     format!("obs-{i}"),
                     format!(r#"{{"resourceType":"Observation","id":"obs-{i}","note":"{noise}"}}"#)

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use iomt_drivers::Committed;
 use tokio::sync::oneshot;
 
-use super::payload::reason_aad;
+use super::payload::{device_aad, pack, reason_aad};
 use super::seal::{Keyring, Sealed};
-use super::store::{FetchedRows, Status, Store};
+use super::store::{FetchedRows, Status, Store, StoredDevice};
 use super::{OutboxError, OutboxSettings, SealedAppend, WhenFull};
 
 /// A reply owed to a caller of the outbox handle.
@@ -241,8 +241,12 @@ pub(super) fn apply(
             shrink = store.shrink_due()?;
         }
         for a in &appends {
-            if let Some(device) = a.device.as_ref().filter(|d| !store.has_device(&d.id)) {
-                store.put_device(device)?;
+            if let Some((id, json)) = a.device.as_ref().filter(|(id, _)| !store.has_device(id)) {
+                let sealed = keyring.seal(&pack(json), &device_aad(id))?;
+                store.put_device(&StoredDevice {
+                    id: id.clone(),
+                    sealed,
+                })?;
             }
             for (_, row) in &a.rows {
                 store.insert(row)?;

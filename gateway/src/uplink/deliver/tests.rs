@@ -173,7 +173,7 @@ impl Bed {
             self.outbox
                 .append(Append {
                     device_id: "dev-1".into(),
-                    device_json: br#"{"resourceType":"Device","id":"dev-1"}"#.to_vec(),
+                    device_json: br#"{"resourceType":"Device","id":"dev-1"}"#.to_vec().into(),
                     observations: vec![(id(i), json.into_bytes())],
                     ack: Some(tx),
                     source_waits: true,
@@ -502,7 +502,7 @@ async fn append_held(bed: &Bed, i: usize, clock: &Clock) {
     bed.outbox
         .append(Append {
             device_id: "dev-1".into(),
-            device_json: br#"{"resourceType":"Device","id":"dev-1"}"#.to_vec(),
+            device_json: br#"{"resourceType":"Device","id":"dev-1"}"#.to_vec().into(),
             observations: vec![(id(i), json.into_bytes())],
             ack: Some(tx),
             source_waits: true,
