@@ -57,6 +57,9 @@ pub struct Stats {
 /// each).
 pub const DEVICE_CACHE: usize = 1024;
 
+/// What an Observation's JSON buffer gets beyond the last one's length (bytes).
+const JSON_SLACK: usize = 256;
+
 /// Called for each Observation as it flows (the demo's console view).
 pub type Observer = Box<dyn FnMut(&Profile, &DeviceIdentity, &Observation) + Send>;
 
@@ -104,6 +107,7 @@ impl Pipeline {
         // The last Coincident Time Stamp Observation stored per device pseudonym: a
         // connection's readings share one, stored with the first of them.
         let mut coincident: LruCache<String, String> = LruCache::new(DEVICE_CACHE);
+        let mut json_hint = 2 * JSON_SLACK;
         while let Some(mut envelope) = rx.recv().await {
             stats.readings += 1;
             let clock = self.clock.as_ref().map(|c| (c, c.check()));
@@ -211,7 +215,15 @@ impl Pipeline {
                     stats.absent += 1;
                 }
                 let json = match &hold {
-                    None => serde_json::to_vec(obs),
+                    // Sized from the last Observation's length, not grown by doubling
+                    // from nothing (the rows wait for their commit in these buffers).
+                    None => {
+                        let mut json = Vec::with_capacity(json_hint);
+                        serde_json::to_writer(&mut json, obs).map(|()| {
+                            json_hint = json.len() + JSON_SLACK;
+                            json
+                        })
+                    }
                     Some(hold) => serde_json::to_value(obs).and_then(|mut v| {
                         if let Some(map) = v.as_object_mut() {
                             map.insert(HOLD_MEMBER.into(), serde_json::to_value(hold)?);

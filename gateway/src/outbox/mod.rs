@@ -167,7 +167,7 @@ use tokio::task::JoinHandle;
 
 use payload::observation_from;
 use seal::Keyring;
-use store::{Status, Store, StoredDevice, StoredRow};
+use store::{Status, Store};
 use transaction::{Control, Reply};
 use writer::Writer;
 
@@ -263,7 +263,7 @@ pub struct Fetched {
 /// A handle to the outbox. Cheap to clone; the writer stops when every handle is gone.
 #[derive(Clone)]
 pub struct Outbox {
-    appends: mpsc::Sender<SealedAppend>,
+    appends: mpsc::Sender<QueuedAppend>,
     control: mpsc::Sender<Control>,
     keyring: Arc<Keyring>,
     committed: watch::Receiver<i64>,
@@ -277,14 +277,25 @@ pub struct Outbox {
     latency: Arc<latency::CommitLatency>,
 }
 
-/// An append, compressed and sealed by the caller.
-struct SealedAppend {
+/// An append on its way to the writer, which compresses and seals it in the transaction
+/// that stores it: on the writer's thread, so the pipeline's task (the busier one under
+/// load) only normalizes and serializes.
+struct QueuedAppend {
     /// The Device resource, plain (every append carries it: the writer seals and stores
     /// it only when it does not remember having done so, see `store/devices.rs`).
     device: Option<(String, Arc<[u8]>)>,
-    rows: Vec<(String, StoredRow)>,
+    /// (identifier, row) pairs.
+    rows: Vec<(String, QueuedRow)>,
     ack: Option<oneshot::Sender<Committed>>,
     source_waits: bool,
+}
+
+/// A row to store, its Observation's JSON still plain.
+struct QueuedRow {
+    seq: i64,
+    created_ms: i64,
+    device_id: String,
+    json: Vec<u8>,
 }
 
 impl Outbox {
@@ -362,28 +373,24 @@ impl Outbox {
     pub async fn append(&self, append: Append) -> Result<(), OutboxError> {
         // Carried every time, sealed by the writer only when it has no row for it (it may
         // have removed the Device row since this device's last append, once no row
-        // needed it). Sealing it here on every append cost the pipeline a third of its
-        // sealing work for a resource stored once.
+        // needed it).
         let device = Some((append.device_id.clone(), append.device_json));
         let now = chrono::Utc::now().timestamp_millis();
         let mut rows = Vec::with_capacity(append.observations.len());
         for (id, json) in append.observations {
             let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
-            let sealed = self
-                .keyring
-                .seal(&pack(&json), &row_aad(seq, &append.device_id))?;
             rows.push((
                 id,
-                StoredRow {
+                QueuedRow {
                     seq,
                     created_ms: now,
                     device_id: append.device_id.clone(),
-                    sealed,
+                    json,
                 },
             ));
         }
         self.appends
-            .send(SealedAppend {
+            .send(QueuedAppend {
                 device,
                 rows,
                 ack: append.ack,

@@ -10,11 +10,30 @@ const LZ4: u8 = 0x01;
 /// Compresses a JSON payload before sealing. FHIR JSON repeats its system URIs and keys
 /// within every resource, so LZ4 roughly halves it for a few microseconds: fewer bytes
 /// sealed, written to the SD card and counted against the size cap.
+///
+/// The result has room for the seal's tag, so sealing it in place
+/// ([`super::seal::Keyring::seal_owned`]) neither copies nor grows it.
 pub fn pack(json: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(json.len() / 2 + 8);
-    out.push(LZ4);
-    out.extend_from_slice(&lz4_flex::compress_prepend_size(json));
-    out
+    // Marker, then the uncompressed length (u32, little endian: the layout of
+    // `lz4_flex::decompress_size_prepended`), then the block.
+    let header = 1 + 4;
+    let Ok(len) = u32::try_from(json.len()) else {
+        return json.to_vec();
+    };
+    let bound = lz4_flex::block::get_maximum_output_size(json.len());
+    let mut out = vec![0u8; header + bound];
+    out[0] = LZ4;
+    out[1..header].copy_from_slice(&len.to_le_bytes());
+    match lz4_flex::block::compress_into(json, &mut out[header..]) {
+        Ok(written) => {
+            out.truncate(header + written);
+            out.reserve_exact(super::seal::TAG_LEN);
+            out
+        }
+        // Cannot happen (the buffer has the block's maximum size). Stored uncompressed
+        // then, like a payload over 4 GiB: `unpack` reads JSON (`{`) as it is.
+        Err(_) => json.to_vec(),
+    }
 }
 
 /// Reverses [`pack`] (opened payloads are authenticated, so only our own data arrives here).
@@ -76,4 +95,27 @@ pub(super) fn observation_from(json: Vec<u8>) -> Result<StoredObservation, Strin
         hold: head.hold,
         json,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::seal::TAG_LEN;
+
+    #[test]
+    fn a_packed_payload_unpacks_to_the_same_json_and_leaves_room_for_the_tag() {
+        let json = br#"{"resourceType":"Observation","code":{"coding":[{"system":"http://loinc.org","code":"8867-4"},{"system":"http://loinc.org","code":"8867-4"}]}}"#;
+        let packed = pack(json);
+        assert_eq!(packed[0], LZ4);
+        assert!(packed.len() < json.len(), "repetitive JSON is compressed");
+        assert!(packed.capacity() - packed.len() >= TAG_LEN);
+        assert_eq!(unpack(&packed).unwrap(), json.to_vec());
+        // The layout is lz4_flex's size-prepended block after the marker.
+        assert_eq!(
+            lz4_flex::decompress_size_prepended(&packed[1..]).unwrap(),
+            json.to_vec()
+        );
+        assert_eq!(unpack(b"{}").unwrap(), b"{}".to_vec());
+        assert_eq!(unpack(&pack(b"")).unwrap(), Vec::<u8>::new());
+    }
 }

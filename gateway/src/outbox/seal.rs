@@ -10,6 +10,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+
+/// The bytes the authentication tag adds to a sealed value (AES-256-GCM).
+pub const TAG_LEN: usize = 16;
 use ring::hkdf;
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -156,9 +159,16 @@ impl Keyring {
 
     /// Seals `plaintext`, binding it to `aad`.
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Result<Sealed, SealError> {
+        let mut buf = Vec::with_capacity(plaintext.len() + TAG_LEN);
+        buf.extend_from_slice(plaintext);
+        self.seal_owned(buf, aad)
+    }
+
+    /// [`Keyring::seal`] in place: encrypts `buf` without copying it (give it
+    /// [`TAG_LEN`] bytes of spare capacity and the tag is appended without growing it).
+    pub fn seal_owned(&self, mut buf: Vec<u8>, aad: &[u8]) -> Result<Sealed, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce).map_err(|_| SealError::Random)?;
-        let mut buf = plaintext.to_vec();
         self.current
             .aead
             .seal_in_place_append_tag(

@@ -13,7 +13,7 @@ use super::disk::Space;
 use super::seal::Keyring;
 use super::store::Store;
 use super::transaction::{apply, reply, Applied, Batch, Control, Reply};
-use super::{OutboxError, OutboxSettings, SealedAppend, WhenFull};
+use super::{OutboxError, OutboxSettings, QueuedAppend, WhenFull};
 
 pub(super) struct Writer {
     /// Shared with the handles: forgotten after a failed transaction, so the Device
@@ -25,7 +25,7 @@ pub(super) struct Writer {
     pub(super) control_open: bool,
     pub(super) keyring: Arc<Keyring>,
     pub(super) settings: OutboxSettings,
-    pub(super) appends: mpsc::Receiver<SealedAppend>,
+    pub(super) appends: mpsc::Receiver<QueuedAppend>,
     pub(super) control: mpsc::Receiver<Control>,
     pub(super) committed: watch::Sender<i64>,
     /// The uplink names the store knows (a delivery for another name is refused at once).
@@ -42,7 +42,7 @@ pub(super) struct Writer {
     /// The file system's free space and the reserve (see [`super::disk`]).
     pub(super) space: Space,
     /// Appends waiting, unacknowledged, for disk space (oldest first).
-    pub(super) held: Vec<SealedAppend>,
+    pub(super) held: Vec<QueuedAppend>,
     /// The eviction episode under way, for its aggregated warnings.
     pub(super) evictions: Evictions,
 }
