@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod config;
+pub mod privacy;
 pub mod kit;
 pub mod running;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Health, Link};
+use super::Health;
 use crate::outbox::latency::LatencySnapshot;
 use crate::outbox::store::Status as OutboxStatus;
 
@@ -165,7 +165,6 @@ impl Health {
     /// The view at `now`: a device heard from within `seen_within` is "seen".
     pub fn view(&self, now: DateTime<Utc>, seen_within: Duration, asked: &Asked) -> StatusView {
         let state = self.lock();
-        let seen_within = chrono::Duration::from_std(seen_within).unwrap_or(chrono::Duration::MAX);
         let hour = now.timestamp().div_euclid(3600);
         let devices = state
             .devices
@@ -174,13 +173,7 @@ impl Health {
                 device: pseudonym.clone(),
                 profile: d.profile.clone(),
                 transport: d.transport.to_string(),
-                state: if d.link == Link::Connected {
-                    DeviceState::Connected
-                } else if d.last_seen.is_some_and(|t| now - t <= seen_within) {
-                    DeviceState::Seen
-                } else {
-                    DeviceState::NotSeen
-                },
+                state: d.state(now, seen_within),
                 last_seen: d.last_seen,
                 last_reading: d.last_reading,
                 readings_24h: d
