@@ -110,6 +110,7 @@ impl Loop<'_> {
 
     /// The gateway's Device and the Devices whose state the server has not acknowledged.
     fn heartbeat_bundle(&mut self) -> crate::fhir::Bundle {
+        self.beats.in_flight.clear();
         let gateway = &self.gateway[usize::from(!self.clock.synchronized())];
         let mut built = bundle::build((gateway.0.as_str(), &gateway.1), &HashMap::new(), &[]);
         for (id, json) in self.states(None) {
