@@ -483,15 +483,23 @@ fn the_mqtt_uplink_keeps_a_retained_online_status_and_its_last_will_says_offline
     let mut n = 0;
     let mut status = serde_json::Value::Null;
     let mut topic = String::new();
-    wait_until(Duration::from_secs(30), "an online status naming the device", || {
-        n += 1;
-        let (t, s) = retained_status(&kit, cloud.port(), &format!("status-{n}")).remove(0);
-        (topic, status) = (t, s);
-        status["state"] == "online" && status["devices"].as_array().is_some_and(|d| d.len() == 1)
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "an online status naming the device",
+        || {
+            n += 1;
+            let (t, s) = retained_status(&kit, cloud.port(), &format!("status-{n}")).remove(0);
+            (topic, status) = (t, s);
+            status["state"] == "online"
+                && status["devices"].as_array().is_some_and(|d| d.len() == 1)
+        },
+    );
     let parts: Vec<&str> = topic.split('/').collect();
     assert_eq!((parts[0], parts[2]), ("iomt", "status"), "{topic}");
-    assert!(parts[1].len() >= 16 && parts[1].chars().all(|c| c.is_ascii_hexdigit()), "the gateway's pseudonym: {topic}");
+    assert!(
+        parts[1].len() >= 16 && parts[1].chars().all(|c| c.is_ascii_hexdigit()),
+        "the gateway's pseudonym: {topic}"
+    );
     assert_eq!(status["gateway"], parts[1]);
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
     assert!(status["sent_at"].is_string(), "{status:#}");
@@ -501,7 +509,10 @@ fn the_mqtt_uplink_keeps_a_retained_online_status_and_its_last_will_says_offline
     assert_eq!(device["profile"], PROFILE);
     assert_eq!(device["state"], "seen");
     assert!(device["last_seen"].is_string(), "{device}");
-    assert!(device["device"].as_str().is_some_and(|d| d.len() >= 16), "{device}");
+    assert!(
+        device["device"].as_str().is_some_and(|d| d.len() >= 16),
+        "{device}"
+    );
     let mut secrets = vec![
         "cuff-9".to_string(),
         PATIENT.to_string(),

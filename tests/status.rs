@@ -15,8 +15,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::config::Config;
-use common::running::Running;
 use common::privacy::{assert_free_of, assert_json_free_of, measured_values};
+use common::running::Running;
 use common::{gateway, observations_in, texts, validator_python, wait_until};
 use iomt_testkit::bluez::{DeviceKind, DeviceSpec, PrivateBus, SimBluez};
 
@@ -687,11 +687,15 @@ fn a_cuff_that_goes_away_is_reported_to_the_fhir_server_within_seconds_with_its_
         DEADLINE,
     );
     let device_system = "urn:iomt-gateway:device-pseudonym";
-    wait_until(DEADLINE, "the cuff's reading stored and it connected", || {
-        kit.server.with_store(|s| !s.observations.is_empty())
-            && listening(port)
-            && status_json(&config)["devices"][0]["state"] == "connected"
-    });
+    wait_until(
+        DEADLINE,
+        "the cuff's reading stored and it connected",
+        || {
+            kit.server.with_store(|s| !s.observations.is_empty())
+                && listening(port)
+                && status_json(&config)["devices"][0]["state"] == "connected"
+        },
+    );
     let before = server_devices(&kit, device_system);
     assert_eq!(before.len(), 1, "{before:?}");
 
@@ -746,21 +750,26 @@ fn a_cuff_that_goes_away_is_reported_to_the_fhir_server_within_seconds_with_its_
             })
         })
         .collect();
-    entries.extend(kit.server.with_store(|s| s.observations.clone()).into_iter().map(|o| {
-        serde_json::json!({
-            "fullUrl": format!("urn:uuid:{}", o["id"].as_str().unwrap()),
-            "resource": o,
-            "request": {
-                "method": "POST",
-                "url": "Observation",
-                "ifNoneExist": format!(
-                    "identifier={}|{}",
-                    o["identifier"][0]["system"].as_str().unwrap(),
-                    o["identifier"][0]["value"].as_str().unwrap()
-                ),
-            },
-        })
-    }));
+    entries.extend(
+        kit.server
+            .with_store(|s| s.observations.clone())
+            .into_iter()
+            .map(|o| {
+                serde_json::json!({
+                    "fullUrl": format!("urn:uuid:{}", o["id"].as_str().unwrap()),
+                    "resource": o,
+                    "request": {
+                        "method": "POST",
+                        "url": "Observation",
+                        "ifNoneExist": format!(
+                            "identifier={}|{}",
+                            o["identifier"][0]["system"].as_str().unwrap(),
+                            o["identifier"][0]["value"].as_str().unwrap()
+                        ),
+                    },
+                })
+            }),
+    );
     let file = kit.path("heartbeat.json");
     std::fs::write(
         &file,

@@ -4,8 +4,8 @@
 #![allow(dead_code)]
 
 pub mod config;
-pub mod privacy;
 pub mod kit;
+pub mod privacy;
 pub mod running;
 
 use std::os::unix::fs::PermissionsExt;

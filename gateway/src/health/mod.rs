@@ -282,7 +282,8 @@ impl Health {
         counters.readings += 1;
         counters.observations += outcome.observations;
         counters.rejected += outcome.rejected;
-        let seen_within = chrono::Duration::from_std(state.seen_within).unwrap_or(chrono::Duration::MAX);
+        let seen_within =
+            chrono::Duration::from_std(state.seen_within).unwrap_or(chrono::Duration::MAX);
         let device = self.device(&mut state, id);
         let new = device.last_seen.is_none();
         // Heard from again after a silence long enough to be "not seen".

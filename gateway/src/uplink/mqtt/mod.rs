@@ -125,7 +125,9 @@ impl MqttUplink {
         let short: String = gateway_pseudonym.chars().take(16).collect();
         let offline = crate::health::heartbeat::StatusMessage::offline(gateway_pseudonym);
         Ok(Self {
-            status_topic: settings.status_topic.replace("{gateway}", gateway_pseudonym),
+            status_topic: settings
+                .status_topic
+                .replace("{gateway}", gateway_pseudonym),
             will: serde_json::to_vec(&offline).unwrap_or_default(),
             status: Arc::default(),
             topic: settings.topic.replace("{gateway}", gateway_pseudonym),
@@ -194,7 +196,12 @@ impl MqttUplink {
                         // Online again: replaces the last will a lost connection left.
                         let latest = status.lock().ok().and_then(|s| s.clone());
                         if let Some(message) = latest {
-                            let _ = status_client.try_publish(&status_topic, QoS::AtMostOnce, true, message);
+                            let _ = status_client.try_publish(
+                                &status_topic,
+                                QoS::AtMostOnce,
+                                true,
+                                message,
+                            );
                         }
                     }
                     // A status message (QoS 0, packet id 0): no delivery waits for it.
