@@ -147,7 +147,10 @@ fn heartbeats_report_devices_heard_from_since_the_start_by_state_without_serial_
     let mut changes = h.state_changes();
     changes.borrow_and_update();
     h.link(&cuff, LinkEvent::Connected);
-    assert!(changes.has_changed().unwrap(), "a connection is a state change");
+    assert!(
+        changes.has_changed().unwrap(),
+        "a connection is a state change"
+    );
     let resource = crate::normalize::gateway_resource("cuff");
     h.device_resource(&cuff, &resource);
     let now = Utc::now();
@@ -161,7 +164,10 @@ fn heartbeats_report_devices_heard_from_since_the_start_by_state_without_serial_
 
     changes.borrow_and_update();
     h.link(&cuff, LinkEvent::Disconnected);
-    assert!(changes.has_changed().unwrap(), "a hang-up is a state change");
+    assert!(
+        changes.has_changed().unwrap(),
+        "a hang-up is a state change"
+    );
     let later = now + chrono::Duration::seconds(120);
     let reported = h.reported_devices(later);
     assert_eq!(reported[0].state, DeviceState::NotSeen);
