@@ -330,7 +330,7 @@ impl Health {
         }
     }
 
-    /// An uplink's destination acknowledged a heartbeat (the gateway's Device alone).
+    /// An uplink sent a heartbeat (`uplink::deliver`'s heartbeats).
     pub fn heartbeat(&self, uplink: &str) {
         let mut state = self.lock();
         let u = state.uplinks.entry(uplink.to_string()).or_default();

@@ -111,8 +111,9 @@ pub struct UplinkView {
     pub state: UplinkState,
     /// When it last delivered (since the start).
     pub last_delivery: Option<DateTime<Utc>>,
-    /// When its destination last acknowledged a heartbeat (since the start; `null` for
-    /// an uplink that sends none: only FHIR uplinks do).
+    /// When it last sent a heartbeat (since the start): acknowledged by the FHIR server,
+    /// or the MQTT status message handed to the broker; `null` for an uplink that sends
+    /// none (the file uplink) or none yet.
     pub last_heartbeat: Option<DateTime<Utc>>,
     /// When its last attempt failed (since the start).
     pub last_failure: Option<DateTime<Utc>>,

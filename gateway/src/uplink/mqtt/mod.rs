@@ -434,21 +434,31 @@ impl Uplink for MqttUplink {
         Heartbeat::Status
     }
 
-    /// Keeps `message` as the status published at every connection, and publishes it now
-    /// if connected (QoS 0, retained: no PUBACK to wait for, and a lost one is replaced by
-    /// the next heartbeat or connection).
+    /// Keeps `message` as the status published at every connection, and publishes it
+    /// (QoS 0, retained: no PUBACK to wait for, and a lost one is replaced by the next
+    /// heartbeat or connection). Connects first if need be, waiting at most
+    /// `timeout_secs`; without a connection by then it fails (the connection publishes it
+    /// when it comes up).
     fn status<'a>(&'a mut self, message: &'a [u8]) -> DeliveryFuture<'a> {
         Box::pin(async move {
             if let Ok(mut s) = self.status.lock() {
                 *s = Some(message.to_vec());
             }
-            let Some(conn) = self.connection.as_ref() else {
-                // Connecting publishes it.
+            if self.connection.is_none() {
                 self.connection = Some(self.connect(Duration::ZERO));
+            }
+            let Some(conn) = self.connection.as_ref() else {
                 return Ok(());
             };
-            if !*conn.connected.borrow() {
-                return Ok(());
+            let timeout = self.settings.ack_timeout;
+            let not_now = |what: &str| DeliveryError::Transient {
+                reason: format!("status not published: {what}; it goes out once connected"),
+                retry_after: None,
+            };
+            let mut connected = conn.connected.clone();
+            match tokio::time::timeout(timeout, connected.wait_for(|c| *c)).await {
+                Ok(Ok(_)) => {}
+                _ => return Err(not_now("not connected to the broker")),
             }
             let publish = conn.client.publish(
                 self.status_topic.as_str(),
@@ -456,16 +466,10 @@ impl Uplink for MqttUplink {
                 true,
                 message.to_vec(),
             );
-            match tokio::time::timeout(self.settings.ack_timeout, publish).await {
+            match tokio::time::timeout(timeout, publish).await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(DeliveryError::Transient {
-                    reason: format!("cannot publish the status: {e}"),
-                    retry_after: None,
-                }),
-                Err(_) => Err(DeliveryError::Transient {
-                    reason: "the status could not be queued in time".into(),
-                    retry_after: None,
-                }),
+                Ok(Err(e)) => Err(not_now(&format!("cannot publish: {e}"))),
+                Err(_) => Err(not_now("the request queue stayed full")),
             }
         })
     }
