@@ -800,3 +800,46 @@ fn a_cuff_that_goes_away_is_reported_to_the_fhir_server_within_seconds_with_its_
         ],
     );
 }
+
+#[test]
+fn a_device_that_falls_silent_is_reported_offline_to_the_fhir_server_once_its_seen_period_is_over()
+{
+    let kit = common::kit::Kit::new();
+    let port = free_port();
+    let config = kit
+        .config_for("kit-status-silent", PATIENT)
+        .driver("[sim]\nenabled = true\nprofiles = [\"sim-thermometer\"]\ninterval_secs = 0.01\nmax_readings = 3")
+        .outbox("commit_window_ms = 5\nquiet_commit_window_ms = 5")
+        .uplink(&kit.fhir_uplink(1))
+        .append(&format!(
+            "\n[status]\nlisten = \"127.0.0.1:{port}\"\nseen_within_secs = 2\nheartbeat_interval_secs = 3600"
+        ))
+        .write();
+    let gw = Running::start(&config, &[], DEADLINE);
+    let device_system = "urn:iomt-gateway:device-pseudonym";
+    gw.wait_log("simulator reached its reading limit", 1);
+    let silent = std::time::Instant::now();
+    wait_until(DEADLINE, "the thermometer reported offline", || {
+        server_devices(&kit, device_system)
+            .first()
+            .and_then(status_reason)
+            .is_some_and(|r| r == "offline")
+    });
+    assert!(
+        silent.elapsed() < Duration::from_secs(30),
+        "reported when its 2 s are over, not after the hour: {:?}",
+        silent.elapsed()
+    );
+    let status = status_json(&config);
+    assert_eq!(status["devices"][0]["state"], "not seen");
+    let device = server_devices(&kit, device_system).remove(0);
+    let last_seen = &device["extension"][0]["valueDateTime"];
+    let view_seen: chrono::DateTime<chrono::Utc> = status["devices"][0]["last_seen"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let sent: chrono::DateTime<chrono::Utc> = last_seen.as_str().unwrap().parse().unwrap();
+    assert!((sent - view_seen).num_seconds().abs() <= 1, "{device:#}");
+    gw.stop();
+}

@@ -9,6 +9,11 @@
 //!   not seen) and the extension [`LAST_SEEN_URL`] holding when it was last heard from.
 //! - For an MQTT broker: a [`StatusMessage`], small JSON, retained on the status topic.
 //!
+//! A device's state changes by events (it connects, hangs up, is heard from) and by time
+//! alone (silent for longer than `seen_within_secs`: "not seen"); [`Health::state_changes`]
+//! wakes on the former, [`Health::next_unseen`] says when the latter is due, so the
+//! delivery loop sets one timer instead of looking.
+//!
 //! Neither holds a patient id, a measured value, a serial number or an address: devices
 //! are named by their pseudonyms, as everywhere in the model. Only devices heard from
 //! since the daemon started are reported: one not seen since then keeps what the
@@ -146,6 +151,20 @@ impl Health {
     pub fn device_resource(&self, id: &iomt_drivers::DeviceIdentity, resource: &fhir::Device) {
         let mut state = self.lock();
         self.device(&mut state, id).resource = Some(Arc::new(resource.clone()));
+    }
+
+    /// When the next device now "seen" becomes "not seen" if it stays silent: its state
+    /// changes with time alone, and a heartbeat then reports it.
+    pub fn next_unseen(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let state = self.lock();
+        let within = chrono::Duration::from_std(state.seen_within).ok()?;
+        state
+            .devices
+            .values()
+            .filter(|d| d.link != super::Link::Connected)
+            .filter_map(|d| d.last_seen?.checked_add_signed(within))
+            .filter(|t| *t >= now)
+            .min()
     }
 
     /// The devices heard from since the start, as a heartbeat at `now` reports them.

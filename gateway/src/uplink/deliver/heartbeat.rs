@@ -5,8 +5,9 @@
 //! delivered Bundle counts, as it carries the gateway's Device; an MQTT uplink: its status
 //! is sent every interval whatever was delivered, so its `sent_at` stays fresh), and
 //! [`DEBOUNCE`] after a device's state or the clock's synchronization changes: the loop
-//! waits on the health model's state-change watch and the clock's watch, it never polls,
-//! so an idle kit pays one message per interval. An MQTT uplink also sends its status as
+//! waits on the health model's state-change watch and the clock's watch, and sets a timer
+//! for the moment a silent device becomes "not seen"; it never polls, so an idle kit pays
+//! one message per interval. An MQTT uplink also sends its status as
 //! soon as it starts (the broker then keeps it, retained).
 //!
 //! **What.** A FHIR uplink sends a Bundle: the gateway's Device (PUT) and the Device of
@@ -31,6 +32,10 @@ use crate::uplink::{bundle, Heartbeat};
 /// sends, hangs up) make one heartbeat.
 pub const DEBOUNCE: Duration = Duration::from_secs(2);
 
+/// How long after a device's "seen" period ends the heartbeat reporting it "not seen"
+/// goes (so that it is over when the heartbeat looks).
+const UNSEEN_MARGIN: Duration = Duration::from_millis(50);
+
 /// What the loop keeps for heartbeats.
 #[derive(Debug, Default)]
 pub(super) struct Beats {
@@ -53,14 +58,17 @@ impl Loop<'_> {
             Heartbeat::Bundle => self.last_contact + interval,
             Heartbeat::Status => self.beats.last.map_or_else(Instant::now, |t| t + interval),
         };
-        if !self.beats.pending {
-            return Some(periodic);
-        }
-        let soon = self
-            .beats
-            .last
-            .map_or_else(Instant::now, |t| (t + DEBOUNCE).max(Instant::now()));
-        Some(soon.min(periodic))
+        let now = Instant::now();
+        let debounced = |at: Instant| self.beats.last.map_or(at, |t| (t + DEBOUNCE).max(at));
+        // A device becoming "not seen" with time alone: a timer, not a look now and then.
+        let unseen = self.health.and_then(|h| {
+            let wall = chrono::Utc::now();
+            let due = h.next_unseen(wall)?;
+            let wait = (due - wall).to_std().unwrap_or_default() + UNSEEN_MARGIN;
+            Some(debounced(now + wait))
+        });
+        let soon = self.beats.pending.then(|| debounced(now));
+        [Some(periodic), soon, unseen].into_iter().flatten().min()
     }
 
     /// Sends a heartbeat. A failure is logged and waits for the next one.
