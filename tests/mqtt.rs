@@ -87,7 +87,8 @@ fn wait_connected(child: &mut Child, log: &Path) {
         child,
         log,
         "the gateway to connect",
-        "connected to the MQTT broker",
+        // The ingest driver's line (the MQTT uplink logs its own connection too).
+        "subscriptions=",
     );
 }
 
