@@ -384,6 +384,7 @@ fn a_ble_cuff_that_went_away_shows_not_seen_with_its_last_seen_time_and_its_batt
         PATIENT.to_string(),
         CUFF.to_string(),
         CUFF.replace(':', "_"),
+        format!("SN-{}", CUFF.replace(':', "")),
     ];
     let measured = measured_values(&out);
     // 128/82 mmHg, MAP 97, pulse 72: integers, found as whole numbers.
@@ -793,6 +794,8 @@ fn a_cuff_that_goes_away_is_reported_to_the_fhir_server_within_seconds_with_its_
             "kit-status-change".into(),
             CUFF.to_string(),
             CUFF.replace(':', "_"),
+            // The serial number the simulated cuff's Device Information gives.
+            format!("SN-{}", CUFF.replace(':', "")),
             "128".into(),
             "82".into(),
             "97".into(),
