@@ -54,6 +54,11 @@ pub struct ReportedDevice {
 }
 
 impl ReportedDevice {
+    /// The id of its Device resource, once it sent a reading.
+    pub fn resource_id(&self) -> Option<&str> {
+        self.resource.as_deref().map(|r| r.id.as_str())
+    }
+
     /// Its Device resource carrying its state (`None`: it sent no reading since the start,
     /// so there is no resource to report on).
     pub fn fhir_device(&self) -> Option<fhir::Device> {

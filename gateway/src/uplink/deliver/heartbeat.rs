@@ -150,8 +150,8 @@ impl Loop<'_> {
         health
             .reported_devices(chrono::Utc::now())
             .iter()
+            .filter(|d| among.is_none_or(|a| d.resource_id().is_some_and(|id| a.contains_key(id))))
             .filter_map(|d| d.fhir_device())
-            .filter(|d| among.is_none_or(|a| a.contains_key(&d.id)))
             .filter_map(|d| Some((d.id.clone(), serde_json::to_string(&d).ok()?)))
             .collect()
     }

@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use iomt_drivers::link::LinkEvent;
 use iomt_drivers::{DeviceIdentity, Transport};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{run, Bed, DeliverySettings, UPLINK};
+use super::{id, run, Bed, DeliverySettings, UPLINK};
 use crate::clock::{Clock, ClockSettings, ClockSource};
 use crate::fhir::Bundle;
 use crate::health::Health;
+use crate::outbox::Append;
 use crate::pseudonym::Pseudonymizer;
 use crate::uplink::deliver::heartbeat::DEBOUNCE;
 use crate::uplink::{DeliveryFuture, Heartbeat, Uplink};
@@ -101,16 +102,17 @@ async fn a_state_change_is_reported_within_seconds_once_per_burst_and_the_idle_k
     assert_eq!(devices, ["-"]);
 
     // The cuff connects, sends (its Device made by the pipeline) and hangs up within a
-    // second: one heartbeat, right away, then one after the debounce with the last state.
-    let id = cuff();
+    // second: one heartbeat right away, its reading's Bundle, then one heartbeat after
+    // the debounce with the last state.
+    let cuff = cuff();
     let cuff_device = crate::fhir::Device {
         id: "cuff-device".into(),
         ..crate::normalize::gateway_resource("cuff-pseudonym")
     };
     tokio::time::sleep(Duration::from_secs(10)).await;
     let changed = Instant::now();
-    health.link(&id, LinkEvent::Connected);
-    health.device_resource(&id, &cuff_device);
+    health.link(&cuff, LinkEvent::Connected);
+    health.device_resource(&cuff, &cuff_device);
     let (at, devices) = beats.recv().await.unwrap();
     assert!(
         at - changed < Duration::from_millis(10),
@@ -118,8 +120,27 @@ async fn a_state_change_is_reported_within_seconds_once_per_burst_and_the_idle_k
         at - changed
     );
     assert_eq!(devices, ["-", "online"]);
+    // A delivery of its reading carries its state too (the stored Device has none).
+    let (ack, acked) = oneshot::channel();
+    let json = format!(
+        r#"{{"resourceType":"Observation","id":"{0}","identifier":[{{"system":"urn:ietf:rfc:3986","value":"urn:uuid:{0}"}}]}}"#,
+        id(0)
+    );
+    bed.outbox
+        .append(Append {
+            device_id: "cuff-device".into(),
+            device_json: serde_json::to_vec(&cuff_device).unwrap(),
+            observations: vec![(id(0), json.into_bytes())],
+            ack: Some(ack),
+            source_waits: true,
+        })
+        .await
+        .unwrap();
+    acked.await.unwrap();
+    let (_, devices) = beats.recv().await.unwrap();
+    assert_eq!(devices, ["-", "online"]);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    health.link(&id, LinkEvent::Disconnected);
+    health.link(&cuff, LinkEvent::Disconnected);
     let (at2, devices) = beats.recv().await.unwrap();
     assert_eq!(at2 - at, DEBOUNCE);
     assert_eq!(devices, ["-", "standby"]);
