@@ -121,7 +121,12 @@ impl Loop<'_> {
         self.beats.in_flight.clear();
         let gateway = &self.gateway[usize::from(!self.clock.synchronized())];
         let mut built = bundle::build((gateway.0.as_str(), &gateway.1), &HashMap::new(), &[]);
-        for (id, json) in self.states(None) {
+        let states = self.states(None);
+        // Bounded like the model: devices it no longer keeps are forgotten here too.
+        self.beats
+            .reported
+            .retain(|id, _| states.iter().any(|(s, _)| s == id));
+        for (id, json) in states {
             if self.beats.reported.get(&id) == Some(&json) {
                 continue;
             }
