@@ -87,7 +87,8 @@ fn wait_connected(child: &mut Child, log: &Path) {
         child,
         log,
         "the gateway to connect",
-        "connected to the MQTT broker",
+        // The ingest driver's line (the MQTT uplink logs its own connection too).
+        "subscriptions=",
     );
 }
 
@@ -440,4 +441,99 @@ fn many_device_ids_leave_no_device_rows_behind_and_over_long_ids_are_refused() {
             .any(|l| !l.contains(" DEBUG ") && l.contains(&long_id)),
         "an over-long id was logged at info or above"
     );
+}
+
+/// The retained status messages a fresh subscriber to `iomt/+/status` on the broker at
+/// `port` receives first (the broker sends the retained one at once), as JSON.
+fn retained_status(kit: &MqttKit, port: u16, client: &str) -> Vec<(String, serde_json::Value)> {
+    let c = kit
+        .rt
+        .block_on(Collector::start(port, client, "iomt/+/status"));
+    let mut got = Vec::new();
+    wait_until(Duration::from_secs(20), "a retained status message", || {
+        got = c.received();
+        !got.is_empty()
+    });
+    got.into_iter()
+        .map(|(t, p)| (t, serde_json::from_slice(&p).expect("the status is JSON")))
+        .collect()
+}
+
+#[test]
+fn the_mqtt_uplink_keeps_a_retained_online_status_and_its_last_will_says_offline_once_killed() {
+    let mut kit = MqttKit::new();
+    let cloud = Mosquitto::start(&kit.path("cloud"), "").unwrap();
+    // An hour between periodic heartbeats: the status follows the connection and the
+    // devices' state changes.
+    let uplink = format!(
+        "\n[[uplinks]]\nkind = \"mqtt\"\nname = \"cloud\"\nurl = \"mqtt://127.0.0.1:{}\"\ntopic = \"iomt/{{gateway}}/fhir\"\ntimeout_secs = 2\nmax_backoff_secs = 1\n\n[status]\nenabled = false\nheartbeat_interval_secs = 3600\n",
+        cloud.port()
+    );
+    let config = kit.config(5, 65536, &uplink);
+    let (mut child, log) = kit.start(&config);
+    wait_connected(&mut child, &log);
+    let messages = vitals("cuff-9", 0, 3);
+    let measured: Vec<String> = messages
+        .iter()
+        .map(|(_, p)| {
+            let v: serde_json::Value = serde_json::from_slice(p).unwrap();
+            v["heart_rate"].to_string()
+        })
+        .collect();
+    kit.publish(messages);
+    let mut n = 0;
+    let mut status = serde_json::Value::Null;
+    let mut topic = String::new();
+    wait_until(
+        Duration::from_secs(30),
+        "an online status naming the device",
+        || {
+            n += 1;
+            let (t, s) = retained_status(&kit, cloud.port(), &format!("status-{n}")).remove(0);
+            (topic, status) = (t, s);
+            status["state"] == "online"
+                && status["devices"].as_array().is_some_and(|d| d.len() == 1)
+        },
+    );
+    let parts: Vec<&str> = topic.split('/').collect();
+    assert_eq!((parts[0], parts[2]), ("iomt", "status"), "{topic}");
+    assert!(
+        parts[1].len() >= 16 && parts[1].chars().all(|c| c.is_ascii_hexdigit()),
+        "the gateway's pseudonym: {topic}"
+    );
+    assert_eq!(status["gateway"], parts[1]);
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert!(status["sent_at"].is_string(), "{status:#}");
+    assert_eq!(status["clock_synchronized"], true);
+    assert!(status["backlog_rows"].is_u64(), "{status:#}");
+    let device = &status["devices"][0];
+    assert_eq!(device["profile"], PROFILE);
+    assert_eq!(device["state"], "seen");
+    assert!(device["last_seen"].is_string(), "{device}");
+    assert!(
+        device["device"].as_str().is_some_and(|d| d.len() >= 16),
+        "{device}"
+    );
+    let mut secrets = vec![
+        "cuff-9".to_string(),
+        PATIENT.to_string(),
+        GATEWAY_ID.to_string(),
+    ];
+    secrets.extend(measured);
+    common::privacy::assert_json_free_of("the MQTT status", &status, &secrets);
+
+    // SIGKILL: no goodbye; the broker publishes the last will, retained.
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+    let mut offline = serde_json::Value::Null;
+    wait_until(Duration::from_secs(30), "the retained offline will", || {
+        n += 1;
+        let (t, s) = retained_status(&kit, cloud.port(), &format!("after-kill-{n}")).remove(0);
+        assert_eq!(t, topic, "the will is on the status topic");
+        offline = s;
+        offline["state"] == "offline"
+    });
+    assert_eq!(offline["gateway"], parts[1]);
+    assert_eq!(offline["version"], env!("CARGO_PKG_VERSION"));
+    common::privacy::assert_json_free_of("the last will", &offline, &secrets);
 }

@@ -87,7 +87,8 @@ fn a_publisher_faster_than_the_gateway_never_stalls_ingest() {
         &mut child,
         &log,
         "the gateway to connect",
-        "connected to the MQTT broker",
+        // The ingest driver's line (the MQTT uplink logs its own connection too).
+        "subscriptions=",
     );
     common::wait_until(Duration::from_secs(30), "the subscription", || {
         window.subscribed()
@@ -134,7 +135,8 @@ fn the_driver_takes_at_most_max_in_flight_messages_while_none_is_committed() {
         &mut child,
         &log,
         "the gateway to connect",
-        "connected to the MQTT broker",
+        // The ingest driver's line (the MQTT uplink logs its own connection too).
+        "subscriptions=",
     );
     common::wait_until(Duration::from_secs(30), "the subscription", || {
         window.subscribed()
@@ -209,7 +211,8 @@ fn the_mqtt_uplink_delivers_again_within_seconds_of_the_cloud_broker_coming_back
         &mut child,
         &log,
         "the gateway to connect",
-        "connected to the MQTT broker",
+        // The ingest driver's line (the MQTT uplink logs its own connection too).
+        "subscriptions=",
     );
     common::wait_until(Duration::from_secs(30), "the subscription", || {
         window.subscribed()
@@ -315,7 +318,8 @@ fn observation_mode_under_load_delivers_every_reading_once() {
         &mut child,
         &log,
         "the gateway to connect",
-        "connected to the MQTT broker",
+        // The ingest driver's line (the MQTT uplink logs its own connection too).
+        "subscriptions=",
     );
     publish_in_background(broker.port(), N).join().unwrap();
     common::wait_until(

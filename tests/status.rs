@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::config::Config;
+use common::privacy::{assert_free_of, assert_json_free_of, measured_values};
 use common::running::Running;
 use common::{gateway, observations_in, texts, validator_python, wait_until};
 use iomt_testkit::bluez::{DeviceKind, DeviceSpec, PrivateBus, SimBluez};
@@ -97,38 +98,22 @@ print(json.dumps(out))
     serde_json::from_str(&o).unwrap()
 }
 
-/// Fails if any of `secrets` appears in `text`. A decimal value counts only as a whole
-/// number (not the `36.7` of a time stamp's `12:03:36.712`).
-fn assert_free_of(what: &str, text: &str, secrets: &[String]) {
-    for s in secrets {
-        let found = text.match_indices(s.as_str()).any(|(i, _)| {
-            let before = text[..i].chars().next_back();
-            let after = text[i + s.len()..].chars().next();
-            let digit = |c: Option<char>| c.is_some_and(|c| c.is_ascii_digit() || c == '.');
-            !s.chars().all(|c| c.is_ascii_digit() || c == '.') || !(digit(before) || digit(after))
-        });
-        assert!(!found, "{what} shows `{s}`:\n{text}");
-    }
+/// The decimal values (with a decimal point) of `values`: what text views that also show
+/// counters (a table of counts, `/metrics`' sample values) are scanned for.
+fn decimals(values: &[String]) -> Vec<String> {
+    values.iter().filter(|v| v.contains('.')).cloned().collect()
 }
 
-/// The decimal values (with a decimal point) of the Observations in `out`.
-fn measured_decimals(out: &Path) -> Vec<String> {
-    let mut values = Vec::new();
-    for o in observations_in(out) {
-        let mut quantities = vec![o["valueQuantity"]["value"].clone()];
-        if let Some(c) = o["component"].as_array() {
-            quantities.extend(c.iter().map(|c| c["valueQuantity"]["value"].clone()));
-        }
-        for q in quantities {
-            if let Some(n) = q.as_number() {
-                let n = n.to_string();
-                if n.contains('.') && !values.contains(&n) {
-                    values.push(n);
-                }
-            }
-        }
-    }
-    values
+/// `/metrics` without its sample values (counters and gauges, which may equal a measured
+/// integer by chance): metric names, labels and comments, scanned for every secret.
+fn metrics_labels(text: &str) -> String {
+    text.lines()
+        .map(|l| match l.starts_with('#') {
+            true => l,
+            false => l.rsplit_once(' ').map_or(l, |(head, _)| head),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn sim_config(dir: &Path, port: u16, max_readings: u64) -> PathBuf {
@@ -245,15 +230,21 @@ fn after_the_simulator_ran_status_and_metrics_count_what_it_sent_and_name_nobody
         "SIM-SIM-THERMOMETER-0001".into(),
         "SIM-SIM-PULSE-OXIMETER-0001".into(),
     ];
-    secrets.extend(measured_decimals(&out));
-    assert!(secrets.len() > 6, "the test knows some measured values");
-    for (what, text) in [
-        ("/status", &raw_status),
-        ("/metrics", &metrics),
-        ("status", &table),
-    ] {
-        assert_free_of(what, text, &secrets);
-    }
+    let measured = measured_values(&out);
+    assert!(
+        measured.iter().any(|v| !v.contains('.')) && measured.iter().any(|v| v.contains('.')),
+        "the test knows measured integers (SpO2, pulse) and decimals (temperature): {measured:?}"
+    );
+    let names = secrets.clone();
+    secrets.extend(measured.iter().cloned());
+    let status: serde_json::Value = serde_json::from_str(&raw_status).unwrap();
+    assert_json_free_of("/status", &status, &secrets);
+    assert_free_of("/metrics", &metrics_labels(&metrics), &secrets);
+    // Counts in the table and sample values may equal an integer reading (60
+    // Observations, a pulse of 60): only names and decimals there.
+    let names_and_decimals = [names, decimals(&measured)].concat();
+    assert_free_of("/metrics", &metrics, &names_and_decimals);
+    assert_free_of("status", &table, &names_and_decimals);
     assert!(log.contains("status endpoint listening"), "{log}");
 }
 
@@ -393,15 +384,20 @@ fn a_ble_cuff_that_went_away_shows_not_seen_with_its_last_seen_time_and_its_batt
         PATIENT.to_string(),
         CUFF.to_string(),
         CUFF.replace(':', "_"),
+        format!("SN-{}", CUFF.replace(':', "")),
     ];
-    secrets.extend(measured_decimals(&out));
-    for (what, text) in [
-        ("/status", &raw_status),
-        ("/metrics", &metrics),
-        ("status", &table),
-    ] {
-        assert_free_of(what, text, &secrets);
+    let measured = measured_values(&out);
+    // 128/82 mmHg, MAP 97, pulse 72: integers, found as whole numbers.
+    for v in ["128", "82", "97", "72"] {
+        assert!(measured.contains(&v.to_string()), "{v} in {measured:?}");
     }
+    // The battery charge (80 %) is an Observation too, shown on purpose.
+    secrets.extend(measured.into_iter().filter(|v| v != "80"));
+    let status: serde_json::Value = serde_json::from_str(&raw_status).unwrap();
+    assert_json_free_of("/status", &status, &secrets);
+    assert_free_of("/metrics", &metrics_labels(&metrics), &secrets);
+    // No counter of this short test reaches 72 (one cuff, a few readings; ages in words).
+    assert_free_of("status", &table, &secrets);
 }
 
 /// Loads `url` in headless Chromium (Debian's `chromium`, installed by `.ci/run`) and
@@ -527,7 +523,16 @@ fn the_technician_page_in_headless_chromium_shows_the_devices_the_uplink_and_the
         "sim-thermometer-1".into(),
         "SIM-SIM-THERMOMETER-0001".into(),
     ];
-    secrets.extend(measured_decimals(&out));
+    let measured = measured_values(&out);
+    assert!(measured.contains(&"72".to_string()), "{measured:?}");
+    // The simulated thermometer's decimals and the cuff's 128/82/97/72; the page's
+    // counts stay below them (10 readings, a few rows, ages in words).
+    // The cuff's battery charge (80 %) is an Observation too, shown on purpose.
+    secrets.extend(
+        measured
+            .into_iter()
+            .filter(|v| v.contains('.') || (v.len() > 1 && v != "80")),
+    );
     assert_free_of("the page", &dom, &secrets);
 }
 
@@ -626,4 +631,218 @@ fn a_serial_port_shows_connected_while_open_and_not_seen_once_unplugged() {
             "usb-Nonin".into(),
         ],
     );
+}
+
+/// The Devices the FHIR server holds whose identifier has `system`.
+fn server_devices(kit: &common::kit::Kit, system: &str) -> Vec<serde_json::Value> {
+    kit.server.with_store(|s| {
+        s.devices
+            .values()
+            .filter(|d| d["identifier"][0]["system"] == system)
+            .cloned()
+            .collect()
+    })
+}
+
+/// The code of a Device's `statusReason` (device-status-reason), if any.
+fn status_reason(device: &serde_json::Value) -> Option<String> {
+    device["statusReason"][0]["coding"][0]["code"]
+        .as_str()
+        .map(str::to_string)
+}
+
+#[test]
+fn a_cuff_that_goes_away_is_reported_to_the_fhir_server_within_seconds_with_its_state_and_last_seen_time(
+) {
+    let kit = common::kit::Kit::new();
+    let bus = PrivateBus::start(kit.dir.path()).unwrap();
+    let sim = SimBluez::start(bus.address()).unwrap();
+    sim.add_device(DeviceSpec {
+        address: CUFF.into(),
+        name: "A&D_UA-651".into(),
+        kind: DeviceKind::BloodPressure,
+        battery: 80,
+    });
+    let bytes: Vec<u8> = BP_128
+        .split_whitespace()
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    sim.queue(CUFF, 0x2A35, &bytes);
+    sim.advertise(CUFF);
+    let port = free_port();
+    // An hour between periodic heartbeats: what arrives within seconds comes from the
+    // state change.
+    let config = kit
+        .config_for("kit-status-change", PATIENT)
+        .driver(&format!(
+            "[ble]\nadapter = \"hci0\"\nreconnect_initial_ms = 50\nreconnect_max_ms = 500\n\n[[ble.devices]]\naddress = \"{CUFF}\"\nprofile = \"and-ua-651ble\"\n"
+        ))
+        .uplink(&kit.fhir_uplink(1))
+        .append(&format!(
+            "\n[status]\nlisten = \"127.0.0.1:{port}\"\nheartbeat_interval_secs = 3600"
+        ))
+        .write();
+    let gw = Running::start(
+        &config,
+        &[("DBUS_SYSTEM_BUS_ADDRESS", bus.address())],
+        DEADLINE,
+    );
+    let device_system = "urn:iomt-gateway:device-pseudonym";
+    wait_until(
+        DEADLINE,
+        "the cuff's reading stored and it connected",
+        || {
+            kit.server.with_store(|s| !s.observations.is_empty())
+                && listening(port)
+                && status_json(&config)["devices"][0]["state"] == "connected"
+        },
+    );
+    let before = server_devices(&kit, device_system);
+    assert_eq!(before.len(), 1, "{before:?}");
+
+    sim.hang_up(CUFF);
+    let hung_up = std::time::Instant::now();
+    wait_until(DEADLINE, "the cuff reported seen, no longer online", || {
+        server_devices(&kit, device_system)
+            .first()
+            .and_then(status_reason)
+            .is_some_and(|r| r == "standby")
+    });
+    assert!(
+        hung_up.elapsed() < Duration::from_secs(30),
+        "a state change is sent within seconds, not after the hour: {:?}",
+        hung_up.elapsed()
+    );
+    let cuff = server_devices(&kit, device_system).remove(0);
+    assert_eq!(cuff["status"], "active", "{cuff:#}");
+    assert_eq!(
+        cuff["statusReason"][0]["coding"][0]["system"],
+        "http://terminology.hl7.org/CodeSystem/device-status-reason"
+    );
+    let last_seen = cuff["extension"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["url"] == "urn:iomt-gateway:device-last-seen")
+        .and_then(|e| e["valueDateTime"].as_str())
+        .unwrap_or_else(|| panic!("a last-seen time: {cuff:#}"));
+    let last_seen: chrono::DateTime<chrono::Utc> = last_seen.parse().unwrap();
+    let view_seen: chrono::DateTime<chrono::Utc> = status_json(&config)["devices"][0]["last_seen"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (last_seen - view_seen).num_seconds().abs() <= 1,
+        "{last_seen} vs {view_seen}"
+    );
+    // The gateway's Device was sent with it, and both are valid FHIR R4 (checked in a
+    // transaction Bundle with the cuff's Observations, as the validator wants).
+    let gateway = server_devices(&kit, "urn:iomt-gateway:gateway-pseudonym");
+    assert_eq!(gateway.len(), 1);
+    let mut entries: Vec<serde_json::Value> = [gateway[0].clone(), cuff.clone()]
+        .into_iter()
+        .map(|d| {
+            let id = d["id"].as_str().unwrap().to_string();
+            serde_json::json!({
+                "fullUrl": format!("urn:uuid:{id}"),
+                "resource": d,
+                "request": {"method": "PUT", "url": format!("Device/{id}")},
+            })
+        })
+        .collect();
+    entries.extend(
+        kit.server
+            .with_store(|s| s.observations.clone())
+            .into_iter()
+            .map(|o| {
+                serde_json::json!({
+                    "fullUrl": format!("urn:uuid:{}", o["id"].as_str().unwrap()),
+                    "resource": o,
+                    "request": {
+                        "method": "POST",
+                        "url": "Observation",
+                        "ifNoneExist": format!(
+                            "identifier={}|{}",
+                            o["identifier"][0]["system"].as_str().unwrap(),
+                            o["identifier"][0]["value"].as_str().unwrap()
+                        ),
+                    },
+                })
+            }),
+    );
+    let file = kit.path("heartbeat.json");
+    std::fs::write(
+        &file,
+        serde_json::to_vec(&serde_json::json!({
+            "resourceType": "Bundle", "type": "transaction", "entry": entries,
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let (valid, report) = common::validate_fhir(&[&file]);
+    assert!(valid, "{report}");
+    gw.stop();
+    let devices = kit
+        .server
+        .with_store(|s| serde_json::to_value(&s.devices).unwrap());
+    assert_json_free_of(
+        "the Devices on the server",
+        &devices,
+        &[
+            PATIENT.to_string(),
+            "kit-status-change".into(),
+            CUFF.to_string(),
+            CUFF.replace(':', "_"),
+            // The serial number the simulated cuff's Device Information gives.
+            format!("SN-{}", CUFF.replace(':', "")),
+            "128".into(),
+            "82".into(),
+            "97".into(),
+            "72".into(),
+        ],
+    );
+}
+
+#[test]
+fn a_device_that_falls_silent_is_reported_offline_to_the_fhir_server_once_its_seen_period_is_over()
+{
+    let kit = common::kit::Kit::new();
+    let port = free_port();
+    let config = kit
+        .config_for("kit-status-silent", PATIENT)
+        .driver("[sim]\nenabled = true\nprofiles = [\"sim-thermometer\"]\ninterval_secs = 0.01\nmax_readings = 3")
+        .outbox("commit_window_ms = 5\nquiet_commit_window_ms = 5")
+        .uplink(&kit.fhir_uplink(1))
+        .append(&format!(
+            "\n[status]\nlisten = \"127.0.0.1:{port}\"\nseen_within_secs = 2\nheartbeat_interval_secs = 3600"
+        ))
+        .write();
+    let gw = Running::start(&config, &[], DEADLINE);
+    let device_system = "urn:iomt-gateway:device-pseudonym";
+    gw.wait_log("simulator reached its reading limit", 1);
+    let silent = std::time::Instant::now();
+    wait_until(DEADLINE, "the thermometer reported offline", || {
+        server_devices(&kit, device_system)
+            .first()
+            .and_then(status_reason)
+            .is_some_and(|r| r == "offline")
+    });
+    assert!(
+        silent.elapsed() < Duration::from_secs(30),
+        "reported when its 2 s are over, not after the hour: {:?}",
+        silent.elapsed()
+    );
+    let status = status_json(&config);
+    assert_eq!(status["devices"][0]["state"], "not seen");
+    let device = server_devices(&kit, device_system).remove(0);
+    let last_seen = &device["extension"][0]["valueDateTime"];
+    let view_seen: chrono::DateTime<chrono::Utc> = status["devices"][0]["last_seen"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let sent: chrono::DateTime<chrono::Utc> = last_seen.as_str().unwrap().parse().unwrap();
+    assert!((sent - view_seen).num_seconds().abs() <= 1, "{device:#}");
+    gw.stop();
 }

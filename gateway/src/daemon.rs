@@ -214,6 +214,9 @@ pub async fn run_with_hooks(
         .unwrap_or_default();
     // The kit's health, reported into by every component (`health/`).
     let health = Health::new(pseudonymizer.clone());
+    if let Some(status) = &config.status {
+        health.set_seen_within(status.seen_within);
+    }
     let ctx = ingest::Context {
         health: Some(&health),
         profiles: &profiles,

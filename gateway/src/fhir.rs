@@ -262,6 +262,26 @@ pub struct Device {
     /// Properties (the gateway's time synchronization, as the PHD IG's PhgDevice has it).
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub property: Vec<DeviceProperty>,
+    /// `active` when a heartbeat reports the device's state (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status: Option<String>,
+    /// The device's link as a heartbeat reports it (device-status-reason: `online`,
+    /// `standby`, `offline`).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub status_reason: Vec<CodeableConcept>,
+    /// Extensions (a heartbeat's last-seen time).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub extension: Vec<DateTimeExtension>,
+}
+
+/// An extension holding a dateTime.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DateTimeExtension {
+    /// The extension URL.
+    pub url: String,
+    /// The value (RFC 3339, with its zone).
+    pub value_date_time: String,
 }
 
 /// A Device property: a coded type and coded values.

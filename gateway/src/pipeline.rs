@@ -146,6 +146,9 @@ impl Pipeline {
             let device = devices.get_or_insert_with(key, || {
                 let pseudonym = self.pseudonymizer.pseudonym(Domain::Device, &address);
                 let resource = normalize::device_resource(&profile, &identity, &pseudonym);
+                if let Some(h) = &self.health {
+                    h.device_resource(&identity, &resource);
+                }
                 KnownDevice {
                     resource_id: resource.id.clone(),
                     json: serde_json::to_vec(&resource).unwrap_or_default().into(),

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod kit;
+pub mod privacy;
 pub mod running;
 
 use std::os::unix::fs::PermissionsExt;

@@ -31,8 +31,10 @@ pub struct RawStatus {
     /// A device heard from within this many seconds is "seen" (default 600).
     #[serde(default = "default_seen_within")]
     pub seen_within_secs: u64,
-    /// After this many seconds without a delivery, a FHIR uplink sends the gateway's
-    /// Device alone (a heartbeat); 0: never (default 900). Independent of `enabled`.
+    /// After this many seconds without a delivery, every uplink sends a heartbeat (a FHIR
+    /// uplink: the gateway's Device and its devices' state; an MQTT uplink: its retained
+    /// status message); also a few seconds after a device's state changes. 0: never
+    /// (default 900). Independent of `enabled`.
     #[serde(default = "default_heartbeat")]
     pub heartbeat_interval_secs: u64,
 }
@@ -49,8 +51,11 @@ fn default_listen() -> String {
     DEFAULT_LISTEN.into()
 }
 
+/// The default of `seen_within_secs`.
+pub const DEFAULT_SEEN_WITHIN_SECS: u64 = 600;
+
 fn default_seen_within() -> u64 {
-    600
+    DEFAULT_SEEN_WITHIN_SECS
 }
 
 impl Default for RawStatus {

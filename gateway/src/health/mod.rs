@@ -25,7 +25,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use iomt_drivers::link::{LinkEvent, LinkReporter};
@@ -35,6 +35,7 @@ use tokio::sync::watch;
 use crate::pseudonym::{Domain, Pseudonymizer};
 
 pub mod config;
+pub mod heartbeat;
 pub mod metrics;
 pub mod server;
 pub mod view;
@@ -70,6 +71,23 @@ struct DeviceState {
     hourly: [(i64, u32); 24],
     battery_percent: Option<u8>,
     last_error: Option<(DateTime<Utc>, &'static str)>,
+    /// Its FHIR Device resource, as the pipeline made it at its first reading (what a
+    /// heartbeat reports its state in).
+    resource: Option<Arc<crate::fhir::Device>>,
+}
+
+impl DeviceState {
+    /// Its state at `now`: connected, or heard from within `seen_within`, or not.
+    fn state(&self, now: DateTime<Utc>, seen_within: Duration) -> view::DeviceState {
+        let seen_within = chrono::Duration::from_std(seen_within).unwrap_or(chrono::Duration::MAX);
+        if self.link == Link::Connected {
+            view::DeviceState::Connected
+        } else if self.last_seen.is_some_and(|t| now - t <= seen_within) {
+            view::DeviceState::Seen
+        } else {
+            view::DeviceState::NotSeen
+        }
+    }
 }
 
 /// What the model keeps of one uplink.
@@ -95,8 +113,10 @@ pub struct IngestCounters {
     pub rejected: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
+    /// How recently a device must have been heard from to be "seen".
+    seen_within: Duration,
     devices: BTreeMap<String, DeviceState>,
     uplinks: BTreeMap<String, UplinkState>,
     ingest: BTreeMap<(String, String), IngestCounters>,
@@ -109,6 +129,9 @@ struct Inner {
     state: Mutex<State>,
     /// The one-line summary, sent again only when it changes.
     summary: watch::Sender<String>,
+    /// Bumped when a device's state changes (connected, seen, not seen): heartbeats
+    /// follow it.
+    changes: watch::Sender<u64>,
 }
 
 /// The health model, shared by every component (cheap to clone).
@@ -136,13 +159,20 @@ impl Health {
     /// An empty model; devices are named by their pseudonym under `pseudonymizer`.
     pub fn new(pseudonymizer: Pseudonymizer) -> Self {
         let (summary, _) = watch::channel(String::new());
+        let (changes, _) = watch::channel(0);
         let health = Self {
             inner: Arc::new(Inner {
                 started: Instant::now(),
                 started_at: Utc::now(),
                 pseudonymizer,
-                state: Mutex::new(State::default()),
+                state: Mutex::new(State {
+                    seen_within: Duration::from_secs(config::DEFAULT_SEEN_WITHIN_SECS),
+                    devices: BTreeMap::new(),
+                    uplinks: BTreeMap::new(),
+                    ingest: BTreeMap::new(),
+                }),
                 summary,
+                changes,
             }),
         };
         health.changed(&health.lock());
@@ -186,6 +216,7 @@ impl Health {
             hourly: [(0, 0); 24],
             battery_percent: None,
             last_error: None,
+            resource: None,
         })
     }
 
@@ -202,6 +233,7 @@ impl Health {
         let now = Utc::now();
         let mut state = self.lock();
         let device = self.device(&mut state, id);
+        let before = (device.link, device.last_seen.is_some());
         match event {
             LinkEvent::Connected => {
                 device.link = Link::Connected;
@@ -215,6 +247,9 @@ impl Health {
                 device.link = Link::Down;
                 device.last_error = Some((now, "the connection failed (details in the journal)"));
             }
+        }
+        if before != (device.link, device.last_seen.is_some()) {
+            self.state_changed();
         }
         self.changed(&state);
     }
@@ -247,8 +282,13 @@ impl Health {
         counters.readings += 1;
         counters.observations += outcome.observations;
         counters.rejected += outcome.rejected;
+        let seen_within =
+            chrono::Duration::from_std(state.seen_within).unwrap_or(chrono::Duration::MAX);
         let device = self.device(&mut state, id);
         let new = device.last_seen.is_none();
+        // Heard from again after a silence long enough to be "not seen".
+        let back = device.link != Link::Connected
+            && device.last_seen.is_some_and(|t| at - t > seen_within);
         device.last_seen = Some(at);
         device.last_reading = Some(at);
         let slot = &mut device.hourly[hour.rem_euclid(24) as usize];
@@ -261,6 +301,9 @@ impl Health {
         }
         if outcome.observations == 0 && outcome.rejected > 0 {
             device.last_error = Some((at, "a reading was refused by its profile"));
+        }
+        if new || back {
+            self.state_changed();
         }
         if new {
             self.changed(&state);
@@ -287,7 +330,7 @@ impl Health {
         }
     }
 
-    /// An uplink's destination acknowledged a heartbeat (the gateway's Device alone).
+    /// An uplink sent a heartbeat (`uplink::deliver`'s heartbeats).
     pub fn heartbeat(&self, uplink: &str) {
         let mut state = self.lock();
         let u = state.uplinks.entry(uplink.to_string()).or_default();

@@ -136,3 +136,50 @@ fn devices_beyond_the_limit_replace_the_unconfigured_one_seen_longest_ago() {
         "the configured cuff, never seen, is kept"
     );
 }
+
+#[test]
+fn heartbeats_report_devices_heard_from_since_the_start_by_state_without_serial_or_address() {
+    let h = health();
+    h.set_seen_within(Duration::from_secs(60));
+    let cuff = identity(Transport::Ble, "A0:00:00:00:00:01");
+    let never = identity(Transport::Ble, "A0:00:00:00:00:02");
+    h.device_configured(&never);
+    let mut changes = h.state_changes();
+    changes.borrow_and_update();
+    h.link(&cuff, LinkEvent::Connected);
+    assert!(
+        changes.has_changed().unwrap(),
+        "a connection is a state change"
+    );
+    let resource = crate::normalize::gateway_resource("cuff");
+    h.device_resource(&cuff, &resource);
+    let now = Utc::now();
+    let reported = h.reported_devices(now);
+    assert_eq!(reported.len(), 1, "the device never heard from is left out");
+    assert_eq!(reported[0].state, DeviceState::Connected);
+    assert_eq!(reported[0].last_seen, now, "connected: seen now");
+    let device = reported[0].fhir_device().unwrap();
+    assert_eq!(device.status.as_deref(), Some("active"));
+    assert_eq!(device.status_reason[0].coding[0].code, "online");
+
+    changes.borrow_and_update();
+    h.link(&cuff, LinkEvent::Disconnected);
+    assert!(
+        changes.has_changed().unwrap(),
+        "a hang-up is a state change"
+    );
+    let later = now + chrono::Duration::seconds(120);
+    let reported = h.reported_devices(later);
+    assert_eq!(reported[0].state, DeviceState::NotSeen);
+    assert!(reported[0].last_seen <= Utc::now());
+    let device = reported[0].fhir_device().unwrap();
+    assert_eq!(device.status_reason[0].coding[0].code, "offline");
+    assert_eq!(device.extension[0].url, super::heartbeat::LAST_SEEN_URL);
+    let message = h.status_message("gw", "cloud", later, Some(true), Some(0));
+    let json = serde_json::to_string(&message).unwrap();
+    assert!(json.contains("\"state\":\"not seen\""), "{json}");
+    for secret in ["A0:00:00:00:00:01", "SN-SECRET", "123.4"] {
+        assert!(!json.contains(secret), "{json}");
+        assert!(!serde_json::to_string(&device).unwrap().contains(secret));
+    }
+}

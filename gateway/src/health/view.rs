@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Health, Link};
+use super::Health;
 use crate::outbox::latency::LatencySnapshot;
 use crate::outbox::store::Status as OutboxStatus;
 
@@ -111,8 +111,9 @@ pub struct UplinkView {
     pub state: UplinkState,
     /// When it last delivered (since the start).
     pub last_delivery: Option<DateTime<Utc>>,
-    /// When its destination last acknowledged a heartbeat (since the start; `null` for
-    /// an uplink that sends none: only FHIR uplinks do).
+    /// When it last sent a heartbeat (since the start): acknowledged by the FHIR server,
+    /// or the MQTT status message handed to the broker; `null` for an uplink that sends
+    /// none (the file uplink) or none yet.
     pub last_heartbeat: Option<DateTime<Utc>>,
     /// When its last attempt failed (since the start).
     pub last_failure: Option<DateTime<Utc>>,
@@ -165,7 +166,6 @@ impl Health {
     /// The view at `now`: a device heard from within `seen_within` is "seen".
     pub fn view(&self, now: DateTime<Utc>, seen_within: Duration, asked: &Asked) -> StatusView {
         let state = self.lock();
-        let seen_within = chrono::Duration::from_std(seen_within).unwrap_or(chrono::Duration::MAX);
         let hour = now.timestamp().div_euclid(3600);
         let devices = state
             .devices
@@ -174,13 +174,7 @@ impl Health {
                 device: pseudonym.clone(),
                 profile: d.profile.clone(),
                 transport: d.transport.to_string(),
-                state: if d.link == Link::Connected {
-                    DeviceState::Connected
-                } else if d.last_seen.is_some_and(|t| now - t <= seen_within) {
-                    DeviceState::Seen
-                } else {
-                    DeviceState::NotSeen
-                },
+                state: d.state(now, seen_within),
                 last_seen: d.last_seen,
                 last_reading: d.last_reading,
                 readings_24h: d

@@ -96,6 +96,9 @@ pub fn device_resource(
             })
             .collect(),
         property: Vec::new(),
+        status: None,
+        status_reason: Vec::new(),
+        extension: Vec::new(),
     }
 }
 
@@ -120,6 +123,9 @@ pub fn gateway_resource(gateway_pseudonym: &str) -> fhir::Device {
             value: env!("CARGO_PKG_VERSION").into(),
         }],
         property: Vec::new(),
+        status: None,
+        status_reason: Vec::new(),
+        extension: Vec::new(),
     };
     set_clock_synchronized(&mut device, true);
     device

@@ -53,6 +53,7 @@ use crate::health::Health;
 use crate::normalize::set_clock_synchronized;
 use crate::outbox::{Fetched, Outbox, PendingRow};
 
+mod heartbeat;
 pub mod plan;
 #[cfg(test)]
 mod tests;
@@ -80,8 +81,8 @@ pub struct DeliverySettings {
     /// The kit's health model, told of deliveries, failures and dead letters (`None`:
     /// not reported).
     pub health: Option<Health>,
-    /// With an uplink that [`Uplink::heartbeats`], how long without a delivery before
-    /// the gateway's Device is sent alone (a heartbeat); `None`: never.
+    /// With an uplink that sends heartbeats ([`Uplink::heartbeat`]), how long between
+    /// them (`heartbeat.rs`); `None`: never, not even on state changes.
     pub heartbeat: Option<Duration>,
 }
 
@@ -114,6 +115,12 @@ struct Loop<'a> {
     health: Option<&'a Health>,
     /// The last delivery or heartbeat.
     last_contact: tokio::time::Instant,
+    /// The heartbeat interval (`None`: no heartbeats).
+    heartbeat_interval: Option<Duration>,
+    /// The gateway's pseudonym (names it in the MQTT status message).
+    gateway_pseudonym: &'a str,
+    /// What heartbeats keep.
+    beats: heartbeat::Beats,
 }
 
 /// An outbox failure, for the loop: retried like a transient delivery failure.
@@ -165,6 +172,7 @@ impl Loop<'_> {
                         .delivered(self.uplink.name(), done)
                         .await
                         .map_err(outbox_failed)?;
+                    self.acknowledged();
                     self.stats.bundles += 1;
                     self.stats.delivered += sent.len() as u64;
                     self.last_contact = tokio::time::Instant::now();
@@ -281,30 +289,6 @@ impl Loop<'_> {
         Ok(())
     }
 
-    /// Sends the gateway's Device alone (a PUT to its id), so the server knows the kit is
-    /// alive though nothing was measured. A failure is logged and waits for the next one.
-    async fn heartbeat(&mut self) {
-        self.last_contact = tokio::time::Instant::now();
-        let gateway = &self.gateway[usize::from(!self.clock.synchronized())];
-        let built = bundle::build((gateway.0.as_str(), &gateway.1), &Default::default(), &[]);
-        let answer = tokio::select! {
-            biased;
-            answer = self.uplink.deliver(&built.bundle) => answer,
-            _ = self.abandon.cancelled() => return,
-        };
-        match answer {
-            Ok(()) => {
-                tracing::debug!(uplink = self.uplink.name(), "heartbeat sent");
-                if let Some(h) = self.health {
-                    h.heartbeat(self.uplink.name());
-                }
-            }
-            Err(e) => {
-                tracing::warn!(uplink = self.uplink.name(), error = %e, "heartbeat failed; sent again after the next interval")
-            }
-        }
-    }
-
     /// Sends `rows` as one Bundle and decides, from the answer, what follows.
     async fn send(&mut self, fetched: &Fetched, rows: &[&PendingRow]) -> Step {
         let built = self.build(fetched, rows);
@@ -325,7 +309,8 @@ impl Loop<'_> {
     }
 
     /// The Bundle of `rows` (indexes into `rows` in [`bundle::Built`]).
-    fn build(&self, fetched: &Fetched, rows: &[&PendingRow]) -> bundle::Built {
+    fn build(&mut self, fetched: &Fetched, rows: &[&PendingRow]) -> bundle::Built {
+        self.beats.in_flight.clear();
         let items: Vec<bundle::Item<'_>> = rows
             .iter()
             .enumerate()
@@ -339,8 +324,10 @@ impl Loop<'_> {
                 })
             })
             .collect();
+        let with_states = self.with_states(&fetched.devices);
+        let devices = with_states.as_ref().unwrap_or(&fetched.devices);
         let gateway = &self.gateway[usize::from(!self.clock.synchronized())];
-        bundle::build((gateway.0.as_str(), &gateway.1), &fetched.devices, &items)
+        bundle::build((gateway.0.as_str(), &gateway.1), devices, &items)
     }
 }
 
@@ -357,6 +344,11 @@ pub async fn run(
     gateway: Device,
     cancel: CancellationToken,
 ) -> DeliveryStats {
+    let gateway_pseudonym = gateway
+        .identifier
+        .first()
+        .map(|i| i.value.clone())
+        .unwrap_or_default();
     let raw = |synchronized: bool| {
         let mut device = gateway.clone();
         set_clock_synchronized(&mut device, synchronized);
@@ -376,6 +368,7 @@ pub async fn run(
         })
     });
     let mut clock_changes = clock.subscribe();
+    let mut state_changes = settings.health.as_ref().map(|h| h.state_changes());
     let mut committed = outbox.committed();
     let mut backoff = Backoff::new(settings.backoff_base, settings.backoff_max);
     let name = uplink.name().to_string();
@@ -400,8 +393,15 @@ pub async fn run(
         abandon: abandon.clone(),
         health: settings.health.as_ref(),
         last_contact: tokio::time::Instant::now(),
+        heartbeat_interval: settings.heartbeat,
+        gateway_pseudonym: &gateway_pseudonym,
+        beats: heartbeat::Beats::default(),
     };
-    let heartbeat = settings.heartbeat.filter(|_| l.uplink.heartbeats());
+    let heartbeat = settings
+        .heartbeat
+        .filter(|_| l.uplink.heartbeat() != super::Heartbeat::None);
+    // A status message tells the broker at once that the kit is online.
+    l.beats.pending = heartbeat.is_some() && l.uplink.heartbeat() == super::Heartbeat::Status;
     let batch = settings.batch_size.max(1);
     let window = l.uplink.window();
     while !cancel.is_cancelled() {
@@ -429,13 +429,24 @@ pub async fn run(
                 // once-a-minute look while unsynchronized) or the end of the first held
                 // row's wait frees anything.
                 let held_back = l.held_back;
-                let beat = l.last_contact + heartbeat.unwrap_or_default();
+                let beat = l.next_beat(heartbeat);
+                let changes = async {
+                    match state_changes.as_mut() {
+                        Some(c) if heartbeat.is_some() => c.changed().await,
+                        _ => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = committed.changed(), if held_back.is_none() => {}
-                    _ = clock_changes.changed() => {}
+                    // A transition of the clock: the gateway's Device says so.
+                    _ = clock_changes.changed() => l.beats.pending = heartbeat.is_some(),
+                    changed = changes => match changed {
+                        Ok(()) => l.beats.pending = true,
+                        Err(_) => state_changes = None,
+                    },
                     _ = tokio::time::sleep(held_back.unwrap_or_default()), if held_back.is_some() => {}
-                    _ = tokio::time::sleep_until(beat), if heartbeat.is_some() => l.heartbeat().await,
+                    _ = tokio::time::sleep_until(beat.unwrap_or_else(tokio::time::Instant::now)), if beat.is_some() => l.heartbeat().await,
                 }
             }
             Next::RetryIn(delay) => {

@@ -152,12 +152,30 @@ pub trait Uplink: Send {
         Box::pin(std::future::pending())
     }
 
-    /// Whether a Bundle holding only the gateway's Device is worth sending when nothing
-    /// was delivered for a while (a heartbeat): true for a FHIR server, where the PUT
-    /// keeps the Device's `meta.lastUpdated` as the kit's last contact. Default false.
-    fn heartbeats(&self) -> bool {
-        false
+    /// How this uplink sends heartbeats (when nothing was delivered for `[status]
+    /// heartbeat_interval_secs`, and soon after a device's state changes). Default: none.
+    fn heartbeat(&self) -> Heartbeat {
+        Heartbeat::None
     }
+
+    /// With [`Heartbeat::Status`]: publishes `message` (the gateway's status, JSON) so the
+    /// destination keeps it as the latest (MQTT: retained). `Ok` once handed over.
+    fn status<'a>(&'a mut self, _message: &'a [u8]) -> DeliveryFuture<'a> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// How an uplink sends heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// None.
+    None,
+    /// A Bundle through [`Uplink::deliver`]: the gateway's Device (whose
+    /// `meta.lastUpdated` at a FHIR server is then the kit's last contact) and the Device
+    /// of each device whose reported state changed, with that state.
+    Bundle,
+    /// A status message through [`Uplink::status`].
+    Status,
 }
 
 /// A boxed future of [`Uplink::acked`].

@@ -303,8 +303,8 @@ impl Uplink for FhirUplink {
         &self.settings.name
     }
 
-    fn heartbeats(&self) -> bool {
-        true
+    fn heartbeat(&self) -> crate::uplink::Heartbeat {
+        crate::uplink::Heartbeat::Bundle
     }
 
     fn deliver<'a>(&'a mut self, bundle: &'a Bundle) -> DeliveryFuture<'a> {

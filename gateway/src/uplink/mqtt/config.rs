@@ -25,6 +25,10 @@ pub struct RawMqttUplink {
     /// `bundle` (default: one transaction Bundle per message) or `observation` (one
     /// Observation per message).
     pub mode: Option<PublishMode>,
+    /// Topic of the gateway's retained status message and last will (default
+    /// `iomt/{gateway}/status`); must hold `{gateway}`, so kits do not overwrite each
+    /// other's status.
+    pub status_topic: Option<String>,
     /// Client id (default: `iomt-gateway-` and the start of the gateway's pseudonym).
     pub client_id: Option<String>,
     /// File with the user name (first line) and password (second line), mode 0600.
@@ -79,6 +83,8 @@ pub struct MqttUplinkSettings {
     pub topic: String,
     /// One message per Bundle or per Observation.
     pub mode: PublishMode,
+    /// The status topic template (`{gateway}`: the gateway's pseudonym).
+    pub status_topic: String,
     /// File with the user name (first line) and password (second line), mode 0600.
     pub credentials_file: Option<PathBuf>,
     /// How long to wait for the connection and for every PUBACK of one Bundle.
@@ -144,6 +150,20 @@ pub fn check_topic(template: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The default status topic.
+pub const DEFAULT_STATUS_TOPIC: &str = "iomt/{gateway}/status";
+
+/// Checks a status topic template: a topic as [`check_topic`] wants it, naming the gateway.
+pub fn check_status_topic(template: &str) -> Result<(), String> {
+    check_topic(template).map_err(|e| format!("status_{e}"))?;
+    if !template.contains("{gateway}") {
+        return Err(format!(
+            "status_topic `{template}` must hold {{gateway}}: each kit's retained status has its own topic"
+        ));
+    }
+    Ok(())
+}
+
 impl RawMqttUplink {
     /// Validates the table: the broker URL, plain `mqtt://` only to loopback unless
     /// `allow_insecure`, TLS files only with `mqtts://`, the topic template.
@@ -168,6 +188,11 @@ impl RawMqttUplink {
         }
         let client_identity = client_identity(&self.client_cert_file, &self.client_key_file)?;
         check_topic(&self.topic)?;
+        let status_topic = self
+            .status_topic
+            .clone()
+            .unwrap_or_else(|| DEFAULT_STATUS_TOPIC.into());
+        check_status_topic(&status_topic)?;
         if self.client_id.as_deref().is_some_and(str::is_empty) {
             return Err("client_id must not be empty (leave it out for the default)".into());
         }
@@ -189,6 +214,7 @@ impl RawMqttUplink {
                 client_id: self.client_id.clone(),
                 topic: self.topic.clone(),
                 mode: self.mode.unwrap_or_default(),
+                status_topic,
                 credentials_file: self.credentials_file.clone(),
                 ack_timeout,
                 keep_alive: Duration::from_secs(30),
@@ -233,6 +259,11 @@ mod tests {
         assert!(check_topic("iomt/+/fhir").is_err());
         assert!(check_topic("iomt/{patient}/fhir").is_err());
         assert!(check_topic("").is_err());
+        assert!(check_status_topic("iomt/{gateway}/status").is_ok());
+        let e = check_status_topic("iomt/status").unwrap_err();
+        assert!(e.contains("must hold {gateway}"), "{e}");
+        let e = check_status_topic("iomt/+/status").unwrap_err();
+        assert!(e.starts_with("status_topic"), "{e}");
     }
 
     fn mqtt_uplink(keys: &str) -> Result<MqttUplinkSettings, String> {

@@ -39,13 +39,16 @@ pub mod config;
 mod stream;
 
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::{AckedFuture, DeliveryError, DeliveryFuture, ReachableFuture, Uplink, UplinkError};
+use super::{
+    AckedFuture, DeliveryError, DeliveryFuture, Heartbeat, ReachableFuture, Uplink, UplinkError,
+};
 use crate::fhir::Bundle;
 use crate::net;
 pub use config::{check_topic, parse_url, MqttUplinkSettings, PublishMode};
@@ -85,6 +88,12 @@ pub struct MqttUplink {
     connection: Option<Connection>,
     /// Observation mode: the messages sent and not yet acknowledged.
     stream: Stream,
+    /// The status topic (the template resolved).
+    status_topic: String,
+    /// The last will: the `offline` status.
+    will: Vec<u8>,
+    /// The latest status message, published again at every connection.
+    status: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 impl std::fmt::Debug for MqttUplink {
@@ -114,7 +123,13 @@ impl MqttUplink {
             tracing::warn!(uplink = %settings.name, broker = %settings.host, "allow_insecure: observations go over plain mqtt:// to a broker that is not loopback");
         }
         let short: String = gateway_pseudonym.chars().take(16).collect();
+        let offline = crate::health::heartbeat::StatusMessage::offline(gateway_pseudonym);
         Ok(Self {
+            status_topic: settings
+                .status_topic
+                .replace("{gateway}", gateway_pseudonym),
+            will: serde_json::to_vec(&offline).unwrap_or_default(),
+            status: Arc::default(),
             topic: settings.topic.replace("{gateway}", gateway_pseudonym),
             client_id: settings
                 .client_id
@@ -146,6 +161,14 @@ impl MqttUplink {
         if let Some((u, p)) = &self.credentials {
             o.set_credentials(u.clone(), p.clone());
         }
+        // Published, retained, by the broker when the connection ends without a goodbye
+        // (the gateway killed, the power or the network gone).
+        o.set_last_will(LastWill::new(
+            &self.status_topic,
+            self.will.clone(),
+            QoS::AtLeastOnce,
+            true,
+        ));
         let n = self.unacknowledged();
         o.set_inflight(u16::try_from(n).unwrap_or(u16::MAX).max(1));
         let (client, mut eventloop) = AsyncClient::new(o, n + 8);
@@ -157,6 +180,11 @@ impl MqttUplink {
         let name = s.name.clone();
         let broker = format!("{}:{}", s.host, s.port);
         let mut backoff = iomt_drivers::backoff::Backoff::new(s.reconnect_initial, s.reconnect_max);
+        let (status, status_topic, status_client) = (
+            self.status.clone(),
+            self.status_topic.clone(),
+            client.clone(),
+        );
         let task = tokio::spawn(async move {
             tokio::time::sleep(first_delay).await;
             loop {
@@ -165,7 +193,19 @@ impl MqttUplink {
                         backoff.succeed();
                         connected_tx.send_replace(true);
                         tracing::info!(uplink = %name, broker = %broker, "connected to the MQTT broker");
+                        // Online again: replaces the last will a lost connection left.
+                        let latest = status.lock().ok().and_then(|s| s.clone());
+                        if let Some(message) = latest {
+                            let _ = status_client.try_publish(
+                                &status_topic,
+                                QoS::AtMostOnce,
+                                true,
+                                message,
+                            );
+                        }
                     }
+                    // A status message (QoS 0, packet id 0): no delivery waits for it.
+                    Ok(Event::Outgoing(Outgoing::Publish(0))) => {}
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                         if report_tx.send(Report::Published(pkid)).await.is_err() {
                             return;
@@ -390,6 +430,50 @@ impl Uplink for MqttUplink {
         Box::pin(async move { self.acked_window().await.map_err(|f| self.fail(f)) })
     }
 
+    fn heartbeat(&self) -> Heartbeat {
+        Heartbeat::Status
+    }
+
+    /// Keeps `message` as the status published at every connection, and publishes it
+    /// (QoS 0, retained: no PUBACK to wait for, and a lost one is replaced by the next
+    /// heartbeat or connection). Connects first if need be, waiting at most
+    /// `timeout_secs`; without a connection by then it fails (the connection publishes it
+    /// when it comes up).
+    fn status<'a>(&'a mut self, message: &'a [u8]) -> DeliveryFuture<'a> {
+        Box::pin(async move {
+            if let Ok(mut s) = self.status.lock() {
+                *s = Some(message.to_vec());
+            }
+            if self.connection.is_none() {
+                self.connection = Some(self.connect(Duration::ZERO));
+            }
+            let Some(conn) = self.connection.as_ref() else {
+                return Ok(());
+            };
+            let timeout = self.settings.ack_timeout;
+            let not_now = |what: &str| DeliveryError::Transient {
+                reason: format!("status not published: {what}; it goes out once connected"),
+                retry_after: None,
+            };
+            let mut connected = conn.connected.clone();
+            match tokio::time::timeout(timeout, connected.wait_for(|c| *c)).await {
+                Ok(Ok(_)) => {}
+                _ => return Err(not_now("not connected to the broker")),
+            }
+            let publish = conn.client.publish(
+                self.status_topic.as_str(),
+                QoS::AtMostOnce,
+                true,
+                message.to_vec(),
+            );
+            match tokio::time::timeout(timeout, publish).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(not_now(&format!("cannot publish: {e}"))),
+                Err(_) => Err(not_now("the request queue stayed full")),
+            }
+        })
+    }
+
     fn reachable(&mut self) -> ReachableFuture<'_> {
         let connected = self.connection.as_ref().map(|c| c.connected.clone());
         Box::pin(async move {
@@ -442,6 +526,7 @@ mod tests {
             client_id: None,
             topic: "iomt/{gateway}/fhir".into(),
             mode: PublishMode::Bundle,
+            status_topic: config::DEFAULT_STATUS_TOPIC.into(),
             credentials_file: None,
             ack_timeout: Duration::from_secs(5),
             keep_alive: Duration::from_secs(30),
