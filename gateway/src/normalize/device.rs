@@ -21,15 +21,23 @@ pub fn device_resource_id(pseudonym: &str) -> String {
 pub(super) fn uuid_text(mut b: [u8; 16]) -> String {
     b[6] = (b[6] & 0x0f) | 0x80;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    // Written into one buffer (two per Observation: the hex crate's `encode` collects
+    // chars one by one, `format!` copies again).
+    let mut h = [0u8; 32];
+    if hex::encode_to_slice(b, &mut h).is_err() {
+        return String::new();
+    }
+    let mut out = String::with_capacity(36);
+    for (i, range) in [0..8, 8..12, 12..16, 16..20, 20..32]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
+            out.push('-');
+        }
+        out.push_str(std::str::from_utf8(&h[range]).unwrap_or_default());
+    }
+    out
 }
 
 /// The FHIR Device for a measuring device. It carries only the pseudonym and what names

@@ -25,7 +25,13 @@
 //! by HKDF-SHA256 from the 32-byte storage key file. The associated data binds each
 //! ciphertext to its identity (`row` + seq + device id; `device` + id; `reason` + uplink +
 //! seq), so a ciphertext moved to another row does not open. Keys never live in the
-//! database: only their ids and check values do.
+//! database: only their ids and check values do. Who seals: an append travels to the
+//! writer task plain; the task compresses and seals its rows as it takes it, while the
+//! previous transaction runs on the blocking thread (so the pipeline's task only
+//! normalizes, and sealing still overlaps the commit before it); a Device resource is
+//! sealed only by the transaction that stores it. Measured (docs/benchmarks.md): with
+//! sealing on the pipeline's task, that task was the bottleneck of ingest (one core
+//! saturated, LZ4 a tenth of it) while the writer idled half the time.
 //!
 //! **Threat model of the file** (docs/security.md). Who can write the database can also
 //! read the storage key: under systemd both belong to the service user (the state
@@ -167,7 +173,7 @@ use tokio::task::JoinHandle;
 
 use payload::observation_from;
 use seal::Keyring;
-use store::{Status, Store};
+use store::{Status, Store, StoredRow};
 use transaction::{Control, Reply};
 use writer::Writer;
 
@@ -267,9 +273,8 @@ pub struct Outbox {
     control: mpsc::Sender<Control>,
     keyring: Arc<Keyring>,
     committed: watch::Receiver<i64>,
-    /// The next sequence number to give out. Appends are sealed by the caller (on its own
-    /// core, not the writer's), and a row's associated data binds its sequence number, so
-    /// numbers are handed out here, in append order, and never twice.
+    /// The next sequence number to give out, here, in append order and never twice (a
+    /// row's associated data binds it; the writer task seals with it).
     next_seq: Arc<AtomicI64>,
     /// Transactions the writer has run.
     transactions: Arc<AtomicU64>,
@@ -277,9 +282,10 @@ pub struct Outbox {
     latency: Arc<latency::CommitLatency>,
 }
 
-/// An append on its way to the writer, which compresses and seals it in the transaction
-/// that stores it: on the writer's thread, so the pipeline's task (the busier one under
-/// load) only normalizes and serializes.
+/// An append on its way to the writer task, which compresses and seals its rows as it
+/// takes it (`writer.rs`), while the previous transaction runs on its blocking thread:
+/// the pipeline's task, the busier one under load, only normalizes and serializes, and
+/// the sealing still overlaps the commit before it.
 struct QueuedAppend {
     /// The Device resource, plain (every append carries it: the writer seals and stores
     /// it only when it does not remember having done so, see `store/devices.rs`).
@@ -296,6 +302,41 @@ struct QueuedRow {
     created_ms: i64,
     device_id: String,
     json: Vec<u8>,
+}
+
+/// An append as the writer batches it: its rows compressed and sealed.
+struct SealedAppend {
+    /// The Device resource, plain (sealed by the transaction that stores it, if any).
+    device: Option<(String, Arc<[u8]>)>,
+    /// (identifier, row) pairs.
+    rows: Vec<(String, StoredRow)>,
+    ack: Option<oneshot::Sender<Committed>>,
+    source_waits: bool,
+}
+
+impl QueuedAppend {
+    /// Compresses and seals the rows (each bound to its seq and device).
+    fn seal(self, keyring: &Keyring) -> Result<SealedAppend, seal::SealError> {
+        let mut rows = Vec::with_capacity(self.rows.len());
+        for (id, row) in self.rows {
+            let sealed = keyring.seal_owned(pack(&row.json), &row_aad(row.seq, &row.device_id))?;
+            rows.push((
+                id,
+                StoredRow {
+                    seq: row.seq,
+                    created_ms: row.created_ms,
+                    device_id: row.device_id,
+                    sealed,
+                },
+            ));
+        }
+        Ok(SealedAppend {
+            device: self.device,
+            rows,
+            ack: self.ack,
+            source_waits: self.source_waits,
+        })
+    }
 }
 
 impl Outbox {

@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use iomt_drivers::Committed;
 use tokio::sync::oneshot;
 
-use super::payload::{device_aad, pack, reason_aad, row_aad};
+use super::payload::{device_aad, pack, reason_aad};
 use super::seal::{Keyring, Sealed};
-use super::store::{FetchedRows, Status, Store, StoredDevice, StoredRow};
-use super::{OutboxError, OutboxSettings, QueuedAppend, WhenFull};
+use super::store::{FetchedRows, Status, Store, StoredDevice};
+use super::{OutboxError, OutboxSettings, SealedAppend, WhenFull};
 
 /// A reply owed to a caller of the outbox handle.
 pub(super) type Reply<T> = oneshot::Sender<Result<T, OutboxError>>;
@@ -63,7 +63,7 @@ pub(super) struct Applied {
     pub(super) acks: Vec<(oneshot::Sender<Committed>, Vec<String>)>,
     /// The appends of a failed transaction, their acknowledgements not sent: the writer
     /// keeps them when the disk is full, else drops them (not acknowledged).
-    pub(super) unstored: Vec<QueuedAppend>,
+    pub(super) unstored: Vec<SealedAppend>,
     pub(super) controls: Vec<(Control, Option<Result<ControlResult, String>>)>,
     /// The deletions it carried (put back when it failed).
     pub(super) deletions: Vec<(String, Vec<(i64, usize)>)>,
@@ -81,7 +81,7 @@ pub(super) enum ControlResult {
 /// Operations gathered for one transaction.
 #[derive(Default)]
 pub(super) struct Batch {
-    pub(super) appends: Vec<QueuedAppend>,
+    pub(super) appends: Vec<SealedAppend>,
     pub(super) controls: Vec<Control>,
     pub(super) rows: usize,
     /// Whether a source waits for this batch's commit.
@@ -89,7 +89,7 @@ pub(super) struct Batch {
 }
 
 impl Batch {
-    pub(super) fn push_append(&mut self, a: QueuedAppend) {
+    pub(super) fn push_append(&mut self, a: SealedAppend) {
         self.rows += a.rows.len();
         self.source_waits |= a.source_waits;
         self.appends.push(a);
@@ -249,13 +249,7 @@ pub(super) fn apply(
                 })?;
             }
             for (_, row) in &a.rows {
-                store.insert(&StoredRow {
-                    seq: row.seq,
-                    created_ms: row.created_ms,
-                    device_id: row.device_id.clone(),
-                    sealed: keyring
-                        .seal_owned(pack(&row.json), &row_aad(row.seq, &row.device_id))?,
-                })?;
+                store.insert(row)?;
             }
         }
         for c in controls {

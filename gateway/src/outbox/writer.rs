@@ -13,7 +13,7 @@ use super::disk::Space;
 use super::seal::Keyring;
 use super::store::Store;
 use super::transaction::{apply, reply, Applied, Batch, Control, Reply};
-use super::{OutboxError, OutboxSettings, QueuedAppend, WhenFull};
+use super::{OutboxError, OutboxSettings, QueuedAppend, SealedAppend, WhenFull};
 
 pub(super) struct Writer {
     /// Shared with the handles: forgotten after a failed transaction, so the Device
@@ -42,7 +42,7 @@ pub(super) struct Writer {
     /// The file system's free space and the reserve (see [`super::disk`]).
     pub(super) space: Space,
     /// Appends waiting, unacknowledged, for disk space (oldest first).
-    pub(super) held: Vec<QueuedAppend>,
+    pub(super) held: Vec<SealedAppend>,
     /// The eviction episode under way, for its aggregated warnings.
     pub(super) evictions: Evictions,
 }
@@ -188,6 +188,17 @@ enum Took {
 }
 
 impl Writer {
+    /// Seals an append's rows and adds it to `batch`. A row that cannot be sealed (the
+    /// system's random source failed) is not stored, and its reading not acknowledged.
+    fn take_append(&mut self, batch: &mut Batch, a: QueuedAppend) {
+        match a.seal(&self.keyring) {
+            Ok(sealed) => batch.push_append(sealed),
+            Err(e) => {
+                tracing::error!(error = %e, "a reading could not be sealed; it is not stored and not acknowledged, so its source can send it again")
+            }
+        }
+    }
+
     fn full(&self) -> bool {
         self.settings.when_full == WhenFull::Block && self.payload_bytes >= self.settings.max_bytes
     }
@@ -262,7 +273,7 @@ impl Writer {
         let recheck = self.space.next_check();
         tokio::select! {
             a = self.appends.recv(), if take_appends => match a {
-                Some(a) => batch.push_append(a),
+                Some(a) => self.take_append(batch, a),
                 None => self.appends_open = false,
             },
             c = self.control.recv(), if self.control_open => match c {
@@ -289,7 +300,7 @@ impl Writer {
             && !self.intake_stopped()
         {
             match self.appends.try_recv() {
-                Ok(a) => batch.push_append(a),
+                Ok(a) => self.take_append(batch, a),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => self.appends_open = false,
             }
@@ -320,7 +331,7 @@ impl Writer {
                         }
                     }
                     a = self.appends.recv(), if take_appends => match a {
-                        Some(a) => batch.push_append(a),
+                        Some(a) => self.take_append(&mut batch, a),
                         None => self.appends_open = false,
                     },
                     c = self.control.recv(), if self.control_open => match c {
@@ -365,7 +376,7 @@ impl Writer {
                     }
                     tokio::select! {
                         a = self.appends.recv() => match a {
-                            Some(a) => batch.push_append(a),
+                            Some(a) => self.take_append(&mut batch, a),
                             None => self.appends_open = false,
                         },
                         c = self.control.recv(), if self.control_open => match c {

@@ -121,6 +121,9 @@ struct Loop<'a> {
     gateway_pseudonym: &'a str,
     /// What heartbeats keep.
     beats: heartbeat::Beats,
+    /// The next batch, read and opened while the current one is on its way (after a full
+    /// batch only; see [`Loop::pass`]).
+    prefetch: Option<tokio::task::JoinHandle<Result<Fetched, crate::outbox::OutboxError>>>,
 }
 
 /// An outbox failure, for the loop: retried like a transient delivery failure.
@@ -135,16 +138,51 @@ impl Loop<'_> {
     /// Fetches the oldest rows and carries out the [`plan`] for them: rows that cannot be
     /// opened to the dead letters, the rest sent, split and sent again until each row is
     /// delivered or dead-lettered. A transient failure ends the pass (`Err`).
+    ///
+    /// A backlog is drained two batches at a time: after a full batch with nothing held
+    /// for the clock, the rows after its last one are fetched and opened in a task of
+    /// their own while this batch is sent, so reading the outbox overlaps the server's
+    /// work. Every row of a pass that ends well is delivered or dead-lettered, so the next
+    /// pass starts after it; a pass that fails drops the prefetched rows, and the next
+    /// starts again from the oldest row.
     async fn pass(&mut self, batch: usize) -> Result<Pass, DeliveryError> {
-        let mut fetched = self
-            .outbox
-            .fetch(self.uplink.name(), batch)
-            .await
-            .map_err(outbox_failed)?;
+        let result = self.pass_once(batch).await;
+        if result.is_err() {
+            if let Some(prefetch) = self.prefetch.take() {
+                prefetch.abort();
+            }
+        }
+        result
+    }
+
+    async fn pass_once(&mut self, batch: usize) -> Result<Pass, DeliveryError> {
+        let mut fetched = match self.prefetch.take() {
+            Some(prefetch) => prefetch
+                .await
+                .map_err(|e| DeliveryError::Transient {
+                    reason: format!("outbox: the fetch ahead failed: {e}"),
+                    retry_after: None,
+                })?
+                .map_err(outbox_failed)?,
+            None => self
+                .outbox
+                .fetch(self.uplink.name(), batch)
+                .await
+                .map_err(outbox_failed)?,
+        };
         let fetched_rows = fetched.rows.len();
         let held_back = self.release_held(&mut fetched.rows);
         if fetched.rows.is_empty() {
             return Ok(Pass::Idle);
+        }
+        if fetched_rows >= batch && !held_back {
+            if let Some(last) = fetched.rows.iter().map(|r| r.seq).max() {
+                let outbox = self.outbox.clone();
+                let uplink = self.uplink.name().to_string();
+                self.prefetch = Some(tokio::spawn(async move {
+                    outbox.fetch_after(&uplink, last, batch).await
+                }));
+            }
         }
         let (sendable, unreadable) = plan::triage(&fetched.rows);
         for (i, reason) in unreadable {
@@ -396,6 +434,7 @@ pub async fn run(
         heartbeat_interval: settings.heartbeat,
         gateway_pseudonym: &gateway_pseudonym,
         beats: heartbeat::Beats::default(),
+        prefetch: None,
     };
     let heartbeat = settings
         .heartbeat

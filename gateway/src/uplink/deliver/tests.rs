@@ -372,6 +372,25 @@ async fn an_unnamed_rejection_is_bisected_until_the_poison_row_among_sixteen_is_
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_backlog_drains_in_order_and_a_failure_in_the_middle_loses_and_repeats_nothing() {
+    // Batches of 100: the second batch is fetched while the first is on its way, and the
+    // third while the second is; the second fails once, so the third's early fetch is
+    // dropped and the loop starts again from the oldest row left.
+    let bed = Bed::with_rows(250).await;
+    let mut running = bed.start(script(vec![Answer::Ok, transient(None)]));
+    let sent = running.requests(4).await;
+    let batches: Vec<Vec<String>> = sent.iter().map(|r| r.observations.clone()).collect();
+    assert_eq!(
+        batches,
+        [ids(0..100), ids(100..200), ids(100..200), ids(200..250)]
+    );
+    let (stats_, late) = running.stop().await;
+    assert!(late.is_empty(), "{late:?}");
+    assert_eq!(stats_, stats(3, 250, 0, 1));
+    assert_eq!(bed.close().await.0, (0, 250, 0));
+}
+
+#[tokio::test(start_paused = true)]
 async fn transient_failures_retry_the_same_rows_at_the_backoff_times() {
     let bed = Bed::with_rows(3).await;
     let mut running = bed.start(script(vec![

@@ -129,7 +129,7 @@ async fn a_state_change_is_reported_within_seconds_once_per_burst_and_the_idle_k
     bed.outbox
         .append(Append {
             device_id: "cuff-device".into(),
-            device_json: serde_json::to_vec(&cuff_device).unwrap(),
+            device_json: serde_json::to_vec(&cuff_device).unwrap().into(),
             observations: vec![(id(0), json.into_bytes())],
             ack: Some(ack),
             source_waits: true,
