@@ -150,6 +150,7 @@ mod error;
 mod ingest;
 pub mod latency;
 mod payload;
+mod queued;
 pub mod seal;
 pub mod store;
 mod transaction;
@@ -172,8 +173,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use payload::observation_from;
+use queued::{QueuedAppend, QueuedRow};
 use seal::Keyring;
-use store::{Status, Store, StoredRow};
+use store::{Status, Store};
 use transaction::{Control, Reply};
 use writer::Writer;
 
@@ -280,63 +282,6 @@ pub struct Outbox {
     transactions: Arc<AtomicU64>,
     /// How long its write transactions took.
     latency: Arc<latency::CommitLatency>,
-}
-
-/// An append on its way to the writer task, which compresses and seals its rows as it
-/// takes it (`writer.rs`), while the previous transaction runs on its blocking thread:
-/// the pipeline's task, the busier one under load, only normalizes and serializes, and
-/// the sealing still overlaps the commit before it.
-struct QueuedAppend {
-    /// The Device resource, plain (every append carries it: the writer seals and stores
-    /// it only when it does not remember having done so, see `store/devices.rs`).
-    device: Option<(String, Arc<[u8]>)>,
-    /// (identifier, row) pairs.
-    rows: Vec<(String, QueuedRow)>,
-    ack: Option<oneshot::Sender<Committed>>,
-    source_waits: bool,
-}
-
-/// A row to store, its Observation's JSON still plain.
-struct QueuedRow {
-    seq: i64,
-    created_ms: i64,
-    device_id: String,
-    json: Vec<u8>,
-}
-
-/// An append as the writer batches it: its rows compressed and sealed.
-struct SealedAppend {
-    /// The Device resource, plain (sealed by the transaction that stores it, if any).
-    device: Option<(String, Arc<[u8]>)>,
-    /// (identifier, row) pairs.
-    rows: Vec<(String, StoredRow)>,
-    ack: Option<oneshot::Sender<Committed>>,
-    source_waits: bool,
-}
-
-impl QueuedAppend {
-    /// Compresses and seals the rows (each bound to its seq and device).
-    fn seal(self, keyring: &Keyring) -> Result<SealedAppend, seal::SealError> {
-        let mut rows = Vec::with_capacity(self.rows.len());
-        for (id, row) in self.rows {
-            let sealed = keyring.seal_owned(pack(&row.json), &row_aad(row.seq, &row.device_id))?;
-            rows.push((
-                id,
-                StoredRow {
-                    seq: row.seq,
-                    created_ms: row.created_ms,
-                    device_id: row.device_id,
-                    sealed,
-                },
-            ));
-        }
-        Ok(SealedAppend {
-            device: self.device,
-            rows,
-            ack: self.ack,
-            source_waits: self.source_waits,
-        })
-    }
 }
 
 impl Outbox {

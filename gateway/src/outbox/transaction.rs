@@ -9,9 +9,10 @@ use iomt_drivers::Committed;
 use tokio::sync::oneshot;
 
 use super::payload::{device_aad, pack, reason_aad};
+use super::queued::SealedAppend;
 use super::seal::{Keyring, Sealed};
 use super::store::{FetchedRows, Status, Store, StoredDevice};
-use super::{OutboxError, OutboxSettings, SealedAppend, WhenFull};
+use super::{OutboxError, OutboxSettings, WhenFull};
 
 /// A reply owed to a caller of the outbox handle.
 pub(super) type Reply<T> = oneshot::Sender<Result<T, OutboxError>>;

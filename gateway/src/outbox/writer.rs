@@ -10,10 +10,11 @@ use iomt_drivers::Committed;
 use tokio::sync::{mpsc, watch};
 
 use super::disk::Space;
+use super::queued::{QueuedAppend, SealedAppend};
 use super::seal::Keyring;
 use super::store::Store;
 use super::transaction::{apply, reply, Applied, Batch, Control, Reply};
-use super::{OutboxError, OutboxSettings, QueuedAppend, SealedAppend, WhenFull};
+use super::{OutboxError, OutboxSettings, WhenFull};
 
 pub(super) struct Writer {
     /// Shared with the handles: forgotten after a failed transaction, so the Device
