@@ -308,11 +308,14 @@ fn the_lan_binding_needs_a_token_file_and_refuses_requests_without_the_token() {
 }
 
 const CUFF: &str = "A0:00:00:00:00:01";
+/// The signal the simulated cuff advertises at (dBm): no measured value nor count of
+/// these tests reads 67.
+const SIGNAL: i16 = -67;
 /// 128/82 mmHg, MAP 97, pulse 72.
 const BP_128: &str = "1E 80 00 52 00 61 00 DD 07 08 1A 09 0A 14 48 00 01 00 00";
 
 #[test]
-fn a_ble_cuff_that_went_away_shows_not_seen_with_its_last_seen_time_and_its_battery() {
+fn a_ble_cuff_that_went_away_shows_not_seen_with_its_last_seen_time_its_battery_and_its_signal() {
     let tmp = tempfile::tempdir().unwrap();
     let bus = PrivateBus::start(tmp.path()).unwrap();
     let sim = SimBluez::start(bus.address()).unwrap();
@@ -327,6 +330,7 @@ fn a_ble_cuff_that_went_away_shows_not_seen_with_its_last_seen_time_and_its_batt
         .map(|b| u8::from_str_radix(b, 16).unwrap())
         .collect();
     sim.queue(CUFF, 0x2A35, &bytes);
+    sim.set_rssi(CUFF, SIGNAL);
     sim.advertise(CUFF);
     common::write_keys(tmp.path());
     let port = free_port();
@@ -362,6 +366,18 @@ fn a_ble_cuff_that_went_away_shows_not_seen_with_its_last_seen_time_and_its_batt
     assert_eq!(connected["battery_percent"], 80);
     assert_eq!(connected["transport"], "ble");
     assert_eq!(connected["profile"], "and-ua-651ble");
+    assert_eq!(
+        connected["signal_dbm"], SIGNAL,
+        "the signal it advertised at before the connection: {connected}"
+    );
+    let signal_at: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(connected["signal_at"].clone()).expect("signal_at is a time");
+    let first_seen: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(connected["last_seen"].clone()).unwrap();
+    assert!(
+        signal_at <= first_seen,
+        "heard advertising before connected: {connected}"
+    );
 
     sim.hang_up(CUFF);
     wait_until(DEADLINE, "the cuff not seen", || {
@@ -369,6 +385,11 @@ fn a_ble_cuff_that_went_away_shows_not_seen_with_its_last_seen_time_and_its_batt
     });
     let gone = device(&config);
     assert!(gone["last_seen"].is_string(), "{gone}");
+    assert_eq!(
+        gone["signal_dbm"], SIGNAL,
+        "the last signal heard stays: {gone}"
+    );
+    assert_eq!(gone["signal_at"], connected["signal_at"], "{gone}");
     let (code, metrics) = http_get(port, "/metrics", None);
     assert_eq!(code, 200);
     let m = parsed_metrics(&metrics, tmp.path());
@@ -376,8 +397,15 @@ fn a_ble_cuff_that_went_away_shows_not_seen_with_its_last_seen_time_and_its_batt
         m["iomt_gateway_devices_connected{profile=and-ua-651ble,transport=ble}"],
         0.0
     );
+    let pseudonym = gone["device"].as_str().unwrap();
+    let gauge = format!(
+        "iomt_gateway_device_signal_dbm{{device={pseudonym},profile=and-ua-651ble,transport=ble}}"
+    );
+    assert_eq!(m.get(&gauge), Some(&f64::from(SIGNAL)), "{gauge} in {m:?}");
     let (_, table, _) = status_cli(&config, &[]);
     assert!(table.contains("not seen"), "{table}");
+    assert!(table.contains("SIGNAL"), "{table}");
+    assert!(table.contains(&format!("{SIGNAL} dBm")), "{table}");
     let (_, raw_status) = http_get(port, "/status", None);
     gw.stop();
     let mut secrets = vec![
@@ -447,6 +475,7 @@ fn the_technician_page_in_headless_chromium_shows_the_devices_the_uplink_and_the
         .map(|b| u8::from_str_radix(b, 16).unwrap())
         .collect();
     sim.queue(CUFF, 0x2A35, &bytes);
+    sim.set_rssi(CUFF, SIGNAL);
     sim.advertise(CUFF);
     common::write_keys(tmp.path());
     let port = free_port();
@@ -501,6 +530,7 @@ fn the_technician_page_in_headless_chromium_shows_the_devices_the_uplink_and_the
         "sim-thermometer",
         "and-ua-651ble",
         "80 %",
+        format!("{SIGNAL} dBm").as_str(),
         "file",
         "0 rows",
         "clock synchronized",

@@ -1,5 +1,5 @@
 //! What a driver tells the gateway about its devices' links, for the kit's health view
-//! (connected, gone, failing). Reports are plain calls, cheap and never blocking: the
+//! (connected, gone, failing, and for BLE the signal a device advertised at). Reports are plain calls, cheap and never blocking: the
 //! gateway keeps the latest state in memory. A driver without links (the simulator, a
 //! serial port) does not report; its devices are seen through their readings.
 
@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::reading::DeviceIdentity;
 
-/// A change of a device's link.
+/// A change of a device's link, or what was heard of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkEvent {
     /// A session with the device is open (BLE: connected, services discovered).
@@ -16,6 +16,13 @@ pub enum LinkEvent {
     Disconnected,
     /// A session could not be set up or failed (the detail is in the driver's log).
     Failed,
+    /// The device was heard advertising (BLE) at this signal strength: BlueZ's `RSSI`
+    /// when it discovered the device or the value changed. Not a link change: a device
+    /// is "seen" through its connections and readings.
+    Advertised {
+        /// The received signal strength, dBm (-127 to 20).
+        rssi_dbm: i16,
+    },
 }
 
 /// The function a [`LinkReporter`] calls.

@@ -7,7 +7,9 @@
 //! address is on the configured allow-list (`[[ble.devices]]`) **and** it matches that
 //! entry's profile (an advertised service UUID, or the advertised name prefix): a home kit
 //! must never pick up the neighbour's scale. Everything else is ignored (logged once at
-//! debug).
+//! debug). For a device taken, the RSSI of the advertisement that announced it (its
+//! discovery, or a change of the value) goes to the health view as
+//! [`crate::link::LinkEvent::Advertised`], read from the properties fetched anyway.
 //!
 //! **One task per device.** The scanner hands "seen" and "disconnected" events to each
 //! configured device's task over a small bounded channel (`try_send`: a full channel

@@ -18,9 +18,16 @@ use super::watch::{self, BluezChange, BluezWatch};
 use super::{BleConfig, BleDeviceConfig, DevEvent, SequenceStore};
 use crate::backoff::Backoff;
 use crate::driver::ReadingSender;
+use crate::link::LinkEvent;
 
 /// How long device tasks may take to end their sessions once scanning stops.
 const TASKS_GRACE: Duration = Duration::from_secs(5);
+
+/// A received signal strength BlueZ reported, if it is one: Bluetooth's range is -127 to
+/// 20 dBm (127 means "not available"; BlueZ leaves `RSSI` out rather than report 0).
+fn signal(rssi: i16) -> Option<i16> {
+    (-127..=20).contains(&rssi).then_some(rssi)
+}
 
 /// Why scanning stopped while the driver runs: BlueZ dropped this client's discovery and
 /// notification sessions.
@@ -171,10 +178,11 @@ pub(super) async fn scan(
                 "the adapter's event stream ended".into(),
             ));
         };
-        let id = match event {
-            CentralEvent::DeviceDiscovered(id)
-            | CentralEvent::DeviceUpdated(id)
-            | CentralEvent::ServicesAdvertisement { id, .. } => id,
+        // Discovered and Updated come from an advertisement (InterfacesAdded, an RSSI
+        // change); the services change at a connection too, when RSSI may be stale.
+        let (id, advertised) = match event {
+            CentralEvent::DeviceDiscovered(id) | CentralEvent::DeviceUpdated(id) => (id, true),
+            CentralEvent::ServicesAdvertisement { id, .. } => (id, false),
             CentralEvent::DeviceDisconnected(id) => {
                 if let Some(s) = known.get(&id).and_then(|a| senders.get(a)) {
                     let _ = s.try_send(DevEvent::Disconnected);
@@ -207,6 +215,11 @@ pub(super) async fn scan(
             continue;
         }
         ignored.remove(&id);
+        if let Some(rssi_dbm) = props.rssi.filter(|_| advertised).and_then(signal) {
+            config
+                .links
+                .report(&cfg.identity, LinkEvent::Advertised { rssi_dbm });
+        }
         known.insert(id, address.clone());
         if let Some(s) = senders.get(&address) {
             let _ = s.try_send(DevEvent::Seen(Box::new(p)));
@@ -227,4 +240,18 @@ pub(super) async fn scan(
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_signal_is_taken_only_within_bluetooths_range() {
+        assert_eq!(super::signal(-67), Some(-67));
+        assert_eq!(super::signal(-127), Some(-127));
+        assert_eq!(super::signal(20), Some(20));
+        assert_eq!(super::signal(127), None, "not available");
+        assert_eq!(super::signal(-128), None);
+        assert_eq!(super::signal(i16::MIN), None);
+        assert_eq!(super::signal(21), None);
+    }
 }

@@ -213,6 +213,7 @@ fn table(v: &StatusView) -> String {
         "LAST READING",
         "24 H",
         "BATTERY",
+        "SIGNAL",
         "PROBLEM",
     ]
     .map(String::from)
@@ -230,6 +231,10 @@ fn table(v: &StatusView) -> String {
             ago(now, d.last_reading),
             d.readings_24h.to_string(),
             opt(d.battery_percent, " %"),
+            match (d.signal_dbm, d.signal_at) {
+                (Some(dbm), at) => format!("{dbm} dBm ({})", ago(now, at)),
+                _ => "-".into(),
+            },
             match (&d.last_error, d.last_error_at) {
                 (Some(e), at) => format!("{e} ({})", ago(now, at)),
                 _ => "-".into(),

@@ -3,9 +3,11 @@
 //! Written by hand: a dozen families rendered from [`StatusView`], which already holds
 //! every number; a metrics crate would keep a second registry of the same counters in
 //! step with the model. Names follow Prometheus conventions (`iomt_gateway_` prefix,
-//! `_total` on counters, base units: seconds, bytes). Labels are transport, profile and
-//! uplink only: no device id, so the series stay few and name nobody. Counters count
-//! since the daemon started (a restart resets them, which Prometheus' `rate` handles).
+//! `_total` on counters, base units: seconds, bytes; dBm for a radio signal). Labels are
+//! transport, profile and uplink, so the series stay few and name nobody; the one
+//! per-device gauge, the BLE signal, adds `device`, the pseudonym `/status` shows (its
+//! series are bounded by the BLE allow-list). Counters count since the daemon started
+//! (a restart resets them, which Prometheus' `rate` handles).
 
 use std::fmt::Write as _;
 
@@ -140,6 +142,24 @@ pub fn render(view: &StatusView) -> String {
             &[("transport", transport), ("profile", profile)],
             n,
         );
+    }
+    f.head(
+        "iomt_gateway_device_signal_dbm",
+        "gauge",
+        "The signal strength a BLE device was last heard advertising at (RSSI), dBm.",
+    );
+    for d in &view.devices {
+        if let Some(dbm) = d.signal_dbm {
+            f.sample(
+                "iomt_gateway_device_signal_dbm",
+                &[
+                    ("transport", &d.transport),
+                    ("profile", &d.profile),
+                    ("device", &d.device),
+                ],
+                dbm,
+            );
+        }
     }
     type Uplink = fn(&super::view::UplinkView) -> Option<u64>;
     let uplink: [(&str, &str, &str, Uplink); 7] = [

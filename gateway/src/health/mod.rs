@@ -2,9 +2,9 @@
 //! things happen, and read by the local status endpoint (`/status`, `/metrics`), the
 //! `status` command and systemd's `STATUS=` line.
 //!
-//! Links are reported by the BLE driver (connected, hung up, failed) and the serial
-//! driver (port open, lost, cannot be opened); a simulator or MQTT device is seen through
-//! its readings only.
+//! Links are reported by the BLE driver (connected, hung up, failed, and the signal a
+//! device advertised at) and the serial driver (port open, lost, cannot be opened); a
+//! simulator or MQTT device is seen through its readings only.
 //!
 //! **Cheap, event-driven.** Components report with plain calls that take a mutex for a
 //! few field updates (a reading, a link change, a delivery, a failure); nothing polls.
@@ -74,6 +74,8 @@ struct DeviceState {
     /// Readings per hour over the last 24 hours: (hour since the epoch, count).
     hourly: [(i64, u32); 24],
     battery_percent: Option<u8>,
+    /// The signal (dBm) it was last heard advertising at, and when (BLE).
+    signal: Option<(DateTime<Utc>, i16)>,
     last_error: Option<(DateTime<Utc>, &'static str)>,
     /// Its FHIR Device resource, as the pipeline made it at its first reading (what a
     /// heartbeat reports its state in).
@@ -219,6 +221,7 @@ impl Health {
             last_reading: None,
             hourly: [(0, 0); 24],
             battery_percent: None,
+            signal: None,
             last_error: None,
             resource: None,
         })
@@ -237,6 +240,11 @@ impl Health {
         let now = Utc::now();
         let mut state = self.lock();
         let device = self.device(&mut state, id);
+        if let LinkEvent::Advertised { rssi_dbm } = event {
+            // Neither a link nor a state change: nothing to wake.
+            device.signal = Some((now, rssi_dbm));
+            return;
+        }
         let before = (device.link, device.last_seen.is_some());
         match event {
             LinkEvent::Connected => {
@@ -251,6 +259,7 @@ impl Health {
                 device.link = Link::Down;
                 device.last_error = Some((now, "the connection failed (details in the journal)"));
             }
+            LinkEvent::Advertised { .. } => {}
         }
         if before != (device.link, device.last_seen.is_some()) {
             self.state_changed();

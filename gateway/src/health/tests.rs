@@ -100,6 +100,44 @@ fn a_ble_device_that_hung_up_long_ago_is_not_seen() {
 }
 
 #[test]
+fn a_ble_devices_last_advertised_signal_is_kept_with_its_time_and_wakes_nobody() {
+    let h = health();
+    let id = identity(Transport::Ble, "AA:BB:CC:DD:EE:03");
+    h.device_configured(&id);
+    let (mut summary, mut changes) = (h.summary(), h.state_changes());
+    summary.borrow_and_update();
+    changes.borrow_and_update();
+    let before = Utc::now();
+    h.link(&id, LinkEvent::Advertised { rssi_dbm: -71 });
+    assert!(!summary.has_changed().unwrap(), "no summary to send again");
+    assert!(!changes.has_changed().unwrap(), "no heartbeat to send");
+    let view = h.view(Utc::now(), Duration::from_secs(600), &Asked::default());
+    let d = &view.devices[0];
+    assert_eq!(d.signal_dbm, Some(-71));
+    assert!(d.signal_at.is_some_and(|t| t >= before));
+    assert_eq!(
+        d.state,
+        DeviceState::NotSeen,
+        "an advertisement is not a link"
+    );
+    assert_eq!(d.last_seen, None);
+    h.link(&id, LinkEvent::Connected);
+    h.link(&id, LinkEvent::Disconnected);
+    let view = h.view(Utc::now(), Duration::from_secs(600), &Asked::default());
+    assert_eq!(
+        view.devices[0].signal_dbm,
+        Some(-71),
+        "kept after a hang-up"
+    );
+    let metrics = super::metrics::render(&view);
+    let sample = format!(
+        "iomt_gateway_device_signal_dbm{{transport=\"ble\",profile=\"test-cuff\",device=\"{}\"}} -71",
+        view.devices[0].device
+    );
+    assert!(metrics.contains(&sample), "{metrics}");
+}
+
+#[test]
 fn the_summary_changes_only_with_the_state() {
     let h = health();
     let mut summary = h.summary();

@@ -84,8 +84,13 @@ pub struct DeviceView {
     /// Its battery charge in percent, from the last reading carrying it (BLE Battery
     /// Level, when its profile maps `battery_level`); `null` otherwise.
     pub battery_percent: Option<u8>,
-    /// Its BLE signal strength (dBm): not reported by the BLE driver yet, always `null`.
+    /// Its BLE signal strength (dBm): the RSSI BlueZ reported when the device was last
+    /// heard advertising (at `signal_at`), kept after it connects or goes away (BlueZ
+    /// reports none for a connected link); `null` for other transports and for a device
+    /// not heard advertising since the start.
     pub signal_dbm: Option<i16>,
+    /// When the device was heard advertising at `signal_dbm`.
+    pub signal_at: Option<DateTime<Utc>>,
     /// The last problem with it, a fixed sentence (details in the journal).
     pub last_error: Option<String>,
     /// When that problem happened.
@@ -184,7 +189,8 @@ impl Health {
                     .map(|(_, n)| u64::from(*n))
                     .sum(),
                 battery_percent: d.battery_percent,
-                signal_dbm: None,
+                signal_dbm: d.signal.map(|(_, dbm)| dbm),
+                signal_at: d.signal.map(|(t, _)| t),
                 last_error: d.last_error.map(|(_, e)| e.to_string()),
                 last_error_at: d.last_error.map(|(t, _)| t),
             })

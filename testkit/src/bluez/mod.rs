@@ -80,6 +80,9 @@ pub(crate) struct DevState {
     pub services_resolved: bool,
     pub paired: bool,
     pub rssi: i16,
+    /// The signal its advertisements are heard at ([`SimBluez::set_rssi`]); `None`: the
+    /// RSSI alternates between -60 and -61 dBm so that each advertisement changes it.
+    pub signal: Option<i16>,
     pub uuids: Vec<String>,
     /// The service UUIDs it advertises (its `UUIDs` before a connect).
     pub advertised: Vec<String>,
@@ -130,6 +133,7 @@ impl DevState {
             services_resolved: false,
             paired: true,
             rssi: -60,
+            signal: None,
             services,
             chars,
             queued: Vec::new(),
@@ -283,13 +287,27 @@ impl SimBluez {
             let mut st = lock(&self.state);
             if let Some(d) = st.devices.get_mut(address) {
                 d.advertising = true;
-                d.rssi = if d.rssi == -60 { -61 } else { -60 };
+                d.rssi = match d.signal {
+                    Some(dbm) => dbm,
+                    None if d.rssi == -60 => -61,
+                    None => -60,
+                };
             }
         }
         let Some(conn) = self.conn() else { return };
         let state = self.state.clone();
         self.rt
             .block_on(async move { events::report_advertising(&conn, &state).await });
+    }
+
+    /// The signal strength (dBm) the device's advertisements are heard at from now on:
+    /// its `RSSI` at the next [`SimBluez::advertise`], each of which reports it again
+    /// (PropertiesChanged of `RSSI` for a known device). Real BlueZ exposes `RSSI` only
+    /// while it hears the device advertise; this simulation keeps the last value.
+    pub fn set_rssi(&self, address: &str, dbm: i16) {
+        if let Some(d) = lock(&self.state).devices.get_mut(address) {
+            d.signal = Some(dbm);
+        }
     }
 
     /// Marks the device paired (the default) or not. BlueZ keeps paired devices; an
