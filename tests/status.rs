@@ -494,17 +494,20 @@ fn the_technician_page_in_headless_chromium_shows_the_devices_the_uplink_and_the
     );
     wait_until(
         DEADLINE,
-        "the cuff connected and its reading delivered",
+        "the cuff connected with its signal, the simulator's ten readings taken, all delivered",
         || {
             if !listening(port) {
                 return false;
             }
             let s = status_json(&config);
-            s["devices"]
-                .as_array()
-                .unwrap()
+            let devices = s["devices"].as_array().unwrap();
+            devices.iter().any(|d| {
+                d["profile"] == "and-ua-651ble"
+                    && d["battery_percent"] == 80
+                    && d["signal_dbm"] == SIGNAL
+            }) && devices
                 .iter()
-                .any(|d| d["profile"] == "and-ua-651ble" && d["battery_percent"] == 80)
+                .any(|d| d["profile"] == "sim-thermometer" && d["readings_24h"] == 10)
                 && s["uplinks"][0]["backlog_rows"] == 0
                 && s["uplinks"][0]["delivered"].as_u64() > Some(0)
         },
