@@ -314,10 +314,10 @@ const SIGNAL: i16 = -67;
 /// 128/82 mmHg, MAP 97, pulse 72.
 const BP_128: &str = "1E 80 00 52 00 61 00 DD 07 08 1A 09 0A 14 48 00 01 00 00";
 
-#[test]
-fn a_ble_cuff_that_went_away_shows_not_seen_with_its_last_seen_time_its_battery_and_its_signal() {
-    let tmp = tempfile::tempdir().unwrap();
-    let bus = PrivateBus::start(tmp.path()).unwrap();
+/// The simulated BlueZ on a private bus under `dir`, with the cuff advertising at
+/// [`SIGNAL`] and one 128/82 reading queued. Both must live as long as the test.
+fn simulated_cuff(dir: &Path) -> (PrivateBus, SimBluez) {
+    let bus = PrivateBus::start(dir).unwrap();
     let sim = SimBluez::start(bus.address()).unwrap();
     sim.add_device(DeviceSpec {
         address: CUFF.into(),
@@ -332,13 +332,25 @@ fn a_ble_cuff_that_went_away_shows_not_seen_with_its_last_seen_time_its_battery_
     sim.queue(CUFF, 0x2A35, &bytes);
     sim.set_rssi(CUFF, SIGNAL);
     sim.advertise(CUFF);
+    (bus, sim)
+}
+
+/// The daemon's BLE section for the cuff, reconnecting within half a second.
+fn cuff_driver() -> String {
+    format!(
+        "[ble]\nadapter = \"hci0\"\nreconnect_initial_ms = 50\nreconnect_max_ms = 500\n\n[[ble.devices]]\naddress = \"{CUFF}\"\nprofile = \"and-ua-651ble\"\n"
+    )
+}
+
+#[test]
+fn a_ble_cuff_that_went_away_shows_not_seen_with_its_last_seen_time_its_battery_and_its_signal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bus, sim) = simulated_cuff(tmp.path());
     common::write_keys(tmp.path());
     let port = free_port();
     let out = tmp.path().join("out");
     let config = Config::new(tmp.path(), "kit-status-ble", PATIENT)
-        .driver(&format!(
-            "[ble]\nadapter = \"hci0\"\nreconnect_initial_ms = 50\nreconnect_max_ms = 500\n\n[[ble.devices]]\naddress = \"{CUFF}\"\nprofile = \"and-ua-651ble\"\n"
-        ))
+        .driver(&cuff_driver())
         .file_uplink(&out)
         .append(&format!(
             "\n[status]\nlisten = \"127.0.0.1:{port}\"\nseen_within_secs = 2"
@@ -462,27 +474,14 @@ fn chromium(url: &str, screenshot: &Path) -> String {
 #[test]
 fn the_technician_page_in_headless_chromium_shows_the_devices_the_uplink_and_the_kit() {
     let tmp = tempfile::tempdir().unwrap();
-    let bus = PrivateBus::start(tmp.path()).unwrap();
-    let sim = SimBluez::start(bus.address()).unwrap();
-    sim.add_device(DeviceSpec {
-        address: CUFF.into(),
-        name: "A&D_UA-651".into(),
-        kind: DeviceKind::BloodPressure,
-        battery: 80,
-    });
-    let bytes: Vec<u8> = BP_128
-        .split_whitespace()
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect();
-    sim.queue(CUFF, 0x2A35, &bytes);
-    sim.set_rssi(CUFF, SIGNAL);
-    sim.advertise(CUFF);
+    let (bus, _sim) = simulated_cuff(tmp.path());
     common::write_keys(tmp.path());
     let port = free_port();
     let out = tmp.path().join("out");
     let config = Config::new(tmp.path(), "kit-status-page", PATIENT)
         .driver(&format!(
-            "[sim]\nenabled = true\nprofiles = [\"sim-thermometer\"]\ninterval_secs = 0.05\nmax_readings = 10\n\n[ble]\nadapter = \"hci0\"\nreconnect_initial_ms = 50\nreconnect_max_ms = 500\n\n[[ble.devices]]\naddress = \"{CUFF}\"\nprofile = \"and-ua-651ble\"\n"
+            "[sim]\nenabled = true\nprofiles = [\"sim-thermometer\"]\ninterval_secs = 0.05\nmax_readings = 10\n\n{}",
+            cuff_driver()
         ))
         .file_uplink(&out)
         .append(&format!("\n[status]\nlisten = \"127.0.0.1:{port}\""))
@@ -688,28 +687,13 @@ fn status_reason(device: &serde_json::Value) -> Option<String> {
 fn a_cuff_that_goes_away_is_reported_to_the_fhir_server_within_seconds_with_its_state_and_last_seen_time(
 ) {
     let kit = common::kit::Kit::new();
-    let bus = PrivateBus::start(kit.dir.path()).unwrap();
-    let sim = SimBluez::start(bus.address()).unwrap();
-    sim.add_device(DeviceSpec {
-        address: CUFF.into(),
-        name: "A&D_UA-651".into(),
-        kind: DeviceKind::BloodPressure,
-        battery: 80,
-    });
-    let bytes: Vec<u8> = BP_128
-        .split_whitespace()
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect();
-    sim.queue(CUFF, 0x2A35, &bytes);
-    sim.advertise(CUFF);
+    let (bus, sim) = simulated_cuff(kit.dir.path());
     let port = free_port();
     // An hour between periodic heartbeats: what arrives within seconds comes from the
     // state change.
     let config = kit
         .config_for("kit-status-change", PATIENT)
-        .driver(&format!(
-            "[ble]\nadapter = \"hci0\"\nreconnect_initial_ms = 50\nreconnect_max_ms = 500\n\n[[ble.devices]]\naddress = \"{CUFF}\"\nprofile = \"and-ua-651ble\"\n"
-        ))
+        .driver(&cuff_driver())
         .uplink(&kit.fhir_uplink(1))
         .append(&format!(
             "\n[status]\nlisten = \"127.0.0.1:{port}\"\nheartbeat_interval_secs = 3600"
