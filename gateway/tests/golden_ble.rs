@@ -63,6 +63,15 @@ fn value(o: &Observation) -> String {
     o.value_quantity.as_ref().unwrap().value.to_string()
 }
 
+/// Fails unless `o` has no value and says why: the device sent NaN.
+fn assert_not_a_number(o: &Observation) {
+    assert!(o.value_quantity.is_none());
+    assert_eq!(
+        o.data_absent_reason.as_ref().unwrap().coding[0].code,
+        "not-a-number"
+    );
+}
+
 #[test]
 fn a_kilopascal_blood_pressure_measurement_becomes_a_mm_hg_panel() {
     let obs = observations(
@@ -130,11 +139,7 @@ fn a_plx_spot_check_with_nan_spo2_has_a_data_absent_reason_and_a_pulse() {
         0x2A5E,
         "01 FF 07 48 00 E8 07 03 0F 08 1E 00",
     );
-    assert!(obs[0].value_quantity.is_none());
-    assert_eq!(
-        obs[0].data_absent_reason.as_ref().unwrap().coding[0].code,
-        "not-a-number"
-    );
+    assert_not_a_number(&obs[0]);
     assert_eq!(value(&obs[1]), "72");
     check("ble-plx-spot-nan", &obs);
 }
@@ -350,11 +355,7 @@ fn an_imperial_body_composition_with_an_unavailable_body_fat_keeps_pounds_and_sa
         0x2A9C,
         "21 04 FF FF 4C 1D 54 3D",
     );
-    assert!(obs[0].value_quantity.is_none());
-    assert_eq!(
-        obs[0].data_absent_reason.as_ref().unwrap().coding[0].code,
-        "not-a-number"
-    );
+    assert_not_a_number(&obs[0]);
     assert_eq!(obs.len(), 3);
     assert_eq!(value_and_unit(&obs[2].value_quantity).1, "[lb_av]");
     check("ble-body-composition-imperial", &obs);
