@@ -199,9 +199,7 @@ fn a_cuff_an_oximeter_and_a_glucose_meter_over_dbus_become_fhir_observations_and
     for secret in [CUFF, OXIMETER, METER, "SN-A0", "MRN-BLE"] {
         assert!(!log.contains(secret), "`{secret}` in the log:\n{log}");
     }
-    let files = common::json_files(&world.out());
-    let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
-    let (ok, report) = validate_fhir(&paths);
+    let (ok, report) = validate_fhir(&[&world.out()]);
     assert!(ok, "{report}");
 }
 
@@ -606,9 +604,7 @@ fn cuffs_with_a_clock_3_h_10_min_ahead_reset_to_2000_or_right_are_placed_on_the_
         0,
         "the clock is only read by default"
     );
-    let files = common::json_files(&out);
-    let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
-    let (ok, report) = validate_fhir(&paths);
+    let (ok, report) = validate_fhir(&[&out]);
     assert!(ok, "{report}");
 }
 
@@ -664,9 +660,7 @@ fn with_set_clock_the_cuffs_clock_is_written_once_per_connection_and_the_next_re
     );
     let (gateway, device) = coincident_of(&world.out(), &second);
     assert_near(instant(&device), instant(&gateway), "the clocks agree");
-    let files = common::json_files(&world.out());
-    let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
-    let (ok, report) = validate_fhir(&paths);
+    let (ok, report) = validate_fhir(&[&world.out()]);
     assert!(ok, "{report}");
 }
 
@@ -883,9 +877,7 @@ fn a_nonin_3230_delivers_spot_check_and_continuous_readings_in_one_session() {
         unmapped[0].contains("nonin-spot-only") && unmapped[0].contains("0x2A5F"),
         "{log}"
     );
-    let files = common::json_files(&world.out());
-    let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
-    let (ok, report) = validate_fhir(&paths);
+    let (ok, report) = validate_fhir(&[&world.out()]);
     assert!(ok, "{report}");
 }
 
@@ -956,9 +948,7 @@ fn a_polar_h10_sending_every_second_is_thinned_to_one_heart_rate_per_min_interva
         .map(|(_, v)| v)
         .collect();
     assert_eq!(rates, ["72"], "{log}");
-    let files = common::json_files(&world.out());
-    let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
-    let (ok, report) = validate_fhir(&paths);
+    let (ok, report) = validate_fhir(&[&world.out()]);
     assert!(ok, "{report}");
 }
 
@@ -1056,9 +1046,7 @@ fn cgm_records_live_and_stored_are_fetched_exactly_once_across_a_gateway_restart
             assert!(note.is_null(), "{notes:?}");
         }
     }
-    let files = common::json_files(&world.out());
-    let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
-    let (ok, report) = validate_fhir(&paths);
+    let (ok, report) = validate_fhir(&[&world.out()]);
     assert!(ok, "{report}");
 }
 
@@ -1111,8 +1099,6 @@ fn a_body_composition_scale_sends_body_fat_muscle_water_weight_height_and_bmi() 
             "{code} = {value} in {values:?}"
         );
     }
-    let files = common::json_files(&world.out());
-    let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
-    let (ok, report) = validate_fhir(&paths);
+    let (ok, report) = validate_fhir(&[&world.out()]);
     assert!(ok, "{report}");
 }
