@@ -180,7 +180,7 @@ impl Pipeline {
                     observations: out.observations.len() as u64,
                     rejected: out.rejections.len() as u64,
                 };
-                h.reading(reading, outcome);
+                h.reading_named(reading, device.pseudonym.clone(), outcome);
             }
             if out.observations.is_empty() {
                 // Nothing to store: the reading is handled, so its source may let go of it.

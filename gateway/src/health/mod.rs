@@ -197,7 +197,16 @@ impl Health {
 
     /// The entry of a device, made (and the oldest evicted beyond [`MAX_DEVICES`]) if new.
     fn device<'s>(&self, state: &'s mut State, id: &DeviceIdentity) -> &'s mut DeviceState {
-        let key = self.pseudonym(id);
+        self.device_named(state, self.pseudonym(id), id)
+    }
+
+    /// [`Health::device`] with the pseudonym already known.
+    fn device_named<'s>(
+        &self,
+        state: &'s mut State,
+        key: String,
+        id: &DeviceIdentity,
+    ) -> &'s mut DeviceState {
         if !state.devices.contains_key(&key) && state.devices.len() >= MAX_DEVICES {
             let oldest = state
                 .devices
@@ -273,8 +282,14 @@ impl Health {
         LinkReporter::new(move |id, event| health.link(id, event))
     }
 
-    /// A reading went through the pipeline (`profile_known`: its profile is loaded).
+    /// A reading went through the pipeline.
     pub fn reading(&self, reading: &Reading, outcome: ReadingOutcome) {
+        self.reading_named(reading, self.pseudonym(&reading.device), outcome);
+    }
+
+    /// [`Health::reading`] from a caller that knows the device's pseudonym already (the
+    /// pipeline, which made it with the same key): no second HMAC per reading.
+    pub fn reading_named(&self, reading: &Reading, pseudonym: String, outcome: ReadingOutcome) {
         let id = &reading.device;
         let at = reading.received_at;
         let hour = at.timestamp().div_euclid(3600);
@@ -297,7 +312,7 @@ impl Health {
         counters.rejected += outcome.rejected;
         let seen_within =
             chrono::Duration::from_std(state.seen_within).unwrap_or(chrono::Duration::MAX);
-        let device = self.device(&mut state, id);
+        let device = self.device_named(&mut state, pseudonym, id);
         let new = device.last_seen.is_none();
         // Heard from again after a silence long enough to be "not seen".
         let back = device.link != Link::Connected
