@@ -336,3 +336,70 @@ fn observation_mode_under_load_delivers_every_reading_once() {
     assert_eq!(received(&collector), (N as usize, N as usize));
     assert_eq!(sink(&kit), (N as usize, 0));
 }
+
+/// Bundle mode with `max_message_bytes` far below a batch's Bundle: each message stays
+/// within the bound, each Bundle carries the Devices its Observations reference, and
+/// every reading reaches the cloud broker exactly once.
+#[test]
+fn bundle_mode_keeps_every_message_within_max_message_bytes() {
+    const N: u32 = 1000;
+    const MAX: usize = 8192;
+    let mut kit = Kit::new();
+    let broker = Mosquitto::start(&kit.path("broker"), "max_queued_messages 1000000\n").unwrap();
+    let cloud = Mosquitto::start(&kit.path("cloud"), "max_queued_messages 1000000\n").unwrap();
+    let collector = kit
+        .rt
+        .block_on(Collector::start(cloud.port(), "cloud-bundles", "gw/#"));
+    let uplink = format!(
+        "\n[[uplinks]]\nkind = \"mqtt\"\nname = \"cloud\"\nurl = \"mqtt://127.0.0.1:{}\"\ntopic = \"gw/{{gateway}}/bundle\"\nbatch_size = 500\nmax_message_bytes = {MAX}\n",
+        cloud.port()
+    );
+    let config = config(&kit, broker.port(), 64, &uplink);
+    let (mut child, log) = kit.start(&config);
+    wait_logged(&mut child, &log, "the gateway to connect", "subscriptions=");
+    publish_in_background(broker.port(), N).join().unwrap();
+    let observations = |c: &Collector| -> (HashSet<String>, usize) {
+        let mut ids = HashSet::new();
+        let mut total = 0;
+        for (_, p) in c.received() {
+            let b: serde_json::Value = serde_json::from_slice(&p).unwrap();
+            for e in b["entry"].as_array().unwrap() {
+                if let Some(id) = e["resource"]["identifier"][0]["value"].as_str() {
+                    if e["resource"]["resourceType"] == "Observation" {
+                        ids.insert(id.to_string());
+                        total += 1;
+                    }
+                }
+            }
+        }
+        (ids, total)
+    };
+    common::wait_until(
+        Duration::from_secs(120),
+        "every reading at the cloud",
+        || observations(&collector).0.len() >= N as usize,
+    );
+    sigterm_and_wait(child, &log);
+    assert_eq!(observations(&collector).1, N as usize, "each reading once");
+    let bundles = collector.received();
+    assert!(
+        bundles.len() > (N as usize) * 1500 / MAX,
+        "{} messages for {N} Observations of about 1.5 kB",
+        bundles.len()
+    );
+    for (_, p) in &bundles {
+        assert!(p.len() <= MAX, "a message of {} bytes", p.len());
+        let b: serde_json::Value = serde_json::from_slice(p).unwrap();
+        let entries = b["entry"].as_array().unwrap();
+        let puts: HashSet<&str> = entries
+            .iter()
+            .filter(|e| e["request"]["method"] == "PUT")
+            .filter_map(|e| e["request"]["url"].as_str())
+            .collect();
+        for e in entries {
+            if let Some(device) = e["resource"]["device"]["reference"].as_str() {
+                assert!(puts.contains(device), "{device} is not in its Bundle");
+            }
+        }
+    }
+}

@@ -21,6 +21,9 @@ pub const COMMIT_WINDOW_MS: RangeInclusive<u64> = 0..=10_000;
 pub const MAX_AGE_DAYS: f64 = 36_500.0;
 /// `[[uplinks]] batch_size`: Observations in one Bundle.
 pub const BATCH_SIZE: RangeInclusive<usize> = 1..=10_000;
+/// `[[uplinks]] max_message_bytes` (MQTT): the largest bundle-mode message (MQTT's own
+/// limit is 256 MiB).
+pub const MAX_MESSAGE_BYTES: RangeInclusive<usize> = 4_096..=268_435_456;
 /// `[[uplinks]] timeout_secs`: one request, or one Bundle's PUBACKs.
 pub const TIMEOUT_SECS: RangeInclusive<u64> = 1..=3_600;
 /// `[[uplinks]] max_backoff_secs`: the longest retry delay (a day).

@@ -53,6 +53,7 @@ use crate::health::Health;
 use crate::normalize::set_clock_synchronized;
 use crate::outbox::{Fetched, Outbox, PendingRow};
 
+mod chunks;
 mod heartbeat;
 pub mod plan;
 #[cfg(test)]
@@ -123,7 +124,15 @@ struct Loop<'a> {
     beats: heartbeat::Beats,
     /// The next batch, read and opened while the current one is on its way (after a full
     /// batch only; see [`Loop::pass`]).
-    prefetch: Option<tokio::task::JoinHandle<Result<Fetched, crate::outbox::OutboxError>>>,
+    prefetch: Option<Prefetch>,
+    /// With Bundles bounded in bytes: how many rows a fetch asks for (`chunks::fit_after`).
+    fit: Option<usize>,
+}
+
+/// The next batch, fetched ahead, and how many rows that fetch asked for.
+struct Prefetch {
+    task: tokio::task::JoinHandle<Result<Fetched, crate::outbox::OutboxError>>,
+    limit: usize,
 }
 
 /// An outbox failure, for the loop: retried like a transient delivery failure.
@@ -149,42 +158,65 @@ impl Loop<'_> {
         let result = self.pass_once(batch).await;
         if result.is_err() {
             if let Some(prefetch) = self.prefetch.take() {
-                prefetch.abort();
+                prefetch.task.abort();
             }
         }
         result
     }
 
     async fn pass_once(&mut self, batch: usize) -> Result<Pass, DeliveryError> {
-        let mut fetched = match self.prefetch.take() {
-            Some(prefetch) => prefetch
-                .await
-                .map_err(|e| DeliveryError::Transient {
-                    reason: format!("outbox: the fetch ahead failed: {e}"),
-                    retry_after: None,
-                })?
-                .map_err(outbox_failed)?,
-            None => self
-                .outbox
-                .fetch(self.uplink.name(), batch)
-                .await
-                .map_err(outbox_failed)?,
+        let max_bytes = self.uplink.max_bundle_bytes();
+        let (mut fetched, limit) = match self.prefetch.take() {
+            Some(prefetch) => (
+                prefetch
+                    .task
+                    .await
+                    .map_err(|e| DeliveryError::Transient {
+                        reason: format!("outbox: the fetch ahead failed: {e}"),
+                        retry_after: None,
+                    })?
+                    .map_err(outbox_failed)?,
+                prefetch.limit,
+            ),
+            None => {
+                let limit = self.fetch_limit(batch, max_bytes);
+                let fetched = self
+                    .outbox
+                    .fetch(self.uplink.name(), limit)
+                    .await
+                    .map_err(outbox_failed)?;
+                (fetched, limit)
+            }
         };
         let fetched_rows = fetched.rows.len();
         let held_back = self.release_held(&mut fetched.rows);
         if fetched.rows.is_empty() {
             return Ok(Pass::Idle);
         }
-        if fetched_rows >= batch && !held_back {
+        let (sendable, unreadable) = plan::triage(&fetched.rows);
+        // Depth first: the first half of a split, and all that follows from it, before
+        // the second; and the first of the Bundles a byte bound makes before the next.
+        let mut todo: Vec<Vec<usize>> = match max_bytes {
+            Some(max) => {
+                let chunked = self.chunk(&fetched, &sendable, max);
+                self.fit = chunks::fit_after(self.fit, &chunked, fetched_rows, limit, max, batch);
+                chunked.into_iter().rev().map(|(rows, _)| rows).collect()
+            }
+            None => vec![sendable],
+        };
+        if fetched_rows >= limit && !held_back {
             if let Some(last) = fetched.rows.iter().map(|r| r.seq).max() {
                 let outbox = self.outbox.clone();
                 let uplink = self.uplink.name().to_string();
-                self.prefetch = Some(tokio::spawn(async move {
-                    outbox.fetch_after(&uplink, last, batch).await
-                }));
+                let limit = self.fetch_limit(batch, max_bytes);
+                self.prefetch = Some(Prefetch {
+                    task: tokio::spawn(
+                        async move { outbox.fetch_after(&uplink, last, limit).await },
+                    ),
+                    limit,
+                });
             }
         }
-        let (sendable, unreadable) = plan::triage(&fetched.rows);
         for (i, reason) in unreadable {
             // The reason names the row and what is wrong with it, never its content.
             tracing::error!(
@@ -195,9 +227,6 @@ impl Loop<'_> {
             );
             self.dead_letter(&fetched.rows[i], &reason).await?;
         }
-        // Depth first: the first half of a split, and all that follows from it, before
-        // the second.
-        let mut todo: Vec<Vec<usize>> = vec![sendable];
         while let Some(rows) = todo.pop() {
             if rows.is_empty() {
                 continue;
@@ -239,7 +268,7 @@ impl Loop<'_> {
         }
         // Rows held for the clock wait for its next change, not for another fetch.
         Ok(Pass::Progress {
-            drained: held_back || fetched_rows < batch,
+            drained: held_back || fetched_rows < limit,
         })
     }
 
@@ -435,6 +464,7 @@ pub async fn run(
         gateway_pseudonym: &gateway_pseudonym,
         beats: heartbeat::Beats::default(),
         prefetch: None,
+        fit: None,
     };
     let heartbeat = settings
         .heartbeat

@@ -123,6 +123,14 @@ pub trait Uplink: Send {
         Box::pin(std::future::pending())
     }
 
+    /// The largest Bundle this uplink takes, in bytes of JSON (the MQTT uplink in bundle
+    /// mode: its `max_message_bytes`). The delivery loop sends a batch whose Bundle would
+    /// be larger as several Bundles, in order, and fetches about one Bundle's rows at a
+    /// time. `None` (the default): bounded by `batch_size` only.
+    fn max_bundle_bytes(&self) -> Option<usize> {
+        None
+    }
+
     /// For an uplink whose destination acknowledges each Observation on its own (the MQTT
     /// uplink in observation mode): how many Observations may wait for their
     /// acknowledgement at once. The delivery loop then keeps that window full through

@@ -17,6 +17,7 @@ use crate::outbox::seal::Keyring;
 use crate::outbox::{read_dead_letters, read_status, Append, Outbox, OutboxSettings, WhenFull};
 use crate::uplink::{DeliveryError, DeliveryFuture, Uplink};
 
+mod bounded;
 mod heartbeat;
 mod window;
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::limits;
 use crate::net::tls::TlsSettings;
 use crate::net::{client_identity, is_loopback_host};
 use crate::uplink::{backoff_max, batch_size, timeout, Settings};
@@ -35,6 +36,12 @@ pub struct RawMqttUplink {
     pub credentials_file: Option<PathBuf>,
     /// Most Observations per Bundle (default 100; 1 to 10000).
     pub batch_size: Option<usize>,
+    /// Largest message in bundle mode, in bytes (default 262144, 256 KiB; 4096 to
+    /// 268435456): a batch whose Bundle would be larger goes as several Bundles, so a
+    /// broker's message size limit (AWS IoT Core: 128 KiB) is respected and the memory a
+    /// Bundle takes is bounded whatever `batch_size` is. A single Observation larger than
+    /// this still goes, alone.
+    pub max_message_bytes: Option<usize>,
     /// Seconds to wait for the connection and every PUBACK of a Bundle (default 30; 1 to
     /// 3600).
     pub timeout_secs: Option<u64>,
@@ -93,6 +100,8 @@ pub struct MqttUplinkSettings {
     pub keep_alive: Duration,
     /// Most Observations per Bundle (sizes the event queue).
     pub batch_size: usize,
+    /// Largest message in bundle mode, in bytes.
+    pub max_message_bytes: usize,
     /// First reconnect delay of the background connection.
     pub reconnect_initial: Duration,
     /// Longest reconnect delay of the background connection.
@@ -169,6 +178,12 @@ impl RawMqttUplink {
     /// `allow_insecure`, TLS files only with `mqtts://`, the topic template.
     pub fn validate(&self) -> Result<Settings<MqttUplinkSettings>, String> {
         let batch_size = batch_size(self.batch_size)?;
+        let max_message_bytes = limits::optional(
+            "max_message_bytes",
+            self.max_message_bytes,
+            DEFAULT_MAX_MESSAGE_BYTES,
+            &limits::MAX_MESSAGE_BYTES,
+        )?;
         let url = &self.url;
         let (host, port, tls) = parse_url(url)?;
         let loopback = is_loopback_host(&host);
@@ -219,6 +234,7 @@ impl RawMqttUplink {
                 ack_timeout,
                 keep_alive: Duration::from_secs(30),
                 batch_size,
+                max_message_bytes,
                 reconnect_initial: Duration::from_millis(500),
                 reconnect_max: backoff_max.min(MAX_RECONNECT_DELAY),
             },
@@ -226,6 +242,10 @@ impl RawMqttUplink {
         })
     }
 }
+
+/// `max_message_bytes` when not set: 256 KiB, within the limits of the common cloud
+/// brokers, and a few hundred Observations with their Devices.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 << 10;
 
 /// The longest delay between the background connection's attempts (before jitter, which
 /// takes up to half of it off): the broker is found again within this long of coming back,

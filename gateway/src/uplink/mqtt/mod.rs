@@ -4,7 +4,8 @@
 //! "bundle"`: the transaction Bundle as JSON) or as one message per Observation (`mode =
 //! "observation"`: the Observation's JSON; Device resources are not sent in this mode), on
 //! the configured topic, where `{gateway}` stands for the gateway's pseudonym (never its
-//! configured id).
+//! configured id). In bundle mode a message is at most `max_message_bytes`: the delivery
+//! loop makes Bundles no larger ([`Uplink::max_bundle_bytes`]).
 //!
 //! **Delete after delivery.** [`Uplink::deliver`] returns `Ok` only once the broker has
 //! PUBACKed every message of the Bundle; the delivery loop then marks the rows delivered.
@@ -419,6 +420,10 @@ impl Uplink for MqttUplink {
         (self.settings.mode == PublishMode::Observation).then(|| self.unacknowledged())
     }
 
+    fn max_bundle_bytes(&self) -> Option<usize> {
+        (self.settings.mode == PublishMode::Bundle).then_some(self.settings.max_message_bytes)
+    }
+
     fn send<'a>(&'a mut self, bundle: &'a Bundle) -> DeliveryFuture<'a> {
         Box::pin(async move {
             let messages = self.messages(bundle)?;
@@ -531,6 +536,7 @@ mod tests {
             ack_timeout: Duration::from_secs(5),
             keep_alive: Duration::from_secs(30),
             batch_size: 10,
+            max_message_bytes: config::DEFAULT_MAX_MESSAGE_BYTES,
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(1),
         }
