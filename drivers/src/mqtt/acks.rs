@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Publish};
+use rumqttc::{AsyncClient, Publish, QoS};
 use tokio::sync::oneshot;
 
 use crate::backoff::Backoff;
@@ -21,11 +21,39 @@ pub(super) enum Wait {
     DeadLetter(oneshot::Receiver<()>),
 }
 
+/// What a message's acknowledgement needs of it: a few bytes, where the message kept its
+/// topic (a PUBACK is owed for each message read, and a broker that lets more out than
+/// its window can make many wait).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ack {
+    qos: QoS,
+    pkid: u16,
+}
+
+impl Ack {
+    /// The acknowledgement `publish` is owed.
+    pub(super) fn of(publish: &Publish) -> Self {
+        Self {
+            qos: publish.qos,
+            pkid: publish.pkid,
+        }
+    }
+
+    /// Hands it to rumqttc without waiting (`Err`: its request queue is full).
+    fn try_send(self, client: &AsyncClient) -> Result<(), rumqttc::ClientError> {
+        // rumqttc builds the PUBACK from these two fields alone; an empty topic and
+        // payload allocate nothing.
+        let mut publish = Publish::new(String::new(), self.qos, Vec::new());
+        publish.pkid = self.pkid;
+        client.try_ack(&publish)
+    }
+}
+
 /// A message handed over, waiting for its commit. Its payload is no longer held (only
 /// what its PUBACK needs).
 pub(super) struct Pending {
-    /// The message, its payload emptied.
-    pub(super) publish: Publish,
+    /// Its acknowledgement.
+    pub(super) ack: Ack,
     /// What its PUBACK waits for.
     pub(super) wait: Wait,
     /// Whether something of it could not be stored.
@@ -59,7 +87,7 @@ impl Pending {
 pub(super) struct Acks {
     /// Messages handed over, oldest first.
     pub(super) pending: VecDeque<Pending>,
-    ready: VecDeque<Publish>,
+    ready: VecDeque<Ack>,
     /// PUBACKs handed to rumqttc and not yet written to the connection.
     unwritten: usize,
     /// Whether the broker's excess in-flight window was warned about.
@@ -89,8 +117,8 @@ impl Acks {
 
     /// Hands ready PUBACKs to rumqttc, in order, as far as its queue takes them.
     pub(super) fn flush(&mut self, client: &AsyncClient) {
-        while let Some(p) = self.ready.front() {
-            match client.try_ack(p) {
+        while let Some(ack) = self.ready.front() {
+            match ack.try_send(client) {
                 Ok(()) => {
                     self.ready.pop_front();
                     self.unwritten += 1;
@@ -133,7 +161,7 @@ impl Acks {
                 self.failed = 0;
                 self.backoff.succeed();
             }
-            self.ready.push_back(p.publish);
+            self.ready.push_back(p.ack);
         }
     }
 

@@ -70,7 +70,7 @@ use crate::decode::DecodeError;
 use crate::driver::{Driver, DriverError, DriverFuture, ReadingSender, RejectSender, Rejected};
 use crate::reading::{DeviceIdentity, Transport};
 
-use acks::{Acks, Pending, Wait};
+use acks::{Ack, Acks, Pending, Wait};
 
 mod acks;
 
@@ -334,10 +334,8 @@ impl Session<'_> {
             }
         };
         // Only what the PUBACK needs is kept while the commit is awaited.
-        let mut publish = publish;
-        publish.payload = Default::default();
         Some(Pending {
-            publish,
+            ack: Ack::of(&publish),
             wait,
             failed: false,
         })

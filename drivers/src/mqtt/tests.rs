@@ -67,7 +67,7 @@ fn pending(pkid: u16, ok: bool) -> acks::Pending {
     let mut publish = Publish::new("iomt/a/vitals", QoS::AtLeastOnce, Vec::new());
     publish.pkid = pkid;
     acks::Pending {
-        publish,
+        ack: acks::Ack::of(&publish),
         wait: acks::Wait::Readings(vec![rx]),
         failed: false,
     }
