@@ -9,10 +9,10 @@
 //!
 //! **Delete after delivery.** [`Uplink::deliver`] returns `Ok` only once the broker has
 //! PUBACKed every message of the Bundle; the delivery loop then marks the rows delivered.
-//! In observation mode the uplink has a window ([`Uplink::window`], two batches): the
-//! delivery loop hands it rows while the window has room and marks each row delivered as
-//! its PUBACK arrives (`stream.rs`), so a batch does not wait for the last PUBACK of the
-//! one before.
+//! In observation mode the uplink has a window ([`Uplink::window`], two batches, at most
+//! [`MAX_WINDOW`] messages): the delivery loop hands it rows while the window has room
+//! and marks each row delivered as its PUBACK arrives (`stream.rs`), so a batch does not
+//! wait for the last PUBACK of the one before.
 //! A lost connection or a missing PUBACK within `ack_timeout` is a transient failure:
 //! the connection is dropped (so no acknowledgement of an earlier attempt can be mistaken
 //! for one of the retry) and the delivery loop retries with its capped backoff, on a new
@@ -265,12 +265,18 @@ impl MqttUplink {
 
     /// Most messages waiting for their acknowledgement at once, which sizes rumqttc's
     /// in-flight state and request queue and the report queue: one in bundle mode (one
-    /// message per delivery), the window in observation mode (two batches, so that one
-    /// is fetched and sent while the other is acknowledged).
+    /// message per delivery), the window in observation mode (two batches, at most
+    /// [`MAX_WINDOW`] messages, so that one is fetched and sent while the other is
+    /// acknowledged).
     fn unacknowledged(&self) -> usize {
         match self.settings.mode {
             PublishMode::Bundle => 1,
-            PublishMode::Observation => self.settings.batch_size.max(1).saturating_mul(2),
+            PublishMode::Observation => self
+                .settings
+                .batch_size
+                .max(1)
+                .saturating_mul(2)
+                .min(MAX_WINDOW),
         }
     }
 
@@ -493,6 +499,12 @@ impl Uplink for MqttUplink {
     }
 }
 
+/// The most Observations waiting for their PUBACK at once in observation mode, whatever
+/// `batch_size` is: enough to keep a link busy (at 25,000 messages a second, a PUBACK may
+/// take 20 ms), while the messages held for a resend and the rows fetched for them stay
+/// bounded (two batches of 1000 were about 8 MB at the peak of the round-trip benchmark).
+pub const MAX_WINDOW: usize = 512;
+
 /// About the length of `bundle` as JSON: its resources and request fields, and the keys
 /// around them.
 fn encoded_len(bundle: &Bundle) -> usize {
@@ -517,75 +529,4 @@ enum Failure {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::net::tls::TlsSettings;
-
-    fn settings(tls: bool) -> MqttUplinkSettings {
-        MqttUplinkSettings {
-            name: "cloud".into(),
-            host: "broker.example.org".into(),
-            port: 8883,
-            tls: tls.then(TlsSettings::default),
-            insecure: false,
-            client_id: None,
-            topic: "iomt/{gateway}/fhir".into(),
-            mode: PublishMode::Bundle,
-            status_topic: config::DEFAULT_STATUS_TOPIC.into(),
-            credentials_file: None,
-            ack_timeout: Duration::from_secs(5),
-            keep_alive: Duration::from_secs(30),
-            batch_size: 10,
-            max_message_bytes: config::DEFAULT_MAX_MESSAGE_BYTES,
-            reconnect_initial: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(1),
-        }
-    }
-
-    #[test]
-    fn a_bundle_is_encoded_into_a_buffer_sized_once() {
-        let raw = |t: &str| serde_json::value::RawValue::from_string(t.into()).unwrap();
-        let devices = std::collections::HashMap::from([(
-            "dev-1".to_string(),
-            raw(r#"{"resourceType":"Device","id":"dev-1"}"#),
-        )]);
-        let json: Vec<Box<serde_json::value::RawValue>> = (0..50)
-            .map(|i| {
-                raw(&format!(
-                    r#"{{"resourceType":"Observation","id":"obs-{i}"}}"#
-                ))
-            })
-            .collect();
-        let ids: Vec<String> = (0..50).map(|i| format!("obs-{i}")).collect();
-        let identifiers: Vec<String> = (0..50)
-            .map(|i| format!("urn:ietf:rfc:3986|urn:uuid:obs-{i}"))
-            .collect();
-        let items: Vec<crate::uplink::bundle::Item<'_>> = (0..50)
-            .map(|i| crate::uplink::bundle::Item {
-                row: i,
-                id: &ids[i],
-                identifier: Some(&identifiers[i]),
-                device_id: "dev-1",
-                json: &json[i],
-            })
-            .collect();
-        let gateway = raw(r#"{"resourceType":"Device","id":"gw"}"#);
-        let built = crate::uplink::bundle::build(("gw", &gateway), &devices, &items);
-        let u = MqttUplink::new(settings(false), "0123456789abcdef0123").unwrap();
-        let message = u.messages(&built.bundle).unwrap().remove(0);
-        assert_eq!(message, serde_json::to_vec(&built.bundle).unwrap());
-        assert!(message.len() <= encoded_len(&built.bundle));
-        assert!(
-            message.capacity() == encoded_len(&built.bundle),
-            "the buffer grew"
-        );
-    }
-
-    #[test]
-    fn the_topic_carries_the_gateway_pseudonym_and_mqtts_uses_system_roots() {
-        let u = MqttUplink::new(settings(true), "0123456789abcdef0123").unwrap();
-        assert_eq!(u.topic(), "iomt/0123456789abcdef0123/fhir");
-        assert_eq!(u.client_id, "iomt-gateway-0123456789abcdef");
-        assert!(matches!(u.transport, rumqttc::Transport::Tls(_)));
-    }
-}
+mod tests;
