@@ -312,11 +312,12 @@ pub struct BundleRequest {
 /// A Bundle entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct BundleEntry {
+pub struct BundleEntry<'a> {
     /// The entry's full URL.
     pub full_url: String,
-    /// The resource, as JSON text (kept as stored: never re-parsed on the way out).
-    pub resource: Box<serde_json::value::RawValue>,
+    /// The resource, as JSON text (kept as stored: never re-parsed on the way out), most
+    /// often borrowed from the rows it comes from rather than copied.
+    pub resource: std::borrow::Cow<'a, serde_json::value::RawValue>,
     /// The request.
     pub request: BundleRequest,
 }
@@ -324,12 +325,12 @@ pub struct BundleEntry {
 /// A transaction Bundle.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Bundle {
+pub struct Bundle<'a> {
     /// Always `Bundle`.
     pub resource_type: String,
     /// Always `transaction`.
     #[serde(rename = "type")]
     pub kind: String,
     /// The entries.
-    pub entry: Vec<BundleEntry>,
+    pub entry: Vec<BundleEntry<'a>>,
 }

@@ -10,6 +10,7 @@
 //! or the same id when it has none) get no entry of their own: [`Built::duplicates`]
 //! names the row whose entry stands for them, so they share its fate.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use serde_json::value::RawValue;
@@ -19,9 +20,9 @@ use crate::fhir::{Bundle, BundleEntry, BundleRequest};
 /// A Bundle and, for each of its entries, the index of the row it came from (`None` for
 /// Device entries).
 #[derive(Debug, Clone)]
-pub struct Built {
-    /// The Bundle.
-    pub bundle: Bundle,
+pub struct Built<'a> {
+    /// The Bundle, borrowing its resources.
+    pub bundle: Bundle<'a>,
     /// Entry index → row index.
     pub rows_of_entries: Vec<Option<usize>>,
     /// (row left out, row whose entry stands for it): rows holding an Observation that
@@ -47,11 +48,15 @@ pub struct Item<'a> {
 /// Builds a transaction Bundle: the gateway and the referenced measuring devices as PUTs
 /// to their deterministic ids, then each Observation as a conditional create on its
 /// identifier (`ifNoneExist`), so a retry never duplicates.
-pub fn build(
-    gateway: (&str, &RawValue),
-    devices: &HashMap<String, Box<RawValue>>,
-    items: &[Item<'_>],
-) -> Built {
+///
+/// The resources are borrowed, except the Devices in `replaced` (a Device with its
+/// current state in place of the stored one), which the Bundle takes.
+pub fn build<'a>(
+    gateway: (&'a str, &'a RawValue),
+    devices: &'a HashMap<String, Box<RawValue>>,
+    mut replaced: HashMap<String, Box<RawValue>>,
+    items: &[Item<'a>],
+) -> Built<'a> {
     let mut entry = Vec::with_capacity(items.len() + devices.len() + 1);
     let mut rows_of_entries = Vec::with_capacity(entry.capacity());
     let mut referenced: BTreeMap<&str, &RawValue> = BTreeMap::new();
@@ -61,9 +66,13 @@ pub fn build(
         }
     }
     for (id, device) in std::iter::once(gateway).chain(referenced) {
+        let resource = match replaced.remove(id) {
+            Some(current) => Cow::Owned(current),
+            None => Cow::Borrowed(device),
+        };
         entry.push(BundleEntry {
             full_url: format!("urn:uuid:{id}"),
-            resource: device.to_owned(),
+            resource,
             request: BundleRequest {
                 method: "PUT".into(),
                 url: format!("Device/{id}"),
@@ -83,7 +92,7 @@ pub fn build(
         first.insert(key, item.row);
         entry.push(BundleEntry {
             full_url: format!("urn:uuid:{}", item.id),
-            resource: item.json.to_owned(),
+            resource: Cow::Borrowed(item.json),
             request: BundleRequest {
                 method: "POST".into(),
                 url: "Observation".into(),
@@ -126,7 +135,7 @@ mod tests {
         }
     }
 
-    fn full_urls(built: &Built) -> Vec<&str> {
+    fn full_urls<'a>(built: &'a Built<'_>) -> Vec<&'a str> {
         built
             .bundle
             .entry
@@ -149,7 +158,7 @@ mod tests {
             item(2, "a", Some("urn:ietf:rfc:3986|urn:uuid:a"), &a),
             item(3, "a", Some("urn:ietf:rfc:3986|urn:uuid:a"), &a),
         ];
-        let built = build(("gw", &gateway), &devices, &items);
+        let built = build(("gw", &gateway), &devices, HashMap::new(), &items);
         assert_eq!(
             full_urls(&built),
             ["urn:uuid:gw", "urn:uuid:dev-1", "urn:uuid:a", "urn:uuid:b"]
@@ -167,7 +176,8 @@ mod tests {
             item(1, "y", None, &o),
             item(2, "x", None, &o),
         ];
-        let built = build(("gw", &gateway), &HashMap::new(), &items);
+        let none = HashMap::new();
+        let built = build(("gw", &gateway), &none, HashMap::new(), &items);
         assert_eq!(
             full_urls(&built),
             ["urn:uuid:gw", "urn:uuid:x", "urn:uuid:y"]

@@ -143,7 +143,7 @@ fn outbox_failed(e: crate::outbox::OutboxError) -> DeliveryError {
     }
 }
 
-impl Loop<'_> {
+impl<'a> Loop<'a> {
     /// Fetches the oldest rows and carries out the [`plan`] for them: rows that cannot be
     /// opened to the dead letters, the rest sent, split and sent again until each row is
     /// delivered or dead-lettered. A transient failure ends the pass (`Err`).
@@ -375,8 +375,12 @@ impl Loop<'_> {
         )
     }
 
-    /// The Bundle of `rows` (indexes into `rows` in [`bundle::Built`]).
-    fn build(&mut self, fetched: &Fetched, rows: &[&PendingRow]) -> bundle::Built {
+    /// The Bundle of `rows` (indexes into `rows` in [`bundle::Built`]), borrowing their
+    /// resources.
+    fn build<'f>(&mut self, fetched: &'f Fetched, rows: &[&'f PendingRow]) -> bundle::Built<'f>
+    where
+        'a: 'f,
+    {
         self.beats.in_flight.clear();
         let items: Vec<bundle::Item<'_>> = rows
             .iter()
@@ -391,10 +395,15 @@ impl Loop<'_> {
                 })
             })
             .collect();
-        let with_states = self.with_states(&fetched.devices);
-        let devices = with_states.as_ref().unwrap_or(&fetched.devices);
-        let gateway = &self.gateway[usize::from(!self.clock.synchronized())];
-        bundle::build((gateway.0.as_str(), &gateway.1), devices, &items)
+        let replaced = self.with_states(&fetched.devices);
+        let gateway: &'a (String, Box<RawValue>) =
+            &self.gateway[usize::from(!self.clock.synchronized())];
+        bundle::build(
+            (gateway.0.as_str(), &gateway.1),
+            &fetched.devices,
+            replaced,
+            &items,
+        )
     }
 }
 

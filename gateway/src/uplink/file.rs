@@ -67,7 +67,7 @@ impl FileUplink {
         self.written
     }
 
-    fn write(&mut self, bundle: &Bundle) -> std::io::Result<PathBuf> {
+    fn write(&mut self, bundle: &Bundle<'_>) -> std::io::Result<PathBuf> {
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
         let name = format!("bundle-{stamp}-{:06}.json", self.written + 1);
         let tmp = self.dir.join(format!(".{name}.tmp"));
@@ -96,7 +96,7 @@ impl Uplink for FileUplink {
         &self.name
     }
 
-    fn deliver<'a>(&'a mut self, bundle: &'a Bundle) -> DeliveryFuture<'a> {
+    fn deliver<'a>(&'a mut self, bundle: &'a Bundle<'_>) -> DeliveryFuture<'a> {
         Box::pin(async move {
             // Bundles are small; a blocking write of a few KiB does not stall the runtime
             // noticeably, and keeps ordering trivially.

@@ -113,7 +113,7 @@ pub trait Uplink: Send {
     fn name(&self) -> &str;
 
     /// Delivers one Bundle. `Ok` means the destination acknowledged every entry.
-    fn deliver<'a>(&'a mut self, bundle: &'a Bundle) -> DeliveryFuture<'a>;
+    fn deliver<'a>(&'a mut self, bundle: &'a Bundle<'_>) -> DeliveryFuture<'a>;
 
     /// After a failed delivery: resolves once the destination is reachable again, so that
     /// the retry need not wait out the rest of its backoff (the MQTT uplink: its background
@@ -145,7 +145,7 @@ pub trait Uplink: Send {
     /// entries, in order) to the destination without waiting for their acknowledgements.
     /// `Err`: none of the Observations still waiting will be acknowledged; they are sent
     /// again. By default it fails: an uplink with a window implements it.
-    fn send<'a>(&'a mut self, _bundle: &'a Bundle) -> DeliveryFuture<'a> {
+    fn send<'a>(&'a mut self, _bundle: &'a Bundle<'_>) -> DeliveryFuture<'a> {
         Box::pin(std::future::ready(Err(DeliveryError::Transient {
             reason: "this uplink sends whole Bundles only".into(),
             retry_after: None,

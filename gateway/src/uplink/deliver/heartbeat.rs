@@ -117,10 +117,25 @@ impl Loop<'_> {
     }
 
     /// The gateway's Device and the Devices whose state the server has not acknowledged.
-    fn heartbeat_bundle(&mut self) -> crate::fhir::Bundle {
+    fn heartbeat_bundle(&mut self) -> crate::fhir::Bundle<'static> {
         self.beats.in_flight.clear();
         let gateway = &self.gateway[usize::from(!self.clock.synchronized())];
-        let mut built = bundle::build((gateway.0.as_str(), &gateway.1), &HashMap::new(), &[]);
+        let none = HashMap::new();
+        let built = bundle::build((gateway.0.as_str(), &gateway.1), &none, HashMap::new(), &[]);
+        // Owned: the Bundle outlives this borrow of the loop.
+        let mut bundle = crate::fhir::Bundle {
+            resource_type: built.bundle.resource_type,
+            kind: built.bundle.kind,
+            entry: built
+                .bundle
+                .entry
+                .into_iter()
+                .map(|e| BundleEntry {
+                    resource: std::borrow::Cow::Owned(e.resource.into_owned()),
+                    ..e
+                })
+                .collect(),
+        };
         let states = self.states(None);
         // Bounded like the model: devices it no longer keeps are forgotten here too.
         self.beats
@@ -131,9 +146,9 @@ impl Loop<'_> {
                 continue;
             }
             if let Ok(resource) = RawValue::from_string(json.clone()) {
-                built.bundle.entry.push(BundleEntry {
+                bundle.entry.push(BundleEntry {
                     full_url: format!("urn:uuid:{id}"),
-                    resource,
+                    resource: std::borrow::Cow::Owned(resource),
                     request: BundleRequest {
                         method: "PUT".into(),
                         url: format!("Device/{id}"),
@@ -143,7 +158,7 @@ impl Loop<'_> {
                 self.beats.in_flight.push((id, json));
             }
         }
-        built.bundle
+        bundle
     }
 
     /// The Devices (id, JSON) of the devices the health model reports on, with their
@@ -162,30 +177,27 @@ impl Loop<'_> {
     }
 
     /// For a Bundle of Observations of a FHIR uplink with heartbeats: the devices it
-    /// references, with their state in place of the stored Device (so a delivery never
-    /// takes the state away); `None` when there is nothing to replace.
+    /// references that the health model reports on, with their state, to go in place of
+    /// the stored Device (so a delivery never takes the state away); empty when there is
+    /// nothing to replace.
     pub(super) fn with_states(
         &mut self,
         devices: &HashMap<String, Box<RawValue>>,
-    ) -> Option<HashMap<String, Box<RawValue>>> {
+    ) -> HashMap<String, Box<RawValue>> {
+        let mut replaced = HashMap::new();
         if self.heartbeat_interval.is_none()
             || self.uplink.heartbeat() != Heartbeat::Bundle
             || devices.is_empty()
         {
-            return None;
+            return replaced;
         }
-        let states = self.states(Some(devices));
-        if states.is_empty() {
-            return None;
-        }
-        let mut replaced = devices.clone();
-        for (id, json) in states {
+        for (id, json) in self.states(Some(devices)) {
             if let Ok(raw) = RawValue::from_string(json.clone()) {
                 replaced.insert(id.clone(), raw);
                 self.beats.in_flight.push((id, json));
             }
         }
-        Some(replaced)
+        replaced
     }
 
     /// The MQTT status message, JSON.

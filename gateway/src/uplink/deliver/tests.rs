@@ -59,7 +59,7 @@ impl Uplink for Scripted {
         UPLINK
     }
 
-    fn deliver<'a>(&'a mut self, bundle: &'a Bundle) -> DeliveryFuture<'a> {
+    fn deliver<'a>(&'a mut self, bundle: &'a Bundle<'_>) -> DeliveryFuture<'a> {
         let answer = (self.answer)(bundle);
         let _ = self.requests.send(Request {
             at: Instant::now(),
@@ -85,7 +85,7 @@ fn script(answers: Vec<Answer>) -> Responder {
     Box::new(move |_| answers.pop_front().unwrap_or(Answer::Ok))
 }
 
-fn observation_ids(bundle: &Bundle) -> Vec<String> {
+fn observation_ids(bundle: &Bundle<'_>) -> Vec<String> {
     bundle
         .entry
         .iter()
@@ -95,7 +95,7 @@ fn observation_ids(bundle: &Bundle) -> Vec<String> {
 }
 
 /// The index of the entry of Observation `id` in `bundle`.
-fn entry_of(bundle: &Bundle, id: &str) -> usize {
+fn entry_of(bundle: &Bundle<'_>, id: &str) -> usize {
     let url = format!("urn:uuid:{id}");
     bundle
         .entry
@@ -325,7 +325,7 @@ async fn rows_committed_while_the_loop_waits_wake_it() {
 async fn named_rejections_land_in_the_dead_letters_and_the_rest_is_delivered_once() {
     let bed = Bed::with_rows(6).await;
     let mut first = true;
-    let mut running = bed.start(Box::new(move |bundle: &Bundle| {
+    let mut running = bed.start(Box::new(move |bundle: &Bundle<'_>| {
         if !std::mem::take(&mut first) {
             return Answer::Ok;
         }
@@ -352,7 +352,7 @@ async fn named_rejections_land_in_the_dead_letters_and_the_rest_is_delivered_onc
 async fn an_unnamed_rejection_is_bisected_until_the_poison_row_among_sixteen_is_alone() {
     let bed = Bed::with_rows(16).await;
     // Refuses any Bundle holding obs-05, without saying which entry is at fault.
-    let mut running = bed.start(Box::new(|bundle: &Bundle| {
+    let mut running = bed.start(Box::new(|bundle: &Bundle<'_>| {
         if observation_ids(bundle).iter().any(|i| i == "obs-05") {
             rejected(vec![])
         } else {

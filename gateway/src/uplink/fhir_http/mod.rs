@@ -84,7 +84,7 @@ impl FhirUplink {
         })
     }
 
-    async fn post(&mut self, bundle: &Bundle) -> Result<(), DeliveryError> {
+    async fn post(&mut self, bundle: &Bundle<'_>) -> Result<(), DeliveryError> {
         let body = serde_json::to_vec(bundle).map_err(|e| DeliveryError::Transient {
             reason: format!("cannot serialize the bundle: {e}"),
             retry_after: None,
@@ -307,7 +307,7 @@ impl Uplink for FhirUplink {
         crate::uplink::Heartbeat::Bundle
     }
 
-    fn deliver<'a>(&'a mut self, bundle: &'a Bundle) -> DeliveryFuture<'a> {
+    fn deliver<'a>(&'a mut self, bundle: &'a Bundle<'_>) -> DeliveryFuture<'a> {
         Box::pin(self.post(bundle))
     }
 }

@@ -241,7 +241,7 @@ impl MqttUplink {
         }
     }
 
-    fn messages(&self, bundle: &Bundle) -> Result<Vec<Vec<u8>>, DeliveryError> {
+    fn messages(&self, bundle: &Bundle<'_>) -> Result<Vec<Vec<u8>>, DeliveryError> {
         let encode = |e: serde_json::Error| DeliveryError::Transient {
             reason: format!("cannot encode a message: {e}"),
             retry_after: None,
@@ -405,7 +405,7 @@ impl Uplink for MqttUplink {
         &self.settings.name
     }
 
-    fn deliver<'a>(&'a mut self, bundle: &'a Bundle) -> DeliveryFuture<'a> {
+    fn deliver<'a>(&'a mut self, bundle: &'a Bundle<'_>) -> DeliveryFuture<'a> {
         Box::pin(async move {
             let messages = self.messages(bundle)?;
             if messages.is_empty() {
@@ -430,7 +430,7 @@ impl Uplink for MqttUplink {
         (self.settings.mode == PublishMode::Bundle).then_some(self.settings.max_message_bytes)
     }
 
-    fn send<'a>(&'a mut self, bundle: &'a Bundle) -> DeliveryFuture<'a> {
+    fn send<'a>(&'a mut self, bundle: &'a Bundle<'_>) -> DeliveryFuture<'a> {
         Box::pin(async move {
             let messages = self.messages(bundle)?;
             self.send_window(messages).await.map_err(|f| self.fail(f))
@@ -507,7 +507,7 @@ pub const MAX_WINDOW: usize = 512;
 
 /// About the length of `bundle` as JSON: its resources and request fields, and the keys
 /// around them.
-fn encoded_len(bundle: &Bundle) -> usize {
+fn encoded_len(bundle: &Bundle<'_>) -> usize {
     bundle.entry.iter().fold(64, |n, e| {
         n.saturating_add(e.resource.get().len())
             .saturating_add(e.full_url.len())

@@ -74,7 +74,12 @@ fn a_bundle_is_encoded_into_a_buffer_sized_once() {
         })
         .collect();
     let gateway = raw(r#"{"resourceType":"Device","id":"gw"}"#);
-    let built = crate::uplink::bundle::build(("gw", &gateway), &devices, &items);
+    let built = crate::uplink::bundle::build(
+        ("gw", &gateway),
+        &devices,
+        std::collections::HashMap::new(),
+        &items,
+    );
     let u = MqttUplink::new(settings(false), "0123456789abcdef0123").unwrap();
     let message = u.messages(&built.bundle).unwrap().remove(0);
     assert_eq!(message, serde_json::to_vec(&built.bundle).unwrap());

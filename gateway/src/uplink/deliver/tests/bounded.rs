@@ -23,7 +23,7 @@ impl Uplink for Bounded {
         UPLINK
     }
 
-    fn deliver<'a>(&'a mut self, bundle: &'a Bundle) -> DeliveryFuture<'a> {
+    fn deliver<'a>(&'a mut self, bundle: &'a Bundle<'_>) -> DeliveryFuture<'a> {
         let answer = (self.answer)(bundle);
         let json = serde_json::to_vec(bundle).unwrap();
         let _ = self.requests.send((

@@ -28,7 +28,7 @@ impl Uplink for Beating {
         UPLINK
     }
 
-    fn deliver<'a>(&'a mut self, bundle: &'a Bundle) -> DeliveryFuture<'a> {
+    fn deliver<'a>(&'a mut self, bundle: &'a Bundle<'_>) -> DeliveryFuture<'a> {
         let devices = bundle
             .entry
             .iter()

@@ -40,7 +40,7 @@ struct Windowed {
 const ACK_EVERY: Duration = Duration::from_millis(10);
 
 impl Windowed {
-    fn record(&self, bundle: &Bundle) -> usize {
+    fn record(&self, bundle: &Bundle<'_>) -> usize {
         let observations = observation_ids(bundle);
         let n = observations.len();
         let _ = self.requests.send(Request {
@@ -77,7 +77,7 @@ impl Uplink for Windowed {
         UPLINK
     }
 
-    fn deliver<'a>(&'a mut self, bundle: &'a Bundle) -> DeliveryFuture<'a> {
+    fn deliver<'a>(&'a mut self, bundle: &'a Bundle<'_>) -> DeliveryFuture<'a> {
         let n = self.record(bundle);
         Box::pin(async move {
             for _ in 0..n {
@@ -91,7 +91,7 @@ impl Uplink for Windowed {
         Some(self.window)
     }
 
-    fn send<'a>(&'a mut self, bundle: &'a Bundle) -> DeliveryFuture<'a> {
+    fn send<'a>(&'a mut self, bundle: &'a Bundle<'_>) -> DeliveryFuture<'a> {
         self.record(bundle);
         Box::pin(std::future::ready(Ok(())))
     }
