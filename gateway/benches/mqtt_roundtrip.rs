@@ -348,7 +348,7 @@ fn gateway_run(rt: &Runtime, mode: &str, n: u32, window: u16) -> Figures {
     let cpu_live = cpu_secs(pid);
     let written_live = proc_value(&format!("/proc/{pid}/io"), "write_bytes:");
     let rss_live = proc_value(&format!("/proc/{pid}/status"), "VmHWM:");
-    daemon.stop();
+    let live_log = daemon.stop();
 
     // Backlog: published while the daemon is stopped, kept by its persistent session.
     rt.block_on(generate(device.port(), half, n - half, window));
@@ -360,16 +360,31 @@ fn gateway_run(rt: &Runtime, mode: &str, n: u32, window: u16) -> Figures {
     let cpu = cpu_live + cpu_secs(pid);
     let written = written_live + proc_value(&format!("/proc/{pid}/io"), "write_bytes:");
     let rss = rss_live.max(proc_value(&format!("/proc/{pid}/status"), "VmHWM:"));
-    daemon.stop();
+    let backlog_log = daemon.stop();
 
     let t = tally.lock().unwrap();
     assert_eq!(t.ids.len(), n as usize, "{mode}: readings lost");
+    // What the daemon said about its connections and its shutdown, if a reading came
+    // twice.
+    let said = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| {
+                l.contains("WARN")
+                    || l.contains("shutdown")
+                    || l.contains("connected")
+                    || l.contains("stopped")
+            })
+            .map(str::to_string)
+            .collect()
+    };
     assert_eq!(
         t.total,
         u64::from(n),
-        "{mode}: readings duplicated, e.g. {:?}; the counter's connection errors: {:?}",
+        "{mode}: readings duplicated, e.g. {:?}; the counter's connection errors: {:?}; the daemon, live: {:#?}; from a backlog: {:#?}",
         t.again,
-        t.errors
+        t.errors,
+        said(&live_log),
+        said(&backlog_log)
     );
     Figures {
         live,
