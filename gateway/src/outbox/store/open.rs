@@ -15,6 +15,9 @@ use crate::outbox::OutboxError;
 /// automatic checkpoint of 1,000 pages).
 pub const WAL_LIMIT_BYTES: i64 = 4 * 1024 * 1024;
 
+/// SQLite's page cache, as `PRAGMA cache_size` takes it (negative: KiB).
+const PAGE_CACHE_KIB: i64 = -512;
+
 /// The schema version this code writes.
 pub const SCHEMA_VERSION: i64 = 1;
 
@@ -142,6 +145,12 @@ impl Store {
         // The write-ahead log goes back to at most this size after a checkpoint, so one
         // large transaction (a drain, a vacuum) does not keep its disk space for ever.
         conn.pragma_update(None, "journal_size_limit", WAL_LIMIT_BYTES)
+            .map_err(sql(path))?;
+        // A page cache of 512 KiB instead of SQLite's 2 MiB: the writer appends at one end
+        // of `rows` and deletes at the other, and what it reads again is in the system's
+        // page cache anyway. In the MQTT round trip this took 1.5 MiB off the daemon's
+        // peak RSS at the same speed (docs/benchmarks.md).
+        conn.pragma_update(None, "cache_size", PAGE_CACHE_KIB)
             .map_err(sql(path))?;
         let mut store = Store {
             conn,
