@@ -17,27 +17,15 @@ pub fn device_resource_id(pseudonym: &str) -> String {
     uuid_text(bytes)
 }
 
-/// Formats 16 bytes as a version-8 (RFC 9562) UUID.
-pub(super) fn uuid_text(mut b: [u8; 16]) -> String {
-    b[6] = (b[6] & 0x0f) | 0x80;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    // Written into one buffer (two per Observation: the hex crate's `encode` collects
-    // chars one by one, `format!` copies again).
-    let mut h = [0u8; 32];
-    if hex::encode_to_slice(b, &mut h).is_err() {
-        return String::new();
-    }
-    let mut out = String::with_capacity(36);
-    for (i, range) in [0..8, 8..12, 12..16, 16..20, 20..32]
-        .into_iter()
-        .enumerate()
-    {
-        if i > 0 {
-            out.push('-');
-        }
-        out.push_str(std::str::from_utf8(&h[range]).unwrap_or_default());
-    }
-    out
+/// Formats 16 bytes as a version-8 (RFC 9562) UUID: the `uuid` crate sets the version
+/// and variant bits and writes the lowercase hyphenated text into one buffer.
+pub(super) fn uuid_text(b: [u8; 16]) -> String {
+    let mut buf = uuid::Uuid::encode_buffer();
+    uuid::Builder::from_custom_bytes(b)
+        .into_uuid()
+        .hyphenated()
+        .encode_lower(&mut buf)
+        .to_owned()
 }
 
 /// The FHIR Device for a measuring device. It carries only the pseudonym and what names
