@@ -10,13 +10,13 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
-
-/// The bytes the authentication tag adds to a sealed value (AES-256-GCM).
-pub const TAG_LEN: usize = 16;
 use ring::hkdf;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::secret_file::{read_key_file, retired_path, KeyError, KEY_LEN};
+
+/// The bytes the authentication tag adds to a sealed value (AES-256-GCM).
+pub const TAG_LEN: usize = 16;
 
 const SALT: &[u8] = b"iomt-gateway outbox v1";
 
@@ -221,6 +221,9 @@ mod tests {
             Err(SealError::UnknownKey(_))
         ));
         assert!(!s.ciphertext.windows(11).any(|w| w == b"observation"));
+        // The room `pack` leaves is the tag the cipher appends.
+        assert_eq!(TAG_LEN, AES_256_GCM.tag_len());
+        assert_eq!(s.ciphertext.len(), b"observation".len() + TAG_LEN);
     }
 
     #[test]
