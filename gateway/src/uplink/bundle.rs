@@ -45,6 +45,64 @@ pub struct Item<'a> {
     pub json: &'a RawValue,
 }
 
+/// Before each entry's id in its `fullUrl`.
+const FULL_URL: &str = "urn:uuid:";
+/// Before a Device's id in its PUT's `url`.
+const DEVICE_URL: &str = "Device/";
+/// The `url` of an Observation's POST.
+const OBSERVATION_URL: &str = "Observation";
+/// Before an Observation's identifier in its `ifNoneExist`.
+const IF_NONE_EXIST: &str = "identifier=";
+
+/// Bytes of a Bundle's JSON around its entries, rounded up:
+/// `{"resourceType":"Bundle","type":"transaction","entry":[`, `]}` and no more (58).
+const ENVELOPE_LEN: usize = 64;
+
+/// Bytes of an entry's JSON besides its resource and the strings of its `fullUrl`,
+/// `url` and `ifNoneExist`, rounded up: the keys, quotes, punctuation and method of
+/// `{"fullUrl":"","resource":,"request":{"method":"POST","url":"","ifNoneExist":""}},`
+/// (81). The strings are ids and identifiers the gateway made: nothing in them is escaped.
+const ENTRY_KEYS_LEN: usize = 96;
+
+/// At least the length of `entry` in a Bundle's JSON.
+fn entry_len(entry: &BundleEntry<'_>) -> usize {
+    ENTRY_KEYS_LEN
+        .saturating_add(entry.resource.get().len())
+        .saturating_add(entry.full_url.len())
+        .saturating_add(entry.request.url.len())
+        .saturating_add(entry.request.if_none_exist.as_ref().map_or(0, String::len))
+}
+
+/// At least the length of `bundle` as JSON (a buffer of this size takes it whole).
+pub fn encoded_len(bundle: &Bundle<'_>) -> usize {
+    bundle
+        .entry
+        .iter()
+        .fold(ENVELOPE_LEN, |n, e| n.saturating_add(entry_len(e)))
+}
+
+/// At least the length of the entry [`build`] makes for Device `id` (the same measure as
+/// [`encoded_len`], before the entry exists).
+pub fn device_entry_len(id: &str, json: &RawValue) -> usize {
+    ENTRY_KEYS_LEN + FULL_URL.len() + DEVICE_URL.len() + 2 * id.len() + json.get().len()
+}
+
+/// At least the length of the entry [`build`] makes for an Observation.
+pub fn observation_entry_len(id: &str, identifier: Option<&str>, json: &RawValue) -> usize {
+    ENTRY_KEYS_LEN
+        + FULL_URL.len()
+        + id.len()
+        + OBSERVATION_URL.len()
+        + identifier.map_or(0, |i| IF_NONE_EXIST.len() + i.len())
+        + json.get().len()
+}
+
+/// At least the length of a Bundle of the gateway's Device `(id, json)` alone: where
+/// every Bundle starts.
+pub fn base_len(gateway: (&str, &RawValue)) -> usize {
+    ENVELOPE_LEN + device_entry_len(gateway.0, gateway.1)
+}
+
 /// Builds a transaction Bundle: the gateway and the referenced measuring devices as PUTs
 /// to their deterministic ids, then each Observation as a conditional create on its
 /// identifier (`ifNoneExist`), so a retry never duplicates.
@@ -71,11 +129,11 @@ pub fn build<'a>(
             None => Cow::Borrowed(device),
         };
         entry.push(BundleEntry {
-            full_url: format!("urn:uuid:{id}"),
+            full_url: format!("{FULL_URL}{id}"),
             resource,
             request: BundleRequest {
                 method: "PUT".into(),
-                url: format!("Device/{id}"),
+                url: format!("{DEVICE_URL}{id}"),
                 if_none_exist: None,
             },
         });
@@ -91,12 +149,12 @@ pub fn build<'a>(
         }
         first.insert(key, item.row);
         entry.push(BundleEntry {
-            full_url: format!("urn:uuid:{}", item.id),
+            full_url: format!("{FULL_URL}{}", item.id),
             resource: Cow::Borrowed(item.json),
             request: BundleRequest {
                 method: "POST".into(),
-                url: "Observation".into(),
-                if_none_exist: item.identifier.map(|i| format!("identifier={i}")),
+                url: OBSERVATION_URL.into(),
+                if_none_exist: item.identifier.map(|i| format!("{IF_NONE_EXIST}{i}")),
             },
         });
         rows_of_entries.push(Some(item.row));
@@ -165,6 +223,39 @@ mod tests {
         );
         assert_eq!(built.rows_of_entries, [None, None, Some(0), Some(1)]);
         assert_eq!(built.duplicates, [(2, 0), (3, 0)]);
+    }
+
+    #[test]
+    fn the_measured_lengths_are_at_least_the_json_written() {
+        let gateway = raw(r#"{"resourceType":"Device","id":"0123-gw"}"#);
+        let device = raw(r#"{"resourceType":"Device","id":"dev-1","note":"a \"quoted\" word"}"#);
+        let devices = HashMap::from([("dev-1".to_string(), device)]);
+        let (a, b) = (raw(r#"{"id":"a"}"#), raw(r#"{"id":"bb"}"#));
+        let items = [
+            item(0, "a", Some("urn:ietf:rfc:3986|urn:uuid:a"), &a),
+            item(1, "bb", None, &b),
+        ];
+        let none = HashMap::new();
+        let alone = build(("0123-gw", &gateway), &none, HashMap::new(), &[]);
+        let built = build(("0123-gw", &gateway), &devices, HashMap::new(), &items);
+        let len = |b: &Bundle<'_>| serde_json::to_vec(b).unwrap().len();
+        assert!(len(&alone.bundle) <= base_len(("0123-gw", &gateway)));
+        assert!(len(&built.bundle) <= encoded_len(&built.bundle));
+        let entry = |i: usize| serde_json::to_vec(&built.bundle.entry[i]).unwrap().len() + 1;
+        assert!(entry(1) <= device_entry_len("dev-1", &devices["dev-1"]));
+        assert!(entry(2) <= observation_entry_len("a", Some("urn:ietf:rfc:3986|urn:uuid:a"), &a));
+        assert!(entry(3) <= observation_entry_len("bb", None, &b));
+        // The measures before the entries exist are the one made of them.
+        for (i, measured) in [
+            device_entry_len("dev-1", &devices["dev-1"]),
+            observation_entry_len("a", Some("urn:ietf:rfc:3986|urn:uuid:a"), &a),
+            observation_entry_len("bb", None, &b),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            assert_eq!(measured, entry_len(&built.bundle.entry[i + 1]));
+        }
     }
 
     #[test]

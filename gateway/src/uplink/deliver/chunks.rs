@@ -5,10 +5,9 @@
 
 use std::collections::HashSet;
 
-use serde_json::value::RawValue;
-
 use super::Loop;
 use crate::outbox::Fetched;
+use crate::uplink::bundle;
 
 /// One row's share of a Bundle, for [`chunks`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,35 +89,33 @@ impl Loop<'_> {
         }
     }
 
-    /// The rows of `sendable` in Bundles of at most `max` bytes (an upper estimate of
-    /// each entry's JSON: the resource as stored and the request around it).
+    /// The rows of `sendable` in Bundles of at most `max` bytes (each entry measured as
+    /// `bundle::encoded_len` measures it: the resource as stored and the request around
+    /// it).
     pub(super) fn chunk(
         &self,
         fetched: &Fetched,
         sendable: &[usize],
         max: usize,
     ) -> Vec<(Vec<usize>, usize)> {
-        const ENTRY: usize = 128;
-        let device_bytes = |id: &str, json: &RawValue| ENTRY + 2 * id.len() + json.get().len();
         let gateway = &self.gateway[usize::from(!self.clock.synchronized())];
-        let base = ENTRY + device_bytes(&gateway.0, &gateway.1);
+        let base = bundle::base_len((&gateway.0, &gateway.1));
         let shares: Vec<Share<'_>> = sendable
             .iter()
             .map(|&i| {
                 let row = &fetched.rows[i];
                 let bytes = row.observation.as_ref().map_or(0, |o| {
-                    ENTRY
-                        + o.id.len()
-                        + o.identifier.as_ref().map_or(0, String::len)
-                        + o.json.get().len()
+                    bundle::observation_entry_len(&o.id, o.identifier.as_deref(), &o.json)
                 });
                 Share {
                     row: i,
                     bytes,
-                    device: fetched
-                        .devices
-                        .get(row.device_id.as_str())
-                        .map(|d| (row.device_id.as_str(), device_bytes(&row.device_id, d))),
+                    device: fetched.devices.get(row.device_id.as_str()).map(|d| {
+                        (
+                            row.device_id.as_str(),
+                            bundle::device_entry_len(&row.device_id, d),
+                        )
+                    }),
                 }
             })
             .collect();

@@ -48,7 +48,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::{
-    AckedFuture, DeliveryError, DeliveryFuture, Heartbeat, ReachableFuture, Uplink, UplinkError,
+    bundle, AckedFuture, DeliveryError, DeliveryFuture, Heartbeat, ReachableFuture, Uplink,
+    UplinkError,
 };
 use crate::fhir::Bundle;
 use crate::net;
@@ -250,7 +251,7 @@ impl MqttUplink {
             PublishMode::Bundle => {
                 // Sized once: grown by doubling, the buffer of a large Bundle would take
                 // up to twice its size, and copies on the way.
-                let mut json = Vec::with_capacity(encoded_len(bundle));
+                let mut json = Vec::with_capacity(bundle::encoded_len(bundle));
                 serde_json::to_writer(&mut json, bundle).map_err(encode)?;
                 vec![json]
             }
@@ -504,18 +505,6 @@ impl Uplink for MqttUplink {
 /// take 20 ms), while the messages held for a resend and the rows fetched for them stay
 /// bounded (two batches of 1000 were about 8 MB at the peak of the round-trip benchmark).
 pub const MAX_WINDOW: usize = 512;
-
-/// About the length of `bundle` as JSON: its resources and request fields, and the keys
-/// around them.
-fn encoded_len(bundle: &Bundle<'_>) -> usize {
-    bundle.entry.iter().fold(64, |n, e| {
-        n.saturating_add(e.resource.get().len())
-            .saturating_add(e.full_url.len())
-            .saturating_add(e.request.url.len())
-            .saturating_add(e.request.if_none_exist.as_ref().map_or(0, String::len))
-            .saturating_add(96)
-    })
-}
 
 /// Why publishing failed, for what to do with the connection.
 #[derive(Debug)]

@@ -83,9 +83,9 @@ fn a_bundle_is_encoded_into_a_buffer_sized_once() {
     let u = MqttUplink::new(settings(false), "0123456789abcdef0123").unwrap();
     let message = u.messages(&built.bundle).unwrap().remove(0);
     assert_eq!(message, serde_json::to_vec(&built.bundle).unwrap());
-    assert!(message.len() <= encoded_len(&built.bundle));
+    assert!(message.len() <= crate::uplink::bundle::encoded_len(&built.bundle));
     assert!(
-        message.capacity() == encoded_len(&built.bundle),
+        message.capacity() == crate::uplink::bundle::encoded_len(&built.bundle),
         "the buffer grew"
     );
 }
