@@ -296,45 +296,78 @@ fn the_mqtt_uplink_delivers_again_within_seconds_of_the_cloud_broker_coming_back
     assert_eq!(sink(&kit), (200, 0));
 }
 
+/// The gateway between two mosquittos (each keeps up to a million messages): its MQTT
+/// driver on the device broker (`max_in_flight` 64), the FHIR uplink, and an MQTT uplink
+/// named `cloud` to the cloud broker with the keys `uplink` (topic, mode...); a collector
+/// `client` subscribed to `filter` there. Returned once the driver is subscribed.
+struct CloudRun {
+    kit: Kit,
+    broker: Mosquitto,
+    /// The cloud broker, kept running while the test runs.
+    _cloud: Mosquitto,
+    collector: Collector,
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl CloudRun {
+    fn start(client: &str, filter: &str, uplink: &str) -> CloudRun {
+        let mut kit = Kit::new();
+        let broker =
+            Mosquitto::start(&kit.path("broker"), "max_queued_messages 1000000\n").unwrap();
+        let cloud = Mosquitto::start(&kit.path("cloud"), "max_queued_messages 1000000\n").unwrap();
+        let collector = kit
+            .rt
+            .block_on(Collector::start(cloud.port(), client, filter));
+        let uplink = format!(
+            "\n[[uplinks]]\nkind = \"mqtt\"\nname = \"cloud\"\nurl = \"mqtt://127.0.0.1:{}\"\n{uplink}\n",
+            cloud.port()
+        );
+        let config = config(&kit, broker.port(), 64, &uplink);
+        let (mut child, log) = kit.start(&config);
+        wait_logged(
+            &mut child,
+            &log,
+            "the gateway to connect",
+            // The ingest driver's line (the MQTT uplink logs its own connection too).
+            "subscriptions=",
+        );
+        CloudRun {
+            kit,
+            broker,
+            _cloud: cloud,
+            collector,
+            child,
+            log,
+        }
+    }
+}
+
 /// Observation mode under load: the uplink keeps a window of unacknowledged messages
 /// (each row marked delivered on its PUBACK, more rows fetched while others wait), and
 /// every reading reaches the cloud broker exactly once.
 #[test]
 fn observation_mode_under_load_delivers_every_reading_once() {
     const N: u32 = 5000;
-    let mut kit = Kit::new();
-    let broker = Mosquitto::start(&kit.path("broker"), "max_queued_messages 1000000\n").unwrap();
-    let cloud = Mosquitto::start(&kit.path("cloud"), "max_queued_messages 1000000\n").unwrap();
-    let collector = kit
-        .rt
-        .block_on(Collector::start(cloud.port(), "cloud-subscriber", "fhir/#"));
-    let uplink = format!(
-        "\n[[uplinks]]\nkind = \"mqtt\"\nname = \"cloud\"\nurl = \"mqtt://127.0.0.1:{}\"\ntopic = \"fhir/{{gateway}}/observations\"\nmode = \"observation\"\nbatch_size = 100\ntimeout_secs = 10\n",
-        cloud.port()
+    let run = CloudRun::start(
+        "cloud-subscriber",
+        "fhir/#",
+        "topic = \"fhir/{gateway}/observations\"\nmode = \"observation\"\nbatch_size = 100\ntimeout_secs = 10",
     );
-    let config = config(&kit, broker.port(), 64, &uplink);
-    let (mut child, log) = kit.start(&config);
-    wait_logged(
-        &mut child,
-        &log,
-        "the gateway to connect",
-        // The ingest driver's line (the MQTT uplink logs its own connection too).
-        "subscriptions=",
-    );
-    publish_in_background(broker.port(), N).join().unwrap();
+    publish_in_background(run.broker.port(), N).join().unwrap();
     common::wait_until(
         Duration::from_secs(120),
         "every reading at the cloud",
-        || received(&collector).0 >= N as usize,
+        || received(&run.collector).0 >= N as usize,
     );
     common::wait_until(Duration::from_secs(30), "the outbox empty", || {
-        kit.try_outbox_status().ok().is_some_and(|s| {
+        run.kit.try_outbox_status().ok().is_some_and(|s| {
             s["rows"] == 0 && common::uplink_named(&s, "cloud").is_some_and(|u| u["delivered"] == N)
         })
     });
-    sigterm_and_wait(child, &log);
-    assert_eq!(received(&collector), (N as usize, N as usize));
-    assert_eq!(sink(&kit), (N as usize, 0));
+    sigterm_and_wait(run.child, &run.log);
+    assert_eq!(received(&run.collector), (N as usize, N as usize));
+    assert_eq!(sink(&run.kit), (N as usize, 0));
 }
 
 /// Bundle mode with `max_message_bytes` far below a batch's Bundle: each message stays
@@ -344,20 +377,12 @@ fn observation_mode_under_load_delivers_every_reading_once() {
 fn bundle_mode_keeps_every_message_within_max_message_bytes() {
     const N: u32 = 1000;
     const MAX: usize = 8192;
-    let mut kit = Kit::new();
-    let broker = Mosquitto::start(&kit.path("broker"), "max_queued_messages 1000000\n").unwrap();
-    let cloud = Mosquitto::start(&kit.path("cloud"), "max_queued_messages 1000000\n").unwrap();
-    let collector = kit
-        .rt
-        .block_on(Collector::start(cloud.port(), "cloud-bundles", "gw/#"));
-    let uplink = format!(
-        "\n[[uplinks]]\nkind = \"mqtt\"\nname = \"cloud\"\nurl = \"mqtt://127.0.0.1:{}\"\ntopic = \"gw/{{gateway}}/bundle\"\nbatch_size = 500\nmax_message_bytes = {MAX}\n",
-        cloud.port()
+    let run = CloudRun::start(
+        "cloud-bundles",
+        "gw/#",
+        &format!("topic = \"gw/{{gateway}}/bundle\"\nbatch_size = 500\nmax_message_bytes = {MAX}"),
     );
-    let config = config(&kit, broker.port(), 64, &uplink);
-    let (mut child, log) = kit.start(&config);
-    wait_logged(&mut child, &log, "the gateway to connect", "subscriptions=");
-    publish_in_background(broker.port(), N).join().unwrap();
+    publish_in_background(run.broker.port(), N).join().unwrap();
     let observations = |c: &Collector| -> (HashSet<String>, usize) {
         let mut ids = HashSet::new();
         let mut total = 0;
@@ -377,11 +402,15 @@ fn bundle_mode_keeps_every_message_within_max_message_bytes() {
     common::wait_until(
         Duration::from_secs(120),
         "every reading at the cloud",
-        || observations(&collector).0.len() >= N as usize,
+        || observations(&run.collector).0.len() >= N as usize,
     );
-    sigterm_and_wait(child, &log);
-    assert_eq!(observations(&collector).1, N as usize, "each reading once");
-    let bundles = collector.received();
+    sigterm_and_wait(run.child, &run.log);
+    assert_eq!(
+        observations(&run.collector).1,
+        N as usize,
+        "each reading once"
+    );
+    let bundles = run.collector.received();
     assert!(
         bundles.len() > (N as usize) * 1500 / MAX,
         "{} messages for {N} Observations of about 1.5 kB",
