@@ -166,6 +166,9 @@ impl<'a> Loop<'a> {
 
     async fn pass_once(&mut self, batch: usize) -> Result<Pass, DeliveryError> {
         let max_bytes = self.uplink.max_bundle_bytes();
+        // Rows fetched ahead were read before the loop last looked at the commit
+        // notification: fewer than asked for then does not mean nothing waits now.
+        let prefetched = self.prefetch.is_some();
         let (mut fetched, limit) = match self.prefetch.take() {
             Some(prefetch) => (
                 prefetch
@@ -266,9 +269,12 @@ impl<'a> Loop<'a> {
                 Step::Retry(e) => return Err(e),
             }
         }
-        // Rows held for the clock wait for its next change, not for another fetch.
+        // Rows held for the clock wait for its next change, not for another fetch. A short
+        // batch fetched ahead is followed by a fresh fetch: rows committed after it was
+        // read, and before this pass began, woke no one (their notification was taken
+        // at the top of the loop), and would wait for the next commit.
         Ok(Pass::Progress {
-            drained: held_back || fetched_rows < limit,
+            drained: held_back || (fetched_rows < limit && !prefetched),
         })
     }
 
