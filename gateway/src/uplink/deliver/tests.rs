@@ -18,6 +18,7 @@ use crate::outbox::{read_dead_letters, read_status, Append, Outbox, OutboxSettin
 use crate::uplink::{DeliveryError, DeliveryFuture, Uplink};
 
 mod bounded;
+mod fetch_ahead;
 mod heartbeat;
 mod window;
 
