@@ -19,8 +19,7 @@ async fn transactions_started(bed: &Bed, n: u64) {
 }
 
 #[tokio::test(start_paused = true)]
-async fn rows_committed_after_a_short_batch_was_fetched_ahead_are_sent_without_another_commit(
-) {
+async fn rows_committed_after_a_short_batch_was_fetched_ahead_are_sent_without_another_commit() {
     // 150 rows in batches of 100: while the first batch is on its way (the server takes
     // 10 s), the 50 after it are fetched ahead. Rows 150..160 commit after that read and
     // before the loop looks at the commit notification again, which it then takes: the
