@@ -2,10 +2,10 @@
 //! [`LineDecoder`] reads each with a regular expression with named captures, one capture
 //! per field.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
 
 use super::{DecodeError, FieldSpec};
 use crate::reading::{DeviceIdentity, DeviceTime, Reading};
@@ -20,11 +20,67 @@ pub struct LineTimestamp {
     pub format: String,
 }
 
-/// A compiled line decoder.
+/// The most bytes a line regex may compile to (`regex`'s size limit).
+pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// A line decoder's regular expression: checked when it is made, compiled when it first
+/// reads a line.
+///
+/// Every profile is loaded and checked at start, but only the profiles of configured
+/// ports read lines, and a compiled regex with Unicode classes such as `\d` and `\s`
+/// holds a few hundred KiB: a profile that reads nothing keeps only its pattern. Clones
+/// share the compiled regex.
+#[derive(Debug, Clone)]
+pub struct LineRegex {
+    pattern: String,
+    compiled: Arc<OnceLock<Result<Regex, String>>>,
+}
+
+impl LineRegex {
+    /// Checks `pattern` by compiling it (then dropping what was compiled); returns the
+    /// regex and the names of its captures, in order.
+    pub fn new(pattern: &str) -> Result<(Self, Vec<String>), regex::Error> {
+        let names = compile(pattern)?
+            .capture_names()
+            .flatten()
+            .map(str::to_string)
+            .collect();
+        Ok((
+            Self {
+                pattern: pattern.to_string(),
+                compiled: Arc::default(),
+            },
+            names,
+        ))
+    }
+
+    /// The pattern.
+    pub fn as_str(&self) -> &str {
+        &self.pattern
+    }
+
+    /// The compiled regex (compiled on the first call).
+    fn regex(&self) -> Result<&Regex, DecodeError> {
+        self.compiled
+            .get_or_init(|| compile(&self.pattern).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| {
+                DecodeError::Mismatch(format!("the profile's regex does not compile: {e}"))
+            })
+    }
+}
+
+fn compile(pattern: &str) -> Result<Regex, regex::Error> {
+    RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+}
+
+/// A line decoder.
 #[derive(Debug, Clone)]
 pub struct LineDecoder {
     /// The regex applied to each line (without its terminator).
-    pub regex: Regex,
+    pub regex: LineRegex,
     /// The fields, each read from the capture named in its `source`.
     pub fields: Vec<FieldSpec>,
     /// The device timestamp, if the line carries one.
@@ -40,7 +96,7 @@ impl LineDecoder {
         received_at: DateTime<Utc>,
     ) -> Result<Reading, DecodeError> {
         let line = line.trim_end_matches(['\r', '\n']);
-        let caps = self.regex.captures(line).ok_or_else(|| {
+        let caps = self.regex.regex()?.captures(line).ok_or_else(|| {
             DecodeError::Mismatch(format!(
                 "line of {} characters does not match the profile's regex",
                 line.len()
@@ -202,7 +258,7 @@ mod tests {
 
     fn masimo() -> LineDecoder {
         LineDecoder {
-            regex: Regex::new(r"^(?P<date>\d\d/\d\d/\d\d) (?P<time>\d\d:\d\d:\d\d) .*SPO2=(?P<spo2>[-\d]+)%? BPM=(?P<bpm>[-\d]+)").unwrap(),
+            regex: LineRegex::new(r"^(?P<date>\d\d/\d\d/\d\d) (?P<time>\d\d:\d\d:\d\d) .*SPO2=(?P<spo2>[-\d]+)%? BPM=(?P<bpm>[-\d]+)").unwrap().0,
             fields: vec![field("spo2", "%"), field("bpm", "/min")],
             timestamp: Some(LineTimestamp {
                 captures: vec!["date".into(), "time".into()],
@@ -313,5 +369,21 @@ mod tests {
         let out = split("\n", 100, &[b"\n\xff\xfe\n", b"A=1\n"]);
         assert_eq!(out.len(), 3);
         assert_eq!(out[2], line("A=1"));
+    }
+
+    #[test]
+    fn a_line_regex_is_compiled_by_its_first_line_and_shared_by_its_clones() {
+        let d = masimo();
+        assert!(d.regex.as_str().starts_with(r"^(?P<date>"));
+        assert!(d.regex.compiled.get().is_none(), "checked, not kept");
+        let copy = d.clone();
+        copy.decode("02/15/24 10:41:03 SPO2=097% BPM=072", device(), Utc::now())
+            .unwrap();
+        assert!(d.regex.compiled.get().is_some_and(|r| r.is_ok()));
+        // An invalid pattern is refused when the regex is made, with regex's reason.
+        let e = LineRegex::new(r"(?P<spo2>[-\d+").unwrap_err();
+        assert!(e.to_string().contains("unclosed"), "{e}");
+        let (_, names) = LineRegex::new(r"(?P<a>\d)-(?P<b>\d)").unwrap();
+        assert_eq!(names, ["a", "b"]);
     }
 }

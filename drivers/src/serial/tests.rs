@@ -2,11 +2,9 @@
 
 use std::time::Duration;
 
-use regex::Regex;
-
 use super::pty::Pty;
 use super::*;
-use crate::decode::line::LineDecoder;
+use crate::decode::line::{LineDecoder, LineRegex};
 use crate::decode::FieldSpec;
 use crate::reading::{Reading, Transport};
 
@@ -24,7 +22,9 @@ fn masimo_framing() -> Arc<Framing> {
         terminator: "\r\n".into(),
         max_length: 256,
         decoder: LineDecoder {
-            regex: Regex::new(r"SPO2=(?P<spo2>[-\d]+)%? BPM=(?P<bpm>[-\d]+)").unwrap(),
+            regex: LineRegex::new(r"SPO2=(?P<spo2>[-\d]+)%? BPM=(?P<bpm>[-\d]+)")
+                .unwrap()
+                .0,
             fields: vec![field("spo2", "%"), field("bpm", "/min")],
             timestamp: None,
         },
@@ -205,10 +205,11 @@ fn live_port(path: &str) -> PortConfig {
             terminator: "\r\n".into(),
             max_length: 256,
             decoder: LineDecoder {
-                regex: Regex::new(
+                regex: LineRegex::new(
                     r"^(?P<date>\S+) (?P<time>\S+) SPO2=(?P<spo2>[-\d]+)%? BPM=(?P<bpm>[-\d]+)",
                 )
-                .unwrap(),
+                .unwrap()
+                .0,
                 fields: vec![field("spo2", "%"), field("bpm", "/min")],
                 timestamp: Some(crate::decode::line::LineTimestamp {
                     captures: vec!["date".into(), "time".into()],

@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use iomt_drivers::decode::line::{LineDecoder, LineTimestamp};
+use iomt_drivers::decode::line::{LineDecoder, LineRegex, LineTimestamp};
 use iomt_drivers::decode::stream::Framing;
 use toml::Spanned;
 
@@ -18,10 +18,7 @@ pub(super) fn line_framing(
     c: &mut Check<'_>,
 ) -> Option<Framing> {
     let line = line.get_ref();
-    let regex = match regex::RegexBuilder::new(line.regex.get_ref())
-        .size_limit(1 << 20)
-        .build()
-    {
+    let (regex, names) = match LineRegex::new(line.regex.get_ref()) {
         Ok(r) => r,
         Err(e) => {
             c.at(
@@ -34,7 +31,6 @@ pub(super) fn line_framing(
             return None;
         }
     };
-    let names: Vec<&str> = regex.capture_names().flatten().collect();
     let mut specs = Vec::new();
     for f in fields {
         let f = f.get_ref();
@@ -49,7 +45,7 @@ pub(super) fn line_framing(
             .as_ref()
             .map(|c| c.get_ref().clone())
             .unwrap_or_else(|| f.name.get_ref().clone());
-        if !names.contains(&capture.as_str()) {
+        if !names.contains(&capture) {
             let span = f
                 .capture
                 .as_ref()
@@ -84,7 +80,7 @@ pub(super) fn line_framing(
         None
     } else {
         for cap in &line.timestamp_captures {
-            if !names.contains(&cap.get_ref().as_str()) {
+            if !names.contains(cap.get_ref()) {
                 c.at(
                     cap.span(),
                     format!("the regex has no named capture `{}`", cap.get_ref()),
