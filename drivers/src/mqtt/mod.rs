@@ -14,12 +14,14 @@
 //! the gateway's dead letters through the [`RejectSender`], and is acknowledged once that is
 //! committed: a bad message is kept, never redelivered forever, and never stops the driver.
 //! PUBACKs are sent in the order the messages arrived (MQTT 3.1.1, 4.6): the driver's loop
-//! keeps the messages waiting for their commit, oldest first, and hands each PUBACK to
-//! rumqttc without waiting (rumqttc takes requests only while its event loop is polled, so
-//! a loop that waited on it would deadlock). At most `max_in_flight` messages wait: with
-//! that many, the driver stops polling rumqttc's event loop, so nothing more is read from
-//! the socket until a commit frees room, and TCP holds the broker back (backpressure: a
-//! slow outbox slows the broker's deliveries). The broker's own in-flight window
+//! keeps the messages waiting for their commit, oldest first, and writes the PUBACKs of
+//! those committed straight to the connection between polls of rumqttc's event loop, all
+//! that are ready with one flush (`acks.rs` says why not through rumqttc's client). At
+//! most `max_in_flight` messages are owed a PUBACK (waiting for their commit, or for their
+//! PUBACK to be written): with that many, the driver stops polling rumqttc's event loop,
+//! so nothing more is read from the socket until a commit frees room, and TCP holds the
+//! broker back (backpressure: a slow outbox slows the broker's deliveries). It also bounds
+//! what the broker delivers again, so stores twice, after a crash. The broker's own in-flight window
 //! (mosquitto's `max_inflight_messages`) is not relied on: mosquitto 2.0.11 lets more
 //! unacknowledged messages out than it once PUBACKs flow. When rumqttc already holds a
 //! message read beyond the bound, a warning says the broker's window is the larger.
@@ -137,7 +139,8 @@ pub struct MqttConfig {
     pub keep_alive: Duration,
     /// The largest payload accepted, in bytes (each profile may set a smaller one).
     pub max_payload: usize,
-    /// The most messages waiting for their commit before the driver stops reading.
+    /// The most messages owed a PUBACK (waiting for their commit or for their PUBACK)
+    /// before the driver stops reading.
     pub max_in_flight: usize,
     /// First reconnect delay.
     pub reconnect_initial: Duration,
@@ -425,35 +428,56 @@ async fn run(config: MqttConfig, tx: ReadingSender, cancel: CancellationToken) -
     let mut unreadable: Option<usize> = None;
     let broker = format!("{}:{}", config.host, config.port);
     let mut connected = false;
+    // How long writing PUBACKs may take before the connection counts as lost (rumqttc's
+    // own bound on a flush).
+    let ack_timeout = Duration::from_secs(eventloop.network_options.connection_timeout());
     loop {
-        acks.flush(&client);
-        // The bound: with `max_in_flight` messages waiting for their commit, the event
-        // loop is not polled, so nothing more is read from the socket until a commit
-        // frees room (TCP holds the broker back). Each poll yields at most one message
-        // (rumqttc returns what it has buffered before reading again).
-        let full = acks.pending.len() >= capacity;
-        if full && !acks.warned && broker_sent_more(&eventloop) {
-            acks.warned = true;
-            tracing::warn!(broker = %broker, waiting = acks.pending.len(), max_in_flight = capacity, "the broker sends more unacknowledged messages than mqtt.max_in_flight; the gateway stops reading until commits free room (lower the broker's in-flight window to max_in_flight; mosquitto: max_inflight_messages)");
-        }
-        if let Some(delay) = acks.resync_due() {
-            // A commit failed: the broker holds those messages as in flight and sends
-            // them again only to a new connection. Events rumqttc still holds from this
-            // connection (messages read, not taken) would come after the reconnect and
-            // be taken twice: they go too, the broker sends them again.
+        // The PUBACKs of what is committed first, all at once (see `acks`).
+        let written = tokio::select! {
+            _ = cancel.cancelled() => break,
+            w = tokio::time::timeout(ack_timeout, acks.write(&mut eventloop, &client)) => w,
+        };
+        let failed = match written {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(rumqttc::ConnectionError::MqttState(e)),
+            Err(_) => Some(rumqttc::ConnectionError::FlushTimeout),
+        };
+        let event = if let Some(e) = failed {
+            // The connection failed under the PUBACKs: it is dropped as the event loop
+            // drops a failed one, and the error handled as its own.
             eventloop.clean();
-            eventloop.state.events.clear();
-            acks.disconnected();
-            connected = false;
+            Err(e)
+        } else {
+            // The bound: with `max_in_flight` messages the broker holds as unacknowledged
+            // (waiting for their commit, or for their PUBACK to be written), the event loop is
+            // not polled, so nothing more is read from the socket until a commit frees room
+            // (TCP holds the broker back). Each poll yields at most one message (rumqttc
+            // returns what it has buffered before reading again). Without a connection it is
+            // polled, to connect.
+            let full = acks.outstanding() >= capacity && eventloop.network.is_some();
+            if full && !acks.warned && broker_sent_more(&eventloop) {
+                acks.warned = true;
+                tracing::warn!(broker = %broker, waiting = acks.outstanding(), max_in_flight = capacity, "the broker sends more unacknowledged messages than mqtt.max_in_flight; the gateway stops reading until commits free room (lower the broker's in-flight window to max_in_flight; mosquitto: max_inflight_messages)");
+            }
+            if let Some(delay) = acks.resync_due() {
+                // A commit failed: the broker holds those messages as in flight and sends
+                // them again only to a new connection. Events rumqttc still holds from this
+                // connection (messages read, not taken) would come after the reconnect and
+                // be taken twice: they go too, the broker sends them again.
+                eventloop.clean();
+                eventloop.state.events.clear();
+                acks.disconnected();
+                connected = false;
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => continue,
+                }
+            }
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(delay) => continue,
+                _ = acks.next_committed() => continue,
+                e = eventloop.poll(), if !full => e,
             }
-        }
-        let event = tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = acks.next_committed() => continue,
-            e = eventloop.poll(), if !full => e,
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -483,7 +507,9 @@ async fn run(config: MqttConfig, tx: ReadingSender, cancel: CancellationToken) -
                 // Not acknowledged: the broker delivers it again after the reconnect.
                 tracing::debug!(topic = %p.topic, "MQTT message left for the next connection (a commit failed)");
             }
-            Ok(Event::Outgoing(rumqttc::Outgoing::PubAck(_))) => acks.written(),
+            Ok(Event::Outgoing(rumqttc::Outgoing::PubAck(_) | rumqttc::Outgoing::PubRec(_))) => {
+                acks.written()
+            }
             Ok(Event::Incoming(Packet::Publish(p))) => match session.handle(p).await {
                 Some(pending) => acks.pending.push_back(pending),
                 None => break,
@@ -524,10 +550,14 @@ async fn run(config: MqttConfig, tx: ReadingSender, cancel: CancellationToken) -
     tokio::pin!(deadline);
     let mut disconnecting = false;
     loop {
-        acks.flush(&client);
+        match tokio::time::timeout(ack_timeout, acks.write(&mut eventloop, &client)).await {
+            Ok(Ok(())) => {}
+            // The connection is gone: the broker delivers what is not acknowledged again.
+            Ok(Err(_)) | Err(_) => break,
+        }
         if acks.is_empty() && !disconnecting {
-            disconnecting = true;
-            let _ = client.try_disconnect();
+            // Behind any acknowledgement still queued in rumqttc's client.
+            disconnecting = client.try_disconnect().is_ok();
         }
         tokio::select! {
             _ = &mut deadline => break,

@@ -73,24 +73,63 @@ fn pending(pkid: u16, ok: bool) -> acks::Pending {
     }
 }
 
+/// The bytes a broker reads from the gateway after its CONNECT: an event loop connected
+/// to a listener on 127.0.0.1 that answers the CONNECT with a CONNACK (the edge of the
+/// test: the PUBACKs' bytes are what is checked).
+async fn connected() -> (AsyncClient, rumqttc::EventLoop, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut o = MqttOptions::new("t", "127.0.0.1", port);
+    o.set_manual_acks(true);
+    let (client, mut eventloop) = AsyncClient::new(o, 8);
+    let broker = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut connect = [0u8; 2];
+        stream.read_exact(&mut connect).await.unwrap();
+        let mut rest = vec![0u8; usize::from(connect[1])];
+        stream.read_exact(&mut rest).await.unwrap();
+        stream.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap();
+        stream
+    });
+    let connack = eventloop.poll().await.unwrap();
+    assert!(
+        matches!(connack, Event::Incoming(Packet::ConnAck(_))),
+        "{connack:?}"
+    );
+    (client, eventloop, broker.await.unwrap())
+}
+
 #[tokio::test]
-async fn after_a_failed_commit_the_reconnect_waits_until_every_puback_is_written() {
-    let (client, _eventloop) = AsyncClient::new(MqttOptions::new("t", "127.0.0.1", 1883), 8);
+async fn ready_pubacks_are_written_together_in_order_and_a_reconnect_after_a_failed_commit_waits_for_them(
+) {
+    use tokio::io::AsyncReadExt;
+    let (client, mut eventloop, mut broker) = connected().await;
     let mut acks = acks::Acks::new(Duration::from_millis(100), Duration::from_secs(1));
     acks.pending.push_back(pending(1, false));
     acks.pending.push_back(pending(2, true));
+    acks.pending.push_back(pending(3, true));
     acks.next_committed().await;
     assert!(acks.resyncing(), "new messages are no longer taken");
-    assert_eq!(acks.resync_due(), None, "message 2 is not settled yet");
-    acks.next_committed().await;
     assert_eq!(
         acks.resync_due(),
         None,
-        "the PUBACK of 2 is not handed over"
+        "messages 2 and 3 are not settled yet"
     );
-    acks.flush(&client);
-    assert_eq!(acks.resync_due(), None, "the PUBACK of 2 is not written");
-    acks.written();
+    acks.next_committed().await;
+    acks.next_committed().await;
+    assert_eq!(acks.outstanding(), 2, "the PUBACKs of 2 and 3 are owed");
+    assert_eq!(
+        acks.resync_due(),
+        None,
+        "the PUBACKs of 2 and 3 are not written"
+    );
+    acks.write(&mut eventloop, &client).await.unwrap();
+    assert_eq!(acks.outstanding(), 0);
+    // PUBACK 2 then PUBACK 3, and nothing for 1 (its commit failed).
+    let mut bytes = [0u8; 8];
+    broker.read_exact(&mut bytes).await.unwrap();
+    assert_eq!(bytes, [0x40, 0x02, 0x00, 0x02, 0x40, 0x02, 0x00, 0x03]);
     assert_eq!(acks.resync_due(), Some(Duration::from_millis(100)));
     assert!(!acks.resyncing());
     // Failing again waits longer; a commit ends the episode.
@@ -101,9 +140,12 @@ async fn after_a_failed_commit_the_reconnect_waits_until_every_puback_is_written
     acks.next_committed().await;
     acks.pending.push_back(pending(3, false));
     acks.next_committed().await;
-    acks.flush(&client);
+    // Without a connection the PUBACK waits for the next one.
+    eventloop.clean();
     acks.disconnected();
-    assert_eq!(acks.resync_due(), Some(Duration::from_millis(100)));
+    acks.write(&mut eventloop, &client).await.unwrap();
+    assert_eq!(acks.outstanding(), 1);
+    assert_eq!(acks.resync_due(), None);
 }
 
 #[test]

@@ -62,8 +62,8 @@ pub struct RawMqtt {
     /// to the dead letters.
     #[serde(default = "default_mqtt_max_payload")]
     pub max_payload_bytes: usize,
-    /// Most messages waiting for their commit before the driver stops reading (default 64;
-    /// 1 to 65535).
+    /// Most messages the broker holds as unacknowledged (waiting for their commit or for
+    /// their PUBACK) before the driver stops reading (default 64; 1 to 65535).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
     /// Most refused messages kept in the dead letters; the oldest go first (default 1000;
@@ -141,7 +141,7 @@ pub struct MqttSettings {
     pub keep_alive: Duration,
     /// Payload limit.
     pub max_payload: usize,
-    /// Messages waiting for their commit.
+    /// Messages waiting for their commit or their PUBACK.
     pub max_in_flight: usize,
     /// Refused messages kept.
     pub dead_letter_limit: usize,
