@@ -7,12 +7,11 @@
 use std::sync::{Arc, OnceLock};
 
 use chrono::{TimeZone, Utc};
-use iomt_drivers::decode::line::{LineDecoder, LineTimestamp};
+use iomt_drivers::decode::line::{LineDecoder, LineRegex, LineTimestamp};
 use iomt_drivers::decode::stream::{Framing, StreamDecoder, StreamProblem};
 use iomt_drivers::decode::FieldSpec;
 use iomt_drivers::{DeviceIdentity, Transport};
 use libfuzzer_sys::fuzz_target;
-use regex::Regex;
 
 const MAX: usize = 96;
 
@@ -31,7 +30,7 @@ fn decoders() -> [Arc<Framing>; 2] {
         terminator: "\r\n".into(),
         max_length: MAX,
         decoder: LineDecoder {
-            regex: Regex::new(r"^(?P<date>\d\d/\d\d/\d\d) (?P<time>\d\d:\d\d:\d\d) .*?SPO2=(?P<spo2>[-\d]+)%?\s+BPM=(?P<bpm>[-\d]+)%?").unwrap(),
+            regex: LineRegex::new(r"^(?P<date>\d\d/\d\d/\d\d) (?P<time>\d\d:\d\d:\d\d) .*?SPO2=(?P<spo2>[-\d]+)%?\s+BPM=(?P<bpm>[-\d]+)%?").unwrap().0,
             fields: vec![field("spo2", "%", None), field("bpm", "/min", Some("0.1"))],
             timestamp: Some(LineTimestamp {
                 captures: vec!["date".into(), "time".into()],
@@ -43,7 +42,7 @@ fn decoders() -> [Arc<Framing>; 2] {
         terminator: "\r".into(),
         max_length: MAX,
         decoder: LineDecoder {
-            regex: Regex::new(r#"^"?(?P<date>\d\d/\d\d/\d\d)"?,"?(?P<time>\d\d:\d\d)"?,(?P<weight>[^,]*),(?P<fat>[^,]*)"#).unwrap(),
+            regex: LineRegex::new(r#"^"?(?P<date>\d\d/\d\d/\d\d)"?,"?(?P<time>\d\d:\d\d)"?,(?P<weight>[^,]*),(?P<fat>[^,]*)"#).unwrap().0,
             fields: vec![field("weight", "kg", None), field("fat", "%", Some("1e3"))],
             timestamp: Some(LineTimestamp {
                 captures: vec!["date".into(), "time".into()],
