@@ -517,6 +517,11 @@ async fn run(config: MqttConfig, tx: ReadingSender, cancel: CancellationToken) -
             Ok(_) => {}
             Err(e) => {
                 acks.disconnected();
+                // Messages rumqttc read from the failed connection and has not yet given
+                // out would come after the reconnect and be taken, while the broker sends
+                // them again as unacknowledged: stored twice. They go; the broker's copies
+                // are taken instead.
+                eventloop.state.events.clear();
                 if let rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
                     rumqttc::Error::PayloadSizeLimitExceeded(size),
                 )) = &e

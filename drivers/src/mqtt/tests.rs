@@ -154,3 +154,129 @@ fn an_oversized_message_up_to_64_mib_is_read_to_be_dead_lettered() {
     assert_eq!(read_limit(16 << 20), 128 << 20);
     assert!(read_limit(usize::MAX) >= OVERSIZED_READ_LIMIT);
 }
+
+/// Reads one MQTT packet: its first byte and its body.
+async fn read_packet(stream: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let first = stream.read_u8().await.unwrap();
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let b = stream.read_u8().await.unwrap();
+        len |= usize::from(b & 0x7f) << shift;
+        shift += 7;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await.unwrap();
+    (first, body)
+}
+
+/// A QoS 1 PUBLISH of a heart rate on `iomt/dev-1/vitals`.
+fn heart_rate(pkid: u16, bpm: u32) -> Vec<u8> {
+    let topic = b"iomt/dev-1/vitals";
+    let payload = format!(r#"{{"heart_rate":{bpm}}}"#).into_bytes();
+    let mut body = Vec::new();
+    body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    body.extend_from_slice(topic);
+    body.extend_from_slice(&pkid.to_be_bytes());
+    body.extend_from_slice(&payload);
+    let mut packet = vec![0x32, u8::try_from(body.len()).unwrap()];
+    packet.extend_from_slice(&body);
+    packet
+}
+
+/// Answers one connection as a broker would (CONNACK, then SUBACK to the SUBSCRIBE) and
+/// then writes `then`.
+async fn serve(listener: &tokio::net::TcpListener, then: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let (mut stream, _) = listener.accept().await.unwrap();
+    assert_eq!(read_packet(&mut stream).await.0 >> 4, 1, "CONNECT");
+    stream.write_all(&[0x20, 0x02, 0x01, 0x00]).await.unwrap();
+    let (first, body) = read_packet(&mut stream).await;
+    assert_eq!(first, 0x82, "SUBSCRIBE");
+    stream
+        .write_all(&[0x90, 0x03, body[0], body[1], 0x01])
+        .await
+        .unwrap();
+    stream.write_all(then).await.unwrap();
+    stream
+}
+
+#[tokio::test]
+async fn messages_read_from_a_connection_that_then_fails_are_left_to_the_broker() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (rejects, _rejected) = crate::reject_channel(16);
+    let config = MqttConfig {
+        host: "127.0.0.1".into(),
+        port: listener.local_addr().unwrap().port(),
+        tls: None,
+        client_id: "gw".into(),
+        credentials: None,
+        keep_alive: Duration::from_secs(30),
+        max_payload: 1024,
+        max_in_flight: 16,
+        reconnect_initial: Duration::from_millis(10),
+        reconnect_max: Duration::from_millis(10),
+        subscriptions: vec![Subscription {
+            profile: "vitals".into(),
+            manufacturer: "Any".into(),
+            model: "JSON".into(),
+            filter: "iomt/+/vitals".into(),
+            decoder: crate::decode::json::JsonDecoder {
+                fields: vec![crate::decode::FieldSpec {
+                    name: "heart_rate".into(),
+                    source: "/heart_rate".into(),
+                    unit: "/min".into(),
+                    scale: None,
+                    no_reading: Vec::new(),
+                }],
+                timestamp: None,
+                timestamp_format: crate::decode::json::TimestampFormat::Rfc3339,
+                device_id: None,
+                max_payload: 1024,
+                readings: None,
+            },
+            device_id_level: Some(1),
+        }],
+        rejects,
+    };
+    let (tx, mut rx) = crate::reading_channel(16);
+    let cancel = CancellationToken::new();
+    let driver = tokio::spawn(run(config, tx, cancel.clone()));
+    // Three messages and a packet of the reserved type 0 in one write: rumqttc reads
+    // the three, then fails on the fourth, and the connection is dropped.
+    let mut first = [heart_rate(1, 61), heart_rate(2, 62), heart_rate(3, 63)].concat();
+    first.extend_from_slice(&[0x00, 0x00]);
+    let _dead = serve(&listener, &first).await;
+    // The broker sends them again to the next connection, with one more.
+    let again = [
+        heart_rate(1, 61),
+        heart_rate(2, 62),
+        heart_rate(3, 63),
+        heart_rate(4, 64),
+    ]
+    .concat();
+    let _live = serve(&listener, &again).await;
+    // Their commits neither succeed nor fail here: the envelopes are kept.
+    let mut envelopes = Vec::new();
+    let mut bpm = Vec::new();
+    while bpm.len() < 4 {
+        let envelope = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("four readings within 10 s")
+            .expect("the driver runs");
+        match &envelope.reading.quantities[0].value {
+            crate::reading::Measurement::Value(v) => bpm.push(v.to_string()),
+            other => panic!("{other:?}"),
+        }
+        envelopes.push(envelope);
+    }
+    // Each message once: those read from the failed connection were not taken too.
+    assert_eq!(bpm, ["61", "62", "63", "64"]);
+    // Failed commits now: the driver's drain at shutdown has nothing left to wait for.
+    drop(envelopes);
+    cancel.cancel();
+    let _ = driver.await;
+}
