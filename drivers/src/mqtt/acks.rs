@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, EventLoop, Packet, PubAck, Publish, QoS, StateError};
+use rumqttc::{AsyncClient, ConnectionError, EventLoop, Packet, PubAck, Publish, QoS, StateError};
 use tokio::sync::oneshot;
 
 use crate::backoff::Backoff;
@@ -125,18 +125,30 @@ impl Acks {
         }
     }
 
-    /// Writes the ready PUBACKs to the connection, in order, and flushes them together.
-    /// Without a connection they wait for the next one. `Err`: the connection failed (the
-    /// event loop reports it on its next poll); what was written is lost with it, and the
-    /// broker delivers those messages again.
+    /// Writes the ready PUBACKs to the connection, in order, and flushes them together,
+    /// within rumqttc's own bound on a flush. Without a connection they wait for the next
+    /// one. `Err`: the connection failed or took longer (the caller drops it); what was
+    /// written is lost with it, and the broker delivers those messages again.
     pub(super) async fn write(
         &mut self,
         eventloop: &mut EventLoop,
         client: &AsyncClient,
-    ) -> Result<(), StateError> {
-        if self.ready.is_empty() {
+    ) -> Result<(), ConnectionError> {
+        if self.ready.is_empty() || eventloop.network.is_none() {
             return Ok(());
         }
+        let bound = Duration::from_secs(eventloop.network_options.connection_timeout());
+        match tokio::time::timeout(bound, self.write_ready(eventloop, client)).await {
+            Ok(written) => written.map_err(ConnectionError::MqttState),
+            Err(_) => Err(ConnectionError::FlushTimeout),
+        }
+    }
+
+    async fn write_ready(
+        &mut self,
+        eventloop: &mut EventLoop,
+        client: &AsyncClient,
+    ) -> Result<(), StateError> {
         let Some(network) = eventloop.network.as_mut() else {
             return Ok(());
         };
@@ -163,10 +175,14 @@ impl Acks {
         self.unwritten = self.unwritten.saturating_sub(1);
     }
 
-    /// The connection is gone: acknowledgements handed to rumqttc and not yet written are
-    /// lost with it (the broker delivers those messages again).
-    pub(super) fn disconnected(&mut self) {
+    /// The connection is gone (rumqttc dropped it after an error, or the driver did, with
+    /// `EventLoop::clean`): what belonged to it goes, and the broker delivers those
+    /// messages again. The acknowledgements handed to rumqttc and not yet written; and the
+    /// messages rumqttc read and has not yet given out, which would otherwise come after
+    /// the reconnect and be taken beside the broker's copies (stored twice).
+    pub(super) fn connection_gone(&mut self, eventloop: &mut EventLoop) {
         self.unwritten = 0;
+        eventloop.state.events.clear();
     }
 
     /// Messages the broker holds as unacknowledged here: waiting for their commit, or

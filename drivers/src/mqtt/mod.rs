@@ -21,8 +21,8 @@
 //! PUBACK to be written): with that many, the driver stops polling rumqttc's event loop,
 //! so nothing more is read from the socket until a commit frees room, and TCP holds the
 //! broker back (backpressure: a slow outbox slows the broker's deliveries). It also bounds
-//! what the broker delivers again, so stores twice, after a crash. The broker's own in-flight window
-//! (mosquitto's `max_inflight_messages`) is not relied on: mosquitto 2.0.11 lets more
+//! what the broker delivers again, so stores twice, after a crash. The broker's own
+//! in-flight window (mosquitto's `max_inflight_messages`) is not relied on: mosquitto 2.0.11 lets more
 //! unacknowledged messages out than it once PUBACKs flow. When rumqttc already holds a
 //! message read beyond the bound, a warning says the broker's window is the larger.
 //! If the gateway dies between receiving a message and committing it, the message was not
@@ -428,21 +428,13 @@ async fn run(config: MqttConfig, tx: ReadingSender, cancel: CancellationToken) -
     let mut unreadable: Option<usize> = None;
     let broker = format!("{}:{}", config.host, config.port);
     let mut connected = false;
-    // How long writing PUBACKs may take before the connection counts as lost (rumqttc's
-    // own bound on a flush).
-    let ack_timeout = Duration::from_secs(eventloop.network_options.connection_timeout());
     loop {
         // The PUBACKs of what is committed first, all at once (see `acks`).
         let written = tokio::select! {
             _ = cancel.cancelled() => break,
-            w = tokio::time::timeout(ack_timeout, acks.write(&mut eventloop, &client)) => w,
+            w = acks.write(&mut eventloop, &client) => w,
         };
-        let failed = match written {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(rumqttc::ConnectionError::MqttState(e)),
-            Err(_) => Some(rumqttc::ConnectionError::FlushTimeout),
-        };
-        let event = if let Some(e) = failed {
+        let event = if let Err(e) = written {
             // The connection failed under the PUBACKs: it is dropped as the event loop
             // drops a failed one, and the error handled as its own.
             eventloop.clean();
@@ -461,12 +453,9 @@ async fn run(config: MqttConfig, tx: ReadingSender, cancel: CancellationToken) -
             }
             if let Some(delay) = acks.resync_due() {
                 // A commit failed: the broker holds those messages as in flight and sends
-                // them again only to a new connection. Events rumqttc still holds from this
-                // connection (messages read, not taken) would come after the reconnect and
-                // be taken twice: they go too, the broker sends them again.
+                // them again only to a new connection.
                 eventloop.clean();
-                eventloop.state.events.clear();
-                acks.disconnected();
+                acks.connection_gone(&mut eventloop);
                 connected = false;
                 tokio::select! {
                     _ = cancel.cancelled() => break,
@@ -516,12 +505,7 @@ async fn run(config: MqttConfig, tx: ReadingSender, cancel: CancellationToken) -
             },
             Ok(_) => {}
             Err(e) => {
-                acks.disconnected();
-                // Messages rumqttc read from the failed connection and has not yet given
-                // out would come after the reconnect and be taken, while the broker sends
-                // them again as unacknowledged: stored twice. They go; the broker's copies
-                // are taken instead.
-                eventloop.state.events.clear();
+                acks.connection_gone(&mut eventloop);
                 if let rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
                     rumqttc::Error::PayloadSizeLimitExceeded(size),
                 )) = &e
@@ -555,10 +539,9 @@ async fn run(config: MqttConfig, tx: ReadingSender, cancel: CancellationToken) -
     tokio::pin!(deadline);
     let mut disconnecting = false;
     loop {
-        match tokio::time::timeout(ack_timeout, acks.write(&mut eventloop, &client)).await {
-            Ok(Ok(())) => {}
+        if acks.write(&mut eventloop, &client).await.is_err() {
             // The connection is gone: the broker delivers what is not acknowledged again.
-            Ok(Err(_)) | Err(_) => break,
+            break;
         }
         if acks.is_empty() && !disconnecting {
             // Behind any acknowledgement still queued in rumqttc's client.

@@ -142,7 +142,7 @@ async fn ready_pubacks_are_written_together_in_order_and_a_reconnect_after_a_fai
     acks.next_committed().await;
     // Without a connection the PUBACK waits for the next one.
     eventloop.clean();
-    acks.disconnected();
+    acks.connection_gone(&mut eventloop);
     acks.write(&mut eventloop, &client).await.unwrap();
     assert_eq!(acks.outstanding(), 1);
     assert_eq!(acks.resync_due(), None);
