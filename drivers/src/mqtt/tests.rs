@@ -35,25 +35,29 @@ fn credentials_never_print_the_password() {
     assert!(!format!("{c:?}").contains("s3cret"));
 }
 
-#[test]
-fn a_driver_without_subscriptions_is_refused() {
-    let (rejects, _rx) = crate::reject_channel(1);
-    let config = MqttConfig {
+/// A driver's configuration for a broker on 127.0.0.1:`port` (reconnects after 10 ms).
+fn config(port: u16, subscriptions: Vec<Subscription>, rejects: RejectSender) -> MqttConfig {
+    MqttConfig {
         host: "127.0.0.1".into(),
-        port: 1883,
+        port,
         tls: None,
         client_id: "gw".into(),
         credentials: None,
         keep_alive: Duration::from_secs(30),
         max_payload: 1024,
         max_in_flight: 16,
-        reconnect_initial: Duration::from_millis(100),
-        reconnect_max: Duration::from_secs(5),
-        subscriptions: Vec::new(),
+        reconnect_initial: Duration::from_millis(10),
+        reconnect_max: Duration::from_millis(10),
+        subscriptions,
         rejects,
-    };
+    }
+}
+
+#[test]
+fn a_driver_without_subscriptions_is_refused() {
+    let (rejects, _rx) = crate::reject_channel(1);
     assert!(matches!(
-        MqttDriver::new(config),
+        MqttDriver::new(config(1883, Vec::new(), rejects)),
         Err(DriverError::Config { .. })
     ));
 }
@@ -77,7 +81,7 @@ fn pending(pkid: u16, ok: bool) -> acks::Pending {
 /// to a listener on 127.0.0.1 that answers the CONNECT with a CONNACK (the edge of the
 /// test: the PUBACKs' bytes are what is checked).
 async fn connected() -> (AsyncClient, rumqttc::EventLoop, tokio::net::TcpStream) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let mut o = MqttOptions::new("t", "127.0.0.1", port);
@@ -85,10 +89,7 @@ async fn connected() -> (AsyncClient, rumqttc::EventLoop, tokio::net::TcpStream)
     let (client, mut eventloop) = AsyncClient::new(o, 8);
     let broker = tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
-        let mut connect = [0u8; 2];
-        stream.read_exact(&mut connect).await.unwrap();
-        let mut rest = vec![0u8; usize::from(connect[1])];
-        stream.read_exact(&mut rest).await.unwrap();
+        assert_eq!(read_packet(&mut stream).await.0 >> 4, 1, "CONNECT");
         stream.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap();
         stream
     });
@@ -208,40 +209,28 @@ async fn serve(listener: &tokio::net::TcpListener, then: &[u8]) -> tokio::net::T
 async fn messages_read_from_a_connection_that_then_fails_are_left_to_the_broker() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (rejects, _rejected) = crate::reject_channel(16);
-    let config = MqttConfig {
-        host: "127.0.0.1".into(),
-        port: listener.local_addr().unwrap().port(),
-        tls: None,
-        client_id: "gw".into(),
-        credentials: None,
-        keep_alive: Duration::from_secs(30),
-        max_payload: 1024,
-        max_in_flight: 16,
-        reconnect_initial: Duration::from_millis(10),
-        reconnect_max: Duration::from_millis(10),
-        subscriptions: vec![Subscription {
-            profile: "vitals".into(),
-            manufacturer: "Any".into(),
-            model: "JSON".into(),
-            filter: "iomt/+/vitals".into(),
-            decoder: crate::decode::json::JsonDecoder {
-                fields: vec![crate::decode::FieldSpec {
-                    name: "heart_rate".into(),
-                    source: "/heart_rate".into(),
-                    unit: "/min".into(),
-                    scale: None,
-                    no_reading: Vec::new(),
-                }],
-                timestamp: None,
-                timestamp_format: crate::decode::json::TimestampFormat::Rfc3339,
-                device_id: None,
-                max_payload: 1024,
-                readings: None,
-            },
-            device_id_level: Some(1),
-        }],
-        rejects,
-    };
+    let vitals = vec![Subscription {
+        profile: "vitals".into(),
+        manufacturer: "Any".into(),
+        model: "JSON".into(),
+        filter: "iomt/+/vitals".into(),
+        decoder: crate::decode::json::JsonDecoder {
+            fields: vec![crate::decode::FieldSpec {
+                name: "heart_rate".into(),
+                source: "/heart_rate".into(),
+                unit: "/min".into(),
+                scale: None,
+                no_reading: Vec::new(),
+            }],
+            timestamp: None,
+            timestamp_format: crate::decode::json::TimestampFormat::Rfc3339,
+            device_id: None,
+            max_payload: 1024,
+            readings: None,
+        },
+        device_id_level: Some(1),
+    }];
+    let config = config(listener.local_addr().unwrap().port(), vitals, rejects);
     let (tx, mut rx) = crate::reading_channel(16);
     let cancel = CancellationToken::new();
     let driver = tokio::spawn(run(config, tx, cancel.clone()));
