@@ -100,15 +100,7 @@ pub(super) fn observation_from(json: Vec<u8>) -> Result<StoredObservation, Strin
     // puts it, or (anything else) parsed.
     let (id, identifier, hold) = match quick_head(json.get()) {
         Some((id, identifier)) => (id.to_string(), identifier, None),
-        None => {
-            let head: Head = serde_json::from_str(json.get())
-                .map_err(|e| format!("stored JSON is invalid: {e}"))?;
-            let identifier = head
-                .identifier
-                .first()
-                .map(|i| format!("{}|{}", i.system, i.value));
-            (head.id, identifier, head.hold)
-        }
+        None => parse_head(json.get()).map_err(|e| format!("stored JSON is invalid: {e}"))?,
     };
     Ok(StoredObservation {
         id,
@@ -116,6 +108,19 @@ pub(super) fn observation_from(json: Vec<u8>) -> Result<StoredObservation, Strin
         hold,
         json,
     })
+}
+
+/// An Observation's id, its first identifier as `system|value`, and its clock hold.
+type ParsedHead = (String, Option<String>, Option<crate::clock::TimeHold>);
+
+/// The head of Observation `text`, by a full parse.
+fn parse_head(text: &str) -> Result<ParsedHead, serde_json::Error> {
+    let head: Head = serde_json::from_str(text)?;
+    let identifier = head
+        .identifier
+        .first()
+        .map(|i| format!("{}|{}", i.system, i.value));
+    Ok((head.id, identifier, head.hold))
 }
 
 /// The start of an Observation as the gateway serializes it (`crate::fhir::Observation`'s
@@ -168,14 +173,9 @@ mod tests {
         assert_eq!(unpack(&pack(b"")).unwrap(), Vec::<u8>::new());
     }
 
-    /// What a full parse reads of `text`: (id, first identifier, hold).
-    fn parsed(text: &str) -> (String, Option<String>, Option<crate::clock::TimeHold>) {
-        let head: Head = serde_json::from_str(text).unwrap();
-        let identifier = head
-            .identifier
-            .first()
-            .map(|i| format!("{}|{}", i.system, i.value));
-        (head.id, identifier, head.hold)
+    /// What a full parse reads of `text`.
+    fn parsed(text: &str) -> ParsedHead {
+        parse_head(text).unwrap()
     }
 
     #[test]
