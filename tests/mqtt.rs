@@ -6,11 +6,10 @@ mod common;
 
 use std::collections::HashSet;
 use std::ops::{Deref, DerefMut};
-use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use common::kit::{read, sigterm_and_wait, vitals, wait_logged, Kit};
+use common::kit::{read, sigterm_and_wait, vitals, wait_mqtt_connected, Kit};
 use common::wait_until;
 use iomt_testkit::mosquitto::publish_acked;
 use iomt_testkit::{Collector, Mosquitto};
@@ -81,30 +80,19 @@ impl MqttKit {
     }
 }
 
-/// Waits until the gateway has connected to the ingest broker.
-fn wait_connected(child: &mut Child, log: &Path) {
-    wait_logged(
-        child,
-        log,
-        "the gateway to connect",
-        // The ingest driver's line (the MQTT uplink logs its own connection too).
-        "subscriptions=",
-    );
-}
-
 #[test]
 fn messages_published_before_during_and_across_a_restart_each_arrive_exactly_once() {
     let mut kit = MqttKit::new();
     let config = kit.config(5, 65536, "");
     // A first start creates the gateway's persistent session in the broker.
     let (mut child, log) = kit.start(&config);
-    wait_connected(&mut child, &log);
+    wait_mqtt_connected(&mut child, &log);
     sigterm_and_wait(child, &log);
 
     // Before the gateway starts: the broker keeps them for its session.
     kit.publish(vitals("patch-1", 0, 100));
     let (mut child, log) = kit.start(&config);
-    wait_connected(&mut child, &log);
+    wait_mqtt_connected(&mut child, &log);
     // While it runs.
     kit.publish(vitals("patch-2", 0, 100));
     wait_until(
@@ -116,7 +104,7 @@ fn messages_published_before_during_and_across_a_restart_each_arrive_exactly_onc
     sigterm_and_wait(child, &log);
     kit.publish(vitals("patch-3", 0, 100));
     let (mut child, log) = kit.start(&config);
-    wait_connected(&mut child, &log);
+    wait_mqtt_connected(&mut child, &log);
     kit.publish(vitals("patch-1", 100, 50));
     wait_until(
         Duration::from_secs(60),
@@ -151,7 +139,7 @@ fn a_gateway_killed_before_committing_gets_the_message_again_from_the_broker() {
     let mut kit = MqttKit::new();
     let config = kit.config(5, 65536, "");
     let (mut child, log) = kit.start(&config);
-    wait_connected(&mut child, &log);
+    wait_mqtt_connected(&mut child, &log);
     // Hold the outbox's write lock, as a slow SD card would: the gateway receives the
     // message and hands it to the outbox, but cannot commit it.
     let lock = rusqlite::Connection::open(kit.path("outbox.db")).unwrap();
@@ -173,7 +161,7 @@ fn a_gateway_killed_before_committing_gets_the_message_again_from_the_broker() {
 
     // The broker redelivers it to the restarted gateway.
     let (mut child, log) = kit.start(&config);
-    wait_connected(&mut child, &log);
+    wait_mqtt_connected(&mut child, &log);
     wait_until(
         Duration::from_secs(60),
         "the redelivered message at the sink",
@@ -188,7 +176,7 @@ fn malformed_payloads_land_in_dead_letters_with_their_reasons_and_valid_traffic_
     let mut kit = MqttKit::new();
     let config = kit.config(5, 1024, "");
     let (mut child, log) = kit.start(&config);
-    wait_connected(&mut child, &log);
+    wait_mqtt_connected(&mut child, &log);
     let topic = "iomt/bad-1/vitals".to_string();
     let mut messages = vitals("good-1", 0, 5);
     messages.push((topic.clone(), b"secret-not-json {".to_vec()));
@@ -244,7 +232,7 @@ fn malformed_payloads_land_in_dead_letters_with_their_reasons_and_valid_traffic_
     assert!(!read(&log).contains("secret-not-json"));
     // Acknowledged: a restarted gateway gets none of them again.
     let (mut child, log2) = kit.start(&config);
-    wait_connected(&mut child, &log2);
+    wait_mqtt_connected(&mut child, &log2);
     kit.publish(vitals("good-1", 15, 1));
     wait_until(Duration::from_secs(30), "the next valid message", || {
         kit.server_identifiers().0 == 16
@@ -266,7 +254,7 @@ fn the_mqtt_uplink_delivers_every_row_to_the_cloud_broker_across_its_restart() {
     );
     let config = kit.config(5, 65536, &uplink);
     let (mut child, log) = kit.start(&config);
-    wait_connected(&mut child, &log);
+    wait_mqtt_connected(&mut child, &log);
     kit.publish(vitals("wear-1", 0, 150));
     let distinct = |c: &Collector| {
         c.received()
@@ -326,7 +314,7 @@ fn bundle_mode_publishes_one_transaction_bundle_per_batch() {
     );
     let config = kit.config(5, 65536, &uplink);
     let (mut child, log) = kit.start(&config);
-    wait_connected(&mut child, &log);
+    wait_mqtt_connected(&mut child, &log);
     kit.publish(vitals("wear-2", 0, 10));
     let observations = |c: &Collector| -> usize {
         c.received()
@@ -373,7 +361,7 @@ fn a_burst_larger_than_the_brokers_in_flight_window_is_ingested_completely() {
     let mut kit = MqttKit::new();
     let config = kit.config(5, 65536, "");
     let (mut child, log) = kit.start(&config);
-    wait_connected(&mut child, &log);
+    wait_mqtt_connected(&mut child, &log);
     kit.publish(vitals("burst-1", 0, 1000));
     wait_until(
         Duration::from_secs(120),
@@ -423,7 +411,7 @@ fn a_gateway_killed_while_it_reads_a_backlog_is_sent_again_at_most_max_in_flight
         .log("info")
         .write();
     let (mut child, log) = kit.start(&config);
-    wait_connected(&mut child, &log);
+    wait_mqtt_connected(&mut child, &log);
     sigterm_and_wait(child, &log);
     kit.publish(vitals("backlog-1", 0, N));
     let (mut child, _) = kit.start(&config);
@@ -435,7 +423,7 @@ fn a_gateway_killed_while_it_reads_a_backlog_is_sent_again_at_most_max_in_flight
     kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
     child.wait().unwrap();
     let (mut child, log) = kit.start(&config);
-    wait_connected(&mut child, &log);
+    wait_mqtt_connected(&mut child, &log);
     wait_until(
         Duration::from_secs(180),
         "every reading at the sink",
@@ -470,7 +458,7 @@ fn many_device_ids_leave_no_device_rows_behind_and_over_long_ids_are_refused() {
     let mut kit = MqttKit::new();
     let config = kit.config(5, 65536, "");
     let (mut child, log) = kit.start(&config);
-    wait_connected(&mut child, &log);
+    wait_mqtt_connected(&mut child, &log);
     // 400 devices seen once each, and 4 whose id (a topic level) is 3000 bytes long.
     let mut messages: Vec<(String, Vec<u8>)> = (0..400)
         .flat_map(|i| vitals(&format!("patch-{i}"), i, 1))
@@ -541,7 +529,7 @@ fn the_mqtt_uplink_keeps_a_retained_online_status_and_its_last_will_says_offline
     );
     let config = kit.config(5, 65536, &uplink);
     let (mut child, log) = kit.start(&config);
-    wait_connected(&mut child, &log);
+    wait_mqtt_connected(&mut child, &log);
     let messages = vitals("cuff-9", 0, 3);
     let measured: Vec<String> = messages
         .iter()

@@ -10,11 +10,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use common::kit::{read, sigterm_and_wait, vitals, wait_logged, Kit};
+use common::kit::{read, sigterm_and_wait, vitals, wait_mqtt_connected, Kit};
 use common::wait_until;
 use iomt_testkit::mosquitto::publish_acked;
 use iomt_testkit::Mosquitto;
@@ -71,15 +70,6 @@ impl MqttKit {
     }
 }
 
-fn wait_connected(child: &mut Child, log: &Path) {
-    wait_logged(
-        child,
-        log,
-        "the gateway to connect",
-        "connected to the MQTT broker",
-    );
-}
-
 /// Issue #14, item 4: a QoS 1 message larger than the packet limit (max(8 × 64 KiB,
 /// 1 MiB) here) dropped the connection, the broker redelivered it on every reconnect, and
 /// nothing behind it was ever read.
@@ -88,7 +78,7 @@ fn a_10_mb_message_is_dead_lettered_and_the_next_valid_message_is_committed() {
     let mut kit = MqttKit::new();
     let config = kit.config(65536);
     let (mut child, log) = kit.kit.start(&config);
-    wait_connected(&mut child, &log);
+    wait_mqtt_connected(&mut child, &log);
     let big_len = 10_000_000;
     let mut messages = vec![("iomt/huge-1/vitals".to_string(), vec![b'x'; big_len])];
     messages.extend(vitals("after-1", 0, 1));
@@ -124,7 +114,7 @@ fn a_10_mb_message_is_dead_lettered_and_the_next_valid_message_is_committed() {
     assert_eq!(ingest[0]["payload"].as_str().unwrap().len(), 8192);
     // Acknowledged: a restarted gateway does not get it again, and reads what follows.
     let (mut child, log2) = kit.kit.start(&config);
-    wait_connected(&mut child, &log2);
+    wait_mqtt_connected(&mut child, &log2);
     kit.publish(vitals("after-1", 1, 1));
     wait_until(Duration::from_secs(30), "the next valid message", || {
         kit.server_identifiers().0 == 2
@@ -142,7 +132,7 @@ fn after_commits_failed_intake_resumes_by_itself_and_every_message_arrives_once(
     let mut kit = MqttKit::new();
     let config = kit.config(65536);
     let (mut child, log) = kit.kit.start(&config);
-    wait_connected(&mut child, &log);
+    wait_mqtt_connected(&mut child, &log);
     // Hold the outbox's write lock: every transaction of the gateway fails (busy), as
     // every transaction fails on a full disk.
     let lock = rusqlite::Connection::open(kit.kit.path("outbox.db")).unwrap();
@@ -245,7 +235,7 @@ fn after_the_outbox_disk_was_full_mqtt_intake_resumes_once_space_is_freed() {
     );
     std::fs::write(&config, text).unwrap();
     let (mut child, log) = kit.kit.start(&config);
-    wait_connected(&mut child, &log);
+    wait_mqtt_connected(&mut child, &log);
     kit.publish(vitals("scale-1", 0, 5));
     wait_until(
         Duration::from_secs(60),

@@ -20,7 +20,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::kit::{read, sigterm_and_wait, vitals, wait_logged, Kit};
+use common::kit::{read, sigterm_and_wait, vitals, wait_logged, wait_mqtt_connected, Kit};
 use iomt_testkit::mosquitto::publish_acked;
 use iomt_testkit::{Collector, Mosquitto};
 
@@ -83,13 +83,7 @@ fn a_publisher_faster_than_the_gateway_never_stalls_ingest() {
     let (proxy, window) = kit.rt.block_on(mqtt_proxy::start(broker.port()));
     let config = config(&kit, proxy, 64, "");
     let (mut child, log) = kit.start(&config);
-    wait_logged(
-        &mut child,
-        &log,
-        "the gateway to connect",
-        // The ingest driver's line (the MQTT uplink logs its own connection too).
-        "subscriptions=",
-    );
+    wait_mqtt_connected(&mut child, &log);
     common::wait_until(Duration::from_secs(30), "the subscription", || {
         window.subscribed()
     });
@@ -131,13 +125,7 @@ fn the_driver_takes_at_most_max_in_flight_messages_while_none_is_committed() {
     let (proxy, window) = kit.rt.block_on(mqtt_proxy::start(broker.port()));
     let config = config_logging(&kit, proxy, 8, "", "info,iomt_drivers=debug");
     let (mut child, log) = kit.start(&config);
-    wait_logged(
-        &mut child,
-        &log,
-        "the gateway to connect",
-        // The ingest driver's line (the MQTT uplink logs its own connection too).
-        "subscriptions=",
-    );
+    wait_mqtt_connected(&mut child, &log);
     common::wait_until(Duration::from_secs(30), "the subscription", || {
         window.subscribed()
     });
@@ -207,13 +195,7 @@ fn the_mqtt_uplink_delivers_again_within_seconds_of_the_cloud_broker_coming_back
     );
     let config = config(&kit, proxy, 64, &uplink);
     let (mut child, log) = kit.start(&config);
-    wait_logged(
-        &mut child,
-        &log,
-        "the gateway to connect",
-        // The ingest driver's line (the MQTT uplink logs its own connection too).
-        "subscriptions=",
-    );
+    wait_mqtt_connected(&mut child, &log);
     common::wait_until(Duration::from_secs(30), "the subscription", || {
         window.subscribed()
     });
@@ -325,13 +307,7 @@ impl CloudRun {
         );
         let config = config(&kit, broker.port(), 64, &uplink);
         let (mut child, log) = kit.start(&config);
-        wait_logged(
-            &mut child,
-            &log,
-            "the gateway to connect",
-            // The ingest driver's line (the MQTT uplink logs its own connection too).
-            "subscriptions=",
-        );
+        wait_mqtt_connected(&mut child, &log);
         CloudRun {
             kit,
             broker,

@@ -223,6 +223,12 @@ pub fn wait_logged(child: &mut Child, log: &Path, what: &str, needle: &str) {
     });
 }
 
+/// Waits until the daemon's MQTT driver has connected to its broker and subscribed (its
+/// line names the subscriptions; the MQTT uplink logs its own connection too).
+pub fn wait_mqtt_connected(child: &mut Child, log: &Path) {
+    wait_logged(child, log, "the gateway to connect", "subscriptions=");
+}
+
 /// `n` valid messages from device `dev` for the generic JSON vitals profile (topic
 /// `iomt/<dev>/vitals`), each with a distinct time starting at second `from` (so a
 /// distinct Observation identifier).
