@@ -149,6 +149,7 @@ pub mod disk;
 mod error;
 mod ingest;
 pub mod latency;
+mod opened;
 mod payload;
 mod queued;
 pub mod seal;
@@ -158,6 +159,7 @@ mod writer;
 
 pub use error::OutboxError;
 pub use ingest::{read_ingest_dead_letters, IngestDeadLetter};
+pub use opened::{DeviceJson, OPENED_DEVICES};
 pub use payload::{device_aad, pack, reason_aad, row_aad, unpack};
 pub use store::accept_pseudonym_key;
 pub use writer::DELETE_DELAY;
@@ -175,7 +177,7 @@ use tokio::task::JoinHandle;
 use payload::observation_from;
 use queued::{QueuedAppend, QueuedRow};
 use seal::Keyring;
-use store::{Status, Store};
+use store::{FetchedDevice, Status, Store};
 use transaction::{Control, Reply};
 use writer::Writer;
 
@@ -265,7 +267,7 @@ pub struct Fetched {
     /// Rows, oldest first.
     pub rows: Vec<PendingRow>,
     /// Device resources (JSON text) by id.
-    pub devices: HashMap<String, Box<serde_json::value::RawValue>>,
+    pub devices: HashMap<String, DeviceJson>,
 }
 
 /// A handle to the outbox. Cheap to clone; the writer stops when every handle is gone.
@@ -282,6 +284,8 @@ pub struct Outbox {
     transactions: Arc<AtomicU64>,
     /// How long its write transactions took.
     latency: Arc<latency::CommitLatency>,
+    /// Device resources opened for earlier batches.
+    opened: Arc<opened::OpenedDevices>,
 }
 
 impl Outbox {
@@ -296,7 +300,7 @@ impl Outbox {
         let ring = keyring.clone();
         let max_bytes = settings.max_bytes;
         let pseudonym_key = settings.pseudonym_key.clone();
-        let (store, space) = tokio::task::spawn_blocking(move || {
+        let (mut store, space) = tokio::task::spawn_blocking(move || {
             let mut space = disk::Space::open(&path);
             let mut store = Store::open(&path, &ring, &uplinks)?;
             if let Some(fingerprint) = &pseudonym_key {
@@ -311,6 +315,8 @@ impl Outbox {
             path: settings.path.clone(),
             reason: format!("the opening task failed: {e}"),
         })??;
+        let opened = Arc::new(opened::OpenedDevices::new());
+        store.share_opened(opened.clone());
         let (append_tx, append_rx) = mpsc::channel(settings.max_batch_rows.max(16));
         let (control_tx, control_rx) = mpsc::channel(64);
         let (committed_tx, committed_rx) = watch::channel(store.next_seq() - 1);
@@ -349,6 +355,7 @@ impl Outbox {
                 next_seq,
                 transactions,
                 latency,
+                opened,
             },
             handle,
         ))
@@ -433,15 +440,14 @@ impl Outbox {
             .await?;
         let mut out = Fetched::default();
         for d in devices {
-            if let Ok(plain) = self.keyring.open(&d.sealed, &device_aad(&d.id)) {
-                if let Ok(v) = unpack(&plain).and_then(|j| {
-                    String::from_utf8(j)
-                        .map_err(|e| e.to_string())
-                        .and_then(|t| {
-                            serde_json::value::RawValue::from_string(t).map_err(|e| e.to_string())
-                        })
-                }) {
-                    out.devices.insert(d.id, v);
+            match d {
+                FetchedDevice::Opened(id, json) => {
+                    out.devices.insert(id, json);
+                }
+                FetchedDevice::Sealed(d) => {
+                    if let Some(json) = self.opened.open(&self.keyring, &d.id, &d.sealed) {
+                        out.devices.insert(d.id, json);
+                    }
                 }
             }
         }

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::value::RawValue;
 
 use crate::fhir::{Bundle, BundleEntry, BundleRequest};
+use crate::outbox::DeviceJson;
 
 /// A Bundle and, for each of its entries, the index of the row it came from (`None` for
 /// Device entries).
@@ -111,7 +112,7 @@ pub fn base_len(gateway: (&str, &RawValue)) -> usize {
 /// current state in place of the stored one), which the Bundle takes.
 pub fn build<'a>(
     gateway: (&'a str, &'a RawValue),
-    devices: &'a HashMap<String, Box<RawValue>>,
+    devices: &'a HashMap<String, DeviceJson>,
     mut replaced: HashMap<String, Box<RawValue>>,
     items: &[Item<'a>],
 ) -> Built<'a> {
@@ -207,7 +208,7 @@ mod tests {
         let gateway = raw(r#"{"resourceType":"Device","id":"gw"}"#);
         let devices = HashMap::from([(
             "dev-1".to_string(),
-            raw(r#"{"resourceType":"Device","id":"dev-1"}"#),
+            DeviceJson::from(raw(r#"{"resourceType":"Device","id":"dev-1"}"#)),
         )]);
         let (a, b) = (raw(r#"{"id":"a"}"#), raw(r#"{"id":"b"}"#));
         let items = [
@@ -229,7 +230,7 @@ mod tests {
     fn the_measured_lengths_are_at_least_the_json_written() {
         let gateway = raw(r#"{"resourceType":"Device","id":"0123-gw"}"#);
         let device = raw(r#"{"resourceType":"Device","id":"dev-1","note":"a \"quoted\" word"}"#);
-        let devices = HashMap::from([("dev-1".to_string(), device)]);
+        let devices = HashMap::from([("dev-1".to_string(), DeviceJson::from(device))]);
         let (a, b) = (raw(r#"{"id":"a"}"#), raw(r#"{"id":"bb"}"#));
         let items = [
             item(0, "a", Some("urn:ietf:rfc:3986|urn:uuid:a"), &a),

@@ -1,9 +1,14 @@
-//! Device resources: which ones this process has stored (a bounded cache), and the
-//! removal of those no row and no dead letter references any more.
+//! Device resources: which ones are stored, as far as this process knows (a bounded
+//! cache), and the removal of those no row and no dead letter references any more.
 //!
 //! Every append carries its sealed Device resource; the store writes it only when the
 //! cache does not hold its id (`INSERT OR REPLACE`, so writing it again is harmless). The
-//! cache holds at most [`KNOWN_DEVICES`] ids, the least recently used forgotten.
+//! cache holds at most [`KNOWN_DEVICES`] ids, the least recently used forgotten, each with
+//! the key id and nonce of the sealing stored, as this process wrote or read it. This
+//! process is the only writer of the `devices` table once the outbox is open (re-sealing
+//! runs before), so the cache is right until a rollback or a removal, which clear it; a
+//! fetch uses it to hand over the delivery side's opened resource for that same sealing
+//! without reading the row.
 //!
 //! A Device row is needed while a row or a dead letter references it (ingest dead
 //! letters reference none). Once more than [`KEPT_DEVICES`] Device rows are stored, a
@@ -19,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use super::{sql, OutboxError, Store};
 use crate::cache::LruCache;
+use crate::outbox::seal::Sealed;
 
 /// The most Device ids the store remembers having written (about 100 bytes each).
 pub const KNOWN_DEVICES: usize = 4096;
@@ -30,10 +36,32 @@ pub const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 /// home kit's devices, but not a flood of ever-new MQTT device ids.
 pub const KEPT_DEVICES: usize = 64;
 
-/// Device ids written by this process, and when unneeded ones were last removed.
+/// Which sealing of a Device resource is stored: its key id and nonce. The nonce is
+/// random for each sealing and the id is in the associated data, so one (id, sealing)
+/// pair stands for one ciphertext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sealing {
+    /// The key id.
+    pub key_id: u32,
+    /// The nonce.
+    pub nonce: [u8; ring::aead::NONCE_LEN],
+}
+
+impl Sealing {
+    /// The sealing of `sealed`.
+    pub fn of(sealed: &Sealed) -> Self {
+        Self {
+            key_id: sealed.key_id,
+            nonce: sealed.nonce,
+        }
+    }
+}
+
+/// Device ids stored (written or read by this process), with their sealing, and when
+/// unneeded ones were last removed.
 #[derive(Debug)]
 pub(super) struct KnownDevices {
-    ids: LruCache<String, ()>,
+    ids: LruCache<String, Sealing>,
     pruned_at: Option<Instant>,
 }
 
@@ -46,14 +74,19 @@ impl KnownDevices {
         }
     }
 
-    /// Whether `id` was written by this process (and is not forgotten).
+    /// Whether `id` is known to be stored (and is not forgotten).
     pub(super) fn contains(&mut self, id: &str) -> bool {
         self.ids.get(id).is_some()
     }
 
-    /// Remembers that `id` is stored.
-    pub(super) fn insert(&mut self, id: String) {
-        self.ids.insert(id, ());
+    /// The sealing stored for `id`, if known.
+    pub(super) fn sealing(&mut self, id: &str) -> Option<Sealing> {
+        self.ids.get(id).copied()
+    }
+
+    /// Remembers that `id` is stored with `sealing`.
+    pub(super) fn insert(&mut self, id: String, sealing: Sealing) {
+        self.ids.insert(id, sealing);
     }
 
     /// Forgets every id (after a rollback or a removal).
@@ -213,7 +246,11 @@ mod tests {
     fn the_known_device_ids_stay_bounded() {
         let mut known = KnownDevices::new();
         for i in 0..3 * KNOWN_DEVICES {
-            known.insert(format!("device-{i}"));
+            let sealing = Sealing {
+                key_id: 1,
+                nonce: [0; 12],
+            };
+            known.insert(format!("device-{i}"), sealing);
         }
         assert_eq!(known.ids.len(), KNOWN_DEVICES);
         assert!(known.contains(&format!("device-{}", 3 * KNOWN_DEVICES - 1)));

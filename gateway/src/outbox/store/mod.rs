@@ -11,7 +11,7 @@ mod reseal;
 
 pub use pseudonym_key::accept_pseudonym_key;
 
-pub use devices::{KNOWN_DEVICES, PRUNE_INTERVAL};
+pub use devices::{Sealing, KNOWN_DEVICES, PRUNE_INTERVAL};
 
 pub use open::{SCHEMA_VERSION, WAL_LIMIT_BYTES};
 
@@ -34,9 +34,11 @@ pub use read::{
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::opened::{DeviceJson, OpenedDevices};
 use super::seal::{Keyring, Sealed};
 use super::OutboxError;
 
@@ -86,6 +88,9 @@ pub struct Store {
     /// The bits of the configured uplinks (new rows wait for all of them).
     all_bits: i64,
     known_devices: devices::KnownDevices,
+    /// The Device resources the delivery side has opened, when it shares them: a fetch
+    /// hands those over in place of their sealed text (see `outbox::opened`).
+    opened: Option<Arc<OpenedDevices>>,
     next_seq: i64,
     payload_bytes: u64,
 }
@@ -114,6 +119,13 @@ impl Store {
     /// Whether a Device resource is already stored (as far as this process remembers).
     pub fn has_device(&mut self, id: &str) -> bool {
         self.known_devices.contains(id)
+    }
+
+    /// Shares the delivery side's opened Device resources: a fetch then hands over the
+    /// opened resource of a Device whose stored sealing this process knows, without
+    /// reading it from the database.
+    pub(in crate::outbox) fn share_opened(&mut self, opened: Arc<OpenedDevices>) {
+        self.opened = Some(opened);
     }
 
     /// Starts a transaction.
@@ -175,7 +187,8 @@ impl Store {
             .prepare_cached("INSERT OR REPLACE INTO devices (id, key_id, nonce, sealed) VALUES (?1, ?2, ?3, ?4)")
             .and_then(|mut s| s.execute(params![device.id, device.sealed.key_id as i64, device.sealed.nonce.as_slice(), device.sealed.ciphertext]))
             .map_err(sql(&self.path))?;
-        self.known_devices.insert(device.id.clone());
+        self.known_devices
+            .insert(device.id.clone(), Sealing::of(&device.sealed));
         Ok(())
     }
 
@@ -264,15 +277,22 @@ impl Store {
             .prepare_cached("SELECT key_id, nonce, sealed FROM devices WHERE id = ?1")
             .map_err(sql(&p))?;
         for id in ids {
+            let known = self.known_devices.sealing(id);
+            if let Some(json) = known.and_then(|s| self.opened.as_ref()?.get(id, &s)) {
+                devices.push(FetchedDevice::Opened(id.to_string(), json));
+                continue;
+            }
             if let Some(sealed) = stmt
                 .query_row([id], |r| Ok(sealed_from(r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()
                 .map_err(sql(&p))?
             {
-                devices.push(StoredDevice {
+                self.known_devices
+                    .insert(id.to_string(), Sealing::of(&sealed));
+                devices.push(FetchedDevice::Sealed(StoredDevice {
                     id: id.to_string(),
                     sealed,
-                });
+                }));
             }
         }
         Ok((rows, damaged, devices))
@@ -517,7 +537,16 @@ impl Store {
 
 /// What a fetch finds: the rows that read (oldest first), the damaged rows, and the
 /// Device resources the rows reference.
-pub type FetchedRows = (Vec<StoredRow>, Vec<DamagedRow>, Vec<StoredDevice>);
+pub type FetchedRows = (Vec<StoredRow>, Vec<DamagedRow>, Vec<FetchedDevice>);
+
+/// A Device resource a fetch hands over.
+#[derive(Debug, Clone)]
+pub enum FetchedDevice {
+    /// Read from the database, sealed.
+    Sealed(StoredDevice),
+    /// Already opened by the delivery side, from the sealing stored now: (id, JSON).
+    Opened(String, DeviceJson),
+}
 
 /// A row whose columns cannot be read as written: it cannot be sent, only dead-lettered.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -158,6 +158,7 @@ impl Store {
             bits: HashMap::new(),
             all_bits: 0,
             known_devices: super::devices::KnownDevices::new(),
+            opened: None,
             next_seq: 1,
             payload_bytes: 0,
         };

@@ -159,6 +159,7 @@ pub fn read_only_status(path: &Path, configured: &[String]) -> Result<Status, Ou
         bits: HashMap::new(),
         all_bits: 0,
         known_devices: super::devices::KnownDevices::new(),
+        opened: None,
         next_seq: 0,
         payload_bytes: 0,
     };

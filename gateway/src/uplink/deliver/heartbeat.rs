@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use super::Loop;
 use crate::fhir::{BundleEntry, BundleRequest};
+use crate::outbox::DeviceJson;
 use crate::uplink::{bundle, Heartbeat};
 
 /// The shortest time between two heartbeats: state changes in a burst (a cuff connects,
@@ -163,7 +164,7 @@ impl Loop<'_> {
 
     /// The Devices (id, JSON) of the devices the health model reports on, with their
     /// state; only those in `among`, if given.
-    fn states(&self, among: Option<&HashMap<String, Box<RawValue>>>) -> Vec<(String, String)> {
+    fn states(&self, among: Option<&HashMap<String, DeviceJson>>) -> Vec<(String, String)> {
         let Some(health) = self.health else {
             return Vec::new();
         };
@@ -182,7 +183,7 @@ impl Loop<'_> {
     /// nothing to replace.
     pub(super) fn with_states(
         &mut self,
-        devices: &HashMap<String, Box<RawValue>>,
+        devices: &HashMap<String, DeviceJson>,
     ) -> HashMap<String, Box<RawValue>> {
         let mut replaced = HashMap::new();
         if self.heartbeat_interval.is_none()

@@ -51,7 +51,7 @@ fn a_bundle_is_encoded_into_a_buffer_sized_once() {
     let raw = |t: &str| serde_json::value::RawValue::from_string(t.into()).unwrap();
     let devices = std::collections::HashMap::from([(
         "dev-1".to_string(),
-        raw(r#"{"resourceType":"Device","id":"dev-1"}"#),
+        crate::outbox::DeviceJson::from(raw(r#"{"resourceType":"Device","id":"dev-1"}"#)),
     )]);
     let json: Vec<Box<serde_json::value::RawValue>> = (0..50)
         .map(|i| {
