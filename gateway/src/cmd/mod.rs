@@ -51,7 +51,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 ///
 /// SQLite allocates through glibc's allocator, which gives each thread that allocates its
 /// own arena, each keeping what it freed: one arena, unless `MALLOC_ARENA_MAX` says
-/// otherwise (only the outbox's writer thread runs SQLite, so that arena's lock is not
+/// otherwise (only the outbox's database thread runs SQLite, so that arena's lock is not
 /// contended).
 fn tune_allocators() {
     // mimalloc reads its options from the environment when the process loads, so a

@@ -154,6 +154,7 @@ mod payload;
 mod queued;
 pub mod seal;
 pub mod store;
+mod thread;
 mod transaction;
 mod writer;
 
@@ -300,21 +301,26 @@ impl Outbox {
         let ring = keyring.clone();
         let max_bytes = settings.max_bytes;
         let pseudonym_key = settings.pseudonym_key.clone();
-        let (mut store, space) = tokio::task::spawn_blocking(move || {
-            let mut space = disk::Space::open(&path);
-            let mut store = Store::open(&path, &ring, &uplinks)?;
-            if let Some(fingerprint) = &pseudonym_key {
-                store.check_pseudonym_key(fingerprint)?;
-            }
-            space.ensure_reserve();
-            disk::check_cap(&path, max_bytes);
-            Ok::<_, OutboxError>((store, space))
-        })
-        .await
-        .map_err(|e| OutboxError::Sqlite {
+        let thread = thread::DbThread::spawn().map_err(|e| OutboxError::Sqlite {
             path: settings.path.clone(),
-            reason: format!("the opening task failed: {e}"),
-        })??;
+            reason: format!("cannot start the database thread: {e}"),
+        })?;
+        let (mut store, space) = thread
+            .run(move || {
+                let mut space = disk::Space::open(&path);
+                let mut store = Store::open(&path, &ring, &uplinks)?;
+                if let Some(fingerprint) = &pseudonym_key {
+                    store.check_pseudonym_key(fingerprint)?;
+                }
+                space.ensure_reserve();
+                disk::check_cap(&path, max_bytes);
+                Ok::<_, OutboxError>((store, space))
+            })
+            .await
+            .map_err(|e| OutboxError::Sqlite {
+                path: settings.path.clone(),
+                reason: format!("the opening failed on the database thread: {e}"),
+            })??;
         let opened = Arc::new(opened::OpenedDevices::new());
         store.share_opened(opened.clone());
         let (append_tx, append_rx) = mpsc::channel(settings.max_batch_rows.max(16));
@@ -329,6 +335,7 @@ impl Outbox {
             appends_open: true,
             control_open: true,
             store: Some(store),
+            thread,
             keyring: keyring.clone(),
             settings,
             appends: append_rx,

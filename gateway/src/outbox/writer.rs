@@ -1,5 +1,6 @@
 //! The writer task: the one owner of the database. It gathers appends and controls into
-//! group commits, applies each group in one transaction on a blocking thread, and replies.
+//! group commits, applies each group in one transaction on the database thread
+//! (`thread.rs`), and replies.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,13 +14,19 @@ use super::disk::Space;
 use super::queued::{QueuedAppend, SealedAppend};
 use super::seal::Keyring;
 use super::store::Store;
+use super::thread::{DbThread, Running};
 use super::transaction::{apply, reply, Applied, Batch, Control, Reply};
 use super::{OutboxError, OutboxSettings, WhenFull};
+
+/// A transaction running on the database thread.
+type Transaction = Running<Applied>;
 
 pub(super) struct Writer {
     /// Shared with the handles: forgotten after a failed transaction, so the Device
     /// resources it did not store are sealed and sent again.
     pub(super) store: Option<Store>,
+    /// The thread that runs the transactions.
+    pub(super) thread: DbThread,
     /// The store's payload bytes, known also while a transaction is in flight.
     pub(super) payload_bytes: u64,
     pub(super) appends_open: bool,
@@ -313,7 +320,7 @@ impl Writer {
     /// batch waits at most `commit_window` for company. With nothing to do it waits on
     /// its channels (and on the deletions' deadline): no timer, no SQLite work.
     pub(super) async fn run(mut self) {
-        let mut in_flight: Option<tokio::task::JoinHandle<Applied>> = None;
+        let mut in_flight: Option<Transaction> = None;
         let mut batch = Batch::default();
         loop {
             if let Some(task) = in_flight.as_mut() {
@@ -326,7 +333,7 @@ impl Writer {
                         match done {
                             Ok(applied) => self.finish(applied),
                             Err(e) => {
-                                tracing::error!(error = %e, "outbox writer thread failed; the outbox stops");
+                                tracing::error!(error = %e, "outbox transaction failed on its thread; the outbox stops");
                                 return;
                             }
                         }
@@ -431,19 +438,15 @@ impl Writer {
         if let Some(task) = self.start(&mut alone, false) {
             match task.await {
                 Ok(applied) => self.finish(applied),
-                Err(e) => tracing::error!(error = %e, "outbox writer thread failed"),
+                Err(e) => tracing::error!(error = %e, "outbox read failed on its thread"),
             }
         }
     }
 
-    /// Starts the transaction of `batch` on a blocking thread, carrying the waiting
+    /// Starts the transaction of `batch` on the database thread, carrying the waiting
     /// deletions when it writes anyway, when they are due, or when `flush` is set.
     /// Returns `None` when there is nothing to do.
-    fn start(
-        &mut self,
-        batch: &mut Batch,
-        flush: bool,
-    ) -> Option<tokio::task::JoinHandle<Applied>> {
+    fn start(&mut self, batch: &mut Batch, flush: bool) -> Option<Transaction> {
         // Readings are stored only when the file system has room for them; else they wait,
         // unacknowledged, and the rest of the batch (deletions above all) goes on.
         if !batch.appends.is_empty() && !self.space.room_for_appends() {
@@ -466,7 +469,7 @@ impl Writer {
         let work = std::mem::take(batch);
         self.transactions.fetch_add(1, Ordering::Relaxed);
         let latency = (work.writes() || !deletions.is_empty()).then(|| self.latency.clone());
-        Some(tokio::task::spawn_blocking(move || {
+        Some(self.thread.run(move || {
             let started = std::time::Instant::now();
             let applied = apply(store, &keyring, &settings, work, deletions, &skip);
             if let Some(latency) = latency {
