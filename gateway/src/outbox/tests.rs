@@ -90,6 +90,7 @@ proptest! {
         let mut store = Store::open(&path, &ring, &names).unwrap();
         // Model: seq → (payload, waiting for uplink 0, waiting for uplink 1).
         let mut model: BTreeMap<i64, (Vec<u8>, bool, bool)> = BTreeMap::new();
+        let mut delivered = [0u64; 2];
         let mut counter = 0u64;
         for op in ops {
             match op {
@@ -112,6 +113,7 @@ proptest! {
                     store.begin().unwrap();
                     store.delivered(&names[u], &rows).unwrap();
                     store.commit().unwrap();
+                    delivered[u] += rows.len() as u64;
                     for (seq, _) in rows {
                         let entry = model.get_mut(&seq).unwrap();
                         if u == 0 { entry.1 = false } else { entry.2 = false }
@@ -140,7 +142,11 @@ proptest! {
                     .map(|(seq, (p, _, _))| (*seq, p.clone()))
                     .collect();
                 prop_assert_eq!(waiting(&mut store, &ring, name), expected);
+                prop_assert_eq!(store.status(&names).unwrap().uplinks[u].delivered, delivered[u]);
             }
+            // The size cap's count: the sealed bytes of the rows still stored.
+            let stored: u64 = model.values().map(|(p, _, _)| p.len() as u64 + 16).sum();
+            prop_assert_eq!(store.payload_bytes(), stored);
         }
     }
 }
