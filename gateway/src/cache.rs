@@ -7,14 +7,27 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 
 /// At most `capacity` entries; inserting one more evicts the least recently used.
+///
+/// A use only stamps its entry (one hash lookup); the queue of keys by use is brought up
+/// to date when an entry is to be evicted: the oldest queued entry that was used since it
+/// was queued goes back in at its last use, until one was not (it is then the least
+/// recently used of all, since every entry was last used at or after it was queued).
 #[derive(Debug)]
 pub struct LruCache<K, V> {
     capacity: usize,
-    /// Each entry with its last use.
-    entries: HashMap<K, (V, u64)>,
-    /// Last use → key, oldest first.
+    /// Each entry.
+    entries: HashMap<K, Entry<V>>,
+    /// When each key was queued → key, oldest first: one per entry.
     by_use: BTreeMap<u64, K>,
     clock: u64,
+}
+
+/// A value with its last use and the stamp it is queued under.
+#[derive(Debug)]
+struct Entry<V> {
+    value: V,
+    used: u64,
+    queued: u64,
 }
 
 impl<K: Hash + Eq + Clone, V> LruCache<K, V> {
@@ -54,12 +67,9 @@ impl<K: Hash + Eq + Clone, V> LruCache<K, V> {
         K: Borrow<Q>,
     {
         let now = self.tick();
-        let (_, used) = self.entries.get_mut(key)?;
-        if let Some(k) = self.by_use.remove(used) {
-            self.by_use.insert(now, k);
-        }
-        *used = now;
-        self.entries.get(key).map(|(v, _)| v)
+        let entry = self.entries.get_mut(key)?;
+        entry.used = now;
+        Some(&entry.value)
     }
 
     /// Whether `key` is held (without marking it used).
@@ -70,16 +80,38 @@ impl<K: Hash + Eq + Clone, V> LruCache<K, V> {
     /// Inserts or replaces `key`, marked as just used, evicting the least recently used
     /// entry when the cache is full.
     pub fn insert(&mut self, key: K, value: V) {
-        let now = self.tick();
-        if let Some((_, used)) = self.entries.remove(&key) {
-            self.by_use.remove(&used);
+        if let Some(old) = self.entries.remove(&key) {
+            self.by_use.remove(&old.queued);
         } else if self.entries.len() >= self.capacity {
-            if let Some((_, oldest)) = self.by_use.pop_first() {
-                self.entries.remove(&oldest);
+            self.evict();
+        }
+        let now = self.tick();
+        self.by_use.insert(now, key.clone());
+        self.entries.insert(
+            key,
+            Entry {
+                value,
+                used: now,
+                queued: now,
+            },
+        );
+    }
+
+    /// Removes the least recently used entry.
+    fn evict(&mut self) {
+        while let Some((queued, key)) = self.by_use.pop_first() {
+            match self.entries.get_mut(&key) {
+                Some(entry) if entry.used != queued => {
+                    // Used since it was queued: back in the queue at its last use.
+                    entry.queued = entry.used;
+                    self.by_use.insert(entry.used, key);
+                }
+                _ => {
+                    self.entries.remove(&key);
+                    return;
+                }
             }
         }
-        self.by_use.insert(now, key.clone());
-        self.entries.insert(key, (value, now));
     }
 
     /// The value of `key`, inserting `make()` first when it is not held.
@@ -96,9 +128,9 @@ impl<K: Hash + Eq + Clone, V> LruCache<K, V> {
 
     /// Removes `key`.
     pub fn remove(&mut self, key: &K) -> Option<V> {
-        let (v, used) = self.entries.remove(key)?;
-        self.by_use.remove(&used);
-        Some(v)
+        let entry = self.entries.remove(key)?;
+        self.by_use.remove(&entry.queued);
+        Some(entry.value)
     }
 
     /// Removes every entry.
@@ -146,5 +178,54 @@ mod tests {
         assert_eq!(c.len(), 1);
         c.clear();
         assert!(c.is_empty());
+    }
+
+    proptest::proptest! {
+        /// Any mix of uses, inserts and removals keeps exactly the entries a plain LRU
+        /// list keeps, with one queued stamp per entry.
+        #[test]
+        fn it_keeps_what_a_plain_lru_list_keeps(
+            capacity in 1usize..5,
+            ops in proptest::collection::vec((0u8..3, 0u8..8), 0..200),
+        ) {
+            let mut cache = LruCache::new(capacity);
+            // Keys, least recently used first.
+            let mut model: Vec<(u8, u32)> = Vec::new();
+            for (i, (op, key)) in ops.into_iter().enumerate() {
+                let value = i as u32;
+                match op {
+                    0 => {
+                        let got = cache.get(&key).copied();
+                        let at = model.iter().position(|(k, _)| *k == key);
+                        proptest::prop_assert_eq!(got, at.map(|at| model[at].1));
+                        if let Some(at) = at {
+                            let e = model.remove(at);
+                            model.push(e);
+                        }
+                    }
+                    1 => {
+                        cache.insert(key, value);
+                        if let Some(at) = model.iter().position(|(k, _)| *k == key) {
+                            model.remove(at);
+                        } else if model.len() >= capacity {
+                            model.remove(0);
+                        }
+                        model.push((key, value));
+                    }
+                    _ => {
+                        let removed = cache.remove(&key);
+                        let at = model.iter().position(|(k, _)| *k == key);
+                        proptest::prop_assert_eq!(removed, at.map(|at| model.remove(at).1));
+                    }
+                }
+                let mut held: Vec<(u8, u32)> =
+                    cache.entries.iter().map(|(k, e)| (*k, e.value)).collect();
+                held.sort_unstable();
+                let mut expected = model.clone();
+                expected.sort_unstable();
+                proptest::prop_assert_eq!(held, expected);
+                proptest::prop_assert_eq!(cache.by_use.len(), cache.entries.len());
+            }
+        }
     }
 }
