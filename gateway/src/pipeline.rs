@@ -29,7 +29,7 @@ use crate::clock::{Clock, HOLD_MEMBER};
 use crate::fhir::{self, Observation, Reference};
 use crate::health::ReadingOutcome;
 use crate::normalize::{self, Context, OutOfRange, Rejection, Zone};
-use crate::outbox::{Append, Outbox};
+use crate::outbox::{Append, DeviceJsonIn, Outbox};
 use crate::profile::Profile;
 use crate::pseudonym::{Domain, Pseudonymizer};
 
@@ -91,11 +91,12 @@ pub struct Pipeline {
     pub health: Option<crate::health::Health>,
 }
 
-/// A measuring device's pseudonym and its Device resource (JSON), computed once.
+/// A measuring device's pseudonym and its Device resource (JSON, fingerprinted), computed
+/// once.
 struct KnownDevice {
     pseudonym: String,
     resource_id: String,
-    json: Arc<[u8]>,
+    json: DeviceJsonIn,
 }
 
 impl Pipeline {

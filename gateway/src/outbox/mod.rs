@@ -162,6 +162,7 @@ pub use error::OutboxError;
 pub use ingest::{read_ingest_dead_letters, IngestDeadLetter};
 pub use opened::{DeviceJson, OPENED_DEVICES};
 pub use payload::{device_aad, pack, reason_aad, row_aad, unpack};
+pub use queued::DeviceJsonIn;
 pub use store::accept_pseudonym_key;
 pub use writer::DELETE_DELAY;
 
@@ -225,8 +226,9 @@ pub struct Append {
     /// The Device resource's id.
     pub device_id: String,
     /// The Device resource (JSON), shared: the writer seals and stores it only when it
-    /// does not hold that Device already, so most appends never copy or seal it.
-    pub device_json: Arc<[u8]>,
+    /// does not hold that Device already (the same text), so most appends never copy or
+    /// seal it.
+    pub device_json: DeviceJsonIn,
     /// (identifier, Observation JSON) pairs.
     pub observations: Vec<(String, Vec<u8>)>,
     /// Acknowledged with the identifiers once committed.

@@ -159,10 +159,13 @@ mod tests {
         let put = |store: &mut Store, json: &str| {
             let sealed = sealed(&ring, "dev-1", json);
             store
-                .put_device(&StoredDevice {
-                    id: "dev-1".into(),
-                    sealed,
-                })
+                .put_device(
+                    &StoredDevice {
+                        id: "dev-1".into(),
+                        sealed,
+                    },
+                    None,
+                )
                 .unwrap();
         };
         store.begin().unwrap();
@@ -201,5 +204,40 @@ mod tests {
         let after = fetched_device(&mut store).unwrap_err();
         assert_eq!(after.nonce, second.nonce);
         assert_eq!(fetched_device(&mut store).unwrap().get(), r#"{"v":2}"#);
+    }
+
+    #[tokio::test]
+    async fn a_device_whose_resource_changed_is_stored_and_fetched_anew() {
+        // A device that reports a new firmware revision gets a new Device resource under
+        // the same id: the next append stores it, and the next batch carries it.
+        let dir = tempfile::tempdir().unwrap();
+        let settings = crate::outbox::tests::settings_in(dir.path());
+        let ring = Arc::new(Keyring::new(&[3; 32]));
+        let (outbox, writer) = crate::outbox::Outbox::open(settings, ring, vec!["u".into()])
+            .await
+            .unwrap();
+        let append = |json: &str, obs: &str| crate::outbox::Append {
+            device_id: "dev-1".into(),
+            device_json: json.as_bytes().to_vec().into(),
+            observations: vec![(obs.into(), br#"{"resourceType":"Observation"}"#.to_vec())],
+            ack: None,
+            source_waits: false,
+        };
+        let device_fetched = |outbox: &crate::outbox::Outbox| {
+            let outbox = outbox.clone();
+            async move {
+                let fetched = outbox.fetch("u", 10).await.unwrap();
+                fetched.devices["dev-1"].get().to_string()
+            }
+        };
+        outbox.append(append(r#"{"v":1}"#, "a")).await.unwrap();
+        outbox.flush().await.unwrap();
+        assert_eq!(device_fetched(&outbox).await, r#"{"v":1}"#);
+        outbox.append(append(r#"{"v":1}"#, "b")).await.unwrap();
+        outbox.append(append(r#"{"v":2}"#, "c")).await.unwrap();
+        outbox.flush().await.unwrap();
+        assert_eq!(device_fetched(&outbox).await, r#"{"v":2}"#);
+        drop(outbox);
+        writer.await.unwrap();
     }
 }

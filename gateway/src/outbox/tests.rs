@@ -331,15 +331,20 @@ fn devices_are_stored_once_and_fetched_with_their_rows() {
     let ring = Keyring::new(&KEY);
     let mut store = Store::open(&dir.path().join("o.db"), &ring, &["fhir".to_string()]).unwrap();
     store.begin().unwrap();
+    let fingerprint = DeviceJsonIn::from(b"{}".to_vec()).fingerprint();
     store
-        .put_device(&StoredDevice {
-            id: "dev-1".into(),
-            sealed: ring.seal(b"{}", &device_aad("dev-1")).unwrap(),
-        })
+        .put_device(
+            &StoredDevice {
+                id: "dev-1".into(),
+                sealed: ring.seal(b"{}", &device_aad("dev-1")).unwrap(),
+            },
+            Some(fingerprint),
+        )
         .unwrap();
     insert(&mut store, &ring, b"x");
     store.commit().unwrap();
-    assert!(store.has_device("dev-1"));
+    assert!(store.has_device("dev-1", fingerprint));
+    assert!(!store.has_device("dev-1", fingerprint ^ 1));
     let (rows, _, devices) = store.fetch("fhir", 0, 10, None).unwrap();
     assert_eq!((rows.len(), devices.len()), (1, 1));
 }
@@ -458,10 +463,13 @@ fn after_a_rotation_only_queued_rows_keep_the_retired_key_in_use() {
         let mut store = Store::open(&path, &old, &names).unwrap();
         store.begin().unwrap();
         store
-            .put_device(&StoredDevice {
-                id: "dev-1".into(),
-                sealed: old.seal(b"{}", &device_aad("dev-1")).unwrap(),
-            })
+            .put_device(
+                &StoredDevice {
+                    id: "dev-1".into(),
+                    sealed: old.seal(b"{}", &device_aad("dev-1")).unwrap(),
+                },
+                None,
+            )
             .unwrap();
         let rejected = insert(&mut store, &old, b"rejected");
         let reason = old

@@ -242,12 +242,19 @@ pub(super) fn apply(
             shrink = store.shrink_due()?;
         }
         for a in &appends {
-            if let Some((id, json)) = a.device.as_ref().filter(|(id, _)| !store.has_device(id)) {
-                let sealed = keyring.seal_owned(pack(json), &device_aad(id))?;
-                store.put_device(&StoredDevice {
-                    id: id.clone(),
-                    sealed,
-                })?;
+            if let Some((id, json)) = a
+                .device
+                .as_ref()
+                .filter(|(id, json)| !store.has_device(id, json.fingerprint()))
+            {
+                let sealed = keyring.seal_owned(pack(json.json()), &device_aad(id))?;
+                store.put_device(
+                    &StoredDevice {
+                        id: id.clone(),
+                        sealed,
+                    },
+                    Some(json.fingerprint()),
+                )?;
             }
             for (_, row) in &a.rows {
                 store.insert(row)?;

@@ -1,8 +1,10 @@
 //! Device resources: which ones are stored, as far as this process knows (a bounded
 //! cache), and the removal of those no row and no dead letter references any more.
 //!
-//! Every append carries its sealed Device resource; the store writes it only when the
-//! cache does not hold its id (`INSERT OR REPLACE`, so writing it again is harmless). The
+//! Every append carries its Device resource; the store seals and writes it only when the
+//! cache does not hold its id with the same text (a fingerprint of it: a device that
+//! reports a new firmware revision gets a new resource under the same id), with
+//! `INSERT OR REPLACE`, so writing it again is harmless. The
 //! cache holds at most [`KNOWN_DEVICES`] ids, the least recently used forgotten, each with
 //! the key id and nonce of the sealing stored, as this process wrote or read it. This
 //! process is the only writer of the `devices` table once the outbox is open (re-sealing
@@ -57,11 +59,19 @@ impl Sealing {
     }
 }
 
+/// What is known of a stored Device: its sealing, and the fingerprint of its text when
+/// this process wrote it.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    sealing: Sealing,
+    fingerprint: Option<u64>,
+}
+
 /// Device ids stored (written or read by this process), with their sealing, and when
 /// unneeded ones were last removed.
 #[derive(Debug)]
 pub(super) struct KnownDevices {
-    ids: LruCache<String, Sealing>,
+    ids: LruCache<String, Known>,
     pruned_at: Option<Instant>,
 }
 
@@ -74,19 +84,26 @@ impl KnownDevices {
         }
     }
 
-    /// Whether `id` is known to be stored (and is not forgotten).
-    pub(super) fn contains(&mut self, id: &str) -> bool {
-        self.ids.get(id).is_some()
-    }
-
     /// The sealing stored for `id`, if known.
     pub(super) fn sealing(&mut self, id: &str) -> Option<Sealing> {
-        self.ids.get(id).copied()
+        self.ids.get(id).map(|k| k.sealing)
     }
 
-    /// Remembers that `id` is stored with `sealing`.
-    pub(super) fn insert(&mut self, id: String, sealing: Sealing) {
-        self.ids.insert(id, sealing);
+    /// The fingerprint of the text stored for `id`: `None` when `id` is not known,
+    /// `Some(None)` when it was read back rather than written.
+    pub(super) fn fingerprint(&mut self, id: &str) -> Option<Option<u64>> {
+        self.ids.get(id).map(|k| k.fingerprint)
+    }
+
+    /// Remembers that `id` is stored with `sealing` (and the text of `fingerprint`).
+    pub(super) fn insert(&mut self, id: String, sealing: Sealing, fingerprint: Option<u64>) {
+        self.ids.insert(
+            id,
+            Known {
+                sealing,
+                fingerprint,
+            },
+        );
     }
 
     /// Forgets every id (after a rollback or a removal).
@@ -161,13 +178,16 @@ mod tests {
 
     /// Appends one row of device `dev` (with its Device, when the store does not know it).
     fn append(store: &mut Store, ring: &Keyring, dev: &str) -> (i64, usize) {
-        if !store.has_device(dev) {
+        if !store.has_device(dev, 0) {
             let sealed = ring.seal(b"{}", &device_aad(dev)).unwrap();
             store
-                .put_device(&StoredDevice {
-                    id: dev.into(),
-                    sealed,
-                })
+                .put_device(
+                    &StoredDevice {
+                        id: dev.into(),
+                        sealed,
+                    },
+                    Some(0),
+                )
                 .unwrap();
         }
         let seq = store.next_seq();
@@ -250,10 +270,12 @@ mod tests {
                 key_id: 1,
                 nonce: [0; 12],
             };
-            known.insert(format!("device-{i}"), sealing);
+            known.insert(format!("device-{i}"), sealing, None);
         }
         assert_eq!(known.ids.len(), KNOWN_DEVICES);
-        assert!(known.contains(&format!("device-{}", 3 * KNOWN_DEVICES - 1)));
-        assert!(!known.contains("device-0"));
+        assert!(known
+            .sealing(&format!("device-{}", 3 * KNOWN_DEVICES - 1))
+            .is_some());
+        assert!(known.sealing("device-0").is_none());
     }
 }

@@ -116,9 +116,10 @@ impl Store {
         self.next_seq
     }
 
-    /// Whether a Device resource is already stored (as far as this process remembers).
-    pub fn has_device(&mut self, id: &str) -> bool {
-        self.known_devices.contains(id)
+    /// Whether Device `id` is stored with the text of `fingerprint` (as far as this
+    /// process remembers: a Device read back, not written, is not known by its text).
+    pub fn has_device(&mut self, id: &str, fingerprint: u64) -> bool {
+        self.known_devices.fingerprint(id) == Some(Some(fingerprint))
     }
 
     /// Shares the delivery side's opened Device resources: a fetch then hands over the
@@ -181,14 +182,19 @@ impl Store {
         Ok((highest + 1, bytes.unwrap_or(0).max(0) as u64))
     }
 
-    /// Stores a Device resource (inside a transaction).
-    pub fn put_device(&mut self, device: &StoredDevice) -> Result<(), OutboxError> {
+    /// Stores a Device resource (inside a transaction), with the fingerprint of its text
+    /// when known (`DeviceJsonIn`).
+    pub fn put_device(
+        &mut self,
+        device: &StoredDevice,
+        fingerprint: Option<u64>,
+    ) -> Result<(), OutboxError> {
         self.conn
             .prepare_cached("INSERT OR REPLACE INTO devices (id, key_id, nonce, sealed) VALUES (?1, ?2, ?3, ?4)")
             .and_then(|mut s| s.execute(params![device.id, device.sealed.key_id as i64, device.sealed.nonce.as_slice(), device.sealed.ciphertext]))
             .map_err(sql(&self.path))?;
         self.known_devices
-            .insert(device.id.clone(), Sealing::of(&device.sealed));
+            .insert(device.id.clone(), Sealing::of(&device.sealed), fingerprint);
         Ok(())
     }
 
@@ -288,7 +294,7 @@ impl Store {
                 .map_err(sql(&p))?
             {
                 self.known_devices
-                    .insert(id.to_string(), Sealing::of(&sealed));
+                    .insert(id.to_string(), Sealing::of(&sealed), None);
                 devices.push(FetchedDevice::Sealed(StoredDevice {
                     id: id.to_string(),
                     sealed,
