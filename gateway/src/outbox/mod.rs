@@ -27,7 +27,7 @@
 //! seq), so a ciphertext moved to another row does not open. Keys never live in the
 //! database: only their ids and check values do. Who seals: an append travels to the
 //! writer task plain; the task compresses and seals its rows as it takes it, while the
-//! previous transaction runs on the blocking thread (so the pipeline's task only
+//! previous transaction runs on the database thread (so the pipeline's task only
 //! normalizes, and sealing still overlaps the commit before it); a Device resource is
 //! sealed only by the transaction that stores it. Measured (docs/benchmarks.md): with
 //! sealing on the pipeline's task, that task was the bottleneck of ingest (one core
@@ -87,14 +87,14 @@
 //! **Group commit.** One writer task owns the database. It takes every operation that is
 //! waiting (appends from the pipeline, acknowledgements and fetches from the uplinks), up
 //! to `max_batch_rows` rows or `commit_window` after the first, applies them in one
-//! transaction on a blocking thread, commits once, then replies. Under load hundreds of
-//! readings share a commit. At low rates the wait for company depends on who waits for
-//! the commit: a source that does (an MQTT message's PUBACK, a glucose record marked as
-//! fetched) gets its answer within `commit_window` (20 ms by default); a reading nobody
-//! waits for (a BLE notification, a serial line, the simulator) may wait
+//! transaction on the database thread (`thread.rs`), commits once, then replies. Under load
+//! hundreds of readings share a commit. At low rates the wait for company depends on who
+//! waits for the commit: a source that does (an MQTT message's PUBACK, a glucose record
+//! marked as fetched) gets its answer within `commit_window` (20 ms by default); a reading
+//! nobody waits for (a BLE notification, a serial line, the simulator) may wait
 //! `quiet_commit_window` (2 s by default), so that at one reading a second two or three
-//! share a commit. The price is what a power cut can take: at most that window of
-//! readings that were never acknowledged to anyone.
+//! share a commit. The price is what a power cut can take: at most that window of readings
+//! that were never acknowledged to anyone.
 //!
 //! **Deletions ride on other commits.** On an SD card the cost is per commit and per
 //! page touched, not per byte: each commit appends every page it changed to the WAL and

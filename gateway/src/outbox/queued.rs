@@ -52,7 +52,7 @@ impl From<Vec<u8>> for DeviceJsonIn {
 }
 
 /// An append on its way to the writer task, which compresses and seals its rows as it
-/// takes it (`writer.rs`), while the previous transaction runs on its blocking thread:
+/// takes it (`writer.rs`), while the previous transaction runs on the database thread:
 /// the pipeline's task, the busier one under load, only normalizes and serializes, and
 /// the sealing still overlaps the commit before it.
 pub(super) struct QueuedAppend {

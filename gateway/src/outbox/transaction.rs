@@ -185,7 +185,7 @@ pub(super) fn reply(
     }
 }
 
-/// Applies one group of operations in one transaction (on a blocking thread).
+/// Applies one group of operations in one transaction (on the database thread).
 ///
 /// The waiting `deletions` come first, so the size cap counts only rows still queued;
 /// a fetch skips the rows of `skip` (delivered, their deletion still waiting). A batch

@@ -315,7 +315,7 @@ impl Writer {
         }
     }
 
-    /// The writer loop. While one transaction is being applied on the blocking thread, the
+    /// The writer loop. While one transaction is being applied on the database thread, the
     /// next batch is gathered, so the database is never idle under load; with no load, a
     /// batch waits at most `commit_window` for company. With nothing to do it waits on
     /// its channels (and on the deletions' deadline): no timer, no SQLite work.

@@ -1,7 +1,7 @@
 //! The SQLite side of the outbox: the statements the writer runs in its transactions
 //! (`open.rs`: schema and the refuse-never-reset opening checks; `read.rs`: counts and
 //! read-only listings for `outbox status` and `outbox dead-letters`). Synchronous; owned
-//! by the outbox's writer task, which runs it on a blocking thread.
+//! by the outbox's writer task, which runs it on the database thread.
 
 mod devices;
 mod open;
