@@ -2,26 +2,47 @@
 //! transaction, one at a time, for the writer task.
 //!
 //! Tokio's blocking pool ran them before, on whichever of its threads was idle. Under
-//! load the transactions then spread over three threads, and each kept its own heap of
-//! the allocator's pages (the rows read, SQLite's page cache, the statements): about
-//! 1.5 MiB of the daemon's peak RSS in the MQTT round-trip benchmark. One thread keeps
-//! them in one heap, and keeps SQLite's allocations in one glibc arena (`cmd::runtime`).
+//! load the transactions then spread over three threads, and each kept its own mimalloc
+//! heap of the pages they used (the rows read and sealed, the results): 1.1-1.5 MiB of
+//! the daemon's peak RSS in the MQTT round-trip benchmark. One thread keeps them in one
+//! heap (SQLite allocates from glibc, in one arena: `cmd::runtime`).
+//! After [`IDLE`] without a job the thread gives the memory its jobs freed back to the
+//! system (a blocking thread used to exit then, and its heap with it).
+//!
 //! Tokio's blocking pool still waits for each result (a waiting thread allocates nothing),
 //! and stays free for what else needs it (name lookups): a slow lookup never delays a
 //! commit, nor a slow commit a lookup.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 /// A job for the thread.
 type Job = Box<dyn FnOnce() + Send>;
+
+/// How long the thread waits for a job before it gives back the memory its jobs left in
+/// its allocator heap, as tokio's blocking threads exit after 10 s without work. Then it
+/// waits without a timeout: an idle kit's thread wakes once per quiet spell.
+const IDLE: Duration = Duration::from_secs(10);
+
+/// Returns this thread's freed memory to the system. Under mimalloc (the daemon's global
+/// allocator) each thread's heap keeps partly used pages of the sizes it allocated; they
+/// are what a transaction left (about 0.4 MiB at rest, `docs/benchmarks.md`).
+fn give_back_memory() {
+    // SAFETY: a plain call into the allocator, on this thread's own heap.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
 
 /// The thread's handle. It stops when the handle is dropped, after the job it runs.
 #[derive(Debug)]
 pub(super) struct DbThread {
     jobs: mpsc::SyncSender<Job>,
+    /// Quiet spells in which the thread gave its memory back (logged; the tests read it).
+    #[cfg_attr(not(test), allow(dead_code))]
+    quiet_spells: Arc<AtomicU64>,
 }
 
 /// The thread is gone (a job panicked), or a job was given while another was waiting.
@@ -32,16 +53,37 @@ pub(super) struct Gone;
 impl DbThread {
     /// Starts the thread.
     pub(super) fn spawn() -> std::io::Result<Self> {
+        Self::spawn_idle_after(IDLE)
+    }
+
+    /// Starts the thread, giving its memory back after `idle` without a job.
+    fn spawn_idle_after(idle: Duration) -> std::io::Result<Self> {
         // The writer runs one transaction at a time: one job waiting is the most there is.
         let (jobs, waiting) = mpsc::sync_channel::<Job>(1);
+        let quiet_spells = Arc::new(AtomicU64::new(0));
+        let spells = quiet_spells.clone();
         std::thread::Builder::new()
             .name("outbox-db".into())
-            .spawn(move || {
-                while let Ok(job) = waiting.recv() {
-                    job();
-                }
+            .spawn(move || loop {
+                let job = match waiting.recv_timeout(idle) {
+                    Ok(job) => job,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        give_back_memory();
+                        let n = spells.fetch_add(1, Ordering::Relaxed) + 1;
+                        tracing::debug!(
+                            quiet_spells = n,
+                            "outbox database thread idle: its freed memory is given back"
+                        );
+                        match waiting.recv() {
+                            Ok(job) => job,
+                            Err(_) => return,
+                        }
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                };
+                job();
             })?;
-        Ok(Self { jobs })
+        Ok(Self { jobs, quiet_spells })
     }
 
     /// Runs `f` on the thread: the future resolves to its result, or to [`Gone`].
@@ -108,5 +150,19 @@ mod tests {
         // The thread ended with the panic: later jobs are reported, not lost silently.
         let later = thread.run(|| 1).await;
         assert!(later.is_err());
+    }
+
+    #[tokio::test]
+    async fn after_a_quiet_spell_the_memory_is_given_back_once_and_jobs_still_run() {
+        let thread = DbThread::spawn_idle_after(Duration::from_millis(20)).unwrap();
+        assert_eq!(thread.run(|| 1).await.unwrap(), 1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while thread.quiet_spells.load(Ordering::Relaxed) == 0 {
+            assert!(std::time::Instant::now() < deadline, "no quiet spell seen");
+            tokio::task::yield_now().await;
+        }
+        // Waiting without a timeout now: one give-back per quiet spell, not one per 20 ms.
+        assert_eq!(thread.run(|| 2).await.unwrap(), 2);
+        assert!(thread.quiet_spells.load(Ordering::Relaxed) <= 2);
     }
 }
