@@ -232,7 +232,14 @@ mod tests {
         };
         outbox.append(append(r#"{"v":1}"#, "a")).await.unwrap();
         outbox.flush().await.unwrap();
-        assert_eq!(device_fetched(&outbox).await, r#"{"v":1}"#);
+        let first = outbox.fetch("u", 10).await.unwrap().devices["dev-1"].clone();
+        assert_eq!(first.get(), r#"{"v":1}"#);
+        // The same text again after a fetch read the Device back: not stored again (the
+        // next fetch hands over the resource opened before, of the same sealing).
+        outbox.append(append(r#"{"v":1}"#, "a2")).await.unwrap();
+        outbox.flush().await.unwrap();
+        let again = outbox.fetch("u", 10).await.unwrap().devices["dev-1"].clone();
+        assert!(Arc::ptr_eq(&first, &again), "the Device was stored again");
         outbox.append(append(r#"{"v":1}"#, "b")).await.unwrap();
         outbox.append(append(r#"{"v":2}"#, "c")).await.unwrap();
         outbox.flush().await.unwrap();

@@ -95,6 +95,15 @@ impl KnownDevices {
         self.ids.get(id).map(|k| k.fingerprint)
     }
 
+    /// Remembers that `id` was read back with `sealing`: what is known of its text stays
+    /// when that is the sealing this process wrote (else writing the Device again on the
+    /// next append would give it a new sealing, to be read back again, and so on).
+    pub(super) fn read_back(&mut self, id: &str, sealing: Sealing) {
+        if self.sealing(id) != Some(sealing) {
+            self.insert(id.to_string(), sealing, None);
+        }
+    }
+
     /// Remembers that `id` is stored with `sealing` (and the text of `fingerprint`).
     pub(super) fn insert(&mut self, id: String, sealing: Sealing, fingerprint: Option<u64>) {
         self.ids.insert(

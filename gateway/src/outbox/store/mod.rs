@@ -293,8 +293,7 @@ impl Store {
                 .optional()
                 .map_err(sql(&p))?
             {
-                self.known_devices
-                    .insert(id.to_string(), Sealing::of(&sealed), None);
+                self.known_devices.read_back(id, Sealing::of(&sealed));
                 devices.push(FetchedDevice::Sealed(StoredDevice {
                     id: id.to_string(),
                     sealed,
