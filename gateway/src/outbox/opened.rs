@@ -15,8 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use serde_json::value::RawValue;
 
 use super::payload::{device_aad, unpack};
-use super::seal::{Keyring, Sealed};
-use super::store::Sealing;
+use super::seal::{Keyring, Sealed, Sealing};
 use crate::cache::LruCache;
 
 /// The most opened Device resources kept (a Device's JSON is a few hundred bytes).

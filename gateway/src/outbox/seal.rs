@@ -98,6 +98,27 @@ pub struct Sealed {
     pub ciphertext: Vec<u8>,
 }
 
+/// Which sealing a sealed value has: its key id and nonce. The nonce is
+/// random for each sealing and the id is in the associated data, so one (id, sealing)
+/// pair stands for one ciphertext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sealing {
+    /// The key id.
+    pub key_id: u32,
+    /// The nonce.
+    pub nonce: [u8; ring::aead::NONCE_LEN],
+}
+
+impl Sealing {
+    /// The sealing of `sealed`.
+    pub fn of(sealed: &Sealed) -> Self {
+        Self {
+            key_id: sealed.key_id,
+            nonce: sealed.nonce,
+        }
+    }
+}
+
 /// The current key and the retired keys still needed to open old rows.
 pub struct Keyring {
     current: StorageKey,

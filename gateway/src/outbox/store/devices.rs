@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use super::{sql, OutboxError, Store};
 use crate::cache::LruCache;
-use crate::outbox::seal::Sealed;
+use crate::outbox::seal::Sealing;
 
 /// The most Device ids the store remembers having written (about 100 bytes each).
 pub const KNOWN_DEVICES: usize = 4096;
@@ -37,27 +37,6 @@ pub const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 /// How many Device rows may stay stored without a row or dead letter needing them: a
 /// home kit's devices, but not a flood of ever-new MQTT device ids.
 pub const KEPT_DEVICES: usize = 64;
-
-/// Which sealing of a Device resource is stored: its key id and nonce. The nonce is
-/// random for each sealing and the id is in the associated data, so one (id, sealing)
-/// pair stands for one ciphertext.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sealing {
-    /// The key id.
-    pub key_id: u32,
-    /// The nonce.
-    pub nonce: [u8; ring::aead::NONCE_LEN],
-}
-
-impl Sealing {
-    /// The sealing of `sealed`.
-    pub fn of(sealed: &Sealed) -> Self {
-        Self {
-            key_id: sealed.key_id,
-            nonce: sealed.nonce,
-        }
-    }
-}
 
 /// What is known of a stored Device: its sealing, and the fingerprint of its text when
 /// this process wrote it.
