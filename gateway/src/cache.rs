@@ -106,10 +106,12 @@ impl<K: Hash + Eq + Clone, V> LruCache<K, V> {
                     entry.queued = entry.used;
                     self.by_use.insert(entry.used, key);
                 }
-                _ => {
+                Some(_) => {
                     self.entries.remove(&key);
                     return;
                 }
+                // Cannot happen (one queued stamp per entry); the next one is evicted.
+                None => {}
             }
         }
     }

@@ -111,7 +111,8 @@ mod tests {
             r#"{"resourceType":"Device","id":"dev-a","x":1}"#
         );
         assert!(opened.open(&other_key, "dev-a", &first).is_none());
-        // Another device's sealing of the same id is not taken for it.
+        // dev-a's sealing presented as dev-b's does not open: the id is in the associated
+        // data.
         assert!(opened.open(&ring, "dev-b", &rewritten).is_none());
     }
 

@@ -24,8 +24,8 @@ pub struct DeviceJsonIn {
 impl DeviceJsonIn {
     /// Takes `json`, fingerprinting it once.
     pub fn new(json: Arc<[u8]>) -> Self {
-        // SipHash with fixed keys: the same text gives the same value in every process
-        // run; telling changes apart needs no secret.
+        // SipHash with fixed keys: the same text gives the same value in this process
+        // (fingerprints are kept in memory only); telling changes apart needs no secret.
         let mut hasher = std::hash::DefaultHasher::new();
         json.hash(&mut hasher);
         Self {
