@@ -4,13 +4,13 @@
 //! Every append carries its Device resource; the store seals and writes it only when the
 //! cache does not hold its id with the same text (a fingerprint of it: a device that
 //! reports a new firmware revision gets a new resource under the same id), with
-//! `INSERT OR REPLACE`, so writing it again is harmless. The
-//! cache holds at most [`KNOWN_DEVICES`] ids, the least recently used forgotten, each with
-//! the key id and nonce of the sealing stored, as this process wrote or read it. This
-//! process is the only writer of the `devices` table once the outbox is open (re-sealing
-//! runs before), so the cache is right until a rollback or a removal, which clear it; a
-//! fetch uses it to hand over the delivery side's opened resource for that same sealing
-//! without reading the row.
+//! `INSERT OR REPLACE`, so writing it again is harmless. The cache holds at most
+//! [`KNOWN_DEVICES`] ids, the least recently used forgotten, each with the key id and
+//! nonce of the sealing stored, as this process wrote or read it. This process is the
+//! only writer of the `devices` table once the outbox is open (re-sealing runs before),
+//! so the cache is right until a rollback or a removal, which clear it; a fetch uses it
+//! to hand over the delivery side's opened resource for that same sealing without
+//! reading the row.
 //!
 //! A Device row is needed while a row or a dead letter references it (ingest dead
 //! letters reference none). Once more than [`KEPT_DEVICES`] Device rows are stored, a
@@ -68,10 +68,12 @@ impl KnownDevices {
         self.ids.get(id).map(|k| k.sealing)
     }
 
-    /// The fingerprint of the text stored for `id`: `None` when `id` is not known,
-    /// `Some(None)` when it was read back rather than written.
-    pub(super) fn fingerprint(&mut self, id: &str) -> Option<Option<u64>> {
-        self.ids.get(id).map(|k| k.fingerprint)
+    /// Whether `id` is known to be stored with the text of `fingerprint` (a Device read
+    /// back, not written, is not known by its text).
+    pub(super) fn holds_text(&mut self, id: &str, fingerprint: u64) -> bool {
+        self.ids
+            .get(id)
+            .is_some_and(|k| k.fingerprint == Some(fingerprint))
     }
 
     /// Remembers that `id` was read back with `sealing`: what is known of its text stays

@@ -120,7 +120,7 @@ impl Store {
     /// Whether Device `id` is stored with the text of `fingerprint` (as far as this
     /// process remembers: a Device read back, not written, is not known by its text).
     pub fn has_device(&mut self, id: &str, fingerprint: u64) -> bool {
-        self.known_devices.fingerprint(id) == Some(Some(fingerprint))
+        self.known_devices.holds_text(id, fingerprint)
     }
 
     /// Shares the delivery side's opened Device resources: a fetch then hands over the
