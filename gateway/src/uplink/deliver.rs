@@ -151,7 +151,9 @@ impl<'a> Loop<'a> {
     /// A backlog is drained two batches at a time: after a full batch with nothing held
     /// for the clock, the rows after its last one are fetched and opened in a task of
     /// their own while this batch is sent, so reading the outbox overlaps the server's
-    /// work. Every row of a pass that ends well is delivered or dead-lettered, so the next
+    /// work. That read is older than the loop's last look at the commit notification, so
+    /// a short batch fetched ahead is followed by a fresh fetch, and an empty one is
+    /// replaced by one. Every row of a pass that ends well is delivered or dead-lettered, so the next
     /// pass starts after it; a pass that fails drops the prefetched rows, and the next
     /// starts again from the oldest row.
     async fn pass(&mut self, batch: usize) -> Result<Pass, DeliveryError> {
@@ -167,10 +169,11 @@ impl<'a> Loop<'a> {
     async fn pass_once(&mut self, batch: usize) -> Result<Pass, DeliveryError> {
         let max_bytes = self.uplink.max_bundle_bytes();
         // Rows fetched ahead were read before the loop last looked at the commit
-        // notification: fewer than asked for then does not mean nothing waits now.
-        let prefetched = self.prefetch.is_some();
-        let (mut fetched, limit) = match self.prefetch.take() {
-            Some(prefetch) => (
+        // notification: fewer than asked for then does not mean nothing waits now. An
+        // empty batch fetched ahead is dropped for a fresh fetch, which is the one that
+        // can tell the loop that nothing waits.
+        let ahead = match self.prefetch.take() {
+            Some(prefetch) => Some((
                 prefetch
                     .task
                     .await
@@ -180,8 +183,13 @@ impl<'a> Loop<'a> {
                     })?
                     .map_err(outbox_failed)?,
                 prefetch.limit,
-            ),
-            None => {
+            )),
+            None => None,
+        };
+        let prefetched = ahead.as_ref().is_some_and(|(f, _)| !f.rows.is_empty());
+        let (mut fetched, limit) = match ahead {
+            Some(ahead) if prefetched => ahead,
+            _ => {
                 let limit = self.fetch_limit(batch, max_bytes);
                 let fetched = self
                     .outbox
