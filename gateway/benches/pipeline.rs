@@ -255,12 +255,14 @@ async fn run(n: usize, dir: &Path) {
     let cpu = {
         let profile_of: HashMap<&str, &Arc<_>> =
             profiles.iter().map(|p| (p.id.as_str(), p)).collect();
-        let ctx = |pseudonym: &str| normalize::Context {
-            subject: iomt_gateway::fhir::Reference::to("Patient/x"),
-            device_pseudonym: pseudonym.to_string(),
-            gateway_pseudonym: "g".into(),
-            zone: Zone::GatewayLocal,
-            out_of_range: OutOfRange::Flag,
+        let ctx = |pseudonym: &str| {
+            normalize::Context::new(
+                iomt_gateway::fhir::Reference::to("Patient/x"),
+                pseudonym.to_string(),
+                "g",
+                Zone::GatewayLocal,
+                OutOfRange::Flag,
+            )
         };
         let c = ctx("0123456789abcdef0123456789abcdef");
         let start = Instant::now();

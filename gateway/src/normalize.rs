@@ -109,19 +109,53 @@ pub enum OutOfRange {
     Reject,
 }
 
-/// Everything besides the reading and the profile that the mapping needs.
+/// Everything besides the reading and the profile that the mapping needs: the same for
+/// every reading of a device, so the pipeline makes it once per device ([`Context::new`]).
 #[derive(Debug, Clone)]
 pub struct Context {
     /// The patient reference (pseudonymous).
-    pub subject: Reference,
+    subject: Reference,
     /// The measuring device's pseudonym (its Device resource id is derived from it).
-    pub device_pseudonym: String,
-    /// The gateway's pseudonym.
-    pub gateway_pseudonym: String,
+    device_pseudonym: String,
+    /// `Device/<id>` of the measuring device's Device resource: each Observation's
+    /// `device`.
+    device_reference: String,
+    /// `Device/<id>` of the gateway's Device resource: each Observation's gateway
+    /// extension.
+    gateway_reference: String,
     /// The zone of the device's wall-clock times.
-    pub zone: Zone,
+    zone: Zone,
     /// The out-of-range rule.
-    pub out_of_range: OutOfRange,
+    out_of_range: OutOfRange,
+}
+
+impl Context {
+    /// The context of the readings of the device with pseudonym `device_pseudonym`, for
+    /// the patient `subject` (a pseudonymous reference), on the gateway with pseudonym
+    /// `gateway_pseudonym`; device wall-clock times without a zone are read in `zone`, and
+    /// implausible values handled by `out_of_range`. The Device references every
+    /// Observation carries are derived here, once.
+    pub fn new(
+        subject: Reference,
+        device_pseudonym: String,
+        gateway_pseudonym: &str,
+        zone: Zone,
+        out_of_range: OutOfRange,
+    ) -> Self {
+        Context {
+            subject,
+            device_reference: format!("Device/{}", device_resource_id(&device_pseudonym)),
+            device_pseudonym,
+            gateway_reference: format!("Device/{}", device_resource_id(gateway_pseudonym)),
+            zone,
+            out_of_range,
+        }
+    }
+
+    /// The zone of the device's wall-clock times.
+    pub fn zone(&self) -> Zone {
+        self.zone
+    }
 }
 
 /// Why (part of) a reading produced no Observation.
@@ -468,10 +502,7 @@ fn skeleton(
         meta,
         extension: vec![Extension {
             url: fhir::GATEWAY_DEVICE_EXTENSION.into(),
-            value_reference: Reference::to(format!(
-                "Device/{}",
-                device_resource_id(&ctx.gateway_pseudonym)
-            )),
+            value_reference: Reference::to(ctx.gateway_reference.clone()),
         }],
         identifier: vec![Identifier {
             system: fhir::URN_SYSTEM.into(),
@@ -511,10 +542,7 @@ fn skeleton(
             })
             .collect(),
         body_site: None,
-        device: Reference::to(format!(
-            "Device/{}",
-            device_resource_id(&ctx.device_pseudonym)
-        )),
+        device: Reference::to(ctx.device_reference.clone()),
         component: Vec::new(),
     }
 }

@@ -91,12 +91,14 @@ pub struct Pipeline {
     pub health: Option<crate::health::Health>,
 }
 
-/// A measuring device's pseudonym and its Device resource (JSON, fingerprinted), computed
-/// once.
+/// A measuring device's pseudonym, its Device resource (JSON, fingerprinted) and its
+/// normalizing context, computed once.
 struct KnownDevice {
     pseudonym: String,
     resource_id: String,
     json: DeviceJsonIn,
+    /// What normalizing its readings needs (the same for each of them).
+    ctx: Context,
 }
 
 impl Pipeline {
@@ -150,31 +152,34 @@ impl Pipeline {
                 if let Some(h) = &self.health {
                     h.device_resource(&identity, &resource);
                 }
-                KnownDevice {
-                    resource_id: resource.id.clone(),
-                    json: serde_json::to_vec(&resource).unwrap_or_default().into(),
-                    pseudonym,
-                }
-            });
-            let ctx = Context {
-                subject: Reference {
+                let subject = Reference {
                     reference: None,
                     identifier: Some(fhir::Identifier {
                         system: normalize::PATIENT_PSEUDONYM_SYSTEM.into(),
                         value: self.patient_pseudonym.clone(),
                     }),
-                },
-                device_pseudonym: device.pseudonym.clone(),
-                gateway_pseudonym: self.gateway_pseudonym.clone(),
-                zone: self
+                };
+                let zone = self
                     .address_zones
                     .get(&address)
                     .or_else(|| self.zones.1.get(&profile.id))
                     .copied()
-                    .unwrap_or(self.zones.0),
-                out_of_range: self.out_of_range,
-            };
-            let out = normalize::normalize(reading, &profile, &ctx);
+                    .unwrap_or(self.zones.0);
+                KnownDevice {
+                    resource_id: resource.id.clone(),
+                    json: serde_json::to_vec(&resource).unwrap_or_default().into(),
+                    ctx: Context::new(
+                        subject,
+                        pseudonym.clone(),
+                        &self.gateway_pseudonym,
+                        zone,
+                        self.out_of_range,
+                    ),
+                    pseudonym,
+                }
+            });
+            let ctx = &device.ctx;
+            let out = normalize::normalize(reading, &profile, ctx);
             log_outcome(&profile, &out, &mut stats);
             if let Some(h) = &self.health {
                 let outcome = ReadingOutcome {
@@ -198,7 +203,7 @@ impl Pipeline {
                     != Some(c.id.as_str())
             });
             if let Some(cts) = new_clock {
-                log_clock(&profile, &reading.clock, &ctx);
+                log_clock(&profile, &reading.clock, ctx);
                 match serde_json::to_vec(cts) {
                     Ok(json) => {
                         coincident.insert(device.pseudonym.clone(), cts.id.clone());
@@ -275,7 +280,7 @@ impl Pipeline {
 fn log_clock(profile: &Profile, clock: &Option<iomt_drivers::ClockComparison>, ctx: &Context) {
     let Some(offset) = clock
         .as_ref()
-        .and_then(|c| normalize::clock_offset(c, ctx.zone))
+        .and_then(|c| normalize::clock_offset(c, ctx.zone()))
     else {
         return;
     };

@@ -303,19 +303,19 @@ fn normalize_for_test(
     zone: Zone,
 ) -> Result<Vec<Observation>, ProbeError> {
     let p = Pseudonymizer::new(&crate::demo::DEMO_KEY);
-    let ctx = Context {
-        subject: Reference {
+    let ctx = Context::new(
+        Reference {
             reference: None,
             identifier: Some(fhir::Identifier {
                 system: normalize::PATIENT_PSEUDONYM_SYSTEM.into(),
                 value: p.pseudonym(Domain::Patient, "example-patient"),
             }),
         },
-        device_pseudonym: p.pseudonym(Domain::Device, "profile-test"),
-        gateway_pseudonym: p.pseudonym(Domain::Gateway, "profile-test"),
+        p.pseudonym(Domain::Device, "profile-test"),
+        &p.pseudonym(Domain::Gateway, "profile-test"),
         zone,
-        out_of_range: OutOfRange::Flag,
-    };
+        OutOfRange::Flag,
+    );
     let out = normalize::normalize(reading, profile, &ctx);
     if out.observations.is_empty() {
         let reasons: Vec<String> = out.rejections.iter().map(|r| r.to_string()).collect();

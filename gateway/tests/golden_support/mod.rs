@@ -12,19 +12,19 @@ use iomt_gateway::normalize::{self, Context, OutOfRange, Zone};
 /// the gateway; device times without a zone read in `zone`; implausible values handled
 /// by `out_of_range`.
 pub fn ctx(zone: Zone, out_of_range: OutOfRange) -> Context {
-    Context {
-        subject: Reference {
+    Context::new(
+        Reference {
             reference: None,
             identifier: Some(fhir::Identifier {
                 system: normalize::PATIENT_PSEUDONYM_SYSTEM.into(),
                 value: "4f1c2a0d9e8b7a6c5d4e3f2a1b0c9d8e".into(),
             }),
         },
-        device_pseudonym: "0123456789abcdef0123456789abcdef".into(),
-        gateway_pseudonym: "fedcba9876543210fedcba9876543210".into(),
+        "0123456789abcdef0123456789abcdef".into(),
+        "fedcba9876543210fedcba9876543210",
         zone,
         out_of_range,
-    }
+    )
 }
 
 /// The directory of the golden files.
