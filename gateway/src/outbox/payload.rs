@@ -11,14 +11,22 @@ thread_local! {
     /// The LZ4 hash table of the thread's last [`pack`].
     static TABLE: std::cell::RefCell<lz4_flex::block::CompressTable> =
         std::cell::RefCell::new(lz4_flex::block::CompressTable::small());
+    /// The compressor's output buffer of the thread's last [`pack`] (at most
+    /// [`SCRATCH_MAX`] bytes).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
+
+/// The largest compressor output buffer a thread keeps between payloads: an Observation
+/// or a Device resource needs about 1.4 KiB; a larger payload gets a buffer of its own.
+const SCRATCH_MAX: usize = 16 * 1024;
 
 /// Compresses a JSON payload before sealing. FHIR JSON repeats its system URIs and keys
 /// within every resource, so LZ4 roughly halves it for a few microseconds: fewer bytes
 /// sealed, written to the SD card and counted against the size cap.
 ///
-/// The result has room for the seal's tag, so sealing it in place
-/// ([`super::seal::Keyring::seal_owned`]) neither copies nor grows it.
+/// The result has exactly the room for the seal's tag beyond its length, so sealing it in
+/// place ([`super::seal::Keyring::seal_owned`]) neither copies nor grows it, and a sealed
+/// row waiting for its commit holds no more memory than its bytes.
 pub fn pack(json: &[u8]) -> Vec<u8> {
     // Marker, then the uncompressed length (u32, little endian: the layout of
     // `lz4_flex::decompress_size_prepended`), then the block.
@@ -27,25 +35,39 @@ pub fn pack(json: &[u8]) -> Vec<u8> {
         return json.to_vec();
     };
     let bound = lz4_flex::block::get_maximum_output_size(json.len());
-    let mut out = vec![0u8; header + bound];
-    out[0] = LZ4;
-    out[1..header].copy_from_slice(&len.to_le_bytes());
-    // The compressor's hash table is kept per thread and cleared for each payload: a new
-    // one per payload was an 8 KiB zeroed allocation, a fifth of `pack`'s time.
-    let compressed = TABLE.with(|table| {
-        let mut table = table.borrow_mut();
-        lz4_flex::block::compress_into_with_table(json, &mut out[header..], &mut table)
-    });
-    match compressed {
-        Ok(written) => {
-            out.truncate(header + written);
-            out.reserve_exact(super::seal::TAG_LEN);
-            out
-        }
-        // Cannot happen (the buffer has the block's maximum size). Stored uncompressed
-        // then, like a payload over 4 GiB: `unpack` reads JSON (`{`) as it is.
-        Err(_) => json.to_vec(),
-    }
+    // The compressor writes into the thread's buffer, and the result is copied into an
+    // allocation of its own size: the compressor needs room for the worst case (more than
+    // twice what FHIR JSON compresses to), which a zeroed allocation per payload gave, and
+    // kept until the commit.
+    let compress = |out: &mut [u8]| {
+        // The compressor's hash table is kept per thread and cleared for each payload: a
+        // new one per payload was an 8 KiB zeroed allocation, a fifth of `pack`'s time.
+        let block = TABLE.with(|table| {
+            let mut table = table.borrow_mut();
+            lz4_flex::block::compress_into_with_table(json, out, &mut table)
+        });
+        block.map(|written| {
+            let mut packed = Vec::with_capacity(header + written + super::seal::TAG_LEN);
+            packed.push(LZ4);
+            packed.extend_from_slice(&len.to_le_bytes());
+            packed.extend_from_slice(&out[..written]);
+            packed
+        })
+    };
+    let packed = if bound <= SCRATCH_MAX {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            if scratch.len() < bound {
+                scratch.resize(bound, 0);
+            }
+            compress(&mut scratch[..bound])
+        })
+    } else {
+        compress(&mut vec![0u8; bound])
+    };
+    // An error cannot happen (the buffer has the block's maximum size). Stored
+    // uncompressed then, like a payload over 4 GiB: `unpack` reads JSON (`{`) as it is.
+    packed.unwrap_or_else(|_| json.to_vec())
 }
 
 /// Reverses [`pack`] (opened payloads are authenticated, so only our own data arrives here).
@@ -157,12 +179,32 @@ mod tests {
     use crate::outbox::seal::TAG_LEN;
 
     #[test]
+    fn payloads_of_any_size_in_any_order_unpack_to_themselves() {
+        // Past the thread's buffer, within it, and a short one after a long one (the
+        // buffer then holds the long one's bytes beyond the short one's block).
+        let long: Vec<u8> = (0..40_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let medium = br#"{"a":"0123456789","b":"0123456789","c":"abcdefghijklmnop"}"#.repeat(50);
+        let short = br#"{"a":1}"#;
+        for json in [&long[..], &medium[..], &short[..], &long[..], &short[..]] {
+            let packed = pack(json);
+            assert_eq!(unpack(&packed).unwrap(), json.to_vec());
+            assert!(packed.capacity() - packed.len() >= TAG_LEN);
+        }
+    }
+
+    #[test]
     fn a_packed_payload_unpacks_to_the_same_json_and_leaves_room_for_the_tag() {
         let json = br#"{"resourceType":"Observation","code":{"coding":[{"system":"http://loinc.org","code":"8867-4"},{"system":"http://loinc.org","code":"8867-4"}]}}"#;
         let packed = pack(json);
         assert_eq!(packed[0], LZ4);
         assert!(packed.len() < json.len(), "repetitive JSON is compressed");
         assert!(packed.capacity() - packed.len() >= TAG_LEN);
+        assert!(
+            packed.capacity() <= packed.len() + 2 * TAG_LEN,
+            "a packed payload holds no worst-case room: {} for {}",
+            packed.capacity(),
+            packed.len()
+        );
         assert_eq!(unpack(&packed).unwrap(), json.to_vec());
         // The layout is lz4_flex's size-prepended block after the marker.
         assert_eq!(
