@@ -500,15 +500,30 @@ fn the_technician_page_in_headless_chromium_shows_the_devices_the_uplink_and_the
             }
             let s = status_json(&config);
             let devices = s["devices"].as_array().unwrap();
-            devices.iter().any(|d| {
+            let taken = devices.iter().any(|d| {
                 d["profile"] == "and-ua-651ble"
                     && d["battery_percent"] == 80
                     && d["signal_dbm"] == SIGNAL
             }) && devices
                 .iter()
-                .any(|d| d["profile"] == "sim-thermometer" && d["readings_24h"] == 10)
-                && s["uplinks"][0]["backlog_rows"] == 0
-                && s["uplinks"][0]["delivered"].as_u64() > Some(0)
+                .any(|d| d["profile"] == "sim-thermometer" && d["readings_24h"] == 10);
+            let handed: u64 = s["ingest"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|i| i["observations"].as_u64())
+                .sum();
+            // The status endpoint asks the outbox before it reads the model, so one answer
+            // can pair a backlog counted before a commit with deliveries counted after it.
+            // The outbox's own counts, read after the model's: every Observation handed to
+            // it delivered (and its row deleted), none waiting; the page then shows 0 rows.
+            taken
+                && handed > 0
+                && common::try_outbox_status(&config).is_ok_and(|o| {
+                    common::uplink_named(&o, "file").is_some_and(|u| {
+                        u["queued"] == 0 && u["delivered"].as_u64() >= Some(handed)
+                    })
+                })
         },
     );
 
