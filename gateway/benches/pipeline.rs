@@ -255,16 +255,20 @@ async fn run(n: usize, dir: &Path) {
     let cpu = {
         let profile_of: HashMap<&str, &Arc<_>> =
             profiles.iter().map(|p| (p.id.as_str(), p)).collect();
-        let ctx = |pseudonym: &str| {
-            normalize::Context::new(
-                iomt_gateway::fhir::Reference::to("Patient/x"),
-                pseudonym.to_string(),
-                "g",
-                Zone::GatewayLocal,
-                OutOfRange::Flag,
-            )
+        let subject = iomt_gateway::fhir::Reference::to("Patient/x");
+        let device = "0123456789abcdef0123456789abcdef";
+        let (device_reference, gateway_reference) = (
+            normalize::device_reference(device),
+            normalize::device_reference("g"),
+        );
+        let c = normalize::Context {
+            subject: &subject,
+            device_pseudonym: device,
+            device_reference: &device_reference,
+            gateway_reference: &gateway_reference,
+            zone: Zone::GatewayLocal,
+            out_of_range: OutOfRange::Flag,
         };
-        let c = ctx("0123456789abcdef0123456789abcdef");
         let start = Instant::now();
         let mut bytes = 0usize;
         let mut count = 0usize;

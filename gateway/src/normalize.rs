@@ -109,53 +109,31 @@ pub enum OutOfRange {
     Reject,
 }
 
-/// Everything besides the reading and the profile that the mapping needs: the same for
-/// every reading of a device, so the pipeline makes it once per device ([`Context::new`]).
-#[derive(Debug, Clone)]
-pub struct Context {
+/// Everything besides the reading and the profile that the mapping needs. It borrows what
+/// is the same for many readings (the pipeline keeps the patient's and the gateway's parts
+/// once, and each device's with the device), so a reading copies none of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
     /// The patient reference (pseudonymous).
-    subject: Reference,
-    /// The measuring device's pseudonym (its Device resource id is derived from it).
-    device_pseudonym: String,
-    /// `Device/<id>` of the measuring device's Device resource: each Observation's
-    /// `device`.
-    device_reference: String,
-    /// `Device/<id>` of the gateway's Device resource: each Observation's gateway
-    /// extension.
-    gateway_reference: String,
+    pub subject: &'a Reference,
+    /// The measuring device's pseudonym (its Observations' ids are derived from it).
+    pub device_pseudonym: &'a str,
+    /// The measuring device's Device resource as each Observation's `device` names it:
+    /// [`device_reference`] of `device_pseudonym`.
+    pub device_reference: &'a str,
+    /// The gateway's Device resource as each Observation's gateway extension names it:
+    /// [`device_reference`] of the gateway's pseudonym.
+    pub gateway_reference: &'a str,
     /// The zone of the device's wall-clock times.
-    zone: Zone,
+    pub zone: Zone,
     /// The out-of-range rule.
-    out_of_range: OutOfRange,
+    pub out_of_range: OutOfRange,
 }
 
-impl Context {
-    /// The context of the readings of the device with pseudonym `device_pseudonym`, for
-    /// the patient `subject` (a pseudonymous reference), on the gateway with pseudonym
-    /// `gateway_pseudonym`; device wall-clock times without a zone are read in `zone`, and
-    /// implausible values handled by `out_of_range`. The Device references every
-    /// Observation carries are derived here, once.
-    pub fn new(
-        subject: Reference,
-        device_pseudonym: String,
-        gateway_pseudonym: &str,
-        zone: Zone,
-        out_of_range: OutOfRange,
-    ) -> Self {
-        Context {
-            subject,
-            device_reference: format!("Device/{}", device_resource_id(&device_pseudonym)),
-            device_pseudonym,
-            gateway_reference: format!("Device/{}", device_resource_id(gateway_pseudonym)),
-            zone,
-            out_of_range,
-        }
-    }
-
-    /// The zone of the device's wall-clock times.
-    pub fn zone(&self) -> Zone {
-        self.zone
-    }
+/// How an Observation names the Device resource of the device (or gateway) with
+/// pseudonym `pseudonym`: `Device/<id>`, the id being [`device_resource_id`].
+pub fn device_reference(pseudonym: &str) -> String {
+    format!("Device/{}", device_resource_id(pseudonym))
 }
 
 /// Why (part of) a reading produced no Observation.
@@ -407,7 +385,7 @@ pub fn normalize(reading: &Reading, profile: &Profile, ctx: &Context) -> Normali
             Err(r) => out.rejections.push(r),
             Ok(value) => {
                 let uuid =
-                    derived_uuid(&[&ctx.device_pseudonym, &q.name, &effective_text, &sequence]);
+                    derived_uuid(&[ctx.device_pseudonym, &q.name, &effective_text, &sequence]);
                 let mut code = code_of(m);
                 let site = q
                     .site
@@ -502,7 +480,7 @@ fn skeleton(
         meta,
         extension: vec![Extension {
             url: fhir::GATEWAY_DEVICE_EXTENSION.into(),
-            value_reference: Reference::to(ctx.gateway_reference.clone()),
+            value_reference: Reference::to(ctx.gateway_reference),
         }],
         identifier: vec![Identifier {
             system: fhir::URN_SYSTEM.into(),
@@ -542,7 +520,7 @@ fn skeleton(
             })
             .collect(),
         body_site: None,
-        device: Reference::to(ctx.device_reference.clone()),
+        device: Reference::to(ctx.device_reference),
         component: Vec::new(),
     }
 }

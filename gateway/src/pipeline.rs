@@ -91,14 +91,24 @@ pub struct Pipeline {
     pub health: Option<crate::health::Health>,
 }
 
-/// A measuring device's pseudonym, its Device resource (JSON, fingerprinted) and its
-/// normalizing context, computed once.
+/// A measuring device's pseudonym, its Device resource (JSON, fingerprinted) and the zone
+/// of its times, computed once.
 struct KnownDevice {
     pseudonym: String,
-    resource_id: String,
+    /// `Device/<id>`: how its Observations name its Device resource.
+    reference: String,
     json: DeviceJsonIn,
-    /// What normalizing its readings needs (the same for each of them).
-    ctx: Context,
+    /// The zone of its wall-clock times.
+    zone: Zone,
+}
+
+impl KnownDevice {
+    /// The id of its Device resource.
+    fn resource_id(&self) -> &str {
+        self.reference
+            .strip_prefix("Device/")
+            .unwrap_or(&self.reference)
+    }
 }
 
 impl Pipeline {
@@ -111,6 +121,15 @@ impl Pipeline {
         // connection's readings share one, stored with the first of them.
         let mut coincident: LruCache<String, String> = LruCache::new(DEVICE_CACHE);
         let mut json_hint = 2 * JSON_SLACK;
+        // The parts of every reading's normalizing context that no device changes.
+        let subject = Reference {
+            reference: None,
+            identifier: Some(fhir::Identifier {
+                system: normalize::PATIENT_PSEUDONYM_SYSTEM.into(),
+                value: self.patient_pseudonym.clone(),
+            }),
+        };
+        let gateway_reference = normalize::device_reference(&self.gateway_pseudonym);
         while let Some(mut envelope) = rx.recv().await {
             stats.readings += 1;
             let clock = self.clock.as_ref().map(|c| (c, c.check()));
@@ -144,42 +163,35 @@ impl Pipeline {
                 continue;
             };
             let identity = reading.device.clone();
-            let address = format!("{}:{}", identity.transport, identity.address);
             let key = (identity.clone(), profile.id.clone());
             let device = devices.get_or_insert_with(key, || {
+                let address = format!("{}:{}", identity.transport, identity.address);
                 let pseudonym = self.pseudonymizer.pseudonym(Domain::Device, &address);
                 let resource = normalize::device_resource(&profile, &identity, &pseudonym);
                 if let Some(h) = &self.health {
                     h.device_resource(&identity, &resource);
                 }
-                let subject = Reference {
-                    reference: None,
-                    identifier: Some(fhir::Identifier {
-                        system: normalize::PATIENT_PSEUDONYM_SYSTEM.into(),
-                        value: self.patient_pseudonym.clone(),
-                    }),
-                };
-                let zone = self
-                    .address_zones
-                    .get(&address)
-                    .or_else(|| self.zones.1.get(&profile.id))
-                    .copied()
-                    .unwrap_or(self.zones.0);
                 KnownDevice {
-                    resource_id: resource.id.clone(),
+                    reference: format!("Device/{}", resource.id),
                     json: serde_json::to_vec(&resource).unwrap_or_default().into(),
-                    ctx: Context::new(
-                        subject,
-                        pseudonym.clone(),
-                        &self.gateway_pseudonym,
-                        zone,
-                        self.out_of_range,
-                    ),
+                    zone: self
+                        .address_zones
+                        .get(&address)
+                        .or_else(|| self.zones.1.get(&profile.id))
+                        .copied()
+                        .unwrap_or(self.zones.0),
                     pseudonym,
                 }
             });
-            let ctx = &device.ctx;
-            let out = normalize::normalize(reading, &profile, ctx);
+            let ctx = Context {
+                subject: &subject,
+                device_pseudonym: &device.pseudonym,
+                device_reference: &device.reference,
+                gateway_reference: &gateway_reference,
+                zone: device.zone,
+                out_of_range: self.out_of_range,
+            };
+            let out = normalize::normalize(reading, &profile, &ctx);
             log_outcome(&profile, &out, &mut stats);
             if let Some(h) = &self.health {
                 let outcome = ReadingOutcome {
@@ -203,7 +215,7 @@ impl Pipeline {
                     != Some(c.id.as_str())
             });
             if let Some(cts) = new_clock {
-                log_clock(&profile, &reading.clock, ctx);
+                log_clock(&profile, &reading.clock, &ctx);
                 match serde_json::to_vec(cts) {
                     Ok(json) => {
                         coincident.insert(device.pseudonym.clone(), cts.id.clone());
@@ -249,7 +261,7 @@ impl Pipeline {
             }
             let count = observations.len() as u64;
             let append = Append {
-                device_id: device.resource_id.clone(),
+                device_id: device.resource_id().to_string(),
                 device_json: device.json.clone(),
                 observations,
                 ack: envelope.ack,
@@ -280,7 +292,7 @@ impl Pipeline {
 fn log_clock(profile: &Profile, clock: &Option<iomt_drivers::ClockComparison>, ctx: &Context) {
     let Some(offset) = clock
         .as_ref()
-        .and_then(|c| normalize::clock_offset(c, ctx.zone()))
+        .and_then(|c| normalize::clock_offset(c, ctx.zone))
     else {
         return;
     };

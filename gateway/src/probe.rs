@@ -303,19 +303,24 @@ fn normalize_for_test(
     zone: Zone,
 ) -> Result<Vec<Observation>, ProbeError> {
     let p = Pseudonymizer::new(&crate::demo::DEMO_KEY);
-    let ctx = Context::new(
-        Reference {
-            reference: None,
-            identifier: Some(fhir::Identifier {
-                system: normalize::PATIENT_PSEUDONYM_SYSTEM.into(),
-                value: p.pseudonym(Domain::Patient, "example-patient"),
-            }),
-        },
-        p.pseudonym(Domain::Device, "profile-test"),
-        &p.pseudonym(Domain::Gateway, "profile-test"),
+    let subject = Reference {
+        reference: None,
+        identifier: Some(fhir::Identifier {
+            system: normalize::PATIENT_PSEUDONYM_SYSTEM.into(),
+            value: p.pseudonym(Domain::Patient, "example-patient"),
+        }),
+    };
+    let device = p.pseudonym(Domain::Device, "profile-test");
+    let ctx = Context {
+        subject: &subject,
+        device_pseudonym: &device,
+        device_reference: &normalize::device_reference(&device),
+        gateway_reference: &normalize::device_reference(
+            &p.pseudonym(Domain::Gateway, "profile-test"),
+        ),
         zone,
-        OutOfRange::Flag,
-    );
+        out_of_range: OutOfRange::Flag,
+    };
     let out = normalize::normalize(reading, profile, &ctx);
     if out.observations.is_empty() {
         let reasons: Vec<String> = out.rejections.iter().map(|r| r.to_string()).collect();

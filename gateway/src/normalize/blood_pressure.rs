@@ -75,7 +75,7 @@ pub(super) fn observation(
         return None;
     }
     let names: Vec<&str> = members.iter().map(|(q, _)| q.name.as_str()).collect();
-    let uuid = derived_uuid(&[&ctx.device_pseudonym, &names.join("+"), effective, sequence]);
+    let uuid = derived_uuid(&[ctx.device_pseudonym, &names.join("+"), effective, sequence]);
     let code = CodeableConcept {
         coding: vec![
             Coding::new(

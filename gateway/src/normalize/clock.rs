@@ -59,7 +59,7 @@ pub(super) fn coincident_time_stamp(
     let device = device_text(clock.device_now, ctx.zone)?;
     let gateway = fhir_instant(clock.gateway_now);
     let uuid = derived_uuid(&[
-        &ctx.device_pseudonym,
+        ctx.device_pseudonym,
         "coincident-time-stamp",
         &gateway,
         &device,

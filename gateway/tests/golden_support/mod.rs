@@ -8,23 +8,36 @@ use std::path::{Path, PathBuf};
 use iomt_gateway::fhir::{self, Observation, Quantity, Reference};
 use iomt_gateway::normalize::{self, Context, OutOfRange, Zone};
 
+/// The patient of every golden case (a fixed pseudonym).
+pub static SUBJECT: std::sync::LazyLock<Reference> = std::sync::LazyLock::new(|| Reference {
+    reference: None,
+    identifier: Some(fhir::Identifier {
+        system: normalize::PATIENT_PSEUDONYM_SYSTEM.into(),
+        value: "4f1c2a0d9e8b7a6c5d4e3f2a1b0c9d8e".into(),
+    }),
+});
+/// The device's pseudonym in every golden case.
+const DEVICE: &str = "0123456789abcdef0123456789abcdef";
+/// The Device references of the golden cases: the device's, then the gateway's.
+static REFERENCES: std::sync::LazyLock<(String, String)> = std::sync::LazyLock::new(|| {
+    (
+        normalize::device_reference(DEVICE),
+        normalize::device_reference("fedcba9876543210fedcba9876543210"),
+    )
+});
+
 /// The context of every golden case: fixed pseudonyms for the patient, the device and
 /// the gateway; device times without a zone read in `zone`; implausible values handled
 /// by `out_of_range`.
-pub fn ctx(zone: Zone, out_of_range: OutOfRange) -> Context {
-    Context::new(
-        Reference {
-            reference: None,
-            identifier: Some(fhir::Identifier {
-                system: normalize::PATIENT_PSEUDONYM_SYSTEM.into(),
-                value: "4f1c2a0d9e8b7a6c5d4e3f2a1b0c9d8e".into(),
-            }),
-        },
-        "0123456789abcdef0123456789abcdef".into(),
-        "fedcba9876543210fedcba9876543210",
+pub fn ctx(zone: Zone, out_of_range: OutOfRange) -> Context<'static> {
+    Context {
+        subject: &SUBJECT,
+        device_pseudonym: DEVICE,
+        device_reference: &REFERENCES.0,
+        gateway_reference: &REFERENCES.1,
         zone,
         out_of_range,
-    )
+    }
 }
 
 /// The directory of the golden files.
