@@ -583,4 +583,6 @@ pub fn read_dead_letters(path: &Path, keyring: &Keyring) -> Result<Vec<DeadLette
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_seal;
+#[cfg(test)]
 mod tests_space;

@@ -123,7 +123,33 @@ impl Sealing {
 pub struct Keyring {
     current: StorageKey,
     retired: HashMap<u32, StorageKey>,
-    rng: SystemRandom,
+    rng: Random,
+}
+
+/// Where nonces come from: the system's random source. The tests can make it fail, as
+/// a broken `getrandom` would.
+struct Random {
+    system: SystemRandom,
+    #[cfg(test)]
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Random {
+    fn system() -> Self {
+        Random {
+            system: SystemRandom::new(),
+            #[cfg(test)]
+            failing: Default::default(),
+        }
+    }
+
+    fn fill(&self, dest: &mut [u8]) -> Result<(), ring::error::Unspecified> {
+        #[cfg(test)]
+        if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(ring::error::Unspecified);
+        }
+        self.system.fill(dest)
+    }
 }
 
 impl std::fmt::Debug for Keyring {
@@ -143,7 +169,23 @@ impl Keyring {
         Self {
             current: StorageKey::derive(current),
             retired: HashMap::new(),
-            rng: SystemRandom::new(),
+            rng: Random::system(),
+        }
+    }
+
+    /// A keyring with only a current key, whose random source fails while `failing` is
+    /// set.
+    #[cfg(test)]
+    pub(crate) fn failing_when(
+        current: &[u8; KEY_LEN],
+        failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
+        Self {
+            rng: Random {
+                system: SystemRandom::new(),
+                failing,
+            },
+            ..Self::new(current)
         }
     }
 
