@@ -303,7 +303,12 @@ impl Outbox {
         let ring = keyring.clone();
         let max_bytes = settings.max_bytes;
         let pseudonym_key = settings.pseudonym_key.clone();
-        let thread = thread::DbThread::spawn().map_err(|e| OutboxError::Sqlite {
+        // The unit tests pause tokio's clock around the outbox (`thread.rs`).
+        #[cfg(not(test))]
+        let thread = thread::DbThread::spawn();
+        #[cfg(test)]
+        let thread = thread::DbThread::spawn_for_paused_clock();
+        let thread = thread.map_err(|e| OutboxError::Sqlite {
             path: settings.path.clone(),
             reason: format!("cannot start the database thread: {e}"),
         })?;
