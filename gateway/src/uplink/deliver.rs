@@ -153,9 +153,9 @@ impl<'a> Loop<'a> {
     /// their own while this batch is sent, so reading the outbox overlaps the server's
     /// work. That read is older than the loop's last look at the commit notification, so
     /// a short batch fetched ahead is followed by a fresh fetch, and an empty one is
-    /// replaced by one. Every row of a pass that ends well is delivered or dead-lettered, so the next
-    /// pass starts after it; a pass that fails drops the prefetched rows, and the next
-    /// starts again from the oldest row.
+    /// replaced by one. Every row of a pass that ends well is delivered or dead-lettered,
+    /// so the next pass starts after it; a pass that fails drops the prefetched rows, and
+    /// the next starts again from the oldest row.
     async fn pass(&mut self, batch: usize) -> Result<Pass, DeliveryError> {
         let result = self.pass_once(batch).await;
         if result.is_err() {
@@ -185,11 +185,12 @@ impl<'a> Loop<'a> {
                 prefetch.limit,
             )),
             None => None,
-        };
-        let prefetched = ahead.as_ref().is_some_and(|(f, _)| !f.rows.is_empty());
+        }
+        .filter(|(fetched, _)| !fetched.rows.is_empty());
+        let prefetched = ahead.is_some();
         let (mut fetched, limit) = match ahead {
-            Some(ahead) if prefetched => ahead,
-            _ => {
+            Some(ahead) => ahead,
+            None => {
                 let limit = self.fetch_limit(batch, max_bytes);
                 let fetched = self
                     .outbox
