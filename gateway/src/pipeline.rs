@@ -95,20 +95,12 @@ pub struct Pipeline {
 /// of its times, computed once.
 struct KnownDevice {
     pseudonym: String,
-    /// `Device/<id>`: how its Observations name its Device resource.
+    resource_id: String,
+    /// How its Observations name its Device resource ([`normalize::device_reference`]).
     reference: String,
     json: DeviceJsonIn,
     /// The zone of its wall-clock times.
     zone: Zone,
-}
-
-impl KnownDevice {
-    /// The id of its Device resource.
-    fn resource_id(&self) -> &str {
-        self.reference
-            .strip_prefix("Device/")
-            .unwrap_or(&self.reference)
-    }
 }
 
 impl Pipeline {
@@ -172,7 +164,8 @@ impl Pipeline {
                     h.device_resource(&identity, &resource);
                 }
                 KnownDevice {
-                    reference: format!("Device/{}", resource.id),
+                    resource_id: resource.id.clone(),
+                    reference: normalize::device_reference(&pseudonym),
                     json: serde_json::to_vec(&resource).unwrap_or_default().into(),
                     zone: self
                         .address_zones
@@ -261,7 +254,7 @@ impl Pipeline {
             }
             let count = observations.len() as u64;
             let append = Append {
-                device_id: device.resource_id().to_string(),
+                device_id: device.resource_id.clone(),
                 device_json: device.json.clone(),
                 observations,
                 ack: envelope.ack,
