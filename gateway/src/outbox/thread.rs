@@ -17,6 +17,7 @@
 //! The tests that pause tokio's clock need tokio to see a job as work in progress, or the
 //! clock jumps ahead while SQLite works: for them ([`DbThread::spawn_for_paused_clock`])
 //! a blocking task waits for each result instead.
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
